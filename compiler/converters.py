@@ -1,0 +1,496 @@
+"""One converter per core-ATen overload gimlet imports.
+
+Each takes the importer and an FX node and returns the gml value (or a tuple
+for multi-output ATen ops, None where gimlet does not produce that output).
+Result types always come from the node's FakeTensor (`imp.result_type`), so a
+converter never re-derives torch's shape or type-promotion rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from xdsl.dialects.builtin import IntegerType, TensorType
+from xdsl.ir import Attribute, SSAValue
+
+from gimlet.dialects import gml
+from gimlet.dtypes import element_type_for_torch
+from gimlet.errors import UnsupportedOpError, with_location
+from gimlet.importer import Importer, _meta_type, converts
+
+aten = torch.ops.aten
+fx = torch.fx
+
+
+def rtype(node: fx.Node) -> TensorType:
+    return _meta_type(node.meta["val"])
+
+
+def elt_of(v: SSAValue) -> Attribute:
+    assert isinstance(v.type, TensorType)
+    return v.type.element_type
+
+
+def rank_of(node: Any) -> int:
+    return len(node.meta["val"].shape)
+
+
+def unsupported(imp: Importer, node: fx.Node, why: str) -> UnsupportedOpError:
+    return UnsupportedOpError(with_location(imp.location, f"unsupported {node.target}: {why}"))
+
+
+def kwarg(node: fx.Node, i: int, name: str, default: Any) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+# ------------------------------------------------------------ elementwise ---
+
+_UNARY = {
+    aten.neg.default: gml.NegOp,
+    aten.exp.default: gml.ExpOp,
+    aten.log.default: gml.LogOp,
+    aten.sqrt.default: gml.SqrtOp,
+    aten.rsqrt.default: gml.RsqrtOp,
+    aten.abs.default: gml.AbsOp,
+    aten.tanh.default: gml.TanhOp,
+    aten.sigmoid.default: gml.SigmoidOp,
+    aten.relu.default: gml.ReluOp,
+    aten.sin.default: gml.SinOp,
+    aten.cos.default: gml.CosOp,
+    aten.erf.default: gml.ErfOp,
+    aten.reciprocal.default: gml.ReciprocalOp,
+    aten.silu.default: gml.SiluOp,
+    aten.logical_not.default: gml.NotOp,
+}
+
+
+@converts(*_UNARY)
+def unary(imp: Importer, node: fx.Node) -> SSAValue:
+    x = imp.as_type(node.args[0], rtype(node).element_type)
+    return imp.emit(_UNARY[node.target](x))
+
+
+@converts(aten.gelu.default)
+def gelu(imp: Importer, node: fx.Node) -> SSAValue:
+    approx = node.kwargs.get("approximate", "none")
+    op = gml.GeluOp(imp.value(node.args[0]))
+    op.properties["approximate"] = gml.StringAttr(approx)
+    return imp.emit(op)
+
+
+@converts(aten.clamp.default, aten.hardtanh.default, aten.clamp_min.default, aten.clamp_max.default)
+def clamp(imp: Importer, node: fx.Node) -> SSAValue:
+    if node.target == aten.clamp_max.default:
+        lo, hi = None, node.args[1]
+    else:
+        lo = kwarg(node, 1, "min", None)
+        hi = kwarg(node, 2, "max", None)
+    op = gml.ClampOp(imp.value(node.args[0]))
+    if lo is not None:
+        op.properties["min"] = gml.float_attr(float(lo))
+    if hi is not None:
+        op.properties["max"] = gml.float_attr(float(hi))
+    return imp.emit(op)
+
+
+_ARITH = {
+    aten.add.Tensor: gml.AddOp,
+    aten.add.Scalar: gml.AddOp,
+    aten.sub.Tensor: gml.SubOp,
+    aten.sub.Scalar: gml.SubOp,
+    aten.mul.Tensor: gml.MulOp,
+    aten.mul.Scalar: gml.MulOp,
+    aten.div.Tensor: gml.DivOp,
+    aten.div.Scalar: gml.DivOp,
+    aten.pow.Tensor_Scalar: gml.PowOp,
+    aten.pow.Tensor_Tensor: gml.PowOp,
+    aten.maximum.default: gml.MaximumOp,
+    aten.minimum.default: gml.MinimumOp,
+    aten.bitwise_and.Tensor: gml.AndOp,
+    aten.bitwise_or.Tensor: gml.OrOp,
+    aten.logical_and.default: gml.AndOp,
+    aten.logical_or.default: gml.OrOp,
+}
+_COMPARE = {
+    aten.eq.Tensor: gml.EqOp,
+    aten.eq.Scalar: gml.EqOp,
+    aten.ne.Tensor: gml.NeOp,
+    aten.ne.Scalar: gml.NeOp,
+    aten.lt.Tensor: gml.LtOp,
+    aten.lt.Scalar: gml.LtOp,
+    aten.le.Tensor: gml.LeOp,
+    aten.le.Scalar: gml.LeOp,
+    aten.gt.Tensor: gml.GtOp,
+    aten.gt.Scalar: gml.GtOp,
+    aten.ge.Tensor: gml.GeOp,
+    aten.ge.Scalar: gml.GeOp,
+}
+
+
+def _operand_meta(a: Any) -> Any:
+    return a.meta["val"] if isinstance(a, fx.Node) else a
+
+
+@converts(*_ARITH)
+def arithmetic(imp: Importer, node: fx.Node) -> SSAValue:
+    out = rtype(node).element_type
+    lhs, rhs = imp.as_type(node.args[0], out), imp.as_type(node.args[1], out)
+    alpha = node.kwargs.get("alpha", 1)
+    if alpha != 1:
+        rhs = imp.emit(gml.MulOp(rhs, imp.scalar(alpha, out)))
+    return imp.emit(_ARITH[node.target](lhs, rhs, rtype(node)))
+
+
+@converts(aten.div.Tensor_mode)
+def div_mode(imp: Importer, node: fx.Node) -> SSAValue:
+    mode = node.kwargs.get("rounding_mode")
+    out = rtype(node).element_type
+    if mode == "floor" and isinstance(out, IntegerType):
+        lhs, rhs = imp.as_type(node.args[0], out), imp.as_type(node.args[1], out)
+        return imp.emit(gml.DivOp(lhs, rhs, rtype(node)))
+    raise unsupported(imp, node, f"rounding_mode={mode!r} on {out}")
+
+
+@converts(aten.rsub.Scalar)
+def rsub(imp: Importer, node: fx.Node) -> SSAValue:
+    out = rtype(node).element_type
+    lhs, rhs = imp.as_type(node.args[1], out), imp.as_type(node.args[0], out)
+    return imp.emit(gml.SubOp(lhs, rhs, rtype(node)))
+
+
+@converts(*_COMPARE)
+def compare(imp: Importer, node: fx.Node) -> SSAValue:
+    common = torch.result_type(_operand_meta(node.args[0]), _operand_meta(node.args[1]))
+    elt = element_type_for_torch(common)
+    lhs, rhs = imp.as_type(node.args[0], elt), imp.as_type(node.args[1], elt)
+    return imp.emit(_COMPARE[node.target](lhs, rhs, rtype(node)))
+
+
+@converts(aten.where.self)
+def where(imp: Importer, node: fx.Node) -> SSAValue:
+    out = rtype(node).element_type
+    cond = imp.as_type(node.args[0], IntegerType(1))
+    return imp.emit(
+        gml.WhereOp(cond, imp.as_type(node.args[1], out), imp.as_type(node.args[2], out))
+    )
+
+
+@converts(aten._to_copy.default, aten.to.dtype)
+def to_copy(imp: Importer, node: fx.Node) -> SSAValue:
+    return imp.as_type(node.args[0], rtype(node).element_type)
+
+
+@converts(
+    aten.clone.default,
+    aten.alias.default,
+    aten.detach.default,
+    aten.lift_fresh_copy.default,
+    aten.contiguous.default,
+)
+def identity(imp: Importer, node: fx.Node) -> SSAValue:
+    return imp.value(node.args[0])
+
+
+# ------------------------------------------------------------ shape ops ---
+
+
+@converts(
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.flatten.using_ints,
+)
+def reshape(imp: Importer, node: fx.Node) -> SSAValue:
+    t = rtype(node)
+    return imp.emit(gml.ReshapeOp(imp.value(node.args[0]), t, imp.sizes(t, node.meta["val"])))
+
+
+@converts(aten.expand.default)
+def expand(imp: Importer, node: fx.Node) -> SSAValue:
+    t = rtype(node)
+    x = imp.value(node.args[0])
+    if x.type == t:
+        return x
+    return imp.emit(gml.ExpandOp(x, t, imp.sizes(t, node.meta["val"])))
+
+
+@converts(aten.permute.default)
+def permute(imp: Importer, node: fx.Node) -> SSAValue:
+    dims = [d % rank_of(node) for d in node.args[1]]  # type: ignore[union-attr]
+    return imp.emit(gml.PermuteOp(imp.value(node.args[0]), dims))
+
+
+@converts(aten.t.default, aten.transpose.int)
+def transpose(imp: Importer, node: fx.Node) -> SSAValue:
+    rank = rank_of(node)
+    d0, d1 = (node.args[1], node.args[2]) if len(node.args) > 1 else (0, 1)
+    dims = list(range(rank))
+    if rank >= 2:
+        dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]  # type: ignore[operator]
+    return imp.emit(gml.PermuteOp(imp.value(node.args[0]), dims))
+
+
+def _slice(
+    imp: Importer, x: SSAValue, dim: int, start: Any, end: Any, step: int, t: TensorType
+) -> SSAValue:
+    dyn_start = imp.sym(start) if isinstance(start, torch.SymInt) else None
+    dyn_end = imp.sym(end) if isinstance(end, torch.SymInt) else None
+    s = 0 if dyn_start is not None or start is None else int(start)
+    e = 0 if dyn_end is not None else (2**62 if end is None else min(int(end), 2**62))
+    return imp.emit(gml.SliceOp(x, dim, s, e, step, t, dyn_start, dyn_end))
+
+
+@converts(aten.slice.Tensor)
+def slice_(imp: Importer, node: fx.Node) -> SSAValue:
+    x = imp.value(node.args[0])
+    dim = kwarg(node, 1, "dim", 0) % rank_of(node)
+    start, end = kwarg(node, 2, "start", None), kwarg(node, 3, "end", None)
+    t = rtype(node)
+    if x.type == t and (start in (None, 0)) and kwarg(node, 4, "step", 1) == 1:
+        return x
+    return _slice(imp, x, dim, start, end, kwarg(node, 4, "step", 1), t)
+
+
+@converts(aten.select.int)
+def select(imp: Importer, node: fx.Node) -> SSAValue:
+    x = imp.value(node.args[0])
+    src = node.args[0].meta["val"]  # type: ignore[union-attr]
+    dim, index = node.args[1] % src.dim(), node.args[2]  # type: ignore[operator]
+    if isinstance(index, int) and index < 0:
+        index += src.shape[dim]
+    kept = list(_meta_type(src).get_shape())
+    kept[dim] = 1
+    part = _slice(imp, x, dim, index, index + 1, 1, TensorType(elt_of(x), kept))
+    t = rtype(node)
+    return imp.emit(gml.ReshapeOp(part, t, imp.sizes(t, node.meta["val"])))
+
+
+@converts(aten.split_with_sizes.default, aten.split.Tensor)
+def split(imp: Importer, node: fx.Node) -> tuple[SSAValue, ...]:
+    x = imp.value(node.args[0])
+    dim = kwarg(node, 2, "dim", 0) % len(node.args[0].meta["val"].shape)  # type: ignore[union-attr]
+    outs, start = [], 0
+    for val in node.meta["val"]:
+        size = val.shape[dim]
+        outs.append(_slice(imp, x, dim, start, start + size, 1, _meta_type(val)))
+        start = start + size
+    return tuple(outs)
+
+
+@converts(aten.cat.default)
+def cat(imp: Importer, node: fx.Node) -> SSAValue:
+    out = rtype(node)
+    inputs = [imp.as_type(a, out.element_type) for a in node.args[0]]  # type: ignore[union-attr]
+    dim = kwarg(node, 1, "dim", 0) % rank_of(node)
+    return imp.emit(gml.ConcatOp(inputs, dim, out))
+
+
+# ------------------------------------------------------------ indexing ---
+
+
+@converts(aten.embedding.default)
+def embedding(imp: Importer, node: fx.Node) -> SSAValue:
+    return imp.emit(gml.EmbeddingOp(imp.value(node.args[0]), imp.value(node.args[1])))
+
+
+@converts(aten.gather.default)
+def gather(imp: Importer, node: fx.Node) -> SSAValue:
+    dim = node.args[1] % rank_of(node)  # type: ignore[operator]
+    return imp.emit(gml.GatherOp(imp.value(node.args[0]), imp.value(node.args[2]), dim))
+
+
+@converts(aten.index.Tensor)
+def index(imp: Importer, node: fx.Node) -> SSAValue:
+    dims, idx = [], []
+    for d, i in enumerate(node.args[1]):  # type: ignore[arg-type]
+        if i is not None:
+            dims.append(d)
+            idx.append(imp.value(i))
+    return imp.emit(gml.IndexOp(imp.value(node.args[0]), idx, dims, rtype(node)))
+
+
+@converts(aten.index_select.default)
+def index_select(imp: Importer, node: fx.Node) -> SSAValue:
+    dim = node.args[1] % rank_of(node)  # type: ignore[operator]
+    return imp.emit(gml.IndexOp(imp.value(node.args[0]), [imp.value(node.args[2])], [dim], rtype(node)))
+
+
+@converts(aten.cumsum.default)
+def cumsum(imp: Importer, node: fx.Node) -> SSAValue:
+    out = rtype(node)
+    x = imp.as_type(node.args[0], out.element_type)
+    return imp.emit(gml.CumsumOp(x, node.args[1] % rank_of(node), out))  # type: ignore[operator]
+
+
+# --------------------------------------------------------- constructors ---
+
+
+@converts(aten.full.default, aten.full_like.default, aten.zeros_like.default, aten.ones_like.default)
+def full(imp: Importer, node: fx.Node) -> SSAValue:
+    fill = {aten.zeros_like.default: 0.0, aten.ones_like.default: 1.0}.get(node.target)  # type: ignore[call-overload]
+    value = fill if fill is not None else node.args[1]
+    t = rtype(node)
+    return imp.emit(gml.FullOp(float(value), t, imp.sizes(t, node.meta["val"])))  # type: ignore[arg-type]
+
+
+@converts(aten.scalar_tensor.default)
+def scalar_tensor(imp: Importer, node: fx.Node) -> SSAValue:
+    return imp.scalar(node.args[0], rtype(node).element_type)  # type: ignore[arg-type]
+
+
+@converts(aten.arange.start_step, aten.arange.default, aten.arange.start)
+def arange(imp: Importer, node: fx.Node) -> SSAValue:
+    start, step = 0, 1
+    if node.target != aten.arange.default:
+        start = node.args[0]  # type: ignore[assignment]
+        step = kwarg(node, 2, "step", 1)
+    if isinstance(start, torch.SymInt):
+        raise unsupported(imp, node, "symbolic start")
+    t = rtype(node)
+    return imp.emit(gml.ArangeOp(float(start), float(step), t, imp.sizes(t, node.meta["val"])))
+
+
+# ----------------------------------------------------------- reductions ---
+
+_REDUCE = {
+    aten.sum.dim_IntList: gml.SumOp,
+    aten.mean.dim: gml.MeanOp,
+    aten.amax.default: gml.AmaxOp,
+    aten.amin.default: gml.AminOp,
+    aten.any.dim: gml.AnyOp,
+    aten.any.dims: gml.AnyOp,
+    aten.sum.default: gml.SumOp,
+    aten.mean.default: gml.MeanOp,
+    aten.any.default: gml.AnyOp,
+}
+
+
+@converts(*_REDUCE)
+def reduce(imp: Importer, node: fx.Node) -> SSAValue:
+    src_rank = len(node.args[0].meta["val"].shape)  # type: ignore[union-attr]
+    dims = kwarg(node, 1, "dim", None)
+    if node.target in (aten.sum.default, aten.mean.default, aten.any.default) or dims is None:
+        dims = []
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    keepdim = bool(kwarg(node, 2, "keepdim", False))
+    out = rtype(node)
+    x = imp.value(node.args[0])
+    if node.target not in (aten.any.dim, aten.any.dims, aten.any.default):
+        x = imp.as_type(node.args[0], out.element_type)
+    elif elt_of(x) != IntegerType(1):
+        x = imp.as_type(node.args[0], IntegerType(1))
+    return imp.emit(_REDUCE[node.target](x, [d % max(src_rank, 1) for d in dims], keepdim))
+
+
+# --------------------------------------------------------------- nn ops ---
+
+
+@converts(aten.mm.default, aten.bmm.default, aten.matmul.default)
+def matmul(imp: Importer, node: fx.Node) -> SSAValue:
+    return imp.emit(gml.MatmulOp(imp.value(node.args[0]), imp.value(node.args[1])))
+
+
+@converts(aten.addmm.default)
+def addmm(imp: Importer, node: fx.Node) -> SSAValue:
+    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    if beta != 1 or alpha != 1:
+        raise unsupported(imp, node, "beta/alpha other than 1")
+    prod = imp.emit(gml.MatmulOp(imp.value(node.args[1]), imp.value(node.args[2])))
+    return imp.emit(gml.AddOp(prod, imp.value(node.args[0]), rtype(node)))
+
+
+@converts(aten._softmax.default, aten._log_softmax.default, aten.softmax.int)
+def softmax(imp: Importer, node: fx.Node) -> SSAValue:
+    out = rtype(node)
+    x = imp.as_type(node.args[0], out.element_type)
+    dim = node.args[1] % rank_of(node)  # type: ignore[operator]
+    cls = gml.LogSoftmaxOp if node.target == aten._log_softmax.default else gml.SoftmaxOp
+    return imp.emit(cls(x, dim))
+
+
+@converts(aten.native_layer_norm.default)
+def layer_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
+    x, shape, w, b, eps = node.args
+    weight = imp.value(w) if w is not None else None
+    bias = imp.value(b) if b is not None else None
+    op = gml.LayerNormOp(imp.value(x), weight, bias, len(shape), float(eps))  # type: ignore[arg-type]
+    return imp.emit(op), None, None
+
+
+@converts(aten.scaled_dot_product_attention.default)
+def sdpa(imp: Importer, node: fx.Node) -> SSAValue:
+    q, k, v = (imp.value(a) for a in node.args[:3])
+    mask = kwarg(node, 3, "attn_mask", None)
+    if kwarg(node, 4, "dropout_p", 0.0) != 0.0:
+        raise unsupported(imp, node, "dropout in an inference graph")
+    causal = bool(kwarg(node, 5, "is_causal", False))
+    scale = kwarg(node, 6, "scale", None)
+    op = gml.SdpaOp(q, k, v, imp.value(mask) if mask is not None else None, causal, scale)
+    return imp.emit(op)
+
+
+@converts(aten.convolution.default)
+def convolution(imp: Importer, node: fx.Node) -> SSAValue:
+    x, w, b, stride, padding, dilation, transposed, _, groups = node.args
+    if transposed:
+        raise unsupported(imp, node, "transposed convolution")
+    n = rank_of(node) - 2
+    stride, padding, dilation = (  # type: ignore[assignment]
+        list(p) * (n if len(p) == 1 else 1)  # type: ignore[arg-type]
+        for p in (stride, padding, dilation)
+    )
+    bias = imp.value(b) if b is not None else None
+    return imp.emit(
+        gml.ConvOp(
+            imp.value(x), imp.value(w), bias, stride, padding, dilation, groups, rtype(node)  # type: ignore[arg-type]
+        )
+    )
+
+
+@converts(aten._native_batch_norm_legit_no_training.default)
+def batch_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
+    x, w, b, mean, var, _momentum, eps = node.args
+    op = gml.BatchNormOp(*(imp.value(a) for a in (x, w, b, mean, var)), float(eps))  # type: ignore[arg-type]
+    return imp.emit(op), None, None
+
+
+def _pair(v: Any) -> list[int]:
+    v = list(v) if isinstance(v, list | tuple) else [v]
+    return v * 2 if len(v) == 1 else v
+
+
+@converts(aten.max_pool2d_with_indices.default)
+def max_pool(imp: Importer, node: fx.Node) -> tuple[SSAValue, None]:
+    x = node.args[0]
+    k = _pair(node.args[1])
+    s = _pair(kwarg(node, 2, "stride", None) or k)
+    p = _pair(kwarg(node, 3, "padding", 0))
+    if _pair(kwarg(node, 4, "dilation", 1)) != [1, 1]:
+        raise unsupported(imp, node, "dilated pooling")
+    ceil = bool(kwarg(node, 5, "ceil_mode", False))
+    t = _meta_type(node.meta["val"][0])
+    return imp.emit(gml.MaxPool2dOp(imp.value(x), k, s, p, ceil, t)), None
+
+
+@converts(aten.avg_pool2d.default)
+def avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
+    k = _pair(node.args[1])
+    s = _pair(kwarg(node, 2, "stride", None) or k)
+    p = _pair(kwarg(node, 3, "padding", 0))
+    ceil = bool(kwarg(node, 4, "ceil_mode", False))
+    if not kwarg(node, 5, "count_include_pad", True) or kwarg(node, 6, "divisor_override", None):
+        raise unsupported(imp, node, "count_include_pad=False or divisor_override")
+    return imp.emit(gml.AvgPool2dOp(imp.value(node.args[0]), k, s, p, ceil, rtype(node)))
+
+
+@converts(aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default)
+def adaptive_avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
+    return imp.emit(gml.AdaptiveAvgPool2dOp(imp.value(node.args[0]), rtype(node)))
+

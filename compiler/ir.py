@@ -1,0 +1,91 @@
+"""Reading, printing and verifying gml IR text."""
+
+
+from __future__ import annotations
+
+import io
+
+from xdsl.context import Context
+from xdsl.dialects.arith import Arith
+from xdsl.dialects.builtin import Builtin, ModuleOp
+from xdsl.dialects.func import Func
+from xdsl.ir import Operation, SSAValue
+from xdsl.parser import Parser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
+
+from gimlet.dialects.gml import GML
+from gimlet.errors import VerificationError, with_location
+
+
+def context() -> Context:
+    ctx = Context()
+    for dialect in (Builtin, Func, Arith, GML):
+        ctx.load_dialect(dialect)
+    return ctx
+
+
+def parse(text: str, filename: str = "<stdin>") -> ModuleOp:
+    """Parse IR text; syntax errors become VerificationError with file:line:col."""
+    try:
+        module = Parser(context(), text, filename).parse_module()
+    except ParseError as e:
+        raise VerificationError(str(e).strip()) from e
+    except DiagnosticException as e:
+        raise VerificationError(f"{filename}: {str(e).strip()}") from e
+    return module
+
+
+def print_ir(op: Operation, locations: bool = True) -> str:
+    out = io.StringIO()
+    Printer(stream=out, print_debuginfo=locations).print_op(op)
+    # Unknown locations carry no information; leave them out of dumps.
+    return out.getvalue().replace(" loc(unknown)", "") + "\n"
+
+
+def verify(module: ModuleOp, after: str | None = None) -> None:
+    """xDSL's structural verifier plus SSA dominance, as one user-facing error."""
+    try:
+        check_dominance(module)
+    except _DominanceError as e:
+        raise VerificationError(_describe_failure(e.op, e, after)) from e
+    for op in module.walk():
+        try:
+            op.verify(verify_nested_ops=False)
+        except VerifyException as e:
+            cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+            raise VerificationError(_describe_failure(op, cause, after)) from e
+
+
+def check_dominance(root: Operation) -> None:
+    """Each operand is defined before its use (regions here are single-block)."""
+    defined: set[SSAValue] = set()
+
+    def walk(op: Operation) -> None:
+        for v in op.operands:
+            if v not in defined:
+                raise _DominanceError(op, list(op.operands).index(v))
+        for region in op.regions:
+            for block in region.blocks:
+                defined.update(block.args)
+                for inner in block.ops:
+                    walk(inner)
+        defined.update(op.results)
+
+    for region in root.regions:
+        for block in region.blocks:
+            defined.update(block.args)
+            for op in block.ops:
+                walk(op)
+
+
+class _DominanceError(VerifyException):
+    def __init__(self, op: Operation, index: int):
+        super().__init__(f"operand #{index} of {op.name} does not dominate its use")
+        self.op = op
+
+
+def _describe_failure(op: Operation, e: Exception, after: str | None) -> str:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    where = f" after pass '{after}'" if after else ""
+    return with_location(op.location, f"{op.name}: {message}{where}")
