@@ -1,0 +1,24 @@
+"""gimlet: a dataflow compiler for heterogeneous AI inference.
+
+    import gimlet
+    compiled = gimlet.compile(model, (x,))   # torch.export -> gml -> passes
+    print(compiled)                          # the IR
+    compiled(x)                              # run on the reference interpreter
+
+Heavy imports (torch, xdsl) happen on first use so `gimletc --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["compile", "Compiled", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("compile", "Compiled"):
+        from gimlet import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'gimlet' has no attribute {name!r}")

@@ -7,7 +7,8 @@ import io
 
 from xdsl.context import Context
 from xdsl.dialects.arith import Arith
-from xdsl.dialects.builtin import Builtin, ModuleOp
+from xdsl.dialects import func
+from xdsl.dialects.builtin import Builtin, ModuleOp, StringAttr
 from xdsl.dialects.func import Func
 from xdsl.ir import Operation, SSAValue
 from xdsl.parser import Parser
@@ -89,3 +90,21 @@ def _describe_failure(op: Operation, e: Exception, after: str | None) -> str:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     where = f" after pass '{after}'" if after else ""
     return with_location(op.location, f"{op.name}: {message}{where}")
+
+
+def main_func(module: ModuleOp, entry: str = "main") -> func.FuncOp:
+    for op in module.ops:
+        if isinstance(op, func.FuncOp) and op.sym_name.data == entry:
+            return op
+    raise VerificationError(f"no func.func @{entry} in the module")
+
+
+def input_names(module: ModuleOp, entry: str = "main") -> list[str]:
+    """Argument names recorded by the importer (`{gml.name = ...}`), else arg0, arg1, ..."""
+    fn = main_func(module, entry)
+    names = []
+    for i in range(len(fn.args)):
+        attrs = fn.arg_attrs.data[i].data if fn.arg_attrs else {}
+        name = attrs.get("gml.name")
+        names.append(name.data if isinstance(name, StringAttr) else f"arg{i}")
+    return names

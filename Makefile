@@ -1,0 +1,42 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install gimlet.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint typecheck pytest lit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch is pinned below 2.14 in pyproject.toml so pip takes the local CPU wheel.
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/gimletc compile examples/gpt.py:model -o demo-out --dump-dir demo-out-passes --timing
+	$(BIN)/gimletc run demo-out --inputs examples/gpt_inputs.npz
+	@echo "IR: demo-out/model.mlir   per-pass dumps: demo-out-passes/"
+
+test: setup lint typecheck pytest lit
+
+lint: setup
+	$(BIN)/ruff check compiler dialects passes backends tests benchmarks examples
+	$(BIN)/ruff format --check compiler dialects passes backends tests benchmarks examples
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/python -m pytest -n 2 tests
+
+lit: setup
+	$(BIN)/lit -sv tests/lit
+
+bench: setup
+	$(BIN)/python benchmarks/frontend_scaling.py
+
+clean:
+	rm -rf $(VENV) demo-out demo-out-passes

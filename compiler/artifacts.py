@@ -1,0 +1,57 @@
+"""What `gimletc compile` writes: IR text plus weights, written atomically.
+
+An output directory holds `model.mlir` (the final IR, weights referenced by
+name) and `weights.safetensors`. It is assembled in a temporary sibling and
+renamed into place, so a failed compile never leaves a half-written directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from gimlet.dtypes import numpy_to_torch, torch_to_numpy
+from gimlet.errors import UserError
+
+IR_FILE = "model.mlir"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save_weights(path: str, weights: Mapping[str, np.ndarray]) -> None:
+    save_file({k: numpy_to_torch(np.asarray(v)).contiguous() for k, v in weights.items()}, path)
+
+
+def load_weights(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such weights file")
+    try:
+        return {k: torch_to_numpy(v) for k, v in load_file(path).items()}
+    except Exception as e:
+        raise UserError(f"{path}: not a safetensors file ({e})") from e
+
+
+def write_atomically(out_dir: str, fill: Callable[[str], None]) -> None:
+    """Run `fill(tmp_dir)`, then move tmp_dir to out_dir (replacing an earlier output)."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir}: exists and is not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(
+        os.path.join(out_dir, IR_FILE)
+    ):
+        raise UserError(f"{out_dir}: not empty and not a gimlet output; refusing to overwrite")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".gimlet-", dir=parent)
+    try:
+        fill(tmp)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)

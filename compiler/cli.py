@@ -1,0 +1,263 @@
+"""`gimletc`: the command line. Exit 0 ok, 1 user error, 2 internal error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from gimlet import __version__
+from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomically
+from gimlet.errors import UserError
+from gimlet.ir import parse, print_ir, verify
+from gimlet.pass_manager import DEFAULT_PIPELINE, Instrumentation, list_passes, run_pipeline
+from gimlet.progress import step
+
+DESCRIPTION = """\
+gimlet: a dataflow compiler for heterogeneous AI inference.
+
+  gimletc compile MODEL -o OUT/     import a PyTorch model, run the pipeline, write IR + weights
+  gimletc opt FILE.mlir             run passes on IR text (like mlir-opt); the golden tests use it
+  gimletc run MODEL|OUT/|FILE.mlir  execute through the reference interpreter
+
+MODEL is path/model.py:factory (factory() returns (module, example_inputs[, dynamic_shapes]))
+or a .pt2 file written by torch.export.save.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # usage errors are user errors: exit 1
+        self.print_usage(sys.stderr)
+        self.exit(1, f"gimletc: error: {message}\n")
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser, default: str) -> None:
+    g = p.add_argument_group("pass pipeline")
+    g.add_argument(
+        "--pass-pipeline",
+        default=default,
+        metavar="PIPELINE",
+        help=f"comma-separated passes, e.g. 'infer-shapes,canonicalize' (default: '{default}'; "
+        "see --list-passes)",
+    )
+    g.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    g.add_argument("--print-ir-before", action="append", default=[], metavar="PASS", help="print the IR before PASS")
+    g.add_argument("--print-ir-after", action="append", default=[], metavar="PASS", help="print the IR after PASS")
+    g.add_argument("--dump-dir", metavar="DIR", help="write NN-<pass>.mlir after each pass into DIR")
+    g.add_argument("--timing", action="store_true", help="report the wall time of each pass (stderr)")
+    g.add_argument(
+        "--no-locations", action="store_true", help="print IR without loc(...) source locations"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gimletc", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gimletc {__version__}")
+    p.add_argument("--list-passes", action="store_true", help="list the available passes and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="import a model and write IR + weights", description=(
+        "Export MODEL with torch.export, decompose to core ATen, import into the gml dialect, run "
+        "the pass pipeline and write OUT/model.mlir and OUT/weights.safetensors. OUT is replaced "
+        "atomically: a failed compile leaves no partial output."))
+    c.add_argument("model", metavar="MODEL", help="path/model.py:factory or model.pt2")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    _add_pipeline_flags(c, DEFAULT_PIPELINE)
+
+    o = sub.add_parser("opt", help="run passes on .mlir text", description=(
+        "Parse FILE (or - for stdin), verify it, run --pass-pipeline (none by default) and print "
+        "the result. With --split-input-file, each chunk between '// -----' lines is processed on "
+        "its own and errors are reported per chunk (line numbers refer to FILE)."))
+    o.add_argument("file", metavar="FILE.mlir")
+    o.add_argument("-o", "--output", metavar="OUT.mlir", help="write the IR here instead of stdout")
+    o.add_argument("--split-input-file", action="store_true", help="process '// -----' chunks separately")
+    _add_pipeline_flags(o, "")
+
+    r = sub.add_parser("run", help="execute through the reference interpreter", description=(
+        "Run a model, a `gimletc compile` output directory or an .mlir file on the numpy reference "
+        "interpreter. Inputs come from --inputs (an .npz whose keys are the input names, or arr_0, "
+        "arr_1, ... in order); for path/model.py:factory the factory's example inputs are the "
+        "default."))
+    r.add_argument("target", metavar="MODEL|OUT/|FILE.mlir")
+    r.add_argument("--inputs", metavar="INPUTS.npz")
+    r.add_argument("--weights", metavar="WEIGHTS.safetensors", help="weights for an .mlir file")
+    r.add_argument("-o", "--output", metavar="OUTPUTS.npz", help="save outputs (out0, out1, ...)")
+    _add_pipeline_flags(r, DEFAULT_PIPELINE)
+    return p
+
+
+def _instrumentation(args: argparse.Namespace) -> Instrumentation:
+    def names(values: list[str]) -> set[str]:
+        return {n for v in values for n in v.split(",") if n}
+
+    return Instrumentation(
+        print_after_all=args.print_ir_after_all,
+        print_before=names(args.print_ir_before),
+        print_after=names(args.print_ir_after),
+        dump_dir=args.dump_dir,
+        timing=args.timing,
+        locations=not args.no_locations,
+    )
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from gimlet.frontend import decompose, load_program
+    from gimlet.importer import import_program
+
+    with step(f"exporting {args.model}"):
+        ep = decompose(load_program(args.model))
+    with step("importing into gml"):
+        module, weights = import_program(ep)
+        verify(module, after="import")
+    with step("running passes"):
+        run_pipeline(module, args.pass_pipeline, _instrumentation(args))
+    text = print_ir(module, not args.no_locations)
+
+    def fill(tmp: str) -> None:
+        with open(os.path.join(tmp, IR_FILE), "w") as f:
+            f.write(text)
+        save_weights(os.path.join(tmp, WEIGHTS_FILE), weights)
+
+    write_atomically(args.output, fill)
+    n_ops = sum(1 for _ in module.walk())
+    print(f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {WEIGHTS_FILE} ({len(weights)} tensors)")
+    return 0
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    with open(path) as f:
+        return f.read()
+
+
+def cmd_opt(args: argparse.Namespace) -> int:
+    text = _read(args.file)
+    chunks = _split(text) if args.split_input_file else [text]
+    outputs, failed = [], False
+    for chunk in chunks:
+        try:
+            module = parse(chunk, args.file)
+            verify(module)
+            run_pipeline(module, args.pass_pipeline, _instrumentation(args))
+            outputs.append(print_ir(module, not args.no_locations))
+        except UserError as e:
+            if not args.split_input_file:
+                raise
+            sys.stderr.write(f"gimletc: error: {e}\n")
+            failed = True
+    result = "// -----\n".join(outputs)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(result)
+    else:
+        sys.stdout.write(result)
+    return 1 if failed else 0
+
+
+def _split(text: str) -> list[str]:
+    """Chunks between `// -----` lines, padded with blank lines to keep line numbers."""
+    chunks, current, line_no = [], [], 0
+    for line in text.splitlines(keepends=True):
+        if line.strip() == "// -----":
+            chunks.append("".join(current))
+            current = ["\n"] * (line_no + 1)
+        else:
+            current.append(line)
+        line_no += 1
+    chunks.append("".join(current))
+    return chunks
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gimlet.interpreter import run
+
+    example: list[np.ndarray] | None = None
+    target = args.target
+    if os.path.isdir(target):
+        module = parse(_read(os.path.join(target, IR_FILE)), os.path.join(target, IR_FILE))
+        weights = load_weights(args.weights or os.path.join(target, WEIGHTS_FILE))
+    elif target.endswith(".mlir"):
+        module = parse(_read(target), target)
+        weights = load_weights(args.weights) if args.weights else {}
+    else:
+        from gimlet.dtypes import torch_to_numpy
+        from gimlet.frontend import decompose, export, load_factory, load_program
+
+        if target.endswith(".pt2"):
+            ep = load_program(target)
+        else:
+            model, inputs, dyn = load_factory(target)
+            example = [torch_to_numpy(t) for t in inputs]
+            ep = export(model, inputs, dyn)
+        from gimlet.importer import import_program
+
+        module, weights = import_program(decompose(ep))
+    verify(module)
+    run_pipeline(module, args.pass_pipeline, _instrumentation(args))
+    inputs = _load_inputs(args.inputs, module) if args.inputs else example
+    if inputs is None:
+        raise UserError(f"{target}: no inputs; pass --inputs INPUTS.npz")
+    outputs = run(module, inputs, weights)
+    if args.output:
+        np.savez(args.output, **{f"out{i}": o for i, o in enumerate(outputs)})
+    for i, o in enumerate(outputs):
+        print(f"out{i}: {o.dtype} {list(o.shape)} {np.array2string(o.ravel()[:6], precision=5)}")
+    return 0
+
+
+def _load_inputs(path: str, module: ModuleOp) -> list[np.ndarray]:
+    from gimlet.ir import input_names
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        data = np.load(path)
+    except Exception as e:
+        raise UserError(f"{path}: not an .npz file ({e})") from e
+    names = input_names(module)
+    if all(n in data for n in names):
+        return [data[n] for n in names]
+    positional = [f"arr_{i}" for i in range(len(names))]
+    if all(n in data for n in positional):
+        return [data[n] for n in positional]
+    raise UserError(f"{path}: expected arrays named {', '.join(names)} (or arr_0..), found {', '.join(data.files)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list_passes:
+        print("Available passes:\n" + list_passes())
+        return 0
+    if args.command is None:
+        _parser().print_help()
+        return 1
+    try:
+        return {"compile": cmd_compile, "opt": cmd_opt, "run": cmd_run}[args.command](args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"gimletc: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug in gimlet, not in the user's input
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"gimletc: internal error: {type(e).__name__}: {e}\n(rerun with --debug for the traceback)\n"
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Named passes, pipelines, and the instrumentation users see (dumps, timing).
+
+The pass manager verifies the module after every pass, so a broken rewrite is
+reported against the pass that made it, not at some later stage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+from xdsl.transforms.common_subexpression_elimination import CommonSubexpressionElimination
+from xdsl.utils.arg_spec import parse_pipeline
+
+from gimlet.errors import UserError
+from gimlet.ir import context, print_ir, verify
+from gimlet.passes.canonicalize import Canonicalize
+from gimlet.passes.fuse_elementwise import FuseElementwise
+from gimlet.passes.infer_shapes import InferShapes
+
+PASSES: dict[str, type[ModulePass]] = {
+    p.name: p for p in (InferShapes, Canonicalize, CommonSubexpressionElimination, FuseElementwise)
+}
+DEFAULT_PIPELINE = "infer-shapes,canonicalize,cse,fuse-elementwise"
+
+
+def summary(p: type[ModulePass]) -> str:
+    if p is CommonSubexpressionElimination:
+        return "Merge identical side-effect-free ops (xDSL's CSE)."
+    return (p.__doc__ or "").strip().splitlines()[0]
+
+
+def list_passes() -> str:
+    width = max(len(n) for n in PASSES)
+    return "\n".join(f"  {n.ljust(width)}  {summary(p)}" for n, p in PASSES.items())
+
+
+def build_pipeline(spec: str) -> list[ModulePass]:
+    passes = []
+    try:
+        specs = list(parse_pipeline(spec))
+    except Exception as e:
+        raise UserError(f"malformed --pass-pipeline '{spec}': {e}") from e
+    for s in specs:
+        if s.name not in PASSES:
+            raise UserError(
+                f"unknown pass '{s.name}' in --pass-pipeline; available: {', '.join(PASSES)}"
+            )
+        try:
+            passes.append(PASSES[s.name].from_pass_spec(s))
+        except Exception as e:
+            raise UserError(f"bad options for pass '{s.name}': {e}") from e
+    return passes
+
+
+@dataclass
+class Instrumentation:
+    """What to print or save around each pass (the `--print-ir-*`, `--dump-dir`, `--timing` flags)."""
+
+    print_after_all: bool = False
+    print_before: set[str] = field(default_factory=set)
+    print_after: set[str] = field(default_factory=set)
+    dump_dir: str | None = None
+    timing: bool = False
+    locations: bool = True
+    stream: TextIO = sys.stderr
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    dumps: dict[str, str] = field(default_factory=dict)
+    keep_dumps: bool = False
+
+    def _emit(self, header: str, module: ModuleOp) -> None:
+        self.stream.write(f"// -----// IR Dump {header} //----- //\n")
+        self.stream.write(print_ir(module, self.locations))
+
+    def _dump(self, index: int, name: str, module: ModuleOp) -> None:
+        text = None
+        if self.dump_dir is not None:
+            text = print_ir(module, self.locations)
+            with open(os.path.join(self.dump_dir, f"{index:02d}-{name}.mlir"), "w") as f:
+                f.write(text)
+        if self.keep_dumps:
+            self.dumps[f"{index:02d}-{name}"] = text or print_ir(module, self.locations)
+
+
+def run_pipeline(
+    module: ModuleOp,
+    pipeline: list[ModulePass] | str,
+    instr: Instrumentation | None = None,
+    ctx: Context | None = None,
+    on_pass: Callable[[str], None] | None = None,
+) -> ModuleOp:
+    instr = instr or Instrumentation()
+    passes = build_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+    ctx = ctx or context()
+    if instr.dump_dir is not None:
+        os.makedirs(instr.dump_dir, exist_ok=True)
+    instr._dump(0, "input", module)
+    for i, p in enumerate(passes, start=1):
+        if on_pass:
+            on_pass(p.name)
+        if p.name in instr.print_before:
+            instr._emit(f"Before {p.name}", module)
+        start = time.perf_counter()
+        p.apply(ctx, module)
+        instr.timings.append((p.name, time.perf_counter() - start))
+        verify(module, after=p.name)
+        if instr.print_after_all or p.name in instr.print_after:
+            instr._emit(f"After {p.name}", module)
+        instr._dump(i, p.name, module)
+    if instr.timing:
+        instr.stream.write(format_timings(instr.timings))
+    return module
+
+
+def format_timings(timings: list[tuple[str, float]]) -> str:
+    total = sum(t for _, t in timings) or 1e-12
+    lines = ["===-------------------------------------------------------------------------===",
+             "                         ... Pass execution timing report ...",
+             "===-------------------------------------------------------------------------===",
+             f"  Total Execution Time: {total:.4f} seconds",
+             "",
+             "  ----Wall Time----  ----Name----"]
+    for name, t in timings:
+        lines.append(f"  {t:.4f} ({100 * t / total:5.1f}%)  {name}")
+    lines.append(f"  {total:.4f} (100.0%)  Total")
+    return "\n".join(lines) + "\n"
