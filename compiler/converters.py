@@ -107,6 +107,7 @@ _ARITH = {
     aten.div.Scalar: gml.DivOp,
     aten.pow.Tensor_Scalar: gml.PowOp,
     aten.pow.Tensor_Tensor: gml.PowOp,
+    aten.pow.Scalar: gml.PowOp,
     aten.maximum.default: gml.MaximumOp,
     aten.minimum.default: gml.MinimumOp,
     aten.bitwise_and.Tensor: gml.AndOp,

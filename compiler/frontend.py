@@ -31,6 +31,8 @@ KEEP_WHOLE = (aten.scaled_dot_product_attention.default,)
 def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...], Any]:
     """`path/model.py:factory` -> (module, example_inputs, dynamic_shapes or None)."""
     path, _, name = spec.rpartition(":")
+    if not path and not os.path.exists(spec):
+        raise UserError(f"{spec}: no such file or directory")
     if not path or not name:
         raise UserError(f"expected MODEL as path/model.py:factory or a .pt2 file, got '{spec}'")
     if not os.path.isfile(path):

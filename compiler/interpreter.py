@@ -326,7 +326,7 @@ def _pool2d(x: Array, op: gml.Pool2dOp) -> Array:
         pads.append((p, max(p, (n - 1) * s + k - size - p)))
         # torch's avg divisor counts padding but not the overhang past it
         starts = np.arange(n) * s - p
-        counts.append(np.minimum(starts + k, size + p) - starts)
+        counts.append(np.full(n, k))
     if isinstance(op, gml.MaxPool2dOp):
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         padded = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
