@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -16,7 +17,7 @@ from gimlet import __version__
 from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomically
 from gimlet.errors import UserError
 from gimlet.ir import parse, print_ir, verify
-from gimlet.pass_manager import DEFAULT_PIPELINE, Instrumentation, list_passes, run_pipeline
+from gimlet.pass_manager import DEFAULT_PIPELINE, build_pipeline, Instrumentation, list_passes, run_pipeline
 from gimlet.progress import step
 
 DESCRIPTION = """\
@@ -141,6 +142,7 @@ def _read(path: str) -> str:
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
+    build_pipeline(args.pass_pipeline)  # reject a bad pipeline before reading any input
     text = _read(args.file)
     chunks = _split(text) if args.split_input_file else [text]
     outputs, failed = [], False
@@ -235,6 +237,9 @@ def _load_inputs(path: str, module: ModuleOp) -> list[np.ndarray]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not args.debug:  # torch's deprecation chatter would bury the one line that matters
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
     if args.list_passes:
         print("Available passes:\n" + list_passes())
         return 0

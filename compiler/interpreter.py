@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.errors import UserError
 from numpy.lib.stride_tricks import sliding_window_view
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
@@ -56,7 +57,7 @@ Array = npt.NDArray[Any]
 Value = Array | int
 
 
-class InterpreterError(Exception):
+class InterpreterError(UserError):
     """Bad inputs or weights for a run, or an op the interpreter cannot evaluate."""
 
 
@@ -326,7 +327,7 @@ def _pool2d(x: Array, op: gml.Pool2dOp) -> Array:
         pads.append((p, max(p, (n - 1) * s + k - size - p)))
         # torch's avg divisor counts padding but not the overhang past it
         starts = np.arange(n) * s - p
-        counts.append(np.full(n, k))
+        counts.append(np.minimum(starts + k, size + p) - starts)
     if isinstance(op, gml.MaxPool2dOp):
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         padded = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)

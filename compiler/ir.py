@@ -28,13 +28,23 @@ def context() -> Context:
 
 def parse(text: str, filename: str = "<stdin>") -> ModuleOp:
     """Parse IR text; syntax errors become VerificationError with file:line:col."""
+    if not text.strip():
+        return ModuleOp([])
     try:
         module = Parser(context(), text, filename).parse_module()
     except ParseError as e:
-        raise VerificationError(str(e).strip()) from e
+        raise VerificationError(_format_parse_error(str(e))) from e
     except DiagnosticException as e:
         raise VerificationError(f"{filename}: {str(e).strip()}") from e
     return module
+
+
+def _format_parse_error(text: str) -> str:
+    """xDSL prints `file:l:c / source / caret / message`; lead with `file:l:c: message`."""
+    lines = text.strip().splitlines()
+    if len(lines) >= 4:
+        return "\n".join([f"{lines[0]}: {' '.join(lines[3:])}", *lines[1:3]])
+    return text.strip()
 
 
 def print_ir(op: Operation, locations: bool = True) -> str:

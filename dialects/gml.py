@@ -551,8 +551,8 @@ class ConcatOp(GmlOp):
         shapes = [shape_of(v.type) for v in self.inputs]
         d = normalize_dim(self.dim.value.data, len(shapes[0]))
         out = list(shapes[0])
-        for s in shapes[1:]:
-            if len(s) != len(out) or _elt(self.inputs[0]) != _elt(self.inputs[shapes.index(s)]):
+        for v, s in zip(self.inputs[1:], shapes[1:], strict=True):
+            if len(s) != len(out) or _elt(v) != _elt(self.inputs[0]):
                 raise VerifyException("concat inputs must share rank and element type")
             for i, (a, b) in enumerate(zip(out, s, strict=True)):
                 if i == d:
@@ -680,7 +680,9 @@ class ReduceOp(GmlOp):
         src = shape_of(input.type)
         out = self._shape(src, dims, keepdim)
         super().__init__(
-            operands=[input], properties=props, result_types=[tensor(out, elt or _elt(input))]
+            operands=[input],
+            properties=props,
+            result_types=[tensor(out, elt or (i1 if self.RESULT_IS_BOOL else _elt(input)))],
         )
 
     @staticmethod

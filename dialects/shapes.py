@@ -1,6 +1,6 @@
 """Shape and dtype rules shared by the gml verifiers and the shape-inference pass.
 
-Shapes are tuples of ints where DYN (-1, xDSL's DYNAMIC_INDEX) is a dimension
+Shapes are tuples of ints where DYN (xDSL's DYNAMIC_INDEX) is a dimension
 whose size is only known at run time (a symbolic batch or sequence length).
 """
 
