@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check compiler dialects passes backends tests benchmarks examples
 
 typecheck: setup
-	$(BIN)/mypy
+	MYPY=$(BIN)/mypy scripts/typecheck.sh
 
 pytest: setup
 	$(BIN)/python -m pytest -n 2 tests

@@ -40,8 +40,10 @@ def write_atomically(out_dir: str, fill: Callable[[str], None]) -> None:
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"{out_dir}: exists and is not a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(
-        os.path.join(out_dir, IR_FILE)
+    if (
+        os.path.isdir(out_dir)
+        and os.listdir(out_dir)
+        and not os.path.isfile(os.path.join(out_dir, IR_FILE))
     ):
         raise UserError(f"{out_dir}: not empty and not a gimlet output; refusing to overwrite")
     parent = os.path.dirname(out_dir)

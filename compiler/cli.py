@@ -8,7 +8,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
@@ -17,7 +17,13 @@ from gimlet import __version__
 from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomically
 from gimlet.errors import UserError
 from gimlet.ir import parse, print_ir, verify
-from gimlet.pass_manager import DEFAULT_PIPELINE, build_pipeline, Instrumentation, list_passes, run_pipeline
+from gimlet.pass_manager import (
+    DEFAULT_PIPELINE,
+    Instrumentation,
+    build_pipeline,
+    list_passes,
+    run_pipeline,
+)
 from gimlet.progress import step
 
 DESCRIPTION = """\
@@ -47,45 +53,84 @@ def _add_pipeline_flags(p: argparse.ArgumentParser, default: str) -> None:
         help=f"comma-separated passes, e.g. 'infer-shapes,canonicalize' (default: '{default}'; "
         "see --list-passes)",
     )
-    g.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
-    g.add_argument("--print-ir-before", action="append", default=[], metavar="PASS", help="print the IR before PASS")
-    g.add_argument("--print-ir-after", action="append", default=[], metavar="PASS", help="print the IR after PASS")
-    g.add_argument("--dump-dir", metavar="DIR", help="write NN-<pass>.mlir after each pass into DIR")
-    g.add_argument("--timing", action="store_true", help="report the wall time of each pass (stderr)")
+    g.add_argument(
+        "--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)"
+    )
+    g.add_argument(
+        "--print-ir-before",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="print the IR before PASS",
+    )
+    g.add_argument(
+        "--print-ir-after",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="print the IR after PASS",
+    )
+    g.add_argument(
+        "--dump-dir", metavar="DIR", help="write NN-<pass>.mlir after each pass into DIR"
+    )
+    g.add_argument(
+        "--timing", action="store_true", help="report the wall time of each pass (stderr)"
+    )
     g.add_argument(
         "--no-locations", action="store_true", help="print IR without loc(...) source locations"
     )
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gimletc", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="gimletc",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"gimletc {__version__}")
     p.add_argument("--list-passes", action="store_true", help="list the available passes and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("compile", help="import a model and write IR + weights", description=(
-        "Export MODEL with torch.export, decompose to core ATen, import into the gml dialect, run "
-        "the pass pipeline and write OUT/model.mlir and OUT/weights.safetensors. OUT is replaced "
-        "atomically: a failed compile leaves no partial output."))
+    c = sub.add_parser(
+        "compile",
+        help="import a model and write IR + weights",
+        description=(
+            "Export MODEL with torch.export, decompose to core ATen, import into the gml dialect, run "
+            "the pass pipeline and write OUT/model.mlir and OUT/weights.safetensors. OUT is replaced "
+            "atomically: a failed compile leaves no partial output."
+        ),
+    )
     c.add_argument("model", metavar="MODEL", help="path/model.py:factory or model.pt2")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     _add_pipeline_flags(c, DEFAULT_PIPELINE)
 
-    o = sub.add_parser("opt", help="run passes on .mlir text", description=(
-        "Parse FILE (or - for stdin), verify it, run --pass-pipeline (none by default) and print "
-        "the result. With --split-input-file, each chunk between '// -----' lines is processed on "
-        "its own and errors are reported per chunk (line numbers refer to FILE)."))
+    o = sub.add_parser(
+        "opt",
+        help="run passes on .mlir text",
+        description=(
+            "Parse FILE (or - for stdin), verify it, run --pass-pipeline (none by default) and print "
+            "the result. With --split-input-file, each chunk between '// -----' lines is processed on "
+            "its own and errors are reported per chunk (line numbers refer to FILE)."
+        ),
+    )
     o.add_argument("file", metavar="FILE.mlir")
     o.add_argument("-o", "--output", metavar="OUT.mlir", help="write the IR here instead of stdout")
-    o.add_argument("--split-input-file", action="store_true", help="process '// -----' chunks separately")
+    o.add_argument(
+        "--split-input-file", action="store_true", help="process '// -----' chunks separately"
+    )
     _add_pipeline_flags(o, "")
 
-    r = sub.add_parser("run", help="execute through the reference interpreter", description=(
-        "Run a model, a `gimletc compile` output directory or an .mlir file on the numpy reference "
-        "interpreter. Inputs come from --inputs (an .npz whose keys are the input names, or arr_0, "
-        "arr_1, ... in order); for path/model.py:factory the factory's example inputs are the "
-        "default."))
+    r = sub.add_parser(
+        "run",
+        help="execute through the reference interpreter",
+        description=(
+            "Run a model, a `gimletc compile` output directory or an .mlir file on the numpy reference "
+            "interpreter. Inputs come from --inputs (an .npz whose keys are the input names, or arr_0, "
+            "arr_1, ... in order); for path/model.py:factory the factory's example inputs are the "
+            "default."
+        ),
+    )
     r.add_argument("target", metavar="MODEL|OUT/|FILE.mlir")
     r.add_argument("--inputs", metavar="INPUTS.npz")
     r.add_argument("--weights", metavar="WEIGHTS.safetensors", help="weights for an .mlir file")
@@ -128,7 +173,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     write_atomically(args.output, fill)
     n_ops = sum(1 for _ in module.walk())
-    print(f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {WEIGHTS_FILE} ({len(weights)} tensors)")
+    print(
+        f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {WEIGHTS_FILE} ({len(weights)} tensors)"
+    )
     return 0
 
 
@@ -168,14 +215,14 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 def _split(text: str) -> list[str]:
     """Chunks between `// -----` lines, padded with blank lines to keep line numbers."""
-    chunks, current, line_no = [], [], 0
-    for line in text.splitlines(keepends=True):
+    chunks: list[str] = []
+    current: list[str] = []
+    for line_no, line in enumerate(text.splitlines(keepends=True)):
         if line.strip() == "// -----":
             chunks.append("".join(current))
             current = ["\n"] * (line_no + 1)
         else:
             current.append(line)
-        line_no += 1
     chunks.append("".join(current))
     return chunks
 
@@ -198,9 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if target.endswith(".pt2"):
             ep = load_program(target)
         else:
-            model, inputs, dyn = load_factory(target)
-            example = [torch_to_numpy(t) for t in inputs]
-            ep = export(model, inputs, dyn)
+            model, example_inputs, dyn = load_factory(target)
+            example = [torch_to_numpy(t) for t in example_inputs]
+            ep = export(model, example_inputs, dyn)
         from gimlet.importer import import_program
 
         module, weights = import_program(decompose(ep))
@@ -211,7 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"{target}: no inputs; pass --inputs INPUTS.npz")
     outputs = run(module, inputs, weights)
     if args.output:
-        np.savez(args.output, **{f"out{i}": o for i, o in enumerate(outputs)})
+        named: dict[str, Any] = {f"out{i}": o for i, o in enumerate(outputs)}
+        np.savez(args.output, **named)
     for i, o in enumerate(outputs):
         print(f"out{i}: {o.dtype} {list(o.shape)} {np.array2string(o.ravel()[:6], precision=5)}")
     return 0
@@ -232,7 +280,9 @@ def _load_inputs(path: str, module: ModuleOp) -> list[np.ndarray]:
     positional = [f"arr_{i}" for i in range(len(names))]
     if all(n in data for n in positional):
         return [data[n] for n in positional]
-    raise UserError(f"{path}: expected arrays named {', '.join(names)} (or arr_0..), found {', '.join(data.files)}")
+    raise UserError(
+        f"{path}: expected arrays named {', '.join(names)} (or arr_0..), found {', '.join(data.files)}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

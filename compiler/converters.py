@@ -40,6 +40,15 @@ def unsupported(imp: Importer, node: fx.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(with_location(imp.location, f"unsupported {node.target}: {why}"))
 
 
+def target(node: fx.Node) -> Any:
+    return node.target
+
+
+def args(node: fx.Node) -> tuple[Any, ...]:
+    """FX arguments are dynamically typed; converters check what they rely on."""
+    return tuple(node.args)
+
+
 def kwarg(node: fx.Node, i: int, name: str, default: Any) -> Any:
     if len(node.args) > i:
         return node.args[i]
@@ -69,26 +78,26 @@ _UNARY = {
 
 @converts(*_UNARY)
 def unary(imp: Importer, node: fx.Node) -> SSAValue:
-    x = imp.as_type(node.args[0], rtype(node).element_type)
-    return imp.emit(_UNARY[node.target](x))
+    x = imp.as_type(args(node)[0], rtype(node).element_type)
+    return imp.emit(_UNARY[target(node)](x))
 
 
 @converts(aten.gelu.default)
 def gelu(imp: Importer, node: fx.Node) -> SSAValue:
     approx = node.kwargs.get("approximate", "none")
-    op = gml.GeluOp(imp.value(node.args[0]))
-    op.properties["approximate"] = gml.StringAttr(approx)
+    op = gml.GeluOp(imp.value(args(node)[0]))
+    op.properties["approximate"] = gml.StringAttr(str(approx))
     return imp.emit(op)
 
 
 @converts(aten.clamp.default, aten.hardtanh.default, aten.clamp_min.default, aten.clamp_max.default)
 def clamp(imp: Importer, node: fx.Node) -> SSAValue:
     if node.target == aten.clamp_max.default:
-        lo, hi = None, node.args[1]
+        lo, hi = None, args(node)[1]
     else:
         lo = kwarg(node, 1, "min", None)
         hi = kwarg(node, 2, "max", None)
-    op = gml.ClampOp(imp.value(node.args[0]))
+    op = gml.ClampOp(imp.value(args(node)[0]))
     if lo is not None:
         op.properties["min"] = gml.float_attr(float(lo))
     if hi is not None:
@@ -138,11 +147,11 @@ def _operand_meta(a: Any) -> Any:
 @converts(*_ARITH)
 def arithmetic(imp: Importer, node: fx.Node) -> SSAValue:
     out = rtype(node).element_type
-    lhs, rhs = imp.as_type(node.args[0], out), imp.as_type(node.args[1], out)
-    alpha = node.kwargs.get("alpha", 1)
+    lhs, rhs = imp.as_type(args(node)[0], out), imp.as_type(args(node)[1], out)
+    alpha: Any = node.kwargs.get("alpha", 1)
     if alpha != 1:
-        rhs = imp.emit(gml.MulOp(rhs, imp.scalar(alpha, out)))
-    return imp.emit(_ARITH[node.target](lhs, rhs, rtype(node)))
+        rhs = imp.emit(gml.MulOp(rhs, imp.scalar(float(alpha), out)))
+    return imp.emit(_ARITH[target(node)](lhs, rhs, rtype(node)))
 
 
 @converts(aten.div.Tensor_mode)
@@ -150,7 +159,7 @@ def div_mode(imp: Importer, node: fx.Node) -> SSAValue:
     mode = node.kwargs.get("rounding_mode")
     out = rtype(node).element_type
     if mode == "floor" and isinstance(out, IntegerType):
-        lhs, rhs = imp.as_type(node.args[0], out), imp.as_type(node.args[1], out)
+        lhs, rhs = imp.as_type(args(node)[0], out), imp.as_type(args(node)[1], out)
         return imp.emit(gml.DivOp(lhs, rhs, rtype(node)))
     raise unsupported(imp, node, f"rounding_mode={mode!r} on {out}")
 
@@ -158,30 +167,30 @@ def div_mode(imp: Importer, node: fx.Node) -> SSAValue:
 @converts(aten.rsub.Scalar)
 def rsub(imp: Importer, node: fx.Node) -> SSAValue:
     out = rtype(node).element_type
-    lhs, rhs = imp.as_type(node.args[1], out), imp.as_type(node.args[0], out)
+    lhs, rhs = imp.as_type(args(node)[1], out), imp.as_type(args(node)[0], out)
     return imp.emit(gml.SubOp(lhs, rhs, rtype(node)))
 
 
 @converts(*_COMPARE)
 def compare(imp: Importer, node: fx.Node) -> SSAValue:
-    common = torch.result_type(_operand_meta(node.args[0]), _operand_meta(node.args[1]))
+    common = torch.result_type(_operand_meta(args(node)[0]), _operand_meta(args(node)[1]))
     elt = element_type_for_torch(common)
-    lhs, rhs = imp.as_type(node.args[0], elt), imp.as_type(node.args[1], elt)
-    return imp.emit(_COMPARE[node.target](lhs, rhs, rtype(node)))
+    lhs, rhs = imp.as_type(args(node)[0], elt), imp.as_type(args(node)[1], elt)
+    return imp.emit(_COMPARE[target(node)](lhs, rhs, rtype(node)))
 
 
 @converts(aten.where.self)
 def where(imp: Importer, node: fx.Node) -> SSAValue:
     out = rtype(node).element_type
-    cond = imp.as_type(node.args[0], IntegerType(1))
+    cond = imp.as_type(args(node)[0], IntegerType(1))
     return imp.emit(
-        gml.WhereOp(cond, imp.as_type(node.args[1], out), imp.as_type(node.args[2], out))
+        gml.WhereOp(cond, imp.as_type(args(node)[1], out), imp.as_type(args(node)[2], out))
     )
 
 
 @converts(aten._to_copy.default, aten.to.dtype)
 def to_copy(imp: Importer, node: fx.Node) -> SSAValue:
-    return imp.as_type(node.args[0], rtype(node).element_type)
+    return imp.as_type(args(node)[0], rtype(node).element_type)
 
 
 @converts(
@@ -192,7 +201,7 @@ def to_copy(imp: Importer, node: fx.Node) -> SSAValue:
     aten.contiguous.default,
 )
 def identity(imp: Importer, node: fx.Node) -> SSAValue:
-    return imp.value(node.args[0])
+    return imp.value(args(node)[0])
 
 
 # ------------------------------------------------------------ shape ops ---
@@ -210,13 +219,13 @@ def identity(imp: Importer, node: fx.Node) -> SSAValue:
 )
 def reshape(imp: Importer, node: fx.Node) -> SSAValue:
     t = rtype(node)
-    return imp.emit(gml.ReshapeOp(imp.value(node.args[0]), t, imp.sizes(t, node.meta["val"])))
+    return imp.emit(gml.ReshapeOp(imp.value(args(node)[0]), t, imp.sizes(t, node.meta["val"])))
 
 
 @converts(aten.expand.default)
 def expand(imp: Importer, node: fx.Node) -> SSAValue:
     t = rtype(node)
-    x = imp.value(node.args[0])
+    x = imp.value(args(node)[0])
     if x.type == t:
         return x
     return imp.emit(gml.ExpandOp(x, t, imp.sizes(t, node.meta["val"])))
@@ -224,18 +233,18 @@ def expand(imp: Importer, node: fx.Node) -> SSAValue:
 
 @converts(aten.permute.default)
 def permute(imp: Importer, node: fx.Node) -> SSAValue:
-    dims = [d % rank_of(node) for d in node.args[1]]  # type: ignore[union-attr]
-    return imp.emit(gml.PermuteOp(imp.value(node.args[0]), dims))
+    dims = [d % rank_of(node) for d in args(node)[1]]
+    return imp.emit(gml.PermuteOp(imp.value(args(node)[0]), dims))
 
 
 @converts(aten.t.default, aten.transpose.int)
 def transpose(imp: Importer, node: fx.Node) -> SSAValue:
     rank = rank_of(node)
-    d0, d1 = (node.args[1], node.args[2]) if len(node.args) > 1 else (0, 1)
+    d0, d1 = (args(node)[1], args(node)[2]) if len(args(node)) > 1 else (0, 1)
     dims = list(range(rank))
     if rank >= 2:
-        dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]  # type: ignore[operator]
-    return imp.emit(gml.PermuteOp(imp.value(node.args[0]), dims))
+        dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]
+    return imp.emit(gml.PermuteOp(imp.value(args(node)[0]), dims))
 
 
 def _slice(
@@ -250,7 +259,7 @@ def _slice(
 
 @converts(aten.slice.Tensor)
 def slice_(imp: Importer, node: fx.Node) -> SSAValue:
-    x = imp.value(node.args[0])
+    x = imp.value(args(node)[0])
     dim = kwarg(node, 1, "dim", 0) % rank_of(node)
     start, end = kwarg(node, 2, "start", None), kwarg(node, 3, "end", None)
     t = rtype(node)
@@ -261,9 +270,9 @@ def slice_(imp: Importer, node: fx.Node) -> SSAValue:
 
 @converts(aten.select.int)
 def select(imp: Importer, node: fx.Node) -> SSAValue:
-    x = imp.value(node.args[0])
-    src = node.args[0].meta["val"]  # type: ignore[union-attr]
-    dim, index = node.args[1] % src.dim(), node.args[2]  # type: ignore[operator]
+    x = imp.value(args(node)[0])
+    src = args(node)[0].meta["val"]
+    dim, index = args(node)[1] % src.dim(), args(node)[2]
     if isinstance(index, int) and index < 0:
         index += src.shape[dim]
     kept = list(_meta_type(src).get_shape())
@@ -275,8 +284,8 @@ def select(imp: Importer, node: fx.Node) -> SSAValue:
 
 @converts(aten.split_with_sizes.default, aten.split.Tensor)
 def split(imp: Importer, node: fx.Node) -> tuple[SSAValue, ...]:
-    x = imp.value(node.args[0])
-    dim = kwarg(node, 2, "dim", 0) % len(node.args[0].meta["val"].shape)  # type: ignore[union-attr]
+    x = imp.value(args(node)[0])
+    dim = kwarg(node, 2, "dim", 0) % len(args(node)[0].meta["val"].shape)
     outs, start = [], 0
     for val in node.meta["val"]:
         size = val.shape[dim]
@@ -288,7 +297,7 @@ def split(imp: Importer, node: fx.Node) -> tuple[SSAValue, ...]:
 @converts(aten.cat.default)
 def cat(imp: Importer, node: fx.Node) -> SSAValue:
     out = rtype(node)
-    inputs = [imp.as_type(a, out.element_type) for a in node.args[0]]  # type: ignore[union-attr]
+    inputs = [imp.as_type(a, out.element_type) for a in args(node)[0]]
     dim = kwarg(node, 1, "dim", 0) % rank_of(node)
     return imp.emit(gml.ConcatOp(inputs, dim, out))
 
@@ -298,59 +307,63 @@ def cat(imp: Importer, node: fx.Node) -> SSAValue:
 
 @converts(aten.embedding.default)
 def embedding(imp: Importer, node: fx.Node) -> SSAValue:
-    return imp.emit(gml.EmbeddingOp(imp.value(node.args[0]), imp.value(node.args[1])))
+    return imp.emit(gml.EmbeddingOp(imp.value(args(node)[0]), imp.value(args(node)[1])))
 
 
 @converts(aten.gather.default)
 def gather(imp: Importer, node: fx.Node) -> SSAValue:
-    dim = node.args[1] % rank_of(node)  # type: ignore[operator]
-    return imp.emit(gml.GatherOp(imp.value(node.args[0]), imp.value(node.args[2]), dim))
+    dim = args(node)[1] % rank_of(node)
+    return imp.emit(gml.GatherOp(imp.value(args(node)[0]), imp.value(args(node)[2]), dim))
 
 
 @converts(aten.index.Tensor)
 def index(imp: Importer, node: fx.Node) -> SSAValue:
     dims, idx = [], []
-    for d, i in enumerate(node.args[1]):  # type: ignore[arg-type]
+    for d, i in enumerate(args(node)[1]):
         if i is not None:
             dims.append(d)
             idx.append(imp.value(i))
-    return imp.emit(gml.IndexOp(imp.value(node.args[0]), idx, dims, rtype(node)))
+    return imp.emit(gml.IndexOp(imp.value(args(node)[0]), idx, dims, rtype(node)))
 
 
 @converts(aten.index_select.default)
 def index_select(imp: Importer, node: fx.Node) -> SSAValue:
-    dim = node.args[1] % rank_of(node)  # type: ignore[operator]
-    return imp.emit(gml.IndexOp(imp.value(node.args[0]), [imp.value(node.args[2])], [dim], rtype(node)))
+    dim = args(node)[1] % rank_of(node)
+    return imp.emit(
+        gml.IndexOp(imp.value(args(node)[0]), [imp.value(args(node)[2])], [dim], rtype(node))
+    )
 
 
 @converts(aten.cumsum.default)
 def cumsum(imp: Importer, node: fx.Node) -> SSAValue:
     out = rtype(node)
-    x = imp.as_type(node.args[0], out.element_type)
-    return imp.emit(gml.CumsumOp(x, node.args[1] % rank_of(node), out))  # type: ignore[operator]
+    x = imp.as_type(args(node)[0], out.element_type)
+    return imp.emit(gml.CumsumOp(x, args(node)[1] % rank_of(node), out))
 
 
 # --------------------------------------------------------- constructors ---
 
 
-@converts(aten.full.default, aten.full_like.default, aten.zeros_like.default, aten.ones_like.default)
+@converts(
+    aten.full.default, aten.full_like.default, aten.zeros_like.default, aten.ones_like.default
+)
 def full(imp: Importer, node: fx.Node) -> SSAValue:
-    fill = {aten.zeros_like.default: 0.0, aten.ones_like.default: 1.0}.get(node.target)  # type: ignore[call-overload]
-    value = fill if fill is not None else node.args[1]
+    fill = {aten.zeros_like.default: 0.0, aten.ones_like.default: 1.0}.get(target(node))
+    value = fill if fill is not None else args(node)[1]
     t = rtype(node)
-    return imp.emit(gml.FullOp(float(value), t, imp.sizes(t, node.meta["val"])))  # type: ignore[arg-type]
+    return imp.emit(gml.FullOp(float(value), t, imp.sizes(t, node.meta["val"])))
 
 
 @converts(aten.scalar_tensor.default)
 def scalar_tensor(imp: Importer, node: fx.Node) -> SSAValue:
-    return imp.scalar(node.args[0], rtype(node).element_type)  # type: ignore[arg-type]
+    return imp.scalar(args(node)[0], rtype(node).element_type)
 
 
 @converts(aten.arange.start_step, aten.arange.default, aten.arange.start)
 def arange(imp: Importer, node: fx.Node) -> SSAValue:
     start, step = 0, 1
     if node.target != aten.arange.default:
-        start = node.args[0]  # type: ignore[assignment]
+        start = args(node)[0]
         step = kwarg(node, 2, "step", 1)
     if isinstance(start, torch.SymInt):
         raise unsupported(imp, node, "symbolic start")
@@ -375,19 +388,19 @@ _REDUCE = {
 
 @converts(*_REDUCE)
 def reduce(imp: Importer, node: fx.Node) -> SSAValue:
-    src_rank = len(node.args[0].meta["val"].shape)  # type: ignore[union-attr]
+    src_rank = len(args(node)[0].meta["val"].shape)
     dims = kwarg(node, 1, "dim", None)
     if node.target in (aten.sum.default, aten.mean.default, aten.any.default) or dims is None:
         dims = []
     dims = [dims] if isinstance(dims, int) else list(dims)
     keepdim = bool(kwarg(node, 2, "keepdim", False))
     out = rtype(node)
-    x = imp.value(node.args[0])
+    x = imp.value(args(node)[0])
     if node.target not in (aten.any.dim, aten.any.dims, aten.any.default):
-        x = imp.as_type(node.args[0], out.element_type)
+        x = imp.as_type(args(node)[0], out.element_type)
     elif elt_of(x) != IntegerType(1):
-        x = imp.as_type(node.args[0], IntegerType(1))
-    return imp.emit(_REDUCE[node.target](x, [d % max(src_rank, 1) for d in dims], keepdim))
+        x = imp.as_type(args(node)[0], IntegerType(1))
+    return imp.emit(_REDUCE[target(node)](x, [d % max(src_rank, 1) for d in dims], keepdim))
 
 
 # --------------------------------------------------------------- nn ops ---
@@ -395,7 +408,7 @@ def reduce(imp: Importer, node: fx.Node) -> SSAValue:
 
 @converts(aten.mm.default, aten.bmm.default, aten.matmul.default)
 def matmul(imp: Importer, node: fx.Node) -> SSAValue:
-    return imp.emit(gml.MatmulOp(imp.value(node.args[0]), imp.value(node.args[1])))
+    return imp.emit(gml.MatmulOp(imp.value(args(node)[0]), imp.value(args(node)[1])))
 
 
 @converts(aten.addmm.default)
@@ -403,31 +416,31 @@ def addmm(imp: Importer, node: fx.Node) -> SSAValue:
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
     if beta != 1 or alpha != 1:
         raise unsupported(imp, node, "beta/alpha other than 1")
-    prod = imp.emit(gml.MatmulOp(imp.value(node.args[1]), imp.value(node.args[2])))
-    return imp.emit(gml.AddOp(prod, imp.value(node.args[0]), rtype(node)))
+    prod = imp.emit(gml.MatmulOp(imp.value(args(node)[1]), imp.value(args(node)[2])))
+    return imp.emit(gml.AddOp(prod, imp.value(args(node)[0]), rtype(node)))
 
 
 @converts(aten._softmax.default, aten._log_softmax.default, aten.softmax.int)
 def softmax(imp: Importer, node: fx.Node) -> SSAValue:
     out = rtype(node)
-    x = imp.as_type(node.args[0], out.element_type)
-    dim = node.args[1] % rank_of(node)  # type: ignore[operator]
+    x = imp.as_type(args(node)[0], out.element_type)
+    dim = args(node)[1] % rank_of(node)
     cls = gml.LogSoftmaxOp if node.target == aten._log_softmax.default else gml.SoftmaxOp
     return imp.emit(cls(x, dim))
 
 
 @converts(aten.native_layer_norm.default)
 def layer_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
-    x, shape, w, b, eps = node.args
+    x, shape, w, b, eps = args(node)
     weight = imp.value(w) if w is not None else None
     bias = imp.value(b) if b is not None else None
-    op = gml.LayerNormOp(imp.value(x), weight, bias, len(shape), float(eps))  # type: ignore[arg-type]
+    op = gml.LayerNormOp(imp.value(x), weight, bias, len(shape), float(eps))
     return imp.emit(op), None, None
 
 
 @converts(aten.scaled_dot_product_attention.default)
 def sdpa(imp: Importer, node: fx.Node) -> SSAValue:
-    q, k, v = (imp.value(a) for a in node.args[:3])
+    q, k, v = (imp.value(a) for a in args(node)[:3])
     mask = kwarg(node, 3, "attn_mask", None)
     if kwarg(node, 4, "dropout_p", 0.0) != 0.0:
         raise unsupported(imp, node, "dropout in an inference graph")
@@ -439,26 +452,24 @@ def sdpa(imp: Importer, node: fx.Node) -> SSAValue:
 
 @converts(aten.convolution.default)
 def convolution(imp: Importer, node: fx.Node) -> SSAValue:
-    x, w, b, stride, padding, dilation, transposed, _, groups = node.args
+    x, w, b, stride, padding, dilation, transposed, _, groups = args(node)
     if transposed:
         raise unsupported(imp, node, "transposed convolution")
     n = rank_of(node) - 2
-    stride, padding, dilation = (  # type: ignore[assignment]
-        list(p) * (n if len(p) == 1 else 1)  # type: ignore[arg-type]
-        for p in (stride, padding, dilation)
+    stride, padding, dilation = (
+        list(p) * (n if len(p) == 1 else 1) for p in (stride, padding, dilation)
     )
     bias = imp.value(b) if b is not None else None
     return imp.emit(
-        gml.ConvOp(
-            imp.value(x), imp.value(w), bias, stride, padding, dilation, groups, rtype(node)  # type: ignore[arg-type]
-        )
+        gml.ConvOp(imp.value(x), imp.value(w), bias, stride, padding, dilation, groups, rtype(node))
     )
 
 
 @converts(aten._native_batch_norm_legit_no_training.default)
 def batch_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
-    x, w, b, mean, var, _momentum, eps = node.args
-    op = gml.BatchNormOp(*(imp.value(a) for a in (x, w, b, mean, var)), float(eps))  # type: ignore[arg-type]
+    x, w, b, mean, var, _momentum, eps = args(node)
+    x, w, b, mean, var = (imp.value(a) for a in (x, w, b, mean, var))
+    op = gml.BatchNormOp(x, w, b, mean, var, float(eps))
     return imp.emit(op), None, None
 
 
@@ -469,8 +480,8 @@ def _pair(v: Any) -> list[int]:
 
 @converts(aten.max_pool2d_with_indices.default)
 def max_pool(imp: Importer, node: fx.Node) -> tuple[SSAValue, None]:
-    x = node.args[0]
-    k = _pair(node.args[1])
+    x = args(node)[0]
+    k = _pair(args(node)[1])
     s = _pair(kwarg(node, 2, "stride", None) or k)
     p = _pair(kwarg(node, 3, "padding", 0))
     if _pair(kwarg(node, 4, "dilation", 1)) != [1, 1]:
@@ -482,16 +493,15 @@ def max_pool(imp: Importer, node: fx.Node) -> tuple[SSAValue, None]:
 
 @converts(aten.avg_pool2d.default)
 def avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
-    k = _pair(node.args[1])
+    k = _pair(args(node)[1])
     s = _pair(kwarg(node, 2, "stride", None) or k)
     p = _pair(kwarg(node, 3, "padding", 0))
     ceil = bool(kwarg(node, 4, "ceil_mode", False))
     if not kwarg(node, 5, "count_include_pad", True) or kwarg(node, 6, "divisor_override", None):
         raise unsupported(imp, node, "count_include_pad=False or divisor_override")
-    return imp.emit(gml.AvgPool2dOp(imp.value(node.args[0]), k, s, p, ceil, rtype(node)))
+    return imp.emit(gml.AvgPool2dOp(imp.value(args(node)[0]), k, s, p, ceil, rtype(node)))
 
 
 @converts(aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default)
 def adaptive_avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
-    return imp.emit(gml.AdaptiveAvgPool2dOp(imp.value(node.args[0]), rtype(node)))
-
+    return imp.emit(gml.AdaptiveAvgPool2dOp(imp.value(args(node)[0]), rtype(node)))

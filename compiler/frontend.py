@@ -98,7 +98,9 @@ def decompose(ep: ExportedProgram) -> ExportedProgram:
     return ep.run_decompositions(table)
 
 
-def load_program(model: Any, example_inputs: Sequence[Any] | None = None, dynamic_shapes: Any = None) -> ExportedProgram:
+def load_program(
+    model: Any, example_inputs: Sequence[Any] | None = None, dynamic_shapes: Any = None
+) -> ExportedProgram:
     """Any accepted model form -> an un-decomposed ExportedProgram."""
     if isinstance(model, ExportedProgram):
         return model
@@ -114,7 +116,9 @@ def load_program(model: Any, example_inputs: Sequence[Any] | None = None, dynami
             try:
                 return torch.export.load(path)
             except Exception as e:
-                raise UserError(f"{path}: not a torch.export archive ({type(e).__name__}: {e})") from e
+                raise UserError(
+                    f"{path}: not a torch.export archive ({type(e).__name__}: {e})"
+                ) from e
         module, inputs, dyn = load_factory(path)
         return export(module, inputs, dyn if dynamic_shapes is None else dynamic_shapes)
     raise UserError(f"cannot compile a {type(model).__name__}")

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sympy
@@ -26,7 +26,6 @@ from torch.utils._sympy.functions import FloorDiv
 from xdsl.builder import Builder, InsertPoint
 from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import (
-    DenseIntOrFPElementsAttr,
     DictionaryAttr,
     FileLineColLoc,
     IndexType,
@@ -130,7 +129,7 @@ class Importer:
     def scalar(self, value: float | bool, element_type: Attribute) -> SSAValue:
         key = (float(value), str(element_type))
         if key not in self.const_cache:
-            attr = DenseIntOrFPElementsAttr.from_list(TensorType(element_type, []), [value])
+            attr = gml.dense(TensorType(element_type, []), [value])
             self.const_cache[key] = self.emit(gml.ConstantOp(attr))
         return self.const_cache[key]
 
@@ -139,7 +138,9 @@ class Importer:
         if isinstance(arg, torch.fx.Node):
             v = self.value(arg)
             assert isinstance(v.type, TensorType)
-            return v if v.type.element_type == element_type else self.emit(gml.CastOp(v, element_type))
+            return (
+                v if v.type.element_type == element_type else self.emit(gml.CastOp(v, element_type))
+            )
         return self.scalar(arg, element_type)
 
     def sizes(self, t: TensorType, val: Any) -> list[SSAValue]:
@@ -189,7 +190,7 @@ class Importer:
         if target in _ASSERTIONS:
             return None
         if target is operator.getitem:
-            parts, index = self.values[node.args[0]], node.args[1]  # type: ignore[index]
+            parts, index = self.values[cast(torch.fx.Node, node.args[0])], cast(int, node.args[1])
             if not isinstance(parts, tuple) or parts[index] is None:
                 raise UnsupportedOpError(
                     with_location(

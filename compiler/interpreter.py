@@ -20,9 +20,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import numpy.typing as npt
-from gimlet.dialects import gml
-from gimlet.dialects.shapes import DYN, shape_of
-from gimlet.errors import UserError
 from numpy.lib.stride_tricks import sliding_window_view
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
@@ -52,6 +49,10 @@ from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Attribute, Operation
 from xdsl.printer import Printer
 from xdsl.traits import SymbolTable
+
+from gimlet.dialects import gml
+from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.errors import UserError
 
 Array = npt.NDArray[Any]
 Value = Array | int

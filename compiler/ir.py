@@ -1,13 +1,12 @@
 """Reading, printing and verifying gml IR text."""
 
-
 from __future__ import annotations
 
 import io
 
 from xdsl.context import Context
-from xdsl.dialects.arith import Arith
 from xdsl.dialects import func
+from xdsl.dialects.arith import Arith
 from xdsl.dialects.builtin import Builtin, ModuleOp, StringAttr
 from xdsl.dialects.func import Func
 from xdsl.ir import Operation, SSAValue

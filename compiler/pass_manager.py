@@ -121,12 +121,14 @@ def run_pipeline(
 
 def format_timings(timings: list[tuple[str, float]]) -> str:
     total = sum(t for _, t in timings) or 1e-12
-    lines = ["===-------------------------------------------------------------------------===",
-             "                         ... Pass execution timing report ...",
-             "===-------------------------------------------------------------------------===",
-             f"  Total Execution Time: {total:.4f} seconds",
-             "",
-             "  ----Wall Time----  ----Name----"]
+    lines = [
+        "===-------------------------------------------------------------------------===",
+        "                         ... Pass execution timing report ...",
+        "===-------------------------------------------------------------------------===",
+        f"  Total Execution Time: {total:.4f} seconds",
+        "",
+        "  ----Wall Time----  ----Name----",
+    ]
     for name, t in timings:
         lines.append(f"  {t:.4f} ({100 * t / total:5.1f}%)  {name}")
     lines.append(f"  {total:.4f} (100.0%)  Total")

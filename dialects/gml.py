@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 from xdsl.dialects.builtin import (
     I64,
@@ -66,7 +66,12 @@ IntArray = DenseArrayBase.constr(i64)
 
 
 def _ints(attr: DenseArrayBase) -> tuple[int, ...]:
-    return tuple(int(v) for v in attr.get_values())
+    return tuple(int(v) for v in cast(DenseArrayBase[IntegerType], attr).get_values())
+
+
+def dense(type: TensorType, values: Sequence[float] | Sequence[int]) -> DenseIntOrFPElementsAttr:
+    """A dense literal of `type` (the element type decides int vs float storage)."""
+    return DenseIntOrFPElementsAttr.from_list(cast(Any, type), list(values))
 
 
 def ints_attr(values: Sequence[int]) -> DenseArrayBase:
@@ -245,9 +250,7 @@ class UnaryOp(GmlOp):
     assembly_format = "$input attr-dict `:` type($input)"
 
     def __init__(self, input: SSAValue, attributes: dict[str, Attribute] | None = None):
-        super().__init__(
-            operands=[input], result_types=[input.type], properties=attributes or {}
-        )
+        super().__init__(operands=[input], result_types=[input.type], properties=attributes or {})
 
 
 def _unary(op_name: str, doc: str) -> type[UnaryOp]:
@@ -283,7 +286,9 @@ class GeluOp(UnaryOp):
 
     def verify_(self) -> None:
         if self.approximate.data not in ("none", "tanh"):
-            raise VerifyException(f'approximate must be "none" or "tanh", got "{self.approximate.data}"')
+            raise VerifyException(
+                f'approximate must be "none" or "tanh", got "{self.approximate.data}"'
+            )
 
 
 @irdl_op_definition
@@ -323,7 +328,11 @@ class BinaryOp(GmlOp):
 
 def _binary(op_name: str, doc: str, compare: bool = False) -> type[BinaryOp]:
     cls_name = op_name.split(".")[1].title().replace("_", "") + "Op"
-    cls = type(cls_name, (BinaryOp,), {"name": op_name, "IS_COMPARE": compare, "__annotations__": {"IS_COMPARE": ClassVar[bool]}})
+    cls = type(
+        cls_name,
+        (BinaryOp,),
+        {"name": op_name, "IS_COMPARE": compare, "__annotations__": {"IS_COMPARE": ClassVar[bool]}},
+    )
     cls.__doc__ = doc
     return irdl_op_definition(cls)
 
@@ -403,7 +412,9 @@ class ReshapeOp(SizedOp):
     sizes = var_operand_def(IndexType)
     result = result_def(AnyTensor)
     traits = traits_def(Pure())
-    assembly_format = "$input (`dims` `(` $sizes^ `)`)? attr-dict `:` type($input) `to` type($result)"
+    assembly_format = (
+        "$input (`dims` `(` $sizes^ `)`)? attr-dict `:` type($input) `to` type($result)"
+    )
 
     def __init__(self, input: SSAValue, type: TensorType, sizes: Sequence[SSAValue] = ()):
         super().__init__(operands=[input, list(sizes)], result_types=[type])
@@ -429,7 +440,9 @@ class ExpandOp(SizedOp):
     sizes = var_operand_def(IndexType)
     result = result_def(AnyTensor)
     traits = traits_def(Pure())
-    assembly_format = "$input (`dims` `(` $sizes^ `)`)? attr-dict `:` type($input) `to` type($result)"
+    assembly_format = (
+        "$input (`dims` `(` $sizes^ `)`)? attr-dict `:` type($input) `to` type($result)"
+    )
 
     def __init__(self, input: SSAValue, type: TensorType, sizes: Sequence[SSAValue] = ()):
         super().__init__(operands=[input, list(sizes)], result_types=[type])
@@ -443,8 +456,10 @@ class ExpandOp(SizedOp):
             ok = broadcast(src, dst)
         except VerifyException:
             ok = None
-        if ok is None or len(ok) != len(dst) or any(
-            a != b and DYN not in (a, b) for a, b in zip(ok, dst, strict=True)
+        if (
+            ok is None
+            or len(ok) != len(dst)
+            or any(a != b and DYN not in (a, b) for a, b in zip(ok, dst, strict=True))
         ):
             raise VerifyException(f"cannot expand {fmt(src)} to {fmt(dst)}")
 
@@ -543,7 +558,9 @@ class ConcatOp(GmlOp):
     assembly_format = "$inputs `dim` $dim attr-dict `:` functional-type(operands, results)"
 
     def __init__(self, inputs: Sequence[SSAValue], dim: int, type: TensorType):
-        super().__init__(operands=[list(inputs)], properties={"dim": int_attr(dim)}, result_types=[type])
+        super().__init__(
+            operands=[list(inputs)], properties={"dim": int_attr(dim)}, result_types=[type]
+        )
 
     def infer(self) -> TensorType:
         if not self.inputs:
@@ -599,7 +616,9 @@ class GatherOp(GmlOp):
     dim = prop_def(IntegerAttr[I64])
     result = result_def(AnyTensor)
     traits = traits_def(Pure())
-    assembly_format = "$input `,` $index `dim` $dim attr-dict `:` functional-type(operands, results)"
+    assembly_format = (
+        "$input `,` $index `dim` $dim attr-dict `:` functional-type(operands, results)"
+    )
 
     def __init__(self, input: SSAValue, index: SSAValue, dim: int):
         super().__init__(
@@ -626,9 +645,13 @@ class IndexOp(GmlOp):
         "$input `[` $indices `]` `dims` $dims attr-dict `:` functional-type(operands, results)"
     )
 
-    def __init__(self, input: SSAValue, indices: Sequence[SSAValue], dims: Sequence[int], type: TensorType):
+    def __init__(
+        self, input: SSAValue, indices: Sequence[SSAValue], dims: Sequence[int], type: TensorType
+    ):
         super().__init__(
-            operands=[input, list(indices)], properties={"dims": ints_attr(dims)}, result_types=[type]
+            operands=[input, list(indices)],
+            properties={"dims": ints_attr(dims)},
+            result_types=[type],
         )
 
     def verify_(self) -> None:
@@ -675,8 +698,13 @@ class ReduceOp(GmlOp):
     )
     RESULT_IS_BOOL: ClassVar[bool] = False
 
-    def __init__(self, input: SSAValue, dims: Sequence[int], keepdim: bool, elt: Attribute | None = None):
-        props: dict[str, Attribute] = {"dims": ints_attr(dims), "keepdim": BoolAttr.from_bool(keepdim)}
+    def __init__(
+        self, input: SSAValue, dims: Sequence[int], keepdim: bool, elt: Attribute | None = None
+    ):
+        props: dict[str, Attribute] = {
+            "dims": ints_attr(dims),
+            "keepdim": BoolAttr.from_bool(keepdim),
+        }
         src = shape_of(input.type)
         out = self._shape(src, dims, keepdim)
         super().__init__(
@@ -700,11 +728,15 @@ class ReduceOp(GmlOp):
 
 def _reduce(op_name: str, doc: str, boolean: bool = False) -> type[ReduceOp]:
     cls_name = op_name.split(".")[1].title() + "Op"
-    cls = type(cls_name, (ReduceOp,), {
-        "name": op_name,
-        "RESULT_IS_BOOL": boolean,
-        "__annotations__": {"RESULT_IS_BOOL": ClassVar[bool]},
-    })
+    cls = type(
+        cls_name,
+        (ReduceOp,),
+        {
+            "name": op_name,
+            "RESULT_IS_BOOL": boolean,
+            "__annotations__": {"RESULT_IS_BOOL": ClassVar[bool]},
+        },
+    )
     cls.__doc__ = doc
     return irdl_op_definition(cls)
 
@@ -760,7 +792,9 @@ class NormalizeLastDimOp(GmlOp):
     assembly_format = "$input `dim` $dim attr-dict `:` type($input)"
 
     def __init__(self, input: SSAValue, dim: int):
-        super().__init__(operands=[input], properties={"dim": int_attr(dim)}, result_types=[input.type])
+        super().__init__(
+            operands=[input], properties={"dim": int_attr(dim)}, result_types=[input.type]
+        )
 
     def infer(self) -> TensorType:
         normalize_dim(self.dim.value.data, len(shape_of(self.input.type)))
@@ -954,7 +988,15 @@ class BatchNormOp(GmlOp):
         "`:` functional-type(operands, results)"
     )
 
-    def __init__(self, input: SSAValue, weight: SSAValue, bias: SSAValue, mean: SSAValue, var: SSAValue, eps: float):
+    def __init__(
+        self,
+        input: SSAValue,
+        weight: SSAValue,
+        bias: SSAValue,
+        mean: SSAValue,
+        var: SSAValue,
+        eps: float,
+    ):
         super().__init__(
             operands=[input, weight, bias, mean, var],
             properties={"eps": float_attr(eps)},
@@ -984,8 +1026,13 @@ class Pool2dOp(GmlOp):
     )
 
     def __init__(
-        self, input: SSAValue, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-        ceil_mode: bool, type: TensorType,
+        self,
+        input: SSAValue,
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+        ceil_mode: bool,
+        type: TensorType,
     ):
         super().__init__(
             operands=[input],
@@ -1002,7 +1049,9 @@ class Pool2dOp(GmlOp):
         x = shape_of(self.input.type)
         k, s, p = _ints(self.kernel), _ints(self.stride), _ints(self.padding)
         if len(x) != 4 or not len(k) == len(s) == len(p) == 2:
-            raise VerifyException("2-d pooling takes an NCHW input and 2-element kernel/stride/padding")
+            raise VerifyException(
+                "2-d pooling takes an NCHW input and 2-element kernel/stride/padding"
+            )
         out = list(x[:2])
         for i in range(2):
             size = x[2 + i]
@@ -1097,17 +1146,71 @@ ELEMENTWISE: tuple[type[Operation], ...] = (UnaryOp, BinaryOp, WhereOp, CastOp)
 GML = Dialect(
     "gml",
     [
-        ParamOp, ConstantOp, DimOp, FullOp, ArangeOp,
-        NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, AbsOp, TanhOp, SigmoidOp, ReluOp, SinOp, CosOp,
-        ErfOp, ReciprocalOp, NotOp, SiluOp, GeluOp, ClampOp,
-        AddOp, SubOp, MulOp, DivOp, PowOp, MaximumOp, MinimumOp, AndOp, OrOp,
-        EqOp, NeOp, LtOp, LeOp, GtOp, GeOp, WhereOp, CastOp,
-        ReshapeOp, ExpandOp, PermuteOp, SliceOp, ConcatOp,
-        EmbeddingOp, GatherOp, IndexOp, CumsumOp,
-        SumOp, MeanOp, AmaxOp, AminOp, AnyOp,
-        MatmulOp, SoftmaxOp, LogSoftmaxOp, LayerNormOp, SdpaOp, ConvOp, BatchNormOp,
-        MaxPool2dOp, AvgPool2dOp, AdaptiveAvgPool2dOp,
-        FusionOp, YieldOp,
+        ParamOp,
+        ConstantOp,
+        DimOp,
+        FullOp,
+        ArangeOp,
+        NegOp,
+        ExpOp,
+        LogOp,
+        SqrtOp,
+        RsqrtOp,
+        AbsOp,
+        TanhOp,
+        SigmoidOp,
+        ReluOp,
+        SinOp,
+        CosOp,
+        ErfOp,
+        ReciprocalOp,
+        NotOp,
+        SiluOp,
+        GeluOp,
+        ClampOp,
+        AddOp,
+        SubOp,
+        MulOp,
+        DivOp,
+        PowOp,
+        MaximumOp,
+        MinimumOp,
+        AndOp,
+        OrOp,
+        EqOp,
+        NeOp,
+        LtOp,
+        LeOp,
+        GtOp,
+        GeOp,
+        WhereOp,
+        CastOp,
+        ReshapeOp,
+        ExpandOp,
+        PermuteOp,
+        SliceOp,
+        ConcatOp,
+        EmbeddingOp,
+        GatherOp,
+        IndexOp,
+        CumsumOp,
+        SumOp,
+        MeanOp,
+        AmaxOp,
+        AminOp,
+        AnyOp,
+        MatmulOp,
+        SoftmaxOp,
+        LogSoftmaxOp,
+        LayerNormOp,
+        SdpaOp,
+        ConvOp,
+        BatchNormOp,
+        MaxPool2dOp,
+        AvgPool2dOp,
+        AdaptiveAvgPool2dOp,
+        FusionOp,
+        YieldOp,
     ],
     [],
 )

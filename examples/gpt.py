@@ -54,9 +54,15 @@ class GPT(nn.Module):
 def model():
     torch.manual_seed(0)
     seq = torch.export.Dim("seq", min=2, max=128)
-    return GPT(vocab=512, ctx=128, d=64, heads=4, layers=2), (torch.randint(0, 512, (1, 16)),), ({1: seq},)
+    return (
+        GPT(vocab=512, ctx=128, d=64, heads=4, layers=2),
+        (torch.randint(0, 512, (1, 16)),),
+        ({1: seq},),
+    )
 
 
 def gpt2_small():
     torch.manual_seed(0)
-    return GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12), (torch.randint(0, 50257, (1, 128)),)
+    return GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12), (
+        torch.randint(0, 50257, (1, 128)),
+    )

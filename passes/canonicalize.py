@@ -31,7 +31,7 @@ _NOT_FOLDABLE = (gml.ParamOp, gml.ConstantOp, gml.FusionOp, gml.YieldOp, gml.Dim
 def dense_attr(value: np.ndarray, type: TensorType) -> DenseIntOrFPElementsAttr:
     is_float = value.dtype.kind == "f" or value.dtype.name == "bfloat16"
     flat = value.astype(np.float64 if is_float else np.int64).ravel().tolist()
-    return DenseIntOrFPElementsAttr.from_list(type, flat)
+    return gml.dense(type, flat)
 
 
 def _replace(rewriter: PatternRewriter, old: Operation, new: Operation) -> None:
@@ -49,7 +49,11 @@ class FoldConstants(RewritePattern):
         if not op.operands or not all(isinstance(v.owner, gml.ConstantOp) for v in op.operands):
             return
         t = op.results[0].type
-        if not isinstance(t, TensorType) or DYN in shape_of(t) or t.element_count() > self.max_elements:
+        if (
+            not isinstance(t, TensorType)
+            or DYN in shape_of(t)
+            or t.element_count() > self.max_elements
+        ):
             return
         from gimlet.interpreter import evaluate_op
 
@@ -70,7 +74,12 @@ class RemoveNoOpShapeOps(RewritePattern):
                 rewriter.replace_op(op, [], [op.input])
         elif isinstance(op, gml.SliceOp):
             full = op.start.value.data == 0 and op.step.value.data == 1 and not op.dyn_start
-            if full and not op.dyn_end and op.input.type == op.result.type and DYN not in shape_of(op.result.type):
+            if (
+                full
+                and not op.dyn_end
+                and op.input.type == op.result.type
+                and DYN not in shape_of(op.result.type)
+            ):
                 rewriter.replace_op(op, [], [op.input])
 
 
@@ -83,9 +92,9 @@ class MergeChains(RewritePattern):
             assert isinstance(op.result.type, TensorType)
             _replace(rewriter, op, gml.ReshapeOp(inner.input, op.result.type, op.dynamic_sizes()))
         elif isinstance(op, gml.PermuteOp) and isinstance(op.input.owner, gml.PermuteOp):
-            inner = op.input.owner
-            a, b = gml._ints(inner.dims), gml._ints(op.dims)
-            _replace(rewriter, op, gml.PermuteOp(inner.input, [a[d] for d in b]))
+            first = op.input.owner
+            a, b = gml._ints(first.dims), gml._ints(op.dims)
+            _replace(rewriter, op, gml.PermuteOp(first.input, [a[d] for d in b]))
 
 
 @dataclass(frozen=True)

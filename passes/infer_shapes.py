@@ -45,7 +45,11 @@ class InferShapes(ModulePass):
                 except VerifyException:
                     continue  # the verifier reports it with the op's location
                 old = inner.results[0].type
-                if inferred is not None and isinstance(old, TensorType) and _more_static(inferred, old):
+                if (
+                    inferred is not None
+                    and isinstance(old, TensorType)
+                    and _more_static(inferred, old)
+                ):
                     Rewriter.replace_value_with_new_type(inner.results[0], inferred)
             elif isinstance(inner, func.ReturnOp):
                 fn = inner.parent_op()

@@ -103,8 +103,10 @@ def gpt() -> Any:
     from gpt import GPT
 
     seq = torch.export.Dim("seq", min=2, max=64)
-    return GPT(vocab=97, ctx=64, d=32, heads=4, layers=2), (torch.randint(0, 97, (2, 12)),), (
-        {1: seq},
+    return (
+        GPT(vocab=97, ctx=64, d=32, heads=4, layers=2),
+        (torch.randint(0, 97, (2, 12)),),
+        ({1: seq},),
     )
 
 
@@ -142,8 +144,13 @@ def hf_llama() -> Any:
     import transformers
 
     cfg = transformers.LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=97, max_position_embeddings=64,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
     )
     return _hf(cfg, "LlamaForCausalLM"), (torch.randint(0, 97, (1, 12)),), None
 
@@ -152,8 +159,12 @@ def hf_bert() -> Any:
     import transformers
 
     cfg = transformers.BertConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-        vocab_size=97, max_position_embeddings=64,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
     )
     return _hf(cfg, "BertModel"), (torch.randint(0, 97, (2, 12)),), None
 
@@ -162,8 +173,12 @@ def hf_vit() -> Any:
     import transformers
 
     cfg = transformers.ViTConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-        image_size=16, patch_size=4,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
     )
     return _hf(cfg, "ViTModel"), (torch.randn(1, 3, 16, 16),), None
 

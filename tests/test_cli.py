@@ -26,7 +26,9 @@ def test_compile_writes_ir_and_weights_and_run_executes(tmp_path: Path) -> None:
     assert 'gml.param "fc1.weight" : tensor<64x32xf32>' in (out / "model.mlir").read_text()
     x = np.random.default_rng(0).standard_normal((5, 32)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    r = gimletc("run", str(out), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npz"))
+    r = gimletc(
+        "run", str(out), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npz")
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("out0: float32 [5, 10]")
 
@@ -42,12 +44,20 @@ def test_compile_writes_ir_and_weights_and_run_executes(tmp_path: Path) -> None:
 
 def test_dump_dir_has_one_numbered_file_per_pass(tmp_path: Path) -> None:
     r = gimletc(
-        "compile", "examples/mlp.py:model", "-o", str(tmp_path / "o"),
-        "--dump-dir", str(tmp_path / "d"), "--timing",
+        "compile",
+        "examples/mlp.py:model",
+        "-o",
+        str(tmp_path / "o"),
+        "--dump-dir",
+        str(tmp_path / "d"),
+        "--timing",
     )
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path / "d")) == [
-        "00-input.mlir", "01-infer-shapes.mlir", "02-canonicalize.mlir", "03-cse.mlir",
+        "00-input.mlir",
+        "01-infer-shapes.mlir",
+        "02-canonicalize.mlir",
+        "03-cse.mlir",
         "04-fuse-elementwise.mlir",
     ]
     assert "Pass execution timing report" in r.stderr and "fuse-elementwise" in r.stderr
@@ -78,7 +88,11 @@ def _bad_model(tmp_path: Path, body: str) -> str:
     ("body", "factory", "message"),
     [
         ("import torch\n", "model", "bad.py: no function 'model' (found: none)"),
-        ("def model():\n    return 3\n", "model", "bad.py: model() must return (module, example_inputs"),
+        (
+            "def model():\n    return 3\n",
+            "model",
+            "bad.py: model() must return (module, example_inputs",
+        ),
         ("x = (\n", "model", "bad.py: failed to import: "),
         (
             "def model():\n    raise ValueError('boom')\n",
@@ -94,7 +108,9 @@ def _bad_model(tmp_path: Path, body: str) -> str:
         ),
     ],
 )
-def test_bad_models_exit_1_with_one_message(tmp_path: Path, body: str, factory: str, message: str) -> None:
+def test_bad_models_exit_1_with_one_message(
+    tmp_path: Path, body: str, factory: str, message: str
+) -> None:
     path = _bad_model(tmp_path, body)
     out = tmp_path / "out"
     r = gimletc("compile", f"{path}:{factory}", "-o", str(out))
@@ -128,10 +144,14 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
 
 def test_malformed_mlir_reports_file_line_col(tmp_path: Path) -> None:
     f = tmp_path / "bad.mlir"
-    f.write_text("func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {\n  %y = gml.relu %x : tensor<4xf32\n}\n")
+    f.write_text(
+        "func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {\n  %y = gml.relu %x : tensor<4xf32\n}\n"
+    )
     r = gimletc("opt", str(f))
     assert r.returncode == 1
-    assert r.stderr == f"gimletc: error: {f}:3:1: Expected '>' after builtin parameter list\n}}\n^\n"
+    assert (
+        r.stderr == f"gimletc: error: {f}:3:1: Expected '>' after builtin parameter list\n}}\n^\n"
+    )
 
 
 def test_verifier_error_names_op_and_source_line(tmp_path: Path) -> None:
@@ -170,8 +190,13 @@ def test_internal_errors_exit_2(tmp_path: Path) -> None:
         "Canonicalize.apply = lambda self, ctx, op: 1 / 0\n"
         "sys.exit(cli.main(['compile', 'examples/mlp.py:model', '-o', sys.argv[1]]))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "internal error: ZeroDivisionError" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
@@ -189,7 +214,11 @@ def test_python_api_mirrors_the_cli(tmp_path: Path) -> None:
     compiled = gimlet.compile(module, inputs, dynamic_shapes=dyn)
     assert "gml.matmul" in str(compiled)
     assert list(compiled.dumps) == [
-        "00-input", "01-infer-shapes", "02-canonicalize", "03-cse", "04-fuse-elementwise",
+        "00-input",
+        "01-infer-shapes",
+        "02-canonicalize",
+        "03-cse",
+        "04-fuse-elementwise",
     ]
     x = torch.randn(7, 32)
     (y,) = compiled(x)

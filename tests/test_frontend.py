@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import Imported, imported
 
+from conftest import Imported, imported
 from gimlet.dtypes import torch_to_numpy
 from gimlet.errors import UnsupportedOpError
 from gimlet.frontend import import_model

@@ -10,6 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from xdsl.context import Context
+from xdsl.dialects import arith
+from xdsl.dialects.arith import Arith
+from xdsl.dialects.builtin import Builtin, ModuleOp
+from xdsl.dialects.func import Func
+from xdsl.irdl import IRDLOperation
+from xdsl.parser import Parser
+
 from gimlet.dialects import gml
 from gimlet.dialects.gml import GML
 from gimlet.interpreter import (
@@ -19,13 +27,6 @@ from gimlet.interpreter import (
     evaluate_op,
     run,
 )
-from xdsl.context import Context
-from xdsl.dialects import arith
-from xdsl.dialects.arith import Arith
-from xdsl.dialects.builtin import Builtin, ModuleOp
-from xdsl.dialects.func import Func
-from xdsl.irdl import IRDLOperation
-from xdsl.parser import Parser
 
 Array = np.ndarray[Any, Any]
 
