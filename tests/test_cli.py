@@ -225,3 +225,9 @@ def test_python_api_mirrors_the_cli(tmp_path: Path) -> None:
     torch.testing.assert_close(y, module(x), rtol=1e-4, atol=1e-5)
     compiled.save(str(tmp_path / "o"))
     assert (tmp_path / "o" / "weights.safetensors").exists()
+
+
+def test_generated_docs_are_current() -> None:
+    from gimlet.docgen import main
+
+    assert main(["--check", str(ROOT / "docs")]) == 0

@@ -118,3 +118,41 @@ def test_unsupported_op_names_op_line_and_supported_list() -> None:
     assert msg.startswith(f"tests/test_frontend.py:{line}: unsupported op aten.")
     assert "fft" in msg.splitlines()[0]
     assert "supported ops: " in msg and "aten.addmm.default" in msg
+
+
+def test_pt2_files_import_like_modules(tmp_path) -> None:
+    from models import mlp
+
+    model, inputs, dyn = mlp()
+    ep = torch.export.export(model.eval(), inputs, dynamic_shapes=dyn)
+    torch.export.save(ep, tmp_path / "mlp.pt2")
+    module, weights = import_model(str(tmp_path / "mlp.pt2"))
+    (got,) = run(module, [inputs[0].numpy()], weights)
+    np.testing.assert_allclose(got, model(*inputs).detach().numpy(), **F32)
+
+
+def test_a_pass_that_breaks_the_ir_is_named() -> None:
+    from dataclasses import dataclass
+
+    from xdsl.passes import ModulePass
+
+    from gimlet.dialects import gml
+    from gimlet.errors import VerificationError
+
+    @dataclass(frozen=True)
+    class Breaker(ModulePass):
+        name = "breaker"
+
+        def apply(self, ctx, op) -> None:
+            for inner in op.walk():
+                if isinstance(inner, gml.PermuteOp):
+                    inner.properties["dims"] = gml.ints_attr([0, 0])
+                    return
+
+    module = parse(print_ir(imported("mlp").module))
+    with pytest.raises(VerificationError) as err:
+        run_pipeline(module, [Breaker()])
+    assert "gml.permute: [0, 0] is not a permutation of rank 2 after pass 'breaker'" in str(
+        err.value
+    )
+    assert str(err.value).startswith("tests/models.py:")
