@@ -75,7 +75,10 @@ def main(argv: list[str]) -> int:
     stale = []
     for name, text in (("ops.md", ops_markdown()), ("passes.md", passes_markdown())):
         path = os.path.join(out, name)
-        current = open(path).read() if os.path.exists(path) else ""
+        current = ""
+        if os.path.exists(path):
+            with open(path) as f:
+                current = f.read()
         if current != text:
             stale.append(path)
             if not check:
