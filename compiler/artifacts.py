@@ -13,9 +13,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from safetensors.torch import load_file, save_file
 
-from gimlet.dtypes import numpy_to_torch, torch_to_numpy
 from gimlet.errors import UserError
 
 IR_FILE = "model.mlir"
@@ -23,10 +21,28 @@ WEIGHTS_FILE = "weights.safetensors"
 
 
 def save_weights(path: str, weights: Mapping[str, np.ndarray]) -> None:
-    save_file({k: numpy_to_torch(np.asarray(v)).contiguous() for k, v in weights.items()}, path)
+    from safetensors.torch import save_file  # torch is slow to import: only when writing
+
+    from gimlet.dtypes import numpy_to_torch
+
+    # Tied weights (one tensor under two names) must be stored twice: safetensors
+    # refuses aliases, and each device later loads only the names it reads.
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in weights.items():
+        t = numpy_to_torch(np.asarray(v))
+        if t.data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.data_ptr())
+        tensors[k] = t.contiguous()
+    save_file(tensors, path)
 
 
 def load_weights(path: str) -> dict[str, np.ndarray]:
+    from safetensors.torch import load_file
+
+    from gimlet.dtypes import torch_to_numpy
+
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such weights file")
     try:

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
 
 from gimlet import __version__
 from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomically
@@ -24,6 +25,10 @@ from gimlet.pass_manager import (
     list_passes,
     run_pipeline,
 )
+from gimlet.passes.insert_comm import InsertComm
+from gimlet.passes.outline_segments import OutlineSegments
+from gimlet.passes.overlap_comm import OverlapComm
+from gimlet.passes.place import Place
 from gimlet.progress import step
 
 DESCRIPTION = """\
@@ -81,6 +86,84 @@ def _add_pipeline_flags(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _add_placement_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "heterogeneous placement (adds place, outline-segments, insert-comm, overlap-comm)"
+    )
+    g.add_argument(
+        "--target",
+        metavar="CLUSTER",
+        help="a .cluster file or presets joined by '+': h100+cpu, 2xh100+cpu, b200+sram+cpu, "
+        "b200+mi300x+cpu (presets: h100, h200, b200, mi300x, cpu, sram)",
+    )
+    g.add_argument(
+        "--placement", default="dp", choices=["greedy", "dp", "milp"], help="solver (default: dp)"
+    )
+    g.add_argument(
+        "--objective",
+        default="latency",
+        choices=["latency", "throughput", "energy", "cost"],
+        help="what to minimise (default: latency of one request)",
+    )
+    g.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="PATTERN=DEVICE",
+        help="force ops onto a device: module paths with ranges ('h.0-5=gpu0') or op names "
+        "('gml.embedding=cpu0'); repeatable or comma-separated",
+    )
+    g.add_argument(
+        "--dim-hint",
+        type=int,
+        default=1,
+        metavar="N",
+        help="size assumed for '?' dims when costing",
+    )
+    g.add_argument(
+        "--explain",
+        nargs="?",
+        const="text",
+        choices=["text", "json"],
+        help="print per segment its device, ops, modelled time, memory and transfers, and why",
+    )
+    g.add_argument(
+        "--graph", metavar="FILE.dot", help="write the partitioned graph as Graphviz DOT"
+    )
+
+
+def _pipeline(args: argparse.Namespace) -> list[ModulePass]:
+    passes = build_pipeline(args.pass_pipeline)
+    if getattr(args, "target", None):
+        passes += [
+            Place(
+                target=args.target,
+                solver=args.placement,
+                objective=args.objective,
+                pins=",".join(args.pin),
+                dim_hint=args.dim_hint,
+            ),
+            OutlineSegments(),
+            InsertComm(),
+            OverlapComm(dim_hint=args.dim_hint),
+        ]
+    return passes
+
+
+def _explain(args: argparse.Namespace, module: ModuleOp) -> None:
+    if not getattr(args, "target", None) or not (args.explain or args.graph):
+        return
+    from gimlet.explain import build_report, to_dot, to_json, to_text
+    from gimlet.passes.place import resolve
+
+    report = build_report(module, resolve(args.target), args.dim_hint)
+    if args.explain:
+        sys.stdout.write(to_json(report) if args.explain == "json" else to_text(report))
+    if args.graph:
+        with open(args.graph, "w") as f:
+            f.write(to_dot(report))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gimletc",
@@ -104,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", metavar="MODEL", help="path/model.py:factory or model.pt2")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     _add_pipeline_flags(c, DEFAULT_PIPELINE)
+    _add_placement_flags(c)
 
     o = sub.add_parser(
         "opt",
@@ -131,11 +215,12 @@ def _parser() -> argparse.ArgumentParser:
             "default."
         ),
     )
-    r.add_argument("target", metavar="MODEL|OUT/|FILE.mlir")
+    r.add_argument("source", metavar="MODEL|OUT/|FILE.mlir")
     r.add_argument("--inputs", metavar="INPUTS.npz")
     r.add_argument("--weights", metavar="WEIGHTS.safetensors", help="weights for an .mlir file")
     r.add_argument("-o", "--output", metavar="OUTPUTS.npz", help="save outputs (out0, out1, ...)")
     _add_pipeline_flags(r, DEFAULT_PIPELINE)
+    _add_placement_flags(r)
     return p
 
 
@@ -163,7 +248,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         module, weights = import_program(ep)
         verify(module, after="import")
     with step("running passes"):
-        run_pipeline(module, args.pass_pipeline, _instrumentation(args))
+        run_pipeline(module, _pipeline(args), _instrumentation(args))
     text = print_ir(module, not args.no_locations)
 
     def fill(tmp: str) -> None:
@@ -172,6 +257,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         save_weights(os.path.join(tmp, WEIGHTS_FILE), weights)
 
     write_atomically(args.output, fill)
+    _explain(args, module)
     n_ops = sum(1 for _ in module.walk())
     print(
         f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {WEIGHTS_FILE} ({len(weights)} tensors)"
@@ -231,7 +317,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gimlet.interpreter import run
 
     example: list[np.ndarray] | None = None
-    target = args.target
+    target = args.source
     if os.path.isdir(target):
         module = parse(_read(os.path.join(target, IR_FILE)), os.path.join(target, IR_FILE))
         weights = load_weights(args.weights or os.path.join(target, WEIGHTS_FILE))
@@ -252,7 +338,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         module, weights = import_program(decompose(ep))
     verify(module)
-    run_pipeline(module, args.pass_pipeline, _instrumentation(args))
+    run_pipeline(module, _pipeline(args), _instrumentation(args))
+    _explain(args, module)
     inputs = _load_inputs(args.inputs, module) if args.inputs else example
     if inputs is None:
         raise UserError(f"{target}: no inputs; pass --inputs INPUTS.npz")

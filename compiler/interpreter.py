@@ -50,7 +50,7 @@ from xdsl.ir import Attribute, Operation
 from xdsl.printer import Printer
 from xdsl.traits import SymbolTable
 
-from gimlet.dialects import gml
+from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UserError
 
@@ -675,6 +675,12 @@ class GmlFunctions(InterpreterFunctions):
         # the body reads values defined outside it through the enclosing scope
         return interpreter.run_ssacfg_region(op.body, (), "gml.fusion")
 
+    @impl(gml.SegmentOp)
+    def run_segment(
+        self, interpreter: Interpreter, op: gml.SegmentOp, args: PythonValues
+    ) -> PythonValues:
+        return interpreter.run_ssacfg_region(op.body, args, "gml.segment")
+
     @impl_terminator(gml.YieldOp)
     def run_yield(
         self, interpreter: Interpreter, op: gml.YieldOp, args: PythonValues
@@ -682,9 +688,70 @@ class GmlFunctions(InterpreterFunctions):
         return ReturnedValues(args), ()
 
 
+@register_impls
+class CommFunctions(InterpreterFunctions):
+    """Transfers simulated in one process: a send posts to its channel, a receive takes it.
+
+    The function body runs segments in program order, which is a topological order, so
+    every send runs before its receive; a receive with nothing posted is a bug in the
+    partitioned program (it would hang on real devices) and is reported as such.
+    """
+
+    def __init__(self) -> None:
+        self.channels: dict[int, list[Any]] = {}
+
+    def _post(self, op: comm.SendOp | comm.ISendOp, value: Any) -> None:
+        self.channels.setdefault(op.channel.value.data, []).append(value)
+
+    def _take(self, op: comm.RecvOp | comm.IRecvOp) -> Any:
+        queue = self.channels.get(op.channel.value.data)
+        if not queue:
+            raise InterpreterError(
+                f"{op.name} on channel {op.channel.value.data} from {op.peer.data} has no "
+                "matching send before it (this program would deadlock)"
+            )
+        return queue.pop(0)
+
+    @impl(comm.SendOp)
+    def run_send(
+        self, interpreter: Interpreter, op: comm.SendOp, args: PythonValues
+    ) -> PythonValues:
+        self._post(op, args[0])
+        return ()
+
+    @impl(comm.RecvOp)
+    def run_recv(
+        self, interpreter: Interpreter, op: comm.RecvOp, args: PythonValues
+    ) -> PythonValues:
+        return (self._take(op),)
+
+    @impl(comm.ISendOp)
+    def run_isend(
+        self, interpreter: Interpreter, op: comm.ISendOp, args: PythonValues
+    ) -> PythonValues:
+        self._post(op, args[0])
+        return (None,)
+
+    @impl(comm.IRecvOp)
+    def run_irecv(
+        self, interpreter: Interpreter, op: comm.IRecvOp, args: PythonValues
+    ) -> PythonValues:
+        return (("recv", op),)
+
+    @impl(comm.WaitOp)
+    def run_wait(
+        self, interpreter: Interpreter, op: comm.WaitOp, args: PythonValues
+    ) -> PythonValues:
+        token = args[0]
+        if isinstance(token, tuple) and token[0] == "recv":
+            return (self._take(token[1]),)
+        return ()
+
+
 def _interpreter(module: ModuleOp, weights: Mapping[str, Array]) -> Interpreter:
     interpreter = Interpreter(module)
     interpreter.register_implementations(GmlFunctions(weights))
+    interpreter.register_implementations(CommFunctions())
     interpreter.register_implementations(FuncFunctions())
     # arith computes dynamic sizes on `index` python ints
     interpreter.register_implementations(ArithFunctions())

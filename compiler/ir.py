@@ -14,20 +14,21 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
 
+from gimlet.dialects.comm import COMM
 from gimlet.dialects.gml import GML
 from gimlet.errors import VerificationError, with_location
 
 
 def context() -> Context:
     ctx = Context()
-    for dialect in (Builtin, Func, Arith, GML):
+    for dialect in (Builtin, Func, Arith, GML, COMM):
         ctx.load_dialect(dialect)
     return ctx
 
 
 def parse(text: str, filename: str = "<stdin>") -> ModuleOp:
     """Parse IR text; syntax errors become VerificationError with file:line:col."""
-    if not text.strip():
+    if all(not line.strip() or line.lstrip().startswith("//") for line in text.splitlines()):
         return ModuleOp([])
     try:
         module = Parser(context(), text, filename).parse_module()
@@ -65,6 +66,25 @@ def verify(module: ModuleOp, after: str | None = None) -> None:
         except VerifyException as e:
             cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
             raise VerificationError(_describe_failure(op, cause, after)) from e
+    if any(op.dialect_name() == "comm" for op in module.walk()):
+        _verify_transfers(module, after)
+
+
+def _verify_transfers(module: ModuleOp, after: str | None) -> None:
+    """Sends and receives pair up and cannot deadlock (needs the target's host)."""
+    from gimlet.comm_check import check_comm
+
+    target = module.attributes.get("gml.target")
+    host = "cpu0"
+    if isinstance(target, StringAttr):
+        from gimlet.passes.place import resolve
+
+        host = resolve(target.data).default_host()
+    try:
+        check_comm(module, host)
+    except VerificationError as e:
+        suffix = f" after pass '{after}'" if after else ""
+        raise VerificationError(f"{e}{suffix}") from e
 
 
 def check_dominance(root: Operation) -> None:
@@ -91,7 +111,7 @@ def check_dominance(root: Operation) -> None:
 
 class _DominanceError(VerifyException):
     def __init__(self, op: Operation, index: int):
-        super().__init__(f"operand #{index} of {op.name} does not dominate its use")
+        super().__init__(f"operand #{index} does not dominate its use")
         self.op = op
 
 

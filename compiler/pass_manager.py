@@ -24,9 +24,23 @@ from gimlet.ir import context, print_ir, verify
 from gimlet.passes.canonicalize import Canonicalize
 from gimlet.passes.fuse_elementwise import FuseElementwise
 from gimlet.passes.infer_shapes import InferShapes
+from gimlet.passes.insert_comm import InsertComm
+from gimlet.passes.outline_segments import OutlineSegments
+from gimlet.passes.overlap_comm import OverlapComm
+from gimlet.passes.place import Place
 
 PASSES: dict[str, type[ModulePass]] = {
-    p.name: p for p in (InferShapes, Canonicalize, CommonSubexpressionElimination, FuseElementwise)
+    p.name: p
+    for p in (
+        InferShapes,
+        Canonicalize,
+        CommonSubexpressionElimination,
+        FuseElementwise,
+        Place,
+        OutlineSegments,
+        InsertComm,
+        OverlapComm,
+    )
 }
 DEFAULT_PIPELINE = "infer-shapes,canonicalize,cse,fuse-elementwise"
 
@@ -46,7 +60,9 @@ def build_pipeline(spec: str) -> list[ModulePass]:
     passes = []
     try:
         specs = list(parse_pipeline(spec))
-    except Exception as e:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # xDSL's ArgSpecParseError derives from BaseException
         raise UserError(f"malformed --pass-pipeline '{spec}': {e}") from e
     for s in specs:
         if s.name not in PASSES:

@@ -29,7 +29,7 @@ from xdsl.dialects.builtin import (
     i1,
     i64,
 )
-from xdsl.ir import Attribute, Dialect, Operation, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     IRDLOperation,
@@ -48,7 +48,7 @@ from xdsl.irdl import (
 )
 from xdsl.parser import Parser
 from xdsl.printer import Printer
-from xdsl.traits import IsTerminator, Pure
+from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from gimlet.dialects.shapes import (
@@ -233,7 +233,7 @@ class ArangeOp(SizedOp):
 
     def verify_(self) -> None:
         if len(shape_of(self.result.type)) != 1:
-            raise VerifyException("gml.arange result must be rank 1")
+            raise VerifyException("result must be rank 1")
         super().verify_()
 
 
@@ -242,6 +242,10 @@ class ArangeOp(SizedOp):
 
 class UnaryOp(GmlOp):
     """Elementwise, result type equal to the operand type."""
+
+    def infer(self) -> TensorType:
+        assert isinstance(self.operands[0].type, TensorType)
+        return self.operands[0].type
 
     T: ClassVar = VarConstraint("T", AnyTensor)
     input = operand_def(T)
@@ -299,6 +303,14 @@ class ClampOp(UnaryOp):
     min = opt_prop_def(FloatAttr[Float64Type])
     max = opt_prop_def(FloatAttr[Float64Type])
     assembly_format = "$input (`min` $min^)? (`max` $max^)? attr-dict `:` type($input)"
+
+    def verify_(self) -> None:
+        if (
+            self.min is not None
+            and self.max is not None
+            and self.min.value.data > self.max.value.data
+        ):
+            raise VerifyException("min must not exceed max")
 
 
 class BinaryOp(GmlOp):
@@ -628,6 +640,12 @@ class GatherOp(GmlOp):
         )
 
     def infer(self) -> TensorType:
+        rank = len(shape_of(self.input.type))
+        normalize_dim(self.dim.value.data, rank)
+        if not isinstance(_elt(self.index), IntegerType):
+            raise VerifyException("gather indices must be integers")
+        if len(shape_of(self.index.type)) != rank:
+            raise VerifyException("gather index must have the input's rank")
         return tensor(shape_of(self.index.type), _elt(self.input))
 
 
@@ -679,7 +697,9 @@ class CumsumOp(GmlOp):
 
     def infer(self) -> TensorType:
         normalize_dim(self.dim.value.data, len(shape_of(self.input.type)))
-        return tensor(shape_of(self.input.type), _elt(self.result))
+        # torch accumulates integers and booleans in i64; floats keep their type
+        widen = isinstance(_elt(self.input), IntegerType) and _elt(self.result) == i64
+        return tensor(shape_of(self.input.type), i64 if widen else _elt(self.input))
 
 
 # ----------------------------------------------------------- reductions ---
@@ -849,6 +869,8 @@ class LayerNormOp(GmlOp):
         if not 0 < n <= len(src):
             raise VerifyException(f"ndim {n} out of range for rank {len(src)}")
         for v in (self.weight, self.bias):
+            if v is not None and _elt(v) != _elt(self.input):
+                raise VerifyException("scale/shift element type must match the input's")
             if v is not None and shape_of(v.type) != src[len(src) - n :]:
                 raise VerifyException(
                     f"scale/shift shape {fmt(shape_of(v.type))} must equal the normalized "
@@ -907,6 +929,20 @@ class SdpaOp(GmlOp):
             raise VerifyException(f"query and key head dims differ: {q[-1]} vs {k[-1]}")
         if len(q) >= 3 and DYN not in (q[-3], k[-3]) and q[-3] % k[-3]:
             raise VerifyException(f"{q[-3]} query heads cannot share {k[-3]} key heads")
+        if not _elt(self.query) == _elt(self.key) == _elt(self.value):
+            raise VerifyException("query, key and value must share an element type")
+        if k[-2] != v[-2] and DYN not in (k[-2], v[-2]):
+            raise VerifyException(f"key and value sequence lengths differ: {k[-2]} vs {v[-2]}")
+        if self.mask is not None:
+            m = shape_of(self.mask.type)
+            if _elt(self.mask) not in (i1, _elt(self.query)):
+                raise VerifyException("mask must be i1 (true = attend) or the query's element type")
+            try:
+                broadcast(m, (*q[:-1], k[-2]))
+            except VerifyException:
+                raise VerifyException(
+                    f"mask {fmt(m)} does not broadcast to the scores {fmt((*q[:-1], k[-2]))}"
+                ) from None
         return tensor((*q[:-1], v[-1]), _elt(self.query))
 
 
@@ -958,6 +994,12 @@ class ConvOp(GmlOp):
         if len(w) != n + 2 or any(len(p) != n for p in props):
             raise VerifyException(f"weight rank and stride/padding/dilation must match {n}-d input")
         g = self.groups.value.data
+        if g < 1 or any(v < 1 for v in props[0] + props[2]):
+            raise VerifyException("groups, stride and dilation must be positive")
+        if _elt(self.weight) != _elt(self.input):
+            raise VerifyException("weight element type must match the input's")
+        if self.bias is not None and shape_of(self.bias.type) != (w[0],):
+            raise VerifyException(f"bias must have shape {w[0]} (one per output channel)")
         if x[1] != DYN and x[1] != w[1] * g:
             raise VerifyException(f"input has {x[1]} channels, weight expects {w[1] * g}")
         stride, pad, dil = props
@@ -1097,6 +1139,8 @@ class AdaptiveAvgPool2dOp(GmlOp):
         x, y = shape_of(self.input.type), shape_of(self.result.type)
         if len(x) != 4 or len(y) != 4 or x[:2] != y[:2]:
             raise VerifyException("adaptive pooling keeps N and C of an NCHW input")
+        if _elt(self.input) != _elt(self.result):
+            raise VerifyException("adaptive pooling keeps the element type")
 
 
 # ------------------------------------------------------------- structure ---
@@ -1113,7 +1157,7 @@ class FusionOp(IRDLOperation):
     assembly_format = "attr-dict-with-keyword `:` type($outputs) $body"
 
     def __init__(self, body: list[Operation], yielded: Sequence[SSAValue]):
-        from xdsl.ir import Block, Region
+        from xdsl.ir import Block
 
         block = Block(body)
         block.add_op(YieldOp(yielded))
@@ -1128,12 +1172,51 @@ class FusionOp(IRDLOperation):
 
 
 @irdl_op_definition
+class SegmentOp(IRDLOperation):
+    """A piece of the program placed on one device; inputs enter as block arguments."""
+
+    name = "gml.segment"
+    device = prop_def(StringAttr)
+    inputs = var_operand_def()
+    outputs = var_result_def()
+    body = region_def("single_block")
+    traits = traits_def(IsolatedFromAbove())
+    assembly_format = (
+        "$device `(` $inputs `)` attr-dict `:` functional-type($inputs, $outputs) $body"
+    )
+
+    def __init__(
+        self,
+        device: str,
+        inputs: Sequence[SSAValue],
+        output_types: Sequence[Attribute],
+        body: Region,
+    ):
+        super().__init__(
+            operands=[list(inputs)],
+            result_types=[list(output_types)],
+            properties={"device": StringAttr(device)},
+            regions=[body],
+        )
+
+    def verify_(self) -> None:
+        block = self.body.block
+        if [a.type for a in block.args] != [v.type for v in self.inputs]:
+            raise VerifyException("segment block arguments must match its inputs")
+        term = block.last_op
+        if not isinstance(term, YieldOp):
+            raise VerifyException("gml.segment body must end in gml.yield")
+        if [v.type for v in term.values] != [r.type for r in self.outputs]:
+            raise VerifyException("gml.yield types must match the gml.segment results")
+
+
+@irdl_op_definition
 class YieldOp(IRDLOperation):
     """Returns values from a gml region op."""
 
     name = "gml.yield"
     values = var_operand_def()
-    traits = traits_def(IsTerminator(), Pure())
+    traits = traits_def(IsTerminator(), Pure(), HasParent(FusionOp, SegmentOp))
     assembly_format = "($values^ `:` type($values))? attr-dict"
 
     def __init__(self, values: Sequence[SSAValue]):
@@ -1210,6 +1293,7 @@ GML = Dialect(
         AvgPool2dOp,
         AdaptiveAvgPool2dOp,
         FusionOp,
+        SegmentOp,
         YieldOp,
     ],
     [],

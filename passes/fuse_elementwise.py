@@ -1,8 +1,9 @@
 """fuse-elementwise: group producer->consumer chains of elementwise ops into gml.fusion.
 
 A group is emitted where its last member stood, so it is only extended by an
-op X when no value of the group is used outside it before X; that keeps every
-use dominated and the block acyclic without a separate reachability analysis.
+op X when no value of the group is used outside it before X (the group is
+"closed" by the first outside reader); that keeps every use dominated and the
+block acyclic without a separate reachability analysis, in one linear scan.
 """
 
 from __future__ import annotations
@@ -22,31 +23,35 @@ def is_elementwise(op: Operation) -> bool:
 
 
 def _groups(block: Block) -> list[list[Operation]]:
-    position = {op: i for i, op in enumerate(block.ops)}
-    group_of: dict[Operation, list[Operation]] = {}
+    """Scan once; a group closes as soon as an op outside it reads one of its values,
+    because no later op may join it then. Linear in the number of uses."""
+    group_of: dict[Operation, int] = {}
     groups: list[list[Operation]] = []
-    for op in block.ops:
-        if not is_elementwise(op):
-            continue
-        producers = [v.owner for v in op.operands if isinstance(v.owner, Operation)]
-        candidates = [group_of[p] for p in producers if p in group_of]
+    closed: list[bool] = []
+    last: list[int] = []  # scan position of each group's latest member
+    for position, op in enumerate(block.ops):
+        read = {
+            group_of[v.owner]
+            for inner in op.walk()
+            for v in inner.operands
+            if isinstance(v.owner, Operation) and v.owner in group_of
+        }
         target = None
-        # Prefer the group whose last member is latest: it is the cheapest to extend.
-        for g in sorted(candidates, key=lambda g: -position[g[-1]]):
-            members = set(g) | {op}
-            if all(
-                use.operation in members or position.get(use.operation, -1) > position[op]
-                for member in g
-                for res in member.results
-                for use in res.uses
-            ):
-                target = g
-                break
-        if target is None:
-            target = []
-            groups.append(target)
-        target.append(op)
-        group_of[op] = target
+        if is_elementwise(op):
+            open_groups = [g for g in read if not closed[g]]
+            # The group whose last member is latest is the one a chain is extending.
+            target = max(open_groups, key=lambda g: last[g], default=None)
+            if target is None:
+                target = len(groups)
+                groups.append([])
+                closed.append(False)
+                last.append(position)
+            groups[target].append(op)
+            last[target] = position
+            group_of[op] = target
+        for g in read:
+            if g != target:
+                closed[g] = True
     return [g for g in groups if len(g) > 1]
 
 

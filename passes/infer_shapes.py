@@ -17,6 +17,7 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 from xdsl.utils.exceptions import VerifyException
 
+from gimlet.dialects import gml
 from gimlet.dialects.gml import GmlOp
 from gimlet.dialects.shapes import DYN, shape_of, shapes_compatible
 
@@ -38,7 +39,27 @@ class InferShapes(ModulePass):
     name = "infer-shapes"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
+        # Region ops (gml.fusion, gml.segment) take their result types from their
+        # terminators, which are refined after them in a pre-order walk: iterate.
+        for _ in range(8):
+            if not self._sweep(op):
+                return
+
+    def _sweep(self, op: ModuleOp) -> bool:
+        changed = False
         for inner in list(op.walk()):
+            if isinstance(inner, gml.FusionOp | gml.SegmentOp):
+                term = inner.body.block.last_op
+                assert term is not None
+                for res, v in zip(inner.results, term.operands, strict=True):
+                    if (
+                        isinstance(res.type, TensorType)
+                        and isinstance(v.type, TensorType)
+                        and _more_static(v.type, res.type)
+                    ):
+                        Rewriter.replace_value_with_new_type(res, v.type)
+                        changed = True
+                continue
             if isinstance(inner, GmlOp) and inner.results:
                 try:
                     inferred = inner.infer()
@@ -57,3 +78,4 @@ class InferShapes(ModulePass):
                     inputs = fn.function_type.inputs.data
                     outputs = [v.type for v in inner.arguments]
                     fn.function_type = FunctionType.from_lists(list(inputs), outputs)
+        return changed

@@ -231,3 +231,79 @@ def test_generated_docs_are_current() -> None:
     from gimlet.docgen import main
 
     assert main(["--check", str(ROOT / "docs")]) == 0
+
+
+def test_target_explain_graph_and_partitioned_run(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    r = gimletc(
+        "compile",
+        "examples/gpt_phases.py:serve",
+        "-o",
+        str(out),
+        "--target",
+        "b200+sram+cpu",
+        "--pin",
+        "prefill=gpu0",
+        "--pin",
+        "decode=acc0",
+        "--explain",
+        "--graph",
+        str(tmp_path / "g.dot"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "segment 0 on" in r.stdout and "gain over the best single device" in r.stdout
+    assert "via host_bounce" in r.stdout  # the KV cache crosses vendors through the host
+    ir = (out / "model.mlir").read_text()
+    assert 'gml.segment "gpu0"' in ir and 'gml.segment "acc0"' in ir and "comm.isend" in ir
+    assert (tmp_path / "g.dot").read_text().startswith("digraph gimlet {")
+    r = gimletc("run", str(out))
+    assert r.returncode == 1 and "no inputs" in r.stderr
+    r = gimletc(
+        "run",
+        "examples/gpt_phases.py:serve",
+        "--target",
+        "b200+sram+cpu",
+        "--pin",
+        "prefill=gpu0,decode=acc0",
+    )
+    plain = gimletc("run", "examples/gpt_phases.py:serve")
+    assert r.returncode == 0 and r.stdout == plain.stdout  # partitioned == unpartitioned
+
+
+def test_explain_json(tmp_path: Path) -> None:
+    import json
+
+    r = gimletc(
+        "compile",
+        "examples/mlp.py:model",
+        "-o",
+        str(tmp_path / "o"),
+        "--target",
+        "h100+cpu",
+        "--explain=json",
+        "--placement",
+        "milp",
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert report["target"] == "h100+cpu" and report["placement"] == "milp/latency"
+    assert {s["device"] for s in report["segments"]} <= {"gpu0", "cpu0"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "h100+tpu"], "unknown device preset 'tpu'"),
+        (
+            ["--target", "h100+cpu", "--pin", "fc1=gpu7"],
+            "--pin fc1=gpu7: unknown device; devices: gpu0, cpu0",
+        ),
+        (["--target", "h100+cpu", "--pin", "nope"], "bad --pin 'nope': expected PATTERN=DEVICE"),
+        (["--target", "nope.cluster"], "nope.cluster"),
+    ],
+)
+def test_placement_user_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    r = gimletc("compile", "examples/mlp.py:model", "-o", str(tmp_path / "o"), *args)
+    assert r.returncode == 1, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,679 @@
+"""Placement as an optimisation problem, and the solvers that share it.
+
+`build_problem` turns a module and a cluster into arrays: per node (a top-level
+op that computes) and device, the modelled time (inf where the device cannot
+run it); per data edge, its bytes; weight bytes per node; device capacities.
+Every solver returns an assignment node -> device, and `evaluate` scores any
+assignment with the same exact model, so solvers are compared like for like:
+
+  latency     one request: all compute plus every transfer, in sequence
+  throughput  a pipelined stream: the busiest device's compute plus what it receives
+  energy      joules per request (device power x busy time)
+  cost        dollars per request (device price x busy time)
+
+Transfers are deduplicated: a value goes to each consuming device once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation, SSAValue
+
+from gimlet.cluster import Cluster
+from gimlet.cost import op_cost, op_time, value_bytes, weight_bytes
+from gimlet.dialects import gml
+from gimlet.errors import UserError, module_path
+from gimlet.ir import main_func
+
+OBJECTIVES = ("latency", "throughput", "energy", "cost")
+SOLVERS = ("greedy", "dp", "milp")
+INF = math.inf
+
+# Ops that are not placed: weights, literals and layout changes of them (a
+# transposed weight) are materialised on every device that uses them, so a
+# weight never travels between devices; size arithmetic runs on the host.
+FREE = (gml.ParamOp, gml.ConstantOp)
+LAYOUT = (gml.PermuteOp, gml.ReshapeOp, gml.ExpandOp, gml.CastOp, gml.SliceOp)
+
+
+def is_free(op: Operation) -> bool:
+    if isinstance(op, FREE):
+        return True
+    return isinstance(op, LAYOUT) and all(
+        isinstance(v.owner, Operation) and is_free(v.owner) for v in op.operands
+    )
+
+
+def params_read(op: Operation) -> set[gml.ParamOp]:
+    """The parameters an op reads, directly or through free layout ops."""
+    found: set[gml.ParamOp] = set()
+    stack = [v.owner for inner in op.walk() for v in inner.operands]
+    while stack:
+        owner = stack.pop()
+        if isinstance(owner, gml.ParamOp):
+            found.add(owner)
+        elif isinstance(owner, Operation) and is_free(owner):
+            stack.extend(v.owner for v in owner.operands)
+    return found
+
+
+def is_host_only(op: Operation) -> bool:
+    return isinstance(op, gml.DimOp) or op.dialect_name() == "arith"
+
+
+@dataclass
+class Problem:
+    cluster: Cluster
+    devices: list[str]
+    nodes: list[Operation]  # in program order (a topological order)
+    time: np.ndarray  # [n, D] seconds; inf = cannot run there
+    weights: np.ndarray  # [n] bytes of parameters the node reads
+    edges: list[tuple[int, list[int], float]]  # producer, consumers, bytes
+    inputs: list[tuple[list[int], float]]  # func args: consumers, bytes (arrive at host)
+    outputs: list[tuple[int, float]]  # producer -> host, bytes
+    capacity: np.ndarray  # [D] bytes usable for weights (capacity - activation peak)
+    host: int
+    lat: np.ndarray  # [D, D] route latency
+    inv_bw: np.ndarray  # [D, D] route seconds per byte
+    weight_of: np.ndarray  # [D] objective weight per busy second (1, W or $/s)
+    objective: str = "latency"
+    why: dict[int, str] = field(default_factory=dict)  # node -> reason a device was excluded
+
+    def transfer(self, src: int, dst: int, nbytes: float) -> float:
+        return 0.0 if src == dst else float(self.lat[src, dst] + nbytes * self.inv_bw[src, dst])
+
+
+def _top_level(op: Operation, body: Operation) -> Operation:
+    while op.parent_op() is not body and op.parent_op() is not None:
+        op = op.parent_op()  # type: ignore[assignment]
+    return op
+
+
+def build_problem(
+    module: ModuleOp,
+    cluster: Cluster,
+    objective: str = "latency",
+    pins: Sequence[tuple[str, str]] = (),
+    dim_hint: int = 1,
+) -> Problem:
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
+    fn = main_func(module)
+    devices = list(cluster.devices)
+    dev = [cluster.devices[d] for d in devices]
+    nodes = [
+        op
+        for op in fn.body.block.ops
+        if not is_free(op) and not is_host_only(op) and not isinstance(op, func.ReturnOp)
+    ]
+    index = {op: i for i, op in enumerate(nodes)}
+    n, D = len(nodes), len(devices)
+    time = np.zeros((n, D))
+    weights = np.zeros(n)
+    why: dict[int, str] = {}
+    for i, op in enumerate(nodes):
+        cost = op_cost(op, dim_hint)
+        names = _op_names(op)
+        for j, d in enumerate(dev):
+            missing = [name for name in names if not d.supports_op(name)]
+            if missing:
+                time[i, j] = INF
+                why[i] = f"{d.name} does not support {missing[0]}"
+            elif cost.dtype not in d.dtypes:
+                time[i, j] = INF
+                why[i] = f"{d.name} does not support {cost.dtype}"
+            else:
+                time[i, j] = op_time(cost, d)
+        weights[i] = sum(weight_bytes(param) for param in params_read(op))
+    _apply_pins(nodes, devices, time, pins)
+    for i in range(n):
+        if not np.isfinite(time[i]).any():
+            raise UserError(_no_home(nodes[i], why.get(i, "pinned to a device that cannot run it")))
+
+    edges, inputs, outputs = [], [], []
+    for arg in fn.args:
+        consumers = sorted({index[c] for c in _consumers(arg, fn) if c in index})
+        if consumers:
+            inputs.append((consumers, float(value_bytes(arg, dim_hint))))
+    for i, op in enumerate(nodes):
+        for res in op.results:
+            consumers = sorted({index[c] for c in _consumers(res, fn) if c in index})
+            if consumers:
+                edges.append((i, consumers, float(value_bytes(res, dim_hint))))
+            if any(isinstance(u.operation, func.ReturnOp) for u in res.uses):
+                outputs.append((i, float(value_bytes(res, dim_hint))))
+
+    lat, inv_bw = np.zeros((D, D)), np.zeros((D, D))
+    for a in range(D):
+        for b in range(D):
+            if a != b:
+                route = cluster.route(devices[a], devices[b])
+                lat[a, b] = sum(h.latency for h in route.hops)
+                inv_bw[a, b] = sum(1 / h.bandwidth for h in route.hops)
+    act_peak = max((value_bytes(r, dim_hint) for op in nodes for r in op.results), default=0)
+    capacity = np.array([d.mem_capacity - 2 * act_peak for d in dev], dtype=float)
+    weight_of = np.ones(D)
+    if objective in ("energy", "cost"):
+        attr = "power_w" if objective == "energy" else "price_per_hour"
+        values = [getattr(d, attr) for d in dev]
+        if any(v is None for v in values):
+            lacking = [d.name for d, v in zip(dev, values, strict=True) if v is None]
+            raise UserError(
+                f"objective '{objective}' needs {attr} for every device; missing on {', '.join(lacking)}"
+            )
+        weight_of = np.array(
+            [v / (3600 if objective == "cost" else 1) for v in values], dtype=float
+        )
+    host = devices.index(cluster.default_host())
+    return Problem(
+        cluster,
+        devices,
+        nodes,
+        time,
+        weights,
+        edges,
+        inputs,
+        outputs,
+        capacity,
+        host,
+        lat,
+        inv_bw,
+        weight_of,
+        objective,
+        why,
+    )
+
+
+def _op_names(op: Operation) -> list[str]:
+    if isinstance(op, gml.FusionOp):
+        return sorted({o.name for o in op.body.block.ops if not isinstance(o, gml.YieldOp)})
+    return [op.name]
+
+
+def _consumers(v: SSAValue, fn: func.FuncOp) -> list[Operation]:
+    return [_top_level(u.operation, fn) for u in v.uses]
+
+
+def _no_home(op: Operation, reason: str) -> str:
+    from gimlet.errors import with_location
+
+    return with_location(op.location, f"{op.name} has no device to run on: {reason}")
+
+
+def parse_pins(spec: str) -> list[tuple[str, str]]:
+    """`h.0-5=gpu0,lm_head=cpu0,gml.embedding=cpu0` -> [(pattern, device), ...]."""
+    pins = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        pattern, sep, device = item.rpartition("=")
+        if not sep or not pattern or not device:
+            raise UserError(f"bad --pin '{item}': expected PATTERN=DEVICE (e.g. 'h.0-5=gpu0')")
+        pins.append((pattern, device))
+    return pins
+
+
+def _pin_regex(pattern: str) -> re.Pattern[str]:
+    """`h.0-5` matches module paths h.0 ... h.5 and everything under them."""
+    parts = []
+    for part in pattern.split("."):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            lo, hi = int(m[1]), int(m[2])
+            parts.append("(?:" + "|".join(str(k) for k in range(lo, hi + 1)) + ")")
+        else:
+            parts.append(re.escape(part).replace(r"\*", "[^.]*"))
+    return re.compile(r"\.".join(parts) + r"(?:\..*)?")
+
+
+def _apply_pins(
+    nodes: list[Operation], devices: list[str], time: np.ndarray, pins: Sequence[tuple[str, str]]
+) -> None:
+    for pattern, device in pins:
+        if device not in devices:
+            raise UserError(
+                f"--pin {pattern}={device}: unknown device; devices: {', '.join(devices)}"
+            )
+        rx, j = _pin_regex(pattern), devices.index(device)
+        hit = False
+        for i, op in enumerate(nodes):
+            path = module_path(op.location) or ""
+            if rx.fullmatch(path) or op.name == pattern:
+                if not math.isfinite(time[i, j]):
+                    raise UserError(_no_home(op, f"pinned to {device}, which cannot run it"))
+                keep = time[i, j]
+                time[i, :] = INF
+                time[i, j] = keep
+                hit = True
+        if not hit:
+            raise UserError(
+                f"--pin {pattern}={device} matches no op (patterns match module paths like 'h.0-5' or op names like 'gml.embedding')"
+            )
+
+
+# ----------------------------------------------------------------- scoring ---
+
+
+@dataclass
+class Score:
+    objective: float
+    latency: float
+    compute: np.ndarray  # [D] busy seconds
+    received: np.ndarray  # [D] seconds spent receiving
+    memory: np.ndarray  # [D] weight bytes
+    transfers: list[tuple[int, int, int, float]]  # value producer, src, dst, bytes
+
+
+def evaluate(p: Problem, assign: Sequence[int]) -> Score:
+    D = len(p.devices)
+    compute, received, memory = np.zeros(D), np.zeros(D), np.zeros(D)
+    transfers: list[tuple[int, int, int, float]] = []
+    for i, d in enumerate(assign):
+        compute[d] += p.time[i, d]
+        memory[d] += p.weights[i]
+
+    def send(src_node: int, src: int, dst: int, nbytes: float) -> None:
+        if src != dst:
+            received[dst] += p.transfer(src, dst, nbytes)
+            transfers.append((src_node, src, dst, nbytes))
+
+    for consumers, nbytes in p.inputs:
+        for d in sorted({assign[c] for c in consumers}):
+            send(-1, p.host, d, nbytes)
+    for u, consumers, nbytes in p.edges:
+        for d in sorted({assign[c] for c in consumers}):
+            send(u, assign[u], d, nbytes)
+    for u, nbytes in p.outputs:
+        send(u, assign[u], p.host, nbytes)
+    latency = float(compute.sum() + received.sum())
+    if p.objective == "latency":
+        obj = latency
+    elif p.objective == "throughput":
+        obj = float((compute + received).max())
+    else:
+        obj = float((compute * p.weight_of).sum() + (received * p.weight_of).sum())
+    return Score(obj, latency, compute, received, memory, transfers)
+
+
+def check_memory(p: Problem, assign: Sequence[int]) -> None:
+    mem = evaluate(p, assign).memory
+    for j, d in enumerate(p.devices):
+        if mem[j] > p.capacity[j]:
+            cap = p.cluster.devices[d].mem_capacity
+            raise UserError(
+                f"model does not fit: {d} needs {mem[j] / 1e9:.2f} GB of weights plus activations "
+                f"but holds {cap / 1e9:.2f} GB (over by {(mem[j] - p.capacity[j]) / 1e9:.2f} GB)"
+            )
+
+
+# ----------------------------------------------------------------- solvers ---
+
+
+def solve(p: Problem, solver: str = "dp", time_limit: float = 60.0) -> list[int]:
+    if solver not in SOLVERS:
+        raise UserError(f"unknown placement solver '{solver}'; choose from {', '.join(SOLVERS)}")
+    if not p.nodes:
+        return []
+    assign = {"greedy": greedy, "dp": dp, "milp": lambda q: milp(q, time_limit)}[solver](p)
+    check_memory(p, assign)
+    return assign
+
+
+def _unit_cost(p: Problem) -> np.ndarray:
+    return p.time * (p.weight_of[None, :] if p.objective in ("energy", "cost") else 1.0)
+
+
+def greedy(p: Problem) -> list[int]:
+    """Each node, in order, to the device where it plus its incoming transfers are cheapest."""
+    n, D = p.time.shape
+    unit = _unit_cost(p)
+    producers: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    for u, consumers, nbytes in p.edges:
+        for c in consumers:
+            producers[c].append((u, nbytes))
+    from_host = np.zeros(n)
+    for consumers, nbytes in p.inputs:
+        for c in consumers:
+            from_host[c] += nbytes
+    assign: list[int] = []
+    used = np.zeros(D)
+    load = np.zeros(D)
+    for i in range(n):
+        best, best_cost = -1, INF
+        for d in range(D):
+            if not math.isfinite(unit[i, d]) or used[d] + p.weights[i] > p.capacity[d]:
+                continue
+            incoming = sum(p.transfer(assign[u], d, b) for u, b in producers[i])
+            incoming += p.transfer(p.host, d, from_host[i]) if from_host[i] else 0.0
+            if p.objective == "throughput":
+                trial = load.copy()
+                trial[d] += unit[i, d] + incoming
+                cost = trial.max() + 1e-9 * (unit[i, d] + incoming)
+            else:
+                cost = unit[i, d] + incoming * (
+                    p.weight_of[d] if p.objective in ("energy", "cost") else 1
+                )
+            if cost < best_cost:
+                best, best_cost = d, cost
+        if best < 0:
+            raise UserError(_no_home(p.nodes[i], "every device that can run it is full"))
+        assign.append(best)
+        used[best] += p.weights[i]
+        load[best] += unit[i, best]
+    return assign
+
+
+def _cut_bytes(p: Problem) -> np.ndarray:
+    """live[i] = bytes of values produced before position i and consumed at or after it."""
+    n = len(p.nodes)
+    delta = np.zeros(n + 1)
+    for u, consumers, nbytes in p.edges:
+        last = consumers[-1]
+        if last > u + 0:
+            delta[u + 1] += nbytes
+            delta[last + 1] -= nbytes
+    return np.cumsum(delta)[: n + 1]
+
+
+def dp(p: Problem) -> list[int]:
+    """Dynamic programming over the program order (transformers are chains of blocks).
+
+    Two recurrences over positions, both charging a device switch at position i the
+    transfer of everything live across i (exact for chains, an estimate with skip edges):
+    - free: state = device of node i, O(n * D^2); optimal for chains when memory is not
+      binding and for sum objectives (latency, energy, cost);
+    - staged: contiguous stages, each device at most once, with weights checked per stage;
+      used for throughput (a pipeline's bottleneck) and whenever the free answer overflows.
+    """
+    if p.objective != "throughput":
+        assign = _dp_free(p)
+        if assign is not None and _fits(p, assign):
+            return assign
+    return _dp_staged(p)
+
+
+def _fits(p: Problem, assign: Sequence[int]) -> bool:
+    used = np.zeros(len(p.devices))
+    np.add.at(used, np.asarray(assign), p.weights)
+    return bool((used <= p.capacity).all())
+
+
+def _switch_costs(p: Problem, live: float) -> np.ndarray:
+    """[e, d]: cost of moving `live` bytes from e to d (0 on the diagonal)."""
+    t = p.lat + live * p.inv_bw
+    if p.objective in ("energy", "cost"):
+        t = t * p.weight_of[None, :]
+    return t
+
+
+def _with_host_io(p: Problem) -> np.ndarray:
+    """Per-node cost plus moving graph inputs from, and outputs to, the host: node-local
+    terms the position recurrences would otherwise miss (first consumer pays for an input)."""
+    cost = _unit_cost(p).copy()
+    scale = p.weight_of if p.objective in ("energy", "cost") else np.ones(len(p.devices))
+    for consumers, nbytes in p.inputs:
+        cost[consumers[0]] += [
+            p.transfer(p.host, d, nbytes) * scale[d] for d in range(len(p.devices))
+        ]
+    for u, nbytes in p.outputs:
+        cost[u] += [p.transfer(d, p.host, nbytes) * scale[d] for d in range(len(p.devices))]
+    return cost
+
+
+def _dp_free(p: Problem) -> list[int] | None:
+    n, D = p.time.shape
+    unit = _with_host_io(p)
+    live = _cut_bytes(p)
+    best = unit[0].copy()
+    back = np.zeros((n, D), dtype=int)
+    for i in range(1, n):
+        total = best[:, None] + _switch_costs(p, live[i])  # [e, d]
+        back[i] = np.argmin(total, axis=0)
+        best = total[back[i], np.arange(D)] + unit[i]
+    if not np.isfinite(best).any():
+        return None
+    assign = [0] * n
+    assign[-1] = int(np.argmin(best))
+    for i in range(n - 1, 0, -1):
+        assign[i - 1] = int(back[i, assign[i]])
+    return assign
+
+
+def _dp_staged(p: Problem) -> list[int]:
+    """Contiguous stages, one device each (each device at most once).
+
+    dp over (end position, device, set of devices used); a stage [i, j) on device d costs
+    its compute plus moving everything live across position i from the previous device.
+    Latency/energy/cost add stage costs (sliding-window minimum keeps it O(n * D^2 * 2^D));
+    throughput takes the maximum (binary search on the bottleneck with a reachability DP).
+    """
+    n, D = p.time.shape
+    unit = _with_host_io(p)
+    live = _cut_bytes(p)
+    finite = np.isfinite(unit)
+    prefix = np.vstack([np.zeros(D), np.cumsum(np.where(finite, unit, 0.0), axis=0)])
+    bad = np.vstack([np.zeros(D, dtype=int), np.cumsum(~finite, axis=0)])
+    wprefix = np.concatenate([[0.0], np.cumsum(p.weights)])
+    # lo[d][j]: the earliest stage start for a stage on d ending at j (memory + capability).
+    lo = np.zeros((D, n + 1), dtype=int)
+    for d in range(D):
+        start = 0
+        for j in range(n + 1):
+            while start < j and (
+                wprefix[j] - wprefix[start] > p.capacity[d] or bad[j, d] - bad[start, d] > 0
+            ):
+                start += 1
+            lo[d, j] = start
+
+    def cut(i: int, e: int, d: int) -> float:
+        if e < 0 or i == 0:
+            return 0.0
+        t = p.transfer(e, d, live[i])
+        return t * (p.weight_of[d] if p.objective in ("energy", "cost") else 1.0)
+
+    if p.objective == "throughput":
+        return _dp_bottleneck(p, unit, prefix, lo, cut)
+
+    full = 1 << D
+    # best[j][S][d]: min cost of a placement of [0, j) whose last stage is on d, devices used S.
+    best = np.full((n + 1, full, D), INF)
+    back: dict[tuple[int, int, int], tuple[int, int]] = {}
+    for S in range(1, full):  # increasing S: every subset S \ {d} is finished first
+        for d in range(D):
+            if not S >> d & 1:
+                continue
+            prev = S & ~(1 << d)
+            window: deque[tuple[int, float, int]] = deque()  # (i, value, e), increasing value
+            nxt = 0
+            for j in range(1, n + 1):
+                while nxt < j:  # candidate stage starts i < j, in increasing order
+                    i = nxt
+                    nxt += 1
+                    cands = [(0.0, -1)] if (i == 0 and prev == 0) else []
+                    if i > 0 and prev:
+                        cands += [
+                            (best[i, prev, e] + cut(i, e, d), e)
+                            for e in range(D)
+                            if prev >> e & 1 and math.isfinite(best[i, prev, e])
+                        ]
+                    if not cands:
+                        continue
+                    value, e = min(cands)
+                    value -= prefix[i, d]
+                    while window and window[-1][1] >= value:
+                        window.pop()
+                    window.append((i, value, e))
+                while window and window[0][0] < lo[d, j]:
+                    window.popleft()
+                if window:
+                    i, value, e = window[0]
+                    best[j, S, d] = value + prefix[j, d]
+                    back[(j, S, d)] = (i, e)
+    S_best, d_best = min(
+        ((S, d) for S in range(1, full) for d in range(D)), key=lambda sd: best[n, sd[0], sd[1]]
+    )
+    if not math.isfinite(best[n, S_best, d_best]):
+        raise UserError("no placement fits: " + _overflow_hint(p))
+    return _unwind(back, n, S_best, d_best)
+
+
+def _unwind(back: dict[tuple[int, int, int], tuple[int, int]], n: int, S: int, d: int) -> list[int]:
+    assign = [0] * n
+    j = n
+    while j > 0:
+        i, e = back[(j, S, d)]
+        assign[i:j] = [d] * (j - i)
+        S &= ~(1 << d)
+        j, d = i, e
+    return assign
+
+
+def _dp_bottleneck(
+    p: Problem,
+    unit: np.ndarray,
+    prefix: np.ndarray,
+    lo: np.ndarray,
+    cut: Callable[[int, int, int], float],
+) -> list[int]:
+    n, D = unit.shape
+
+    def feasible(T: float) -> dict[tuple[int, int, int], tuple[int, int]] | None:
+        reach: dict[tuple[int, int, int], tuple[int, int]] = {}
+        frontier = [(0, 0, -1)]
+        seen = {(0, 0, -1)}
+        while frontier:
+            i, S, e = frontier.pop()
+            for d in range(D):
+                if S >> d & 1:
+                    continue
+                c0 = cut(i, e, d)
+                for j in range(i + 1, n + 1):
+                    if lo[d, j] > i or prefix[j, d] - prefix[i, d] + c0 > T:
+                        break
+                    key = (j, S | 1 << d, d)
+                    if key not in seen:
+                        seen.add(key)
+                        reach[key] = (i, e)
+                        if j == n:
+                            return reach
+                        frontier.append(key)
+        return None
+
+    finite_total = prefix[n][np.isfinite(prefix[n])]
+    hi = float(finite_total.max() if finite_total.size else 1.0) * 2 + 1.0
+    if feasible(hi) is None:
+        raise UserError("no placement fits: " + _overflow_hint(p))
+    lo_t = 0.0
+    for _ in range(40):
+        mid = (lo_t + hi) / 2
+        if feasible(mid) is None:
+            lo_t = mid
+        else:
+            hi = mid
+    reach = feasible(hi)
+    assert reach is not None
+    end = next(k for k in reach if k[0] == n)
+    return _unwind(reach, n, end[1], end[2])
+
+
+def _overflow_hint(p: Problem) -> str:
+    total = p.weights.sum()
+    return f"the model's weights total {total / 1e9:.2f} GB; devices hold " + ", ".join(
+        f"{d} {p.capacity[j] / 1e9:.2f} GB" for j, d in enumerate(p.devices)
+    )
+
+
+def milp(p: Problem, time_limit: float = 60.0) -> list[int]:
+    """Exact placement with scipy's HiGHS MILP (the yardstick; small graphs)."""
+    from scipy.optimize import Bounds, LinearConstraint
+    from scipy.optimize import milp as scipy_milp
+    from scipy.sparse import lil_matrix
+
+    n, D = p.time.shape
+    unit = _unit_cost(p)
+    wt = p.weight_of if p.objective in ("energy", "cost") else np.ones(D)
+    # Variables: x[i,d] (n*D), then per (edge, consumer-device d, source-device s != d): y,
+    # meaning "the value moves s -> d"; then T for throughput.
+    xs = n * D
+    pairs = [(s, d) for s in range(D) for d in range(D) if s != d]
+    flows = [(k, s, d) for k in range(len(p.edges)) for s, d in pairs]
+    in_flows = [(k, d) for k in range(len(p.inputs)) for d in range(D) if d != p.host]
+    out_flows = [(k, s) for k in range(len(p.outputs)) for s in range(D) if s != p.host]
+    ny, nin, nout = len(flows), len(in_flows), len(out_flows)
+    nvar = xs + ny + nin + nout + 1
+    T = nvar - 1
+    c = np.zeros(nvar)
+    ub = np.ones(nvar)
+    big = np.where(np.isfinite(unit), unit, 0.0)
+    x = lambda i, d: i * D + d  # noqa: E731
+    ub[:xs] = np.isfinite(unit).ravel().astype(float)
+    ub[T] = INF
+    rows: list[tuple[dict[int, float], float, float]] = []
+    for i in range(n):
+        rows.append(({x(i, d): 1.0 for d in range(D)}, 1.0, 1.0))
+    for q, (k, s, d) in enumerate(flows):
+        u, consumers, nbytes = p.edges[k]
+        for cons in consumers:  # y >= x[u,s] + x[cons,d] - 1
+            rows.append(({xs + q: 1.0, x(u, s): -1.0, x(cons, d): -1.0}, -1.0, INF))
+    for q, (k, d) in enumerate(in_flows):
+        consumers, _ = p.inputs[k]
+        for cons in consumers:
+            rows.append(({xs + ny + q: 1.0, x(cons, d): -1.0}, 0.0, INF))
+    for q, (k, s) in enumerate(out_flows):
+        u, _ = p.outputs[k]
+        rows.append(({xs + ny + nin + q: 1.0, x(u, s): -1.0}, 0.0, INF))
+    for d in range(D):
+        rows.append(
+            ({x(i, d): p.weights[i] for i in range(n) if p.weights[i]}, -INF, p.capacity[d])
+        )
+
+    def flow_cost(q: int) -> tuple[int, float]:
+        if q < ny:
+            k, s, d = flows[q]
+            return d, p.transfer(s, d, p.edges[k][2])
+        if q < ny + nin:
+            k, d = in_flows[q - ny]
+            return d, p.transfer(p.host, d, p.inputs[k][1])
+        k, s = out_flows[q - ny - nin]
+        return p.host, p.transfer(s, p.host, p.outputs[k][1])
+
+    if p.objective == "throughput":
+        c[T] = 1.0
+        for d in range(D):
+            row = {x(i, d): big[i, d] for i in range(n)}
+            for q in range(ny + nin + nout):
+                dst, t = flow_cost(q)
+                if dst == d:
+                    row[xs + q] = row.get(xs + q, 0.0) + t
+            row[T] = -1.0
+            rows.append((row, -INF, 0.0))
+    else:
+        c[:xs] = big.ravel()
+        for q in range(ny + nin + nout):
+            dst, t = flow_cost(q)
+            c[xs + q] = t * wt[dst]
+    A = lil_matrix((len(rows), nvar))
+    lb_r, ub_r = np.zeros(len(rows)), np.zeros(len(rows))
+    for r, (coef, lo_v, hi_v) in enumerate(rows):
+        for col, v in coef.items():
+            A[r, col] = v
+        lb_r[r], ub_r[r] = lo_v, hi_v
+    integrality = np.zeros(nvar)
+    integrality[:xs] = 1
+    res = scipy_milp(
+        c,
+        constraints=LinearConstraint(A.tocsr(), lb_r, ub_r),
+        integrality=integrality,
+        bounds=Bounds(np.zeros(nvar), ub),
+        options={"time_limit": time_limit, "disp": False},
+    )
+    if res.x is None:
+        raise UserError("no placement fits: " + _overflow_hint(p))
+    sol = res.x[:xs].reshape(n, D)
+    return [int(np.argmax(sol[i])) for i in range(n)]

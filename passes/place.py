@@ -1,0 +1,58 @@
+"""place: choose a device for every op of the program (`gml.device` attributes).
+
+Builds the placement problem for the target cluster (compiler/placement.py),
+runs the chosen solver, and records the decision on each op plus, on the
+module, the target and a summary the `--explain` report reads back. Weights and
+literals get no device: outlining copies them into each segment that uses them.
+Size arithmetic (`gml.dim`, `arith`) runs on the host, where inputs arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, f64
+from xdsl.passes import ModulePass
+
+from gimlet.placement import build_problem, evaluate, is_host_only, parse_pins, solve
+
+DEVICE_ATTR = "gml.device"
+TARGET_ATTR = "gml.target"
+
+
+def resolve(target: str):  # type: ignore[no-untyped-def]
+    """A .cluster file or a preset spec such as `h100+cpu`."""
+    try:
+        from gimlet.cluster_lang import resolve_target  # type: ignore[attr-defined]
+    except ImportError:  # cluster files not available: presets only
+        from gimlet.presets import target as resolve_target
+    return resolve_target(target)
+
+
+@dataclass(frozen=True)
+class Place(ModulePass):
+    """Assign each op a device of the target cluster (greedy, dp or milp solver)."""
+
+    name = "place"
+    target: str = "h100+cpu"
+    solver: str = "dp"
+    objective: str = "latency"
+    pins: str = ""
+    dim_hint: int = 1
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        cluster = resolve(self.target)
+        problem = build_problem(op, cluster, self.objective, parse_pins(self.pins), self.dim_hint)
+        assign = solve(problem, self.solver)
+        for node, d in zip(problem.nodes, assign, strict=True):
+            node.attributes[DEVICE_ATTR] = StringAttr(problem.devices[d])
+        host = StringAttr(cluster.default_host())
+        for inner in op.walk():
+            if is_host_only(inner) and isinstance(inner.parent_op(), func.FuncOp):
+                inner.attributes.setdefault(DEVICE_ATTR, host)
+        score = evaluate(problem, assign)
+        op.attributes[TARGET_ATTR] = StringAttr(self.target)
+        op.attributes["gml.placement"] = StringAttr(f"{self.solver}/{self.objective}")
+        op.attributes["gml.modelled_latency_s"] = FloatAttr(score.latency, f64)

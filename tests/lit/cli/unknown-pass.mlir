@@ -1,0 +1,12 @@
+// RUN: not gimletc opt %s --pass-pipeline=canonicalize,frobnicate 2>&1 | filecheck %s
+
+// A pass name that is not registered is a user error (exit 1) naming the pass
+// and listing the available ones (the four core passes first); nothing is
+// printed.
+
+func.func @main() {
+  func.return
+}
+
+// CHECK:     gimletc: error: unknown pass 'frobnicate' in --pass-pipeline; available: infer-shapes, canonicalize, cse, fuse-elementwise{{(, [a-z-]+)*$}}
+// CHECK-NOT: builtin.module
