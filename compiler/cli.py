@@ -121,6 +121,14 @@ def _add_placement_flags(p: argparse.ArgumentParser) -> None:
         help="size assumed for '?' dims when costing",
     )
     g.add_argument(
+        "--repeat",
+        action="append",
+        default=[],
+        metavar="PATTERN=COUNT",
+        help="ops under a module path run COUNT times per request, e.g. 'decode=128' decode "
+        "steps per prefill (weights their cost in placement and --explain)",
+    )
+    g.add_argument(
         "--explain",
         nargs="?",
         const="text",
@@ -142,6 +150,7 @@ def _pipeline(args: argparse.Namespace) -> list[ModulePass]:
                 objective=args.objective,
                 pins=",".join(args.pin),
                 dim_hint=args.dim_hint,
+                repeat=",".join(args.repeat),
             ),
             OutlineSegments(),
             InsertComm(),

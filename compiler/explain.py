@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
-from gimlet.cluster import Cluster
+from gimlet.cluster import Cluster, Device
 from gimlet.cost import op_cost, op_time, value_bytes, weight_bytes
 from gimlet.dialects import comm, gml
 from gimlet.errors import module_path
 from gimlet.ir import main_func
+from gimlet.placement import parse_repeat, repeat_factors
 
 
 @dataclass
@@ -78,17 +79,27 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
     fn = main_func(module)
     segments = [o for o in fn.body.block.ops if isinstance(o, gml.SegmentOp)]
     all_ops = [o for s in segments for o in _compute_ops(s)]
-    single = {}
-    for name, dev in cluster.devices.items():
-        total = 0.0
-        for o in all_ops:
-            c = op_cost(o, dim_hint)
-            total += (
-                op_time(c, dev)
-                if dev.supports_op(o.name) and c.dtype in dev.dtypes
-                else float("inf")
-            )
-        single[name] = total
+    spec = module.attributes.get("gml.repeat")
+    repeat = parse_repeat(spec.data) if isinstance(spec, StringAttr) else []
+    runs = dict(zip(all_ops, repeat_factors(all_ops, repeat), strict=True))
+
+    def time_on(o: Operation, dev: Device) -> float:
+        c = op_cost(o, dim_hint)
+        if not (dev.supports_op(o.name) and c.dtype in dev.dtypes):
+            return float("inf")
+        return op_time(c, dev) * runs[o]
+
+    single = {name: sum(time_on(o, dev) for o in all_ops) for name, dev in cluster.devices.items()}
+    # A transfer happens as often as both its ends run (the KV cache once, decode steps often).
+    seg_runs = {
+        seg.device.data + str(k): max((runs[o] for o in _compute_ops(seg)), default=1.0)
+        for k, seg in enumerate(segments)
+    }
+    channel_runs: dict[int, float] = {}
+    for k, seg in enumerate(segments):
+        for o in seg.body.block.ops:
+            if isinstance(o, comm.SendOp | comm.ISendOp):
+                channel_runs[o.channel.value.data] = seg_runs[seg.device.data + str(k)]
     reports = []
     latency = 0.0
     for k, seg in enumerate(segments):
@@ -97,25 +108,22 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
         kinds: dict[str, int] = {}
         for o in ops:
             kinds[o.name] = kinds.get(o.name, 0) + 1
-        compute = sum(op_time(op_cost(o, dim_hint), dev) for o in ops)
+        compute = sum(time_on(o, dev) for o in ops)
         recv: list[Transfer] = []
         send: list[Transfer] = []
         for o in seg.body.block.ops:
             if isinstance(o, comm.RecvOp | comm.SendOp | comm.ISendOp | comm.IRecvOp):
                 value = _transferred(o)
                 nbytes = value_bytes(value, dim_hint) if isinstance(value.type, TensorType) else 8
-                secs = cluster.transfer_time(o.peer.data, dev.name, nbytes)
+                factor = seg_runs[dev.name + str(k)]
+                if isinstance(o, comm.RecvOp | comm.IRecvOp):
+                    factor = min(factor, channel_runs.get(o.channel.value.data, 1.0))
+                secs = cluster.transfer_time(o.peer.data, dev.name, nbytes) * factor
                 t = Transfer(o.channel.value.data, o.peer.data, o.transport.data, nbytes, secs)
                 (recv if isinstance(o, comm.RecvOp | comm.IRecvOp) else send).append(t)
-        alternatives = {}
-        for name, other in cluster.devices.items():
-            ok = all(
-                other.supports_op(o.name) and op_cost(o, dim_hint).dtype in other.dtypes
-                for o in ops
-            )
-            alternatives[name] = (
-                sum(op_time(op_cost(o, dim_hint), other) for o in ops) if ok else float("inf")
-            )
+        alternatives = {
+            name: sum(time_on(o, other) for o in ops) for name, other in cluster.devices.items()
+        }
         modules = sorted({m for o in ops if (m := module_path(o.location))})[:8]
         latency += compute + sum(t.seconds for t in recv)
         reports.append(

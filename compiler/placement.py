@@ -86,6 +86,15 @@ class Problem:
     weight_of: np.ndarray  # [D] objective weight per busy second (1, W or $/s)
     objective: str = "latency"
     why: dict[int, str] = field(default_factory=dict)  # node -> reason a device was excluded
+    runs: np.ndarray | None = None  # [n] times each node runs per request (--repeat); None = 1
+
+    def runs_of(self, producer: int, consumers: Sequence[int]) -> float:
+        """A value moves as often as both ends run: a prefill->decode KV cache once,
+        a decode->decode activation every step."""
+        if self.runs is None:
+            return 1.0
+        out = max(self.runs[c] for c in consumers) if consumers else 1.0
+        return float(min(self.runs[producer], out) if producer >= 0 else out)
 
     def transfer(self, src: int, dst: int, nbytes: float) -> float:
         return 0.0 if src == dst else float(self.lat[src, dst] + nbytes * self.inv_bw[src, dst])
@@ -103,6 +112,7 @@ def build_problem(
     objective: str = "latency",
     pins: Sequence[tuple[str, str]] = (),
     dim_hint: int = 1,
+    repeat: Sequence[tuple[str, int]] = (),
 ) -> Problem:
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
@@ -133,6 +143,8 @@ def build_problem(
             else:
                 time[i, j] = op_time(cost, d)
         weights[i] = sum(weight_bytes(param) for param in params_read(op))
+    runs = repeat_factors(nodes, repeat)
+    time *= runs[:, None]
     _apply_pins(nodes, devices, time, pins)
     for i in range(n):
         if not np.isfinite(time[i]).any():
@@ -189,6 +201,7 @@ def build_problem(
         weight_of,
         objective,
         why,
+        runs,
     )
 
 
@@ -217,6 +230,28 @@ def parse_pins(spec: str) -> list[tuple[str, str]]:
             raise UserError(f"bad --pin '{item}': expected PATTERN=DEVICE (e.g. 'h.0-5=gpu0')")
         pins.append((pattern, device))
     return pins
+
+
+def parse_repeat(spec: str) -> list[tuple[str, int]]:
+    """`decode=128`: ops under module path `decode` run 128 times per request."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        pattern, sep, count = item.rpartition("=")
+        if not sep or not pattern or not count.isdigit() or int(count) < 1:
+            raise UserError(f"bad --repeat '{item}': expected PATTERN=COUNT (e.g. 'decode=128')")
+        out.append((pattern, int(count)))
+    return out
+
+
+def repeat_factors(ops: Sequence[Operation], repeat: Sequence[tuple[str, int]]) -> np.ndarray:
+    """How many times each op runs per request (decode steps per prefill, say)."""
+    factors = np.ones(len(ops))
+    for pattern, count in repeat:
+        rx = _pin_regex(pattern)
+        for i, op in enumerate(ops):
+            if rx.fullmatch(module_path(op.location) or "") or op.name == pattern:
+                factors[i] = count
+    return factors
 
 
 def _pin_regex(pattern: str) -> re.Pattern[str]:
@@ -278,19 +313,20 @@ def evaluate(p: Problem, assign: Sequence[int]) -> Score:
         compute[d] += p.time[i, d]
         memory[d] += p.weights[i]
 
-    def send(src_node: int, src: int, dst: int, nbytes: float) -> None:
+    def send(src_node: int, src: int, dst: int, nbytes: float, runs: float = 1.0) -> None:
         if src != dst:
-            received[dst] += p.transfer(src, dst, nbytes)
+            received[dst] += p.transfer(src, dst, nbytes) * runs
             transfers.append((src_node, src, dst, nbytes))
 
     for consumers, nbytes in p.inputs:
         for d in sorted({assign[c] for c in consumers}):
-            send(-1, p.host, d, nbytes)
+            send(-1, p.host, d, nbytes, p.runs_of(-1, consumers))
     for u, consumers, nbytes in p.edges:
         for d in sorted({assign[c] for c in consumers}):
-            send(u, assign[u], d, nbytes)
+            on_d = [c for c in consumers if assign[c] == d]
+            send(u, assign[u], d, nbytes, p.runs_of(u, on_d))
     for u, nbytes in p.outputs:
-        send(u, assign[u], p.host, nbytes)
+        send(u, assign[u], p.host, nbytes, p.runs_of(u, [u]))
     latency = float(compute.sum() + received.sum())
     if p.objective == "latency":
         obj = latency
@@ -349,7 +385,7 @@ def greedy(p: Problem) -> list[int]:
         for d in range(D):
             if not math.isfinite(unit[i, d]) or used[d] + p.weights[i] > p.capacity[d]:
                 continue
-            incoming = sum(p.transfer(assign[u], d, b) for u, b in producers[i])
+            incoming = sum(p.transfer(assign[u], d, b) * p.runs_of(u, [i]) for u, b in producers[i])
             incoming += p.transfer(p.host, d, from_host[i]) if from_host[i] else 0.0
             if p.objective == "throughput":
                 trial = load.copy()
@@ -369,16 +405,20 @@ def greedy(p: Problem) -> list[int]:
     return assign
 
 
-def _cut_bytes(p: Problem) -> np.ndarray:
-    """live[i] = bytes of values produced before position i and consumed at or after it."""
+def _cut_bytes(p: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Per position i, over the values produced before i and read at or after i: how many
+    transfers a device switch at i costs and how many bytes, each weighted by how often
+    that value moves per request."""
     n = len(p.nodes)
-    delta = np.zeros(n + 1)
+    count, nbytes_live = np.zeros(n + 1), np.zeros(n + 1)
     for u, consumers, nbytes in p.edges:
         last = consumers[-1]
-        if last > u + 0:
-            delta[u + 1] += nbytes
-            delta[last + 1] -= nbytes
-    return np.cumsum(delta)[: n + 1]
+        runs = p.runs_of(u, consumers)
+        count[u + 1] += runs
+        count[last + 1] -= runs
+        nbytes_live[u + 1] += runs * nbytes
+        nbytes_live[last + 1] -= runs * nbytes
+    return np.cumsum(count)[: n + 1], np.cumsum(nbytes_live)[: n + 1]
 
 
 def dp(p: Problem) -> list[int]:
@@ -404,9 +444,9 @@ def _fits(p: Problem, assign: Sequence[int]) -> bool:
     return bool((used <= p.capacity).all())
 
 
-def _switch_costs(p: Problem, live: float) -> np.ndarray:
-    """[e, d]: cost of moving `live` bytes from e to d (0 on the diagonal)."""
-    t = p.lat + live * p.inv_bw
+def _switch_costs(p: Problem, count: float, live: float) -> np.ndarray:
+    """[e, d]: cost of `count` transfers of `live` bytes in all from e to d (0 on the diagonal)."""
+    t = p.lat * count + live * p.inv_bw
     if p.objective in ("energy", "cost"):
         t = t * p.weight_of[None, :]
     return t
@@ -429,11 +469,11 @@ def _with_host_io(p: Problem) -> np.ndarray:
 def _dp_free(p: Problem) -> list[int] | None:
     n, D = p.time.shape
     unit = _with_host_io(p)
-    live = _cut_bytes(p)
+    count, live = _cut_bytes(p)
     best = unit[0].copy()
     back = np.zeros((n, D), dtype=int)
     for i in range(1, n):
-        total = best[:, None] + _switch_costs(p, live[i])  # [e, d]
+        total = best[:, None] + _switch_costs(p, count[i], live[i])  # [e, d]
         back[i] = np.argmin(total, axis=0)
         best = total[back[i], np.arange(D)] + unit[i]
     if not np.isfinite(best).any():
@@ -455,7 +495,7 @@ def _dp_staged(p: Problem) -> list[int]:
     """
     n, D = p.time.shape
     unit = _with_host_io(p)
-    live = _cut_bytes(p)
+    count, live = _cut_bytes(p)
     finite = np.isfinite(unit)
     prefix = np.vstack([np.zeros(D), np.cumsum(np.where(finite, unit, 0.0), axis=0)])
     bad = np.vstack([np.zeros(D, dtype=int), np.cumsum(~finite, axis=0)])
@@ -474,8 +514,10 @@ def _dp_staged(p: Problem) -> list[int]:
     def cut(i: int, e: int, d: int) -> float:
         if e < 0 or i == 0:
             return 0.0
-        t = p.transfer(e, d, live[i])
-        return t * (p.weight_of[d] if p.objective in ("energy", "cost") else 1.0)
+        if e == d:
+            return 0.0
+        t = p.lat[e, d] * count[i] + live[i] * p.inv_bw[e, d]
+        return float(t * (p.weight_of[d] if p.objective in ("energy", "cost") else 1.0))
 
     if p.objective == "throughput":
         return _dp_bottleneck(p, unit, prefix, lo, cut)
@@ -636,12 +678,15 @@ def milp(p: Problem, time_limit: float = 60.0) -> list[int]:
     def flow_cost(q: int) -> tuple[int, float]:
         if q < ny:
             k, s, d = flows[q]
-            return d, p.transfer(s, d, p.edges[k][2])
+            u, consumers, nbytes = p.edges[k]
+            return d, p.transfer(s, d, nbytes) * p.runs_of(u, consumers)
         if q < ny + nin:
             k, d = in_flows[q - ny]
-            return d, p.transfer(p.host, d, p.inputs[k][1])
+            consumers, nbytes = p.inputs[k]
+            return d, p.transfer(p.host, d, nbytes) * p.runs_of(-1, consumers)
         k, s = out_flows[q - ny - nin]
-        return p.host, p.transfer(s, p.host, p.outputs[k][1])
+        u, nbytes = p.outputs[k]
+        return p.host, p.transfer(s, p.host, nbytes) * p.runs_of(u, [u])
 
     if p.objective == "throughput":
         c[T] = 1.0

@@ -83,7 +83,7 @@ def serve():
 
 
 def serve_gpt2_small():
-    """GPT-2 small's shape with a 512-token prompt (the docs' worked scenario)."""
+    """GPT-2 small's shape in bf16 with a 512-token prompt (the docs' worked scenario)."""
     torch.manual_seed(0)
-    gpt = GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12)
+    gpt = GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12).to(torch.bfloat16)
     return Serve(gpt), (torch.randint(0, 50257, (1, 512)), torch.randint(0, 50257, (1, 1)))

@@ -72,6 +72,7 @@ class InferShapes(ModulePass):
                     and _more_static(inferred, old)
                 ):
                     Rewriter.replace_value_with_new_type(inner.results[0], inferred)
+                    changed = True
             elif isinstance(inner, func.ReturnOp):
                 fn = inner.parent_op()
                 if isinstance(fn, func.FuncOp):

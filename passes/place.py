@@ -16,7 +16,14 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, f64
 from xdsl.passes import ModulePass
 
-from gimlet.placement import build_problem, evaluate, is_host_only, parse_pins, solve
+from gimlet.placement import (
+    build_problem,
+    evaluate,
+    is_host_only,
+    parse_pins,
+    parse_repeat,
+    solve,
+)
 
 DEVICE_ATTR = "gml.device"
 TARGET_ATTR = "gml.target"
@@ -41,10 +48,18 @@ class Place(ModulePass):
     objective: str = "latency"
     pins: str = ""
     dim_hint: int = 1
+    repeat: str = ""
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         cluster = resolve(self.target)
-        problem = build_problem(op, cluster, self.objective, parse_pins(self.pins), self.dim_hint)
+        problem = build_problem(
+            op,
+            cluster,
+            self.objective,
+            parse_pins(self.pins),
+            self.dim_hint,
+            parse_repeat(self.repeat),
+        )
         assign = solve(problem, self.solver)
         for node, d in zip(problem.nodes, assign, strict=True):
             node.attributes[DEVICE_ATTR] = StringAttr(problem.devices[d])
@@ -55,4 +70,6 @@ class Place(ModulePass):
         score = evaluate(problem, assign)
         op.attributes[TARGET_ATTR] = StringAttr(self.target)
         op.attributes["gml.placement"] = StringAttr(f"{self.solver}/{self.objective}")
+        if self.repeat:
+            op.attributes["gml.repeat"] = StringAttr(self.repeat)
         op.attributes["gml.modelled_latency_s"] = FloatAttr(score.latency, f64)
