@@ -37,6 +37,8 @@ lit: setup
 
 bench: setup
 	$(BIN)/python benchmarks/frontend_scaling.py
+	$(BIN)/python benchmarks/placement_solvers.py
+	$(BIN)/python benchmarks/calibrate_h100.py   # predictions vs the saved H100 measurements
 
 clean:
 	rm -rf $(VENV) demo-out demo-out-passes

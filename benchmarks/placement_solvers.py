@@ -128,32 +128,23 @@ INPUT_BYTES = (1e2, 1e4)  # the graph input (token ids) arriving at the host, lo
 # printed when the data shows the symptom again.
 CAUSES = {
     "host_io": (
-        "`_dp_free` (and `_dp_staged`) ignore `p.inputs` and `p.outputs`: the transfers from the "
-        "host to the first consumers and of the results back to the host are never charged, so "
-        "DP happily places a launch-bound graph on an accelerator that costs a 2x12 us PCIe round "
-        "trip (the rows where `dp gap w/o host I/O` drops to ~0). Fix: add "
-        "transfer(host, d, bytes) to unit[c, d] for each input consumer c and "
-        "transfer(d, host, bytes) to unit[u, d] for each output producer u before the recurrence "
-        "(exact for chains; greedy also ignores outputs)."
+        "DP charges host inputs/outputs as node-local costs (first consumer / producer), but an "
+        "input read by consumers on several devices is charged once only: where `dp gap w/o "
+        "host I/O` is ~0 and the gap is not, that approximation is the cause."
     ),
     "staged": (
-        "`_dp_staged` (used for throughput, and for latency when the free answer overflows "
-        "memory) only considers contiguous stages with each device used at most once; the MILP "
-        "may interleave devices (e.g. park a few weight-heavy, compute-light nodes on the CPU), "
-        "which is why the `staged` rows are far off. Fix: for latency, a Lagrangian relaxation "
-        "of the capacity constraint over `_dp_free` (price per weight byte per device, bisected) "
-        "keeps the node-by-node freedom; for throughput, allow a device to be revisited "
-        "(state without the used-set) or polish the staged answer with local moves."
+        "`_dp_staged` (throughput, and one of the two fallbacks when memory binds) only "
+        "considers contiguous stages with each device used at most once; the MILP may "
+        "interleave devices. For latency the Lagrangian fallback (`_dp_priced`: a price per "
+        "weight byte on overflowing devices) usually wins; for throughput a device that could "
+        "be revisited (state without the used-set) or local moves after the staged answer would "
+        "close the gap."
     ),
     "feasible": (
-        "`_dp_bottleneck.feasible` is a Python DFS over states (end, used-set, device) whose "
-        "inner loop walks every stage end j one by one, so each feasibility test is "
-        "~O(n^2 * D^2 * 2^D) Python steps, run ~41 times by the bisection on the bottleneck T. "
-        "Fix: since lo[d, j] and the stage cost prefix[j, d] - prefix[i, d] are monotone in j, "
-        "the reachable ends from start i form one interval found by np.searchsorted; sweep "
-        "used-sets in increasing order and mark intervals with a difference array "
-        "(O(n log n * D^2 * 2^D) per test, vectorised), and bisect over the O(n^2) candidate "
-        "stage costs rather than 40 halvings of [0, hi]."
+        "`_dp_bottleneck.feasible` sweeps stage starts in order and marks each stage-end "
+        "interval once (np.searchsorted per state), O(n * D^2 * 2^D) Python steps per test, "
+        "times ~15 bisection steps: still Python-bound at 10k nodes. Vectorising the sweep over "
+        "positions with numpy would remove the per-state Python overhead."
     ),
     "greedy": (
         "greedy is myopic: it puts a node where the node plus its incoming transfers is "

@@ -429,13 +429,53 @@ def dp(p: Problem) -> list[int]:
     - free: state = device of node i, O(n * D^2); optimal for chains when memory is not
       binding and for sum objectives (latency, energy, cost);
     - staged: contiguous stages, each device at most once, with weights checked per stage;
-      used for throughput (a pipeline's bottleneck) and whenever the free answer overflows.
+      used for throughput (a pipeline's bottleneck).
+    When the free answer overflows a device, memory gets a price (Lagrangian relaxation:
+    raise the price of bytes on overflowing devices until the free recurrence fits) and the
+    better of that and the staged answer is kept.
     """
-    if p.objective != "throughput":
-        assign = _dp_free(p)
-        if assign is not None and _fits(p, assign):
-            return assign
-    return _dp_staged(p)
+    if p.objective == "throughput":
+        return _dp_staged(p)
+    assign = _dp_free(p)
+    if assign is not None and _fits(p, assign):
+        return assign
+    candidates = [a for a in (_dp_priced(p), _try_staged(p)) if a is not None]
+    if not candidates:
+        raise UserError("no placement fits: " + _overflow_hint(p))
+    return min(candidates, key=lambda a: evaluate(p, a).objective)
+
+
+def _try_staged(p: Problem) -> list[int] | None:
+    try:
+        return _dp_staged(p)
+    except UserError:
+        return None
+
+
+def _dp_priced(p: Problem, rounds: int = 40) -> list[int] | None:
+    """Free DP with a per-byte price on each device's memory, raised where it overflows."""
+    D = len(p.devices)
+    scale = float(np.nanmax(np.where(np.isfinite(p.time), p.time, np.nan)) or 1.0)
+    per_byte = scale / max(float(p.weights.max()), 1.0)
+    price = np.zeros(D)
+    best: list[int] | None = None
+    best_obj = INF
+    for _ in range(rounds):
+        extra = p.weights[:, None] * price[None, :]
+        assign = _dp_free(p, extra)
+        if assign is None:
+            return best
+        used = np.zeros(D)
+        np.add.at(used, np.asarray(assign), p.weights)
+        over = used > p.capacity
+        if not over.any():
+            obj = evaluate(p, assign).objective
+            if obj < best_obj:
+                best, best_obj = assign, obj
+            price *= 0.7  # fits: try a little less pressure
+        else:
+            price[over] = np.maximum(price[over] * 2, per_byte)
+    return best
 
 
 def _fits(p: Problem, assign: Sequence[int]) -> bool:
@@ -466,9 +506,9 @@ def _with_host_io(p: Problem) -> np.ndarray:
     return cost
 
 
-def _dp_free(p: Problem) -> list[int] | None:
+def _dp_free(p: Problem, extra: np.ndarray | None = None) -> list[int] | None:
     n, D = p.time.shape
-    unit = _with_host_io(p)
+    unit = _with_host_io(p) if extra is None else _with_host_io(p) + extra
     count, live = _cut_bytes(p)
     best = unit[0].copy()
     back = np.zeros((n, D), dtype=int)
@@ -585,34 +625,43 @@ def _dp_bottleneck(
 ) -> list[int]:
     n, D = unit.shape
 
+    # Furthest stage end allowed by memory/capability for a stage on d starting at i.
+    mem_end = np.array(
+        [np.searchsorted(lo[d], np.arange(n + 1), side="right") - 1 for d in range(D)]
+    )
+
     def feasible(T: float) -> dict[tuple[int, int, int], tuple[int, int]] | None:
+        """Is every stage <= T possible? A sweep over stage starts in increasing order, so
+        each (devices used, device) marks every end position at most once: O(n * D * 2^D)."""
         reach: dict[tuple[int, int, int], tuple[int, int]] = {}
-        frontier = [(0, 0, -1)]
-        seen = {(0, 0, -1)}
-        while frontier:
-            i, S, e = frontier.pop()
-            for d in range(D):
-                if S >> d & 1:
-                    continue
-                c0 = cut(i, e, d)
-                for j in range(i + 1, n + 1):
-                    if lo[d, j] > i or prefix[j, d] - prefix[i, d] + c0 > T:
-                        break
-                    key = (j, S | 1 << d, d)
-                    if key not in seen:
-                        seen.add(key)
-                        reach[key] = (i, e)
-                        if j == n:
-                            return reach
-                        frontier.append(key)
-        return None
+        starts: list[list[tuple[int, int]]] = [[] for _ in range(n + 1)]
+        starts[0].append((0, -1))
+        covered: dict[tuple[int, int], int] = {}
+        for i in range(n):
+            for S, e in starts[i]:
+                for d in range(D):
+                    if S >> d & 1:
+                        continue
+                    budget = prefix[i, d] + T - cut(i, e, d)
+                    end = min(
+                        int(np.searchsorted(prefix[:, d], budget, side="right")) - 1,
+                        int(mem_end[d, i]),
+                    )
+                    key = (S | 1 << d, d)
+                    for j in range(max(covered.get(key, 0) + 1, i + 1), end + 1):
+                        reach[(j, *key)] = (i, e)
+                        starts[j].append(key)
+                    covered[key] = max(covered.get(key, 0), end)
+        return reach if starts[n] else None
 
     finite_total = prefix[n][np.isfinite(prefix[n])]
     hi = float(finite_total.max() if finite_total.size else 1.0) * 2 + 1.0
     if feasible(hi) is None:
         raise UserError("no placement fits: " + _overflow_hint(p))
-    lo_t = 0.0
-    for _ in range(40):
+    # The bottleneck is at least the largest single op and the work spread over all devices.
+    best_each = np.where(np.isfinite(unit), unit, INF).min(axis=1)
+    lo_t = max(float(best_each.max()), float(best_each.sum()) / D)
+    while hi - lo_t > 1e-3 * hi:  # 0.1% is far below the cost model's own error
         mid = (lo_t + hi) / 2
         if feasible(mid) is None:
             lo_t = mid

@@ -130,7 +130,8 @@ def _rebuild(
 def _export(inner: SSAValue) -> SSAValue:
     """Make the segment holding `inner` yield it (once); returns the segment's result."""
     seg = inner.owner.parent_op() if isinstance(inner.owner, Operation) else None
-    assert isinstance(seg, gml.SegmentOp)
+    if not isinstance(seg, gml.SegmentOp):
+        return inner  # received in the host program itself: already visible there
     yield_op = seg.body.block.last_op
     assert isinstance(yield_op, gml.YieldOp)
     if inner in yield_op.values:
@@ -184,14 +185,19 @@ class InsertComm(ModulePass):
 
         ret = body.last_op
         assert isinstance(ret, func.ReturnOp)
-        for i, v in enumerate(ret.arguments):
+        for i, v in enumerate(list(ret.arguments)):
             src = _producer_device(v, host)
-            if src != host:
-                channel, transport = channel_for(v, host)
-                recv = comm.RecvOp(v.type, src, channel, transport)
-                recv.result.name_hint = v.name_hint
-                Rewriter.insert_op(recv, _before(ret))
-                ret.operands[i] = recv.result  # type: ignore[index]
+            if src == host:
+                continue
+            if (v, host) in received:  # a host segment already has it: return that copy
+                ret.operands[i] = _export(received[(v, host)])  # type: ignore[index]
+                continue
+            channel, transport = channel_for(v, host)
+            recv = comm.RecvOp(v.type, src, channel, transport)
+            recv.result.name_hint = v.name_hint
+            Rewriter.insert_op(recv, _before(ret))
+            ret.operands[i] = recv.result  # type: ignore[index]
+            received[(v, host)] = recv.result
 
         for seg in [o for o in body.ops if isinstance(o, gml.SegmentOp)]:
             used = [i for i, r in enumerate(seg.outputs) if r.uses]
