@@ -85,7 +85,7 @@ class Problem:
     inv_bw: np.ndarray  # [D, D] route seconds per byte
     weight_of: np.ndarray  # [D] objective weight per busy second (1, W or $/s)
     objective: str = "latency"
-    why: dict[int, str] = field(default_factory=dict)  # node -> reason a device was excluded
+    why: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, device) -> why not
     runs: np.ndarray | None = None  # [n] times each node runs per request (--repeat); None = 1
 
     def runs_of(self, producer: int, consumers: Sequence[int]) -> float:
@@ -128,7 +128,7 @@ def build_problem(
     n, D = len(nodes), len(devices)
     time = np.zeros((n, D))
     weights = np.zeros(n)
-    why: dict[int, str] = {}
+    why: dict[tuple[int, int], str] = {}
     for i, op in enumerate(nodes):
         cost = op_cost(op, dim_hint)
         names = _op_names(op)
@@ -136,19 +136,20 @@ def build_problem(
             missing = [name for name in names if not d.supports_op(name)]
             if missing:
                 time[i, j] = INF
-                why[i] = f"{d.name} does not support {missing[0]}"
+                why[(i, j)] = f"{d.name} does not support {missing[0]}"
             elif cost.dtype not in d.dtypes:
                 time[i, j] = INF
-                why[i] = f"{d.name} does not support {cost.dtype}"
+                why[(i, j)] = f"{d.name} does not support {cost.dtype}"
             else:
                 time[i, j] = op_time(cost, d)
         weights[i] = sum(weight_bytes(param) for param in params_read(op))
     runs = repeat_factors(nodes, repeat)
     time *= runs[:, None]
-    _apply_pins(nodes, devices, time, pins)
+    _apply_pins(nodes, devices, time, pins, why)
     for i in range(n):
         if not np.isfinite(time[i]).any():
-            raise UserError(_no_home(nodes[i], why.get(i, "pinned to a device that cannot run it")))
+            reasons = "; ".join(why.get((i, j), "") for j in range(D) if (i, j) in why)
+            raise UserError(_no_home(nodes[i], reasons or "no device can run it"))
 
     edges, inputs, outputs = [], [], []
     for arg in fn.args:
@@ -268,7 +269,11 @@ def _pin_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _apply_pins(
-    nodes: list[Operation], devices: list[str], time: np.ndarray, pins: Sequence[tuple[str, str]]
+    nodes: list[Operation],
+    devices: list[str],
+    time: np.ndarray,
+    pins: Sequence[tuple[str, str]],
+    why: dict[tuple[int, int], str],
 ) -> None:
     for pattern, device in pins:
         if device not in devices:
@@ -281,7 +286,8 @@ def _apply_pins(
             path = module_path(op.location) or ""
             if rx.fullmatch(path) or op.name == pattern:
                 if not math.isfinite(time[i, j]):
-                    raise UserError(_no_home(op, f"pinned to {device}, which cannot run it"))
+                    reason = why.get((i, j), f"{device} cannot run it")
+                    raise UserError(_no_home(op, f"pinned to {device}, but {reason}"))
                 keep = time[i, j]
                 time[i, :] = INF
                 time[i, j] = keep
@@ -343,8 +349,8 @@ def check_memory(p: Problem, assign: Sequence[int]) -> None:
         if mem[j] > p.capacity[j]:
             cap = p.cluster.devices[d].mem_capacity
             raise UserError(
-                f"model does not fit: {d} needs {mem[j] / 1e9:.2f} GB of weights plus activations "
-                f"but holds {cap / 1e9:.2f} GB (over by {(mem[j] - p.capacity[j]) / 1e9:.2f} GB)"
+                f"model does not fit: {d} needs {fmt_bytes(mem[j])} of weights plus activations "
+                f"but holds {fmt_bytes(cap)} (over by {fmt_bytes(mem[j] - p.capacity[j])})"
             )
 
 
@@ -673,10 +679,30 @@ def _dp_bottleneck(
     return _unwind(reach, n, end[1], end[2])
 
 
+def fmt_bytes(b: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(b) >= scale:
+            return f"{b / scale:.2f} {unit}"
+    return f"{int(b)} B"
+
+
 def _overflow_hint(p: Problem) -> str:
+    """Name the device that must overflow when pins/capabilities force weights onto it."""
+    forced = np.zeros(len(p.devices))
+    for i in range(len(p.nodes)):
+        homes = np.flatnonzero(np.isfinite(p.time[i]))
+        if len(homes) == 1:
+            forced[homes[0]] += p.weights[i]
+    for j, d in enumerate(p.devices):
+        if forced[j] > p.capacity[j]:
+            return (
+                f"{d} must hold {fmt_bytes(forced[j])} of weights for the ops only it may run "
+                f"(pins, capabilities) but has room for {fmt_bytes(p.capacity[j])} "
+                f"(over by {fmt_bytes(forced[j] - p.capacity[j])})"
+            )
     total = p.weights.sum()
-    return f"the model's weights total {total / 1e9:.2f} GB; devices hold " + ", ".join(
-        f"{d} {p.capacity[j] / 1e9:.2f} GB" for j, d in enumerate(p.devices)
+    return f"the model's weights total {fmt_bytes(total)}; room after activations: " + ", ".join(
+        f"{d} {fmt_bytes(p.capacity[j])}" for j, d in enumerate(p.devices)
     )
 
 

@@ -996,6 +996,8 @@ class ConvOp(GmlOp):
         g = self.groups.value.data
         if g < 1 or any(v < 1 for v in props[0] + props[2]):
             raise VerifyException("groups, stride and dilation must be positive")
+        if any(v < 0 for v in props[1]):
+            raise VerifyException("padding must be non-negative")
         if _elt(self.weight) != _elt(self.input):
             raise VerifyException("weight element type must match the input's")
         if self.bias is not None and shape_of(self.bias.type) != (w[0],):
@@ -1094,6 +1096,8 @@ class Pool2dOp(GmlOp):
             raise VerifyException(
                 "2-d pooling takes an NCHW input and 2-element kernel/stride/padding"
             )
+        if any(v < 1 for v in k + s) or any(v < 0 for v in p):
+            raise VerifyException("kernel and stride must be positive, padding non-negative")
         out = list(x[:2])
         for i in range(2):
             size = x[2 + i]

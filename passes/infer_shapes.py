@@ -48,6 +48,15 @@ class InferShapes(ModulePass):
     def _sweep(self, op: ModuleOp) -> bool:
         changed = False
         for inner in list(op.walk()):
+            if isinstance(inner, gml.SegmentOp):  # inputs enter as block arguments
+                for arg, v in zip(inner.body.block.args, inner.inputs, strict=True):
+                    if (
+                        isinstance(arg.type, TensorType)
+                        and isinstance(v.type, TensorType)
+                        and _more_static(v.type, arg.type)
+                    ):
+                        Rewriter.replace_value_with_new_type(arg, v.type)
+                        changed = True
             if isinstance(inner, gml.FusionOp | gml.SegmentOp):
                 term = inner.body.block.last_op
                 assert term is not None

@@ -98,7 +98,7 @@ func.func @arange_rank() {
   %0 = gml.arange 0.0 step 1.0 : tensor<2x3xf32>
   func.return
 }
-// CHECK-NEXT: gimletc: error: gml.arange: gml.arange result must be rank 1
+// CHECK-NEXT: gimletc: error: gml.arange: result must be rank 1
 
 // -----
 
@@ -142,6 +142,14 @@ func.func @gelu_bad_approximate(%x: tensor<4xf32>) {
 
 // -----
 
+func.func @clamp_min_above_max(%x: tensor<4xf32>) {
+  %0 = gml.clamp %x min 2.0 max 1.0 : tensor<4xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.clamp: min must not exceed max
+
+// -----
+
 func.func @where_cond_not_i1(%c: tensor<4xf32>, %x: tensor<4xf32>) {
   %0 = gml.where %c, %x, %x : (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>
   func.return
@@ -174,6 +182,14 @@ func.func @layer_norm_ndim(%x: tensor<2x8xf32>) {
 
 // -----
 
+func.func @layer_norm_weight_element_type(%x: tensor<2x8xf32>, %w: tensor<8xf16>) {
+  %0 = gml.layer_norm %x weight %w ndim 1 eps 1.0e-05 : tensor<2x8xf32> weight tensor<8xf16> -> tensor<2x8xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.layer_norm: scale/shift element type must match the input's
+
+// -----
+
 func.func @sdpa_head_dim_mismatch(%q: tensor<1x4x8x16xf32>, %k: tensor<1x4x8x32xf32>) {
   %0 = gml.sdpa %q, %k, %k : (tensor<1x4x8x16xf32>, tensor<1x4x8x32xf32>, tensor<1x4x8x32xf32>) -> tensor<1x4x8x32xf32>
   func.return
@@ -198,6 +214,38 @@ func.func @sdpa_rank(%q: tensor<4x8x16xf32>, %k: tensor<1x4x8x16xf32>) {
 
 // -----
 
+func.func @sdpa_element_types(%q: tensor<1x4x8x16xf32>, %k: tensor<1x4x8x16xf16>) {
+  %0 = gml.sdpa %q, %k, %k : (tensor<1x4x8x16xf32>, tensor<1x4x8x16xf16>, tensor<1x4x8x16xf16>) -> tensor<1x4x8x16xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.sdpa: query, key and value must share an element type
+
+// -----
+
+func.func @sdpa_kv_seq_mismatch(%q: tensor<1x4x8x16xf32>, %k: tensor<1x4x8x16xf32>, %v: tensor<1x4x6x16xf32>) {
+  %0 = gml.sdpa %q, %k, %v : (tensor<1x4x8x16xf32>, tensor<1x4x8x16xf32>, tensor<1x4x6x16xf32>) -> tensor<1x4x8x16xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.sdpa: key and value sequence lengths differ: 8 vs 6
+
+// -----
+
+func.func @sdpa_mask_element_type(%q: tensor<1x4x8x16xf32>, %m: tensor<8x8xi64>) {
+  %0 = gml.sdpa %q, %q, %q mask %m : (tensor<1x4x8x16xf32>, tensor<1x4x8x16xf32>, tensor<1x4x8x16xf32>, tensor<8x8xi64>) -> tensor<1x4x8x16xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.sdpa: mask must be i1 (true = attend) or the query's element type
+
+// -----
+
+func.func @sdpa_mask_broadcast(%q: tensor<1x4x8x16xf32>, %m: tensor<8x5xi1>) {
+  %0 = gml.sdpa %q, %q, %q mask %m : (tensor<1x4x8x16xf32>, tensor<1x4x8x16xf32>, tensor<1x4x8x16xf32>, tensor<8x5xi1>) -> tensor<1x4x8x16xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.sdpa: mask 8x5 does not broadcast to the scores 1x4x8x8
+
+// -----
+
 func.func @conv_channel_mismatch(%x: tensor<1x3x8x8xf32>, %w: tensor<6x4x3x3xf32>) {
   %0 = gml.conv %x, %w stride [1, 1] padding [1, 1] dilation [1, 1] groups 1 : (tensor<1x3x8x8xf32>, tensor<6x4x3x3xf32>) -> tensor<1x6x8x8xf32>
   func.return
@@ -214,6 +262,38 @@ func.func @conv_weight_rank(%x: tensor<1x3x8x8xf32>, %w: tensor<6x3x3xf32>) {
 
 // -----
 
+func.func @conv_stride_zero(%x: tensor<1x3x8x8xf32>, %w: tensor<6x3x3x3xf32>) {
+  %0 = gml.conv %x, %w stride [0, 1] padding [1, 1] dilation [1, 1] groups 1 : (tensor<1x3x8x8xf32>, tensor<6x3x3x3xf32>) -> tensor<1x6x8x8xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.conv: groups, stride and dilation must be positive
+
+// -----
+
+func.func @conv_groups_zero(%x: tensor<1x3x8x8xf32>, %w: tensor<6x3x3x3xf32>) {
+  %0 = gml.conv %x, %w stride [1, 1] padding [1, 1] dilation [1, 1] groups 0 : (tensor<1x3x8x8xf32>, tensor<6x3x3x3xf32>) -> tensor<1x6x8x8xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.conv: groups, stride and dilation must be positive
+
+// -----
+
+func.func @conv_weight_element_type(%x: tensor<1x3x8x8xf32>, %w: tensor<6x3x3x3xf16>) {
+  %0 = gml.conv %x, %w stride [1, 1] padding [1, 1] dilation [1, 1] groups 1 : (tensor<1x3x8x8xf32>, tensor<6x3x3x3xf16>) -> tensor<1x6x8x8xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.conv: weight element type must match the input's
+
+// -----
+
+func.func @conv_bias_shape(%x: tensor<1x3x8x8xf32>, %w: tensor<6x3x3x3xf32>, %b: tensor<3xf32>) {
+  %0 = gml.conv %x, %w bias %b stride [1, 1] padding [1, 1] dilation [1, 1] groups 1 : (tensor<1x3x8x8xf32>, tensor<6x3x3x3xf32>, tensor<3xf32>) -> tensor<1x6x8x8xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.conv: bias must have shape 6 (one per output channel)
+
+// -----
+
 func.func @batch_norm_statistics(%x: tensor<1x3x4x4xf32>, %s: tensor<4xf32>) {
   %0 = gml.batch_norm %x, %s, %s, %s, %s eps 1.0e-05 : (tensor<1x3x4x4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<1x3x4x4xf32>
   func.return
@@ -227,6 +307,7 @@ func.func @pool_not_nchw(%x: tensor<3x8x8xf32>) {
   func.return
 }
 // CHECK-NEXT: gimletc: error: gml.max_pool2d: 2-d pooling takes an NCHW input and 2-element kernel/stride/padding
+// (A zero pooling stride crashes the verifier: invalid-pool-stride.mlir, XFAIL.)
 
 // -----
 
@@ -235,6 +316,14 @@ func.func @adaptive_pool_changes_channels(%x: tensor<1x3x8x8xf32>) {
   func.return
 }
 // CHECK-NEXT: gimletc: error: gml.adaptive_avg_pool2d: adaptive pooling keeps N and C of an NCHW input
+
+// -----
+
+func.func @adaptive_pool_element_type(%x: tensor<1x3x8x8xf32>) {
+  %0 = gml.adaptive_avg_pool2d %x : tensor<1x3x8x8xf32> to tensor<1x3x1x1xf16>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.adaptive_avg_pool2d: adaptive pooling keeps the element type
 
 // -----
 
@@ -318,6 +407,40 @@ func.func @index_dims_not_increasing(%x: tensor<2x5xf32>, %j: tensor<3xi64>) {
 
 // -----
 
+func.func @gather_float_indices(%x: tensor<2x5xf32>, %i: tensor<2x3xf32>) {
+  %0 = gml.gather %x, %i dim 1 : (tensor<2x5xf32>, tensor<2x3xf32>) -> tensor<2x3xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.gather: gather indices must be integers
+
+// -----
+
+func.func @gather_index_rank(%x: tensor<2x5xf32>, %i: tensor<3xi64>) {
+  %0 = gml.gather %x, %i dim 1 : (tensor<2x5xf32>, tensor<3xi64>) -> tensor<3xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.gather: gather index must have the input's rank
+
+// -----
+
+func.func @gather_dim_out_of_range(%x: tensor<2x5xf32>, %i: tensor<2x3xi64>) {
+  %0 = gml.gather %x, %i dim 2 : (tensor<2x5xf32>, tensor<2x3xi64>) -> tensor<2x3xf32>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.gather: dimension 2 out of range for rank 2
+
+// -----
+
+// Integer cumsum widens to i64 like torch; a float input keeps its type, so
+// narrowing f32 to i8 is rejected.
+func.func @cumsum_narrows(%x: tensor<2x5xf32>) {
+  %0 = gml.cumsum %x dim 1 : tensor<2x5xf32> to tensor<2x5xi8>
+  func.return
+}
+// CHECK-NEXT: gimletc: error: gml.cumsum: result element type i8 does not match expected f32
+
+// -----
+
 func.func @fusion_yield_type_mismatch(%x: tensor<4xf32>) {
   %0 = gml.fusion : tensor<4xf16> {
     %1 = gml.relu %x : tensor<4xf32>
@@ -336,6 +459,13 @@ func.func @fusion_without_yield(%x: tensor<4xf32>) {
   func.return
 }
 // CHECK-NEXT: gimletc: error: gml.fusion: gml.fusion body must end in gml.yield
+
+// -----
+
+func.func @yield_outside_region(%x: tensor<4xf32>) {
+  gml.yield %x : tensor<4xf32>
+}
+// CHECK-NEXT: gimletc: error: gml.yield: 'gml.yield' expects parent op to be one of 'gml.fusion', 'gml.segment'
 
 // -----
 
@@ -377,7 +507,7 @@ func.func @use_before_def(%x: tensor<4xf32>) {
   %1 = gml.relu %x : tensor<4xf32>
   func.return
 }
-// CHECK-NEXT: gimletc: error: model.py:12: gml.neg: operand #0 of gml.neg does not dominate its use
+// CHECK-NEXT: gimletc: error: model.py:12: gml.neg: operand #0 does not dominate its use
 
 // -----
 
