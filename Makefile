@@ -30,7 +30,9 @@ typecheck: setup
 	MYPY=$(BIN)/mypy scripts/typecheck.sh
 
 pytest: setup
-	$(BIN)/python -m pytest -n 2 tests
+	# A private basetemp: pytest prunes old /tmp/pytest-of-$$USER dirs, which breaks
+	# concurrent runs (another checkout's tests) that share the default location.
+	$(BIN)/python -m pytest -n 2 --basetemp=$(CURDIR)/build/pytest tests
 
 lit: setup
 	$(BIN)/lit -sv tests/lit
