@@ -4,6 +4,7 @@
     compiled = gimlet.compile(model, (x,))   # torch.export -> gml -> passes
     print(compiled)                          # the IR
     compiled(x)                              # run on the reference interpreter
+    run = gimlet.load("bundle/")             # a `gimletc compile --target` bundle, one worker per device
 
 Heavy imports (torch, xdsl) happen on first use so `gimletc --help` stays fast.
 """
@@ -13,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["compile", "Compiled", "__version__"]
+__all__ = ["compile", "Compiled", "load", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("compile", "Compiled"):
+    if name in ("compile", "Compiled", "load"):
         from gimlet import api
 
         return getattr(api, name)

@@ -68,3 +68,13 @@ def compile(
     instr = Instrumentation(keep_dumps=True)
     run_pipeline(module, pipeline, instr)
     return Compiled(module, weights, instr.dumps, instr.timings)
+
+
+# --- runtime hook: run a `gimletc compile --target` bundle on one worker process per device
+
+
+def load(bundle: str, **kwargs: Any) -> Any:
+    """A callable running `bundle` on local workers: takes and returns torch tensors."""
+    from gimlet.runtime import load as _load
+
+    return _load(bundle, **kwargs)

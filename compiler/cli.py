@@ -230,6 +230,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="OUTPUTS.npz", help="save outputs (out0, out1, ...)")
     _add_pipeline_flags(r, DEFAULT_PIPELINE)
     _add_placement_flags(r)
+    # --- runtime hook: flags for bundles (gimlet.runtime)
+    r.add_argument("--trace", metavar="OUT.json", help="bundles: write a Chrome/Perfetto trace")
+    r.add_argument(
+        "--recv-timeout", type=float, metavar="S", help="bundles: seconds per receive (default 60)"
+    )
     return p
 
 
@@ -265,11 +270,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
             f.write(text)
         save_weights(os.path.join(tmp, WEIGHTS_FILE), weights)
 
-    write_atomically(args.output, fill)
+    if args.target:  # --- runtime hook: a placed program becomes a bundle (gimlet.bundle)
+        from gimlet.bundle import write_bundle
+
+        write_bundle(args.output, module, text, weights)
+    else:
+        write_atomically(args.output, fill)
     _explain(args, module)
     n_ops = sum(1 for _ in module.walk())
+    what = "a bundle (manifest.json, per-device weights)" if args.target else WEIGHTS_FILE
     print(
-        f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {WEIGHTS_FILE} ({len(weights)} tensors)"
+        f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {what} ({len(weights)} tensors)"
     )
     return 0
 
@@ -327,6 +338,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     example: list[np.ndarray] | None = None
     target = args.source
+    from gimlet.bundle import is_bundle
+
+    if is_bundle(target):  # --- runtime hook: one worker process per device
+        from gimlet.runtime.cli import run_bundle
+
+        return run_bundle(args)
     if os.path.isdir(target):
         module = parse(_read(os.path.join(target, IR_FILE)), os.path.join(target, IR_FILE))
         weights = load_weights(args.weights or os.path.join(target, WEIGHTS_FILE))

@@ -8,4 +8,5 @@ tree=build/typecheck/gimlet
 rm -rf build/typecheck && mkdir -p "$tree"
 for f in compiler/*.py; do ln -s "../../../$f" "$tree/$(basename "$f")"; done
 for pkg in dialects passes backends; do ln -s "../../../$pkg" "$tree/$pkg"; done
+ln -s "../../../compiler/runtime" "$tree/runtime"
 exec "${MYPY:-.venv/bin/mypy}" --no-incremental "$tree"

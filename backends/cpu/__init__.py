@@ -1,0 +1,191 @@
+"""gimlet's CPU backend: gml programs as generated C++ in a shared library.
+
+`compile_module(module)` (func.func @main) or `compile_function(func_or_segment)` lowers
+the ops to one C++ function (`codegen.py`), compiles it with the system compiler
+(`build.py`, cached by content hash) and loads it with ctypes. The C ABI is small on
+purpose: arrays of input/weight data pointers and shapes in, malloc'd outputs and
+their shapes out (outputs are data-dependent in shape, so the library allocates them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.ir import SSAValue
+from xdsl.traits import SymbolTable
+
+from gimlet.dialects import gml
+from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.errors import UserError
+
+from .build import CpuCompileError, build_library, cache_dir, default_flags
+from .codegen import ENTRY, ctype, generate
+
+__all__ = [
+    "CompiledCpu",
+    "CpuCompileError",
+    "CpuRuntimeError",
+    "cache_dir",
+    "compile_function",
+    "compile_module",
+]
+
+_MAXR = 8
+_NUMPY = {
+    "float": np.float32,
+    "double": np.float64,
+    "bool": np.bool_,
+    "int8_t": np.int8,
+    "int16_t": np.int16,
+    "int32_t": np.int32,
+    "int64_t": np.int64,
+    "uint8_t": np.uint8,
+    "uint16_t": np.uint16,
+    "uint32_t": np.uint32,
+    "uint64_t": np.uint64,
+}
+
+
+class CpuRuntimeError(UserError):
+    """A generated kernel rejected its inputs (wrong shape, index out of range, ...)."""
+
+
+def _signature(v: SSAValue) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    assert isinstance(v.type, TensorType)
+    ct = ctype(v.type.element_type)
+    assert ct is not None
+    return np.dtype(_NUMPY[ct]), shape_of(v.type)
+
+
+@dataclass
+class CompiledCpu:
+    """A loaded library for one function; call it with numpy inputs and weights."""
+
+    source: str
+    library_path: Path
+    flags: list[str]
+    weight_names: list[str]
+    cache_hit: bool
+    input_sigs: list[tuple[np.dtype[Any], tuple[int, ...]]]
+    output_sigs: list[tuple[np.dtype[Any], tuple[int, ...]]]
+    _lib: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # libgomp reads this when our library first loads it: spin briefly, then sleep,
+        # so idle OpenMP workers do not steal cores from BLAS, torch or other processes
+        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+        self._lib = ctypes.CDLL(str(self.library_path))
+        fn = getattr(self._lib, ENTRY)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_char_p, ctypes.c_int64]
+        self._fn = fn
+        self._free = self._lib.gimlet_free
+        self._free.argtypes = [ctypes.c_void_p]
+
+    @property
+    def source_path(self) -> Path:
+        return self.library_path.with_suffix(".cpp")
+
+    def __call__(
+        self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        if len(inputs) != len(self.input_sigs):
+            raise CpuRuntimeError(f"expected {len(self.input_sigs)} inputs, got {len(inputs)}")
+        keep: list[np.ndarray] = []
+        shape_bufs: list[Any] = []
+        for i, (x, (dtype, shape)) in enumerate(zip(inputs, self.input_sigs, strict=True)):
+            a = np.ascontiguousarray(x)
+            ok = a.dtype == dtype and a.ndim == len(shape)
+            ok = ok and all(d in (DYN, n) for d, n in zip(shape, a.shape, strict=True))
+            if not ok:
+                raise CpuRuntimeError(
+                    f"input {i}: expected {dtype} {_fmt(shape)}, got {a.dtype} {a.shape}"
+                )
+            keep.append(a)
+            shape_bufs.append((ctypes.c_int64 * max(a.ndim, 1))(*a.shape))
+        wptrs = []
+        for name in self.weight_names:
+            if name not in weights:
+                raise CpuRuntimeError(f'missing weight "{name}"')
+            w = np.ascontiguousarray(weights[name])
+            keep.append(w)
+            wptrs.append(w.ctypes.data)
+        n_out = len(self.output_sigs)
+        in_ptrs = (ctypes.c_void_p * max(len(inputs), 1))(
+            *[a.ctypes.data for a in keep[: len(inputs)]]
+        )
+        in_shapes = (ctypes.c_void_p * max(len(inputs), 1))(
+            *[ctypes.addressof(s) for s in shape_bufs]
+        )
+        w_ptrs = (ctypes.c_void_p * max(len(wptrs), 1))(*wptrs)
+        outs = (ctypes.c_void_p * max(n_out, 1))()
+        out_shapes = (ctypes.c_int64 * (max(n_out, 1) * _MAXR))()
+        err = ctypes.create_string_buffer(1024)
+        rc = self._fn(in_ptrs, in_shapes, w_ptrs, outs, out_shapes, err, len(err))
+        if rc != 0:
+            raise CpuRuntimeError(f"CPU kernel failed: {err.value.decode(errors='replace')}")
+        results = []
+        for k, (dtype, shape) in enumerate(self.output_sigs):
+            dims = tuple(out_shapes[k * _MAXR + i] for i in range(len(shape)))
+            n = int(np.prod(dims)) if dims else 1
+            ptr = outs[k]
+            assert ptr is not None
+            buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr) if n else b""
+            results.append(np.frombuffer(bytes(buf), dtype=dtype).reshape(dims).copy())
+            self._free(ptr)
+        return results
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join("?" if d == DYN else str(d) for d in shape) or "scalar"
+
+
+def compile_function(
+    op: func.FuncOp | gml.SegmentOp, opt: str = "-O3", flags: list[str] | None = None
+) -> CompiledCpu:
+    """Lower `op` (a func.func, or a gml.segment placed on a CPU) and load the library.
+
+    The weights the `gml.param`s read are passed by name at call time, in the order
+    `weight_names` lists. Raises `UnsupportedOpError` naming each op that cannot be
+    lowered and `CpuCompileError` if the C++ compiler fails.
+    """
+    block = op.body.block
+    term = block.last_op
+    assert term is not None
+    outputs = list(term.operands)
+    inputs = list(block.args)
+    if isinstance(op, func.FuncOp):
+        title = f"func.func @{op.sym_name.data}"
+    else:
+        title = f"gml.segment on {op.device.data}"
+    for v in [*inputs, *outputs]:
+        if not isinstance(v.type, TensorType) or ctype(v.type.element_type) is None:
+            raise UserError(f"{title}: the CPU backend cannot pass a value of type {v.type}")
+    source, weight_names = generate(block, inputs, outputs, title)
+    flags = list(flags) if flags is not None else default_flags(opt)
+    lib, hit = build_library(source, flags)
+    return CompiledCpu(
+        source=source,
+        library_path=lib,
+        flags=flags,
+        weight_names=weight_names,
+        cache_hit=hit,
+        input_sigs=[_signature(v) for v in inputs],
+        output_sigs=[_signature(v) for v in outputs],
+    )
+
+
+def compile_module(module: ModuleOp, entry: str = "main", opt: str = "-O3") -> CompiledCpu:
+    """`compile_function` on `func.func @entry` of `module`."""
+    fn = SymbolTable.lookup_symbol(module, entry)
+    if not isinstance(fn, func.FuncOp):
+        raise UserError(f"no func.func @{entry} in the module")
+    return compile_function(fn, opt=opt)

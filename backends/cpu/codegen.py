@@ -1,0 +1,732 @@
+"""Lower a `func.func` (or a `gml.segment`) of gml ops to one readable C++ function.
+
+Every tensor is a `gml::Tensor<T>` (contiguous, shared ownership so reshapes alias);
+`index` values are `int64_t`. Elementwise ops and `gml.fusion` groups become one loop
+nest each: rows of the broadcast result spread over cores with OpenMP, the last dim an
+`omp simd` inner loop whose operands are read at compile-time-known unit or zero
+stride. Everything else calls a kernel of the runtime header (`runtime.py`). Each op
+is preceded by a comment naming it and its `file.py:LINE`, so a user can map any line
+of the generated file back to the model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from xdsl.dialects import arith, func
+from xdsl.dialects.builtin import (
+    DenseIntOrFPElementsAttr,
+    Float32Type,
+    Float64Type,
+    IndexType,
+    IntegerAttr,
+    IntegerType,
+    Signedness,
+    TensorType,
+)
+from xdsl.ir import Attribute, Block, Operation, SSAValue
+
+from gimlet.dialects import gml
+from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.errors import UnsupportedOpError, describe_location, module_path
+
+from .runtime import RUNTIME_HEADER_NAME
+
+ENTRY = "gimlet_main"
+
+
+def ctype(elt: Attribute) -> str | None:
+    """The C++ scalar type holding an IR element type, or None when unsupported."""
+    if isinstance(elt, Float32Type):
+        return "float"
+    if isinstance(elt, Float64Type):
+        return "double"
+    if isinstance(elt, IntegerType):
+        width, unsigned = elt.width.data, elt.signedness.data == Signedness.UNSIGNED
+        if width == 1:
+            return "bool"
+        if width in (8, 16, 32, 64):
+            return f"{'u' if unsigned else ''}int{width}_t"
+    return None
+
+
+def _elt(v: SSAValue) -> Attribute:
+    assert isinstance(v.type, TensorType)
+    return v.type.element_type
+
+
+def _ct(v: SSAValue) -> str:
+    t = ctype(_elt(v))
+    assert t is not None
+    return t
+
+
+def where(op: Operation) -> str:
+    """`module.path (file.py:LINE)` for comments and error messages."""
+    loc = describe_location(op.location)
+    path = module_path(op.location)
+    parts = [p for p in (path, f"({loc})" if loc else None) if p]
+    return " ".join(parts) if parts else "(no location)"
+
+
+def literal(value: float, ct: str) -> str:
+    """A C++ literal of type `ct` for `value` (inf/nan spelled out, floats round-trip)."""
+    if ct == "bool":
+        return "true" if value else "false"
+    if ct in ("float", "double"):
+        if math.isnan(value):
+            return f"std::numeric_limits<{ct}>::quiet_NaN()"
+        if math.isinf(value):
+            sign = "-" if value < 0 else ""
+            return f"{sign}std::numeric_limits<{ct}>::infinity()"
+        text = repr(float(value))
+        return f"{text}f" if ct == "float" else text
+    return f"{ct}({int(value)}LL)" if ct != "int64_t" else f"int64_t({int(value)}LL)"
+
+
+# scalar expressions of the elementwise ops; {0}, {1}, {2} are operands, {T} the type
+_UNARY: dict[type[Operation], str] = {
+    gml.NegOp: "-{0}",
+    gml.ExpOp: "std::exp({0})",
+    gml.LogOp: "std::log({0})",
+    gml.SqrtOp: "std::sqrt({0})",
+    gml.RsqrtOp: "{T}(1) / std::sqrt({0})",
+    gml.AbsOp: "std::abs({0})",
+    gml.TanhOp: "std::tanh({0})",
+    gml.SigmoidOp: "{T}(1) / ({T}(1) + std::exp(-{0}))",
+    gml.ReluOp: "({0} < {T}(0) ? {T}(0) : {0})",
+    gml.SinOp: "std::sin({0})",
+    gml.CosOp: "std::cos({0})",
+    gml.ErfOp: "std::erf({0})",
+    gml.ReciprocalOp: "{T}(1) / {0}",
+    gml.NotOp: "!{0}",
+    gml.SiluOp: "{0} / ({T}(1) + std::exp(-{0}))",
+}
+_BINARY: dict[type[Operation], str] = {
+    gml.AddOp: "{0} + {1}",
+    gml.SubOp: "{0} - {1}",
+    gml.MulOp: "{0} * {1}",
+    gml.DivOp: "gml::floordiv({0}, {1})",
+    gml.PowOp: "gml::ipow({0}, {1})",
+    gml.MaximumOp: "gml::maxnan({0}, {1})",
+    gml.MinimumOp: "gml::minnan({0}, {1})",
+    gml.AndOp: "({0} & {1})",
+    gml.OrOp: "({0} | {1})",
+    gml.EqOp: "{0} == {1}",
+    gml.NeOp: "{0} != {1}",
+    gml.LtOp: "{0} < {1}",
+    gml.LeOp: "{0} <= {1}",
+    gml.GtOp: "{0} > {1}",
+    gml.GeOp: "{0} >= {1}",
+}
+_ARITH: dict[type[Operation], str] = {
+    arith.AddiOp: "{0} + {1}",
+    arith.SubiOp: "{0} - {1}",
+    arith.MuliOp: "{0} * {1}",
+    arith.FloorDivSIOp: "gml::floordiv<int64_t>({0}, {1})",
+    arith.DivSIOp: "{0} / {1}",
+    arith.RemSIOp: "{0} % {1}",
+    arith.MaxSIOp: "std::max<int64_t>({0}, {1})",
+    arith.MinSIOp: "std::min<int64_t>({0}, {1})",
+    arith.CeilDivSIOp: "-gml::floordiv<int64_t>(-{0}, {1})",
+}
+_REDUCE = {
+    gml.SumOp: "Sum",
+    gml.MeanOp: "Mean",
+    gml.AmaxOp: "Max",
+    gml.AminOp: "Min",
+    gml.AnyOp: "Any",
+}
+# ops whose operands and result must be f32 (their kernels are written for float)
+_F32_ONLY = (
+    gml.MatmulOp,
+    gml.SdpaOp,
+    gml.ConvOp,
+    gml.LayerNormOp,
+    gml.BatchNormOp,
+    gml.SoftmaxOp,
+    gml.LogSoftmaxOp,
+    gml.Pool2dOp,
+    gml.AdaptiveAvgPool2dOp,
+    gml.ErfOp,
+    gml.GeluOp,
+)
+_DATA_OPS = (
+    gml.ParamOp,
+    gml.ConstantOp,
+    gml.DimOp,
+    gml.FullOp,
+    gml.ArangeOp,
+    gml.ReshapeOp,
+    gml.ExpandOp,
+    gml.PermuteOp,
+    gml.SliceOp,
+    gml.ConcatOp,
+    gml.EmbeddingOp,
+    gml.GatherOp,
+    gml.IndexOp,
+    gml.CumsumOp,
+    gml.ReduceOp,
+    gml.FusionOp,
+    *_F32_ONLY,
+)
+
+
+def _is_elementwise(op: Operation) -> bool:
+    return isinstance(op, gml.ELEMENTWISE)
+
+
+def unsupported(ops: Sequence[Operation]) -> list[str]:
+    """One line per op the backend cannot lower: op name, location and why."""
+    problems: list[str] = []
+    for top in ops:
+        for op in top.walk():
+            why = _why_unsupported(op)
+            if why:
+                problems.append(f"{op.name} at {where(op)}: {why}")
+    return problems
+
+
+def _why_unsupported(op: Operation) -> str | None:
+    if isinstance(op, gml.YieldOp | func.ReturnOp | arith.ConstantOp) or type(op) in _ARITH:
+        return None
+    if not (_is_elementwise(op) or isinstance(op, _DATA_OPS)):
+        return "no CPU lowering for this op"
+    for v in [*op.operands, *op.results]:
+        if isinstance(v.type, IndexType):
+            continue
+        if not isinstance(v.type, TensorType):
+            return f"unsupported type {v.type}"
+        if ctype(v.type.element_type) is None:
+            return f"unsupported element type {v.type.element_type} (the CPU backend supports f32, f64, integers and i1)"
+        if len(shape_of(v.type)) > 8:
+            return "rank above 8"
+    if isinstance(op, _F32_ONLY):
+        for v in op.operands:
+            if isinstance(v.type, TensorType) and not isinstance(v.type.element_type, Float32Type):
+                if isinstance(op, gml.SdpaOp) and v is op.mask:
+                    continue
+                return f"{op.name} is implemented for f32 only, got {v.type.element_type}"
+    if isinstance(op, gml.ConvOp) and len(shape_of(op.input.type)) != 4:
+        return "only 2-d convolution is supported"
+    if isinstance(op, gml.IndexOp) and any(_ct(v) not in ("int64_t",) for v in op.indices):
+        return "only i64 index tensors are supported (no boolean masks)"
+    if (
+        isinstance(op, gml.Pool2dOp | gml.AdaptiveAvgPool2dOp)
+        and DYN in shape_of(op.results[0].type)[2:]
+    ):
+        return "pooling with a dynamic output size"
+    return None
+
+
+# C++ keywords and the generated function's own locals, never used for values
+_RESERVED = frozenset(
+    [
+        "and",
+        "or",
+        "not",
+        "xor",
+        "bitand",
+        "bitor",
+        "compl",
+        "auto",
+        "bool",
+        "break",
+        "case",
+        "catch",
+        "char",
+        "class",
+        "const",
+        "continue",
+        "default",
+        "delete",
+        "do",
+        "double",
+        "else",
+        "enum",
+        "explicit",
+        "extern",
+        "false",
+        "float",
+        "for",
+        "friend",
+        "goto",
+        "if",
+        "inline",
+        "int",
+        "long",
+        "namespace",
+        "new",
+        "operator",
+        "private",
+        "protected",
+        "public",
+        "register",
+        "return",
+        "short",
+        "signed",
+        "sizeof",
+        "static",
+        "struct",
+        "switch",
+        "template",
+        "this",
+        "throw",
+        "true",
+        "try",
+        "typedef",
+        "typename",
+        "union",
+        "unsigned",
+        "using",
+        "virtual",
+        "void",
+        "volatile",
+        "while",
+        "std",
+        "gml",
+        "inputs",
+        "in_shapes",
+        "weights",
+        "outputs",
+        "out_shapes",
+        "err",
+        "err_len",
+        "ex",
+        "dom",
+        "inner",
+        "rows",
+        "r",
+        "j",
+        "t",
+    ]
+)
+
+
+def _ident(hint: str | None, used: set[str], prefix: str) -> str:
+    base = re.sub(r"[^0-9A-Za-z_]", "_", hint or "") or "t"
+    name = f"{prefix}{base}"
+    n = 1
+    while name in used:
+        n += 1
+        name = f"{prefix}{base}_{n}"
+    used.add(name)
+    return name
+
+
+@dataclass
+class _Emitter:
+    lines: list[str] = field(default_factory=list)
+    names: dict[SSAValue, str] = field(default_factory=dict)
+    used: set[str] = field(default_factory=lambda: set(_RESERVED))
+    params: list[str] = field(default_factory=list)
+    folded: set[Operation] = field(default_factory=set)
+    indent: str = "  "
+
+    def emit(self, text: str) -> None:
+        for line in text.split("\n"):
+            self.lines.append(self.indent + line if line else "")
+
+    def name(self, v: SSAValue, prefix: str = "") -> str:
+        if v not in self.names:
+            self.names[v] = _ident(v.name_hint, self.used, prefix)
+        return self.names[v]
+
+    def shape_expr(self, v: SSAValue, dyn: Sequence[SSAValue]) -> str:
+        """A `gml::Shape` of `v`'s type with `?` dims taken from index values `dyn`."""
+        sizes = iter(dyn)
+        dims = [self.name(next(sizes)) if d == DYN else str(d) for d in shape_of(v.type)]
+        return "gml::shape({" + ", ".join(dims) + "})"
+
+
+def _foldable_transpose(op: Operation) -> bool:
+    """A permute swapping the last two dims only: matmul reads it as a BLAS transpose."""
+    if not isinstance(op, gml.PermuteOp):
+        return False
+    dims = [int(d) for d in op.dims.get_values()]
+    n = len(dims)
+    return n >= 2 and dims == [*range(n - 2), n - 1, n - 2]
+
+
+def generate(
+    body: Block, inputs: Sequence[SSAValue], outputs: Sequence[SSAValue], title: str
+) -> tuple[str, list[str]]:
+    """C++ source for `body`, and the weight names its `gml.param`s read, in ABI order."""
+    ops = [op for op in body.ops if not isinstance(op, func.ReturnOp | gml.YieldOp)]
+    problems = unsupported(ops)
+    if problems:
+        raise UnsupportedOpError("the CPU backend cannot compile:\n  " + "\n  ".join(problems))
+    e = _Emitter()
+    # permutes whose every reader is a matmul are never materialized
+    for op in ops:
+        if (
+            _foldable_transpose(op)
+            and op.results[0].uses
+            and all(isinstance(u.operation, gml.MatmulOp) for u in op.results[0].uses)
+        ):
+            e.folded.add(op)
+    # where each value is last read at the top level, to release buffers early
+    last_use: dict[SSAValue, int] = {}
+    for i, op in enumerate(ops):
+        for inner in op.walk():
+            for v in inner.operands:
+                last_use[v] = i
+                # a folded transpose is read through its input by the matmul
+                if isinstance(v.owner, Operation) and v.owner in e.folded:
+                    last_use[v.owner.operands[0]] = i
+    keep = set(outputs)
+    top_level = set(inputs) | {r for op in ops for r in op.results}
+
+    e.emit(f"// {title}")
+    e.emit(f"// inputs: {len(inputs)}, outputs: {len(outputs)}")
+    for i, v in enumerate(inputs):
+        ct = _ct(v)
+        dims = ", ".join("-1" if d == DYN else str(d) for d in shape_of(v.type))
+        name = e.name(v, "in_")
+        rank = len(shape_of(v.type))
+        e.emit(
+            f"auto {name} = gml::view<{ct}>(inputs[{i}], gml::shape_from(in_shapes[{i}], {rank}));"
+        )
+        e.emit(f'gml::check_shape({name}.shape, {{{dims}}}, "input {i}");')
+    for i, op in enumerate(ops):
+        e.emit("")
+        e.emit(f"// {op.name}  {where(op)}")
+        _emit_op(e, op)
+        dead = [
+            v
+            for v in {v for inner in op.walk() for v in inner.operands}
+            if last_use.get(v) == i
+            and v not in keep
+            and isinstance(v.type, TensorType)
+            and v in top_level
+            and v in e.names
+            and not (isinstance(v.owner, Operation) and v.owner in e.folded)
+        ]
+        for v in sorted(dead, key=lambda v: e.names[v]):
+            e.emit(f"{e.names[v]} = {{}};  // last use")
+    e.emit("")
+    e.emit("// results")
+    for k, v in enumerate(outputs):
+        e.emit(f"gml::emit_output({e.name(v)}, outputs, out_shapes, {k});")
+
+    body_text = "\n".join(e.lines)
+    source = (
+        f"// Generated by gimlet's CPU backend: {title}.\n"
+        "// Each block is one gml op, commented with its module path and source line.\n"
+        f'#include "{RUNTIME_HEADER_NAME}"\n\n'
+        f'extern "C" int {ENTRY}(const void* const* inputs, const int64_t* const* in_shapes,\n'
+        "                       const void* const* weights, void** outputs, int64_t* out_shapes,\n"
+        "                       char* err, int64_t err_len) {\n"
+        "  try {\n"
+        f"{_indent(body_text)}\n"
+        "  } catch (const std::exception& ex) {\n"
+        '    std::snprintf(err, size_t(err_len), "%s", ex.what());\n'
+        "    return 1;\n"
+        "  }\n"
+        "  return 0;\n"
+        "}\n"
+    )
+    return source, e.params
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line if line else "" for line in text.split("\n"))
+
+
+def _int_prop(attr: IntegerAttr) -> int:
+    return int(attr.value.data)
+
+
+def _ints(attr: object) -> list[int]:
+    return [int(v) for v in attr.get_values()]  # type: ignore[attr-defined]
+
+
+def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per op
+    if _is_elementwise(op) or isinstance(op, gml.FusionOp):
+        _emit_elementwise(e, op)
+        return
+    if isinstance(op, arith.ConstantOp):
+        value = op.value
+        assert isinstance(value, IntegerAttr)
+        e.emit(f"const int64_t {e.name(op.result, 'i_')} = {int(value.value.data)};")
+        return
+    if type(op) in _ARITH:
+        args = [e.name(v) for v in op.operands]
+        expr = _ARITH[type(op)].format(*args)
+        e.emit(f"const int64_t {e.name(op.results[0], 'i_')} = {expr};")
+        return
+    res = op.results[0]
+    if op in e.folded:
+        e.emit("// folded into the matmul that reads it (a BLAS transpose)")
+        return
+    out = e.name(res, "" if res.name_hint else op.name.split(".")[-1] + "_")
+    ct = _ct(res) if isinstance(res.type, TensorType) else "int64_t"
+    rank = len(shape_of(res.type)) if isinstance(res.type, TensorType) else 0
+    a = [e.name(v) for v in op.operands]
+    if isinstance(op, gml.ParamOp):
+        k = len(e.params)
+        e.params.append(op.param_name.data)
+        e.emit(
+            f"auto {out} = gml::view<{ct}>(weights[{k}], {e.shape_expr(res, [])});"
+            f'  // "{op.param_name.data}"'
+        )
+    elif isinstance(op, gml.ConstantOp):
+        _emit_constant(e, op, out, ct)
+    elif isinstance(op, gml.DimOp):
+        e.emit(f"const int64_t {out} = {a[0]}.shape.d[{_int_prop(op.index)}];")
+    elif isinstance(op, gml.FullOp):
+        fill = literal(op.value.value.data, ct)
+        e.emit(f"auto {out} = gml::full<{ct}>({e.shape_expr(res, op.dynamic_sizes())}, {fill});")
+    elif isinstance(op, gml.ArangeOp):
+        (n,) = shape_of(res.type)
+        size = e.name(op.dynamic_sizes()[0]) if n == DYN else str(n)
+        start, step = op.start.value.data, op.step.value.data
+        e.emit(f"auto {out} = gml::arange<{ct}>({size}, {start!r}, {step!r});")
+    elif isinstance(op, gml.ReshapeOp):
+        e.emit(f"auto {out} = gml::reshape({a[0]}, {e.shape_expr(res, op.dynamic_sizes())});")
+    elif isinstance(op, gml.ExpandOp):
+        e.emit(f"auto {out} = gml::expand({a[0]}, {e.shape_expr(res, op.dynamic_sizes())});")
+    elif isinstance(op, gml.PermuteOp):
+        perm = ", ".join(str(d) for d in _ints(op.dims))
+        e.emit(f"auto {out} = gml::permute({a[0]}, {{{perm}}});")
+    elif isinstance(op, gml.SliceOp):
+        dim = _int_prop(op.dim) % rank
+        lo = e.name(op.dyn_start) if op.dyn_start else str(_int_prop(op.start))
+        hi = e.name(op.dyn_end) if op.dyn_end else str(_int_prop(op.end))
+        e.emit(f"auto {out} = gml::slice({a[0]}, {dim}, {lo}, {hi}, {_int_prop(op.step)});")
+    elif isinstance(op, gml.ConcatOp):
+        dim = _int_prop(op.dim) % rank
+        e.emit(f"auto {out} = gml::concat<{ct}>({{{', '.join(a)}}}, {dim});")
+    elif isinstance(op, gml.EmbeddingOp):
+        e.emit(f"auto {out} = gml::embedding({a[0]}, {a[1]});")
+    elif isinstance(op, gml.GatherOp):
+        dim = _int_prop(op.dim) % rank
+        e.emit(f"auto {out} = gml::gather({a[0]}, {a[1]}, {dim});")
+    elif isinstance(op, gml.IndexOp):
+        dims = ", ".join(str(d) for d in _ints(op.dims))
+        e.emit(
+            f"auto {out} = gml::index<{ct}>({a[0]}, {{{', '.join(a[1:])}}}, {{{dims}}}, {rank});"
+        )
+    elif isinstance(op, gml.CumsumOp):
+        dim = _int_prop(op.dim) % rank
+        e.emit(f"auto {out} = gml::cumsum<{_ct(op.input)}, {ct}>({a[0]}, {dim});")
+    elif isinstance(op, gml.ReduceOp):
+        src_rank = len(shape_of(op.input.type))
+        dims = ", ".join(str(d % src_rank) for d in _ints(op.dims))
+        keep = "true" if op.keepdim.value.data else "false"
+        kind = _REDUCE[type(op)]
+        e.emit(
+            f"auto {out} = gml::reduce<{_ct(op.input)}, {ct}>({a[0]}, gml::Red::{kind}, "
+            f"{{{dims}}}, {keep});"
+        )
+    elif isinstance(op, gml.MatmulOp):
+        operands = []
+        for v in (op.lhs, op.rhs):
+            owner = v.owner
+            if isinstance(owner, Operation) and _foldable_transpose(owner):
+                operands += [e.name(owner.operands[0]), "true"]
+            else:
+                operands += [e.name(v), "false"]
+        e.emit(f"auto {out} = gml::matmul({', '.join(operands)}, {rank});")
+    elif isinstance(op, gml.SoftmaxOp | gml.LogSoftmaxOp):
+        dim = _int_prop(op.dim) % rank
+        log = "true" if isinstance(op, gml.LogSoftmaxOp) else "false"
+        e.emit(f"auto {out} = gml::softmax({a[0]}, {dim}, {log});")
+    elif isinstance(op, gml.LayerNormOp):
+        w = f"{e.name(op.weight)}.data" if op.weight else "nullptr"
+        b = f"{e.name(op.bias)}.data" if op.bias else "nullptr"
+        e.emit(
+            f"auto {out} = gml::layer_norm<float>({a[0]}, {w}, {b}, {_int_prop(op.ndim)}, "
+            f"{op.eps.value.data!r});"
+        )
+    elif isinstance(op, gml.BatchNormOp):
+        stats = ", ".join(f"{x}.data" for x in a[1:])
+        e.emit(f"auto {out} = gml::batch_norm<float>({a[0]}, {stats}, {op.eps.value.data!r});")
+    elif isinstance(op, gml.SdpaOp):
+        causal = "true" if op.is_causal.value.data else "false"
+        scale = repr(op.scale.value.data) if op.scale is not None else 'std::nan("")'
+        if op.mask is not None:
+            mask, mt = f"&{e.name(op.mask)}", _ct(op.mask)
+        else:
+            mask, mt = "nullptr", "float"
+        qkv = ", ".join(a[:3])
+        e.emit(f"auto {out} = gml::sdpa<{mt}>({qkv}, {mask}, {causal}, {scale});")
+    elif isinstance(op, gml.ConvOp):
+        stride, pad, dil = _ints(op.stride), _ints(op.padding), _ints(op.dilation)
+        bias = f"{e.name(op.bias)}.data" if op.bias else "nullptr"
+        e.emit(
+            f"auto {out} = gml::conv2d({a[0]}, {a[1]}, {bias}, {stride[0]}, {stride[1]}, "
+            f"{pad[0]}, {pad[1]}, {dil[0]}, {dil[1]}, {_int_prop(op.groups)});"
+        )
+    elif isinstance(op, gml.Pool2dOp):
+        kn, st, pd = _ints(op.kernel), _ints(op.stride), _ints(op.padding)
+        oh, ow = shape_of(res.type)[2:]
+        is_max = "true" if isinstance(op, gml.MaxPool2dOp) else "false"
+        e.emit(
+            f"auto {out} = gml::pool2d<{ct}>({a[0]}, {is_max}, {kn[0]}, {kn[1]}, {st[0]}, {st[1]}, "
+            f"{pd[0]}, {pd[1]}, {oh}, {ow});"
+        )
+    elif isinstance(op, gml.AdaptiveAvgPool2dOp):
+        oh, ow = shape_of(res.type)[2:]
+        e.emit(f"auto {out} = gml::adaptive_avg_pool2d<{ct}>({a[0]}, {oh}, {ow});")
+    else:  # pragma: no cover - `unsupported` rejects everything else first
+        raise UnsupportedOpError(f"{op.name} at {where(op)}: no CPU lowering")
+
+
+def _emit_constant(e: _Emitter, op: gml.ConstantOp, out: str, ct: str) -> None:
+    value = op.value
+    assert isinstance(value, DenseIntOrFPElementsAttr)
+    values = [float(x) for x in value.get_values()]
+    shape = e.shape_expr(op.result, [])
+    if len(values) == 1:
+        e.emit(f"auto {out} = gml::full<{ct}>({shape}, {literal(values[0], ct)});")
+        return
+    data = ", ".join(literal(x, ct) for x in values)
+    arr = f"{out}_data"
+    e.emit(f"static const {ct} {arr}[] = {{{data}}};")
+    e.emit(f"auto {out} = gml::view<{ct}>({arr}, {shape});")
+
+
+# ---------------------------------------------------------------- elementwise loops
+
+
+def _static_broadcast(shapes: Sequence[Sequence[int]]) -> list[int]:
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[int] = []
+    for i in range(rank):
+        dims = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        fixed = [d for d in dims if d not in (1, DYN)]
+        out.append(fixed[0] if fixed else DYN if DYN in dims else 1)
+    return out
+
+
+def _scalar_expr(op: Operation, args: list[str], ct: str) -> str:
+    if isinstance(op, gml.GeluOp):
+        x = args[0]
+        if op.approximate.data == "tanh":
+            return (
+                f"0.5f * {x} * (1.0f + std::tanh(0.7978845608028654f * "
+                f"({x} + 0.044715f * {x} * {x} * {x})))"
+            )
+        return f"{x} * 0.5f * (1.0f + std::erf({x} * 0.7071067811865476f))"
+    if isinstance(op, gml.ClampOp):
+        x = args[0]
+        if op.min is not None:
+            x = f"gml::maxnan<{ct}>({x}, {literal(op.min.value.data, ct)})"
+        if op.max is not None:
+            x = f"gml::minnan<{ct}>({x}, {literal(op.max.value.data, ct)})"
+        return x
+    if isinstance(op, gml.WhereOp):
+        return f"({args[0]} ? {args[1]} : {args[2]})"
+    if isinstance(op, gml.CastOp):
+        return f"static_cast<{_ct(op.results[0])}>({args[0]})"
+    if isinstance(op, gml.DivOp) and ct in ("float", "double"):
+        return f"{args[0]} / {args[1]}"
+    if isinstance(op, gml.PowOp) and ct in ("float", "double"):
+        return f"std::pow({args[0]}, {args[1]})"
+    if isinstance(op, gml.AndOp | gml.OrOp) and ct == "bool":
+        sym = "&&" if isinstance(op, gml.AndOp) else "||"
+        return f"({args[0]} {sym} {args[1]})"
+    template = _UNARY.get(type(op)) or _BINARY.get(type(op))
+    if template is None:
+        raise UnsupportedOpError(f"{op.name} at {where(op)}: no scalar lowering")
+    return template.format(*args, T=ct)
+
+
+def _emit_elementwise(e: _Emitter, op: Operation) -> None:
+    """One loop nest for an elementwise op or a whole gml.fusion group."""
+    if isinstance(op, gml.FusionOp):
+        members = [m for m in op.body.block.ops if not isinstance(m, gml.YieldOp)]
+        term = op.body.block.last_op
+        assert isinstance(term, gml.YieldOp)
+        yielded = list[SSAValue](term.values)
+        results = list[SSAValue](op.outputs)
+        e.emit("// fuses: " + ", ".join(f"{m.name} {where(m)}" for m in members))
+    else:
+        members = [op]
+        yielded = list[SSAValue](op.results)
+        results = list[SSAValue](op.results)
+    inside = {r for m in members for r in m.results}
+    externals: list[SSAValue] = []
+    for m in members:
+        for v in m.operands:
+            if v not in inside and v not in externals:
+                externals.append(v)
+    static = _static_broadcast([shape_of(r.type) for m in members for r in m.results])
+    rank = len(static)
+    tag = e.name(results[0])
+    # run-time shapes of every member result, and the loop domain
+    sh: dict[SSAValue, str] = {v: f"{e.name(v)}.shape" for v in externals}
+    lines: list[str] = ["{"]
+    for m in members:
+        r = m.results[0]
+        s = f"sh_{e.name(r)}"
+        rr = len(shape_of(r.type))
+        lines.append(
+            f"  const gml::Shape {s} = gml::broadcast({rr}, {{{', '.join(sh[v] for v in m.operands)}}});"
+        )
+        sh[r] = s
+    dom_parts = ", ".join(sh[m.results[0]] for m in members)
+    lines.append(f"  const gml::Shape dom = gml::broadcast({rank}, {{{dom_parts}}});")
+    for i, v in enumerate(externals):
+        lines.append(f"  int64_t st{i}[gml::MAXR];")
+        lines.append(f"  gml::bstrides({sh[v]}, dom, st{i});")
+    for k, (y, r) in enumerate(zip(yielded, results, strict=True)):
+        lines.append(f"  {e.name(r)} = gml::empty<{_ct(r)}>({sh[y]});")
+        lines.append(f"  int64_t so{k}[gml::MAXR];")
+        lines.append(f"  gml::bstrides({sh[y]}, dom, so{k});")
+
+    def inner_bcast(v: SSAValue) -> bool:
+        s = shape_of(v.type)
+        return rank > 0 and static[-1] != 1 and (len(s) == 0 or s[-1] == 1)
+
+    for v in externals:
+        if not inner_bcast(v):
+            lines.append(f'  gml::check_inner({sh[v]}, dom, "{tag}");')
+    lines.append("  const int64_t inner = dom.inner(), rows = inner ? dom.numel() / inner : 0;")
+    lines.append("#pragma omp parallel for schedule(static) if (rows * inner >= gml::PAR_MIN)")
+    lines.append("  for (int64_t r = 0; r < rows; ++r) {")
+    for i, v in enumerate(externals):
+        lines.append(
+            f"    const {_ct(v)}* __restrict__ p{i} = {e.name(v)}.data + gml::row_offset(r, dom, st{i});"
+        )
+    guarded: list[bool] = []
+    for k, (y, r) in enumerate(zip(yielded, results, strict=True)):
+        lines.append(
+            f"    {_ct(r)}* __restrict__ q{k} = {e.name(r)}.data + gml::row_offset(r, dom, so{k});"
+        )
+        # a result smaller than the domain is written by the first row/column only
+        full = list(shape_of(y.type)) == static
+        guarded.append(not full)
+        if not full:
+            lines.append(f"    const bool w{k} = gml::row_first(r, dom, so{k});")
+    lines.append("#pragma omp simd")
+    lines.append("    for (int64_t j = 0; j < inner; ++j) {")
+    val: dict[SSAValue, str] = {}
+    for i, v in enumerate(externals):
+        val[v] = f"p{i}[0]" if inner_bcast(v) else f"p{i}[j]"
+    for m in members:
+        r = m.results[0]
+        ct = _ct(m.operands[0]) if m.operands else _ct(r)
+        if isinstance(m, gml.WhereOp):
+            ct = _ct(m.lhs)
+        expr = _scalar_expr(m, [val[v] for v in m.operands], ct)
+        name = f"s_{e.name(r)}" if r not in results else f"s_{e.name(r)}"
+        lines.append(f"      const {_ct(r)} {name} = {expr};  // {m.name}")
+        val[r] = name
+    for k, (y, _r) in enumerate(zip(yielded, results, strict=True)):
+        at = "q{k}[0]" if inner_bcast(y) else "q{k}[j]"
+        store = f"{at.format(k=k)} = {val[y]};"
+        if guarded[k]:
+            cond = f"w{k} && (so{k}[dom.rank - 1] != 0 || j == 0)" if rank else f"w{k}"
+            store = f"if ({cond}) {store}"
+        lines.append(f"      {store}")
+    lines.append("    }")
+    lines.append("  }")
+    lines.append("}")
+    for r in results:
+        e.emit(f"gml::Tensor<{_ct(r)}> {e.name(r)};")
+    e.emit("\n".join(lines))

@@ -1,0 +1,246 @@
+"""Bundles: a self-describing directory a multi-process run can start from.
+
+`gimletc compile MODEL --target T -o OUT/` writes
+
+    OUT/manifest.json            devices, segments (+ artefact each), channels, signature,
+                                 gimlet version, sha256 of every other file
+    OUT/model.mlir               the final IR (the interpreter artefact of every segment)
+    OUT/weights/<device>.safetensors   only the weights that device's ops read
+
+Why a manifest rather than re-deriving everything from the IR: the launcher must reject
+a wrong cluster, a tampered file or bad inputs *before* it starts any worker, and it
+should not need to parse IR (slow) to do so. Workers still parse the IR to execute it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.ir import Attribute
+
+from gimlet import __version__
+from gimlet.artifacts import IR_FILE, save_weights, write_atomically
+from gimlet.dialects import comm, gml
+from gimlet.errors import UserError
+
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_DIR = "weights"
+FORMAT = 1
+
+
+class BundleError(UserError):
+    """A bundle that is missing, tampered with, or built for another cluster."""
+
+
+def is_bundle(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST_FILE))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _type_sig(t: Attribute) -> dict[str, Any]:
+    """A tensor type as {dtype, shape} (-1 for `?`), an index as {dtype: index}."""
+    from gimlet.dialects.shapes import DYN, shape_of
+    from gimlet.interpreter import dtype_for
+
+    if not isinstance(t, TensorType):
+        return {"dtype": "index", "shape": []}
+    return {
+        "dtype": dtype_for(t.element_type).name,
+        "shape": [-1 if d == DYN else int(d) for d in shape_of(t)],
+    }
+
+
+def _device_info(cluster: Any) -> list[dict[str, str]]:
+    return [{"name": d.name, "kind": d.kind, "model": d.model} for d in cluster.devices.values()]
+
+
+def _params(op: Any) -> set[str]:
+    return {o.param_name.data for o in op.walk() if isinstance(o, gml.ParamOp)}
+
+
+def describe(module: ModuleOp) -> dict[str, Any]:
+    """The manifest body (everything but file hashes) for a placed, partitioned module."""
+    from gimlet.ir import input_names, main_func
+    from gimlet.passes.insert_comm import TARGET_ATTR, module_cluster
+
+    target = module.attributes.get(TARGET_ATTR)
+    assert isinstance(target, StringAttr)
+    cluster = module_cluster(module)
+    host = cluster.default_host()
+    fn = main_func(module)
+    segments: list[dict[str, Any]] = []
+    channels: list[dict[str, Any]] = []
+    host_params: set[str] = set()
+    for op in fn.body.block.ops:
+        if isinstance(op, gml.SegmentOp):
+            segments.append(
+                {
+                    "index": len(segments),
+                    "device": op.device.data,
+                    "ops": sum(1 for _ in op.body.block.ops) - 1,
+                    "artefact": {"kind": "interpreter", "file": IR_FILE},
+                }
+            )
+        elif not isinstance(op, comm.SendOp | comm.ISendOp | comm.RecvOp | comm.IRecvOp):
+            host_params |= _params(op)
+    for op in fn.walk():
+        if isinstance(op, comm.SendOp | comm.ISendOp):
+            parent = op.parent_op()
+            src = parent.device.data if isinstance(parent, gml.SegmentOp) else host
+            channels.append(
+                {
+                    "id": op.channel.value.data,
+                    "from": src,
+                    "to": op.peer.data,
+                    "transport": op.transport.data,
+                    **_type_sig(op.value.type),
+                }
+            )
+    names = input_names(module)
+    return {
+        "format": FORMAT,
+        "gimlet_version": __version__,
+        "target": target.data,
+        "cluster": {"devices": _device_info(cluster), "host": host},
+        "segments": segments,
+        "channels": sorted(channels, key=lambda c: c["id"]),
+        "inputs": [
+            {"name": n, **_type_sig(t)}
+            for n, t in zip(names, fn.function_type.inputs.data, strict=True)
+        ],
+        "outputs": [_type_sig(t) for t in fn.function_type.outputs.data],
+        "_host_params": sorted(host_params),
+    }
+
+
+def write_bundle(out_dir: str, module: ModuleOp, ir_text: str, weights: dict[str, Any]) -> None:
+    """Write a bundle atomically; each device's weight file holds only what it reads."""
+    from gimlet.ir import main_func
+
+    manifest = describe(module)
+    host = manifest["cluster"]["host"]
+    per_device: dict[str, set[str]] = {d["name"]: set() for d in manifest["cluster"]["devices"]}
+    per_device[host] |= set(manifest.pop("_host_params"))
+    for op in main_func(module).body.block.ops:
+        if isinstance(op, gml.SegmentOp):
+            per_device[op.device.data] |= _params(op)
+
+    def fill(tmp: str) -> None:
+        files: dict[str, str] = {}
+        with open(os.path.join(tmp, IR_FILE), "w") as f:
+            f.write(ir_text)
+        files[IR_FILE] = _sha256(os.path.join(tmp, IR_FILE))
+        os.makedirs(os.path.join(tmp, WEIGHTS_DIR))
+        manifest["weights"] = {}
+        for dev, names in per_device.items():
+            rel = f"{WEIGHTS_DIR}/{dev}.safetensors"
+            save_weights(os.path.join(tmp, rel), {n: np.asarray(weights[n]) for n in sorted(names)})
+            files[rel] = _sha256(os.path.join(tmp, rel))
+            manifest["weights"][dev] = rel
+        manifest["files"] = files
+        with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+
+    write_atomically(out_dir, fill)
+
+
+@dataclass
+class Bundle:
+    path: str
+    manifest: dict[str, Any]
+
+    @property
+    def devices(self) -> list[str]:
+        return [d["name"] for d in self.manifest["cluster"]["devices"]]
+
+    @property
+    def host(self) -> str:
+        return str(self.manifest["cluster"]["host"])
+
+    def file(self, rel: str) -> str:
+        return os.path.join(self.path, rel)
+
+
+def load_bundle(path: str, verify_hashes: bool = True) -> Bundle:
+    """Read the manifest and (by default) check every listed file's sha256."""
+    mpath = os.path.join(path, MANIFEST_FILE)
+    if not os.path.isfile(mpath):
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST_FILE})")
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{mpath}: unreadable manifest ({e})") from e
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: bundle format {manifest.get('format')}, expected {FORMAT}")
+    if verify_hashes:
+        for rel, digest in manifest["files"].items():
+            fpath = os.path.join(path, rel)
+            if not os.path.isfile(fpath):
+                raise BundleError(f"{path}: bundle file {rel} is missing")
+            if _sha256(fpath) != digest:
+                raise BundleError(
+                    f"{path}: bundle file {rel} does not match its manifest hash (modified or "
+                    "corrupted); rebuild the bundle with gimletc compile"
+                )
+    return Bundle(os.path.abspath(path), manifest)
+
+
+def check_cluster(bundle: Bundle, target: str) -> None:
+    """Refuse to run a bundle on a cluster other than the one it was built for."""
+    from gimlet.passes.place import resolve
+
+    built = bundle.manifest["cluster"]["devices"]
+    wanted = _device_info(resolve(target))
+    if built == wanted:
+        return
+
+    def fmt(devs: list[dict[str, str]]) -> str:
+        return ", ".join(
+            f"{d['name']}:{d['kind']}" + (f"/{d['model']}" if d["model"] else "") for d in devs
+        )
+
+    names_b, names_w = [d["name"] for d in built], [d["name"] for d in wanted]
+    if names_b != names_w:
+        why = f"devices differ ({', '.join(names_b)} vs {', '.join(names_w)})"
+    else:
+        diff = next(b for b, w in zip(built, wanted, strict=True) if b != w)
+        why = f"device {diff['name']} differs"
+    raise BundleError(
+        f"bundle built for {bundle.manifest['target']} (devices {fmt(built)}) cannot run on "
+        f"{target} (devices {fmt(wanted)}): {why}"
+    )
+
+
+def check_inputs(bundle: Bundle, inputs: list[np.ndarray]) -> None:
+    """Reject inputs that do not fit the signature, before any worker starts."""
+    sig = bundle.manifest["inputs"]
+    if len(inputs) != len(sig):
+        raise BundleError(f"the bundle takes {len(sig)} inputs, got {len(inputs)}")
+    for s, x in zip(sig, inputs, strict=True):
+        shape = s["shape"]
+        ok = (
+            x.dtype.name == s["dtype"]
+            and x.ndim == len(shape)
+            and all(d in (-1, n) for d, n in zip(shape, x.shape, strict=True))
+        )
+        if not ok:
+            want = "x".join("?" if d == -1 else str(d) for d in shape)
+            raise BundleError(
+                f"input {s['name']}: expected {s['dtype']} [{want}], got {x.dtype.name} "
+                f"array of shape {list(x.shape)}"
+            )

@@ -1,0 +1,160 @@
+"""comm.send / comm.recv on torch.distributed point-to-point (gloo).
+
+Why the shapes travel too: a channel's type may have `?` dims (batch, sequence), so the
+receiver cannot size its buffer from the IR. Each transfer is a header (the sizes, int64)
+on tag 2*channel and the payload on tag 2*channel+1; fully static types skip the header.
+
+Why sends are only waited for at the end of the program: the IR's comm.send is buffered
+(it completes without the receiver, docs/placement.md) and the deadlock check assumes so.
+A gloo send may not complete until its receive is posted, so blocking at the send's
+comm.wait could deadlock a program the verifier accepted. The sent tensor is kept alive
+with its handle until `finish()`.
+
+Every blocking wait has a deadline (gloo's `Work.wait(timeout)`); a dead peer closes its
+sockets, which gloo reports at once. Both become `CommError`s naming the op.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gimlet.dtypes import numpy_to_torch, torch_to_numpy
+
+
+class CommError(RuntimeError):
+    """A transfer that failed or timed out; `kind` is "timeout" or "peer"."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class ChannelSpec:
+    """What the manifest says about a channel: its peer ranks and its type."""
+
+    id: int
+    src: int
+    dst: int
+    dtype: str  # numpy dtype name, or "index"
+    shape: list[int]  # -1 for `?`
+
+
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+    "index": torch.int64,
+}
+
+
+@dataclass
+class Pending:
+    """A posted receive: header (if any) then payload, completed by `Channels.wait_recv`."""
+
+    spec: ChannelSpec
+    header: torch.Tensor | None
+    header_work: Any
+    payload: torch.Tensor | None = None
+    payload_work: Any = None
+    posted_at: float = 0.0
+
+
+@dataclass
+class Channels:
+    """The comm endpoints of one worker. `timeout_s` bounds every blocking wait.
+
+    `on_transfer(channel, start_s, end_s, nbytes, direction)` is called once per send (when
+    issued) and per receive (posted to completed), for the trace and the per-segment bytes.
+    """
+
+    specs: dict[int, ChannelSpec]
+    timeout_s: float
+    names: list[str]  # device name per rank, for messages
+    on_transfer: Callable[[int, float, float, int, str], None] = lambda *a: None
+    sends: list[tuple[int, list[Any], list[torch.Tensor], float]] = field(default_factory=list)
+
+    def _timeout(self) -> datetime.timedelta:
+        return datetime.timedelta(seconds=self.timeout_s)
+
+    def _wait(self, work: Any, what: str, peer: int) -> None:
+        name = self.names[peer] if peer < len(self.names) else f"rank {peer}"
+        try:
+            work.wait(timeout=self._timeout())
+        except RuntimeError as e:
+            msg = str(e)
+            if "Timed out" in msg or "timed out" in msg:
+                raise CommError(
+                    f"timed out after {self.timeout_s:g}s waiting for {what} from {name}",
+                    "timeout",
+                ) from e
+            first = msg.split(". This is typically")[0]
+            raise CommError(f"{what} failed: peer {name} is gone ({first})", "peer") from e
+
+    def send(self, channel: int, value: Any) -> None:
+        spec = self.specs[channel]
+        t = _to_tensor(value)
+        tensors, works = [t], []
+        if -1 in spec.shape:
+            header = torch.tensor(list(t.shape), dtype=torch.int64)
+            tensors.insert(0, header)
+            works.append(dist.isend(header, spec.dst, tag=2 * channel))
+        start = time.time()
+        works.append(dist.isend(t, spec.dst, tag=2 * channel + 1))
+        self.sends.append((channel, works, tensors, start))
+        self.on_transfer(channel, start, time.time(), t.numel() * t.element_size(), "out")
+
+    def post_recv(self, channel: int) -> Pending:
+        spec = self.specs[channel]
+        p = Pending(spec, None, None, posted_at=time.time())
+        if -1 in spec.shape:
+            p.header = torch.empty(len(spec.shape), dtype=torch.int64)
+            p.header_work = dist.irecv(p.header, spec.src, tag=2 * channel)
+        else:
+            p.payload = torch.empty(spec.shape, dtype=_TORCH_DTYPES[spec.dtype])
+            p.payload_work = dist.irecv(p.payload, spec.src, tag=2 * channel + 1)
+        return p
+
+    def wait_recv(self, p: Pending) -> Any:
+        spec = p.spec
+        what = f"channel {spec.id}"
+        if p.payload is None:
+            self._wait(p.header_work, what, spec.src)
+            assert p.header is not None
+            p.payload = torch.empty(p.header.tolist(), dtype=_TORCH_DTYPES[spec.dtype])
+            p.payload_work = dist.irecv(p.payload, spec.src, tag=2 * spec.id + 1)
+        self._wait(p.payload_work, what, spec.src)
+        nbytes = p.payload.numel() * p.payload.element_size()
+        self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")
+        if spec.dtype == "index":
+            return int(p.payload.item())
+        return torch_to_numpy(p.payload)
+
+    def finish(self) -> None:
+        """Wait for every outstanding send (the buffered semantics' end of program)."""
+        for channel, works, _tensors, _start in self.sends:
+            for w in works:
+                self._wait(w, f"the send on channel {channel} to complete", self.specs[channel].dst)
+        self.sends.clear()
+
+
+def _to_tensor(value: Any) -> torch.Tensor:
+    """numpy array -> contiguous torch tensor (bf16 stays bf16); index -> 0-d int64."""
+    if isinstance(value, int | np.integer):
+        return torch.tensor(int(value), dtype=torch.int64)
+    return numpy_to_torch(np.ascontiguousarray(value))

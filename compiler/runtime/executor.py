@@ -1,0 +1,123 @@
+"""Executors: how one device runs one segment. The seam for compiled backends.
+
+A bundle names an artefact kind per segment ("interpreter" today; a CPU C++ backend in
+backends/cpu/ will add its own). The worker picks the executor registered for that kind
+and calls `run_segment(segment, inputs)`. comm ops inside a segment are not the
+executor's business beyond calling `CommHandler` (the worker's torch.distributed
+endpoints), so a compiled backend can split a segment at its comm ops or call back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.interpreter import (
+    Interpreter,
+    InterpreterFunctions,
+    PythonValues,
+    impl,
+    register_impls,
+)
+from xdsl.interpreters.arith import ArithFunctions
+from xdsl.interpreters.func import FuncFunctions
+from xdsl.ir import Operation
+
+from gimlet.dialects import comm, gml
+from gimlet.interpreter import GmlFunctions
+
+
+class CommHandler(Protocol):
+    """What an executor calls for comm ops (implemented by the worker)."""
+
+    def send(self, op: comm.SendOp | comm.ISendOp, value: Any) -> None: ...
+    def post_recv(self, op: comm.RecvOp | comm.IRecvOp) -> Any: ...
+    def wait_recv(self, pending: Any, op: Operation) -> Any: ...
+
+
+class Executor(Protocol):
+    def run_segment(self, segment: gml.SegmentOp, inputs: Sequence[Any]) -> list[Any]: ...
+    def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]: ...
+
+
+BeforeOp = Callable[[Operation], None]
+
+
+@register_impls
+class _DistComm(InterpreterFunctions):
+    """comm ops forwarded to the worker's endpoints (tokens are plain tuples)."""
+
+    def __init__(self, handler: CommHandler):
+        self.handler = handler
+
+    @impl(comm.SendOp)
+    def run_send(self, interp: Interpreter, op: comm.SendOp, args: PythonValues) -> PythonValues:
+        self.handler.send(op, args[0])
+        return ()
+
+    @impl(comm.ISendOp)
+    def run_isend(self, interp: Interpreter, op: comm.ISendOp, args: PythonValues) -> PythonValues:
+        self.handler.send(op, args[0])
+        return (("send", op),)
+
+    @impl(comm.RecvOp)
+    def run_recv(self, interp: Interpreter, op: comm.RecvOp, args: PythonValues) -> PythonValues:
+        return (self.handler.wait_recv(self.handler.post_recv(op), op),)
+
+    @impl(comm.IRecvOp)
+    def run_irecv(self, interp: Interpreter, op: comm.IRecvOp, args: PythonValues) -> PythonValues:
+        return (("recv", self.handler.post_recv(op)),)
+
+    @impl(comm.WaitOp)
+    def run_wait(self, interp: Interpreter, op: comm.WaitOp, args: PythonValues) -> PythonValues:
+        kind, payload = args[0]
+        if kind == "recv":
+            return (self.handler.wait_recv(payload, op),)
+        return ()  # sends complete at program end (buffered semantics, see channels.py)
+
+
+class InterpreterExecutor:
+    """Runs segments on the numpy reference interpreter, one top-level op at a time so the
+    worker can track (and fault-inject at) the current op."""
+
+    def __init__(
+        self,
+        module: ModuleOp,
+        weights: Mapping[str, np.ndarray],
+        handler: CommHandler,
+        before_op: BeforeOp = lambda op: None,
+    ):
+        self.before_op = before_op
+        self.interp = Interpreter(module)
+        self.interp.register_implementations(GmlFunctions(weights))
+        self.interp.register_implementations(_DistComm(handler))
+        self.interp.register_implementations(FuncFunctions())
+        self.interp.register_implementations(ArithFunctions())
+
+    def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]:
+        self.before_op(op)
+        with np.errstate(all="ignore"):
+            return list(self.interp.run_op(op, tuple(inputs)))
+
+    def run_segment(self, segment: gml.SegmentOp, inputs: Sequence[Any]) -> list[Any]:
+        # in the interpreter's scope, not a local dict: gml.fusion bodies read outer values
+        interp = self.interp
+        interp.push_scope("gml.segment")
+        try:
+            interp.set_values(zip(segment.body.block.args, inputs, strict=True))
+            for op in segment.body.block.ops:
+                if isinstance(op, gml.YieldOp):
+                    return list(interp.get_values(op.values))
+                results = self.run_op(op, interp.get_values(op.operands))
+                interp.set_values(zip(op.results, results, strict=True))
+        finally:
+            interp.pop_scope()
+        raise AssertionError("gml.segment without gml.yield")
+
+
+ExecutorFactory = Callable[[ModuleOp, Mapping[str, np.ndarray], CommHandler, BeforeOp], Executor]
+
+EXECUTORS: dict[str, ExecutorFactory] = {"interpreter": InterpreterExecutor}
+"""Artefact kind -> executor. Backends register here (e.g. EXECUTORS["cpu-cxx"] = ...)."""

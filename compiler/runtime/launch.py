@@ -1,0 +1,223 @@
+"""Run a bundle on this host: one worker process per device, the parent as supervisor.
+
+Why a supervisor rather than trusting the workers: a worker that dies outright cannot
+tell its peers, and a peer blocked in a receive only notices when its deadline expires.
+The parent polls every worker; on the first failure it gives the others a moment to
+report, then terminates every worker's process group and reaps it (no zombies, no
+orphans), and raises one `RunError` naming the device, segment and op.
+
+Everything that can be rejected without workers (tampered files, wrong cluster, inputs
+that do not fit the signature) is rejected before any process starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gimlet.bundle import Bundle, check_cluster, check_inputs, load_bundle
+from gimlet.errors import UserError
+
+POLL_S = 0.01
+GRACE_S = 0.5  # after the first failure, how long to wait for the others' reports
+
+
+class RunError(UserError):
+    """A multi-process run that failed; `pids` are the (reaped) worker processes."""
+
+    def __init__(self, message: str, pids: list[int]):
+        super().__init__(message)
+        self.pids = pids
+
+
+@dataclass
+class RunResult:
+    outputs: list[np.ndarray]
+    stats: list[dict[str, Any]]  # per rank: device, segments {index: {...}}, events
+    pids: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _save_inputs(path: str, inputs: list[np.ndarray]) -> None:
+    import ml_dtypes
+
+    arrays = {
+        f"arr_{i}": (a.view(np.uint16) if a.dtype == ml_dtypes.bfloat16 else a)
+        for i, a in enumerate(inputs)
+    }
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+
+
+def launch(
+    bundle_path: str,
+    inputs: list[np.ndarray],
+    *,
+    target: str | None = None,
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
+) -> RunResult:
+    """Check the bundle, start the workers, return the host's outputs or raise RunError."""
+    bundle = load_bundle(bundle_path)
+    if target:
+        check_cluster(bundle, target)
+    inputs = [np.asarray(x) for x in inputs]
+    check_inputs(bundle, inputs)
+    run_dir = tempfile.mkdtemp(prefix="gimlet-run-")
+    procs: list[subprocess.Popen[bytes]] = []
+    start = time.time()
+    try:
+        in_path = os.path.join(run_dir, "inputs.npz")
+        _save_inputs(in_path, inputs)
+        base = dict(os.environ)
+        base.update(env or {})
+        base.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+            WORLD_SIZE=str(len(bundle.devices)),
+            GIMLET_RUN_DIR=run_dir,
+        )
+        if timeout_s is not None:
+            base["GIMLET_RECV_TIMEOUT"] = str(timeout_s)
+        for rank in range(len(bundle.devices)):
+            with open(os.path.join(run_dir, f"log-{rank}.txt"), "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "gimlet.runtime.worker",
+                            bundle.path,
+                            "--inputs",
+                            in_path,
+                        ],
+                        env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed as one
+                    )
+                )
+        failed_at = None
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c == 0 for c in codes):
+                break
+            if failed_at is None and any(c not in (None, 0) for c in codes):
+                failed_at = time.time()
+            if failed_at is not None and (
+                time.time() - failed_at > GRACE_S or all(c is not None for c in codes)
+            ):
+                _kill_all(procs)
+                raise RunError(_diagnose(bundle, run_dir, procs), [p.pid for p in procs])
+            time.sleep(POLL_S)
+        outputs = _load_outputs(bundle, os.path.join(run_dir, "outputs.npz"))
+        stats = []
+        for rank in range(len(bundle.devices)):
+            with open(os.path.join(run_dir, f"stats-{rank}.json")) as f:
+                stats.append(json.load(f))
+        return RunResult(outputs, stats, [p.pid for p in procs], time.time() - start)
+    finally:
+        _kill_all(procs)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _load_outputs(bundle: Bundle, path: str) -> list[np.ndarray]:
+    import ml_dtypes
+
+    data = np.load(path)
+    outs = []
+    for i, sig in enumerate(bundle.manifest["outputs"]):
+        a = data[f"out{i}"]
+        outs.append(a.view(ml_dtypes.bfloat16) if sig["dtype"] == "bfloat16" else a)
+    return outs
+
+
+def _diagnose(bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]]) -> str:
+    """The root cause: an error a worker raised, else a worker that died, else a timeout."""
+    reports: dict[int, dict[str, Any]] = {}
+    for rank in range(len(procs)):
+        path = os.path.join(run_dir, f"error-{rank}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                reports[rank] = json.load(f)
+    died = []
+    for rank, p in enumerate(procs):
+        if rank in reports or p.returncode in (None, 0, -signal.SIGKILL):
+            continue
+        where = ""
+        status = os.path.join(run_dir, f"status-{rank}")
+        if os.path.isfile(status):
+            with open(status) as f:
+                raw = f.read().strip()
+            try:
+                st = json.loads(raw) if raw else {}
+            except ValueError:
+                st = {}
+            if st.get("segment") is not None:
+                where += f" in segment {st['segment']}"
+            if st.get("op"):
+                where += f" at {st['op']}"
+        died.append(
+            f"{bundle.devices[rank]} (rank {rank}) died with exit code {p.returncode}{where}"
+        )
+    order = {"error": 0, "timeout": 2, "peer": 3}
+    errors = sorted(reports.values(), key=lambda r: (order.get(r["kind"], 1), r["rank"]))
+    if errors and errors[0]["kind"] == "error":
+        first = errors[0]["message"]
+    elif died:
+        first = died[0]
+    elif errors:
+        first = errors[0]["message"]
+    else:
+        first = "a worker failed without a report"
+    lines = [f"worker {first}"]
+    others = [r["message"] for r in errors if r["message"] != first] + died[1:]
+    lines += [f"  also: {m}" for m in others[:4]]
+    return "\n".join(lines)
+
+
+class Loaded:
+    """`gimlet.load(bundle)`: call with torch tensors, get a tuple of torch tensors back.
+
+    Each call starts fresh workers (simple and leak-free; persistent workers are future
+    work). The bundle is checked once, here."""
+
+    def __init__(self, bundle: str, *, target: str | None = None, timeout_s: float | None = None):
+        self.bundle = load_bundle(bundle)
+        if target:
+            check_cluster(self.bundle, target)
+        self.timeout_s = timeout_s
+        self.last: RunResult | None = None
+
+    def __call__(self, *inputs: Any) -> tuple[Any, ...]:
+        from gimlet.dtypes import numpy_to_torch, torch_to_numpy
+
+        arrays = [torch_to_numpy(x) if hasattr(x, "detach") else np.asarray(x) for x in inputs]
+        self.last = launch(self.bundle.path, arrays, timeout_s=self.timeout_s)
+        return tuple(numpy_to_torch(np.array(o)) for o in self.last.outputs)

@@ -1,0 +1,62 @@
+"""Chrome/Perfetto trace and the per-segment summary of a multi-process run.
+
+Why wall-clock timestamps: workers are separate processes on one host, so time.time()
+is the one clock they share; the merge shifts everything to start at 0. One process
+(pid) per device, tid 0 for compute spans (segments), tid 1 for transfers (channels).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def chrome_trace(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    events: list[dict[str, Any]] = []
+    t0 = min((e["ts"] for s in stats for e in s["events"]), default=0.0)
+    for rank, s in enumerate(stats):
+        events.append(
+            {
+                "name": "process_name",
+                "ph": "M",
+                "pid": rank,
+                "tid": 0,
+                "args": {"name": s["device"]},
+            }
+        )
+        for tid, label in ((0, "compute"), (1, "transfers")):
+            events.append(
+                {"name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": {"name": label}}
+            )
+        for e in s["events"]:
+            events.append(dict(e, pid=rank, ts=e["ts"] - t0))
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def write_trace(path: str, stats: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        json.dump(chrome_trace(stats), f)
+
+
+def summary_table(stats: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in stats:
+        for index, seg in s["segments"].items():
+            rows.append(
+                (
+                    int(index),
+                    s["device"],
+                    seg["ops"],
+                    seg.get("wall_s", 0.0) * 1e3,
+                    seg["bytes_in"],
+                    seg["bytes_out"],
+                )
+            )
+    rows.sort()
+    lines = [
+        f"{'segment':>7}  {'device':<8} {'ops':>5} {'wall ms':>9} {'bytes in':>10} "
+        f"{'bytes out':>10}"
+    ]
+    for i, dev, ops, ms, bin_, bout in rows:
+        lines.append(f"{i:>7}  {dev:<8} {ops:>5} {ms:>9.2f} {bin_:>10} {bout:>10}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,344 @@
+"""One worker: runs one device's program of a bundle (rank = index in the manifest).
+
+Entry points: the local launcher (`gimletc run BUNDLE/`, env GIMLET_RUN_DIR set) and
+`torchrun --nproc-per-node N -m gimlet.runtime.worker BUNDLE/ --inputs x.npz`. Both
+give RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment.
+
+A device's program is the function body in order: its own segments (through the
+executor of their artefact kind); the host also runs the top-level ops (the comm ops
+moving inputs and outputs, size arithmetic) and returns the outputs.
+
+Why the status file: a worker killed outright (os._exit, OOM killer) cannot report where
+it was; it rewrites `status-<rank>` (one pwrite) before every op so the launcher can name
+the segment and op it died in. Failures it can see go to `error-<rank>.json`.
+
+Fault injection for tests: GIMLET_FAULT="cpu1:exit@3" (or raise, or sleep=SECONDS) fires
+before the 3rd op (0-based) that device cpu1 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gimlet.errors import describe_location
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class WorkerError(Exception):
+    """A failure inside a worker, with where it happened."""
+
+    def __init__(self, message: str, kind: str, segment: int | None, op: str | None):
+        super().__init__(message)
+        self.kind, self.segment, self.op = kind, segment, op
+
+
+def describe_op(op: Any) -> str:
+    where = describe_location(op.location)
+    from gimlet.dialects import comm
+
+    extra = ""
+    if isinstance(op, comm.SendOp | comm.ISendOp | comm.RecvOp | comm.IRecvOp):
+        arrow = "to" if isinstance(op, comm.SendOp | comm.ISendOp) else "from"
+        extra = f" channel {op.channel.value.data} {arrow} {op.peer.data}"
+    elif isinstance(op, comm.WaitOp):
+        start = op.token.owner
+        if isinstance(start, comm.ISendOp | comm.IRecvOp):
+            extra = f" channel {start.channel.value.data} ({start.name} {start.peer.data})"
+    return f"{op.name}{extra}" + (f" ({where})" if where else "")
+
+
+class _Fault:
+    def __init__(self, device: str):
+        self.action, self.at, self.seconds = "", -1, 0.0
+        spec = os.environ.get("GIMLET_FAULT", "")
+        dev, _, rest = spec.partition(":")
+        if dev != device or not rest:
+            return
+        action, _, at = rest.partition("@")
+        self.action, _, secs = action.partition("=")
+        self.at, self.seconds = int(at or 0), float(secs or 0)
+
+    def check(self, count: int, what: str) -> None:
+        if count != self.at:
+            return
+        if self.action == "exit":
+            os._exit(1)
+        if self.action == "raise":
+            raise RuntimeError(f"injected fault before {what}")
+        if self.action == "sleep":
+            time.sleep(self.seconds)
+
+
+class Worker:
+    """State of one device's run: where it is, what it moved, what it timed."""
+
+    def __init__(self, bundle: Any, rank: int, run_dir: str | None, timeout_s: float):
+        from gimlet.runtime.channels import Channels, ChannelSpec
+
+        self.bundle, self.rank = bundle, rank
+        self.device = bundle.devices[rank]
+        self.run_dir = run_dir
+        self.segment: int | None = None
+        self.op_desc: str | None = None
+        self.count = 0
+        self.fault = _Fault(self.device)
+        self.events: list[dict[str, Any]] = []
+        self.stats: dict[int, dict[str, Any]] = {}
+        ranks = {d: i for i, d in enumerate(bundle.devices)}
+        specs = {
+            c["id"]: ChannelSpec(c["id"], ranks[c["from"]], ranks[c["to"]], c["dtype"], c["shape"])
+            for c in bundle.manifest["channels"]
+        }
+        self.channels = Channels(specs, timeout_s, list(bundle.devices), self._on_transfer)
+        self.status_fd = (
+            os.open(os.path.join(run_dir, f"status-{rank}"), os.O_WRONLY | os.O_CREAT, 0o644)
+            if run_dir
+            else None
+        )
+
+    # -- progress, trace and stats
+
+    def _before_op(self, op: Any) -> None:
+        self.op_desc = describe_op(op)
+        if self.status_fd is not None:
+            line = json.dumps({"segment": self.segment, "op": self.op_desc})
+            os.pwrite(self.status_fd, line.encode().ljust(512)[:512], 0)
+        self.fault.check(self.count, self.op_desc)
+        self.count += 1
+
+    def _on_transfer(self, channel: int, start: float, end: float, nbytes: int, d: str) -> None:
+        spec = self.channels.specs[channel]
+        peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
+        name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
+        self.events.append(_span(name, "transfer", start, end, 1, {"bytes": nbytes}))
+        if self.segment is not None:
+            self.stats[self.segment][f"bytes_{d}"] += nbytes
+
+    # -- comm handler (called by executors)
+
+    def send(self, op: Any, value: Any) -> None:
+        self.channels.send(op.channel.value.data, value)
+
+    def post_recv(self, op: Any) -> Any:
+        return self.channels.post_recv(op.channel.value.data)
+
+    def wait_recv(self, pending: Any, op: Any) -> Any:
+        return self.channels.wait_recv(pending)
+
+    # -- the program
+
+    def run(self, module: Any, weights: dict[str, np.ndarray], inputs: Sequence[Any]) -> list[Any]:
+        from xdsl.dialects import func
+
+        from gimlet.dialects import gml
+        from gimlet.ir import main_func
+        from gimlet.runtime.executor import EXECUTORS, InterpreterExecutor
+
+        host = self.device == self.bundle.host
+        seg_info = self.bundle.manifest["segments"]
+        host_exec = InterpreterExecutor(module, weights, self, self._before_op)
+        executors: dict[str, Any] = {"interpreter": host_exec}
+        fn = main_func(module)
+        env: dict[Any, Any] = dict(zip(fn.args, inputs, strict=False)) if host else {}
+        index = -1
+        for op in fn.body.block.ops:
+            if isinstance(op, gml.SegmentOp):
+                index += 1
+                if op.device.data != self.device:
+                    continue
+                kind = seg_info[index]["artefact"]["kind"]
+                if kind not in EXECUTORS:
+                    raise WorkerError(
+                        f"no executor for artefact kind {kind!r}", "error", index, None
+                    )
+                if kind not in executors:
+                    executors[kind] = EXECUTORS[kind](module, weights, self, self._before_op)
+                self.segment = index
+                self.stats[index] = {"ops": seg_info[index]["ops"], "bytes_in": 0, "bytes_out": 0}
+                start = time.time()
+                outs = executors[kind].run_segment(op, [env[v] for v in op.inputs])
+                end = time.time()
+                self.stats[index]["wall_s"] = end - start
+                self.events.append(_span(f"segment {index}", "compute", start, end, 0, {}))
+                env.update(zip(op.outputs, outs, strict=True))
+                self.segment = None
+            elif not host:
+                continue
+            elif isinstance(op, func.ReturnOp):
+                results = [env[v] for v in op.arguments]
+                self._finish()
+                return results
+            else:
+                outs = host_exec.run_op(op, [env[v] for v in op.operands])
+                env.update(zip(op.results, outs, strict=True))
+        self._finish()
+        return []
+
+    def _finish(self) -> None:
+        self.op_desc = "end of program (waiting for sends)"
+        self.channels.finish()
+
+
+def _span(
+    name: str, cat: str, start: float, end: float, tid: int, args: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cat": cat,
+        "ph": "X",
+        "ts": start * 1e6,
+        "dur": max(end - start, 1e-7) * 1e6,
+        "tid": tid,
+        "args": args,
+    }
+
+
+def _load_inputs(path: str, bundle: Any) -> list[np.ndarray]:
+    from gimlet.bundle import BundleError, check_inputs
+
+    data = np.load(path)
+    names = [s["name"] for s in bundle.manifest["inputs"]]
+    for keys in (names, [f"arr_{i}" for i in range(len(names))]):
+        if all(k in data for k in keys):
+            arrays = [data[k] for k in keys]
+            check_inputs(bundle, arrays)
+            return arrays
+    raise BundleError(f"{path}: expected arrays named {', '.join(names)} (or arr_0..)")
+
+
+def _restore_bf16(arrays: list[np.ndarray], bundle: Any) -> list[np.ndarray]:
+    """npz cannot hold ml_dtypes.bfloat16: the launcher stores its bits as uint16."""
+    import ml_dtypes
+
+    out = []
+    for a, s in zip(arrays, bundle.manifest["inputs"], strict=False):
+        out.append(
+            a.view(ml_dtypes.bfloat16) if s["dtype"] == "bfloat16" and a.dtype == np.uint16 else a
+        )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gimlet.runtime.worker")
+    p.add_argument("bundle")
+    p.add_argument("--inputs", help="inputs .npz (read by the host rank)")
+    p.add_argument("-o", "--output", help="outputs .npz (written by the host rank)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per receive")
+    p.add_argument("--trace", help="write this rank's Chrome trace events here (torchrun)")
+    args = p.parse_args(argv)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    run_dir = os.environ.get("GIMLET_RUN_DIR")
+    timeout = args.timeout or float(os.environ.get("GIMLET_RECV_TIMEOUT", DEFAULT_TIMEOUT_S))
+    worker: Worker | None = None
+    try:
+        import torch.distributed as dist
+
+        from gimlet.artifacts import load_weights
+        from gimlet.bundle import load_bundle
+        from gimlet.ir import parse
+
+        bundle = load_bundle(args.bundle, verify_hashes=run_dir is None)
+        if world != len(bundle.devices):
+            raise WorkerError(
+                f"the bundle has {len(bundle.devices)} devices ({', '.join(bundle.devices)}) "
+                f"but WORLD_SIZE is {world}",
+                "error",
+                None,
+                None,
+            )
+        worker = Worker(bundle, rank, run_dir, timeout)
+        with open(bundle.file(bundle.manifest["segments"][0]["artefact"]["file"])) as f:
+            module = parse(f.read())
+        weights = load_weights(bundle.file(bundle.manifest["weights"][worker.device]))
+        inputs: list[Any] = []
+        if worker.device == bundle.host:
+            if not args.inputs:
+                raise WorkerError("no inputs; pass --inputs INPUTS.npz", "error", None, None)
+            inputs = _restore_bf16(_load_inputs(args.inputs, bundle), bundle)
+        dist.init_process_group(
+            "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout)
+        )
+        outputs = worker.run(module, weights, inputs)
+        if worker.device == bundle.host:
+            _write_outputs(outputs, args.output, run_dir)
+        _write_json(
+            run_dir,
+            f"stats-{rank}.json",
+            {"device": worker.device, "segments": worker.stats, "events": worker.events},
+        )
+        if args.trace:
+            with open(args.trace, "w") as f:
+                json.dump({"traceEvents": [dict(e, pid=rank) for e in worker.events]}, f)
+        dist.destroy_process_group()
+        return 0
+    except BaseException as e:  # report where, then die without running gloo's teardown
+        report = _report(e, worker, rank)
+        _write_json(run_dir, f"error-{rank}.json", report)
+        sys.stderr.write(f"gimlet worker: {report['message']}\n")
+        if os.environ.get("GIMLET_DEBUG"):
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _report(e: BaseException, worker: Worker | None, rank: int) -> dict[str, Any]:
+    from gimlet.runtime.channels import CommError
+
+    kind = e.kind if isinstance(e, CommError | WorkerError) else "error"
+    if kind == "error" and "closed by peer" in str(e):  # gloo noticed a dead peer first
+        kind = "peer"
+    if worker is None:
+        return {"rank": rank, "kind": kind, "message": f"rank {rank}: {e}"}
+    from gimlet.errors import UserError
+
+    seg = worker.segment
+    where = worker.device + (f" segment {seg}" if seg is not None else "")
+    if worker.op_desc:
+        where += f" at {worker.op_desc}"
+    detail = str(e) if kind != "error" or isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+    return {
+        "rank": rank,
+        "device": worker.device,
+        "segment": seg,
+        "op": worker.op_desc,
+        "kind": kind,
+        "message": f"{where}: {detail}",
+    }
+
+
+def _write_json(run_dir: str | None, name: str, data: Any) -> None:
+    if run_dir:
+        tmp = os.path.join(run_dir, name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, os.path.join(run_dir, name))
+
+
+def _write_outputs(outputs: list[Any], path: str | None, run_dir: str | None) -> None:
+    import ml_dtypes
+
+    arrays = {}
+    for i, o in enumerate(outputs):
+        a = np.asarray(o)
+        arrays[f"out{i}"] = a.view(np.uint16) if a.dtype == ml_dtypes.bfloat16 else a
+    target = path or (os.path.join(run_dir, "outputs.npz") if run_dir else None)
+    if target:
+        np.savez(target, **arrays)  # type: ignore[arg-type]
+    else:
+        for k, a in arrays.items():
+            print(f"{k}: {a.dtype} {list(a.shape)} {np.array2string(a.ravel()[:6], precision=5)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

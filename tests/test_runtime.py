@@ -1,0 +1,230 @@
+"""Bundles and the multi-process runtime: results equal torch, faults fail fast and clean.
+
+Bundles are compiled in-process once per module (torch is imported once); each run starts
+real worker processes (gloo on localhost), so runs are kept to 2-3 CPU workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from gimlet.bundle import BundleError
+from gimlet.cli import main as gimletc
+from gimlet.runtime.launch import RunError, launch
+
+ROOT = Path(__file__).resolve().parents[1]
+THREE = str(ROOT / "examples" / "three_cpus.cluster")
+TWO = """cluster "two-cpus"
+device cpu0 : cpu
+device cpu1 : cpu
+link cpu0 <-> cpu1 : pcie { bandwidth = 55 GB/s, latency = 12 us }
+"""
+
+
+def _example(name: str) -> Any:
+    sys.path.insert(0, str(ROOT / "examples"))
+    mod = __import__(name)
+    return mod.model()
+
+
+@pytest.fixture(scope="module")
+def bundles() -> Any:
+    # not tmp_path_factory: concurrent pytest runs rotate (delete) old basetemp dirs
+    d = Path(tempfile.mkdtemp(prefix="gimlet-bundles-"))
+    (d / "two.cluster").write_text(TWO)
+    two = str(d / "two.cluster")
+    specs = {
+        "mlp3": ("examples/mlp.py:model", THREE, "fc1=cpu1,fc2=cpu2"),
+        "mlp2": ("examples/mlp.py:model", two, "fc1=cpu1"),
+        "gpt2": ("examples/gpt.py:model", two, "h.1=cpu1,ln_f=cpu1,lm_head=cpu1"),
+    }
+    out = {"two.cluster": d / "two.cluster"}
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        for name, (model, target, pins) in specs.items():
+            argv = ["compile", model, "-o", str(d / name), "--target", target, "--pin", pins]
+            assert gimletc(argv) == 0
+            out[name] = d / name
+    finally:
+        os.chdir(cwd)
+    yield out
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _mlp_input() -> tuple[torch.nn.Module, torch.Tensor]:
+    module = _example("mlp")[0].eval()
+    return module, torch.from_numpy(np.random.default_rng(0).standard_normal((5, 32)).astype("f4"))
+
+
+def _gone(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        return False
+    return True
+
+
+def test_mlp_on_three_workers_matches_torch_and_traces(bundles: dict[str, Path]) -> None:
+    manifest = json.loads((bundles["mlp3"] / "manifest.json").read_text())
+    assert [d["name"] for d in manifest["cluster"]["devices"]] == ["cpu0", "cpu1", "cpu2"]
+    assert sorted(os.listdir(bundles["mlp3"] / "weights")) == [
+        "cpu0.safetensors",
+        "cpu1.safetensors",
+        "cpu2.safetensors",
+    ]
+    from safetensors import safe_open
+
+    with safe_open(str(bundles["mlp3"] / "weights" / "cpu1.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["fc1.bias", "fc1.weight"]  # only its own weights
+    module, x = _mlp_input()
+    result = launch(str(bundles["mlp3"]), [x.numpy()])
+    np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    from gimlet.runtime.trace import chrome_trace, summary_table
+
+    trace = chrome_trace(result.stats)
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {1, 2, 0}  # one track per device
+    assert {(e["cat"], e["tid"]) for e in spans} == {("compute", 0), ("transfer", 1)}
+    table = summary_table(result.stats)
+    assert "cpu1" in table and "cpu2" in table and "bytes in" in table
+
+
+def test_gpt_on_two_workers_via_load(bundles: dict[str, Path]) -> None:
+    from gimlet.runtime import load
+
+    model, (ids,), _ = _example("gpt")
+    run = load(str(bundles["gpt2"]))
+    (out,) = run(ids)
+    assert isinstance(out, torch.Tensor)
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), model.eval()(ids).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_run_bundle_with_trace(bundles: dict[str, Path], tmp_path: Path, capsys: Any) -> None:
+    _, x = _mlp_input()
+    np.savez(tmp_path / "in.npz", x=x.numpy())
+    trace = tmp_path / "t.json"
+    argv = [
+        "run",
+        str(bundles["mlp2"]),
+        "--inputs",
+        str(tmp_path / "in.npz"),
+        "--trace",
+        str(trace),
+    ]
+    assert gimletc(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("out0: float32 [5, 10]")
+    assert "wall ms" in captured.err
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert names == {"cpu0", "cpu1"}
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+    reason="torchrun missing",
+)
+def test_torchrun_runs_the_same_bundle(bundles: dict[str, Path], tmp_path: Path) -> None:
+    from gimlet.runtime.launch import _free_port
+
+    module, x = _mlp_input()
+    np.savez(tmp_path / "in.npz", x=x.numpy())
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "gimlet.runtime.worker",
+            str(bundles["mlp2"]),
+            "--inputs",
+            str(tmp_path / "in.npz"),
+            "-o",
+            str(tmp_path / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = np.load(tmp_path / "out.npz")["out0"]
+    np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_killed_worker_fails_fast_naming_device_and_segment(bundles: dict[str, Path]) -> None:
+    _, x = _mlp_input()
+    with pytest.raises(RunError) as info:
+        launch(str(bundles["mlp2"]), [x.numpy()], env={"GIMLET_FAULT": "cpu1:exit@3"})
+    msg = str(info.value)
+    assert "cpu1 (rank 1) died with exit code 1 in segment 0 at gml." in msg, msg
+    assert _gone(info.value.pids)
+
+
+def test_receive_timeout(bundles: dict[str, Path]) -> None:
+    _, x = _mlp_input()
+    start = time.time()
+    with pytest.raises(
+        RunError, match=r"cpu0 segment \d+ at comm.wait channel \d+ .*timed out after 2s"
+    ) as info:
+        launch(
+            str(bundles["mlp2"]), [x.numpy()], timeout_s=2, env={"GIMLET_FAULT": "cpu1:sleep=60@0"}
+        )
+    assert time.time() - start < 30
+    assert _gone(info.value.pids)
+
+
+def test_raised_error_names_the_op(bundles: dict[str, Path]) -> None:
+    _, x = _mlp_input()
+    with pytest.raises(RunError, match=r"worker cpu1 segment 0 at .*injected fault") as info:
+        launch(str(bundles["mlp2"]), [x.numpy()], env={"GIMLET_FAULT": "cpu1:raise@1"})
+    assert _gone(info.value.pids)
+
+
+def test_tampered_bundle_is_refused(bundles: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["mlp2"], copy)
+    w = copy / "weights" / "cpu1.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(data)
+    with pytest.raises(BundleError, match="weights/cpu1.safetensors does not match"):
+        launch(str(copy), [np.zeros((2, 32), "f4")])
+    w.unlink()
+    with pytest.raises(BundleError, match="weights/cpu1.safetensors is missing"):
+        launch(str(copy), [np.zeros((2, 32), "f4")])
+
+
+def test_wrong_cluster_is_refused(bundles: dict[str, Path], capsys: Any) -> None:
+    with pytest.raises(BundleError, match=r"bundle built for .*two.cluster \(devices cpu0:cpu"):
+        launch(str(bundles["mlp2"]), [np.zeros((2, 32), "f4")], target=THREE)
+    # the CLI: one message, exit 1
+    argv = ["run", str(bundles["mlp3"]), "--inputs", os.devnull, "--target", "h100+cpu"]
+    assert gimletc(argv) == 1
+
+
+def test_bad_inputs_rejected_before_workers(bundles: dict[str, Path]) -> None:
+    start = time.time()
+    with pytest.raises(BundleError, match=r"input x: expected float32 \[\?x32\], got float32"):
+        launch(str(bundles["mlp2"]), [np.zeros((2, 31), "f4")])
+    with pytest.raises(BundleError, match="got float64"):
+        launch(str(bundles["mlp2"]), [np.zeros((2, 32))])
+    assert time.time() - start < 1.0  # no worker was started
