@@ -73,3 +73,33 @@ def write_atomically(out_dir: str, fill: Callable[[str], None]) -> None:
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
+
+
+def read_inputs(path: str, names: list[str]) -> list[np.ndarray]:
+    """`--inputs x.npz`: arrays named after the program's inputs, or arr_0, arr_1, ..."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        data = np.load(path)
+    except Exception as e:
+        raise UserError(f"{path}: not an .npz file ({e})") from e
+    for keys in (names, [f"arr_{i}" for i in range(len(names))]):
+        if all(k in data for k in keys):
+            return [data[k] for k in keys]
+    raise UserError(
+        f"{path}: expected arrays named {', '.join(names)} (or arr_0..), found {', '.join(data.files)}"
+    )
+
+
+def format_outputs(outputs: list[np.ndarray]) -> str:
+    """One line per output: dtype, shape and the first values (what `gimletc run` prints)."""
+    return "".join(
+        f"out{i}: {o.dtype} {list(o.shape)} {np.array2string(o.ravel()[:6], precision=5)}\n"
+        for i, o in enumerate(outputs)
+    )
+
+
+def save_outputs(path: str, outputs: list[np.ndarray]) -> None:
+    """`-o outputs.npz`: out0, out1, ..."""
+    named: dict[str, np.ndarray] = {f"out{i}": o for i, o in enumerate(outputs)}
+    np.savez(path, **named)  # type: ignore[arg-type]

@@ -8,14 +8,23 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
 from gimlet import __version__
-from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, load_weights, save_weights, write_atomically
+from gimlet.artifacts import (
+    IR_FILE,
+    WEIGHTS_FILE,
+    format_outputs,
+    load_weights,
+    read_inputs,
+    save_outputs,
+    save_weights,
+    write_atomically,
+)
 from gimlet.errors import UserError
 from gimlet.ir import parse, print_ir, verify
 from gimlet.pass_manager import (
@@ -371,31 +380,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"{target}: no inputs; pass --inputs INPUTS.npz")
     outputs = run(module, inputs, weights)
     if args.output:
-        named: dict[str, Any] = {f"out{i}": o for i, o in enumerate(outputs)}
-        np.savez(args.output, **named)
-    for i, o in enumerate(outputs):
-        print(f"out{i}: {o.dtype} {list(o.shape)} {np.array2string(o.ravel()[:6], precision=5)}")
+        save_outputs(args.output, outputs)
+    sys.stdout.write(format_outputs(outputs))
     return 0
 
 
 def _load_inputs(path: str, module: ModuleOp) -> list[np.ndarray]:
     from gimlet.ir import input_names
 
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        data = np.load(path)
-    except Exception as e:
-        raise UserError(f"{path}: not an .npz file ({e})") from e
-    names = input_names(module)
-    if all(n in data for n in names):
-        return [data[n] for n in names]
-    positional = [f"arr_{i}" for i in range(len(names))]
-    if all(n in data for n in positional):
-        return [data[n] for n in positional]
-    raise UserError(
-        f"{path}: expected arrays named {', '.join(names)} (or arr_0..), found {', '.join(data.files)}"
-    )
+    return read_inputs(path, input_names(module))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

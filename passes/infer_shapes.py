@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FunctionType, ModuleOp, TensorType
+from xdsl.ir import Attribute, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 from xdsl.utils.exceptions import VerifyException
@@ -30,6 +31,15 @@ def _more_static(new: TensorType, old: TensorType) -> bool:
         and a != b
         and all(x != DYN or y == DYN for x, y in zip(a, b, strict=True))
     )
+
+
+def _refine(value: SSAValue, new: Attribute) -> bool:
+    """Give `value` the type `new` if that only makes `?` dims static."""
+    old = value.type
+    if isinstance(old, TensorType) and isinstance(new, TensorType) and _more_static(new, old):
+        Rewriter.replace_value_with_new_type(value, new)
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -50,38 +60,20 @@ class InferShapes(ModulePass):
         for inner in list(op.walk()):
             if isinstance(inner, gml.SegmentOp):  # inputs enter as block arguments
                 for arg, v in zip(inner.body.block.args, inner.inputs, strict=True):
-                    if (
-                        isinstance(arg.type, TensorType)
-                        and isinstance(v.type, TensorType)
-                        and _more_static(v.type, arg.type)
-                    ):
-                        Rewriter.replace_value_with_new_type(arg, v.type)
-                        changed = True
+                    changed |= _refine(arg, v.type)
             if isinstance(inner, gml.FusionOp | gml.SegmentOp):
                 term = inner.body.block.last_op
                 assert term is not None
                 for res, v in zip(inner.results, term.operands, strict=True):
-                    if (
-                        isinstance(res.type, TensorType)
-                        and isinstance(v.type, TensorType)
-                        and _more_static(v.type, res.type)
-                    ):
-                        Rewriter.replace_value_with_new_type(res, v.type)
-                        changed = True
+                    changed |= _refine(res, v.type)
                 continue
             if isinstance(inner, GmlOp) and inner.results:
                 try:
                     inferred = inner.infer()
                 except VerifyException:
                     continue  # the verifier reports it with the op's location
-                old = inner.results[0].type
-                if (
-                    inferred is not None
-                    and isinstance(old, TensorType)
-                    and _more_static(inferred, old)
-                ):
-                    Rewriter.replace_value_with_new_type(inner.results[0], inferred)
-                    changed = True
+                if inferred is not None:
+                    changed |= _refine(inner.results[0], inferred)
             elif isinstance(inner, func.ReturnOp):
                 fn = inner.parent_op()
                 if isinstance(fn, func.FuncOp):
