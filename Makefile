@@ -19,6 +19,9 @@ demo: setup
 	$(BIN)/gimletc compile examples/gpt.py:model -o demo-out --dump-dir demo-out-passes --timing
 	$(BIN)/gimletc run demo-out --inputs examples/gpt_inputs.npz
 	@echo "IR: demo-out/model.mlir   per-pass dumps: demo-out-passes/"
+	# Heterogeneous placement: prefill on a B200, decode on an SRAM accelerator, KV cache between.
+	$(BIN)/gimletc compile examples/gpt_phases.py:serve -o demo-bundle --target b200+sram+cpu \
+		--pin 'prefill=gpu0,decode=acc0' --explain --graph demo-bundle/partition.dot
 
 test: setup lint typecheck pytest lit
 
@@ -43,4 +46,4 @@ bench: setup
 	$(BIN)/python benchmarks/calibrate_h100.py   # predictions vs the saved H100 measurements
 
 clean:
-	rm -rf $(VENV) demo-out demo-out-passes
+	rm -rf $(VENV) demo-out demo-out-passes demo-bundle build
