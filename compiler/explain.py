@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
 from gimlet.cluster import Cluster, Device
@@ -57,6 +57,8 @@ class Report:
     single_device_s: dict[str, float]
     best_single_device: str
     gain_over_best_single: float
+    overlap_before_s: float | None = None  # modelled makespan with blocking transfers
+    overlap_after_s: float | None = None  # and after overlap-comm made them asynchronous
 
 
 _SKIP = (
@@ -150,7 +152,7 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
     best = min(single, key=lambda d: single[d])
     target = module.attributes.get("gml.target")
     placement = module.attributes.get("gml.placement")
-    return Report(
+    report = Report(
         getattr(target, "data", ""),
         getattr(placement, "data", ""),
         {n: d.model or d.kind for n, d in cluster.devices.items()},
@@ -160,6 +162,14 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
         best,
         single[best] / latency if latency > 0 else 1.0,
     )
+    for attr, name in (
+        ("gml.modelled_s_before_overlap", "overlap_before_s"),
+        ("gml.modelled_s_after_overlap", "overlap_after_s"),
+    ):
+        value = module.attributes.get(attr)
+        if isinstance(value, FloatAttr):
+            setattr(report, name, value.value.data)
+    return report
 
 
 def _transferred(o: Operation) -> SSAValue:
@@ -226,6 +236,11 @@ def to_text(r: Report) -> str:
     lines.append(
         f"gain over the best single device ({r.best_single_device}): {r.gain_over_best_single:.2f}x"
     )
+    if r.overlap_before_s is not None and r.overlap_after_s is not None:
+        lines.append(
+            f"overlap-comm: modelled makespan {_fmt_s(r.overlap_before_s)} with blocking "
+            f"transfers, {_fmt_s(r.overlap_after_s)} with transfers overlapped"
+        )
     return "\n".join(lines) + "\n"
 
 

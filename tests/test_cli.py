@@ -255,6 +255,7 @@ def test_target_explain_graph_and_partitioned_run(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "segment 0 on" in r.stdout and "gain over the best single device" in r.stdout
     assert "via host_bounce" in r.stdout  # the KV cache crosses vendors through the host
+    assert "overlap-comm: modelled makespan" in r.stdout
     ir = (out / "model.mlir").read_text()
     assert 'gml.segment "gpu0"' in ir and 'gml.segment "acc0"' in ir and "comm.isend" in ir
     assert (tmp_path / "g.dot").read_text().startswith("digraph gimlet {")
