@@ -166,9 +166,9 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
         ("gml.modelled_s_before_overlap", "overlap_before_s"),
         ("gml.modelled_s_after_overlap", "overlap_after_s"),
     ):
-        value = module.attributes.get(attr)
-        if isinstance(value, FloatAttr):
-            setattr(report, name, value.value.data)
+        modelled = module.attributes.get(attr)
+        if isinstance(modelled, FloatAttr):
+            setattr(report, name, modelled.value.data)
     return report
 
 
