@@ -91,7 +91,16 @@ def _ensure_cost_module() -> bool:
 HAVE_COST = _ensure_cost_module()
 
 from gimlet.cluster import Cluster  # noqa: E402
-from gimlet.placement import Problem, _dp_free, _fits, dp, evaluate, greedy, milp  # noqa: E402
+from gimlet.placement import (  # noqa: E402
+    Problem,
+    _dp_free,
+    _fits,
+    dp,
+    evaluate,
+    greedy,
+    milp,
+    route_matrices,
+)
 from gimlet.presets import target  # noqa: E402
 
 CLUSTERS = ("h100+cpu", "b200+sram+cpu")
@@ -160,19 +169,6 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------- problems ---
-
-
-def route_matrices(cluster: Cluster, devices: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """[D, D] route latency and seconds per byte, as build_problem computes them."""
-    D = len(devices)
-    lat, inv_bw = np.zeros((D, D)), np.zeros((D, D))
-    for a in range(D):
-        for b in range(D):
-            if a != b:
-                route = cluster.route(devices[a], devices[b])
-                lat[a, b] = sum(h.latency for h in route.hops)
-                inv_bw[a, b] = sum(1 / h.bandwidth for h in route.hops)
-    return lat, inv_bw
 
 
 def loguniform(rng: np.random.Generator, lo: float, hi: float, size: int) -> np.ndarray:

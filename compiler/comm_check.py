@@ -11,6 +11,7 @@ state where no device can move, naming what each device waits for.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xdsl.dialects.builtin import ModuleOp
@@ -33,15 +34,20 @@ class Event:
     type: Attribute | None = None
 
 
-def device_programs(module: ModuleOp, host: str) -> dict[str, list[Event]]:
-    programs: dict[str, list[Event]] = {host: []}
-    fn = main_func(module)
-
-    def visit(op: Operation, device: str) -> None:
+def device_ops(module: ModuleOp, host: str) -> Iterator[tuple[str, Operation]]:
+    """(device, op) in execution order: the host runs the function body, each segment's ops
+    run on its device."""
+    for op in main_func(module).body.block.ops:
         if isinstance(op, gml.SegmentOp):
             for inner in op.body.block.ops:
-                visit(inner, op.device.data)
-            return
+                yield op.device.data, inner
+        else:
+            yield host, op
+
+
+def device_programs(module: ModuleOp, host: str) -> dict[str, list[Event]]:
+    programs: dict[str, list[Event]] = {host: []}
+    for device, op in device_ops(module, host):
         prog = programs.setdefault(device, [])
         if isinstance(op, comm.SendOp | comm.ISendOp):
             kind = "send" if isinstance(op, comm.SendOp) else "isend"
@@ -58,9 +64,6 @@ def device_programs(module: ModuleOp, host: str) -> dict[str, list[Event]]:
             start = op.token.owner
             assert isinstance(start, Operation)
             prog.append(Event("wait", op, device, start.channel.value.data))  # type: ignore[attr-defined]
-
-    for op in fn.body.block.ops:
-        visit(op, host)
     return {d: p for d, p in programs.items() if p or d == host}
 
 

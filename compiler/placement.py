@@ -164,13 +164,7 @@ def build_problem(
             if any(isinstance(u.operation, func.ReturnOp) for u in res.uses):
                 outputs.append((i, float(value_bytes(res, dim_hint))))
 
-    lat, inv_bw = np.zeros((D, D)), np.zeros((D, D))
-    for a in range(D):
-        for b in range(D):
-            if a != b:
-                route = cluster.route(devices[a], devices[b])
-                lat[a, b] = sum(h.latency for h in route.hops)
-                inv_bw[a, b] = sum(1 / h.bandwidth for h in route.hops)
+    lat, inv_bw = route_matrices(cluster, devices)
     act_peak = max((value_bytes(r, dim_hint) for op in nodes for r in op.results), default=0)
     capacity = np.array([d.mem_capacity - 2 * act_peak for d in dev], dtype=float)
     weight_of = np.ones(D)
@@ -204,6 +198,19 @@ def build_problem(
         why,
         runs,
     )
+
+
+def route_matrices(cluster: Cluster, devices: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """[D, D] route latency and seconds per byte (a host bounce adds both hops)."""
+    D = len(devices)
+    lat, inv_bw = np.zeros((D, D)), np.zeros((D, D))
+    for a in range(D):
+        for b in range(D):
+            if a != b:
+                route = cluster.route(devices[a], devices[b])
+                lat[a, b] = sum(h.latency for h in route.hops)
+                inv_bw[a, b] = sum(1 / h.bandwidth for h in route.hops)
+    return lat, inv_bw
 
 
 def _op_names(op: Operation) -> list[str]:

@@ -16,7 +16,7 @@ from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Operation
 
 from gimlet.cluster import Cluster
-from gimlet.comm_check import Event, device_programs
+from gimlet.comm_check import Event, device_ops, device_programs
 from gimlet.cost import op_cost, op_time, value_bytes
 from gimlet.dialects import comm, gml
 
@@ -91,25 +91,15 @@ def _is_recv_wait(e: Event) -> bool:
 
 def device_programs_with_compute(module: ModuleOp, host: str) -> dict[str, list[Event | Operation]]:
     """device_programs plus the compute ops, in each device's execution order."""
-    from gimlet.ir import main_func
-
     events = {id(e.op): e for prog in device_programs(module, host).values() for e in prog}
     programs: dict[str, list[Event | Operation]] = {host: []}
-
-    def visit(op: Operation, device: str) -> None:
-        if isinstance(op, gml.SegmentOp):
-            for inner in op.body.block.ops:
-                visit(inner, op.device.data)
-            return
+    for device, op in device_ops(module, host):
         prog = programs.setdefault(device, [])
         if id(op) in events:
-            if events[id(op)].kind != "irecv":
+            if events[id(op)].kind != "irecv":  # posting a receive costs nothing
                 prog.append(events[id(op)])
         elif op.dialect_name() in ("gml", "arith") and not isinstance(
             op, gml.YieldOp | gml.ParamOp | gml.ConstantOp
         ):
             prog.append(op)
-
-    for op in main_func(module).body.block.ops:
-        visit(op, host)
     return programs
