@@ -23,15 +23,10 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
-    BFloat16Type,
     DenseArrayBase,
-    Float16Type,
-    Float32Type,
-    Float64Type,
     IndexType,
     IntegerType,
     ModuleOp,
-    Signedness,
     TensorType,
 )
 from xdsl.interpreter import (
@@ -52,6 +47,7 @@ from xdsl.traits import SymbolTable
 
 from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.dtypes import element_type_for_numpy, numpy_dtype
 from gimlet.errors import UserError
 
 Array = npt.NDArray[Any]
@@ -64,40 +60,23 @@ class InterpreterError(UserError):
 
 # ------------------------------------------------------------------ dtypes ---
 
-_FLOAT_DTYPES: dict[type[Attribute], np.dtype[Any]] = {
-    Float16Type: np.dtype(np.float16),
-    BFloat16Type: np.dtype(ml_dtypes.bfloat16),
-    Float32Type: np.dtype(np.float32),
-    Float64Type: np.dtype(np.float64),
-}
 _LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def dtype_for(element_type: Attribute) -> np.dtype[Any]:
-    """The numpy dtype holding values of an IR element type."""
-    if type(element_type) in _FLOAT_DTYPES:
-        return _FLOAT_DTYPES[type(element_type)]
-    if isinstance(element_type, IntegerType) and element_type.width.data in (1, 8, 16, 32, 64):
-        width = element_type.width.data
-        if width == 1:
-            return np.dtype(np.bool_)
-        unsigned = element_type.signedness.data == Signedness.UNSIGNED
-        return np.dtype(f"{'u' if unsigned else ''}int{width}")
-    raise InterpreterError(f"no numpy dtype for element type {_fmt(element_type)}")
+    """The numpy dtype holding values of an IR element type (gimlet.dtypes' table)."""
+    try:
+        return numpy_dtype(element_type)
+    except UserError:
+        raise InterpreterError(f"no numpy dtype for element type {_fmt(element_type)}") from None
 
 
 def element_type_for(dtype: npt.DTypeLike) -> Attribute:
     """The IR element type of a numpy dtype (signed integers map to signless ones)."""
-    dt = np.dtype(dtype)
-    for attr_type, float_dtype in _FLOAT_DTYPES.items():
-        if dt == float_dtype:
-            return attr_type()
-    if dt == np.bool_:
-        return IntegerType(1)
-    if dt.kind in "iu":
-        signedness = Signedness.UNSIGNED if dt.kind == "u" else Signedness.SIGNLESS
-        return IntegerType(dt.itemsize * 8, signedness)
-    raise InterpreterError(f"no element type for numpy dtype {dt}")
+    try:
+        return element_type_for_numpy(np.dtype(dtype))
+    except UserError:
+        raise InterpreterError(f"no element type for numpy dtype {np.dtype(dtype)}") from None
 
 
 def _fmt(attr: Attribute) -> str:

@@ -211,14 +211,9 @@ inline T minnan(T a, T b) { return (a != a || a < b) ? a : b; }
 
 // ---------------------------------------------------------------- data movement
 
+// y[idx] = x[sum(idx * st)]: the copy behind permute and expand (they differ in `st` only).
 template <class T>
-Tensor<T> permute(const Tensor<T>& x, std::initializer_list<int> perm) {
-  Shape out;
-  out.rank = x.shape.rank;
-  int64_t xs[MAXR], st[MAXR];
-  strides(x.shape, xs);
-  int i = 0;
-  for (int p : perm) out.d[i] = x.shape.d[p], st[i] = xs[p], ++i;
+Tensor<T> gather_copy(const Tensor<T>& x, const Shape& out, const int64_t* st) {
   Tensor<T> y = empty<T>(out);
   const int64_t inner = out.inner(), rows = inner ? out.numel() / inner : 0;
   const int64_t sj = out.rank ? st[out.rank - 1] : 0;
@@ -232,19 +227,21 @@ Tensor<T> permute(const Tensor<T>& x, std::initializer_list<int> perm) {
 }
 
 template <class T>
+Tensor<T> permute(const Tensor<T>& x, std::initializer_list<int> perm) {
+  Shape out;
+  out.rank = x.shape.rank;
+  int64_t xs[MAXR], st[MAXR];
+  strides(x.shape, xs);
+  int i = 0;
+  for (int p : perm) out.d[i] = x.shape.d[p], st[i] = xs[p], ++i;
+  return gather_copy(x, out, st);
+}
+
+template <class T>
 Tensor<T> expand(const Tensor<T>& x, const Shape& out) {
   int64_t st[MAXR];
   bstrides(x.shape, out, st);
-  Tensor<T> y = empty<T>(out);
-  const int64_t inner = out.inner(), rows = inner ? out.numel() / inner : 0;
-  const int64_t sj = out.rank ? st[out.rank - 1] : 0;
-#pragma omp parallel for if (rows * inner >= PAR_MIN)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* src = x.data + row_offset(r, out, st);
-    T* dst = y.data + r * inner;
-    for (int64_t j = 0; j < inner; ++j) dst[j] = src[j * sj];
-  }
-  return y;
+  return gather_copy(x, out, st);
 }
 
 // x[..., start:end:step, ...] along `dim`; start/end are clamped like Python slices.
