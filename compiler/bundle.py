@@ -126,8 +126,20 @@ def describe(module: ModuleOp) -> dict[str, Any]:
     }
 
 
-def write_bundle(out_dir: str, module: ModuleOp, ir_text: str, weights: dict[str, Any]) -> None:
-    """Write a bundle atomically; each device's weight file holds only what it reads."""
+BACKENDS = ("cxx", "interpreter")
+
+
+def write_bundle(
+    out_dir: str,
+    module: ModuleOp,
+    ir_text: str,
+    weights: dict[str, Any],
+    cpu_backend: str = "cxx",
+) -> dict[str, Any]:
+    """Write a bundle atomically and return its manifest; each device's weight file holds
+    only what it reads. With cpu_backend="cxx", segments on CPU devices are compiled to
+    C++ libraries (backends/cpu/bundle.py); one the backend cannot lower stays on the
+    interpreter, its manifest entry saying why ("fallback")."""
     from gimlet.ir import main_func
 
     manifest = describe(module)
@@ -143,6 +155,12 @@ def write_bundle(out_dir: str, module: ModuleOp, ir_text: str, weights: dict[str
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(ir_text)
         files[IR_FILE] = _sha256(os.path.join(tmp, IR_FILE))
+        if cpu_backend == "cxx":
+            _compile_cpu_segments(tmp, module, manifest)
+        for seg in manifest["segments"]:
+            for part in seg["artefact"].get("parts", []):
+                for rel in (part["source"], part["library"], seg["artefact"]["header"]):
+                    files[rel] = _sha256(os.path.join(tmp, rel))
         os.makedirs(os.path.join(tmp, WEIGHTS_DIR))
         manifest["weights"] = {}
         for dev, names in per_device.items():
@@ -156,6 +174,19 @@ def write_bundle(out_dir: str, module: ModuleOp, ir_text: str, weights: dict[str
             f.write("\n")
 
     write_atomically(out_dir, fill)
+    return manifest
+
+
+def _compile_cpu_segments(tmp: str, module: ModuleOp, manifest: dict[str, Any]) -> None:
+    from gimlet.backends.cpu.bundle import compile_module_segments
+
+    cpus = {d["name"] for d in manifest["cluster"]["devices"] if d["kind"] == "cpu"}
+    artefacts, fallbacks = compile_module_segments(module, tmp, cpus)
+    for seg in manifest["segments"]:
+        if seg["index"] in artefacts:
+            seg["artefact"] = artefacts[seg["index"]]
+        elif seg["index"] in fallbacks:
+            seg["artefact"]["fallback"] = fallbacks[seg["index"]]
 
 
 @dataclass

@@ -8,7 +8,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
@@ -199,13 +199,23 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Export MODEL with torch.export, decompose to core ATen, import into the gml dialect, run "
             "the pass pipeline and write OUT/model.mlir and OUT/weights.safetensors. OUT is replaced "
-            "atomically: a failed compile leaves no partial output."
+            "atomically: a failed compile leaves no partial output. With --target, OUT is a bundle "
+            "for `gimletc run OUT/`: a manifest, per-device weights and, for segments placed on "
+            "CPU devices, generated C++ and its compiled libraries under OUT/cpu/."
         ),
     )
     c.add_argument("model", metavar="MODEL", help="path/model.py:factory or model.pt2")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     _add_pipeline_flags(c, DEFAULT_PIPELINE)
     _add_placement_flags(c)
+    c.add_argument(
+        "--cpu-backend",
+        choices=["cxx", "interpreter"],
+        default="cxx",
+        help="bundles: how segments on CPU devices run: generated C++ compiled with g++ "
+        "(default; a segment it cannot lower falls back to the interpreter, with a note) or "
+        "the numpy reference interpreter",
+    )
 
     o = sub.add_parser(
         "opt",
@@ -282,7 +292,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.target:  # --- runtime hook: a placed program becomes a bundle (gimlet.bundle)
         from gimlet.bundle import write_bundle
 
-        write_bundle(args.output, module, text, weights)
+        manifest = write_bundle(args.output, module, text, weights, args.cpu_backend)
+        _report_backends(manifest)
     else:
         write_atomically(args.output, fill)
     _explain(args, module)
@@ -292,6 +303,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {what} ({len(weights)} tensors)"
     )
     return 0
+
+
+def _report_backends(manifest: dict[str, Any]) -> None:
+    """One line per device saying what runs its segments, so a fallback is never silent."""
+    for seg in manifest["segments"]:
+        art = seg["artefact"]
+        if art["kind"] == "cpu-cxx" and not art["parts"]:
+            what = "no compute to compile (comm ops and size arithmetic only)"
+        elif art["kind"] == "cpu-cxx":
+            what = f"C++, {len(art['parts'])} libraries under cpu/ (cut at comm ops)"
+        elif "fallback" in art:
+            what = f"reference interpreter (the CPU backend cannot compile it: {art['fallback']})"
+        else:
+            what = "reference interpreter (no backend for this device kind yet)"
+        print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}")
 
 
 def _read(path: str) -> str:

@@ -173,9 +173,11 @@ def test_torchrun_runs_the_same_bundle(bundles: dict[str, Path], tmp_path: Path)
 def test_killed_worker_fails_fast_naming_device_and_segment(bundles: dict[str, Path]) -> None:
     _, x = _mlp_input()
     with pytest.raises(RunError) as info:
-        launch(str(bundles["mlp2"]), [x.numpy()], env={"GIMLET_FAULT": "cpu1:exit@3"})
+        # cpu1 runs irecv, wait, then its C++ part: the 3rd progress step (index 2)
+        launch(str(bundles["mlp2"]), [x.numpy()], env={"GIMLET_FAULT": "cpu1:exit@2"})
     msg = str(info.value)
-    assert "cpu1 (rank 1) died with exit code 1 in segment 0 at gml." in msg, msg
+    assert "cpu1 (rank 1) died with exit code 1 in segment 0 at gml.matmul" in msg, msg
+    assert "(first op of C++ part seg0.part0)" in msg, msg
     assert _gone(info.value.pids)
 
 

@@ -24,7 +24,7 @@ from xdsl.traits import SymbolTable
 
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import DYN, shape_of
-from gimlet.errors import UserError
+from gimlet.errors import UnsupportedOpError, UserError
 
 from .build import CpuCompileError, build_library, cache_dir, default_flags
 from .codegen import ENTRY, ctype, generate
@@ -168,7 +168,9 @@ def compile_function(
         title = f"gml.segment on {op.device.data}"
     for v in [*inputs, *outputs]:
         if not isinstance(v.type, TensorType) or ctype(v.type.element_type) is None:
-            raise UserError(f"{title}: the CPU backend cannot pass a value of type {v.type}")
+            raise UnsupportedOpError(
+                f"{title}: the CPU backend cannot compile:\n  cannot pass a value of type {v.type}"
+            )
     source, weight_names = generate(block, inputs, outputs, title)
     flags = list(flags) if flags is not None else default_flags(opt)
     lib, hit = build_library(source, flags)

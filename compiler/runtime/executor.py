@@ -1,8 +1,8 @@
 """Executors: how one device runs one segment. The seam for compiled backends.
 
-A bundle names an artefact kind per segment ("interpreter" today; a CPU C++ backend in
-backends/cpu/ will add its own). The worker picks the executor registered for that kind
-and calls `run_segment(segment, inputs)`. comm ops inside a segment are not the
+A bundle names an artefact kind per segment ("interpreter", or "cpu-cxx" for segments the
+CPU backend compiled, see backends/cpu/bundle.py). The worker picks the executor
+registered for that kind and calls `run_segment(segment, inputs, index, artefact)`. comm ops inside a segment are not the
 executor's business beyond calling `CommHandler` (the worker's torch.distributed
 endpoints), so a compiled backend can split a segment at its comm ops or call back.
 """
@@ -38,11 +38,12 @@ class CommHandler(Protocol):
 
 
 class Executor(Protocol):
-    def run_segment(self, segment: gml.SegmentOp, inputs: Sequence[Any]) -> list[Any]: ...
-    def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]: ...
+    def run_segment(
+        self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
+    ) -> list[Any]: ...
 
 
-BeforeOp = Callable[[Operation], None]
+BeforeOp = Callable[..., None]  # (op, what="") -> None: progress and fault hook
 
 
 @register_impls
@@ -87,7 +88,7 @@ class InterpreterExecutor:
         module: ModuleOp,
         weights: Mapping[str, np.ndarray],
         handler: CommHandler,
-        before_op: BeforeOp = lambda op: None,
+        before_op: BeforeOp = lambda op, what="": None,
     ):
         self.before_op = before_op
         self.interp = Interpreter(module)
@@ -101,7 +102,13 @@ class InterpreterExecutor:
         with np.errstate(all="ignore"):
             return list(self.interp.run_op(op, tuple(inputs)))
 
-    def run_segment(self, segment: gml.SegmentOp, inputs: Sequence[Any]) -> list[Any]:
+    def run_segment(
+        self,
+        segment: gml.SegmentOp,
+        inputs: Sequence[Any],
+        index: int = -1,
+        artefact: dict[str, Any] | None = None,
+    ) -> list[Any]:
         # in the interpreter's scope, not a local dict: gml.fusion bodies read outer values
         interp = self.interp
         interp.push_scope("gml.segment")
@@ -117,7 +124,20 @@ class InterpreterExecutor:
         raise AssertionError("gml.segment without gml.yield")
 
 
-ExecutorFactory = Callable[[ModuleOp, Mapping[str, np.ndarray], CommHandler, BeforeOp], Executor]
+ExecutorFactory = Callable[[InterpreterExecutor, Mapping[str, np.ndarray], Any], Executor]
+"""(the worker's interpreter executor, its weights, the bundle) -> an executor. The
+interpreter executor owns the comm handler and the per-op progress hook, so compiled
+backends hand it their comm ops and report progress through its `before_op`."""
 
-EXECUTORS: dict[str, ExecutorFactory] = {"interpreter": InterpreterExecutor}
-"""Artefact kind -> executor. Backends register here (e.g. EXECUTORS["cpu-cxx"] = ...)."""
+
+def _cpu_cxx(host: InterpreterExecutor, weights: Mapping[str, np.ndarray], bundle: Any) -> Any:
+    from gimlet.backends.cpu.bundle import CpuExecutor
+
+    return CpuExecutor(host, weights, bundle)
+
+
+EXECUTORS: dict[str, ExecutorFactory] = {
+    "interpreter": lambda host, weights, bundle: host,
+    "cpu-cxx": _cpu_cxx,
+}
+"""Artefact kind (the manifest's segments[i].artefact.kind) -> executor factory."""

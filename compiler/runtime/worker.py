@@ -109,8 +109,8 @@ class Worker:
 
     # -- progress, trace and stats
 
-    def _before_op(self, op: Any) -> None:
-        self.op_desc = describe_op(op)
+    def _before_op(self, op: Any, what: str = "") -> None:
+        self.op_desc = describe_op(op) + what
         if self.status_fd is not None:
             line = json.dumps({"segment": self.segment, "op": self.op_desc})
             os.pwrite(self.status_fd, line.encode().ljust(512)[:512], 0)
@@ -163,11 +163,13 @@ class Worker:
                         f"no executor for artefact kind {kind!r}", "error", index, None
                     )
                 if kind not in executors:
-                    executors[kind] = EXECUTORS[kind](module, weights, self, self._before_op)
+                    executors[kind] = EXECUTORS[kind](host_exec, weights, self.bundle)
                 self.segment = index
                 self.stats[index] = {"ops": seg_info[index]["ops"], "bytes_in": 0, "bytes_out": 0}
                 start = time.time()
-                outs = executors[kind].run_segment(op, [env[v] for v in op.inputs])
+                outs = executors[kind].run_segment(
+                    op, [env[v] for v in op.inputs], index, seg_info[index]["artefact"]
+                )
                 end = time.time()
                 self.stats[index]["wall_s"] = end - start
                 self.events.append(_span(f"segment {index}", "compute", start, end, 0, {}))
@@ -292,11 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os._exit(1)
 
 
+# how gloo words a peer that went away (its socket closed or reset mid-transfer)
+_PEER_GONE = ("closed by peer", "reset by peer", "Broken pipe")
+
+
 def _report(e: BaseException, worker: Worker | None, rank: int) -> dict[str, Any]:
     from gimlet.runtime.channels import CommError
 
     kind = e.kind if isinstance(e, CommError | WorkerError) else "error"
-    if kind == "error" and "closed by peer" in str(e):  # gloo noticed a dead peer first
+    if kind == "error" and any(m in str(e) for m in _PEER_GONE):  # gloo saw a dead peer first
         kind = "peer"
     if worker is None:
         return {"rank": rank, "kind": kind, "message": f"rank {rank}: {e}"}

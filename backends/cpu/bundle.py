@@ -1,0 +1,182 @@
+"""The CPU backend in bundles: compile a CPU segment's parts at `gimletc compile` time,
+load them in the worker (artefact kind "cpu-cxx").
+
+A bundle keeps, per compiled part, the generated `.cpp` (for users to read) and the
+`.so`, under `cpu/seg<N>.part<K>.{cpp,so}`; the manifest entry records the flags, the
+weights each part reads and the CPU it was built for. A worker on another CPU model
+does not load a `-march=native` library built elsewhere (it could die on an illegal
+instruction): it rebuilds the bundled source into its own cache instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from xdsl.dialects.builtin import IndexType, ModuleOp
+from xdsl.ir import Operation, SSAValue
+
+from gimlet.artifacts import IR_FILE
+from gimlet.dialects import gml
+from gimlet.errors import UnsupportedOpError, UserError
+
+from . import CompiledCpu, _signature
+from .build import build_library
+from .runtime import RUNTIME_HEADER, RUNTIME_HEADER_NAME
+from .segments import Part, compile_part, host_cpu, part_function, split
+
+KIND = "cpu-cxx"
+
+
+def compile_segment(segment: gml.SegmentOp, index: int, out_dir: str) -> dict[str, Any]:
+    """Compile every compiled part of `segment` into `out_dir/cpu/`; the artefact entry.
+
+    Raises UnsupportedOpError (naming the ops) when some part cannot be lowered."""
+    parts = [p for p in split(segment) if isinstance(p, Part) and p.compiled]
+    os.makedirs(os.path.join(out_dir, "cpu"), exist_ok=True)
+    workers = min(len(parts), os.cpu_count() or 1) or 1
+    with ThreadPoolExecutor(workers) as pool:  # g++ runs outside the GIL
+        libs = list(
+            pool.map(lambda kp: compile_part(kp[1], f"seg{index}.part{kp[0]}"), enumerate(parts))
+        )
+    entries = []
+    if libs:  # the header the sources include, so the bundle's C++ reads (and builds) alone
+        with open(os.path.join(out_dir, "cpu", RUNTIME_HEADER_NAME), "w") as f:
+            f.write(RUNTIME_HEADER)
+    for k, lib in enumerate(libs):
+        stem = f"cpu/seg{index}.part{k}"
+        shutil.copyfile(lib.source_path, os.path.join(out_dir, stem + ".cpp"))
+        shutil.copyfile(lib.library_path, os.path.join(out_dir, stem + ".so"))
+        entries.append(
+            {
+                "source": stem + ".cpp",
+                "library": stem + ".so",
+                "ops": len(parts[k].ops),
+                "weights": lib.weight_names,
+            }
+        )
+    flags = libs[0].flags if libs else []
+    return {
+        "kind": KIND,
+        "file": IR_FILE,  # the IR the parts are cut from
+        "parts": entries,
+        "header": f"cpu/{RUNTIME_HEADER_NAME}",
+        "flags": flags,
+        "built_for": host_cpu(),
+    }
+
+
+class CpuExecutor:
+    """Runs a CPU segment: compiled parts through ctypes, comm ops and size arithmetic
+    through the worker's interpreter executor (which owns the comm handler)."""
+
+    def __init__(self, interpreter: Any, weights: Mapping[str, np.ndarray], bundle: Any):
+        self.interp = interpreter
+        self.weights = weights
+        self.bundle = bundle
+        self.plans: dict[int, list[Part | Operation]] = {}
+        self.libs: dict[int, list[CompiledCpu]] = {}
+
+    def _plan(self, segment: gml.SegmentOp, index: int, artefact: dict[str, Any]) -> list[Any]:
+        if index not in self.plans:
+            items = split(segment)
+            parts = [p for p in items if isinstance(p, Part) and p.compiled]
+            if len(parts) != len(artefact["parts"]):
+                raise UserError(
+                    f"bundle segment {index}: {len(artefact['parts'])} compiled parts in the "
+                    f"manifest, {len(parts)} in the IR; rebuild the bundle with gimletc compile"
+                )
+            same_cpu = artefact.get("built_for") == host_cpu()
+            self.libs[index] = [
+                self._load(p, e, artefact["flags"], same_cpu, f"seg{index}.part{k}")
+                for k, (p, e) in enumerate(zip(parts, artefact["parts"], strict=True))
+            ]
+            self.plans[index] = items
+        return self.plans[index]
+
+    def _load(
+        self, part: Part, entry: dict[str, Any], flags: list[str], same_cpu: bool, name: str
+    ) -> CompiledCpu:
+        fn = part_function(part, name)
+        block = fn.body.block
+        term = block.last_op
+        assert term is not None
+        source_path = Path(self.bundle.file(entry["source"]))
+        library = Path(self.bundle.file(entry["library"]))
+        if not same_cpu:  # rebuild for this CPU (cached by content hash)
+            library, _ = build_library(source_path.read_text(), flags)
+        return CompiledCpu(
+            source=source_path.read_text(),
+            library_path=library,
+            flags=flags,
+            weight_names=list(entry["weights"]),
+            cache_hit=True,
+            input_sigs=[_signature(v) for v in block.args],
+            output_sigs=[_signature(v) for v in term.operands],
+        )
+
+    def run_segment(
+        self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
+    ) -> list[Any]:
+        items = self._plan(segment, index, artefact)
+        libs = iter(enumerate(self.libs[index]))
+        env: dict[SSAValue, Any] = dict(zip(segment.body.block.args, inputs, strict=True))
+        for item in items:
+            if isinstance(item, Operation):
+                self._interpret(item, env)
+            elif not item.compiled:
+                for op in item.ops:
+                    self._interpret(op, env)
+            else:
+                k, lib = next(libs)
+                self.interp.before_op(item.ops[0], f" (first op of C++ part seg{index}.part{k})")
+                args = [_to_abi(env[v], v) for v in item.inputs]
+                outs = lib(args, self.weights)
+                env.update((v, _from_abi(o, v)) for v, o in zip(item.outputs, outs, strict=True))
+        term = segment.body.block.last_op
+        assert isinstance(term, gml.YieldOp)
+        return [env[v] for v in term.values]
+
+    def _interpret(self, op: Operation, env: dict[SSAValue, Any]) -> None:
+        outs = self.interp.run_op(op, [env[v] for v in op.operands])
+        env.update(zip(op.results, outs, strict=True))
+
+    def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]:
+        return list(self.interp.run_op(op, inputs))
+
+
+def _to_abi(value: Any, v: SSAValue) -> np.ndarray:
+    if isinstance(v.type, IndexType):
+        return np.empty(int(value), np.bool_)  # a carrier: its length is the size
+    return np.asarray(value)
+
+
+def _from_abi(array: np.ndarray, v: SSAValue) -> Any:
+    return int(array.shape[0]) if isinstance(v.type, IndexType) else array
+
+
+def compile_module_segments(
+    module: ModuleOp, out_dir: str, devices: set[str]
+) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """Artefacts for the segments on `devices` (CPU devices), and why others fell back."""
+    from gimlet.ir import main_func
+
+    artefacts: dict[int, dict[str, Any]] = {}
+    fallbacks: dict[int, str] = {}
+    index = -1
+    for op in main_func(module).body.block.ops:
+        if not isinstance(op, gml.SegmentOp):
+            continue
+        index += 1
+        if op.device.data not in devices:
+            continue
+        try:
+            artefacts[index] = compile_segment(op, index, out_dir)
+        except UnsupportedOpError as e:
+            fallbacks[index] = "; ".join(line.strip() for line in str(e).splitlines()[1:])
+    return artefacts, fallbacks
