@@ -312,7 +312,8 @@ def _report_backends(manifest: dict[str, Any]) -> None:
         if art["kind"] == "cpu-cxx" and not art["parts"]:
             what = "no compute to compile (comm ops and size arithmetic only)"
         elif art["kind"] == "cpu-cxx":
-            what = f"C++, {len(art['parts'])} libraries under cpu/ (cut at comm ops)"
+            n = len(art["parts"])
+            what = f"C++, {n} {'library' if n == 1 else 'libraries'} under cpu/ (cut at comm ops)"
         elif "fallback" in art:
             what = f"reference interpreter (the CPU backend cannot compile it: {art['fallback']})"
         else:

@@ -49,6 +49,8 @@ def bundles() -> Any:
         "mlp3": ("examples/mlp.py:model", THREE, "fc1=cpu1,fc2=cpu2"),
         "mlp2": ("examples/mlp.py:model", two, "fc1=cpu1"),
         "gpt2": ("examples/gpt.py:model", two, "h.1=cpu1,ln_f=cpu1,lm_head=cpu1"),
+        "cnn3": ("tests/models.py:cnn", THREE, "conv2=cpu1,bn2=cpu1,head=cpu2"),
+        "llama3": ("tests/models.py:llama_block", THREE, "q=cpu1,k=cpu1,v=cpu1,down=cpu2"),
     }
     out = {"two.cluster": d / "two.cluster"}
     cwd = os.getcwd()
@@ -230,3 +232,141 @@ def test_bad_inputs_rejected_before_workers(bundles: dict[str, Path]) -> None:
     with pytest.raises(BundleError, match="got float64"):
         launch(str(bundles["mlp2"]), [np.zeros((2, 32))])
     assert time.time() - start < 1.0  # no worker was started
+
+
+def _family(name: str, bundle: Path) -> Any:
+    """The family's module with the (randomly initialised) weights the bundle holds."""
+    from gimlet.artifacts import load_weights
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import models
+
+    module, inputs, _ = models.FAMILIES[name]()
+    state = {}
+    for f in (bundle / "weights").iterdir():
+        state.update({k: torch.from_numpy(v) for k, v in load_weights(str(f)).items()})
+    missing = set(module.state_dict()) - set(state)
+    assert all(k.endswith("num_batches_tracked") for k in missing), missing
+    module.load_state_dict(state, strict=False)
+    return module.eval(), inputs
+
+
+@pytest.mark.parametrize(("bundle", "family"), [("cnn3", "cnn"), ("llama3", "llama_block")])
+def test_families_on_three_cpu_workers_run_as_cxx(
+    bundles: dict[str, Path], bundle: str, family: str
+) -> None:
+    manifest = json.loads((bundles[bundle] / "manifest.json").read_text())
+    kinds = {(s["device"], s["artefact"]["kind"]) for s in manifest["segments"]}
+    assert {d for d, _ in kinds} == {"cpu0", "cpu1", "cpu2"}  # really split three ways
+    assert {k for _, k in kinds} == {"cpu-cxx"}
+    module, inputs = _family(family, bundles[bundle])
+    result = launch(str(bundles[bundle]), [x.numpy() for x in inputs])
+    with torch.no_grad():
+        want = module(*inputs).numpy()
+    np.testing.assert_allclose(result.outputs[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_holds_readable_cxx_for_cpu_segments(bundles: dict[str, Path]) -> None:
+    b = bundles["mlp2"]
+    manifest = json.loads((b / "manifest.json").read_text())
+    art = manifest["segments"][0]["artefact"]
+    assert art["kind"] == "cpu-cxx"
+    assert art["parts"] == [
+        {
+            "source": "cpu/seg0.part0.cpp",
+            "library": "cpu/seg0.part0.so",
+            "ops": 3,
+            "weights": ["fc1.weight", "fc1.bias", "fc2.weight"],  # placement put fc2's matmul here
+        }
+    ]
+    assert "-march=native" in art["flags"] and "-O3" in art["flags"]
+    for rel in ("cpu/seg0.part0.cpp", "cpu/seg0.part0.so", "cpu/gimlet_cpu_runtime.h"):
+        assert rel in manifest["files"]  # hashed like every other file
+    source = (b / "cpu" / "seg0.part0.cpp").read_text()
+    assert "// gml.matmul  fc1 (examples/mlp.py:" in source
+    assert '#include "gimlet_cpu_runtime.h"' in source
+
+
+def test_cpu_backend_interpreter_flag(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "b"
+    argv = ["compile", "examples/mlp.py:model", "-o", str(out), "--target", THREE]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert gimletc([*argv, "--pin", "fc2=cpu1", "--cpu-backend", "interpreter"]) == 0
+    finally:
+        os.chdir(cwd)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["artefact"]["kind"] for s in manifest["segments"]} == {"interpreter"}
+    assert not (out / "cpu").exists()
+    module, x = _mlp_input()
+    result = launch(str(out), [x.numpy()])
+    np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+CONV1D = """import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3)
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.fc(self.conv(x))
+
+
+def model():
+    torch.manual_seed(0)
+    return Net(), (torch.randn(1, 4, 8),)
+"""
+
+
+def test_segment_the_backend_cannot_lower_falls_back_with_a_note(
+    bundles: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    (tmp_path / "net.py").write_text(CONV1D)
+    out = tmp_path / "b"
+    argv = ["compile", f"{tmp_path}/net.py:model", "-o", str(out), "--target"]
+    assert gimletc([*argv, str(bundles["two.cluster"]), "--pin", "conv=cpu1,fc=cpu0"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "gimletc: segment 0 on cpu1: reference interpreter (the CPU backend cannot compile it: "
+        f"gml.conv at conv ({tmp_path}/net.py:12): only 2-d convolution is supported)\n"
+    ) in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    kinds = [s["artefact"]["kind"] for s in manifest["segments"]]
+    assert kinds == ["interpreter", "cpu-cxx"]
+    sys.path.insert(0, str(tmp_path))
+    import net
+
+    module, (x,) = net.model()
+    result = launch(str(out), [x.numpy()])
+    np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tampered_library_is_refused(bundles: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["mlp2"], copy)
+    lib = copy / "cpu" / "seg0.part0.so"
+    lib.write_bytes(lib.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match=r"cpu/seg0.part0.so does not match its manifest hash"):
+        launch(str(copy), [np.zeros((2, 32), "f4")])
+
+
+def test_bundle_from_another_cpu_rebuilds_its_source(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["mlp2"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for seg in manifest["segments"]:
+        seg["artefact"]["built_for"] = "Some Other CPU"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    cache = tmp_path / "cache"
+    module, x = _mlp_input()
+    result = launch(str(copy), [x.numpy()], env={"GIMLET_CACHE_DIR": str(cache)})
+    np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert len(list((cache / "cpu").glob("*.so"))) == 2  # one per compiled part, built here

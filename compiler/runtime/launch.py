@@ -82,8 +82,13 @@ def launch(
     target: str | None = None,
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
+    iterations: int = 1,
 ) -> RunResult:
-    """Check the bundle, start the workers, return the host's outputs or raise RunError."""
+    """Check the bundle, start the workers, return the host's outputs or raise RunError.
+
+    `iterations` > 1 runs the program that many times in the same workers (each rank's
+    per-iteration seconds are in `stats[rank]["iterations_s"]`): how benchmarks separate
+    steady-state latency from process start-up."""
     bundle = load_bundle(bundle_path)
     if target:
         check_cluster(bundle, target)
@@ -116,6 +121,8 @@ def launch(
                             bundle.path,
                             "--inputs",
                             in_path,
+                            "--iterations",
+                            str(iterations),
                         ],
                         env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
                         stdout=log,
