@@ -27,6 +27,7 @@ from xdsl.ir import Attribute
 from gimlet import __version__
 from gimlet.artifacts import IR_FILE, save_weights, write_atomically
 from gimlet.dialects import comm, gml
+from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -52,7 +53,6 @@ def _sha256(path: str) -> str:
 
 def _type_sig(t: Attribute) -> dict[str, Any]:
     """A tensor type as {dtype, shape} (-1 for `?`), an index as {dtype: index}."""
-    from gimlet.dialects.shapes import DYN, shape_of
     from gimlet.interpreter import dtype_for
 
     if not isinstance(t, TensorType):
@@ -61,6 +61,41 @@ def _type_sig(t: Attribute) -> dict[str, Any]:
         "dtype": dtype_for(t.element_type).name,
         "shape": [-1 if d == DYN else int(d) for d in shape_of(t)],
     }
+
+
+GPU_KINDS = ("nvidia", "amd")  # NCCL (RCCL on ROCm builds of torch) between two of a kind
+
+
+def _nccl_ordered_pairs(module: ModuleOp, host: str) -> set[tuple[str, str]]:
+    """Device pairs whose tensor transfers NCCL can carry. NCCL ignores tags and matches a
+    pair's sends and receives in the order they are issued, so the sender's payload sends
+    must come in the same channel order as the receiver posts its payload receives (at
+    the irecv for static shapes; at the wait, after the gloo shape header, for dynamic
+    ones). `index` values always go through gloo and do not count."""
+    from gimlet.comm_check import device_ops
+
+    sent: dict[tuple[str, str], list[int]] = {}
+    posted: dict[tuple[str, str], list[int]] = {}
+    for device, op in device_ops(module, host):
+        if isinstance(op, comm.SendOp | comm.ISendOp) and isinstance(op.value.type, TensorType):
+            sent.setdefault((device, op.peer.data), []).append(op.channel.value.data)
+            continue
+        start = op.token.owner if isinstance(op, comm.WaitOp) else op
+        if not isinstance(start, comm.RecvOp | comm.IRecvOp):
+            continue
+        t = _received_type(start)
+        dynamic = isinstance(t, TensorType) and DYN in shape_of(t)
+        posts_payload = isinstance(start, comm.RecvOp) or (op is start) != dynamic
+        if isinstance(t, TensorType) and posts_payload:
+            posted.setdefault((start.peer.data, device), []).append(start.channel.value.data)
+    return {pair for pair, order in sent.items() if posted.get(pair, []) == order}
+
+
+def _received_type(op: comm.RecvOp | comm.IRecvOp) -> Attribute | None:
+    if isinstance(op, comm.RecvOp):
+        return op.result.type
+    wait = next((u.operation for u in op.token.uses), None)
+    return wait.value.type if isinstance(wait, comm.WaitOp) and wait.value else None
 
 
 def _device_info(cluster: Any) -> list[dict[str, str]]:
@@ -96,16 +131,24 @@ def describe(module: ModuleOp) -> dict[str, Any]:
             )
         elif not isinstance(op, comm.SendOp | comm.ISendOp | comm.RecvOp | comm.IRecvOp):
             host_params |= _params(op)
+    kinds = {d.name: d.kind for d in cluster.devices.values()}
+    nccl_pairs = _nccl_ordered_pairs(module, host)
     for op in fn.walk():
         if isinstance(op, comm.SendOp | comm.ISendOp):
             parent = op.parent_op()
             src = parent.device.data if isinstance(parent, gml.SegmentOp) else host
+            dst = op.peer.data
+            gpu_pair = kinds[src] == kinds[dst] and kinds[src] in GPU_KINDS
+            direct = op.transport.data != "host_bounce" and isinstance(op.value.type, TensorType)
             channels.append(
                 {
                     "id": op.channel.value.data,
                     "from": src,
-                    "to": op.peer.data,
+                    "to": dst,
                     "transport": op.transport.data,
+                    "backend": "nccl"
+                    if gpu_pair and direct and (src, dst) in nccl_pairs
+                    else "gloo",
                     **_type_sig(op.value.type),
                 }
             )

@@ -370,3 +370,85 @@ def test_bundle_from_another_cpu_rebuilds_its_source(
     result = launch(str(copy), [x.numpy()], env={"GIMLET_CACHE_DIR": str(cache)})
     np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert len(list((cache / "cpu").glob("*.so"))) == 2  # one per compiled part, built here
+
+
+GPUS = """cluster "two-gpus"
+device cpu0 : cpu
+device gpu0 : h100 { host = cpu0 }
+device gpu1 : h100 { host = cpu0 }
+link gpu0 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
+link gpu1 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
+link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
+"""
+
+
+def test_gpu_to_gpu_channels_are_marked_for_nccl_and_fall_back_to_gloo_without_cuda(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "gpus.cluster").write_text(GPUS)
+    out = tmp_path / "b"
+    argv = ["compile", "examples/mlp.py:model", "-o", str(out), "--target"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert gimletc([*argv, str(tmp_path / "gpus.cluster"), "--pin", "fc1=gpu0,fc2=gpu1"]) == 0
+    finally:
+        os.chdir(cwd)
+    manifest = json.loads((out / "manifest.json").read_text())
+    via = {(c["from"], c["to"]): c["backend"] for c in manifest["channels"]}
+    assert via == {("cpu0", "gpu0"): "gloo", ("gpu0", "gpu1"): "nccl", ("gpu1", "cpu0"): "gloo"}
+    module, x = _mlp_input()
+    result = launch(str(out), [x.numpy()], env={"CUDA_VISIBLE_DEVICES": ""})
+    np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    spans = [e for s in result.stats for e in s["events"] if e["cat"] == "transfer"]
+    assert {e["args"]["via"] for e in spans} == {"gloo"}  # no CUDA here
+
+
+CROSSED = """builtin.module attributes {gml.target = "TARGET"} {
+  func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+    comm.send %x to "gpu0" channel 0 via "pcie" : tensor<4xf32>
+    gml.segment "gpu0" () : () -> () {
+      %a = comm.recv from "cpu0" channel 0 via "pcie" : tensor<4xf32>
+      %b = gml.neg %a : tensor<4xf32>
+      %t1 = comm.isend %a to "gpu1" channel 1 via "nvlink" : tensor<4xf32>
+      %t2 = comm.isend %b to "gpu1" channel 2 via "nvlink" : tensor<4xf32>
+      comm.wait %t1
+      comm.wait %t2
+      gml.yield
+    }
+    gml.segment "gpu1" () : () -> () {
+      %r2 = comm.irecv from "gpu0" channel 2 via "nvlink"
+      %r1 = comm.irecv from "gpu0" channel 1 via "nvlink"
+      %b = comm.wait %r2 : tensor<4xf32>
+      %a = comm.wait %r1 : tensor<4xf32>
+      %c = gml.add %a, %b : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>
+      comm.send %c to "cpu0" channel 3 via "pcie" : tensor<4xf32>
+      gml.yield
+    }
+    %r = comm.recv from "gpu1" channel 3 via "pcie" : tensor<4xf32>
+    func.return %r : tensor<4xf32>
+  }
+}
+"""
+
+
+def test_channels_nccl_would_match_out_of_order_stay_on_gloo(tmp_path: Path) -> None:
+    from gimlet.bundle import describe
+    from gimlet.ir import parse
+
+    (tmp_path / "gpus.cluster").write_text(GPUS)
+    module = parse(CROSSED.replace("TARGET", str(tmp_path / "gpus.cluster")))
+    via = {c["id"]: c["backend"] for c in describe(module)["channels"]}
+    # gpu0 sends 1 then 2, gpu1 posts 2 then 1: NCCL ignores tags and would swap them
+    assert via == {0: "gloo", 1: "gloo", 2: "gloo", 3: "gloo"}
+    in_order = CROSSED.replace(
+        """      %r2 = comm.irecv from "gpu0" channel 2 via "nvlink"
+      %r1 = comm.irecv from "gpu0" channel 1 via "nvlink"
+""",
+        """      %r1 = comm.irecv from "gpu0" channel 1 via "nvlink"
+      %r2 = comm.irecv from "gpu0" channel 2 via "nvlink"
+""",
+    )
+    module = parse(in_order.replace("TARGET", str(tmp_path / "gpus.cluster")))
+    via = {c["id"]: c["backend"] for c in describe(module)["channels"]}
+    assert via == {0: "gloo", 1: "nccl", 2: "nccl", 3: "gloo"}

@@ -77,10 +77,11 @@ def default_flags(opt: str = "-O3") -> list[str]:
     return flags
 
 
-def build_library(source: str, flags: list[str]) -> tuple[Path, bool]:
+def build_library(source: str, flags: list[str], header: str = RUNTIME_HEADER) -> tuple[Path, bool]:
     """The shared library for `source` (compiled now or found in the cache), and whether
-    it was a cache hit."""
-    key = hashlib.sha256("\0".join([source, RUNTIME_HEADER, *flags]).encode()).hexdigest()
+    it was a cache hit. `header` is the runtime header it includes (a bundle's own copy
+    when rebuilding a bundle's source)."""
+    key = hashlib.sha256("\0".join([source, header, *flags]).encode()).hexdigest()
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     lib = root / f"{key}.so"
@@ -88,10 +89,10 @@ def build_library(source: str, flags: list[str]) -> tuple[Path, bool]:
     if lib.exists():
         return lib, True
     # the readable `#include "gimlet_cpu_runtime.h"` resolves to this version of it
-    inc = root / "include" / hashlib.sha256(RUNTIME_HEADER.encode()).hexdigest()[:16]
+    inc = root / "include" / hashlib.sha256(header.encode()).hexdigest()[:16]
     if not (inc / RUNTIME_HEADER_NAME).exists():
         inc.mkdir(parents=True, exist_ok=True)
-        (inc / RUNTIME_HEADER_NAME).write_text(RUNTIME_HEADER)
+        (inc / RUNTIME_HEADER_NAME).write_text(header)
     cpp.write_text(source)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)
     os.close(fd)

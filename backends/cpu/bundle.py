@@ -26,7 +26,7 @@ from gimlet.dialects import gml
 from gimlet.errors import UnsupportedOpError, UserError
 
 from . import CompiledCpu, _signature
-from .build import build_library
+from .build import build_library, default_flags
 from .runtime import RUNTIME_HEADER, RUNTIME_HEADER_NAME
 from .segments import Part, compile_part, host_cpu, part_function, split
 
@@ -81,6 +81,7 @@ class CpuExecutor:
         self.bundle = bundle
         self.plans: dict[int, list[Part | Operation]] = {}
         self.libs: dict[int, list[CompiledCpu]] = {}
+        self.header = ""  # the bundle's runtime header, for rebuilding on another CPU
 
     def _plan(self, segment: gml.SegmentOp, index: int, artefact: dict[str, Any]) -> list[Any]:
         if index not in self.plans:
@@ -92,6 +93,7 @@ class CpuExecutor:
                     f"manifest, {len(parts)} in the IR; rebuild the bundle with gimletc compile"
                 )
             same_cpu = artefact.get("built_for") == host_cpu()
+            self.header = artefact["header"]
             self.libs[index] = [
                 self._load(p, e, artefact["flags"], same_cpu, f"seg{index}.part{k}")
                 for k, (p, e) in enumerate(zip(parts, artefact["parts"], strict=True))
@@ -108,8 +110,9 @@ class CpuExecutor:
         assert term is not None
         source_path = Path(self.bundle.file(entry["source"]))
         library = Path(self.bundle.file(entry["library"]))
-        if not same_cpu:  # rebuild for this CPU (cached by content hash)
-            library, _ = build_library(source_path.read_text(), flags)
+        if not same_cpu:  # rebuild for this CPU (cached by content hash), with its own header
+            header = Path(self.bundle.file(self.header)).read_text()
+            library, _ = build_library(source_path.read_text(), _local(flags), header)
         return CompiledCpu(
             source=source_path.read_text(),
             library_path=library,
@@ -148,6 +151,15 @@ class CpuExecutor:
 
     def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]:
         return list(self.interp.run_op(op, inputs))
+
+
+def _local(flags: list[str]) -> list[str]:
+    """Recorded flags with the BLAS link flags of the build machine replaced by this one's
+    (numpy's bundled OpenBLAS lives under each machine's own site-packages)."""
+    blas = ("-L", "-l:", "-Wl,-rpath,", "-DGML_NO_BLAS")
+    return [f for f in flags if not f.startswith(blas)] + [
+        f for f in default_flags() if f.startswith(blas)
+    ]
 
 
 def _to_abi(value: Any, v: SSAValue) -> np.ndarray:

@@ -97,8 +97,20 @@ class Worker:
         self.stats: dict[int, dict[str, Any]] = {}  # per segment, summed over iterations
         self.executors: dict[str, Any] = {}
         ranks = {d: i for i, d in enumerate(bundle.devices)}
+        self.cuda = cuda_device(bundle, self.device)
+        self.nccl = self.cuda is not None and any(
+            c.get("backend") == "nccl" and self.device in (c["from"], c["to"])
+            for c in bundle.manifest["channels"]
+        )
         specs = {
-            c["id"]: ChannelSpec(c["id"], ranks[c["from"]], ranks[c["to"]], c["dtype"], c["shape"])
+            c["id"]: ChannelSpec(
+                c["id"],
+                ranks[c["from"]],
+                ranks[c["to"]],
+                c["dtype"],
+                c["shape"],
+                self.cuda if self.nccl and c.get("backend") == "nccl" else None,
+            )
             for c in bundle.manifest["channels"]
         }
         self.channels = Channels(specs, timeout_s, list(bundle.devices), self._on_transfer)
@@ -122,7 +134,8 @@ class Worker:
         spec = self.channels.specs[channel]
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
         name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
-        self.events.append(_span(name, "transfer", start, end, 1, {"bytes": nbytes}))
+        via = "nccl" if spec.cuda is not None else "gloo"
+        self.events.append(_span(name, "transfer", start, end, 1, {"bytes": nbytes, "via": via}))
         if self.segment is not None:
             self.stats[self.segment][f"bytes_{d}"] += nbytes
 
@@ -198,6 +211,35 @@ class Worker:
     def _finish(self) -> None:
         self.op_desc = "end of program (waiting for sends)"
         self.channels.finish()
+
+
+def cuda_available_for(bundle: Any) -> bool:
+    """Whether this run uses NCCL at all: some channel is marked for it and CUDA is here."""
+    if os.environ.get("GIMLET_TRANSPORT") == "gloo":
+        return False
+    if not any(c.get("backend") == "nccl" for c in bundle.manifest["channels"]):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cuda_device(bundle: Any, device: str) -> Any:
+    """The CUDA device a GPU device's worker uses for NCCL transfers, or None (a CPU device,
+    no CUDA here, or GIMLET_TRANSPORT=gloo). GPU devices take the local GPUs in manifest
+    order, so every rank of one host agrees without talking."""
+    from gimlet.bundle import GPU_KINDS
+
+    if os.environ.get("GIMLET_TRANSPORT") == "gloo":
+        return None
+    import torch
+
+    gpus = [d["name"] for d in bundle.manifest["cluster"]["devices"] if d["kind"] in GPU_KINDS]
+    if device not in gpus or not torch.cuda.is_available():
+        return None
+    index = gpus.index(device) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def _span(
@@ -277,12 +319,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.inputs:
                 raise WorkerError("no inputs; pass --inputs INPUTS.npz", "error", None, None)
             inputs = _restore_bf16(_load_inputs(args.inputs, bundle), bundle)
+        # every rank takes the same backend string: NCCL communicators are made lazily, per
+        # pair, on the first CUDA transfer, so CPU ranks never touch CUDA
+        nccl = cuda_available_for(bundle)
         dist.init_process_group(
-            "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout)
+            "cpu:gloo,cuda:nccl" if nccl else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout),
         )
+        control = dist.new_group(backend="gloo") if nccl else None
         iteration_s = []
         for _ in range(max(args.iterations, 1)):
-            dist.barrier()  # every rank starts together: an iteration is one request
+            dist.barrier(group=control)  # every rank starts together: one request each
             start = time.perf_counter()
             outputs = worker.run(module, weights, inputs)
             iteration_s.append(time.perf_counter() - start)
