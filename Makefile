@@ -19,6 +19,11 @@ demo: setup
 	$(BIN)/gimletc compile examples/gpt.py:model -o demo-out --dump-dir demo-out-passes --timing
 	$(BIN)/gimletc run demo-out --inputs examples/gpt_inputs.npz
 	@echo "IR: demo-out/model.mlir   per-pass dumps: demo-out-passes/"
+	# The same model split over three CPU worker processes (gloo), each segment generated C++.
+	$(BIN)/gimletc compile examples/gpt.py:model -o demo-cpus --target examples/three_cpus.cluster \
+		--pin 'h.0=cpu1,h.1=cpu2,ln_f=cpu2,lm_head=cpu2'
+	$(BIN)/gimletc run demo-cpus --inputs examples/gpt_inputs.npz --trace demo-cpus.trace.json
+	@echo "C++ per segment: demo-cpus/cpu/*.cpp   trace (chrome://tracing, ui.perfetto.dev): demo-cpus.trace.json"
 	# Heterogeneous placement: prefill on a B200, decode on an SRAM accelerator, KV cache between.
 	$(BIN)/gimletc compile examples/gpt_phases.py:serve -o demo-bundle --target b200+sram+cpu \
 		--pin 'prefill=gpu0,decode=acc0' --explain --graph demo-bundle/partition.dot
@@ -46,4 +51,4 @@ bench: setup
 	$(BIN)/python benchmarks/calibrate_h100.py   # predictions vs the saved H100 measurements
 
 clean:
-	rm -rf $(VENV) demo-out demo-out-passes demo-bundle build
+	rm -rf $(VENV) demo-out demo-out-passes demo-bundle demo-cpus demo-cpus.trace.json build

@@ -259,8 +259,10 @@ def load_bundle(path: str, verify_hashes: bool = True) -> Bundle:
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise BundleError(f"{mpath}: unreadable manifest ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{mpath}: bundle format {manifest.get('format')}, expected {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{mpath}: bundle format {got}, expected {FORMAT}")
+    check_manifest(manifest, mpath)
     if verify_hashes:
         for rel, digest in manifest["files"].items():
             fpath = os.path.join(path, rel)
@@ -272,6 +274,87 @@ def load_bundle(path: str, verify_hashes: bool = True) -> Bundle:
                     "corrupted); rebuild the bundle with gimletc compile"
                 )
     return Bundle(os.path.abspath(path), manifest)
+
+
+class _Shape:
+    """Reads one manifest field, or raises a BundleError naming it (`segments[1].device`)."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def get(self, obj: Any, key: str | int, typ: type | tuple[type, ...], path: str) -> Any:
+        here = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
+        try:
+            value = obj[key]
+        except (KeyError, IndexError, TypeError):
+            raise BundleError(f"{self.where}: malformed manifest: no {here}") from None
+        if not isinstance(value, typ) or isinstance(value, bool) and typ is int:
+            want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+            raise BundleError(
+                f"{self.where}: malformed manifest: {here} should be {want}, "
+                f"not {type(value).__name__}"
+            )
+        return value
+
+    def items(self, obj: Any, key: str, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+        seq = self.get(obj, key, list, path)
+        where = f"{path}.{key}".lstrip(".")
+        return [(f"{where}[{i}]", self.get(seq, i, dict, where)) for i in range(len(seq))]
+
+
+def check_manifest(m: dict[str, Any], where: str) -> None:
+    """Every field a launcher or worker reads exists, has its type and points inside the
+    bundle, so a hand-edited or truncated manifest fails here with one message rather
+    than as a KeyError in some worker."""
+    from gimlet.runtime.executor import EXECUTORS
+
+    f = _Shape(where)
+    cluster = f.get(m, "cluster", dict, "")
+    names = [f.get(d, "name", str, p) for p, d in f.items(cluster, "devices", "cluster")]
+    for p, d in f.items(cluster, "devices", "cluster"):
+        f.get(d, "kind", str, p)
+    if not names or f.get(cluster, "host", str, "cluster") not in names:
+        raise BundleError(f"{where}: malformed manifest: cluster.host is not one of its devices")
+    files = f.get(m, "files", dict, "")
+    referenced = list(f.get(m, "weights", dict, "").values())
+    if set(f.get(m, "weights", dict, "")) != set(names):
+        raise BundleError(f"{where}: malformed manifest: weights should name every device")
+    for p, seg in f.items(m, "segments"):
+        if f.get(seg, "device", str, p) not in names:
+            raise BundleError(f"{where}: malformed manifest: {p}.device is not a cluster device")
+        f.get(seg, "index", int, p)
+        f.get(seg, "ops", int, p)
+        art = f.get(seg, "artefact", dict, p)
+        kind = f.get(art, "kind", str, f"{p}.artefact")
+        if kind not in EXECUTORS:
+            raise BundleError(
+                f"{where}: {p} has artefact kind {kind!r}; this gimlet runs "
+                f"{', '.join(sorted(EXECUTORS))}"
+            )
+        referenced.append(f.get(art, "file", str, f"{p}.artefact"))
+        if kind == "cpu-cxx":
+            f.get(art, "flags", list, f"{p}.artefact")
+            referenced.append(f.get(art, "header", str, f"{p}.artefact"))
+            for q, part in f.items(art, "parts", f"{p}.artefact"):
+                referenced += [f.get(part, k, str, q) for k in ("source", "library")]
+                f.get(part, "weights", list, q)
+    for p, c in f.items(m, "channels"):
+        f.get(c, "id", int, p)
+        f.get(c, "dtype", str, p)
+        f.get(c, "shape", list, p)
+        if f.get(c, "from", str, p) not in names or f.get(c, "to", str, p) not in names:
+            raise BundleError(f"{where}: malformed manifest: {p} joins unknown devices")
+    for p, sig in f.items(m, "inputs"):
+        f.get(sig, "name", str, p)
+        f.get(sig, "dtype", str, p)
+        f.get(sig, "shape", list, p)
+    f.get(m, "outputs", list, "")
+    for rel in [*files, *referenced]:
+        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in rel.split("/"):
+            raise BundleError(f"{where}: malformed manifest: file {rel!r} is outside the bundle")
+    unhashed = sorted(set(referenced) - set(files))
+    if unhashed:
+        raise BundleError(f"{where}: malformed manifest: {unhashed[0]} has no hash in files")
 
 
 def check_cluster(bundle: Bundle, target: str) -> None:

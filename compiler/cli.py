@@ -318,7 +318,8 @@ def _report_backends(manifest: dict[str, Any]) -> None:
             what = f"reference interpreter (the CPU backend cannot compile it: {art['fallback']})"
         else:
             what = "reference interpreter (no backend for this device kind yet)"
-        print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}")
+        # stderr: stdout may be a machine-read --explain=json report
+        print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}", file=sys.stderr)
 
 
 def _read(path: str) -> str:

@@ -331,7 +331,7 @@ def test_segment_the_backend_cannot_lower_falls_back_with_a_note(
     out = tmp_path / "b"
     argv = ["compile", f"{tmp_path}/net.py:model", "-o", str(out), "--target"]
     assert gimletc([*argv, str(bundles["two.cluster"]), "--pin", "conv=cpu1,fc=cpu0"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert (
         "gimletc: segment 0 on cpu1: reference interpreter (the CPU backend cannot compile it: "
         f"gml.conv at conv ({tmp_path}/net.py:12): only 2-d convolution is supported)\n"
@@ -452,3 +452,53 @@ def test_channels_nccl_would_match_out_of_order_stay_on_gloo(tmp_path: Path) -> 
     module = parse(in_order.replace("TARGET", str(tmp_path / "gpus.cluster")))
     via = {c["id"]: c["backend"] for c in describe(module)["channels"]}
     assert via == {0: "gloo", 1: "nccl", 2: "nccl", 3: "gloo"}
+
+
+def _edit(m: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in parents:
+        m = m[k]
+    if value is KeyError:
+        del m[last]
+    else:
+        m[last] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("format", 99, r"manifest.json: bundle format 99, expected 1"),
+        ("segments.0.device", KeyError, r"malformed manifest: no segments\[0\].device"),
+        ("cluster.devices", "cpu0", r"malformed manifest: cluster.devices should be list, not str"),
+        ("segments.0.artefact.kind", "tensorrt", r"segments\[0\] has artefact kind 'tensorrt'; "),
+        ("channels.0.to", "gpu9", r"malformed manifest: channels\[0\] joins unknown devices"),
+        ("weights.cpu1", "../../etc/passwd", r"file '../../etc/passwd' is outside the bundle"),
+        ("segments.0.artefact.parts.0.ops", "3", None),  # not read by the runtime: ignored
+    ],
+)
+def test_malformed_manifest_is_refused_with_the_field(
+    bundles: dict[str, Path], tmp_path: Path, path: str, value: Any, message: str | None
+) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["mlp2"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    _edit(manifest, path, value)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    from gimlet.bundle import load_bundle
+
+    if message is None:
+        load_bundle(str(copy))
+        return
+    with pytest.raises(BundleError, match=message):
+        load_bundle(str(copy))
+
+
+def test_unreadable_manifest_fails_the_cli_with_one_line(
+    bundles: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["mlp2"], copy)
+    (copy / "manifest.json").write_text('{"format": 1, "segments": [')
+    assert gimletc(["run", str(copy), "--inputs", os.devnull]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gimletc: error: {copy}/manifest.json: unreadable")
