@@ -120,3 +120,34 @@ def test_unsupported_dtype_names_op() -> None:
         compile_function(fn)  # type: ignore[arg-type]
     assert "f16" in str(info.value)
     assert isinstance(info.value, UnsupportedOpError | UserError)
+
+
+def test_epilogues_fold_into_matmul_and_conv(compiled: dict[str, Any]) -> None:
+    """Bias adds, activations and batch norms run inside the matmul/conv kernel."""
+    mlp = compiled["mlp"][1].source
+    assert "gml::Act::GeluErf" in mlp and "folded into the matmul/conv above" in mlp
+    cnn = compiled["cnn"][1].source
+    assert "gml::fold_batch_norm(" in cnn and "gml::Act::Relu" in cnn
+
+
+def test_profile_env_prints_per_op_times(cache: Path) -> None:
+    """GIMLET_CPU_PROFILE=1: the library prints per-op times when the process exits."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from gimlet.backends.cpu import compile_function\n"
+        "from gimlet.ir import parse\n"
+        "m = parse('func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {\\n'\n"
+        "          '  %y = gml.exp %x : tensor<4xf32>\\n'\n"
+        "          '  func.return %y : tensor<4xf32>\\n}\\n')\n"
+        "fn = next(op for op in m.walk() if op.name == 'func.func')\n"
+        "(y,) = compile_function(fn, opt='-O1')([np.zeros(4, np.float32)], {})\n"
+        "assert (y == 1).all()\n"
+    )
+    env = {**os.environ, "GIMLET_CPU_PROFILE": "1", "GIMLET_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "gimlet cpu profile: 1 runs" in out.stderr and "gml.exp" in out.stderr

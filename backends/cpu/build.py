@@ -55,16 +55,20 @@ def default_flags(opt: str = "-O3") -> list[str]:
     """Compiler flags; recorded on the result and part of the cache key.
 
     No -ffast-math: inf/nan must behave as in torch, and the reference comparison is
-    f32 rtol 1e-4. -fno-math-errno only lets sqrt/exp skip setting errno.
+    f32 rtol 1e-4. -fno-math-errno only lets sqrt/exp skip setting errno;
+    -fno-trapping-math lets GCC turn selects on possibly-NaN floats into vector blends
+    (it changes only floating-point exception flags, which nothing reads).
     """
     flags = [
         opt,
         "-march=native",
         "-std=c++17",
-        "-fopenmp",
+        "-fopenmp-simd",  # `omp simd` loops only: threads come from the runtime's own pool
+        "-pthread",
         "-fPIC",
         "-shared",
         "-fno-math-errno",
+        "-fno-trapping-math",
         "-Wall",
         "-Wno-unused-variable",
         "-Wno-unused-but-set-variable",

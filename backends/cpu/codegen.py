@@ -90,20 +90,20 @@ def literal(value: float, ct: str) -> str:
 # scalar expressions of the elementwise ops; {0}, {1}, {2} are operands, {T} the type
 _UNARY: dict[type[Operation], str] = {
     gml.NegOp: "-{0}",
-    gml.ExpOp: "std::exp({0})",
+    gml.ExpOp: "gml::vexp({0})",
     gml.LogOp: "std::log({0})",
     gml.SqrtOp: "std::sqrt({0})",
     gml.RsqrtOp: "{T}(1) / std::sqrt({0})",
     gml.AbsOp: "std::abs({0})",
-    gml.TanhOp: "std::tanh({0})",
-    gml.SigmoidOp: "{T}(1) / ({T}(1) + std::exp(-{0}))",
+    gml.TanhOp: "gml::vtanh({0})",
+    gml.SigmoidOp: "gml::sigmoid({0})",
     gml.ReluOp: "({0} < {T}(0) ? {T}(0) : {0})",
     gml.SinOp: "std::sin({0})",
     gml.CosOp: "std::cos({0})",
-    gml.ErfOp: "std::erf({0})",
+    gml.ErfOp: "gml::verf({0})",
     gml.ReciprocalOp: "{T}(1) / {0}",
     gml.NotOp: "!{0}",
-    gml.SiluOp: "{0} / ({T}(1) + std::exp(-{0}))",
+    gml.SiluOp: "{0} / ({T}(1) + gml::vexp(-{0}))",
 }
 _BINARY: dict[type[Operation], str] = {
     gml.AddOp: "{0} + {1}",
@@ -172,6 +172,16 @@ _DATA_OPS = (
     gml.ReduceOp,
     gml.FusionOp,
     *_F32_ONLY,
+)
+
+
+# ops that only name or reshape values: not worth a profiling tick
+_UNTIMED: tuple[type[Operation], ...] = (
+    gml.ParamOp,
+    gml.DimOp,
+    gml.ReshapeOp,
+    arith.ConstantOp,
+    *_ARITH,
 )
 
 
@@ -300,8 +310,13 @@ _RESERVED = frozenset(
         "inner",
         "rows",
         "r",
+        "r0",
+        "r1",
         "j",
         "t",
+        "prof",
+        "prof_names",
+        "prof_totals",
     ]
 )
 
@@ -318,19 +333,145 @@ def _ident(hint: str | None, used: set[str], prefix: str) -> str:
 
 
 @dataclass
+class _Epilogue:
+    """Ops after a matmul/conv that its kernel applies to each output block in place.
+
+    Each folded op's result is the kernel's buffer under another name (`aliases`); a
+    reshape between them stays an ordinary (aliasing) reshape."""
+
+    folded: list[Operation] = field(default_factory=list)
+    aliases: dict[SSAValue, SSAValue] = field(default_factory=dict)  # result -> its input
+    bias: SSAValue | None = None  # matmul: added along the last dim
+    batch_norm: gml.BatchNormOp | None = None  # conv: folded into a per-channel affine
+    act: str = "None"  # gml::Act
+
+
+def _sole_user(v: SSAValue) -> Operation | None:
+    """The one op reading `v` (a gml.fusion when the reader is one of its members)."""
+    uses = list(v.uses)
+    if len(uses) != 1:
+        return None
+    op = uses[0].operation
+    parent = op.parent_op()
+    return parent if isinstance(parent, gml.FusionOp) else op
+
+
+def _act(op: Operation) -> str | None:
+    if isinstance(op, gml.ReluOp):
+        return "Relu"
+    if isinstance(op, gml.GeluOp):
+        return "GeluTanh" if op.approximate.data == "tanh" else "GeluErf"
+    return None
+
+
+def _f32(v: SSAValue) -> bool:
+    return isinstance(v.type, TensorType) and isinstance(v.type.element_type, Float32Type)
+
+
+def _match_epilogue(
+    op: Operation, ready: dict[SSAValue, int], at: int, keep: set[SSAValue]
+) -> _Epilogue | None:
+    """The bias add / batch norm / activation after matmul or conv `op` (at index `at`)
+    that its kernel can apply: each value it overwrites has only the next op of the
+    chain as reader and is no program output; operands the epilogue reads exist before
+    `op` runs. Order: [batch norm (conv)], [bias add (matmul)], [activation]."""
+    v = op.results[0]
+    if not _f32(v):
+        return None
+    shape = shape_of(v.type)
+    ep = _Epilogue()
+
+    def sole(cur: SSAValue) -> Operation | None:
+        return None if cur in keep else _sole_user(cur)
+
+    def bias_of(m: Operation, cur: SSAValue) -> SSAValue | None:
+        if not isinstance(op, gml.MatmulOp) or not isinstance(m, gml.AddOp) or cur is not v:
+            return None
+        if shape_of(m.results[0].type) != shape or DYN in shape[-1:]:
+            return None
+        other = m.rhs if m.lhs is cur else m.lhs
+        if other is cur or not _f32(other):
+            return None
+        bshape = shape_of(other.type)
+        ok = len(bshape) >= 1 and bshape[-1] == shape[-1] and all(d == 1 for d in bshape[:-1])
+        return other if ok and ready.get(other, at + 1) < at else None
+
+    def step(m: Operation, cur: SSAValue) -> tuple[SSAValue | None, str | None]:
+        """(bias, act) if `m` continues the chain from `cur`, else (None, None)."""
+        if ep.act != "None":
+            return None, None
+        act = _act(m) if m.operands[0] is cur else None
+        return (bias_of(m, cur) if ep.bias is None and act is None else None), act
+
+    cur = v
+    user = sole(cur)
+    if (
+        isinstance(op, gml.ConvOp)
+        and isinstance(user, gml.BatchNormOp)
+        and user.input is v
+        and all(ready.get(x, at + 1) < at for x in user.operands[1:])
+    ):
+        ep.batch_norm = user
+        ep.folded.append(user)
+        ep.aliases[user.results[0]] = cur
+        cur = user.results[0]
+        user = sole(cur)
+    while user is not None:
+        if isinstance(user, gml.ReshapeOp) and ep.act == "None":
+            cur = user.results[0]  # stays a reshape: the epilogue runs before it reads
+            user = sole(cur)
+            continue
+        if isinstance(user, gml.FusionOp):  # all of its members, or none
+            members = [m for m in user.body.block.ops if not isinstance(m, gml.YieldOp)]
+            term = user.body.block.last_op
+            inner, found = cur, []
+            for m in members:
+                bias, act = step(m, inner)
+                if (bias is None and act is None) or len(list(inner.uses)) != 1:
+                    break
+                found.append((bias, act))
+                inner = m.results[0]
+            else:
+                if isinstance(term, gml.YieldOp) and list(term.values) == [inner]:
+                    for bias, act in found:
+                        ep.bias, ep.act = bias or ep.bias, act or ep.act
+                    ep.folded.append(user)
+                    ep.aliases[user.results[0]] = cur
+            break
+        bias, act = step(user, cur)
+        if bias is None and act is None:
+            break
+        ep.bias, ep.act = bias or ep.bias, act or ep.act
+        ep.folded.append(user)
+        ep.aliases[user.results[0]] = cur
+        cur = user.results[0]
+        user = sole(cur)
+    return ep if ep.folded else None
+
+
+@dataclass
 class _Emitter:
     lines: list[str] = field(default_factory=list)
     names: dict[SSAValue, str] = field(default_factory=dict)
     used: set[str] = field(default_factory=lambda: set(_RESERVED))
     params: list[str] = field(default_factory=list)
     folded: set[Operation] = field(default_factory=set)
+    epilogues: dict[Operation, _Epilogue] = field(default_factory=dict)
+    aliases: dict[SSAValue, SSAValue] = field(default_factory=dict)  # same C++ variable
     indent: str = "  "
 
     def emit(self, text: str) -> None:
         for line in text.split("\n"):
             self.lines.append(self.indent + line if line else "")
 
+    def root(self, v: SSAValue) -> SSAValue:
+        """The value whose C++ variable holds `v` (an epilogue wrote `v` in place)."""
+        while v in self.aliases:
+            v = self.aliases[v]
+        return v
+
     def name(self, v: SSAValue, prefix: str = "") -> str:
+        v = self.root(v)
         if v not in self.names:
             self.names[v] = _ident(v.name_hint, self.used, prefix)
         return self.names[v]
@@ -368,16 +509,29 @@ def generate(
             and all(isinstance(u.operation, gml.MatmulOp) for u in op.results[0].uses)
         ):
             e.folded.add(op)
+    # bias adds, batch norms and activations done by the matmul/conv kernel before them
+    keep_out = set(outputs)
+    ready: dict[SSAValue, int] = {v: -1 for v in inputs}
+    for i, op in enumerate(ops):
+        for r in op.results:
+            ready[r] = i
+    for i, op in enumerate(ops):
+        if isinstance(op, gml.MatmulOp | gml.ConvOp) and op not in e.folded:
+            ep = _match_epilogue(op, ready, i, keep_out)
+            if ep is not None:
+                e.epilogues[op] = ep
+                e.folded.update(ep.folded)
+                e.aliases.update(ep.aliases)
     # where each value is last read at the top level, to release buffers early
     last_use: dict[SSAValue, int] = {}
     for i, op in enumerate(ops):
         for inner in op.walk():
             for v in inner.operands:
-                last_use[v] = i
+                last_use[e.root(v)] = i
                 # a folded transpose is read through its input by the matmul
-                if isinstance(v.owner, Operation) and v.owner in e.folded:
+                if isinstance(v.owner, gml.PermuteOp) and v.owner in e.folded:
                     last_use[v.owner.operands[0]] = i
-    keep = set(outputs)
+    keep = {e.root(v) for v in outputs}
     top_level = set(inputs) | {r for op in ops for r in op.results}
 
     e.emit(f"// {title}")
@@ -391,32 +545,41 @@ def generate(
             f"auto {name} = gml::view<{ct}>(inputs[{i}], gml::shape_from(in_shapes[{i}], {rank}));"
         )
         e.emit(f'gml::check_shape({name}.shape, {{{dims}}}, "input {i}");')
+    e.emit("gml::ProfileRun prof(prof_totals);  // per-op timing when GIMLET_CPU_PROFILE is set")
+    prof_names: list[str] = []
     for i, op in enumerate(ops):
         e.emit("")
         e.emit(f"// {op.name}  {where(op)}")
         _emit_op(e, op)
         dead = [
             v
-            for v in {v for inner in op.walk() for v in inner.operands}
+            for v in {e.root(v) for inner in op.walk() for v in inner.operands}
             if last_use.get(v) == i
             and v not in keep
             and isinstance(v.type, TensorType)
             and v in top_level
             and v in e.names
-            and not (isinstance(v.owner, Operation) and v.owner in e.folded)
+            and not (isinstance(v.owner, gml.PermuteOp) and v.owner in e.folded)
         ]
         for v in sorted(dead, key=lambda v: e.names[v]):
             e.emit(f"{e.names[v]} = {{}};  // last use")
+        if not isinstance(op, _UNTIMED) and op not in e.folded:
+            e.emit(f"prof.tick({len(prof_names)});")
+            prof_names.append(f"{op.name}  {where(op)}".replace("\\", "/").replace('"', "'"))
     e.emit("")
     e.emit("// results")
     for k, v in enumerate(outputs):
         e.emit(f"gml::emit_output({e.name(v)}, outputs, out_shapes, {k});")
 
     body_text = "\n".join(e.lines)
+    names = ",\n".join(f'    "{n}"' for n in prof_names) or '    ""'
     source = (
         f"// Generated by gimlet's CPU backend: {title}.\n"
         "// Each block is one gml op, commented with its module path and source line.\n"
         f'#include "{RUNTIME_HEADER_NAME}"\n\n'
+        "// what each `prof.tick(i)` times (see gml::Profile)\n"
+        f"static const char* const prof_names[] = {{\n{names}\n}};\n"
+        f"static gml::Profile prof_totals(prof_names, {max(len(prof_names), 1)});\n\n"
         f'extern "C" int {ENTRY}(const void* const* inputs, const int64_t* const* in_shapes,\n'
         "                       const void* const* weights, void** outputs, int64_t* out_shapes,\n"
         "                       char* err, int64_t err_len) {\n"
@@ -445,6 +608,12 @@ def _ints(attr: object) -> list[int]:
 
 
 def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per op
+    if op in e.folded:
+        if isinstance(op, gml.PermuteOp):
+            e.emit("// folded into the matmul that reads it (a BLAS transpose)")
+        else:
+            e.emit("// folded into the matmul/conv above: its epilogue applies this in place")
+        return
     if _is_elementwise(op) or isinstance(op, gml.FusionOp):
         _emit_elementwise(e, op)
         return
@@ -458,10 +627,8 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
         expr = _ARITH[type(op)].format(*args)
         e.emit(f"const int64_t {e.name(op.results[0], 'i_')} = {expr};")
         return
+    ep = e.epilogues.get(op)
     res = op.results[0]
-    if op in e.folded:
-        e.emit("// folded into the matmul that reads it (a BLAS transpose)")
-        return
     out = e.name(res, "" if res.name_hint else op.name.split(".")[-1] + "_")
     ct = _ct(res) if isinstance(res.type, TensorType) else "int64_t"
     rank = len(shape_of(res.type)) if isinstance(res.type, TensorType) else 0
@@ -530,7 +697,12 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
                 operands += [e.name(owner.operands[0]), "true"]
             else:
                 operands += [e.name(v), "false"]
-        e.emit(f"auto {out} = gml::matmul({', '.join(operands)}, {rank});")
+        operands.append(str(rank))
+        if ep:
+            bias = f"{e.name(ep.bias)}.data" if ep.bias else "nullptr"
+            operands += [bias, f"gml::Act::{ep.act}"]
+            e.emit(f"// + epilogue: {_describe(ep)}")
+        e.emit(f"auto {out} = gml::matmul({', '.join(operands)});")
     elif isinstance(op, gml.SoftmaxOp | gml.LogSoftmaxOp):
         dim = _int_prop(op.dim) % rank
         log = "true" if isinstance(op, gml.LogSoftmaxOp) else "false"
@@ -557,9 +729,23 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
     elif isinstance(op, gml.ConvOp):
         stride, pad, dil = _ints(op.stride), _ints(op.padding), _ints(op.dilation)
         bias = f"{e.name(op.bias)}.data" if op.bias else "nullptr"
+        mul, add, act = "nullptr", bias, ep.act if ep else "None"
+        if ep:
+            e.emit(f"// + epilogue: {_describe(ep)}")
+        if ep and ep.batch_norm:
+            bn = ep.batch_norm
+            affine = f"{out}_bn"
+            stats = ", ".join(f"{e.name(x)}.data" for x in bn.operands[1:])
+            channels = f"{a[1]}.shape.d[0]"
+            e.emit(
+                f"const auto {affine} = gml::fold_batch_norm({bias}, {stats}, "
+                f"{bn.eps.value.data!r}, {channels});"
+            )
+            mul, add = f"{affine}.mul.data()", f"{affine}.add.data()"
         e.emit(
-            f"auto {out} = gml::conv2d({a[0]}, {a[1]}, {bias}, {stride[0]}, {stride[1]}, "
-            f"{pad[0]}, {pad[1]}, {dil[0]}, {dil[1]}, {_int_prop(op.groups)});"
+            f"auto {out} = gml::conv2d({a[0]}, {a[1]}, {mul}, {add}, gml::Act::{act}, "
+            f"{stride[0]}, {stride[1]}, {pad[0]}, {pad[1]}, {dil[0]}, {dil[1]}, "
+            f"{_int_prop(op.groups)});"
         )
     elif isinstance(op, gml.Pool2dOp):
         kn, st, pd = _ints(op.kernel), _ints(op.stride), _ints(op.padding)
@@ -574,6 +760,10 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
         e.emit(f"auto {out} = gml::adaptive_avg_pool2d<{ct}>({a[0]}, {oh}, {ow});")
     else:  # pragma: no cover - `unsupported` rejects everything else first
         raise UnsupportedOpError(f"{op.name} at {where(op)}: no CPU lowering")
+
+
+def _describe(ep: _Epilogue) -> str:
+    return ", ".join(f"{m.name} {where(m)}" for m in ep.folded)
 
 
 def _emit_constant(e: _Emitter, op: gml.ConstantOp, out: str, ct: str) -> None:
@@ -607,11 +797,8 @@ def _scalar_expr(op: Operation, args: list[str], ct: str) -> str:
     if isinstance(op, gml.GeluOp):
         x = args[0]
         if op.approximate.data == "tanh":
-            return (
-                f"0.5f * {x} * (1.0f + std::tanh(0.7978845608028654f * "
-                f"({x} + 0.044715f * {x} * {x} * {x})))"
-            )
-        return f"{x} * 0.5f * (1.0f + std::erf({x} * 0.7071067811865476f))"
+            return f"gml::gelu_tanh({x})"
+        return f"gml::gelu_erf({x})"
     if isinstance(op, gml.ClampOp):
         x = args[0]
         if op.min is not None:
@@ -687,8 +874,8 @@ def _emit_elementwise(e: _Emitter, op: Operation) -> None:
         if not inner_bcast(v):
             lines.append(f'  gml::check_inner({sh[v]}, dom, "{tag}");')
     lines.append("  const int64_t inner = dom.inner(), rows = inner ? dom.numel() / inner : 0;")
-    lines.append("#pragma omp parallel for schedule(static) if (rows * inner >= gml::PAR_MIN)")
-    lines.append("  for (int64_t r = 0; r < rows; ++r) {")
+    lines.append("  gml::parallel_for(rows, inner, [&](int64_t r0, int64_t r1) {")
+    lines.append("  for (int64_t r = r0; r < r1; ++r) {")
     for i, v in enumerate(externals):
         lines.append(
             f"    const {_ct(v)}* __restrict__ p{i} = {e.name(v)}.data + gml::row_offset(r, dom, st{i});"
@@ -726,6 +913,7 @@ def _emit_elementwise(e: _Emitter, op: Operation) -> None:
         lines.append(f"      {store}")
     lines.append("    }")
     lines.append("  }")
+    lines.append("  });")
     lines.append("}")
     for r in results:
         e.emit(f"gml::Tensor<{_ct(r)}> {e.name(r)};")
