@@ -117,6 +117,51 @@ def test_gpt_on_two_workers_via_load(bundles: dict[str, Path]) -> None:
         np.testing.assert_allclose(out.numpy(), model.eval()(ids).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_load_keeps_its_workers_between_calls(bundles: dict[str, Path]) -> None:
+    from gimlet.runtime import load
+
+    module, _ = _mlp_input()
+    rng = np.random.default_rng(1)
+    with load(str(bundles["mlp2"])) as run:
+        walls, pids = [], []
+        for batch in (5, 2, 7):
+            x = torch.from_numpy(rng.standard_normal((batch, 32)).astype("f4"))
+            (out,) = run(x)
+            np.testing.assert_allclose(
+                out.numpy(), module(x).detach().numpy(), rtol=1e-4, atol=1e-5
+            )
+            assert run.last is not None
+            walls.append(run.last.wall_s)
+            pids.append(run.last.pids)
+        assert pids[0] == pids[1] == pids[2]  # the same processes served every call
+        assert max(walls[1:]) < walls[0]  # no start-up after the first call
+    assert _gone(pids[0])  # closed with the block
+
+
+def test_failed_request_kills_the_session_and_the_next_restarts_it(
+    bundles: dict[str, Path],
+) -> None:
+    from gimlet.bundle import load_bundle
+    from gimlet.runtime.launch import Session
+
+    module, x = _mlp_input()
+    # cpu1 takes 4 progress steps per request (irecv, wait, C++ part, isend): step 5 is in
+    # the second request
+    session = Session(load_bundle(str(bundles["mlp2"])), env={"GIMLET_FAULT": "cpu1:raise@5"})
+    try:
+        first = session([x.numpy()])
+        with pytest.raises(RunError, match=r"worker cpu1 segment 0 at .*injected fault"):
+            session([x.numpy()])
+        assert _gone(first.pids)
+        third = session([x.numpy()])  # fresh workers: their first request runs clean
+        assert third.pids != first.pids
+        want = module(x).detach().numpy()
+        np.testing.assert_allclose(third.outputs[0], want, rtol=1e-4, atol=1e-5)
+    finally:
+        session.close()
+    assert _gone(third.pids)
+
+
 def test_cli_run_bundle_with_trace(bundles: dict[str, Path], tmp_path: Path, capsys: Any) -> None:
     _, x = _mlp_input()
     np.savez(tmp_path / "in.npz", x=x.numpy())

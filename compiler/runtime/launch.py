@@ -75,6 +75,71 @@ def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait()
 
 
+def _start(
+    bundle: Bundle,
+    run_dir: str,
+    args: list[str],
+    timeout_s: float | None,
+    env: dict[str, str] | None,
+) -> list[subprocess.Popen[bytes]]:
+    """One worker process per device, each in its own process group, logging to run_dir."""
+    base = dict(os.environ)
+    base.update(env or {})
+    base.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE=str(len(bundle.devices)),
+        GIMLET_RUN_DIR=run_dir,
+    )
+    if timeout_s is not None:
+        base["GIMLET_RECV_TIMEOUT"] = str(timeout_s)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for rank in range(len(bundle.devices)):
+            with open(os.path.join(run_dir, f"log-{rank}.txt"), "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "gimlet.runtime.worker", bundle.path, *args],
+                        env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed as one
+                    )
+                )
+    except BaseException:
+        _kill_all(procs)
+        raise
+    return procs
+
+
+def _supervise(
+    bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]], done: Any
+) -> None:
+    """Poll until `done()` is true; on the first failure, give the others GRACE_S to report,
+    kill every worker and raise one RunError naming the root cause."""
+    failed_at = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if done(codes):
+            return
+        if failed_at is None and any(c not in (None, 0) for c in codes):
+            failed_at = time.time()
+        if failed_at is not None and (
+            time.time() - failed_at > GRACE_S or all(c is not None for c in codes)
+        ):
+            _kill_all(procs)
+            raise RunError(_diagnose(bundle, run_dir, procs), [p.pid for p in procs])
+        time.sleep(POLL_S)
+
+
+def _read_stats(bundle: Bundle, run_dir: str) -> list[dict[str, Any]]:
+    stats = []
+    for rank in range(len(bundle.devices)):
+        with open(os.path.join(run_dir, f"stats-{rank}.json")) as f:
+            stats.append(json.load(f))
+    return stats
+
+
 def launch(
     bundle_path: str,
     inputs: list[np.ndarray],
@@ -100,58 +165,88 @@ def launch(
     try:
         in_path = os.path.join(run_dir, "inputs.npz")
         _save_inputs(in_path, inputs)
-        base = dict(os.environ)
-        base.update(env or {})
-        base.update(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
-            WORLD_SIZE=str(len(bundle.devices)),
-            GIMLET_RUN_DIR=run_dir,
-        )
-        if timeout_s is not None:
-            base["GIMLET_RECV_TIMEOUT"] = str(timeout_s)
-        for rank in range(len(bundle.devices)):
-            with open(os.path.join(run_dir, f"log-{rank}.txt"), "wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "gimlet.runtime.worker",
-                            bundle.path,
-                            "--inputs",
-                            in_path,
-                            "--iterations",
-                            str(iterations),
-                        ],
-                        env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # its own process group, killed as one
-                    )
-                )
-        failed_at = None
-        while True:
-            codes = [p.poll() for p in procs]
-            if all(c == 0 for c in codes):
-                break
-            if failed_at is None and any(c not in (None, 0) for c in codes):
-                failed_at = time.time()
-            if failed_at is not None and (
-                time.time() - failed_at > GRACE_S or all(c is not None for c in codes)
-            ):
-                _kill_all(procs)
-                raise RunError(_diagnose(bundle, run_dir, procs), [p.pid for p in procs])
-            time.sleep(POLL_S)
+        args = ["--inputs", in_path, "--iterations", str(iterations)]
+        procs = _start(bundle, run_dir, args, timeout_s, env)
+        _supervise(bundle, run_dir, procs, lambda codes: all(c == 0 for c in codes))
         outputs = _load_outputs(bundle, os.path.join(run_dir, "outputs.npz"))
-        stats = []
-        for rank in range(len(bundle.devices)):
-            with open(os.path.join(run_dir, f"stats-{rank}.json")) as f:
-                stats.append(json.load(f))
+        stats = _read_stats(bundle, run_dir)
         return RunResult(outputs, stats, [p.pid for p in procs], time.time() - start)
     finally:
         _kill_all(procs)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class Session:
+    """Workers that stay up between requests (`gimletc run` starts fresh ones per run;
+    `gimlet.load` keeps one Session). Start-up (torch import, IR parse, library loads)
+    is paid once; a request costs a file handoff and a broadcast. A failed request
+    kills the workers; the next request starts new ones."""
+
+    def __init__(
+        self, bundle: Bundle, timeout_s: float | None = None, env: dict[str, str] | None = None
+    ):
+        self.bundle, self.timeout_s, self.env = bundle, timeout_s, env
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.run_dir = ""
+        self.k = 0
+
+    def _ensure_started(self) -> None:
+        if self.procs and all(p.poll() is None for p in self.procs):
+            return
+        self.close()
+        self.run_dir = tempfile.mkdtemp(prefix="gimlet-serve-")
+        self.k = 0
+        self.procs = _start(self.bundle, self.run_dir, ["--serve"], self.timeout_s, self.env)
+
+    def __call__(self, inputs: list[np.ndarray]) -> RunResult:
+        inputs = [np.asarray(x) for x in inputs]
+        check_inputs(self.bundle, inputs)
+        start = time.time()
+        self._ensure_started()
+        self.k += 1
+        k, run_dir = self.k, self.run_dir
+        tmp = os.path.join(run_dir, f"req-{k}.tmp.npz")
+        _save_inputs(tmp, inputs)
+        os.replace(tmp, os.path.join(run_dir, f"req-{k}.npz"))
+        out = os.path.join(run_dir, f"out-{k}.npz")
+
+        def done(codes: list[int | None]) -> bool:
+            return os.path.exists(out) and all(
+                _request_of(run_dir, rank) == k for rank in range(len(codes))
+            )
+
+        try:
+            _supervise(self.bundle, run_dir, self.procs, done)
+        except RunError:
+            self.close()
+            raise
+        outputs = _load_outputs(self.bundle, out)
+        stats = _read_stats(self.bundle, run_dir)
+        for name in (f"req-{k}.npz", f"out-{k}.npz"):
+            os.unlink(os.path.join(run_dir, name))
+        return RunResult(outputs, stats, [p.pid for p in self.procs], time.time() - start)
+
+    def close(self) -> None:
+        """Ask the workers to stop, give them a moment, then make sure they are gone."""
+        if self.procs:
+            with contextlib.suppress(OSError):
+                open(os.path.join(self.run_dir, "stop"), "w").close()
+            deadline = time.time() + 5
+            while time.time() < deadline and any(p.poll() is None for p in self.procs):
+                time.sleep(POLL_S)
+            _kill_all(self.procs)
+            self.procs = []
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = ""
+
+
+def _request_of(run_dir: str, rank: int) -> int:
+    try:
+        with open(os.path.join(run_dir, f"stats-{rank}.json")) as f:
+            return int(json.load(f).get("request", 0))
+    except (OSError, ValueError):
+        return 0
 
 
 def _load_outputs(bundle: Bundle, path: str) -> list[np.ndarray]:
@@ -212,19 +307,31 @@ def _diagnose(bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]]
 class Loaded:
     """`gimlet.load(bundle)`: call with torch tensors, get a tuple of torch tensors back.
 
-    Each call starts fresh workers (simple and leak-free; persistent workers are future
-    work). The bundle is checked once, here."""
+    The workers start on the first call and stay up (a `Session`) until `close()`, the
+    end of a `with` block, or garbage collection. The bundle is checked once, here."""
 
     def __init__(self, bundle: str, *, target: str | None = None, timeout_s: float | None = None):
+        import weakref
+
         self.bundle = load_bundle(bundle)
         if target:
             check_cluster(self.bundle, target)
-        self.timeout_s = timeout_s
+        self.session = Session(self.bundle, timeout_s)
         self.last: RunResult | None = None
+        self._finalizer = weakref.finalize(self, self.session.close)
 
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
         from gimlet.dtypes import numpy_to_torch, torch_to_numpy
 
         arrays = [torch_to_numpy(x) if hasattr(x, "detach") else np.asarray(x) for x in inputs]
-        self.last = launch(self.bundle.path, arrays, timeout_s=self.timeout_s)
+        self.last = self.session(arrays)
         return tuple(numpy_to_torch(np.array(o)) for o in self.last.outputs)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Loaded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -289,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=None, help="seconds per receive")
     p.add_argument("--trace", help="write this rank's Chrome trace events here (torchrun)")
     p.add_argument("--iterations", type=int, default=1, help="run the program N times (benchmarks)")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="stay up and run one request per req-K.npz the launcher writes (gimlet.load)",
+    )
     args = p.parse_args(argv)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     run_dir = os.environ.get("GIMLET_RUN_DIR")
@@ -315,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             module = parse(f.read())
         weights = load_weights(bundle.file(bundle.manifest["weights"][worker.device]))
         inputs: list[Any] = []
-        if worker.device == bundle.host:
+        if worker.device == bundle.host and not args.serve:
             if not args.inputs:
                 raise WorkerError("no inputs; pass --inputs INPUTS.npz", "error", None, None)
             inputs = _restore_bf16(_load_inputs(args.inputs, bundle), bundle)
@@ -328,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout),
         )
+        if args.serve:
+            _serve(worker, module, weights, rank, run_dir)
+            dist.destroy_process_group()
+            return 0
         control = dist.new_group(backend="gloo") if nccl else None
         iteration_s = []
         for _ in range(max(args.iterations, 1)):
@@ -360,6 +369,69 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
+
+
+POLL_S = 0.0005
+
+
+def _serve(
+    worker: Worker, module: Any, weights: dict[str, np.ndarray], rank: int, run_dir: Any
+) -> None:
+    """Persistent workers: request K is `req-K.npz` in the run directory. The host rank
+    waits for it (or for `stop`, or for its launcher to vanish) and broadcasts K (0 to
+    stop) on a gloo group that may idle for a day; the receives of a request keep the
+    usual timeout. Each rank writes `stats-RANK.json` for the request, then the host
+    writes `out-K.npz`, both atomically, so the launcher reads whole files only."""
+    import torch
+    import torch.distributed as dist
+
+    bundle = worker.bundle
+    if not run_dir:
+        raise WorkerError(
+            "--serve needs GIMLET_RUN_DIR (it is started by gimlet.load)", "error", None, None
+        )
+    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+    host = worker.device == bundle.host
+    parent = os.getppid()
+    k = 0
+    while True:
+        k += 1
+        flag = torch.zeros(1, dtype=torch.int64)
+        if host:
+            flag[0] = k if _wait_request(run_dir, k, parent) else 0
+        dist.broadcast(flag, src=bundle.devices.index(bundle.host), group=control)
+        if int(flag[0]) == 0:
+            return
+        inputs: list[Any] = []
+        if host:
+            inputs = _restore_bf16(
+                _load_inputs(os.path.join(run_dir, f"req-{k}.npz"), bundle), bundle
+            )
+        worker.events, worker.stats = [], {}
+        start = time.perf_counter()
+        outputs = worker.run(module, weights, inputs)
+        stats = {
+            "device": worker.device,
+            "segments": worker.stats,
+            "events": worker.events,
+            "iterations_s": [time.perf_counter() - start],
+            "request": k,
+        }
+        _write_json(run_dir, f"stats-{rank}.json", stats)
+        if host:
+            tmp = os.path.join(run_dir, f"out-{k}.tmp.npz")
+            _write_outputs(outputs, tmp, run_dir)
+            os.replace(tmp, os.path.join(run_dir, f"out-{k}.npz"))
+
+
+def _wait_request(run_dir: str, k: int, parent: int) -> bool:
+    request, stop = os.path.join(run_dir, f"req-{k}.npz"), os.path.join(run_dir, "stop")
+    while True:
+        if os.path.exists(request):
+            return True
+        if os.path.exists(stop) or os.getppid() != parent:  # closed, or the launcher died
+            return False
+        time.sleep(POLL_S)
 
 
 # how gloo words a peer that went away (its socket closed or reset mid-transfer)
