@@ -10,7 +10,6 @@ their shapes out (outputs are data-dependent in shape, so the library allocates 
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +78,8 @@ class CompiledCpu:
     _lib: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        # libgomp reads this when our library first loads it: spin briefly, then sleep,
-        # so idle OpenMP workers do not steal cores from BLAS, torch or other processes
-        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
         self._lib = ctypes.CDLL(str(self.library_path))
+        self._weights: tuple[int, list[np.ndarray], Any] | None = None  # see _weight_table
         fn = getattr(self._lib, ENTRY)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_char_p, ctypes.c_int64]
@@ -111,13 +108,7 @@ class CompiledCpu:
                 )
             keep.append(a)
             shape_bufs.append((ctypes.c_int64 * max(a.ndim, 1))(*a.shape))
-        wptrs = []
-        for name in self.weight_names:
-            if name not in weights:
-                raise CpuRuntimeError(f'missing weight "{name}"')
-            w = np.ascontiguousarray(weights[name])
-            keep.append(w)
-            wptrs.append(w.ctypes.data)
+        w_ptrs = self._weight_table(weights)
         n_out = len(self.output_sigs)
         in_ptrs = (ctypes.c_void_p * max(len(inputs), 1))(
             *[a.ctypes.data for a in keep[: len(inputs)]]
@@ -125,7 +116,6 @@ class CompiledCpu:
         in_shapes = (ctypes.c_void_p * max(len(inputs), 1))(
             *[ctypes.addressof(s) for s in shape_bufs]
         )
-        w_ptrs = (ctypes.c_void_p * max(len(wptrs), 1))(*wptrs)
         outs = (ctypes.c_void_p * max(n_out, 1))()
         out_shapes = (ctypes.c_int64 * (max(n_out, 1) * _MAXR))()
         err = ctypes.create_string_buffer(1024)
@@ -138,10 +128,35 @@ class CompiledCpu:
             n = int(np.prod(dims)) if dims else 1
             ptr = outs[k]
             assert ptr is not None
-            buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr) if n else b""
-            results.append(np.frombuffer(bytes(buf), dtype=dtype).reshape(dims).copy())
+            if n:  # one copy out of the library's buffer, which it then takes back
+                raw = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
+                results.append(np.frombuffer(memoryview(raw), dtype=dtype).reshape(dims).copy())
+            else:
+                results.append(np.empty(dims, dtype))
             self._free(ptr)
         return results
+
+    def _weight_table(self, weights: Mapping[str, np.ndarray]) -> Any:
+        """The C array of weight pointers, rebuilt only when `weights` (or one of its
+        arrays) changed: a decode step should not pay for 50 lookups and conversions."""
+        cached = self._weights
+        if (
+            cached is not None
+            and cached[0] == id(weights)
+            and all(weights.get(n) is a for n, a in zip(self.weight_names, cached[1], strict=True))
+        ):
+            return cached[2]
+        arrays = []
+        for name in self.weight_names:
+            if name not in weights:
+                raise CpuRuntimeError(f'missing weight "{name}"')
+            arrays.append(weights[name])
+        # contiguous copies (if any) must outlive the table: keep them with it
+        contiguous = [np.ascontiguousarray(a) for a in arrays]
+        table = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in contiguous])
+        table._keep = contiguous  # type: ignore[attr-defined]
+        self._weights = (id(weights), arrays, table)
+        return table
 
 
 def _fmt(shape: Sequence[int]) -> str:
