@@ -103,9 +103,16 @@ class Channels:
     def _timeout(self) -> datetime.timedelta:
         return datetime.timedelta(seconds=self.timeout_s)
 
-    def _wait(self, work: Any, what: str, peer: int) -> None:
+    def _wait(self, work: Any, what: str, peer: int, nccl: bool = False) -> None:
         name = self.names[peer] if peer < len(self.names) else f"rank {peer}"
         try:
+            if nccl:
+                # NCCL's wait(timeout) polls in millisecond sleeps; a plain wait only orders
+                # the current stream after the transfer, and the copy to the host that
+                # follows blocks until the data is there. The process group's watchdog
+                # (same timeout) aborts a transfer that never completes.
+                work.wait()
+                return
             work.wait(timeout=self._timeout())
         except RuntimeError as e:
             msg = str(e)
@@ -168,7 +175,7 @@ class Channels:
             assert p.header is not None
             p.payload = self._buffer(spec, p.header.tolist())
             p.payload_work = dist.irecv(p.payload, spec.src, tag=2 * spec.id + 1)
-        self._wait(p.payload_work, what, spec.src)
+        self._wait(p.payload_work, what, spec.src, nccl=spec.cuda is not None)
         nbytes = p.payload.numel() * p.payload.element_size()
         self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")
         if spec.dtype == "index":
@@ -185,7 +192,9 @@ class Channels:
         """Wait for every outstanding send (the buffered semantics' end of program)."""
         for channel, works, _tensors, _start in self.sends:
             for w in works:
-                self._wait(w, f"the send on channel {channel} to complete", self.specs[channel].dst)
+                spec = self.specs[channel]
+                what = f"the send on channel {channel} to complete"
+                self._wait(w, what, spec.dst, nccl=spec.cuda is not None and w is works[-1])
         if any(self.specs[c].cuda is not None for c, *_ in self.sends):
             torch.cuda.synchronize()  # an NCCL wait only orders streams; the host must too
         self.sends.clear()
