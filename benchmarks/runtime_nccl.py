@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -31,14 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [4, 64 << 10, 4 << 20, 64 << 20, 256 << 20]
 ITERATIONS = 10
-GPUS = """cluster "cpu-and-two-gpus"
-device cpu0 : cpu
-device gpu0 : h100 { host = cpu0 }
-device gpu1 : h100 { host = cpu0 }
-link gpu0 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
-link gpu1 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
-link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
-"""
+GPUS = ROOT / "examples" / "cpu_two_gpus.cluster"
 PINS = "wte=gpu0,wpe=gpu0,h.0-1=gpu0,h.2-3=gpu1,ln_f=gpu1,lm_head=gpu1"
 
 
@@ -51,9 +43,8 @@ def prepare(out: Path) -> None:
     from runtime_overhead import model
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpus.cluster").write_text(GPUS)
     me = f"{ROOT / 'benchmarks' / 'runtime_overhead.py'}:model"
-    argv = ["compile", me, "-o", str(out / "bundle"), "--target", str(out / "gpus.cluster")]
+    argv = ["compile", me, "-o", str(out / "bundle"), "--target", str(GPUS)]
     assert gimletc([*argv, "--pin", PINS]) == 0
     net, (ids,) = model()
     with torch.no_grad():
@@ -87,6 +78,9 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
 
     from gimlet.runtime.channels import Channels, ChannelSpec
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from runtime_overhead import channel_round_trip, raw_round_trip
+
     torch.cuda.set_device(rank)
     dist.init_process_group(
         "cpu:gloo,cuda:nccl",
@@ -96,26 +90,13 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
         timeout=datetime.timedelta(seconds=120),
     )
     ctrl = dist.new_group(backend="gloo")
-    peer, dev = 1 - rank, torch.device("cuda", rank)
+    dev = torch.device("cuda", rank)
     res: dict[str, dict[int, float]] = {"raw_nccl": {}, "gimlet_nccl": {}, "gimlet_gloo": {}}
     for size in SIZES:
         n = max(size // 4, 1)
         reps = 50 if size <= 4 << 20 else 10
         buf = torch.zeros(n, device=dev)
-        rts = []
-        for _ in range(reps + 3):
-            dist.barrier(group=ctrl)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            if rank == 0:
-                dist.send(buf, peer)
-                dist.recv(buf, peer)
-            else:
-                dist.recv(buf, peer)
-                dist.send(buf, peer)
-            torch.cuda.synchronize()
-            rts.append(time.perf_counter() - t)
-        res["raw_nccl"][size] = median(rts[3:])
+        res["raw_nccl"][size] = raw_round_trip(rank, buf, reps, ctrl)
         for name, cuda in (("gimlet_nccl", dev), ("gimlet_gloo", None)):
             specs = {
                 0: ChannelSpec(0, 0, 1, "float32", [n], cuda),
@@ -123,20 +104,7 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
             }
             ch = Channels(specs, 120.0, ["gpu0", "gpu1"])
             x = np.zeros(n, np.float32)
-            rts = []
-            for _ in range(reps + 3):
-                dist.barrier(group=ctrl)
-                t = time.perf_counter()
-                if rank == 0:
-                    ch.send(0, x)
-                    y = ch.wait_recv(ch.post_recv(1))
-                else:
-                    y = ch.wait_recv(ch.post_recv(0))
-                    ch.send(1, y)
-                ch.finish()
-                rts.append(time.perf_counter() - t)
-                del y  # as a worker's program drops its values: the buffer can be reused
-            res[name][size] = median(rts[3:])
+            res[name][size] = channel_round_trip(ch, rank, x, reps, ctrl)
     if rank == 0:
         Path(out).write_text(json.dumps(res))
     dist.destroy_process_group()

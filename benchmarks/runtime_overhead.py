@@ -107,6 +107,50 @@ def split_vs_single(tmp: Path) -> dict[str, Any]:
 # -- point to point -------------------------------------------------------------------
 
 
+def raw_round_trip(rank: int, buf: torch.Tensor, reps: int, group: Any = None) -> float:
+    """Median seconds of rank 0 sending `buf` to rank 1 and back with torch.distributed."""
+    import torch.distributed as dist
+
+    peer, sync = 1 - rank, buf.is_cuda
+    rts = []
+    for _ in range(reps + 3):
+        dist.barrier(group=group)
+        if sync:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, peer)
+            dist.recv(buf, peer)
+        else:
+            dist.recv(buf, peer)
+            dist.send(buf, peer)
+        if sync:
+            torch.cuda.synchronize()
+        rts.append(time.perf_counter() - t)
+    return median(rts[3:])
+
+
+def channel_round_trip(ch: Any, rank: int, x: np.ndarray, reps: int, group: Any = None) -> float:
+    """The same through gimlet's channels 0 (rank 0 -> 1) and 1 (back), as a worker uses
+    them: send, post, wait, finish at the end of the program, values dropped after it."""
+    import torch.distributed as dist
+
+    rts = []
+    for _ in range(reps + 3):
+        dist.barrier(group=group)
+        t = time.perf_counter()
+        if rank == 0:
+            ch.send(0, x)
+            y = ch.wait_recv(ch.post_recv(1))
+        else:
+            y = ch.wait_recv(ch.post_recv(0))
+            ch.send(1, y)
+        ch.finish()
+        rts.append(time.perf_counter() - t)
+        del y  # as a worker's program drops its values: the buffer can be reused
+    return median(rts[3:])
+
+
 def _p2p_rank(rank: int, port: int, out: str) -> None:
     import datetime
 
@@ -121,46 +165,19 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
         init_method=f"tcp://127.0.0.1:{port}",
         timeout=datetime.timedelta(seconds=60),
     )
-    peer = 1 - rank
     results: dict[str, dict[int, float]] = {"raw": {}, "static": {}, "dynamic": {}}
     for size in SIZES:
         n = size // 4
         reps = 200 if size <= 4096 else 50 if size <= 1 << 20 else 8
-        # raw gloo: rank 0 sends, rank 1 echoes
         buf = torch.zeros(n, dtype=torch.float32)
-        rts = []
-        for _ in range(reps + 2):
-            dist.barrier()
-            t = time.perf_counter()
-            if rank == 0:
-                dist.send(buf, peer)
-                dist.recv(buf, peer)
-            else:
-                dist.recv(buf, peer)
-                dist.send(buf, peer)
-            rts.append(time.perf_counter() - t)
-        results["raw"][size] = median(rts[2:])
+        results["raw"][size] = raw_round_trip(rank, buf, reps)
         for kind, shape in (("static", [n]), ("dynamic", [-1])):
             specs = {
                 0: ChannelSpec(0, 0, 1, "float32", shape),
                 1: ChannelSpec(1, 1, 0, "float32", shape),
             }
             ch = Channels(specs, 60.0, ["a", "b"])
-            x = np.zeros(n, np.float32)
-            rts = []
-            for _ in range(reps + 2):
-                dist.barrier()
-                t = time.perf_counter()
-                if rank == 0:
-                    ch.send(0, x)
-                    y = ch.wait_recv(ch.post_recv(1))
-                else:
-                    y = ch.wait_recv(ch.post_recv(0))
-                    ch.send(1, y)
-                ch.finish()
-                rts.append(time.perf_counter() - t)
-                del y  # as a worker's program drops its values: the buffer can be reused
-            results[kind][size] = median(rts[2:])
+            results[kind][size] = channel_round_trip(ch, rank, np.zeros(n, np.float32), reps)
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)

@@ -417,14 +417,7 @@ def test_bundle_from_another_cpu_rebuilds_its_source(
     assert len(list((cache / "cpu").glob("*.so"))) == 2  # one per compiled part, built here
 
 
-GPUS = """cluster "two-gpus"
-device cpu0 : cpu
-device gpu0 : h100 { host = cpu0 }
-device gpu1 : h100 { host = cpu0 }
-link gpu0 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
-link gpu1 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
-link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
-"""
+GPUS = (ROOT / "examples" / "cpu_two_gpus.cluster").read_text()
 
 
 def test_gpu_to_gpu_channels_are_marked_for_nccl_and_fall_back_to_gloo_without_cuda(
