@@ -27,5 +27,6 @@ def run_bundle(args: argparse.Namespace) -> int:
     if getattr(args, "trace", None):
         write_trace(args.trace, result.stats)
     sys.stderr.write(summary_table(result.stats))
-    sys.stderr.write(f"wall {result.wall_s * 1e3:.0f} ms, {len(bundle.devices)} workers\n")
+    n = len(bundle.devices)
+    sys.stderr.write(f"wall {result.wall_s * 1e3:.0f} ms, {n} worker{'' if n == 1 else 's'}\n")
     return 0
