@@ -46,9 +46,12 @@ lit: setup
 	$(BIN)/lit -sv tests/lit
 
 bench: setup
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/frontend_scaling.py
 	$(BIN)/python benchmarks/placement_solvers.py
 	$(BIN)/python benchmarks/calibrate_h100.py   # predictions vs the saved H100 measurements
+	$(BIN)/python benchmarks/cpu_backend.py      # C++ backend vs torch eager vs onnxruntime
+	$(BIN)/python benchmarks/runtime_overhead.py # workers, channels vs raw torch.distributed
 
 clean:
 	rm -rf $(VENV) demo-out demo-out-passes demo-bundle demo-cpus demo-cpus.trace.json build
