@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
+import torch
 
 from conftest import imported
 from gimlet.dtypes import torch_to_numpy
-from gimlet.errors import UnsupportedOpError, UserError
+from gimlet.errors import UnsupportedOpError
 from gimlet.interpreter import run
 from gimlet.pass_manager import DEFAULT_PIPELINE, run_pipeline
 from models import FAMILIES
@@ -109,17 +111,17 @@ def test_unsupported_dtype_names_op() -> None:
     from gimlet.backends.cpu import compile_function
     from gimlet.ir import parse
 
+    t = "tensor<4x4xf64>"
     module = parse(
-        "func.func @main(%x: tensor<4xf16>) -> tensor<4xf16> {\n"
-        "  %y = gml.exp %x : tensor<4xf16>\n"
-        "  func.return %y : tensor<4xf16>\n"
+        f"func.func @main(%x: {t}) -> {t} {{\n"
+        f"  %y = gml.matmul %x, %x : ({t}, {t}) -> {t}\n"
+        f"  func.return %y : {t}\n"
         "}\n"
     )
     fn = next(op for op in module.walk() if op.name == "func.func")
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UnsupportedOpError) as info:
         compile_function(fn)  # type: ignore[arg-type]
-    assert "f16" in str(info.value)
-    assert isinstance(info.value, UnsupportedOpError | UserError)
+    assert "gml.matmul" in str(info.value) and "got f64" in str(info.value)
 
 
 def test_epilogues_fold_into_matmul_and_conv(compiled: dict[str, Any]) -> None:
@@ -151,3 +153,125 @@ def test_profile_env_prints_per_op_times(cache: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "gimlet cpu profile: 1 runs" in out.stderr and "gml.exp" in out.stderr
+
+
+# ------------------------------------------------------------------ f16 / bf16
+
+# torch's CPU tolerances for a model run in a 16-bit type (as test_frontend.py uses)
+LOW = {
+    "bf16": (torch.bfloat16, {"rtol": 2e-2, "atol": 1e-2}),
+    "f16": (torch.float16, {"rtol": 1e-2, "atol": 1e-3}),
+}
+# the backend rounds after each op as the interpreter does: at most an ulp apart
+LOW_VS_INTERPRETER = {"bf16": {"rtol": 8e-3, "atol": 1e-3}, "f16": {"rtol": 1e-3, "atol": 1e-4}}
+LOW_FAMILIES = ["cnn", "gpt", "mlp"]  # llama_block's rope mixes f32 in: torch rejects it
+
+
+@pytest.fixture(scope="module")
+def compiled_low(cache: Path) -> dict[tuple[str, str], Any]:
+    """Each family converted to bf16 and f16 (weights and inputs), imported, compiled."""
+    from gimlet.backends.cpu import compile_module
+    from gimlet.frontend import import_model
+    from models import FAMILIES
+
+    out = {}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {}
+        for name in LOW_FAMILIES:
+            for tag, (dtype, _) in LOW.items():
+                torch.manual_seed(0)
+                model, inputs, dyn = FAMILIES[name]()
+                model = model.eval().to(dtype)
+                inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
+                with torch.no_grad():
+                    want = model(*inputs)
+                module, weights = import_model(model, inputs, dyn)
+                run_pipeline(module, DEFAULT_PIPELINE)
+                out[name, tag] = (module, weights, inputs, want)
+                futures[name, tag] = pool.submit(compile_module, module, opt=OPT)
+        return {k: (*out[k], f.result()) for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("tag", sorted(LOW))
+@pytest.mark.parametrize("name", LOW_FAMILIES)
+def test_low_precision_family(name: str, tag: str, compiled_low: dict[Any, Any]) -> None:
+    """A bf16/f16 model: outputs in its dtype, close to torch (same dtype, on CPU) and
+    to the interpreter (both round after every op)."""
+    module, weights, inputs, want, lib = compiled_low[name, tag]
+    dtype, tol = LOW[tag]
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if tag == "bf16" else np.dtype(np.float16)
+    xs = [torch_to_numpy(x) for x in inputs]
+    assert any(w.dtype == np_dtype for w in weights.values())
+    assert not any(w.dtype == np.float32 for w in weights.values())
+    (got,) = lib(xs, weights)
+    (ref,) = run(module, xs, weights)
+    assert got.dtype == ref.dtype == np_dtype and got.shape == ref.shape == tuple(want.shape)
+    got32 = got.astype(np.float32)
+    np.testing.assert_allclose(got32, ref.astype(np.float32), **LOW_VS_INTERPRETER[tag])
+    np.testing.assert_allclose(got32, want.float().numpy(), **tol)
+    assert f"gml::{tag}" in lib.source
+
+
+def test_low_precision_dynamic_sizes(compiled_low: dict[Any, Any]) -> None:
+    module, weights, _, _, lib = compiled_low["gpt", "bf16"]
+    for t in (3, 17):
+        ids = np.random.default_rng(t).integers(0, 97, (2, t)).astype(np.int64)
+        (got,) = lib([ids], weights)
+        (ref,) = run(module, [ids], weights)
+        np.testing.assert_allclose(
+            got.astype(np.float32), ref.astype(np.float32), **LOW_VS_INTERPRETER["bf16"]
+        )
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint16) if a.dtype.itemsize == 2 else a
+
+
+def test_low_precision_casts_round_to_nearest_even(cache: Path) -> None:
+    """gml.cast between f32, f16, bf16 and integers, bit for bit as numpy/ml_dtypes
+    (ties to even, overflow to inf, subnormals, nan), and ops computed in f32."""
+    from gimlet.backends.cpu import compile_function
+    from gimlet.ir import parse
+
+    bf, f16 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, 65504.0, 65520.0, 3e38, 1e-40, 6e-8]
+    ties = []  # halfway between neighbouring 16-bit values: ties go to the even one
+    for dt in (bf, f16):
+        grid = (np.arange(0x3C00, 0x3C40, dtype=np.uint16).view(dt)).astype(np.float64)
+        ties += list((grid[:-1] + grid[1:]) / 2)
+    wide = rng.standard_normal(4000) * np.exp(rng.uniform(-20, 12, 4000))
+    x = np.concatenate([special, ties, wide]).astype(np.float32)
+    n = x.size
+    t32, tbf, tf16 = (f"tensor<{n}x{e}>" for e in ("f32", "bf16", "f16"))
+    ti32, ti64 = f"tensor<{n}xi32>", f"tensor<{n}xi64>"
+    results = [tbf, tf16, t32, tbf, tf16, tbf, tbf]
+    module = parse(
+        f"func.func @main(%x: {t32}, %i: {ti64}) -> ({', '.join(results)}) {{\n"
+        f"  %b = gml.cast %x : {t32} to {tbf}\n"
+        f"  %h = gml.cast %x : {t32} to {tf16}\n"
+        f"  %bx = gml.cast %b : {tbf} to {t32}\n"
+        f"  %hb = gml.cast %h : {tf16} to {tbf}\n"
+        f"  %ih = gml.cast %i : {ti64} to {tf16}\n"
+        f"  %hi = gml.cast %ih : {tf16} to {ti32}\n"
+        f"  %ib = gml.cast %hi : {ti32} to {tbf}\n"
+        f"  %e = gml.exp %b : {tbf}\n"
+        f"  %m = gml.mul %e, %b : ({tbf}, {tbf}) -> {tbf}\n"
+        f"  func.return %b, %h, %bx, %hb, %ih, %ib, %m : {', '.join(results)}\n"
+        "}\n"
+    )
+    fn = next(op for op in module.walk() if op.name == "func.func")
+    lib = compile_function(fn, opt=OPT)  # type: ignore[arg-type]
+    ints = rng.integers(-60000, 60000, n)  # f16 holds them (inf -> int is UB).astype(np.int64)
+    got = lib([x, ints], {})
+    ref = run(module, [x, ints], {})
+    with np.errstate(over="ignore"):
+        b, h = x.astype(bf), x.astype(f16)
+        ih = ints.astype(np.float32).astype(f16)
+    want = [b, h, b.astype(np.float32), h.astype(np.float32).astype(bf), ih]
+    for g, w in zip(got[:5], want, strict=True):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(_bits(g), _bits(w))
+    for g, r in zip(got[5:], ref[5:], strict=True):  # through ints, and exp/mul in f32
+        assert g.dtype == r.dtype == bf
+        np.testing.assert_array_equal(g.astype(np.float32), r.astype(np.float32))

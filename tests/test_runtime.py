@@ -540,3 +540,44 @@ def test_unreadable_manifest_fails_the_cli_with_one_line(
     assert gimletc(["run", str(copy), "--inputs", os.devnull]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"gimletc: error: {copy}/manifest.json: unreadable")
+
+
+GPT_BF16 = f"""import sys
+
+import torch
+
+sys.path.insert(0, {str(ROOT / "examples")!r})
+from gpt import GPT
+
+
+def model():
+    torch.manual_seed(0)
+    return GPT(vocab=97, ctx=64, d=32, heads=4, layers=2).to(torch.bfloat16), (
+        torch.randint(0, 97, (1, 12)),
+    )
+"""
+
+
+def test_bf16_model_split_over_two_cpu_workers_as_cxx(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "gpt_bf16.py").write_text(GPT_BF16)
+    out = tmp_path / "b"
+    argv = ["compile", f"{tmp_path}/gpt_bf16.py:model", "-o", str(out), "--target"]
+    assert gimletc([*argv, str(bundles["two.cluster"]), "--pin", "h.1=cpu1,lm_head=cpu1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["artefact"]["kind"] for s in manifest["segments"]} == {"cpu-cxx"}
+    assert any(c["dtype"] == "bfloat16" for c in manifest["channels"])  # bf16 on the wire
+    sys.path.insert(0, str(tmp_path))
+    import gpt_bf16
+
+    module, (ids,) = gpt_bf16.model()
+    from gimlet.runtime import load
+
+    with load(str(out)) as run:
+        (got,) = run(ids)
+    with torch.no_grad():
+        want = module(ids)
+    assert got.dtype == torch.bfloat16
+    # bf16 tolerance as for the interpreter (tests/test_frontend.py)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-2)

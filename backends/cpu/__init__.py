@@ -26,7 +26,7 @@ from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError, UserError
 
 from .build import CpuCompileError, build_library, cache_dir, default_flags
-from .codegen import ENTRY, ctype, generate
+from .codegen import ENTRY, HALF, ctype, generate
 
 __all__ = [
     "CompiledCpu",
@@ -50,6 +50,7 @@ _NUMPY = {
     "uint16_t": np.uint16,
     "uint32_t": np.uint32,
     "uint64_t": np.uint64,
+    **HALF,  # f16/bf16: np.float16 and ml_dtypes.bfloat16, the same bits as gml::f16/bf16
 }
 
 

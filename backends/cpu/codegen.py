@@ -16,9 +16,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import ml_dtypes
+import numpy as np
 from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import (
+    BFloat16Type,
     DenseIntOrFPElementsAttr,
+    Float16Type,
     Float32Type,
     Float64Type,
     IndexType,
@@ -38,10 +42,18 @@ from .runtime import RUNTIME_HEADER_NAME
 ENTRY = "gimlet_main"
 
 
+# 16-bit floats: stored as their bits (`gml::bf16`/`gml::f16`), computed in float
+HALF = {"gml::bf16": np.dtype(ml_dtypes.bfloat16), "gml::f16": np.dtype(np.float16)}
+
+
 def ctype(elt: Attribute) -> str | None:
     """The C++ scalar type holding an IR element type, or None when unsupported."""
     if isinstance(elt, Float32Type):
         return "float"
+    if isinstance(elt, BFloat16Type):
+        return "gml::bf16"
+    if isinstance(elt, Float16Type):
+        return "gml::f16"
     if isinstance(elt, Float64Type):
         return "double"
     if isinstance(elt, IntegerType):
@@ -64,6 +76,15 @@ def _ct(v: SSAValue) -> str:
     return t
 
 
+def compute_type(ct: str) -> str:
+    """The C++ type values of storage type `ct` are computed in (f16/bf16: float)."""
+    return "float" if ct in HALF else ct
+
+
+def _vt(v: SSAValue) -> str:
+    return compute_type(_ct(v))
+
+
 def where(op: Operation) -> str:
     """`module.path (file.py:LINE)` for comments and error messages."""
     loc = describe_location(op.location)
@@ -74,6 +95,9 @@ def where(op: Operation) -> str:
 
 def literal(value: float, ct: str) -> str:
     """A C++ literal of type `ct` for `value` (inf/nan spelled out, floats round-trip)."""
+    if ct in HALF:  # its bits, rounded as torch does: through float
+        bits = int(np.array([value], np.float32).astype(HALF[ct]).view(np.uint16)[0])
+        return f"{ct}{{{bits:#06x}}}"
     if ct == "bool":
         return "true" if value else "false"
     if ct in ("float", "double"):
@@ -140,7 +164,8 @@ _REDUCE = {
     gml.AminOp: "Min",
     gml.AnyOp: "Any",
 }
-# ops whose operands and result must be f32 (their kernels are written for float)
+# ops whose operands and result must be f32 (their kernels are written for float);
+# f16/bf16 operands are widened to f32 for them and the result rounded back
 _F32_ONLY = (
     gml.MatmulOp,
     gml.SdpaOp,
@@ -154,6 +179,7 @@ _F32_ONLY = (
     gml.ErfOp,
     gml.GeluOp,
 )
+_F32_OK = ("float", *HALF)
 _DATA_OPS = (
     gml.ParamOp,
     gml.ConstantOp,
@@ -211,15 +237,15 @@ def _why_unsupported(op: Operation) -> str | None:
         if not isinstance(v.type, TensorType):
             return f"unsupported type {v.type}"
         if ctype(v.type.element_type) is None:
-            return f"unsupported element type {v.type.element_type} (the CPU backend supports f32, f64, integers and i1)"
+            return f"unsupported element type {v.type.element_type} (the CPU backend supports f32, f16, bf16, f64, integers and i1)"
         if len(shape_of(v.type)) > 8:
             return "rank above 8"
     if isinstance(op, _F32_ONLY):
         for v in op.operands:
-            if isinstance(v.type, TensorType) and not isinstance(v.type.element_type, Float32Type):
+            if isinstance(v.type, TensorType) and ctype(v.type.element_type) not in _F32_OK:
                 if isinstance(op, gml.SdpaOp) and v is op.mask:
                     continue
-                return f"{op.name} is implemented for f32 only, got {v.type.element_type}"
+                return f"{op.name} is implemented for f32, f16 and bf16 only, got {v.type.element_type}"
     if isinstance(op, gml.ConvOp) and len(shape_of(op.input.type)) != 4:
         return "only 2-d convolution is supported"
     if isinstance(op, gml.IndexOp) and any(_ct(v) not in ("int64_t",) for v in op.indices):
@@ -631,8 +657,20 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
     res = op.results[0]
     out = e.name(res, "" if res.name_hint else op.name.split(".")[-1] + "_")
     ct = _ct(res) if isinstance(res.type, TensorType) else "int64_t"
+    vt = compute_type(ct)
     rank = len(shape_of(res.type)) if isinstance(res.type, TensorType) else 0
     a = [e.name(v) for v in op.operands]
+
+    def wide(v: SSAValue) -> str:
+        """Operand `v` for an f32 kernel: an f16/bf16 tensor is widened for the call."""
+        half = isinstance(v.type, TensorType) and _ct(v) in HALF
+        return f"gml::widen({e.name(v)})" if half else e.name(v)
+
+    def rnd(expr: str) -> str:
+        """An f32 kernel's result, rounded to the f16/bf16 result type."""
+        return f"gml::narrow<{ct}>({expr})" if ct in HALF else expr
+
+    w = [wide(v) for v in op.operands]
     if isinstance(op, gml.ParamOp):
         k = len(e.params)
         e.params.append(op.param_name.data)
@@ -651,7 +689,7 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
         (n,) = shape_of(res.type)
         size = e.name(op.dynamic_sizes()[0]) if n == DYN else str(n)
         start, step = op.start.value.data, op.step.value.data
-        e.emit(f"auto {out} = gml::arange<{ct}>({size}, {start!r}, {step!r});")
+        e.emit(f"auto {out} = {rnd(f'gml::arange<{vt}>({size}, {start!r}, {step!r})')};")
     elif isinstance(op, gml.ReshapeOp):
         e.emit(f"auto {out} = gml::reshape({a[0]}, {e.shape_expr(res, op.dynamic_sizes())});")
     elif isinstance(op, gml.ExpandOp):
@@ -679,56 +717,59 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
         )
     elif isinstance(op, gml.CumsumOp):
         dim = _int_prop(op.dim) % rank
-        e.emit(f"auto {out} = gml::cumsum<{_ct(op.input)}, {ct}>({a[0]}, {dim});")
+        e.emit(f"auto {out} = {rnd(f'gml::cumsum<{_vt(op.input)}, {vt}>({w[0]}, {dim})')};")
     elif isinstance(op, gml.ReduceOp):
         src_rank = len(shape_of(op.input.type))
         dims = ", ".join(str(d % src_rank) for d in _ints(op.dims))
         keep = "true" if op.keepdim.value.data else "false"
         kind = _REDUCE[type(op)]
-        e.emit(
-            f"auto {out} = gml::reduce<{_ct(op.input)}, {ct}>({a[0]}, gml::Red::{kind}, "
-            f"{{{dims}}}, {keep});"
-        )
+        call = f"gml::reduce<{_vt(op.input)}, {vt}>({w[0]}, gml::Red::{kind}, {{{dims}}}, {keep})"
+        e.emit(f"auto {out} = {rnd(call)};")
     elif isinstance(op, gml.MatmulOp):
         operands = []
         for v in (op.lhs, op.rhs):
             owner = v.owner
             if isinstance(owner, Operation) and _foldable_transpose(owner):
-                operands += [e.name(owner.operands[0]), "true"]
+                operands += [wide(owner.operands[0]), "true"]
             else:
-                operands += [e.name(v), "false"]
+                operands += [wide(v), "false"]
         operands.append(str(rank))
         if ep:
             bias = f"{e.name(ep.bias)}.data" if ep.bias else "nullptr"
             operands += [bias, f"gml::Act::{ep.act}"]
             e.emit(f"// + epilogue: {_describe(ep)}")
-        e.emit(f"auto {out} = gml::matmul({', '.join(operands)});")
+        call = f"gml::matmul({', '.join(operands)})"
+        e.emit(f"auto {out} = {rnd(call)};")
     elif isinstance(op, gml.SoftmaxOp | gml.LogSoftmaxOp):
         dim = _int_prop(op.dim) % rank
         log = "true" if isinstance(op, gml.LogSoftmaxOp) else "false"
-        e.emit(f"auto {out} = gml::softmax({a[0]}, {dim}, {log});")
+        e.emit(f"auto {out} = {rnd(f'gml::softmax({w[0]}, {dim}, {log})')};")
     elif isinstance(op, gml.LayerNormOp):
-        w = f"{e.name(op.weight)}.data" if op.weight else "nullptr"
-        b = f"{e.name(op.bias)}.data" if op.bias else "nullptr"
-        e.emit(
-            f"auto {out} = gml::layer_norm<float>({a[0]}, {w}, {b}, {_int_prop(op.ndim)}, "
-            f"{op.eps.value.data!r});"
+        lw = f"{wide(op.weight)}.data" if op.weight else "nullptr"
+        lb = f"{wide(op.bias)}.data" if op.bias else "nullptr"
+        call = (
+            f"gml::layer_norm<float>({w[0]}, {lw}, {lb}, {_int_prop(op.ndim)}, "
+            f"{op.eps.value.data!r})"
         )
+        e.emit(f"auto {out} = {rnd(call)};")
     elif isinstance(op, gml.BatchNormOp):
-        stats = ", ".join(f"{x}.data" for x in a[1:])
-        e.emit(f"auto {out} = gml::batch_norm<float>({a[0]}, {stats}, {op.eps.value.data!r});")
+        stats = ", ".join(f"{x}.data" for x in w[1:])
+        call = f"gml::batch_norm<float>({w[0]}, {stats}, {op.eps.value.data!r})"
+        e.emit(f"auto {out} = {rnd(call)};")
     elif isinstance(op, gml.SdpaOp):
         causal = "true" if op.is_causal.value.data else "false"
         scale = repr(op.scale.value.data) if op.scale is not None else 'std::nan("")'
-        if op.mask is not None:
-            mask, mt = f"&{e.name(op.mask)}", _ct(op.mask)
-        else:
+        if op.mask is None:
             mask, mt = "nullptr", "float"
-        qkv = ", ".join(a[:3])
-        e.emit(f"auto {out} = gml::sdpa<{mt}>({qkv}, {mask}, {causal}, {scale});")
+        elif _ct(op.mask) in HALF:
+            mask, mt = f"gml::addr({wide(op.mask)})", "float"
+        else:
+            mask, mt = f"&{e.name(op.mask)}", _ct(op.mask)
+        qkv = ", ".join(w[:3])
+        e.emit(f"auto {out} = {rnd(f'gml::sdpa<{mt}>({qkv}, {mask}, {causal}, {scale})')};")
     elif isinstance(op, gml.ConvOp):
         stride, pad, dil = _ints(op.stride), _ints(op.padding), _ints(op.dilation)
-        bias = f"{e.name(op.bias)}.data" if op.bias else "nullptr"
+        bias = f"{wide(op.bias)}.data" if op.bias else "nullptr"
         mul, add, act = "nullptr", bias, ep.act if ep else "None"
         if ep:
             e.emit(f"// + epilogue: {_describe(ep)}")
@@ -742,22 +783,24 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
                 f"{bn.eps.value.data!r}, {channels});"
             )
             mul, add = f"{affine}.mul.data()", f"{affine}.add.data()"
-        e.emit(
-            f"auto {out} = gml::conv2d({a[0]}, {a[1]}, {mul}, {add}, gml::Act::{act}, "
+        call = (
+            f"gml::conv2d({w[0]}, {w[1]}, {mul}, {add}, gml::Act::{act}, "
             f"{stride[0]}, {stride[1]}, {pad[0]}, {pad[1]}, {dil[0]}, {dil[1]}, "
-            f"{_int_prop(op.groups)});"
+            f"{_int_prop(op.groups)})"
         )
+        e.emit(f"auto {out} = {rnd(call)};")
     elif isinstance(op, gml.Pool2dOp):
         kn, st, pd = _ints(op.kernel), _ints(op.stride), _ints(op.padding)
         oh, ow = shape_of(res.type)[2:]
         is_max = "true" if isinstance(op, gml.MaxPool2dOp) else "false"
-        e.emit(
-            f"auto {out} = gml::pool2d<{ct}>({a[0]}, {is_max}, {kn[0]}, {kn[1]}, {st[0]}, {st[1]}, "
-            f"{pd[0]}, {pd[1]}, {oh}, {ow});"
+        call = (
+            f"gml::pool2d<{vt}>({w[0]}, {is_max}, {kn[0]}, {kn[1]}, {st[0]}, {st[1]}, "
+            f"{pd[0]}, {pd[1]}, {oh}, {ow})"
         )
+        e.emit(f"auto {out} = {rnd(call)};")
     elif isinstance(op, gml.AdaptiveAvgPool2dOp):
         oh, ow = shape_of(res.type)[2:]
-        e.emit(f"auto {out} = gml::adaptive_avg_pool2d<{ct}>({a[0]}, {oh}, {ow});")
+        e.emit(f"auto {out} = {rnd(f'gml::adaptive_avg_pool2d<{vt}>({w[0]}, {oh}, {ow})')};")
     else:  # pragma: no cover - `unsupported` rejects everything else first
         raise UnsupportedOpError(f"{op.name} at {where(op)}: no CPU lowering")
 
@@ -808,8 +851,8 @@ def _scalar_expr(op: Operation, args: list[str], ct: str) -> str:
         return x
     if isinstance(op, gml.WhereOp):
         return f"({args[0]} ? {args[1]} : {args[2]})"
-    if isinstance(op, gml.CastOp):
-        return f"static_cast<{_ct(op.results[0])}>({args[0]})"
+    if isinstance(op, gml.CastOp):  # to f16/bf16: to float here, rounded by the caller
+        return f"static_cast<{_vt(op.results[0])}>({args[0]})"
     if isinstance(op, gml.DivOp) and ct in ("float", "double"):
         return f"{args[0]} / {args[1]}"
     if isinstance(op, gml.PowOp) and ct in ("float", "double"):
@@ -893,20 +936,26 @@ def _emit_elementwise(e: _Emitter, op: Operation) -> None:
     lines.append("#pragma omp simd")
     lines.append("    for (int64_t j = 0; j < inner; ++j) {")
     val: dict[SSAValue, str] = {}
+    # f16/bf16 values are loaded as float, and each member's result is rounded to its
+    # type, so the loop computes what the ops would one by one (and torch, per op)
     for i, v in enumerate(externals):
-        val[v] = f"p{i}[0]" if inner_bcast(v) else f"p{i}[j]"
+        load = f"p{i}[0]" if inner_bcast(v) else f"p{i}[j]"
+        val[v] = f"gml::f32({load})" if _ct(v) in HALF else load
     for m in members:
         r = m.results[0]
-        ct = _ct(m.operands[0]) if m.operands else _ct(r)
+        ct = _vt(m.operands[0]) if m.operands else _vt(r)
         if isinstance(m, gml.WhereOp):
-            ct = _ct(m.lhs)
+            ct = _vt(m.lhs)
         expr = _scalar_expr(m, [val[v] for v in m.operands], ct)
-        name = f"s_{e.name(r)}" if r not in results else f"s_{e.name(r)}"
-        lines.append(f"      const {_ct(r)} {name} = {expr};  // {m.name}")
+        if _ct(r) in HALF:
+            expr = f"gml::rounded<{_ct(r)}>({expr})"
+        name = f"s_{e.name(r)}"
+        lines.append(f"      const {_vt(r)} {name} = {expr};  // {m.name}")
         val[r] = name
     for k, (y, _r) in enumerate(zip(yielded, results, strict=True)):
         at = "q{k}[0]" if inner_bcast(y) else "q{k}[j]"
-        store = f"{at.format(k=k)} = {val[y]};"
+        value = f"gml::to_half<{_ct(y)}>({val[y]})" if _ct(y) in HALF else val[y]
+        store = f"{at.format(k=k)} = {value};"
         if guarded[k]:
             cond = f"w{k} && (so{k}[dom.rank - 1] != 0 || j == 0)" if rank else f"w{k}"
             store = f"if ({cond}) {store}"
