@@ -951,7 +951,10 @@ inline void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float
   // only wide products get more blocks than threads, to balance a busy core's share
   const int nt = num_threads();
   const int64_t blocks = std::min<int64_t>(n >= 1024 ? 2 * nt : nt, n / 64);
-  if (nt <= 1 || blocks < 2 || m * n * k < (int64_t(1) << 18)) {
+  // a matrix-vector product (decode) is bound by reading B, not by FLOPs: split it as
+  // soon as B is a few hundred KiB, where a second core's bandwidth pays for the handoff
+  const int64_t work = m == 1 ? 4 * n * k : m * n * k;
+  if (nt <= 1 || blocks < 2 || work < (int64_t(1) << 18)) {
     cols(0, n);
     return;
   }
