@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -68,6 +69,40 @@ def run_bundle(d: Path, transport: str) -> dict[str, Any]:
         "transfers_via": sorted({e["args"]["via"] for e in spans}),
         "nccl_bytes": sum(e["args"]["bytes"] for e in spans if e["args"]["via"] == "nccl"),
     }
+
+
+def faults(d: Path) -> list[dict[str, Any]]:
+    """A GPU worker that dies, and one that hangs, in the middle of the NCCL pipeline: how
+    long until the run fails, what it says, and whether every worker process is gone."""
+    from gimlet.runtime.launch import RunError, launch
+
+    io = np.load(d / "io.npz")
+    rows = []
+    for spec in ("gpu0:exit@60", "gpu0:sleep=300@60"):
+        start = time.time()
+        try:
+            launch(str(d / "bundle"), [io["ids"]], timeout_s=10, env={"GIMLET_FAULT": spec})
+            rows.append({"fault": spec, "error": "no failure"})
+            continue
+        except RunError as e:
+            pids, message = e.pids, str(e)
+        gone = True
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                gone = False
+            except ProcessLookupError:
+                pass
+        rows.append(
+            {
+                "fault": spec,
+                "seconds_to_error": round(time.time() - start, 1),
+                "message": " / ".join(line.strip() for line in message.splitlines()),
+                "all_workers_gone": gone,
+            }
+        )
+        print(f"[nccl] {rows[-1]}", flush=True)
+    return rows
 
 
 def _p2p_rank(rank: int, port: int, out: str) -> None:
@@ -174,12 +209,23 @@ def run(d: Path) -> None:
         bundle[transport] = run_bundle(d, transport)
     print("[nccl] point to point", flush=True)
     p2p = point_to_point(d)
+    print("[nccl] faults", flush=True)
+    fault_rows = faults(d)
     text = report(bundle, p2p, device)
+    text += "\nFaults (receive timeout 10 s; the fault fires before gpu0's 60th op):\n\n"
+    text += (
+        "| fault | seconds to error | all workers gone | message |\n| --- | ---: | --- | --- |\n"
+    )
+    for r in fault_rows:
+        text += (
+            f"| `{r['fault']}` | {r.get('seconds_to_error', '-')} | "
+            f"{r.get('all_workers_gone', '-')} | {r.get('message', r.get('error'))} |\n"
+        )
     print(text)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     (results / "runtime_nccl.md").write_text(text)
-    data = {"device": device, "bundle": bundle, "p2p_round_trip_s": p2p}
+    data = {"device": device, "bundle": bundle, "p2p_round_trip_s": p2p, "faults": fault_rows}
     (results / "runtime_nccl.json").write_text(json.dumps(data, indent=2) + "\n")
     if os.environ.get("OUT"):
         for f in ("runtime_nccl.md", "runtime_nccl.json"):

@@ -238,6 +238,8 @@ def test_receive_timeout(bundles: dict[str, Path]) -> None:
             str(bundles["mlp2"]), [x.numpy()], timeout_s=2, env={"GIMLET_FAULT": "cpu1:sleep=60@0"}
         )
     assert time.time() - start < 30
+    # and where the worker it waited for was stuck
+    assert "  meanwhile: cpu1 (rank 1) was in segment 0 at comm.irecv" in str(info.value)
     assert _gone(info.value.pids)
 
 

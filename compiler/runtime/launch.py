@@ -268,26 +268,17 @@ def _diagnose(bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]]
         if os.path.isfile(path):
             with open(path) as f:
                 reports[rank] = json.load(f)
-    died = []
+    died, busy = [], []
     for rank, p in enumerate(procs):
-        if rank in reports or p.returncode in (None, 0, -signal.SIGKILL):
+        if rank in reports:
             continue
-        where = ""
-        status = os.path.join(run_dir, f"status-{rank}")
-        if os.path.isfile(status):
-            with open(status) as f:
-                raw = f.read().strip()
-            try:
-                st = json.loads(raw) if raw else {}
-            except ValueError:
-                st = {}
-            if st.get("segment") is not None:
-                where += f" in segment {st['segment']}"
-            if st.get("op"):
-                where += f" at {st['op']}"
-        died.append(
-            f"{bundle.devices[rank]} (rank {rank}) died with exit code {p.returncode}{where}"
-        )
+        where = _status(run_dir, rank)
+        if p.returncode in (None, -signal.SIGKILL):  # still running when the run failed
+            busy.append(f"{bundle.devices[rank]} (rank {rank}) was{where or ' running'}")
+        elif p.returncode != 0:
+            died.append(
+                f"{bundle.devices[rank]} (rank {rank}) died with exit code {p.returncode}{where}"
+            )
     order = {"error": 0, "timeout": 2, "peer": 3}
     errors = sorted(reports.values(), key=lambda r: (order.get(r["kind"], 1), r["rank"]))
     if errors and errors[0]["kind"] == "error":
@@ -301,7 +292,25 @@ def _diagnose(bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]]
     lines = [f"worker {first}"]
     others = [r["message"] for r in errors if r["message"] != first] + died[1:]
     lines += [f"  also: {m}" for m in others[:4]]
+    # a timeout names who waited; where the others were says who it waited for
+    if errors and errors[0]["kind"] == "timeout" and first == errors[0]["message"]:
+        lines += [f"  meanwhile: {m}" for m in busy[:4]]
     return "\n".join(lines)
+
+
+def _status(run_dir: str, rank: int) -> str:
+    """' in segment S at OP' from a worker's status file (what it was about to run)."""
+    path = os.path.join(run_dir, f"status-{rank}")
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        raw = f.read().strip()
+    try:
+        st = json.loads(raw) if raw else {}
+    except ValueError:
+        return ""
+    where = f" in segment {st['segment']}" if st.get("segment") is not None else ""
+    return where + (f" at {st['op']}" if st.get("op") else "")
 
 
 class Loaded:
