@@ -104,7 +104,6 @@ class Channels:
         return datetime.timedelta(seconds=self.timeout_s)
 
     def _wait(self, work: Any, what: str, peer: int, nccl: bool = False) -> None:
-        name = self.names[peer] if peer < len(self.names) else f"rank {peer}"
         try:
             if nccl:
                 # NCCL's wait(timeout) polls in millisecond sleeps; a plain wait only orders
@@ -115,14 +114,27 @@ class Channels:
                 return
             work.wait(timeout=self._timeout())
         except RuntimeError as e:
-            msg = str(e)
-            if "Timed out" in msg or "timed out" in msg:
-                raise CommError(
-                    f"timed out after {self.timeout_s:g}s waiting for {what} from {name}",
-                    "timeout",
-                ) from e
-            first = msg.split(". This is typically")[0]
-            raise CommError(f"{what} failed: peer {name} is gone ({first})", "peer") from e
+            raise self._failure(e, what, peer) from e
+
+    def _failure(self, e: RuntimeError, what: str, peer: int) -> CommError:
+        """A torch.distributed error as a CommError: a timeout, or a peer that is gone."""
+        name = self.names[peer] if peer < len(self.names) else f"rank {peer}"
+        msg = str(e)
+        # gloo: "Timed out"; NCCL's lazy communicator set-up: "wait timeout"
+        if any(t in msg for t in ("Timed out", "timed out", "wait timeout")):
+            return CommError(
+                f"timed out after {self.timeout_s:g}s waiting for {what} from {name}", "timeout"
+            )
+        first = msg.split(". This is typically")[0].split(" Exception raised from")[0]
+        return CommError(f"{what} failed: peer {name} is gone ({first.strip()})", "peer")
+
+    def _post(self, op: Any, tensor: torch.Tensor, peer: int, tag: int, what: str) -> Any:
+        """dist.isend/irecv; NCCL sets up a pair's communicator on its first transfer,
+        waiting (up to the timeout) for the peer, so posting can fail too."""
+        try:
+            return op(tensor, peer, tag=tag)
+        except RuntimeError as e:
+            raise self._failure(e, what, peer) from e
 
     def send(self, channel: int, value: Any) -> None:
         spec = self.specs[channel]
@@ -135,7 +147,7 @@ class Channels:
             tensors.insert(0, header)
             works.append(dist.isend(header, spec.dst, tag=2 * channel))
         start = time.time()
-        works.append(dist.isend(t, spec.dst, tag=2 * channel + 1))
+        works.append(self._post(dist.isend, t, spec.dst, 2 * channel + 1, f"channel {channel}"))
         self.sends.append((channel, works, tensors, start))
         self.on_transfer(channel, start, time.time(), t.numel() * t.element_size(), "out")
 
@@ -147,7 +159,9 @@ class Channels:
             p.header_work = dist.irecv(p.header, spec.src, tag=2 * channel)
         else:
             p.payload = self._buffer(spec, spec.shape)
-            p.payload_work = dist.irecv(p.payload, spec.src, tag=2 * channel + 1)
+            p.payload_work = self._post(
+                dist.irecv, p.payload, spec.src, 2 * channel + 1, f"channel {channel}"
+            )
         return p
 
     def _buffer(self, spec: ChannelSpec, shape: list[int]) -> torch.Tensor:
@@ -174,7 +188,7 @@ class Channels:
             self._wait(p.header_work, what, spec.src)
             assert p.header is not None
             p.payload = self._buffer(spec, p.header.tolist())
-            p.payload_work = dist.irecv(p.payload, spec.src, tag=2 * spec.id + 1)
+            p.payload_work = self._post(dist.irecv, p.payload, spec.src, 2 * spec.id + 1, what)
         self._wait(p.payload_work, what, spec.src, nccl=spec.cuda is not None)
         nbytes = p.payload.numel() * p.payload.element_size()
         self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")

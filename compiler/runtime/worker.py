@@ -453,6 +453,7 @@ def _report(e: BaseException, worker: Worker | None, rank: int) -> dict[str, Any
     if worker.op_desc:
         where += f" at {worker.op_desc}"
     detail = str(e) if kind != "error" or isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+    detail = detail.split(" Exception raised from")[0].split("\nException raised from")[0]
     return {
         "rank": rank,
         "device": worker.device,
