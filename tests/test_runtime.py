@@ -102,6 +102,8 @@ def test_mlp_on_three_workers_matches_torch_and_traces(bundles: dict[str, Path])
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert {e["pid"] for e in spans} == {1, 2, 0}  # one track per device
     assert {(e["cat"], e["tid"]) for e in spans} == {("compute", 0), ("transfer", 1)}
+    # each C++ part is a span nested in its segment's
+    assert any(e["name"] == "seg0.part0 (C++, 2 ops)" for e in spans), [e["name"] for e in spans]
     table = summary_table(result.stats)
     assert "cpu1" in table and "cpu2" in table and "bytes in" in table
 

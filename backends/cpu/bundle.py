@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,7 +140,11 @@ class CpuExecutor:
                 k, lib = next(libs)
                 self.interp.before_op(item.ops[0], f" (first op of C++ part seg{index}.part{k})")
                 args = [_to_abi(env[v], v) for v in item.inputs]
+                start = time.time()
                 outs = lib(args, self.weights)
+                self.interp.on_span(
+                    f"seg{index}.part{k} (C++, {len(item.ops)} ops)", start, time.time()
+                )
                 env.update((v, _from_abi(o, v)) for v, o in zip(item.outputs, outs, strict=True))
         term = segment.body.block.last_op
         assert isinstance(term, gml.YieldOp)

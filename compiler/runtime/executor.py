@@ -89,8 +89,10 @@ class InterpreterExecutor:
         weights: Mapping[str, np.ndarray],
         handler: CommHandler,
         before_op: BeforeOp = lambda op, what="": None,
+        on_span: Callable[[str, float, float], None] = lambda name, start, end: None,
     ):
         self.before_op = before_op
+        self.on_span = on_span  # compiled backends report their kernels' time spans here
         self.interp = Interpreter(module)
         self.interp.register_implementations(GmlFunctions(weights))
         self.interp.register_implementations(_DistComm(handler))

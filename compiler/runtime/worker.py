@@ -130,6 +130,10 @@ class Worker:
         self.fault.check(self.count, self.op_desc)
         self.count += 1
 
+    def _on_span(self, name: str, start: float, end: float) -> None:
+        """A compiled kernel's run inside the current segment (nested under its span)."""
+        self.events.append(_span(name, "compute", start, end, 0, {}))
+
     def _on_transfer(self, channel: int, start: float, end: float, nbytes: int, d: str) -> None:
         spec = self.channels.specs[channel]
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
@@ -165,7 +169,7 @@ class Worker:
         seg_info = self.bundle.manifest["segments"]
         if not self.executors:
             self.executors["interpreter"] = InterpreterExecutor(
-                module, weights, self, self._before_op
+                module, weights, self, self._before_op, self._on_span
             )
         host_exec = self.executors["interpreter"]
         fn = main_func(module)
