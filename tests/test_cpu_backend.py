@@ -275,3 +275,52 @@ def test_low_precision_casts_round_to_nearest_even(cache: Path) -> None:
     for g, r in zip(got[5:], ref[5:], strict=True):  # through ints, and exp/mul in f32
         assert g.dtype == r.dtype == bf
         np.testing.assert_array_equal(g.astype(np.float32), r.astype(np.float32))
+
+
+SEGMENT = """builtin.module attributes {gml.target = "h100+cpu"} {
+  func.func @main(%x: tensor<4xf32>) -> (tensor<4xf32>, tensor<2x3xf32>) {
+    comm.send %x to "gpu0" channel 0 via "pcie" : tensor<4xf32>
+    gml.segment "gpu0" () : () -> () {
+      %a = comm.recv from "cpu0" channel 0 via "pcie" : tensor<4xf32>
+      comm.send %a to "cpu0" channel 1 via "pcie" : tensor<4xf32>
+      gml.yield
+    }
+    %r, %w = gml.segment "cpu0" (%x) : (tensor<4xf32>) -> (tensor<4xf32>, tensor<2x3xf32>) {
+    ^bb0(%a: tensor<4xf32>):
+      %p = gml.param "w" : tensor<3x2xf32>
+      %t = gml.permute %p [1, 0] : tensor<3x2xf32> to tensor<2x3xf32>
+      %b = gml.neg %a : tensor<4xf32>
+      %n = gml.dim %b[0] : tensor<4xf32>
+      %c = comm.recv from "gpu0" channel 1 via "pcie" : tensor<4xf32>
+      %d = gml.add %b, %c : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>
+      gml.yield %d, %t : tensor<4xf32>, tensor<2x3xf32>
+    }
+    func.return %r, %w : tensor<4xf32>, tensor<2x3xf32>
+  }
+}
+"""
+
+
+def test_split_cuts_a_segment_at_its_comm_ops() -> None:
+    from gimlet.backends.cpu.segments import Part, split
+    from gimlet.dialects import gml
+    from gimlet.ir import parse
+
+    module = parse(SEGMENT)
+    seg = [op for op in module.walk() if isinstance(op, gml.SegmentOp)][1]
+    items = split(seg)
+    # the weight-only result is computed up front (free ops); the recv cuts the rest
+    assert [i.name if not isinstance(i, Part) else "part" for i in items] == [
+        "gml.param",
+        "gml.permute",
+        "part",
+        "comm.recv",
+        "part",
+    ]
+    first, second = items[2], items[4]
+    assert isinstance(first, Part) and isinstance(second, Part)
+    assert [op.name for op in first.ops] == ["gml.neg", "gml.dim"]
+    assert first.inputs == [seg.body.block.args[0]]
+    assert [str(v.type) for v in first.outputs] == ["tensor<4xf32>"]  # %n is unused
+    assert [op.name for op in second.ops] == ["gml.add"]
+    assert second.inputs == [first.outputs[0], items[3].results[0]]

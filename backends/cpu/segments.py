@@ -88,6 +88,9 @@ def split(segment: gml.SegmentOp) -> list[Part | Operation]:
                 needed |= set(item.free)
         else:
             needed |= _closure(item.operands, free)
+    term = segment.body.block.last_op
+    if isinstance(term, gml.YieldOp):  # a result computed from weights alone
+        needed |= _closure(term.operands, free)
     return [op for op in body if op in needed] + items
 
 
