@@ -31,8 +31,8 @@ demo: setup
 test: setup lint typecheck pytest lit
 
 lint: setup
-	$(BIN)/ruff check compiler dialects passes backends tests benchmarks examples
-	$(BIN)/ruff format --check compiler dialects passes backends tests benchmarks examples
+	$(BIN)/ruff check compiler dialects passes backends runtime tests benchmarks examples
+	$(BIN)/ruff format --check compiler dialects passes backends runtime tests benchmarks examples
 
 typecheck: setup
 	MYPY=$(BIN)/mypy scripts/typecheck.sh

@@ -1,4 +1,4 @@
-"""Bundles: a self-describing directory a multi-process run can start from.
+"""Writing bundles: a self-describing directory a multi-process run can start from.
 
 `gimletc compile MODEL --target T -o OUT/` writes
 
@@ -7,17 +7,14 @@
     OUT/model.mlir               the final IR (the interpreter artefact of every segment)
     OUT/weights/<device>.safetensors   only the weights that device's ops read
 
-Why a manifest rather than re-deriving everything from the IR: the launcher must reject
-a wrong cluster, a tampered file or bad inputs *before* it starts any worker, and it
-should not need to parse IR (slow) to do so. Workers still parse the IR to execute it.
+The manifest's format and its reader live with the runtime (gimlet.runtime.bundle), which
+must not import the compiler; this module only writes what that reader accepts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,27 +25,14 @@ from gimlet import __version__
 from gimlet.artifacts import IR_FILE, save_weights, write_atomically
 from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
-from gimlet.errors import UserError
-
-MANIFEST_FILE = "manifest.json"
-WEIGHTS_DIR = "weights"
-FORMAT = 1
-
-
-class BundleError(UserError):
-    """A bundle that is missing, tampered with, or built for another cluster."""
-
-
-def is_bundle(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MANIFEST_FILE))
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from gimlet.runtime.bundle import (
+    FORMAT,
+    GPU_KINDS,
+    MANIFEST_FILE,
+    WEIGHTS_DIR,
+    device_info,
+    sha256,
+)
 
 
 def _type_sig(t: Attribute) -> dict[str, Any]:
@@ -61,9 +45,6 @@ def _type_sig(t: Attribute) -> dict[str, Any]:
         "dtype": dtype_for(t.element_type).name,
         "shape": [-1 if d == DYN else int(d) for d in shape_of(t)],
     }
-
-
-GPU_KINDS = ("nvidia", "amd")  # NCCL (RCCL on ROCm builds of torch) between two of a kind
 
 
 def _nccl_ordered_pairs(module: ModuleOp, host: str) -> set[tuple[str, str]]:
@@ -96,10 +77,6 @@ def _received_type(op: comm.RecvOp | comm.IRecvOp) -> Attribute | None:
         return op.result.type
     wait = next((u.operation for u in op.token.uses), None)
     return wait.value.type if isinstance(wait, comm.WaitOp) and wait.value else None
-
-
-def _device_info(cluster: Any) -> list[dict[str, str]]:
-    return [{"name": d.name, "kind": d.kind, "model": d.model} for d in cluster.devices.values()]
 
 
 def _params(op: Any) -> set[str]:
@@ -157,7 +134,7 @@ def describe(module: ModuleOp) -> dict[str, Any]:
         "format": FORMAT,
         "gimlet_version": __version__,
         "target": target.data,
-        "cluster": {"devices": _device_info(cluster), "host": host},
+        "cluster": {"devices": device_info(cluster), "host": host},
         "segments": segments,
         "channels": sorted(channels, key=lambda c: c["id"]),
         "inputs": [
@@ -197,19 +174,19 @@ def write_bundle(
         files: dict[str, str] = {}
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(ir_text)
-        files[IR_FILE] = _sha256(os.path.join(tmp, IR_FILE))
+        files[IR_FILE] = sha256(os.path.join(tmp, IR_FILE))
         if cpu_backend == "cxx":
             _compile_cpu_segments(tmp, module, manifest)
         for seg in manifest["segments"]:
             for part in seg["artefact"].get("parts", []):
                 for rel in (part["source"], part["library"], seg["artefact"]["header"]):
-                    files[rel] = _sha256(os.path.join(tmp, rel))
+                    files[rel] = sha256(os.path.join(tmp, rel))
         os.makedirs(os.path.join(tmp, WEIGHTS_DIR))
         manifest["weights"] = {}
         for dev, names in per_device.items():
             rel = f"{WEIGHTS_DIR}/{dev}.safetensors"
             save_weights(os.path.join(tmp, rel), {n: np.asarray(weights[n]) for n in sorted(names)})
-            files[rel] = _sha256(os.path.join(tmp, rel))
+            files[rel] = sha256(os.path.join(tmp, rel))
             manifest["weights"][dev] = rel
         manifest["files"] = files
         with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
@@ -230,174 +207,3 @@ def _compile_cpu_segments(tmp: str, module: ModuleOp, manifest: dict[str, Any]) 
             seg["artefact"] = artefacts[seg["index"]]
         elif seg["index"] in fallbacks:
             seg["artefact"]["fallback"] = fallbacks[seg["index"]]
-
-
-@dataclass
-class Bundle:
-    path: str
-    manifest: dict[str, Any]
-
-    @property
-    def devices(self) -> list[str]:
-        return [d["name"] for d in self.manifest["cluster"]["devices"]]
-
-    @property
-    def host(self) -> str:
-        return str(self.manifest["cluster"]["host"])
-
-    def file(self, rel: str) -> str:
-        return os.path.join(self.path, rel)
-
-
-def load_bundle(path: str, verify_hashes: bool = True) -> Bundle:
-    """Read the manifest and (by default) check every listed file's sha256."""
-    mpath = os.path.join(path, MANIFEST_FILE)
-    if not os.path.isfile(mpath):
-        raise BundleError(f"{path}: not a bundle (no {MANIFEST_FILE})")
-    try:
-        with open(mpath) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{mpath}: unreadable manifest ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BundleError(f"{mpath}: bundle format {got}, expected {FORMAT}")
-    check_manifest(manifest, mpath)
-    if verify_hashes:
-        for rel, digest in manifest["files"].items():
-            fpath = os.path.join(path, rel)
-            if not os.path.isfile(fpath):
-                raise BundleError(f"{path}: bundle file {rel} is missing")
-            if _sha256(fpath) != digest:
-                raise BundleError(
-                    f"{path}: bundle file {rel} does not match its manifest hash (modified or "
-                    "corrupted); rebuild the bundle with gimletc compile"
-                )
-    return Bundle(os.path.abspath(path), manifest)
-
-
-class _Shape:
-    """Reads one manifest field, or raises a BundleError naming it (`segments[1].device`)."""
-
-    def __init__(self, where: str):
-        self.where = where
-
-    def get(self, obj: Any, key: str | int, typ: type | tuple[type, ...], path: str) -> Any:
-        here = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
-        try:
-            value = obj[key]
-        except (KeyError, IndexError, TypeError):
-            raise BundleError(f"{self.where}: malformed manifest: no {here}") from None
-        if not isinstance(value, typ) or isinstance(value, bool) and typ is int:
-            want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            raise BundleError(
-                f"{self.where}: malformed manifest: {here} should be {want}, "
-                f"not {type(value).__name__}"
-            )
-        return value
-
-    def items(self, obj: Any, key: str, path: str = "") -> list[tuple[str, dict[str, Any]]]:
-        seq = self.get(obj, key, list, path)
-        where = f"{path}.{key}".lstrip(".")
-        return [(f"{where}[{i}]", self.get(seq, i, dict, where)) for i in range(len(seq))]
-
-
-def check_manifest(m: dict[str, Any], where: str) -> None:
-    """Every field a launcher or worker reads exists, has its type and points inside the
-    bundle, so a hand-edited or truncated manifest fails here with one message rather
-    than as a KeyError in some worker."""
-    from gimlet.runtime.executor import EXECUTORS
-
-    f = _Shape(where)
-    cluster = f.get(m, "cluster", dict, "")
-    names = [f.get(d, "name", str, p) for p, d in f.items(cluster, "devices", "cluster")]
-    for p, d in f.items(cluster, "devices", "cluster"):
-        f.get(d, "kind", str, p)
-    if not names or f.get(cluster, "host", str, "cluster") not in names:
-        raise BundleError(f"{where}: malformed manifest: cluster.host is not one of its devices")
-    files = f.get(m, "files", dict, "")
-    referenced = list(f.get(m, "weights", dict, "").values())
-    if set(f.get(m, "weights", dict, "")) != set(names):
-        raise BundleError(f"{where}: malformed manifest: weights should name every device")
-    for p, seg in f.items(m, "segments"):
-        if f.get(seg, "device", str, p) not in names:
-            raise BundleError(f"{where}: malformed manifest: {p}.device is not a cluster device")
-        f.get(seg, "index", int, p)
-        f.get(seg, "ops", int, p)
-        art = f.get(seg, "artefact", dict, p)
-        kind = f.get(art, "kind", str, f"{p}.artefact")
-        if kind not in EXECUTORS:
-            raise BundleError(
-                f"{where}: {p} has artefact kind {kind!r}; this gimlet runs "
-                f"{', '.join(sorted(EXECUTORS))}"
-            )
-        referenced.append(f.get(art, "file", str, f"{p}.artefact"))
-        if kind == "cpu-cxx":
-            f.get(art, "flags", list, f"{p}.artefact")
-            referenced.append(f.get(art, "header", str, f"{p}.artefact"))
-            for q, part in f.items(art, "parts", f"{p}.artefact"):
-                referenced += [f.get(part, k, str, q) for k in ("source", "library")]
-                f.get(part, "weights", list, q)
-    for p, c in f.items(m, "channels"):
-        f.get(c, "id", int, p)
-        f.get(c, "dtype", str, p)
-        f.get(c, "shape", list, p)
-        if f.get(c, "from", str, p) not in names or f.get(c, "to", str, p) not in names:
-            raise BundleError(f"{where}: malformed manifest: {p} joins unknown devices")
-    for p, sig in f.items(m, "inputs"):
-        f.get(sig, "name", str, p)
-        f.get(sig, "dtype", str, p)
-        f.get(sig, "shape", list, p)
-    f.get(m, "outputs", list, "")
-    for rel in [*files, *referenced]:
-        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in rel.split("/"):
-            raise BundleError(f"{where}: malformed manifest: file {rel!r} is outside the bundle")
-    unhashed = sorted(set(referenced) - set(files))
-    if unhashed:
-        raise BundleError(f"{where}: malformed manifest: {unhashed[0]} has no hash in files")
-
-
-def check_cluster(bundle: Bundle, target: str) -> None:
-    """Refuse to run a bundle on a cluster other than the one it was built for."""
-    from gimlet.passes.place import resolve
-
-    built = bundle.manifest["cluster"]["devices"]
-    wanted = _device_info(resolve(target))
-    if built == wanted:
-        return
-
-    def fmt(devs: list[dict[str, str]]) -> str:
-        return ", ".join(
-            f"{d['name']}:{d['kind']}" + (f"/{d['model']}" if d["model"] else "") for d in devs
-        )
-
-    names_b, names_w = [d["name"] for d in built], [d["name"] for d in wanted]
-    if names_b != names_w:
-        why = f"devices differ ({', '.join(names_b)} vs {', '.join(names_w)})"
-    else:
-        diff = next(b for b, w in zip(built, wanted, strict=True) if b != w)
-        why = f"device {diff['name']} differs"
-    raise BundleError(
-        f"bundle built for {bundle.manifest['target']} (devices {fmt(built)}) cannot run on "
-        f"{target} (devices {fmt(wanted)}): {why}"
-    )
-
-
-def check_inputs(bundle: Bundle, inputs: list[np.ndarray]) -> None:
-    """Reject inputs that do not fit the signature, before any worker starts."""
-    sig = bundle.manifest["inputs"]
-    if len(inputs) != len(sig):
-        raise BundleError(f"the bundle takes {len(sig)} inputs, got {len(inputs)}")
-    for s, x in zip(sig, inputs, strict=True):
-        shape = s["shape"]
-        ok = (
-            x.dtype.name == s["dtype"]
-            and x.ndim == len(shape)
-            and all(d in (-1, n) for d, n in zip(shape, x.shape, strict=True))
-        )
-        if not ok:
-            want = "x".join("?" if d == -1 else str(d) for d in shape)
-            raise BundleError(
-                f"input {s['name']}: expected {s['dtype']} [{want}], got {x.dtype.name} "
-                f"array of shape {list(x.shape)}"
-            )

@@ -375,7 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     example: list[np.ndarray] | None = None
     target = args.source
-    from gimlet.bundle import is_bundle
+    from gimlet.runtime.bundle import is_bundle
 
     if is_bundle(target):  # --- runtime hook: one worker process per device
         from gimlet.runtime.cli import run_bundle

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from gimlet.bundle import BundleError
 from gimlet.cli import main as gimletc
+from gimlet.runtime.bundle import BundleError
 from gimlet.runtime.launch import RunError, launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_load_keeps_its_workers_between_calls(bundles: dict[str, Path]) -> None:
 def test_failed_request_kills_the_session_and_the_next_restarts_it(
     bundles: dict[str, Path],
 ) -> None:
-    from gimlet.bundle import load_bundle
+    from gimlet.runtime.bundle import load_bundle
     from gimlet.runtime.launch import Session
 
     module, x = _mlp_input()
@@ -529,7 +529,7 @@ def test_malformed_manifest_is_refused_with_the_field(
     manifest = json.loads((copy / "manifest.json").read_text())
     _edit(manifest, path, value)
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    from gimlet.bundle import load_bundle
+    from gimlet.runtime.bundle import load_bundle
 
     if message is None:
         load_bundle(str(copy))

@@ -232,7 +232,7 @@ def cuda_device(bundle: Any, device: str) -> Any:
     """The CUDA device a GPU device's worker uses for NCCL transfers, or None (a CPU device,
     no CUDA here, or GIMLET_TRANSPORT=gloo). GPU devices take the local GPUs in manifest
     order, so every rank of one host agrees without talking."""
-    from gimlet.bundle import GPU_KINDS
+    from gimlet.runtime.bundle import GPU_KINDS
 
     if os.environ.get("GIMLET_TRANSPORT") == "gloo":
         return None
@@ -261,7 +261,7 @@ def _span(
 
 
 def _load_inputs(path: str, bundle: Any) -> list[np.ndarray]:
-    from gimlet.bundle import BundleError, check_inputs
+    from gimlet.runtime.bundle import BundleError, check_inputs
 
     data = np.load(path)
     names = [s["name"] for s in bundle.manifest["inputs"]]
@@ -307,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch.distributed as dist
 
         from gimlet.artifacts import load_weights
-        from gimlet.bundle import load_bundle
         from gimlet.ir import parse
+        from gimlet.runtime.bundle import load_bundle
 
         bundle = load_bundle(args.bundle, verify_hashes=run_dir is None)
         if world != len(bundle.devices):

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from gimlet.bundle import Bundle, check_cluster, check_inputs, load_bundle
 from gimlet.errors import UserError
+from gimlet.runtime.bundle import Bundle, check_cluster, check_inputs, load_bundle
 
 POLL_S = 0.01
 GRACE_S = 0.5  # after the first failure, how long to wait for the others' reports

@@ -10,7 +10,7 @@ from gimlet.errors import UserError
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from gimlet.bundle import load_bundle
+    from gimlet.runtime.bundle import load_bundle
     from gimlet.runtime.launch import launch
     from gimlet.runtime.trace import summary_table, write_trace
 
