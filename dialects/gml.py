@@ -15,9 +15,12 @@ from typing import Any, ClassVar, cast
 
 from xdsl.dialects.builtin import (
     I64,
+    BFloat16Type,
     BoolAttr,
     DenseArrayBase,
     DenseIntOrFPElementsAttr,
+    Float16Type,
+    Float32Type,
     Float64Type,
     FloatAttr,
     IndexType,
@@ -591,6 +594,45 @@ class ConcatOp(GmlOp):
         return tensor(out, _elt(self.inputs[0]))
 
 
+@irdl_op_definition
+class PadOp(GmlOp):
+    """Constant padding (aten.constant_pad_nd): `low[d]` values before and `high[d]`
+    after each dim; a negative amount crops instead."""
+
+    name = "gml.pad"
+    input = operand_def(AnyTensor)
+    low = prop_def(IntArray)
+    high = prop_def(IntArray)
+    value = prop_def(FloatAttr[Float64Type])
+    result = result_def(AnyTensor)
+    traits = traits_def(Pure())
+    assembly_format = "$input `low` $low `high` $high `value` $value attr-dict `:` type($input) `to` type($result)"
+
+    def __init__(self, input: SSAValue, low: Sequence[int], high: Sequence[int], value: float):
+        src = shape_of(input.type)
+        out = [DYN if d == DYN else d + lo + hi for d, lo, hi in zip(src, low, high, strict=True)]
+        super().__init__(
+            operands=[input],
+            properties={"low": ints_attr(low), "high": ints_attr(high), "value": float_attr(value)},
+            result_types=[tensor(out, _elt(input))],
+        )
+
+    def infer(self) -> TensorType:
+        src, low, high = shape_of(self.input.type), _ints(self.low), _ints(self.high)
+        if not len(low) == len(high) == len(src):
+            raise VerifyException(
+                f"low and high need one amount per dim ({len(src)}), got {len(low)} and {len(high)}"
+            )
+        out = []
+        for d, (n, lo, hi) in enumerate(zip(src, low, high, strict=True)):
+            if n != DYN and n + lo + hi < 0:
+                raise VerifyException(
+                    f"padding dim {d} of size {n} by {lo}, {hi} leaves {n + lo + hi}"
+                )
+            out.append(DYN if n == DYN else n + lo + hi)
+        return tensor(out, _elt(self.input))
+
+
 # ------------------------------------------------------------ indexing ---
 
 
@@ -766,6 +808,84 @@ MeanOp = _reduce("gml.mean", "mean over dims")
 AmaxOp = _reduce("gml.amax", "max over dims")
 AminOp = _reduce("gml.amin", "min over dims")
 AnyOp = _reduce("gml.any", "logical or over dims", boolean=True)
+
+
+@irdl_op_definition
+class VarOp(ReduceOp):
+    """Variance over dims: sum((x - mean)**2) / (N - correction) (aten.var.correction).
+
+    N is the number of reduced elements; `correction` 1 is Bessel's (unbiased) estimate.
+    Where N - correction <= 0 the result is inf or nan, as in torch."""
+
+    name = "gml.var"
+    correction = prop_def(FloatAttr[Float64Type], default_value=float_attr(1.0))
+    assembly_format = (
+        "$input $dims (`keepdim` $keepdim^)? (`correction` $correction^)? attr-dict "
+        "`:` type($input) `to` type($result)"
+    )
+
+    def __init__(self, input: SSAValue, dims: Sequence[int], keepdim: bool, correction: float):
+        super().__init__(input, dims, keepdim)
+        self.properties["correction"] = float_attr(correction)
+
+    def infer(self) -> TensorType:
+        if not isinstance(_elt(self.input), Float16Type | BFloat16Type | Float32Type | Float64Type):
+            raise VerifyException("variance needs a floating-point input")
+        return super().infer()
+
+
+class ArgReduceOp(GmlOp):
+    """Index (i64) of the extreme element along `dim`; over all elements, flattened,
+    when `dim` is absent. The first one wins ties; NaN counts as the extreme."""
+
+    input = operand_def(AnyTensor)
+    dim = opt_prop_def(IntegerAttr[I64])
+    keepdim = prop_def(BoolAttr, default_value=BoolAttr.from_bool(False))
+    result = result_def(AnyTensor)
+    traits = traits_def(Pure())
+    assembly_format = (
+        "$input (`dim` $dim^)? (`keepdim` $keepdim^)? attr-dict `:` type($input) `to` type($result)"
+    )
+
+    def __init__(self, input: SSAValue, dim: int | None, keepdim: bool):
+        props: dict[str, Attribute] = {"keepdim": BoolAttr.from_bool(keepdim)}
+        if dim is not None:
+            props["dim"] = int_attr(dim)
+        src = shape_of(input.type)
+        out = self._shape(src, dim, keepdim)
+        super().__init__(operands=[input], properties=props, result_types=[tensor(out, i64)])
+
+    @staticmethod
+    def _shape(src: tuple[int, ...], dim: int | None, keepdim: bool) -> list[int]:
+        if dim is None:
+            return [1] * len(src) if keepdim else []
+        d = normalize_dim(dim, len(src))
+        if not src:  # a 0-d input: dim 0 or -1 names the scalar itself
+            return []
+        return [1 if i == d else s for i, s in enumerate(src) if keepdim or i != d]
+
+    def infer(self) -> TensorType:
+        if isinstance(_elt(self.input), IntegerType) and _elt(self.input) == i1:
+            raise VerifyException("arg-reductions take numbers, not i1")
+        dim = self.dim.value.data if self.dim is not None else None
+        src = shape_of(self.input.type)
+        if dim is not None and src and src[normalize_dim(dim, len(src))] == 0:
+            raise VerifyException(f"cannot take the {self.name[4:]} of an empty dim {dim}")
+        return tensor(self._shape(src, dim, bool(self.keepdim.value.data)), i64)
+
+
+@irdl_op_definition
+class ArgmaxOp(ArgReduceOp):
+    """Index of the maximum along `dim` (aten.argmax)."""
+
+    name = "gml.argmax"
+
+
+@irdl_op_definition
+class ArgminOp(ArgReduceOp):
+    """Index of the minimum along `dim` (aten.argmin)."""
+
+    name = "gml.argmin"
 
 
 # ---------------------------------------------------------------- nn ops ---
@@ -1077,6 +1197,7 @@ class Pool2dOp(GmlOp):
         padding: Sequence[int],
         ceil_mode: bool,
         type: TensorType,
+        extra: dict[str, Attribute] | None = None,
     ):
         super().__init__(
             operands=[input],
@@ -1085,45 +1206,108 @@ class Pool2dOp(GmlOp):
                 "stride": ints_attr(stride),
                 "padding": ints_attr(padding),
                 "ceil_mode": BoolAttr.from_bool(ceil_mode),
+                **(extra or {}),
             },
             result_types=[type],
         )
 
+    def window_dilation(self) -> tuple[int, ...]:
+        return (1, 1)
+
     def infer(self) -> TensorType:
         x = shape_of(self.input.type)
         k, s, p = _ints(self.kernel), _ints(self.stride), _ints(self.padding)
-        if len(x) != 4 or not len(k) == len(s) == len(p) == 2:
+        d = self.window_dilation()
+        if len(x) != 4 or not len(k) == len(s) == len(p) == len(d) == 2:
             raise VerifyException(
                 "2-d pooling takes an NCHW input and 2-element kernel/stride/padding"
             )
-        if any(v < 1 for v in k + s) or any(v < 0 for v in p):
-            raise VerifyException("kernel and stride must be positive, padding non-negative")
+        if any(v < 1 for v in k + s + d) or any(v < 0 for v in p):
+            raise VerifyException(
+                "kernel, stride and dilation must be positive, padding non-negative"
+            )
         out = list(x[:2])
         for i in range(2):
             size = x[2 + i]
             if size == DYN:
                 out.append(DYN)
                 continue
-            span = size + 2 * p[i] - k[i]
+            # a dilated window spans d*(k-1)+1 input elements
+            span = size + 2 * p[i] - (d[i] * (k[i] - 1) + 1)
             n = (-(-span // s[i]) if self.ceil_mode.value.data else span // s[i]) + 1
             if self.ceil_mode.value.data and (n - 1) * s[i] >= size + p[i]:
                 n -= 1
+            if n < 1:
+                raise VerifyException(f"the pooling window does not fit input dim {2 + i}")
             out.append(n)
         return tensor(out, _elt(self.input))
 
 
 @irdl_op_definition
 class MaxPool2dOp(Pool2dOp):
-    """2-d max pooling (padding counts as -inf)."""
+    """2-d max pooling (padding counts as -inf); windows may be dilated."""
 
     name = "gml.max_pool2d"
+    dilation = prop_def(IntArray, default_value=ints_attr([1, 1]))
+    assembly_format = (
+        "$input `kernel` $kernel `stride` $stride `padding` $padding "
+        "(`dilation` $dilation^)? (`ceil_mode` $ceil_mode^)? "
+        "attr-dict `:` type($input) `to` type($result)"
+    )
+
+    def __init__(
+        self,
+        input: SSAValue,
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+        ceil_mode: bool,
+        type: TensorType,
+        dilation: Sequence[int] = (1, 1),
+    ):
+        super().__init__(
+            input, kernel, stride, padding, ceil_mode, type, {"dilation": ints_attr(dilation)}
+        )
+
+    def window_dilation(self) -> tuple[int, ...]:
+        return _ints(self.dilation)
 
 
 @irdl_op_definition
 class AvgPool2dOp(Pool2dOp):
-    """2-d average pooling (padding counts as zeros)."""
+    """2-d average pooling. The divisor is `divisor_override` when set, else the window's
+    size clipped to the padded input (`count_include_pad`, torch's default) or to the
+    input alone (padding not counted)."""
 
     name = "gml.avg_pool2d"
+    count_include_pad = prop_def(BoolAttr, default_value=BoolAttr.from_bool(True))
+    divisor_override = opt_prop_def(IntegerAttr[I64])
+    assembly_format = (
+        "$input `kernel` $kernel `stride` $stride `padding` $padding (`ceil_mode` $ceil_mode^)? "
+        "(`count_include_pad` $count_include_pad^)? (`divisor` $divisor_override^)? "
+        "attr-dict `:` type($input) `to` type($result)"
+    )
+
+    def __init__(
+        self,
+        input: SSAValue,
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+        ceil_mode: bool,
+        type: TensorType,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ):
+        extra: dict[str, Attribute] = {"count_include_pad": BoolAttr.from_bool(count_include_pad)}
+        if divisor_override is not None:
+            extra["divisor_override"] = int_attr(divisor_override)
+        super().__init__(input, kernel, stride, padding, ceil_mode, type, extra)
+
+    def infer(self) -> TensorType:
+        if self.divisor_override is not None and self.divisor_override.value.data == 0:
+            raise VerifyException("divisor_override must not be 0")
+        return super().infer()
 
 
 @irdl_op_definition
@@ -1277,6 +1461,7 @@ GML = Dialect(
         PermuteOp,
         SliceOp,
         ConcatOp,
+        PadOp,
         EmbeddingOp,
         GatherOp,
         IndexOp,
@@ -1286,6 +1471,9 @@ GML = Dialect(
         AmaxOp,
         AminOp,
         AnyOp,
+        VarOp,
+        ArgmaxOp,
+        ArgminOp,
         MatmulOp,
         SoftmaxOp,
         LogSoftmaxOp,
