@@ -63,8 +63,8 @@ from torch.export import ExportedProgram
 from xdsl.dialects.builtin import ModuleOp
 
 from gimlet.artifacts import WEIGHTS_FILE, save_weights
-from gimlet.frontend import decompose, export, load_factory
-from gimlet.importer import import_program
+from gimlet.frontend.importer import import_program
+from gimlet.frontend.load import decompose, export, load_factory
 from gimlet.ir import context, parse, print_ir, verify
 from gimlet.pass_manager import DEFAULT_PIPELINE, build_pipeline
 
@@ -212,7 +212,7 @@ def bench_gpt2_cli() -> dict[str, float]:
     """Wall time of `gimletc compile` as a subprocess, and of Python + imports alone."""
     gimletc = Path(sys.executable).with_name("gimletc")
     cli = [str(gimletc)] if gimletc.exists() else [sys.executable, "-m", "gimlet.cli"]
-    imports = "import gimlet.cli, gimlet.frontend, gimlet.importer"
+    imports = "import gimlet.cli, gimlet.frontend"
     startup = timed(lambda: subprocess.run([sys.executable, "-c", imports], check=True))[1]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [*cli, "compile", GPT2_SPEC, "-o", os.path.join(tmp, "out")]

@@ -13,8 +13,8 @@ from xdsl.dialects.builtin import ModuleOp
 
 from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, save_weights, write_atomically
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
-from gimlet.frontend import decompose, load_program
-from gimlet.importer import import_program
+from gimlet.frontend.importer import import_program
+from gimlet.frontend.load import decompose, load_program
 from gimlet.ir import print_ir, verify
 from gimlet.pass_manager import DEFAULT_PIPELINE, Instrumentation, run_pipeline
 

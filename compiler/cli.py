@@ -272,8 +272,8 @@ def _instrumentation(args: argparse.Namespace) -> Instrumentation:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from gimlet.frontend import decompose, load_program
-    from gimlet.importer import import_program
+    from gimlet.frontend.importer import import_program
+    from gimlet.frontend.load import decompose, load_program
 
     with step(f"exporting {args.model}"):
         ep = decompose(load_program(args.model))
@@ -389,7 +389,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         weights = load_weights(args.weights) if args.weights else {}
     else:
         from gimlet.dtypes import torch_to_numpy
-        from gimlet.frontend import decompose, export, load_factory, load_program
+        from gimlet.frontend.load import decompose, export, load_factory, load_program
 
         if target.endswith(".pt2"):
             ep = load_program(target)
@@ -397,7 +397,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             model, example_inputs, dyn = load_factory(target)
             example = [torch_to_numpy(t) for t in example_inputs]
             ep = export(model, example_inputs, dyn)
-        from gimlet.importer import import_program
+        from gimlet.frontend.importer import import_program
 
         module, weights = import_program(decompose(ep))
     verify(module)

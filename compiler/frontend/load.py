@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 from xdsl.dialects.builtin import ModuleOp
 
 from gimlet.errors import UserError
-from gimlet.importer import import_program
+from gimlet.frontend.importer import import_program
 
 aten = torch.ops.aten
 

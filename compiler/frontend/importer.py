@@ -1,7 +1,7 @@
 """torch.export graph (core ATen) -> gml dialect.
 
 Each FX node is converted by the function registered for its ATen overload in
-`CONVERTERS`. Result types come from the node's FakeTensor metadata, so dynamic
+`CONVERTERS` (registry.py; the converters themselves are in converters.py). Result types come from the node's FakeTensor metadata, so dynamic
 dims stay `?`; their run-time sizes are rebuilt from the sympy expressions
 torch attached (`s0*2` -> `gml.dim` + `arith.muli`) instead of from the
 graph's SymInt nodes, which keeps the IR free of Python-level arithmetic.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -39,35 +39,11 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from gimlet.dialects import gml
-from gimlet.dialects.shapes import DYN
-from gimlet.dtypes import element_type_for_torch
 from gimlet.errors import UnsupportedOpError, UserError, with_location
+from gimlet.frontend import converters as _converters  # noqa: F401  (fills CONVERTERS)
+from gimlet.frontend.registry import ASSERTIONS, CONVERTERS, meta_type, supported_ops
 
-aten = torch.ops.aten
-Converter = Callable[["Importer", torch.fx.Node], Any]
-CONVERTERS: dict[Any, Converter] = {}
-
-# Nodes that only assert facts torch already checked while tracing.
-_ASSERTIONS = {
-    aten._assert_tensor_metadata.default,
-    aten._assert_scalar.default,
-    aten.sym_constrain_range_for_size.default,
-    aten.sym_constrain_range.default,
-}
 _TORCH_DIR = os.path.dirname(torch.__file__)
-
-
-def converts(*targets: Any) -> Callable[[Converter], Converter]:
-    def register(fn: Converter) -> Converter:
-        for t in targets:
-            CONVERTERS[t] = fn
-        return fn
-
-    return register
-
-
-def supported_ops() -> list[str]:
-    return sorted({str(t) for t in CONVERTERS} | {str(t) for t in _ASSERTIONS})
 
 
 def source_location(node: torch.fx.Node) -> Attribute:
@@ -91,13 +67,6 @@ def source_location(node: torch.fx.Node) -> Attribute:
         if module:
             return NameLoc(StringAttr(module), loc)
     return loc
-
-
-def _meta_type(val: Any) -> TensorType:
-    if not isinstance(val, torch.Tensor):
-        raise UserError(f"expected a tensor value, got {type(val).__name__}")
-    shape = [d if isinstance(d, int) else DYN for d in val.shape]
-    return TensorType(element_type_for_torch(val.dtype), shape)
 
 
 @dataclass
@@ -187,7 +156,7 @@ class Importer:
 
     def convert(self, node: torch.fx.Node) -> Any:
         target = node.target
-        if target in _ASSERTIONS:
+        if target in ASSERTIONS:
             return None
         if target is operator.getitem:
             parts, index = self.values[cast(torch.fx.Node, node.args[0])], cast(int, node.args[1])
@@ -219,9 +188,9 @@ def import_program(ep: ExportedProgram) -> tuple[ModuleOp, dict[str, np.ndarray]
         if spec.kind == InputKind.USER_INPUT:
             user_inputs.append(spec.arg.name)  # type: ignore[union-attr]
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    arg_types = [_meta_type(placeholders[name].meta["val"]) for name in user_inputs]
+    arg_types = [meta_type(placeholders[name].meta["val"]) for name in user_inputs]
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
-    result_types = [_meta_type(a.meta["val"]) for a in out_node.args[0]]
+    result_types = [meta_type(a.meta["val"]) for a in out_node.args[0]]
 
     block = Block(arg_types=arg_types)
     imp = Importer(ep, Builder(InsertPoint.at_end(block)))
@@ -242,7 +211,7 @@ def import_program(ep: ExportedProgram) -> tuple[ModuleOp, dict[str, np.ndarray]
         if not isinstance(data, torch.Tensor):
             raise UserError(f"unsupported non-tensor constant {target}")
         imp.weights[target] = _to_numpy(data)
-        imp.values[node] = imp.emit(gml.ParamOp(target, _meta_type(node.meta["val"])))
+        imp.values[node] = imp.emit(gml.ParamOp(target, meta_type(node.meta["val"])))
         imp.values[node].name_hint = node.name
     imp.run()
 
@@ -261,7 +230,3 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     from gimlet.dtypes import torch_to_numpy
 
     return torch_to_numpy(t.detach())
-
-
-# Register the converters (they live in their own module to keep this one short).
-from gimlet import converters as _converters  # noqa: E402,F401

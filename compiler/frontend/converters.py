@@ -17,14 +17,14 @@ from xdsl.ir import Attribute, SSAValue
 from gimlet.dialects import gml
 from gimlet.dtypes import element_type_for_torch
 from gimlet.errors import UnsupportedOpError, with_location
-from gimlet.importer import Importer, _meta_type, converts
+from gimlet.frontend.registry import Emitter, converts, meta_type
 
 aten = torch.ops.aten
 fx = torch.fx
 
 
 def rtype(node: fx.Node) -> TensorType:
-    return _meta_type(node.meta["val"])
+    return meta_type(node.meta["val"])
 
 
 def elt_of(v: SSAValue) -> Attribute:
@@ -36,7 +36,7 @@ def rank_of(node: Any) -> int:
     return len(node.meta["val"].shape)
 
 
-def unsupported(imp: Importer, node: fx.Node, why: str) -> UnsupportedOpError:
+def unsupported(imp: Emitter, node: fx.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(with_location(imp.location, f"unsupported {node.target}: {why}"))
 
 
@@ -77,13 +77,13 @@ _UNARY = {
 
 
 @converts(*_UNARY)
-def unary(imp: Importer, node: fx.Node) -> SSAValue:
+def unary(imp: Emitter, node: fx.Node) -> SSAValue:
     x = imp.as_type(args(node)[0], rtype(node).element_type)
     return imp.emit(_UNARY[target(node)](x))
 
 
 @converts(aten.gelu.default)
-def gelu(imp: Importer, node: fx.Node) -> SSAValue:
+def gelu(imp: Emitter, node: fx.Node) -> SSAValue:
     approx = node.kwargs.get("approximate", "none")
     op = gml.GeluOp(imp.value(args(node)[0]))
     op.properties["approximate"] = gml.StringAttr(str(approx))
@@ -91,7 +91,7 @@ def gelu(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.clamp.default, aten.hardtanh.default, aten.clamp_min.default, aten.clamp_max.default)
-def clamp(imp: Importer, node: fx.Node) -> SSAValue:
+def clamp(imp: Emitter, node: fx.Node) -> SSAValue:
     if node.target == aten.clamp_max.default:
         lo, hi = None, args(node)[1]
     else:
@@ -145,7 +145,7 @@ def _operand_meta(a: Any) -> Any:
 
 
 @converts(*_ARITH)
-def arithmetic(imp: Importer, node: fx.Node) -> SSAValue:
+def arithmetic(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node).element_type
     lhs, rhs = imp.as_type(args(node)[0], out), imp.as_type(args(node)[1], out)
     alpha: Any = node.kwargs.get("alpha", 1)
@@ -155,7 +155,7 @@ def arithmetic(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.div.Tensor_mode)
-def div_mode(imp: Importer, node: fx.Node) -> SSAValue:
+def div_mode(imp: Emitter, node: fx.Node) -> SSAValue:
     mode = node.kwargs.get("rounding_mode")
     out = rtype(node).element_type
     if mode == "floor" and isinstance(out, IntegerType):
@@ -165,14 +165,14 @@ def div_mode(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.rsub.Scalar)
-def rsub(imp: Importer, node: fx.Node) -> SSAValue:
+def rsub(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node).element_type
     lhs, rhs = imp.as_type(args(node)[1], out), imp.as_type(args(node)[0], out)
     return imp.emit(gml.SubOp(lhs, rhs, rtype(node)))
 
 
 @converts(*_COMPARE)
-def compare(imp: Importer, node: fx.Node) -> SSAValue:
+def compare(imp: Emitter, node: fx.Node) -> SSAValue:
     common = torch.result_type(_operand_meta(args(node)[0]), _operand_meta(args(node)[1]))
     elt = element_type_for_torch(common)
     lhs, rhs = imp.as_type(args(node)[0], elt), imp.as_type(args(node)[1], elt)
@@ -180,7 +180,7 @@ def compare(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.where.self)
-def where(imp: Importer, node: fx.Node) -> SSAValue:
+def where(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node).element_type
     cond = imp.as_type(args(node)[0], IntegerType(1))
     return imp.emit(
@@ -189,7 +189,7 @@ def where(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten._to_copy.default, aten.to.dtype)
-def to_copy(imp: Importer, node: fx.Node) -> SSAValue:
+def to_copy(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.as_type(args(node)[0], rtype(node).element_type)
 
 
@@ -200,7 +200,7 @@ def to_copy(imp: Importer, node: fx.Node) -> SSAValue:
     aten.lift_fresh_copy.default,
     aten.contiguous.default,
 )
-def identity(imp: Importer, node: fx.Node) -> SSAValue:
+def identity(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.value(args(node)[0])
 
 
@@ -217,13 +217,13 @@ def identity(imp: Importer, node: fx.Node) -> SSAValue:
     aten.squeeze.default,
     aten.flatten.using_ints,
 )
-def reshape(imp: Importer, node: fx.Node) -> SSAValue:
+def reshape(imp: Emitter, node: fx.Node) -> SSAValue:
     t = rtype(node)
     return imp.emit(gml.ReshapeOp(imp.value(args(node)[0]), t, imp.sizes(t, node.meta["val"])))
 
 
 @converts(aten.expand.default)
-def expand(imp: Importer, node: fx.Node) -> SSAValue:
+def expand(imp: Emitter, node: fx.Node) -> SSAValue:
     t = rtype(node)
     x = imp.value(args(node)[0])
     if x.type == t:
@@ -232,13 +232,13 @@ def expand(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.permute.default)
-def permute(imp: Importer, node: fx.Node) -> SSAValue:
+def permute(imp: Emitter, node: fx.Node) -> SSAValue:
     dims = [d % rank_of(node) for d in args(node)[1]]
     return imp.emit(gml.PermuteOp(imp.value(args(node)[0]), dims))
 
 
 @converts(aten.t.default, aten.transpose.int)
-def transpose(imp: Importer, node: fx.Node) -> SSAValue:
+def transpose(imp: Emitter, node: fx.Node) -> SSAValue:
     rank = rank_of(node)
     d0, d1 = (args(node)[1], args(node)[2]) if len(args(node)) > 1 else (0, 1)
     dims = list(range(rank))
@@ -248,7 +248,7 @@ def transpose(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 def _slice(
-    imp: Importer, x: SSAValue, dim: int, start: Any, end: Any, step: int, t: TensorType
+    imp: Emitter, x: SSAValue, dim: int, start: Any, end: Any, step: int, t: TensorType
 ) -> SSAValue:
     dyn_start = imp.sym(start) if isinstance(start, torch.SymInt) else None
     dyn_end = imp.sym(end) if isinstance(end, torch.SymInt) else None
@@ -258,7 +258,7 @@ def _slice(
 
 
 @converts(aten.slice.Tensor)
-def slice_(imp: Importer, node: fx.Node) -> SSAValue:
+def slice_(imp: Emitter, node: fx.Node) -> SSAValue:
     x = imp.value(args(node)[0])
     dim = kwarg(node, 1, "dim", 0) % rank_of(node)
     start, end = kwarg(node, 2, "start", None), kwarg(node, 3, "end", None)
@@ -269,13 +269,13 @@ def slice_(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.select.int)
-def select(imp: Importer, node: fx.Node) -> SSAValue:
+def select(imp: Emitter, node: fx.Node) -> SSAValue:
     x = imp.value(args(node)[0])
     src = args(node)[0].meta["val"]
     dim, index = args(node)[1] % src.dim(), args(node)[2]
     if isinstance(index, int) and index < 0:
         index += src.shape[dim]
-    kept = list(_meta_type(src).get_shape())
+    kept = list(meta_type(src).get_shape())
     kept[dim] = 1
     part = _slice(imp, x, dim, index, index + 1, 1, TensorType(elt_of(x), kept))
     t = rtype(node)
@@ -283,19 +283,19 @@ def select(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.split_with_sizes.default, aten.split.Tensor)
-def split(imp: Importer, node: fx.Node) -> tuple[SSAValue, ...]:
+def split(imp: Emitter, node: fx.Node) -> tuple[SSAValue, ...]:
     x = imp.value(args(node)[0])
     dim = kwarg(node, 2, "dim", 0) % len(args(node)[0].meta["val"].shape)
     outs, start = [], 0
     for val in node.meta["val"]:
         size = val.shape[dim]
-        outs.append(_slice(imp, x, dim, start, start + size, 1, _meta_type(val)))
+        outs.append(_slice(imp, x, dim, start, start + size, 1, meta_type(val)))
         start = start + size
     return tuple(outs)
 
 
 @converts(aten.cat.default)
-def cat(imp: Importer, node: fx.Node) -> SSAValue:
+def cat(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node)
     inputs = [imp.as_type(a, out.element_type) for a in args(node)[0]]
     dim = kwarg(node, 1, "dim", 0) % rank_of(node)
@@ -306,18 +306,18 @@ def cat(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.embedding.default)
-def embedding(imp: Importer, node: fx.Node) -> SSAValue:
+def embedding(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(gml.EmbeddingOp(imp.value(args(node)[0]), imp.value(args(node)[1])))
 
 
 @converts(aten.gather.default)
-def gather(imp: Importer, node: fx.Node) -> SSAValue:
+def gather(imp: Emitter, node: fx.Node) -> SSAValue:
     dim = args(node)[1] % rank_of(node)
     return imp.emit(gml.GatherOp(imp.value(args(node)[0]), imp.value(args(node)[2]), dim))
 
 
 @converts(aten.index.Tensor)
-def index(imp: Importer, node: fx.Node) -> SSAValue:
+def index(imp: Emitter, node: fx.Node) -> SSAValue:
     dims, idx = [], []
     for d, i in enumerate(args(node)[1]):
         if i is not None:
@@ -327,7 +327,7 @@ def index(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.index_select.default)
-def index_select(imp: Importer, node: fx.Node) -> SSAValue:
+def index_select(imp: Emitter, node: fx.Node) -> SSAValue:
     dim = args(node)[1] % rank_of(node)
     return imp.emit(
         gml.IndexOp(imp.value(args(node)[0]), [imp.value(args(node)[2])], [dim], rtype(node))
@@ -335,7 +335,7 @@ def index_select(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.cumsum.default)
-def cumsum(imp: Importer, node: fx.Node) -> SSAValue:
+def cumsum(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node)
     x = imp.as_type(args(node)[0], out.element_type)
     return imp.emit(gml.CumsumOp(x, args(node)[1] % rank_of(node), out))
@@ -347,7 +347,7 @@ def cumsum(imp: Importer, node: fx.Node) -> SSAValue:
 @converts(
     aten.full.default, aten.full_like.default, aten.zeros_like.default, aten.ones_like.default
 )
-def full(imp: Importer, node: fx.Node) -> SSAValue:
+def full(imp: Emitter, node: fx.Node) -> SSAValue:
     fill = {aten.zeros_like.default: 0.0, aten.ones_like.default: 1.0}.get(target(node))
     value = fill if fill is not None else args(node)[1]
     t = rtype(node)
@@ -355,12 +355,12 @@ def full(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.scalar_tensor.default)
-def scalar_tensor(imp: Importer, node: fx.Node) -> SSAValue:
+def scalar_tensor(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.scalar(args(node)[0], rtype(node).element_type)
 
 
 @converts(aten.arange.start_step, aten.arange.default, aten.arange.start)
-def arange(imp: Importer, node: fx.Node) -> SSAValue:
+def arange(imp: Emitter, node: fx.Node) -> SSAValue:
     start, step = 0, 1
     if node.target != aten.arange.default:
         start = args(node)[0]
@@ -387,7 +387,7 @@ _REDUCE = {
 
 
 @converts(*_REDUCE)
-def reduce(imp: Importer, node: fx.Node) -> SSAValue:
+def reduce(imp: Emitter, node: fx.Node) -> SSAValue:
     src_rank = len(args(node)[0].meta["val"].shape)
     dims = kwarg(node, 1, "dim", None)
     if node.target in (aten.sum.default, aten.mean.default, aten.any.default) or dims is None:
@@ -407,12 +407,12 @@ def reduce(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.mm.default, aten.bmm.default, aten.matmul.default)
-def matmul(imp: Importer, node: fx.Node) -> SSAValue:
+def matmul(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(gml.MatmulOp(imp.value(args(node)[0]), imp.value(args(node)[1])))
 
 
 @converts(aten.addmm.default)
-def addmm(imp: Importer, node: fx.Node) -> SSAValue:
+def addmm(imp: Emitter, node: fx.Node) -> SSAValue:
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
     if beta != 1 or alpha != 1:
         raise unsupported(imp, node, "beta/alpha other than 1")
@@ -421,7 +421,7 @@ def addmm(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten._softmax.default, aten._log_softmax.default, aten.softmax.int)
-def softmax(imp: Importer, node: fx.Node) -> SSAValue:
+def softmax(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node)
     x = imp.as_type(args(node)[0], out.element_type)
     dim = args(node)[1] % rank_of(node)
@@ -430,7 +430,7 @@ def softmax(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.native_layer_norm.default)
-def layer_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
+def layer_norm(imp: Emitter, node: fx.Node) -> tuple[SSAValue, None, None]:
     x, shape, w, b, eps = args(node)
     weight = imp.value(w) if w is not None else None
     bias = imp.value(b) if b is not None else None
@@ -439,7 +439,7 @@ def layer_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
 
 
 @converts(aten.scaled_dot_product_attention.default)
-def sdpa(imp: Importer, node: fx.Node) -> SSAValue:
+def sdpa(imp: Emitter, node: fx.Node) -> SSAValue:
     q, k, v = (imp.value(a) for a in args(node)[:3])
     mask = kwarg(node, 3, "attn_mask", None)
     if kwarg(node, 4, "dropout_p", 0.0) != 0.0:
@@ -451,7 +451,7 @@ def sdpa(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten.convolution.default)
-def convolution(imp: Importer, node: fx.Node) -> SSAValue:
+def convolution(imp: Emitter, node: fx.Node) -> SSAValue:
     x, w, b, stride, padding, dilation, transposed, _, groups = args(node)
     if transposed:
         raise unsupported(imp, node, "transposed convolution")
@@ -466,7 +466,7 @@ def convolution(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten._native_batch_norm_legit_no_training.default)
-def batch_norm(imp: Importer, node: fx.Node) -> tuple[SSAValue, None, None]:
+def batch_norm(imp: Emitter, node: fx.Node) -> tuple[SSAValue, None, None]:
     x, w, b, mean, var, _momentum, eps = args(node)
     x, w, b, mean, var = (imp.value(a) for a in (x, w, b, mean, var))
     op = gml.BatchNormOp(x, w, b, mean, var, float(eps))
@@ -479,7 +479,7 @@ def _pair(v: Any) -> list[int]:
 
 
 @converts(aten.max_pool2d_with_indices.default)
-def max_pool(imp: Importer, node: fx.Node) -> tuple[SSAValue, None]:
+def max_pool(imp: Emitter, node: fx.Node) -> tuple[SSAValue, None]:
     x = args(node)[0]
     k = _pair(args(node)[1])
     s = _pair(kwarg(node, 2, "stride", None) or k)
@@ -487,12 +487,12 @@ def max_pool(imp: Importer, node: fx.Node) -> tuple[SSAValue, None]:
     if _pair(kwarg(node, 4, "dilation", 1)) != [1, 1]:
         raise unsupported(imp, node, "dilated pooling")
     ceil = bool(kwarg(node, 5, "ceil_mode", False))
-    t = _meta_type(node.meta["val"][0])
+    t = meta_type(node.meta["val"][0])
     return imp.emit(gml.MaxPool2dOp(imp.value(x), k, s, p, ceil, t)), None
 
 
 @converts(aten.avg_pool2d.default)
-def avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
+def avg_pool(imp: Emitter, node: fx.Node) -> SSAValue:
     k = _pair(args(node)[1])
     s = _pair(kwarg(node, 2, "stride", None) or k)
     p = _pair(kwarg(node, 3, "padding", 0))
@@ -503,5 +503,5 @@ def avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
 
 
 @converts(aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default)
-def adaptive_avg_pool(imp: Importer, node: fx.Node) -> SSAValue:
+def adaptive_avg_pool(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(gml.AdaptiveAvgPool2dOp(imp.value(args(node)[0]), rtype(node)))
