@@ -1,0 +1,486 @@
+// gimlet's GPU kernel header: what generated segment code (backends/gpu/codegen.py)
+// includes. It is written in the part of CUDA C++ that HIP also compiles: the only
+// vendor names live in the portability block below, so the ROCm backend compiles the
+// same generated files with hipcc and -DGML_HIP.
+//
+// Conventions: tensors are contiguous, row-major, in one arena per segment (offsets
+// from the memory plan); f16/bf16 are stored as 16-bit values and computed in float,
+// each op rounding its result as torch does; all index arithmetic is int64_t.
+#pragma once
+
+#include <stdint.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+// ---------------------------------------------------------------- portability
+#ifdef GML_HIP
+#include <hip/hip_bf16.h>
+#include <hip/hip_fp16.h>
+#include <hip/hip_runtime.h>
+#define GML_WARP 64
+typedef hipStream_t gmlStream_t;
+typedef hipError_t gmlError_t;
+#define gmlSuccess hipSuccess
+#define gmlGetLastError hipGetLastError
+#define gmlMemsetAsync hipMemsetAsync
+#define gmlMemcpyAsync hipMemcpyAsync
+#define gmlMemcpyDeviceToDevice hipMemcpyDeviceToDevice
+#define GML_SHFL_XOR(v, m) __shfl_xor((v), (m))
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#define GML_WARP 32
+typedef cudaStream_t gmlStream_t;
+typedef cudaError_t gmlError_t;
+#define gmlSuccess cudaSuccess
+#define gmlGetLastError cudaGetLastError
+#define gmlMemsetAsync cudaMemsetAsync
+#define gmlMemcpyAsync cudaMemcpyAsync
+#define gmlMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
+#define GML_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+#endif
+
+#define GML_HD __host__ __device__ __forceinline__
+#define GML_D __device__ __forceinline__
+
+namespace gml {
+
+// ---------------------------------------------------------------- the host context
+// What the runtime library (backends/<vendor>/runtime/) hands a segment: its vendor
+// BLAS behind one function, so generated code never includes cuBLAS or hipBLAS.
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2 };
+
+struct Ctx {
+  // Row-major C[b] = A[b] @ B[b] (m x k times k x n), batch strides in elements;
+  // trans_b: B is stored n x k. C may be f32 while A and B are 16-bit (attention
+  // scores). Returns 0 or a vendor status code.
+  int (*gemm)(const Ctx* ctx, gmlStream_t stream, DType ab, DType c, bool trans_b, int64_t m,
+              int64_t n, int64_t k, const void* a, int64_t lda, int64_t stride_a,
+              const void* b, int64_t ldb, int64_t stride_b, void* c_ptr, int64_t ldc,
+              int64_t stride_c, int64_t batch, float alpha);
+  void* state;  // the runtime's handles (BLAS handle, workspace)
+};
+
+// ---------------------------------------------------------------- 16-bit floats
+struct bf16 {
+  uint16_t bits;
+};
+struct f16 {
+  uint16_t bits;
+};
+template <class T>
+struct is_half : std::false_type {};
+template <>
+struct is_half<bf16> : std::true_type {};
+template <>
+struct is_half<f16> : std::true_type {};
+
+GML_HD float f32(bf16 x) { return __bfloat162float(__ushort_as_bfloat16(x.bits)); }
+GML_HD float f32(f16 x) { return __half2float(__ushort_as_half(x.bits)); }
+template <class T>
+GML_HD T f32(T x) {
+  return x;
+}
+template <class H>
+GML_HD H to_half(float x) {
+  if constexpr (std::is_same_v<H, bf16>) return bf16{__bfloat16_as_ushort(__float2bfloat16(x))};
+  else return f16{__half_as_ushort(__float2half(x))};
+}
+// x rounded to H's precision and kept in float (a fused kernel's intermediate values)
+template <class H>
+GML_HD float rounded(float x) {
+  return f32(to_half<H>(x));
+}
+// load as the compute type / store from it
+template <class T>
+GML_HD auto load(const T* p) {
+  if constexpr (is_half<T>::value) return f32(*p);
+  else return *p;
+}
+template <class T, class V>
+GML_HD void store(T* p, V v) {
+  if constexpr (is_half<T>::value) *p = to_half<T>(float(v));
+  else *p = static_cast<T>(v);
+}
+
+// ---------------------------------------------------------------- scalar helpers
+// Same names as the CPU runtime's, so both backends share one table of scalar
+// expressions (backends/cpu/codegen.py: _UNARY, _BINARY, _scalar_expr).
+template <class T>
+GML_HD T floordiv(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    if (b == 0) return 0;
+    T q = a / b;
+    return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+  } else {
+    return a / b;
+  }
+}
+template <class T>
+GML_HD T ipow(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    T r = 1;
+    for (T i = 0; i < b; ++i) r *= a;
+    return r;
+  } else {
+    return std::pow(a, b);
+  }
+}
+template <class T>
+GML_HD T maxnan(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+template <class T>
+GML_HD T minnan(T a, T b) {
+  return (a != a || a < b) ? a : b;
+}
+GML_HD float vexp(float x) { return expf(x); }
+GML_HD double vexp(double x) { return exp(x); }
+GML_HD float vtanh(float x) { return tanhf(x); }
+GML_HD double vtanh(double x) { return tanh(x); }
+GML_HD float verf(float x) { return erff(x); }
+GML_HD double verf(double x) { return erf(x); }
+template <class T>
+GML_HD T sigmoid(T x) {
+  return T(1) / (T(1) + vexp(-x));
+}
+template <class T>
+GML_HD T gelu_tanh(T x) {
+  const T u = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
+  return x / (T(1) + vexp(T(-2) * u));
+}
+template <class T>
+GML_HD T gelu_erf(T x) {
+  return x * T(0.5) * (T(1) + verf(x * T(0.7071067811865476)));
+}
+
+// ---------------------------------------------------------------- indexing
+constexpr int MAXR = 8;
+
+// An elementwise kernel's domain and, per operand, its strides in that domain
+// (0 where the operand is broadcast). Filled by the host from the shape table.
+template <int R, int K>
+struct Index {
+  int64_t dims[R > 0 ? R : 1];
+  int64_t strides[K > 0 ? K : 1][R > 0 ? R : 1];
+};
+
+// An Index read from the parameter table: R dims, then each operand's R strides.
+template <int R, int K>
+inline Index<R, K> index_from(const int64_t* p) {
+  Index<R, K> ix{};
+  for (int d = 0; d < R; ++d) ix.dims[d] = p[d];
+  for (int k = 0; k < K; ++k)
+    for (int d = 0; d < R; ++d) ix.strides[k][d] = p[R + k * R + d];
+  return ix;
+}
+
+// The operands' offsets for linear domain index i; `write` is false for an output
+// (operand k >= first_out) that is broadcast along a dim where i's coordinate is not 0
+// (it is written once, by the first thread along that dim).
+template <int R, int K>
+GML_D void offsets(const Index<R, K>& ix, int64_t i, int64_t (&off)[K > 0 ? K : 1]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) off[k] = 0;
+#pragma unroll
+  for (int d = R - 1; d >= 0; --d) {
+    const int64_t c = i % ix.dims[d];
+    i /= ix.dims[d];
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] += c * ix.strides[k][d];
+  }
+}
+template <int R, int K>
+GML_D bool first_along_broadcast(const Index<R, K>& ix, int64_t i, int k) {
+  bool first = true;
+#pragma unroll
+  for (int d = R - 1; d >= 0; --d) {
+    const int64_t c = i % ix.dims[d];
+    i /= ix.dims[d];
+    if (ix.strides[k][d] == 0 && c != 0) first = false;
+  }
+  return first;
+}
+
+// Grid-stride loops: a capped grid covers any size.
+#define GML_FOR(i, n)                                                                     \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);                \
+       i += int64_t(gridDim.x) * blockDim.x)
+
+inline unsigned blocks_for(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return unsigned(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
+}
+
+// ---------------------------------------------------------------- block reductions
+template <class T>
+GML_D T warp_sum(T v) {
+#pragma unroll
+  for (int m = GML_WARP / 2; m > 0; m >>= 1) v += GML_SHFL_XOR(v, m);
+  return v;
+}
+template <class T>
+GML_D T warp_max(T v) {
+#pragma unroll
+  for (int m = GML_WARP / 2; m > 0; m >>= 1) v = maxnan(v, GML_SHFL_XOR(v, m));
+  return v;
+}
+// Sum / max over the block (blockDim.x a multiple of the warp, at most 1024 threads).
+template <class T, bool MAX>
+GML_D T block_reduce(T v) {
+  __shared__ T part[1024 / GML_WARP];
+  const int lane = threadIdx.x % GML_WARP, warp = threadIdx.x / GML_WARP;
+  v = MAX ? warp_max(v) : warp_sum(v);
+  __syncthreads();  // part[] may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / GML_WARP;
+  T r = lane < warps ? part[lane] : (MAX ? -std::numeric_limits<T>::infinity() : T(0));
+  return MAX ? warp_max(r) : warp_sum(r);
+}
+
+// ---------------------------------------------------------------- kernels
+// Reductions over the middle axis of a contiguous (outer, n, inner) view.
+enum class Red : int { Sum = 0, Mean = 1, Max = 2, Min = 3, Any = 4 };
+
+template <class T, class O, Red K>
+__global__ void reduce_mid(int64_t outer, int64_t n, int64_t inner, const T* __restrict__ x,
+                           O* __restrict__ y) {
+  using V = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  GML_FOR(o, outer * inner) {
+    const int64_t a = o / inner, b = o % inner;
+    const T* p = x + a * n * inner + b;
+    V acc = K == Red::Max   ? -std::numeric_limits<V>::infinity()
+            : K == Red::Min ? std::numeric_limits<V>::infinity()
+                            : V(0);
+    for (int64_t j = 0; j < n; ++j) {
+      const V v = V(load(p + j * inner));
+      if constexpr (K == Red::Max) acc = maxnan(v, acc);
+      else if constexpr (K == Red::Min) acc = minnan(v, acc);
+      else if constexpr (K == Red::Any) acc = (acc != V(0) || v != V(0)) ? V(1) : V(0);
+      else acc += v;
+    }
+    if constexpr (K == Red::Mean) acc = acc / V(n);
+    store(y + o, acc);
+  }
+}
+
+// Rows of a contiguous (rows, n) view reduced by one block each (inner == 1 fast path).
+template <class T, class O, Red K>
+__global__ void reduce_rows(int64_t n, const T* __restrict__ x, O* __restrict__ y) {
+  const T* p = x + int64_t(blockIdx.x) * n;
+  constexpr bool MAX = K == Red::Max;
+  float acc = MAX ? -std::numeric_limits<float>::infinity() : 0.f;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    acc = MAX ? maxnan(float(load(p + j)), acc) : acc + float(load(p + j));
+  acc = block_reduce<float, MAX>(acc);
+  if (threadIdx.x == 0) store(y + blockIdx.x, K == Red::Mean ? acc / float(n) : acc);
+}
+
+// softmax / log_softmax over rows of n, one block per row. `bias(row, j)` gives what
+// is added to x[row, j] * scale before the softmax (-inf hides the element): nothing,
+// a causal limit or an attention mask (attention scores' rows are queries).
+struct NoBias {
+  GML_D float operator()(int64_t, int64_t) const { return 0.f; }
+};
+// key j is visible to query q (the row's position among tq) when j <= q + (n - tq)
+struct Causal {
+  int64_t n, tq;
+  GML_D float operator()(int64_t row, int64_t j) const {
+    return j <= (row % tq) + (n - tq) ? 0.f : -std::numeric_limits<float>::infinity();
+  }
+};
+// an attention mask broadcast over the rows' [batch.., heads, tq] dims, then along keys
+template <class M, int R>
+struct Masked {
+  const M* mask;
+  Index<R, 1> rows;
+  int64_t col_stride;
+  Causal causal;
+  bool is_causal;
+  GML_D float operator()(int64_t row, int64_t j) const {
+    int64_t off[1];
+    offsets(rows, row, off);
+    const M m = mask[off[0] + j * col_stride];
+    float b = 0.f;
+    if constexpr (std::is_same_v<M, bool>) b = m ? 0.f : -std::numeric_limits<float>::infinity();
+    else b = float(load(&m));
+    return is_causal ? b + causal(row, j) : b;
+  }
+};
+
+template <class T, class O, bool LOG, class Bias>
+__global__ void softmax_rows(int64_t n, const T* __restrict__ x, O* __restrict__ y, float scale,
+                             Bias bias) {
+  const int64_t row = blockIdx.x;
+  const T* p = x + row * n;
+  O* q = y + row * n;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float m = ninf;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    m = maxnan(float(load(p + j)) * scale + bias(row, j), m);
+  m = block_reduce<float, true>(m);
+  float s = 0.f;
+  if (m != ninf)
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+      s += expf(float(load(p + j)) * scale + bias(row, j) - m);
+  s = block_reduce<float, false>(s);
+  const float ls = logf(s);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const float v = float(load(p + j)) * scale + bias(row, j) - m;
+    if (LOG) store(q + j, v - ls);
+    else store(q + j, m == ninf ? std::numeric_limits<float>::quiet_NaN() : expf(v) / s);
+  }
+}
+
+// running sum along the middle axis of a contiguous (outer, n, inner) view
+template <class T, class O>
+__global__ void cumsum_mid(int64_t outer, int64_t n, int64_t inner, const T* __restrict__ x,
+                           O* __restrict__ y) {
+  using V = std::conditional_t<std::is_integral_v<O>, int64_t,
+                               std::conditional_t<std::is_same_v<O, double>, double, float>>;
+  GML_FOR(o, outer * inner) {
+    const int64_t a = o / inner, b = o % inner;
+    const int64_t base = a * n * inner + b;
+    V acc = V(0);
+    for (int64_t j = 0; j < n; ++j) {
+      acc += V(load(x + base + j * inner));
+      store(y + base + j * inner, acc);
+    }
+  }
+}
+
+// layer norm over rows of n, one block per row (weight, bias optional)
+template <class T>
+__global__ void layer_norm_rows(int64_t n, const T* __restrict__ x, const T* __restrict__ w,
+                                const T* __restrict__ b, T* __restrict__ y, float eps) {
+  const T* p = x + int64_t(blockIdx.x) * n;
+  T* q = y + int64_t(blockIdx.x) * n;
+  float s = 0.f;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += float(load(p + j));
+  const float mean = block_reduce<float, false>(s) / float(n);
+  float v = 0.f;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const float d = float(load(p + j)) - mean;
+    v += d * d;
+  }
+  const float rstd = rsqrtf(block_reduce<float, false>(v) / float(n) + eps);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    float o = (float(load(p + j)) - mean) * rstd;
+    if (w) o *= float(load(w + j));
+    if (b) o += float(load(b + j));
+    store(q + j, o);
+  }
+}
+
+// out[i, :] = weight[idx[i], :]
+template <class T, class I>
+__global__ void embedding(int64_t n_idx, int64_t dim, int64_t rows, const T* __restrict__ w,
+                          const I* __restrict__ idx, T* __restrict__ y) {
+  GML_FOR(e, n_idx * dim) {
+    const int64_t i = e / dim, j = e % dim;
+    int64_t r = int64_t(idx[i]);
+    if (r < 0) r += rows;
+    y[e] = (r >= 0 && r < rows) ? w[r * dim + j] : T{};
+  }
+}
+
+// y[a, i, b] = x[a, idx[i], b] over a contiguous (outer, rows, inner) x: index_select
+template <class T, class I>
+__global__ void take_mid(int64_t outer, int64_t n_idx, int64_t rows, int64_t inner,
+                         const T* __restrict__ x, const I* __restrict__ idx, T* __restrict__ y) {
+  GML_FOR(e, outer * n_idx * inner) {
+    const int64_t b = e % inner, i = (e / inner) % n_idx, a = e / (inner * n_idx);
+    int64_t r = int64_t(idx[i]);
+    if (r < 0) r += rows;
+    y[e] = (r >= 0 && r < rows) ? x[(a * rows + r) * inner + b] : T{};
+  }
+}
+
+// Advanced indexing by K integer tensors on consecutive dims (aten.index): the index
+// tensors broadcast over domain `bix`; y[a, j, b] = x[a, idx_0[j], .., idx_K-1[j], b].
+template <class I, int K>
+struct IndexTensors {
+  const I* p[K];
+  int64_t rows[K];    // the indexed dims' sizes (negative indices wrap)
+  int64_t stride[K];  // their strides in x
+};
+template <class T, class I, int R, int K>
+__global__ void gather_nd(int64_t n, int64_t nb, int64_t inner, int64_t outer_stride,
+                          Index<R, K> bix, IndexTensors<I, K> ts, const T* __restrict__ x,
+                          T* __restrict__ y) {
+  GML_FOR(e, n) {
+    const int64_t b = e % inner, j = (e / inner) % nb, a = e / (inner * nb);
+    int64_t off[K];
+    offsets(bix, j, off);
+    int64_t src = a * outer_stride + b;
+    bool ok = true;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      int64_t r = int64_t(ts.p[k][off[k]]);
+      if (r < 0) r += ts.rows[k];
+      ok = ok && r >= 0 && r < ts.rows[k];
+      src += r * ts.stride[k];
+    }
+    y[e] = ok ? x[src] : T{};
+  }
+}
+
+template <class T>
+__global__ void arange(int64_t n, double start, double step, T* __restrict__ y) {
+  GML_FOR(i, n) store(y + i, start + double(i) * step);
+}
+
+// y (contiguous, `R` dims) = x read through strides (permute, expand, slice, concat)
+template <class T, int R>
+__global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
+                             T* __restrict__ y) {
+  GML_FOR(i, n) {
+    int64_t off[2];
+    offsets(ix, i, off);
+    y[off[1]] = x[off[0]];
+  }
+}
+
+// Decode-time matrix-vector products: y[m, n] = sum_k x[m, k] * w[n, k] (w as stored by
+// nn.Linear), one warp per output, 16-byte loads along k. Bandwidth-bound at m <= 8.
+template <class T, int M>
+__global__ void gemv_nt(int64_t n, int64_t k, const T* __restrict__ x, const T* __restrict__ w,
+                        T* __restrict__ y) {
+  const int64_t col = int64_t(blockIdx.x) * (blockDim.x / GML_WARP) + threadIdx.x / GML_WARP;
+  const int lane = threadIdx.x % GML_WARP;
+  if (col >= n) return;
+  float acc[M];
+#pragma unroll
+  for (int r = 0; r < M; ++r) acc[r] = 0.f;
+  const T* wr = w + col * k;
+  constexpr int V = 16 / sizeof(T);
+  if (k % V == 0) {
+    for (int64_t j = int64_t(lane) * V; j < k; j += int64_t(GML_WARP) * V) {
+      T wv[V], xv[V];
+      *reinterpret_cast<uint4*>(wv) = *reinterpret_cast<const uint4*>(wr + j);
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + r * k + j);
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[r] += float(load(&wv[e])) * float(load(&xv[e]));
+      }
+    }
+  } else {
+    for (int64_t j = lane; j < k; j += GML_WARP) {
+      const float wv = float(load(wr + j));
+#pragma unroll
+      for (int r = 0; r < M; ++r) acc[r] += wv * float(load(x + r * k + j));
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < M; ++r) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0) store(y + r * n + col, s);
+  }
+}
+
+}  // namespace gml

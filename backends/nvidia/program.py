@@ -1,0 +1,212 @@
+"""Run a lowered function on an NVIDIA GPU, in the caller's process.
+
+`CudaFunction(fn, library, weights)` uploads the load-time values once (weights,
+constants, transposed Linear weights), and per shape bucket (a distinct tuple of input
+shapes) computes the parameter table and memory plan, allocates the arena and lets the
+runtime library capture a CUDA graph on the first call. A call is then: allocate the
+outputs, one ctypes call (inputs -> arena, graph replay, arena -> outputs, ordered with
+the caller's current stream by events). Tensors in and out are torch tensors on the
+device; nothing is synchronised, as with any torch CUDA op.
+
+Device memory comes from torch's caching allocator (weights, arenas, outputs), so
+gimlet and torch share one pool and a caller's tensors go in without copies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import SSAValue
+
+from gimlet.backends.gpu.codegen import Lowered, load_time_values, lower
+from gimlet.dialects import gml
+from gimlet.dtypes import numpy_to_torch, torch_dtype
+from gimlet.errors import UserError
+
+from .build import build_runtime
+
+_P = ctypes.c_void_p
+_I64P = ctypes.POINTER(ctypes.c_int64)
+
+
+class CudaRuntimeError(UserError):
+    """A CUDA or cuBLAS call of a segment failed (names what it was doing)."""
+
+
+@functools.cache
+def runtime() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build_runtime()))
+    lib.gml_cuda_create.restype = _P
+    lib.gml_cuda_create.argtypes = [_P, ctypes.c_int]
+    lib.gml_cuda_destroy.argtypes = [_P]
+    lib.gml_cuda_bucket.restype = _P
+    lib.gml_cuda_bucket.argtypes = [_I64P, ctypes.c_int64, _P]
+    lib.gml_cuda_bucket_free.argtypes = [_P]
+    lib.gml_cuda_run.restype = ctypes.c_int
+    lib.gml_cuda_run.argtypes = [_P, _P, _P, _P, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, _P, _P]
+    lib.gml_cuda_sync.argtypes = [_P]
+    lib.gml_cuda_error.restype = ctypes.c_char_p
+    lib.gml_cuda_error.argtypes = [_P]
+    return lib
+
+
+def _int64s(xs: Sequence[int]) -> Any:
+    return (ctypes.c_int64 * max(len(xs), 1))(*xs)
+
+
+def evaluate_load_time(fn: func.FuncOp, weights: Mapping[str, np.ndarray]) -> dict[SSAValue, np.ndarray]:
+    """The load-time values of `fn` (params, constants and what is computed from them)."""
+    from gimlet.interpreter import evaluate_op
+
+    free = load_time_values(fn)
+    values: dict[SSAValue, np.ndarray] = {}
+    for op in fn.body.block.ops:
+        if not any(r in free for r in op.results):
+            continue
+        if isinstance(op, gml.ParamOp):
+            name = op.param_name.data
+            if name not in weights:
+                raise UserError(f"weight '{name}' is missing from the bundle")
+            values[op.result] = np.asarray(weights[name])
+        else:
+            outs = evaluate_op(op, [values[v] for v in op.operands])
+            values.update(zip(op.results, (np.asarray(o) for o in outs), strict=True))
+    return values
+
+
+@dataclass
+class _Bucket:
+    handle: int
+    arena: Any  # torch.Tensor, kept alive for the graph
+    in_offsets: Any
+    in_bytes: Any
+    out_offsets: Any
+    out_bytes: Any
+    out_shapes: list[tuple[int, ...]]
+    plan_bytes: int
+
+
+class CudaFunction:
+    """`fn` compiled to `library`, callable on torch tensors of one CUDA device."""
+
+    def __init__(
+        self,
+        fn: func.FuncOp,
+        library: str | Path,
+        weights: Mapping[str, np.ndarray],
+        device: Any = None,
+        lowered: Lowered | None = None,
+    ):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("the NVIDIA backend needs a CUDA GPU, and torch sees none")
+        self.torch = torch
+        self.device = torch.device(device if device is not None else "cuda")
+        torch.cuda.init()
+        self.low = lowered or lower(fn)
+        self.fn = fn
+        rt = runtime()
+        self._seg = ctypes.CDLL(str(library))  # kept alive: the graph calls into it
+        entry = ctypes.cast(self._seg.gimlet_gpu_main, _P).value
+        graphs = os.environ.get("GIMLET_CUDA_GRAPHS", "1") != "0"
+        with torch.cuda.device(self.device):
+            self.handle = rt.gml_cuda_create(entry, int(graphs))
+        if not self.handle:
+            raise CudaRuntimeError("could not create the CUDA runtime (stream, cuBLAS handle)")
+        values = evaluate_load_time(fn, weights)
+        self.weight_tensors = []
+        for w in self.low.weights:
+            arr = values[w.value]
+            if w.transposed:
+                arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))
+            self.weight_tensors.append(numpy_to_torch(np.ascontiguousarray(arr)).to(self.device))
+        self.W = (_P * max(len(self.weight_tensors), 1))(*[t.data_ptr() for t in self.weight_tensors])
+        args = fn.body.block.args
+        ret = fn.body.block.last_op
+        assert isinstance(ret, func.ReturnOp)
+        self.in_dtypes = [torch_dtype(_elt(a)) for a in args]
+        self.out_dtypes = [torch_dtype(_elt(v)) for v in ret.arguments]
+        self.buckets: dict[tuple[tuple[int, ...], ...], _Bucket] = {}
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.weight_tensors)
+
+    def bucket(self, shapes: tuple[tuple[int, ...], ...]) -> _Bucket:
+        b = self.buckets.get(shapes)
+        if b is None:
+            plan = self.low.bucket(shapes)
+            torch = self.torch
+            arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
+            params = _int64s(plan.params)
+            handle = runtime().gml_cuda_bucket(params, len(plan.params), arena.data_ptr())
+            itemsize = [torch.empty((), dtype=d).element_size() for d in self.in_dtypes]
+            out_size = [torch.empty((), dtype=d).element_size() for d in self.out_dtypes]
+            b = _Bucket(
+                handle=handle,
+                arena=arena,
+                in_offsets=_int64s(plan.input_offsets),
+                in_bytes=_int64s([int(np.prod(s)) * n for s, n in zip(shapes, itemsize, strict=True)]),
+                out_offsets=_int64s(plan.output_offsets),
+                out_bytes=_int64s(
+                    [int(np.prod(s)) * n for s, n in zip(plan.output_shapes, out_size, strict=True)]
+                ),
+                out_shapes=plan.output_shapes,
+                plan_bytes=plan.plan_bytes,
+            )
+            self.buckets[shapes] = b
+        return b
+
+    def __call__(self, *inputs: Any) -> list[Any]:
+        torch = self.torch
+        xs = []
+        for i, (x, dt) in enumerate(zip(inputs, self.in_dtypes, strict=True)):
+            if not isinstance(x, torch.Tensor):
+                x = torch.as_tensor(np.asarray(x))
+            if x.dtype != dt:
+                raise UserError(f"input {i}: expected {dt}, got {x.dtype}")
+            if x.device != self.device or not x.is_contiguous():
+                x = x.to(self.device).contiguous()
+            xs.append(x)
+        b = self.bucket(tuple(tuple(x.shape) for x in xs))
+        outs = [
+            torch.empty(s, dtype=d, device=self.device)
+            for s, d in zip(b.out_shapes, self.out_dtypes, strict=True)
+        ]
+        in_ptrs = (_P * max(len(xs), 1))(*[x.data_ptr() for x in xs])
+        out_ptrs = (_P * max(len(outs), 1))(*[o.data_ptr() for o in outs])
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        rc = runtime().gml_cuda_run(
+            self.handle, b.handle, self.W, stream,
+            len(xs), in_ptrs, b.in_offsets, b.in_bytes,
+            len(outs), out_ptrs, b.out_offsets, b.out_bytes,
+        )  # fmt: skip
+        if rc:
+            raise CudaRuntimeError(f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}")
+        return outs
+
+    def synchronize(self) -> None:
+        if runtime().gml_cuda_sync(self.handle):
+            raise CudaRuntimeError(f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}")
+
+    def __del__(self) -> None:
+        handle = getattr(self, "handle", None)
+        if handle:
+            for b in self.buckets.values():
+                runtime().gml_cuda_bucket_free(b.handle)
+            runtime().gml_cuda_destroy(handle)
+            self.handle = None
+
+
+def _elt(v: SSAValue) -> Any:
+    assert isinstance(v.type, TensorType)
+    return v.type.element_type

@@ -1,0 +1,178 @@
+// gimlet's CUDA runtime library: what a generated segment (backends/gpu/codegen.py)
+// needs around it on an NVIDIA GPU. One `Program` per loaded segment owns a stream,
+// a cuBLAS handle with a fixed workspace (so GEMMs can be captured into graphs) and one
+// CUDA graph per shape bucket. A call copies the inputs into the bucket's arena, replays
+// the graph and copies the outputs out, ordered after and before the caller's stream
+// with events: no host synchronisation on the hot path.
+//
+// Built on the machine that runs it (backends/nvidia/build.py), against the CUDA
+// toolkit and the cuBLAS headers there; generated segments never include cuBLAS.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "gimlet/gpu/gml_gpu.cuh"
+
+namespace {
+
+typedef int (*SegmentFn)(const gml::Ctx*, char*, void* const*, const int64_t*, cudaStream_t);
+
+struct Program {
+  SegmentFn fn = nullptr;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t ready = nullptr, done = nullptr;
+  cublasHandle_t blas = nullptr;
+  void* workspace = nullptr;
+  gml::Ctx ctx{};
+  bool graphs = true;
+  char error[512] = {0};
+};
+
+struct Bucket {
+  std::vector<int64_t> params;
+  char* arena = nullptr;  // owned by the caller (a torch tensor), stable for the bucket
+  cudaGraphExec_t exec = nullptr;
+};
+
+constexpr size_t kWorkspace = 32u << 20;  // cuBLAS's recommended size on Hopper
+
+cudaDataType_t cuda_type(gml::DType t) {
+  switch (t) {
+    case gml::DType::F16: return CUDA_R_16F;
+    case gml::DType::BF16: return CUDA_R_16BF;
+    default: return CUDA_R_32F;
+  }
+}
+
+// Row-major C = A @ B as cuBLAS's column-major C^T = B^T A^T: swap the operands.
+int gemm(const gml::Ctx* ctx, cudaStream_t stream, gml::DType ab, gml::DType c, bool trans_b,
+         int64_t m, int64_t n, int64_t k, const void* a, int64_t lda, int64_t stride_a,
+         const void* b, int64_t ldb, int64_t stride_b, void* c_ptr, int64_t ldc,
+         int64_t stride_c, int64_t batch, float alpha) {
+  auto* p = static_cast<Program*>(ctx->state);
+  if (m == 0 || n == 0) return 0;
+  cublasSetStream(p->blas, stream);
+  const float beta = 0.f;
+  // f32 operands: plain FP32 arithmetic (no TF32), as torch's default and the oracle do
+  const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  const cublasStatus_t s = cublasGemmStridedBatchedEx(
+      p->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &alpha, b,
+      cuda_type(ab), int(ldb), stride_b, a, cuda_type(ab), int(lda), stride_a, &beta, c_ptr,
+      cuda_type(c), int(ldc), stride_c, int(batch), compute, CUBLAS_GEMM_DEFAULT);
+  return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
+}
+
+int fail(Program* p, const char* what, int code) {
+  snprintf(p->error, sizeof p->error, "%s: %s", what,
+           code >= 1000 ? "cuBLAS error" : cudaGetErrorString(cudaError_t(code)));
+  return code;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* gml_cuda_error(void* program) { return static_cast<Program*>(program)->error; }
+
+void* gml_cuda_create(void* segment_fn, int graphs) {
+  auto* p = new Program();
+  p->fn = reinterpret_cast<SegmentFn>(segment_fn);
+  p->graphs = graphs != 0;
+  if (cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming) != cudaSuccess ||
+      cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
+      cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
+      cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetMathMode(p->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS) {
+    delete p;
+    return nullptr;
+  }
+  p->ctx.gemm = gemm;
+  p->ctx.state = p;
+  return p;
+}
+
+void gml_cuda_destroy(void* program) {
+  auto* p = static_cast<Program*>(program);
+  if (!p) return;
+  cudaStreamSynchronize(p->stream);
+  cublasDestroy(p->blas);
+  cudaFree(p->workspace);
+  cudaEventDestroy(p->ready);
+  cudaEventDestroy(p->done);
+  cudaStreamDestroy(p->stream);
+  delete p;
+}
+
+void* gml_cuda_bucket(const int64_t* params, int64_t n, void* arena) {
+  auto* b = new Bucket();
+  b->params.assign(params, params + n);
+  b->arena = static_cast<char*>(arena);
+  return b;
+}
+
+void gml_cuda_bucket_free(void* bucket) {
+  auto* b = static_cast<Bucket*>(bucket);
+  if (b && b->exec) cudaGraphExecDestroy(b->exec);
+  delete b;
+}
+
+// One call: inputs -> arena, the segment (graph replay after the first call of a
+// bucket), arena -> outputs; all on the program's stream, ordered after `caller` and
+// before whatever `caller` runs next. Returns 0 or an error code (text: gml_cuda_error).
+int gml_cuda_run(void* program, void* bucket, void* const* weights, void* caller,
+                 int n_in, void* const* in_ptrs, const int64_t* in_offsets,
+                 const int64_t* in_bytes, int n_out, void* const* out_ptrs,
+                 const int64_t* out_offsets, const int64_t* out_bytes) {
+  auto* p = static_cast<Program*>(program);
+  auto* b = static_cast<Bucket*>(bucket);
+  auto s = static_cast<cudaStream_t>(caller);
+  cudaError_t e = cudaEventRecord(p->ready, s);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(p->stream, p->ready, 0);
+  for (int i = 0; i < n_in && e == cudaSuccess; ++i)
+    if (in_bytes[i] && b->arena + in_offsets[i] != in_ptrs[i])
+      e = cudaMemcpyAsync(b->arena + in_offsets[i], in_ptrs[i], size_t(in_bytes[i]),
+                          cudaMemcpyDeviceToDevice, p->stream);
+  if (e != cudaSuccess) return fail(p, "copying inputs", int(e));
+  if (!p->graphs) {
+    int r = p->fn(&p->ctx, b->arena, weights, b->params.data(), p->stream);
+    if (r) return fail(p, "running the segment", r);
+  } else {
+    if (!b->exec) {
+      cudaGraph_t graph = nullptr;
+      e = cudaStreamBeginCapture(p->stream, cudaStreamCaptureModeThreadLocal);
+      if (e != cudaSuccess) return fail(p, "beginning graph capture", int(e));
+      int r = p->fn(&p->ctx, b->arena, weights, b->params.data(), p->stream);
+      e = cudaStreamEndCapture(p->stream, &graph);
+      if (r) return fail(p, "capturing the segment", r);
+      if (e != cudaSuccess) return fail(p, "ending graph capture", int(e));
+      e = cudaGraphInstantiate(&b->exec, graph, 0);
+      cudaGraphDestroy(graph);
+      if (e != cudaSuccess) return fail(p, "instantiating the graph", int(e));
+    }
+    e = cudaGraphLaunch(b->exec, p->stream);
+    if (e != cudaSuccess) return fail(p, "launching the graph", int(e));
+  }
+  for (int i = 0; i < n_out && e == cudaSuccess; ++i)
+    if (out_bytes[i])
+      e = cudaMemcpyAsync(out_ptrs[i], b->arena + out_offsets[i], size_t(out_bytes[i]),
+                          cudaMemcpyDeviceToDevice, p->stream);
+  if (e == cudaSuccess) e = cudaEventRecord(p->done, p->stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(s, p->done, 0);
+  if (e != cudaSuccess) return fail(p, "copying outputs", int(e));
+  return 0;
+}
+
+// Wait for everything the program launched; surfaces asynchronous kernel faults.
+int gml_cuda_sync(void* program) {
+  auto* p = static_cast<Program*>(program);
+  cudaError_t e = cudaStreamSynchronize(p->stream);
+  return e == cudaSuccess ? 0 : fail(p, "running the segment", int(e));
+}
+
+}  // extern "C"
