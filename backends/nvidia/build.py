@@ -116,6 +116,7 @@ def build_runtime() -> Path:
     flags = [
         "-std=c++17",
         "-O2",
+        "--expt-relaxed-constexpr",
         "-shared",
         "-Xcompiler=-fPIC,-Wall",
         "-cudart=shared",
