@@ -33,6 +33,9 @@ test: setup lint typecheck pytest lit
 lint: setup
 	$(BIN)/ruff check compiler dialects passes backends runtime tests benchmarks examples
 	$(BIN)/ruff format --check compiler dialects passes backends runtime tests benchmarks examples
+	# the C++ (and CUDA) sources of the backends, formatted as .clang-format says
+	find backends \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \) -print0 \
+		| xargs -0 -r $(BIN)/clang-format --dry-run --Werror
 
 typecheck: setup
 	MYPY=$(BIN)/mypy scripts/typecheck.sh

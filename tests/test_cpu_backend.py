@@ -96,11 +96,34 @@ def test_source_is_readable(compiled: dict[str, Any]) -> None:
     )
 
 
+def test_generated_code_and_runtime_build_without_warnings(compiled: dict[str, Any]) -> None:
+    """Each family's generated C++ and every runtime source compile warning-free with
+    -Wall -Wextra (-Werror here; the default build only prints warnings)."""
+    import subprocess
+
+    from gimlet.backends.cpu.build import RUNTIME_ROOT, compiler, default_flags, native_flags
+
+    flags = [f for f in default_flags("-O1") if f != "-shared"] + ["-Werror", "-c"]
+    assert "-Wall" in flags and "-Wextra" in flags
+    sources = [compiled[name][1].source_path for name in sorted(FAMILIES)]
+    sources += sorted((RUNTIME_ROOT / "src").glob("*.cpp"))
+    inc = [f"-I{RUNTIME_ROOT / 'include'}", *[f for f in native_flags() if f.startswith("-I")]]
+
+    def build(path: Path) -> tuple[str, str]:
+        cmd = [compiler(), str(path), "-o", "/dev/null", *inc, *flags]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        return path.name, proc.stderr if proc.returncode else ""
+
+    with ThreadPoolExecutor(2) as pool:
+        failures = {name: err for name, err in pool.map(build, sources) if err}
+    assert failures == {}, "\n".join(f"{n}:\n{e[:2000]}" for n, e in failures.items())
+
+
 def test_compile_error_shows_file_and_line(cache: Path) -> None:
     from gimlet.backends.cpu import CpuCompileError
     from gimlet.backends.cpu.build import build_library, default_flags
 
-    source = '#include "gimlet_cpu_runtime.h"\nint broken() {\n  return undefined_name;\n}\n'
+    source = '#include "gimlet/cpu_runtime.h"\nint broken() {\n  return undefined_name;\n}\n'
     with pytest.raises(CpuCompileError) as info:
         build_library(source, default_flags("-O0"))
     message = str(info.value)

@@ -329,11 +329,11 @@ def test_bundle_holds_readable_cxx_for_cpu_segments(bundles: dict[str, Path]) ->
         }
     ]
     assert "-march=native" in art["flags"] and "-O3" in art["flags"]
-    for rel in ("cpu/seg0.part0.cpp", "cpu/seg0.part0.so", "cpu/gimlet_cpu_runtime.h"):
+    for rel in ("cpu/seg0.part0.cpp", "cpu/seg0.part0.so", art["header"]):
         assert rel in manifest["files"]  # hashed like every other file
     source = (b / "cpu" / "seg0.part0.cpp").read_text()
     assert "// gml.matmul  fc1 (examples/mlp.py:" in source
-    assert '#include "gimlet_cpu_runtime.h"' in source
+    assert '#include "gimlet/cpu_runtime.h"' in source
 
 
 def test_cpu_backend_interpreter_flag(tmp_path: Path, capsys: Any) -> None:

@@ -2,8 +2,10 @@
 load them in the worker (artefact kind "cpu-cxx").
 
 A bundle keeps, per compiled part, the generated `.cpp` (for users to read) and the
-`.so`, under `cpu/seg<N>.part<K>.{cpp,so}`; the manifest entry records the flags, the
-weights each part reads and the CPU it was built for. A worker on another CPU model
+`.so`, under `cpu/seg<N>.part<K>.{cpp,so}`, and the runtime they include and link under
+`cpu/runtime/` (its headers and sources, and its library, which the parts find through
+`$ORIGIN/runtime`); the manifest entry records the flags, the weights each part reads
+and the CPU it was built for. A worker on another CPU model
 does not load a `-march=native` library built elsewhere (it could die on an illegal
 instruction): it rebuilds the bundled source into its own cache instead.
 """
@@ -27,8 +29,7 @@ from gimlet.dialects import gml
 from gimlet.errors import UnsupportedOpError, UserError
 
 from . import CompiledCpu, _signature
-from .build import build_library, default_flags
-from .runtime import RUNTIME_HEADER, RUNTIME_HEADER_NAME
+from .build import RUNTIME_DIR, build_library, build_runtime, copy_runtime
 from .segments import Part, compile_part, host_cpu, part_function, split
 
 KIND = "cpu-cxx"
@@ -46,9 +47,13 @@ def compile_segment(segment: gml.SegmentOp, index: int, out_dir: str) -> dict[st
             pool.map(lambda kp: compile_part(kp[1], f"seg{index}.part{kp[0]}"), enumerate(parts))
         )
     entries = []
-    if libs:  # the header the sources include, so the bundle's C++ reads (and builds) alone
-        with open(os.path.join(out_dir, "cpu", RUNTIME_HEADER_NAME), "w") as f:
-            f.write(RUNTIME_HEADER)
+    runtime = Path(out_dir, "cpu", RUNTIME_DIR)
+    files: list[str] = []
+    if libs:  # the runtime the sources include and link, so the bundle's C++ builds alone
+        copied = copy_runtime(runtime)
+        runtime_lib = build_runtime(libs[0].flags)
+        shutil.copyfile(runtime_lib, runtime / runtime_lib.name)
+        files = [p.relative_to(out_dir).as_posix() for p in [*copied, runtime / runtime_lib.name]]
     for k, lib in enumerate(libs):
         stem = f"cpu/seg{index}.part{k}"
         shutil.copyfile(lib.source_path, os.path.join(out_dir, stem + ".cpp"))
@@ -66,7 +71,9 @@ def compile_segment(segment: gml.SegmentOp, index: int, out_dir: str) -> dict[st
         "kind": KIND,
         "file": IR_FILE,  # the IR the parts are cut from
         "parts": entries,
-        "header": f"cpu/{RUNTIME_HEADER_NAME}",
+        "header": f"cpu/{RUNTIME_DIR}/include/gimlet/cpu_runtime.h",
+        "runtime": f"cpu/{RUNTIME_DIR}",
+        "runtime_files": files,
         "flags": flags,
         "built_for": host_cpu(),
     }
@@ -82,7 +89,7 @@ class CpuExecutor:
         self.bundle = bundle
         self.plans: dict[int, list[Part | Operation]] = {}
         self.libs: dict[int, list[CompiledCpu]] = {}
-        self.header = ""  # the bundle's runtime header, for rebuilding on another CPU
+        self.runtime = ""  # the bundle's runtime sources, for rebuilding on another CPU
 
     def _plan(self, segment: gml.SegmentOp, index: int, artefact: dict[str, Any]) -> list[Any]:
         if index not in self.plans:
@@ -94,7 +101,7 @@ class CpuExecutor:
                     f"manifest, {len(parts)} in the IR; rebuild the bundle with gimletc compile"
                 )
             same_cpu = artefact.get("built_for") == host_cpu()
-            self.header = artefact["header"]
+            self.runtime = artefact["runtime"]
             self.libs[index] = [
                 self._load(p, e, artefact["flags"], same_cpu, f"seg{index}.part{k}")
                 for k, (p, e) in enumerate(zip(parts, artefact["parts"], strict=True))
@@ -111,9 +118,9 @@ class CpuExecutor:
         assert term is not None
         source_path = Path(self.bundle.file(entry["source"]))
         library = Path(self.bundle.file(entry["library"]))
-        if not same_cpu:  # rebuild for this CPU (cached by content hash), with its own header
-            header = Path(self.bundle.file(self.header)).read_text()
-            library, _ = build_library(source_path.read_text(), _local(flags), header)
+        if not same_cpu:  # rebuild for this CPU (cached by content hash), with its own runtime
+            root = Path(self.bundle.file(self.runtime))
+            library, _ = build_library(source_path.read_text(), flags, root)
         return CompiledCpu(
             source=source_path.read_text(),
             library_path=library,
@@ -156,15 +163,6 @@ class CpuExecutor:
 
     def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]:
         return list(self.interp.run_op(op, inputs))
-
-
-def _local(flags: list[str]) -> list[str]:
-    """Recorded flags with the BLAS link flags of the build machine replaced by this one's
-    (numpy's bundled OpenBLAS lives under each machine's own site-packages)."""
-    blas = ("-L", "-l:", "-Wl,-rpath,", "-DGML_NO_BLAS")
-    return [f for f in flags if not f.startswith(blas)] + [
-        f for f in default_flags() if f.startswith(blas)
-    ]
 
 
 def _to_abi(value: Any, v: SSAValue) -> np.ndarray:
