@@ -26,7 +26,7 @@ class Prefill(nn.Module):
 
     def forward(self, ids: torch.Tensor):
         g = self.gpt
-        x = g.wte(ids) + g.wpe(torch.arange(ids.shape[1]))
+        x = g.wte(ids) + g.wpe(torch.arange(ids.shape[1], device=ids.device))
         keys, values = [], []
         for block in g.h:
             b, t, d = x.shape
@@ -49,7 +49,7 @@ class Decode(nn.Module):
 
     def forward(self, token: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
         g = self.gpt
-        x = g.wte(token) + g.wpe(torch.full((1,), keys.shape[3]))
+        x = g.wte(token) + g.wpe(torch.full((1,), keys.shape[3], device=token.device))
         for i, block in enumerate(g.h):
             b, t, d = x.shape
             q, k, v = block.qkv(block.ln_1(x)).split(d, dim=2)

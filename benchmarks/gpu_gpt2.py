@@ -1,0 +1,202 @@
+"""GPT-2 small on one GPU: gimlet's NVIDIA backend against torch eager, torch.compile and
+torch.compile(mode="reduce-overhead"), all in one run, fp16, batch 1.
+
+* decode: one token over a 512-token KV cache (examples/gpt_phases.py's Decode: the
+  cache goes in, the step's logits come out);
+* prefill: the whole model over T=512 tokens (all logits).
+
+Reports the median of timed calls (CUDA events around each, after warm-up), the
+compile time of each (gimlet: export + passes + code generation + nvcc; torch.compile:
+its first call), peak GPU memory (torch's allocator: gimlet's weights and arenas come
+from it too), gimlet's memory plan, and the max abs difference from torch eager.
+
+Run on a machine with an NVIDIA GPU (the H200, through the device tool):
+    python benchmarks/gpu_gpt2.py [--quick]
+Writes benchmarks/results/gpu_gpt2.{md,json} (and copies them to $OUT when set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from gpt import GPT  # noqa: E402
+from gpt_phases import Decode  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CTX = 512
+
+
+def timed(fn: Any, args: tuple[Any, ...], iters: int, warmup: int = 10) -> list[float]:
+    """Per-call times in ms (CUDA events around each call)."""
+    for _ in range(warmup):
+        fn(*args)
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end))
+    return out
+
+
+def first_output(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, list | tuple) else x
+
+
+def gimlet_fn(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, float, dict[str, Any]]:
+    """Compile with gimlet's NVIDIA backend in this process; (callable, seconds, info)."""
+    from gimlet import compile as gcompile
+    from gimlet.backends.gpu.codegen import lower
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+    from gimlet.ir import main_func
+
+    import copy
+
+    t0 = time.perf_counter()
+    compiled = gcompile(copy.deepcopy(module).cpu(), tuple(a.cpu() for a in args))
+    fn = main_func(compiled.module)
+    low = lower(fn)
+    lib, _ = build_segment(low.source)
+    seconds = time.perf_counter() - t0
+    f = CudaFunction(fn, lib, compiled.weights, lowered=low)
+    bucket = f.bucket(tuple(tuple(a.shape) for a in args))
+    info = {
+        "kernels": low.source.count("<<<"),
+        "gemm_calls": low.source.count("ctx->gemm("),
+        "plan_bytes": bucket.plan_bytes,
+        "weight_bytes": f.weight_bytes(),
+    }
+    return (lambda *xs: f(*xs)), seconds, info
+
+
+def measure(name: str, module: torch.nn.Module, args: tuple[Any, ...], iters: int) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    with torch.no_grad():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ref = first_output(module(*args))
+        torch.cuda.synchronize()
+        eager_peak = torch.cuda.max_memory_allocated() - base
+        rows["torch eager"] = {"ms": timed(module, args, iters), "compile_s": 0.0, "peak_bytes": eager_peak}
+        for mode in ("default", "reduce-overhead"):
+            torch._dynamo.reset()
+            c = torch.compile(module, mode=None if mode == "default" else mode)
+            t0 = time.perf_counter()
+            out = first_output(c(*args)).clone()  # reduce-overhead reuses its output buffers
+            c(*args)
+            torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            rows[f"torch.compile {mode}"] = {
+                "ms": timed(c, args, iters),
+                "compile_s": secs,
+                "max_abs_err": float((out.float() - ref.float()).abs().max()),
+            }
+        torch._dynamo.reset()
+        g, secs, info = gimlet_fn(module, args)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = first_output(g(*args))
+        torch.cuda.synchronize()
+        rows["gimlet"] = {
+            "ms": timed(g, args, iters),
+            "compile_s": secs,
+            "max_abs_err": float((out.float() - ref.float()).abs().max()),
+            "peak_bytes_after_load": torch.cuda.max_memory_allocated() - base,
+            **info,
+        }
+    for r in rows.values():
+        r["median_ms"] = statistics.median(r["ms"])
+        r["min_ms"] = min(r["ms"])
+        del r["ms"]
+    print(f"{name}:", {k: round(v["median_ms"], 4) for k, v in rows.items()}, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer iterations")
+    ap.add_argument("--only", choices=["decode", "prefill"], help="one case")
+    args = ap.parse_args()
+    iters = 50 if args.quick else 200
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    gpt = GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12).half().eval().to(dev)
+    heads, hd = 12, 64
+    cases: dict[str, Any] = {}
+    if args.only in (None, "decode"):
+        token = torch.randint(0, 50257, (1, 1), device=dev)
+        keys = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
+        values = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
+        cases["decode"] = measure("decode", Decode(gpt).eval(), (token, keys, values), iters)
+    if args.only in (None, "prefill"):
+        ids = torch.randint(0, 50257, (1, CTX), device=dev)
+        cases["prefill"] = measure("prefill", gpt, (ids,), iters)
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": "python benchmarks/gpu_gpt2.py" + (" --quick" if args.quick else ""),
+        "iters": iters,
+    }
+    write(cases, meta)
+
+
+def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gpu_gpt2.json").write_text(json.dumps({"meta": meta, "cases": cases}, indent=2))
+    lines = [
+        "# GPT-2 small on one GPU: gimlet vs torch (fp16, batch 1)",
+        "",
+        f"Machine: {meta['gpu']}, torch {meta['torch']}, Python {meta['python']}. "
+        f"Command: `{meta['command']}` ({meta['iters']} timed calls each, median; CUDA events).",
+        "",
+        "| case | runner | median ms | min ms | vs reduce-overhead | compile s | max abs err vs eager |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for case, rows in cases.items():
+        ro = rows["torch.compile reduce-overhead"]["median_ms"]
+        for runner, r in rows.items():
+            err = r.get("max_abs_err")
+            lines.append(
+                f"| {case} | {runner} | {r['median_ms']:.4f} | {r['min_ms']:.4f} | "
+                f"{r['median_ms'] / ro:.2f}x | {r['compile_s']:.1f} | "
+                f"{'' if err is None else f'{err:.2e}'} |"
+            )
+    lines += ["", "Memory (torch's allocator; gimlet: weights + arena, counted from before its first call):", ""]
+    for case, rows in cases.items():
+        g = rows["gimlet"]
+        lines.append(
+            f"- {case}: torch eager peak {rows['torch eager']['peak_bytes'] / 2**20:.1f} MiB of activations; "
+            f"gimlet weights {g['weight_bytes'] / 2**20:.1f} MiB, memory plan (arena) {g['plan_bytes'] / 2**20:.2f} MiB, "
+            f"{g['kernels']} kernel launches + {g['gemm_calls']} GEMM calls in the program."
+        )
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "gpu_gpt2.md").write_text(text)
+    print(text)
+    out = os.environ.get("OUT")
+    if out:
+        for f in ("gpu_gpt2.md", "gpu_gpt2.json"):
+            shutil.copy(RESULTS / f, Path(out) / f)
+
+
+if __name__ == "__main__":
+    main()
