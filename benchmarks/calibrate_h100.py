@@ -1,4 +1,4 @@
-"""Calibrate the roofline cost model (compiler/cost.py) against a real H100.
+"""Calibrate the roofline cost model (compiler/placement/cost.py) against a real H100.
 
 Two halves, because the GPU machine has torch but neither xdsl nor lark:
 
@@ -14,7 +14,7 @@ Two halves, because the GPU machine has torch but neither xdsl nor lark:
   repeat does not find its operands in cache, and are random (zeros run faster, METHOD.md).
 * default mode runs here: each case becomes the equivalent single gml op, cost.op_time predicts
   it on PRESETS["h100"] (raw datasheet roofline, then with the calibrated factors of
-  compiler/cost.py), and the per-case and median/worst relative errors |pred-meas|/meas are
+  compiler/placement/cost.py), and the per-case and median/worst relative errors |pred-meas|/meas are
   written to benchmarks/results/h100_calibration.{json,md}, for the CASES, the HOLDOUT cases
   and both. `derive_calibration` recomputes cost.py's constants from the CASES alone.
 
@@ -421,7 +421,7 @@ STREAMING = ("add", "mul", "gelu", "cast")
 
 
 def derive_calibration(doc: dict[str, Any]) -> dict[str, float]:
-    """The constants of compiler/cost.py's calibration, from the non-held-out cases:
+    """The constants of compiler/placement/cost.py's calibration, from the non-held-out cases:
 
     - memory_efficiency: median achieved / datasheet bandwidth of streaming elementwise ops
       moving >= 256 MB (large enough that launch and tail effects vanish);
@@ -430,8 +430,8 @@ def derive_calibration(doc: dict[str, Any]) -> dict[str, float]:
     - launch_overhead: median, over cases under 20 us, of measured time minus the roofline
       with those efficiencies (the fixed cost of a kernel, whatever its size).
     """
-    from gimlet.cost import op_cost
-    from gimlet.presets import PRESETS
+    from gimlet.placement.cost import op_cost
+    from gimlet.placement.presets import PRESETS
 
     h100 = PRESETS["h100"]
     cases = [(c, op_cost(build_op(c)), measured_seconds(c)) for c in doc["cases"]]
@@ -477,8 +477,8 @@ def rel_err(pred: float, meas: float) -> float:
 
 def evaluate(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Per case: measured seconds (both ways), pass spread, op cost and both predictions."""
-    from gimlet.cost import op_cost, op_time
-    from gimlet.presets import PRESETS
+    from gimlet.placement.cost import op_cost, op_time
+    from gimlet.placement.presets import PRESETS
 
     h100 = PRESETS["h100"]
     rows = []
@@ -517,7 +517,7 @@ def summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def report(measurements: Path) -> dict[str, Any]:
-    from gimlet import cost
+    from gimlet.placement import cost
 
     doc = json.loads(measurements.read_text())
     rows = evaluate(doc)
@@ -558,15 +558,15 @@ def report(measurements: Path) -> dict[str, Any]:
         "",
         f"Measured by `benchmarks/calibrate_h100.py --measure` on one {info.get('gpu')} "
         f"(torch {info['torch']}; f32 matmuls without TF32, cuDNN convs with TF32 "
-        f"{'on' if info['cudnn_allow_tf32'] else 'off'}), predicted by `gimlet.cost` for "
+        f"{'on' if info['cudnn_allow_tf32'] else 'off'}), predicted by `gimlet.placement.cost` for "
         "`PRESETS['h100']` (989 TFLOP/s bf16/f16, 67 f32, 3.35 TB/s, 5 us launch). "
         "*Measured* is device time per op in CUDA-graph replay with inputs rotated past the "
         "L2, mean of two passes (*spread*: their difference); *eager* is the same calls issued "
         "from Python, for reference only. Error = |pred - meas| / meas. *Raw* is the bare "
-        "roofline on datasheet figures; *calibrated* applies the constants of compiler/cost.py, "
+        "roofline on datasheet figures; *calibrated* applies the constants of compiler/placement/cost.py, "
         "derived from the calibration cases only; held-out cases (marked H) test them.",
         "",
-        "| calibration constant | derived here | in compiler/cost.py |",
+        "| calibration constant | derived here | in compiler/placement/cost.py |",
         "|---|---:|---:|",
         *[f"| {k} | {derived[k]:.3g} | {used[k]:.3g} |" for k in derived],
         "",

@@ -1,4 +1,4 @@
-"""Placement solvers (compiler/placement.py): how close greedy and DP get to the MILP, and how fast.
+"""Placement solvers (compiler/placement/solvers.py): how close greedy and DP get to the MILP, and how fast.
 
 What is measured, and why:
 
@@ -12,7 +12,7 @@ What is measured, and why:
    - `dag`: random DAGs, each node with 1-3 predecessors among the previous 10; same sizes;
    - `gpt`: the GPT-style model of examples/gpt.py (`model()`), imported with
      gimlet.frontend.import_model, run through the default pass pipeline and given to
-     `build_problem` (only when compiler/cost.py exists: build_problem needs its roofline).
+     `build_problem` (only when compiler/placement/cost.py exists: build_problem needs its roofline).
    Synthetic graphs get random FLOPs / bytes per node (log-uniform in ranges set by the node's
    kind) and random activation sizes per edge; the [n, D] time matrix is a roofline on the real
    presets of the cluster (launch overhead + max(FLOPs / bf16 peak, bytes / memory bandwidth)),
@@ -28,7 +28,7 @@ What is measured, and why:
    2 cores. A solver over its budget is profiled with cProfile at a smaller size and its hot
    functions are reported (the fix is described in the report, not made here).
 
-compiler/placement.py imports gimlet.cost at module level; while that module does not exist yet
+compiler/placement/solvers.py imports gimlet.placement.cost at module level; while that module does not exist yet
 a stand-in whose functions raise is registered, so the synthetic problems (which never call
 them) can still be solved; the `gpt` rows are then skipped.
 
@@ -69,29 +69,32 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _ensure_cost_module() -> bool:
-    """True if gimlet.cost is real; otherwise register a stand-in so placement imports."""
+    """True if gimlet.placement.cost is real; otherwise register a stand-in so placement imports."""
     try:
-        import gimlet.cost  # noqa: F401
+        import gimlet.placement.cost  # noqa: F401
 
         return True
     except ModuleNotFoundError as e:
-        if e.name != "gimlet.cost":
+        if e.name != "gimlet.placement.cost":
             raise
-    stub = types.ModuleType("gimlet.cost")
+    stub = types.ModuleType("gimlet.placement.cost")
 
     def missing(*_args: object, **_kwargs: object) -> Any:
-        raise RuntimeError("gimlet.cost is not available (compiler/cost.py missing)")
+        raise RuntimeError(
+            "gimlet.placement.cost is not available (compiler/placement/cost.py missing)"
+        )
 
     for name in ("op_cost", "op_time", "value_bytes", "weight_bytes"):
         setattr(stub, name, missing)
-    sys.modules["gimlet.cost"] = stub
+    sys.modules["gimlet.placement.cost"] = stub
     return False
 
 
 HAVE_COST = _ensure_cost_module()
 
-from gimlet.cluster import Cluster  # noqa: E402
-from gimlet.placement import (  # noqa: E402
+from gimlet.placement.cluster import Cluster  # noqa: E402
+from gimlet.placement.presets import target  # noqa: E402
+from gimlet.placement.solvers import (  # noqa: E402
     Problem,
     _dp_free,
     _fits,
@@ -101,7 +104,6 @@ from gimlet.placement import (  # noqa: E402
     milp,
     route_matrices,
 )
-from gimlet.presets import target  # noqa: E402
 
 CLUSTERS = ("h100+cpu", "b200+sram+cpu")
 DP_GOAL = 0.01  # DP within 1% of the MILP on chain-like graphs
@@ -280,7 +282,7 @@ def synthetic(
 def gpt_problem(spec: str, objective: str) -> Problem:
     from gimlet.frontend import import_model
     from gimlet.pass_manager import DEFAULT_PIPELINE, run_pipeline
-    from gimlet.placement import build_problem
+    from gimlet.placement.solvers import build_problem
 
     module, _ = import_model(str(ROOT / "examples" / "gpt.py") + ":model")
     run_pipeline(module, DEFAULT_PIPELINE)
@@ -575,7 +577,7 @@ def machine_info() -> dict[str, Any]:
         "highs": "scipy.optimize.milp (HiGHS)",
         "gimlet": importlib.metadata.version("gimlet"),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cost_model": "gimlet.cost" if HAVE_COST else "missing (gpt rows skipped)",
+        "cost_model": "gimlet.placement.cost" if HAVE_COST else "missing (gpt rows skipped)",
         "loadavg_end": list(os.getloadavg()),
     }
 

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 import numpy as np
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Attribute
 
 from gimlet import __version__
@@ -53,7 +53,7 @@ def _nccl_ordered_pairs(module: ModuleOp, host: str) -> set[tuple[str, str]]:
     must come in the same channel order as the receiver posts its payload receives (at
     the irecv for static shapes; at the wait, after the gloo shape header, for dynamic
     ones). `index` values always go through gloo and do not count."""
-    from gimlet.comm_check import device_ops
+    from gimlet.placement.comm_check import device_ops
 
     sent: dict[tuple[str, str], list[int]] = {}
     posted: dict[tuple[str, str], list[int]] = {}
@@ -86,10 +86,10 @@ def _params(op: Any) -> set[str]:
 def describe(module: ModuleOp) -> dict[str, Any]:
     """The manifest body (everything but file hashes) for a placed, partitioned module."""
     from gimlet.ir import input_names, main_func
-    from gimlet.passes.insert_comm import TARGET_ATTR, module_cluster
+    from gimlet.placement.target import module_cluster, module_target
 
-    target = module.attributes.get(TARGET_ATTR)
-    assert isinstance(target, StringAttr)
+    target = module_target(module)
+    assert target is not None
     cluster = module_cluster(module)
     host = cluster.default_host()
     fn = main_func(module)
@@ -133,7 +133,7 @@ def describe(module: ModuleOp) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "gimlet_version": __version__,
-        "target": target.data,
+        "target": target,
         "cluster": {"devices": device_info(cluster), "host": host},
         "segments": segments,
         "channels": sorted(channels, key=lambda c: c["id"]),

@@ -26,13 +26,14 @@ from gimlet.artifacts import (
     write_atomically,
 )
 from gimlet.errors import UserError
-from gimlet.ir import parse, print_ir, verify
+from gimlet.ir import parse, print_ir
 from gimlet.pass_manager import (
     DEFAULT_PIPELINE,
     Instrumentation,
     build_pipeline,
     list_passes,
     run_pipeline,
+    verify_program,
 )
 from gimlet.passes.insert_comm import InsertComm
 from gimlet.passes.outline_segments import OutlineSegments
@@ -171,8 +172,8 @@ def _pipeline(args: argparse.Namespace) -> list[ModulePass]:
 def _explain(args: argparse.Namespace, module: ModuleOp) -> None:
     if not getattr(args, "target", None) or not (args.explain or args.graph):
         return
-    from gimlet.explain import build_report, to_dot, to_json, to_text
-    from gimlet.passes.place import resolve
+    from gimlet.placement.explain import build_report, to_dot, to_json, to_text
+    from gimlet.placement.target import resolve
 
     report = build_report(module, resolve(args.target), args.dim_hint)
     if args.explain:
@@ -279,7 +280,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         ep = decompose(load_program(args.model))
     with step("importing into gml"):
         module, weights = import_program(ep)
-        verify(module, after="import")
+        verify_program(module, after="import")
     with step("running passes"):
         run_pipeline(module, _pipeline(args), _instrumentation(args))
     text = print_ir(module, not args.no_locations)
@@ -339,7 +340,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
     for chunk in chunks:
         try:
             module = parse(chunk, args.file)
-            verify(module)
+            verify_program(module)
             run_pipeline(module, args.pass_pipeline, _instrumentation(args))
             outputs.append(print_ir(module, not args.no_locations))
         except UserError as e:
@@ -400,7 +401,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from gimlet.frontend.importer import import_program
 
         module, weights = import_program(decompose(ep))
-    verify(module)
+    verify_program(module)
     run_pipeline(module, _pipeline(args), _instrumentation(args))
     _explain(args, module)
     inputs = _load_inputs(args.inputs, module) if args.inputs else example

@@ -55,7 +55,10 @@ def print_ir(op: Operation, locations: bool = True) -> str:
 
 
 def verify(module: ModuleOp, after: str | None = None) -> None:
-    """xDSL's structural verifier plus SSA dominance, as one user-facing error."""
+    """xDSL's structural verifier plus SSA dominance, as one user-facing error.
+
+    A placed program's transfers are checked on top of this by
+    `gimlet.pass_manager.verify_program` (the check needs the target's cluster)."""
     try:
         check_dominance(module)
     except _DominanceError as e:
@@ -66,25 +69,6 @@ def verify(module: ModuleOp, after: str | None = None) -> None:
         except VerifyException as e:
             cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
             raise VerificationError(_describe_failure(op, cause, after)) from e
-    if any(op.dialect_name() == "comm" for op in module.walk()):
-        _verify_transfers(module, after)
-
-
-def _verify_transfers(module: ModuleOp, after: str | None) -> None:
-    """Sends and receives pair up and cannot deadlock (needs the target's host)."""
-    from gimlet.comm_check import check_comm
-
-    target = module.attributes.get("gml.target")
-    host = "cpu0"
-    if isinstance(target, StringAttr):
-        from gimlet.passes.place import resolve
-
-        host = resolve(target.data).default_host()
-    try:
-        check_comm(module, host)
-    except VerificationError as e:
-        suffix = f" after pass '{after}'" if after else ""
-        raise VerificationError(f"{e}{suffix}") from e
 
 
 def check_dominance(root: Operation) -> None:

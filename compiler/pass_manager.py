@@ -28,6 +28,15 @@ from gimlet.passes.insert_comm import InsertComm
 from gimlet.passes.outline_segments import OutlineSegments
 from gimlet.passes.overlap_comm import OverlapComm
 from gimlet.passes.place import Place
+from gimlet.placement.comm_check import verify_transfers
+
+
+def verify_program(module: ModuleOp, after: str | None = None) -> None:
+    """Everything the verifier checks: structure and SSA (`ir.verify`), then, in a placed
+    program, that sends and receives pair up and cannot deadlock (`verify_transfers`)."""
+    verify(module, after)
+    verify_transfers(module, after)
+
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p
@@ -126,7 +135,7 @@ def run_pipeline(
         start = time.perf_counter()
         p.apply(ctx, module)
         instr.timings.append((p.name, time.perf_counter() - start))
-        verify(module, after=p.name)
+        verify_program(module, after=p.name)
         if instr.print_after_all or p.name in instr.print_after:
             instr._emit(f"After {p.name}", module)
         instr._dump(i, p.name, module)

@@ -18,26 +18,15 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, BlockArgument, Operation, OpResult, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
-from gimlet.cluster import Cluster
 from gimlet.dialects import comm, gml
-from gimlet.errors import UserError
 from gimlet.ir import main_func
-
-TARGET_ATTR = "gml.target"
-
-
-def module_cluster(module: ModuleOp) -> Cluster:
-    from gimlet.passes.place import resolve
-
-    target = module.attributes.get(TARGET_ATTR)
-    if not isinstance(target, StringAttr):
-        raise UserError(f"the module has no {TARGET_ATTR} attribute; run 'place' first")
-    return resolve(target.data)
+from gimlet.placement.cluster import Cluster
+from gimlet.placement.target import module_cluster
 
 
 @dataclass

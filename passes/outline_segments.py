@@ -23,9 +23,8 @@ from xdsl.passes import ModulePass
 from gimlet.dialects import gml
 from gimlet.errors import UserError, with_location
 from gimlet.ir import main_func
-from gimlet.placement import is_free
-
-DEVICE_ATTR = "gml.device"
+from gimlet.placement.solvers import is_free
+from gimlet.placement.target import DEVICE_ATTR
 
 
 def device_of(op: Operation) -> str:

@@ -4,7 +4,7 @@ Each blocking `comm.send` becomes a `comm.isend` issued right after its value is
 produced, with the `comm.wait` at the end of the segment; each `comm.recv`
 becomes a `comm.irecv` posted at the start of the segment with the `comm.wait`
 just before the value's first use. The modelled time of the program (see
-compiler/schedule.py) before and after is recorded on the module as
+compiler/placement/schedule.py) before and after is recorded on the module as
 `gml.modelled_s_before_overlap` / `gml.modelled_s_after_overlap`.
 """
 
@@ -78,8 +78,8 @@ class OverlapComm(ModulePass):
     dim_hint: int = 1
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        from gimlet.passes.insert_comm import module_cluster
-        from gimlet.schedule import simulate
+        from gimlet.placement.schedule import simulate
+        from gimlet.placement.target import module_cluster
 
         cluster = module_cluster(op)
         before = simulate(op, cluster, self.dim_hint).makespan

@@ -1,6 +1,6 @@
 """place: choose a device for every op of the program (`gml.device` attributes).
 
-Builds the placement problem for the target cluster (compiler/placement.py),
+Builds the placement problem for the target cluster (compiler/placement/solvers.py),
 runs the chosen solver, and records the decision on each op plus, on the
 module, the target and a summary the `--explain` report reads back. Weights and
 literals get no device: outlining copies them into each segment that uses them.
@@ -16,7 +16,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, f64
 from xdsl.passes import ModulePass
 
-from gimlet.placement import (
+from gimlet.placement.solvers import (
     build_problem,
     evaluate,
     is_host_only,
@@ -24,18 +24,7 @@ from gimlet.placement import (
     parse_repeat,
     solve,
 )
-
-DEVICE_ATTR = "gml.device"
-TARGET_ATTR = "gml.target"
-
-
-def resolve(target: str):  # type: ignore[no-untyped-def]
-    """A .cluster file or a preset spec such as `h100+cpu`."""
-    try:
-        from gimlet.cluster_lang import resolve_target  # type: ignore[attr-defined]
-    except ImportError:  # cluster files not available: presets only
-        from gimlet.presets import target as resolve_target
-    return resolve_target(target)
+from gimlet.placement.target import DEVICE_ATTR, TARGET_ATTR, resolve
 
 
 @dataclass(frozen=True)

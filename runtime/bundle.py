@@ -175,7 +175,7 @@ def check_manifest(m: dict[str, Any], where: str) -> None:
 
 def check_cluster(bundle: Bundle, target: str) -> None:
     """Refuse to run a bundle on a cluster other than the one it was built for."""
-    from gimlet.passes.place import resolve
+    from gimlet.placement.target import resolve
 
     built = bundle.manifest["cluster"]["devices"]
     wanted = device_info(resolve(target))

@@ -1,4 +1,4 @@
-"""The cluster model, device presets and the `.cluster` language (compiler/cluster_lang.py).
+"""The cluster model, device presets and the `.cluster` language (compiler/placement/cluster_lang.py).
 
 Placement trusts these figures blindly, so units, defaults and routes are checked to the
 exact float, and every error message is pinned: it is the whole user interface of a
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from gimlet.cluster import DEFAULT_HOST_LINK, Device, Link
-from gimlet.cluster_lang import (
+from gimlet.errors import UserError
+from gimlet.placement.cluster import DEFAULT_HOST_LINK, Device, Link
+from gimlet.placement.cluster_lang import (
     ClusterFileError,
     load_cluster,
     parse_cluster,
     resolve_target,
 )
-from gimlet.errors import UserError
-from gimlet.presets import LINK_DEFAULTS, PRESETS, SRAM_OPS, preset, target
+from gimlet.placement.presets import LINK_DEFAULTS, PRESETS, SRAM_OPS, preset, target
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PCIE_BW, PCIE_LAT = DEFAULT_HOST_LINK

@@ -25,9 +25,12 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Block, Operation, SSAValue
 
-from gimlet import cost
-from gimlet.cluster import Device
-from gimlet.cost import (
+from gimlet.dialects import gml
+from gimlet.dialects.shapes import DYN, tensor
+from gimlet.ir import parse
+from gimlet.placement import cost
+from gimlet.placement.cluster import Device
+from gimlet.placement.cost import (
     OpCost,
     dtype_name,
     element_bytes,
@@ -36,10 +39,7 @@ from gimlet.cost import (
     value_bytes,
     weight_bytes,
 )
-from gimlet.dialects import gml
-from gimlet.dialects.shapes import DYN, tensor
-from gimlet.ir import parse
-from gimlet.presets import PRESETS
+from gimlet.placement.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 bf16 = BFloat16Type()

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from conftest import imported
-from gimlet.cluster import Cluster, Device, Link
 from gimlet.dialects import comm, gml
 from gimlet.dtypes import torch_to_numpy
 from gimlet.errors import UserError, VerificationError
 from gimlet.interpreter import run
-from gimlet.ir import main_func, parse, print_ir, verify
-from gimlet.pass_manager import run_pipeline
-from gimlet.placement import Problem, dp, evaluate, greedy, is_free, milp
+from gimlet.ir import main_func, parse, print_ir
+from gimlet.pass_manager import run_pipeline, verify_program
+from gimlet.placement.cluster import Cluster, Device, Link
+from gimlet.placement.solvers import Problem, dp, evaluate, greedy, is_free, milp
 
 G = 1e9
 
@@ -144,8 +144,8 @@ def test_partitioned_program_computes_the_same_values(name: str) -> None:
 
 
 def test_solver_placement_on_gpt_runs_and_explains() -> None:
-    from gimlet.explain import build_report, to_dot, to_json, to_text
-    from gimlet.passes.place import resolve
+    from gimlet.placement.explain import build_report, to_dot, to_json, to_text
+    from gimlet.placement.target import resolve
 
     imp, module = _partition("gpt", "h100+cpu", pins="h.1=cpu0")
     got = run(module, [torch_to_numpy(t) for t in imp.inputs], imp.weights)
@@ -213,7 +213,7 @@ def test_mismatched_channels_are_verifier_errors() -> None:
     with pytest.raises(
         VerificationError, match="channel 0 sends tensor<4xf32> but receives tensor<8xf32>"
     ):
-        verify(parse(text))
+        verify_program(parse(text))
 
 
 def test_deadlock_is_a_verifier_error() -> None:
@@ -239,4 +239,4 @@ def test_deadlock_is_a_verifier_error() -> None:
         VerificationError,
         match="transfers deadlock: cpu0 waits at recv channel 1; cpu1 waits at recv channel 0",
     ):
-        verify(parse(text))
+        verify_program(parse(text))

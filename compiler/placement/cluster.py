@@ -1,7 +1,7 @@
 """The cluster model: devices, links and how bytes get from one device to another.
 
 Units are SI throughout: FLOP/s, bytes, bytes/s, seconds, watts, dollars/hour.
-`.cluster` files (compiler/cluster_lang.py) and presets (compiler/presets.py)
+`.cluster` files (compiler/placement/cluster_lang.py) and presets (compiler/placement/presets.py)
 both produce a `Cluster`; the cost model and placement only ever see this.
 """
 

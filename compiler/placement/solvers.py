@@ -27,11 +27,11 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 
-from gimlet.cluster import Cluster
-from gimlet.cost import op_cost, op_time, value_bytes, weight_bytes
 from gimlet.dialects import gml
 from gimlet.errors import UserError, module_path
 from gimlet.ir import main_func
+from gimlet.placement.cluster import Cluster
+from gimlet.placement.cost import op_cost, op_time, value_bytes, weight_bytes
 
 OBJECTIVES = ("latency", "throughput", "energy", "cost")
 SOLVERS = ("greedy", "dp", "milp")

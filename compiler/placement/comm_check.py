@@ -20,6 +20,7 @@ from xdsl.ir import Attribute, Operation
 from gimlet.dialects import comm, gml
 from gimlet.errors import VerificationError, with_location
 from gimlet.ir import main_func
+from gimlet.placement.target import module_target, resolve
 
 Endpoint = comm.SendOp | comm.RecvOp | comm.ISendOp | comm.IRecvOp
 
@@ -135,3 +136,17 @@ def _simulate(programs: dict[str, list[Event]]) -> None:
             ]
             first = next(programs[d][pc[d]] for d in programs if pc[d] < len(programs[d]))
             raise _error(first.op, "transfers deadlock: " + "; ".join(stuck))
+
+
+def verify_transfers(module: ModuleOp, after: str | None = None) -> None:
+    """`check_comm` for a module with comm ops, its host taken from `gml.target` (cpu0
+    without one); a no-op otherwise. Errors name the pass that produced the module."""
+    if not any(op.dialect_name() == "comm" for op in module.walk()):
+        return
+    target = module_target(module)
+    host = resolve(target).default_host() if target is not None else "cpu0"
+    try:
+        check_comm(module, host)
+    except VerificationError as e:
+        suffix = f" after pass '{after}'" if after else ""
+        raise VerificationError(f"{e}{suffix}") from e

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
-from gimlet.cluster import Cluster, Device
-from gimlet.cost import op_cost, op_time, value_bytes, weight_bytes
 from gimlet.dialects import comm, gml
 from gimlet.errors import module_path
 from gimlet.ir import main_func
-from gimlet.placement import parse_repeat, repeat_factors
+from gimlet.placement.cluster import Cluster, Device
+from gimlet.placement.cost import op_cost, op_time, value_bytes, weight_bytes
+from gimlet.placement.solvers import parse_repeat, repeat_factors
 
 
 @dataclass

@@ -31,9 +31,9 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Operation, SSAValue
 
-from gimlet.cluster import Device
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import DYN
+from gimlet.placement.cluster import Device
 
 # FLOPs per element, where an op is more than one add or multiply per element. Transcendentals
 # are polynomial or range-reduction sequences of roughly 8-10 instructions on GPUs and CPUs

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Operation
 
-from gimlet.cluster import Cluster
-from gimlet.comm_check import Event, device_ops, device_programs
-from gimlet.cost import op_cost, op_time, value_bytes
 from gimlet.dialects import comm, gml
+from gimlet.placement.cluster import Cluster
+from gimlet.placement.comm_check import Event, device_ops, device_programs
+from gimlet.placement.cost import op_cost, op_time, value_bytes
 
 
 @dataclass

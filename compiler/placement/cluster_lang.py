@@ -26,9 +26,9 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
-from gimlet.cluster import ALL_OPS, KINDS, LINK_KINDS, Cluster, Device, Link
 from gimlet.errors import UserError
-from gimlet.presets import ALIASES, LINK_DEFAULTS, PRESETS, lookup, target
+from gimlet.placement.cluster import ALL_OPS, KINDS, LINK_KINDS, Cluster, Device, Link
+from gimlet.placement.presets import ALIASES, LINK_DEFAULTS, PRESETS, lookup, target
 
 GRAMMAR = r"""
 start: _NL? (_stmt _NL)*

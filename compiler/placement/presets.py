@@ -16,8 +16,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import replace
 
-from gimlet.cluster import DEFAULT_HOST_LINK, Cluster, Device, Link
 from gimlet.errors import UserError
+from gimlet.placement.cluster import DEFAULT_HOST_LINK, Cluster, Device, Link
 
 T, G = 1e12, 1e9
 GB = 1e9
