@@ -227,11 +227,26 @@ _REDUCE: dict[type[Operation], Callable[..., Array]] = {
 }
 
 
+def _on_axis(fn: Callable[[Array, int], Array]) -> Callable[[Array, int], Array]:
+    """`fn` along one axis, also for a 0-d `x` (as 1 element) and an empty one."""
+
+    def run(x: Array, axis: int) -> Array:
+        if x.ndim == 0:
+            return fn(x.reshape(1), 0).reshape(())
+        if x.size == 0:
+            return x.copy()
+        return fn(x, axis)
+
+    return run
+
+
+@_on_axis
 def _softmax(x: Array, axis: int) -> Array:
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+@_on_axis
 def _log_softmax(x: Array, axis: int) -> Array:
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
@@ -294,30 +309,50 @@ def _conv(
 
 def _pool2d(x: Array, op: gml.Pool2dOp) -> Array:
     kernel, stride, padding = _ints(op.kernel), _ints(op.stride), _ints(op.padding)
+    dilation = list(op.window_dilation())
     ceil_mode = bool(op.ceil_mode.value.data)
     sizes = x.shape[2:]
-    counts = []
-    pads = []
-    for size, k, s, p in zip(sizes, kernel, stride, padding, strict=True):
-        span = size + 2 * p - k
-        n = (-(-span // s) if ceil_mode else span // s) + 1
+    with_pad, without_pad, pads, spans = [], [], [], []
+    for size, k, s, p, d in zip(sizes, kernel, stride, padding, dilation, strict=True):
+        span = d * (k - 1) + 1  # input elements a (dilated) window covers
+        reach = size + 2 * p - span
+        n = (-(-reach // s) if ceil_mode else reach // s) + 1
         if ceil_mode and (n - 1) * s >= size + p:  # the last window must start inside
             n -= 1
         # ceil mode may let the last window run past the right padding
-        pads.append((p, max(p, (n - 1) * s + k - size - p)))
-        # torch's avg divisor counts padding but not the overhang past it
+        pads.append((p, max(p, (n - 1) * s + span - size - p)))
+        spans.append(span)
+        # torch's avg divisor: the window clipped to the padded input (overhang past the
+        # padding not counted), or to the input itself when padding does not count
         starts = np.arange(n) * s - p
-        counts.append(np.minimum(starts + k, size + p) - starts)
+        ends = np.minimum(starts + k, size + p)
+        with_pad.append(ends - starts)
+        without_pad.append(np.minimum(ends, size) - np.maximum(starts, 0))
     if isinstance(op, gml.MaxPool2dOp):
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         padded = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
     else:
         padded = np.pad(x, [(0, 0), (0, 0), *pads])
-    windows = sliding_window_view(padded, kernel, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
-    windows = windows[:, :, : len(counts[0]), : len(counts[1])]
+    windows = sliding_window_view(padded, spans, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
+    windows = windows[:, :, : len(with_pad[0]), : len(with_pad[1]), :: dilation[0], :: dilation[1]]
     if isinstance(op, gml.MaxPool2dOp):
         return windows.max(axis=(-2, -1))
-    return windows.sum(axis=(-2, -1)) / np.multiply.outer(counts[0], counts[1])
+    assert isinstance(op, gml.AvgPool2dOp)
+    total = windows.sum(axis=(-2, -1))
+    if op.divisor_override is not None:
+        return total / op.divisor_override.value.data
+    counts = with_pad if op.count_include_pad.value.data else without_pad
+    return total / np.multiply.outer(counts[0], counts[1])
+
+
+def _argreduce(fn: Callable[..., Array], x: Array, op: gml.ArgReduceOp) -> Array:
+    """numpy's argmax/argmin: first index wins ties and NaN counts as the extreme, as in
+    torch. No dim: an index into the flattened input."""
+    keepdims = bool(op.keepdim.value.data)
+    if op.dim is None or x.ndim == 0:
+        flat = fn(x.reshape(-1))
+        return np.reshape(flat, (1,) * x.ndim if keepdims else ())
+    return fn(x, axis=op.dim.value.data % x.ndim, keepdims=keepdims)
 
 
 def _adaptive_avg_pool(x: Array, axis: int, size: int) -> Array:
@@ -351,8 +386,12 @@ def _run_reduce(
     self: GmlFunctions, interpreter: Interpreter, op: gml.ReduceOp, args: PythonValues
 ) -> PythonValues:
     x = _wide(args[0])
-    axis = tuple(_ints(op.dims)) or None
+    # no dims: all of them; a 0-d input's dim 0 is the scalar itself
+    axis = (tuple(_ints(op.dims)) or None) if x.ndim else None
     keepdims = bool(op.keepdim.value.data)
+    if isinstance(op, gml.VarOp):
+        ddof = op.correction.value.data
+        return _out(op, np.var(x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof))
     result_dtype = _result_dtype(op)
     if isinstance(op, gml.SumOp) and result_dtype not in _LOW_PRECISION:
         # e.g. torch sums bool and int32 tensors into int64
@@ -522,6 +561,19 @@ class GmlFunctions(InterpreterFunctions):
         key = (slice(None),) * dim + (slice(start, end, op.step.value.data),)
         return _out(op, x[key])
 
+    @impl(gml.PadOp)
+    def run_pad(self, interpreter: Interpreter, op: gml.PadOp, args: PythonValues) -> PythonValues:
+        x = args[0]
+        low, high = _ints(op.low), _ints(op.high)
+        # negative amounts crop first; the rest pads with the value (in x's type)
+        crop = tuple(
+            slice(max(-lo, 0), n - max(-hi, 0))
+            for n, lo, hi in zip(x.shape, low, high, strict=True)
+        )
+        widths = [(max(lo, 0), max(hi, 0)) for lo, hi in zip(low, high, strict=True)]
+        fill = np.array(op.value.value.data).astype(x.dtype)
+        return _out(op, np.pad(x[crop], widths, constant_values=fill))
+
     @impl(gml.ConcatOp)
     def run_concat(
         self, interpreter: Interpreter, op: gml.ConcatOp, args: PythonValues
@@ -569,7 +621,9 @@ class GmlFunctions(InterpreterFunctions):
         # torch accumulates floats in double on CPU, ints in the (int64) result type
         dtype = _result_dtype(op)
         acc = np.float64 if _is_float(dtype) else dtype
-        return _out(op, np.cumsum(args[0], axis=op.dim.value.data, dtype=acc))
+        x = args[0]
+        y = np.cumsum(x.reshape(x.shape or (1,)), axis=op.dim.value.data, dtype=acc)
+        return _out(op, y.reshape(x.shape))
 
     # reductions
 
@@ -578,6 +632,19 @@ class GmlFunctions(InterpreterFunctions):
     run_amax = impl(gml.AmaxOp)(_run_reduce)
     run_amin = impl(gml.AminOp)(_run_reduce)
     run_any = impl(gml.AnyOp)(_run_reduce)
+    run_var = impl(gml.VarOp)(_run_reduce)
+
+    @impl(gml.ArgmaxOp)
+    def run_argmax(
+        self, interpreter: Interpreter, op: gml.ArgmaxOp, args: PythonValues
+    ) -> PythonValues:
+        return _out(op, _argreduce(np.argmax, args[0], op))
+
+    @impl(gml.ArgminOp)
+    def run_argmin(
+        self, interpreter: Interpreter, op: gml.ArgminOp, args: PythonValues
+    ) -> PythonValues:
+        return _out(op, _argreduce(np.argmin, args[0], op))
 
     # nn
 

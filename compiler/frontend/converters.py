@@ -36,6 +36,11 @@ def rank_of(node: Any) -> int:
     return len(node.meta["val"].shape)
 
 
+def norm_dim(dim: int, rank: int) -> int:
+    """A torch dim in [0, rank); a 0-d tensor takes dim 0 or -1 and normalizes to 0."""
+    return dim % rank if rank else 0
+
+
 def unsupported(imp: Emitter, node: fx.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(with_location(imp.location, f"unsupported {node.target}: {why}"))
 
@@ -103,6 +108,27 @@ def clamp(imp: Emitter, node: fx.Node) -> SSAValue:
     if hi is not None:
         op.properties["max"] = gml.float_attr(float(hi))
     return imp.emit(op)
+
+
+@converts(aten.clamp.Tensor, aten.clamp_min.Tensor, aten.clamp_max.Tensor)
+def clamp_tensor(imp: Emitter, node: fx.Node) -> SSAValue:
+    """Tensor bounds broadcast: max(x, min) then min(., max), in the promoted type
+    (maximum/minimum propagate NaN from either side, as torch's clamp does)."""
+    out = rtype(node)
+    if node.target == aten.clamp_max.Tensor:
+        lo, hi = None, args(node)[1]
+    elif node.target == aten.clamp_min.Tensor:
+        lo, hi = args(node)[1], None
+    else:
+        lo, hi = kwarg(node, 1, "min", None), kwarg(node, 2, "max", None)
+    x = imp.as_type(args(node)[0], out.element_type)
+    if lo is not None:
+        x = imp.emit(gml.MaximumOp(x, imp.as_type(lo, out.element_type)))
+    if hi is not None:
+        x = imp.emit(gml.MinimumOp(x, imp.as_type(hi, out.element_type)))
+    if x.type != out:  # bounds broadcast x to a larger shape
+        x = imp.emit(gml.ExpandOp(x, out, imp.sizes(out, node.meta["val"])))
+    return x
 
 
 _ARITH = {
@@ -233,7 +259,7 @@ def expand(imp: Emitter, node: fx.Node) -> SSAValue:
 
 @converts(aten.permute.default)
 def permute(imp: Emitter, node: fx.Node) -> SSAValue:
-    dims = [d % rank_of(node) for d in args(node)[1]]
+    dims = [norm_dim(d, rank_of(node)) for d in args(node)[1]]
     return imp.emit(gml.PermuteOp(imp.value(args(node)[0]), dims))
 
 
@@ -260,7 +286,7 @@ def _slice(
 @converts(aten.slice.Tensor)
 def slice_(imp: Emitter, node: fx.Node) -> SSAValue:
     x = imp.value(args(node)[0])
-    dim = kwarg(node, 1, "dim", 0) % rank_of(node)
+    dim = norm_dim(kwarg(node, 1, "dim", 0), rank_of(node))
     start, end = kwarg(node, 2, "start", None), kwarg(node, 3, "end", None)
     t = rtype(node)
     if x.type == t and (start in (None, 0)) and kwarg(node, 4, "step", 1) == 1:
@@ -285,7 +311,7 @@ def select(imp: Emitter, node: fx.Node) -> SSAValue:
 @converts(aten.split_with_sizes.default, aten.split.Tensor)
 def split(imp: Emitter, node: fx.Node) -> tuple[SSAValue, ...]:
     x = imp.value(args(node)[0])
-    dim = kwarg(node, 2, "dim", 0) % len(args(node)[0].meta["val"].shape)
+    dim = norm_dim(kwarg(node, 2, "dim", 0), len(args(node)[0].meta["val"].shape))
     outs, start = [], 0
     for val in node.meta["val"]:
         size = val.shape[dim]
@@ -297,9 +323,29 @@ def split(imp: Emitter, node: fx.Node) -> tuple[SSAValue, ...]:
 @converts(aten.cat.default)
 def cat(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node)
-    inputs = [imp.as_type(a, out.element_type) for a in args(node)[0]]
-    dim = kwarg(node, 1, "dim", 0) % rank_of(node)
+    rank = rank_of(node)
+    # torch still accepts 1-d empty tensors of any other rank in cat, and skips them
+    parts = [
+        a for a in args(node)[0] if not (rank_of(a) == 1 != rank and a.meta["val"].shape[0] == 0)
+    ]
+    inputs = [imp.as_type(a, out.element_type) for a in parts]
+    dim = norm_dim(kwarg(node, 1, "dim", 0), rank)
+    if len(inputs) == 1 and inputs[0].type == out:
+        return inputs[0]
     return imp.emit(gml.ConcatOp(inputs, dim, out))
+
+
+@converts(aten.constant_pad_nd.default)
+def constant_pad(imp: Emitter, node: fx.Node) -> SSAValue:
+    """torch lists (before, after) pairs from the LAST dim backwards."""
+    x = imp.value(args(node)[0])
+    pads = list(args(node)[1])
+    rank = rank_of(node)
+    low, high = [0] * rank, [0] * rank
+    for i in range(len(pads) // 2):
+        low[rank - 1 - i], high[rank - 1 - i] = int(pads[2 * i]), int(pads[2 * i + 1])
+    value = float(kwarg(node, 2, "value", 0))
+    return imp.emit(gml.PadOp(x, low, high, value))
 
 
 # ------------------------------------------------------------ indexing ---
@@ -312,8 +358,20 @@ def embedding(imp: Emitter, node: fx.Node) -> SSAValue:
 
 @converts(aten.gather.default)
 def gather(imp: Emitter, node: fx.Node) -> SSAValue:
-    dim = args(node)[1] % rank_of(node)
-    return imp.emit(gml.GatherOp(imp.value(args(node)[0]), imp.value(args(node)[2]), dim))
+    out = rtype(node)
+    x, index = imp.value(args(node)[0]), imp.value(args(node)[2])
+    if 0 in out.get_shape():  # torch accepts any index shape when it selects nothing
+        return imp.emit(gml.FullOp(0.0, out, imp.sizes(out, node.meta["val"])))
+    dim = norm_dim(args(node)[1], rank_of(node))
+    if rank_of(args(node)[0]) == 0:
+        # a 0-d input gathers from its one element: as a [1, ...] of the index's rank
+        rank = max(rank_of(args(node)[2]), 1)
+        x = imp.emit(gml.ReshapeOp(x, TensorType(elt_of(x), [1] * rank)))
+        if rank_of(args(node)[2]) == 0:
+            index = imp.emit(gml.ReshapeOp(index, TensorType(elt_of(index), [1])))
+        part = imp.emit(gml.GatherOp(x, index, 0))
+        return imp.emit(gml.ReshapeOp(part, out))
+    return imp.emit(gml.GatherOp(x, index, dim))
 
 
 @converts(aten.index.Tensor)
@@ -328,17 +386,21 @@ def index(imp: Emitter, node: fx.Node) -> SSAValue:
 
 @converts(aten.index_select.default)
 def index_select(imp: Emitter, node: fx.Node) -> SSAValue:
-    dim = args(node)[1] % rank_of(node)
-    return imp.emit(
-        gml.IndexOp(imp.value(args(node)[0]), [imp.value(args(node)[2])], [dim], rtype(node))
-    )
+    dim = norm_dim(args(node)[1], rank_of(node))
+    x, index, out = imp.value(args(node)[0]), imp.value(args(node)[2]), rtype(node)
+    if rank_of(node) == 0:  # a 0-d input is indexed as its one element, [1]
+        x = imp.emit(gml.ReshapeOp(x, TensorType(elt_of(x), [1])))
+        index = imp.emit(gml.ReshapeOp(index, TensorType(elt_of(index), [1])))
+        part = imp.emit(gml.IndexOp(x, [index], [0], TensorType(out.element_type, [1])))
+        return imp.emit(gml.ReshapeOp(part, out))
+    return imp.emit(gml.IndexOp(x, [index], [dim], out))
 
 
 @converts(aten.cumsum.default)
 def cumsum(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node)
     x = imp.as_type(args(node)[0], out.element_type)
-    return imp.emit(gml.CumsumOp(x, args(node)[1] % rank_of(node), out))
+    return imp.emit(gml.CumsumOp(x, norm_dim(args(node)[1], rank_of(node)), out))
 
 
 # --------------------------------------------------------- constructors ---
@@ -403,6 +465,35 @@ def reduce(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(_REDUCE[target(node)](x, [d % max(src_rank, 1) for d in dims], keepdim))
 
 
+@converts(aten.argmax.default, aten.argmin.default)
+def argreduce(imp: Emitter, node: fx.Node) -> SSAValue:
+    src_rank = rank_of(args(node)[0])
+    dim = kwarg(node, 1, "dim", None)
+    keepdim = bool(kwarg(node, 2, "keepdim", False))
+    cls = gml.ArgmaxOp if node.target == aten.argmax.default else gml.ArgminOp
+    x = imp.value(args(node)[0])
+    if elt_of(x) == IntegerType(1):  # numbers only: a bool's index is its int's
+        x = imp.emit(gml.CastOp(x, IntegerType(8)))
+    return imp.emit(cls(x, None if dim is None else norm_dim(dim, src_rank), keepdim))
+
+
+@converts(aten.var.correction, aten.var.dim)
+def var(imp: Emitter, node: fx.Node) -> SSAValue:
+    src_rank = rank_of(args(node)[0])
+    dims = kwarg(node, 1, "dim", None)
+    dims = [] if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    if node.target == aten.var.dim:
+        correction = 1.0 if kwarg(node, 2, "unbiased", True) else 0.0
+        keepdim = bool(kwarg(node, 3, "keepdim", False))
+    else:
+        c = node.kwargs.get("correction")
+        correction = 1.0 if c is None else float(c)
+        keepdim = bool(node.kwargs.get("keepdim", False))
+    out = rtype(node)
+    x = imp.as_type(args(node)[0], out.element_type)
+    return imp.emit(gml.VarOp(x, [norm_dim(d, src_rank) for d in dims], keepdim, correction))
+
+
 # --------------------------------------------------------------- nn ops ---
 
 
@@ -414,17 +505,23 @@ def matmul(imp: Emitter, node: fx.Node) -> SSAValue:
 @converts(aten.addmm.default)
 def addmm(imp: Emitter, node: fx.Node) -> SSAValue:
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
-    if beta != 1 or alpha != 1:
-        raise unsupported(imp, node, "beta/alpha other than 1")
+    out = rtype(node)
     prod = imp.emit(gml.MatmulOp(imp.value(args(node)[1]), imp.value(args(node)[2])))
-    return imp.emit(gml.AddOp(prod, imp.value(args(node)[0]), rtype(node)))
+    if alpha != 1:
+        prod = imp.emit(gml.MulOp(prod, imp.scalar(float(alpha), out.element_type)))
+    if beta == 0:  # torch ignores the input then, nan and inf included
+        return prod if prod.type == out else imp.emit(gml.ExpandOp(prod, out))
+    bias = imp.value(args(node)[0])
+    if beta != 1:
+        bias = imp.emit(gml.MulOp(bias, imp.scalar(float(beta), out.element_type)))
+    return imp.emit(gml.AddOp(prod, bias, out))
 
 
 @converts(aten._softmax.default, aten._log_softmax.default, aten.softmax.int)
 def softmax(imp: Emitter, node: fx.Node) -> SSAValue:
     out = rtype(node)
     x = imp.as_type(args(node)[0], out.element_type)
-    dim = args(node)[1] % rank_of(node)
+    dim = norm_dim(args(node)[1], rank_of(node))
     cls = gml.LogSoftmaxOp if node.target == aten._log_softmax.default else gml.SoftmaxOp
     return imp.emit(cls(x, dim))
 
@@ -484,11 +581,19 @@ def max_pool(imp: Emitter, node: fx.Node) -> tuple[SSAValue, None]:
     k = _pair(args(node)[1])
     s = _pair(kwarg(node, 2, "stride", None) or k)
     p = _pair(kwarg(node, 3, "padding", 0))
-    if _pair(kwarg(node, 4, "dilation", 1)) != [1, 1]:
-        raise unsupported(imp, node, "dilated pooling")
+    d = _pair(kwarg(node, 4, "dilation", 1))
     ceil = bool(kwarg(node, 5, "ceil_mode", False))
     t = meta_type(node.meta["val"][0])
-    return imp.emit(gml.MaxPool2dOp(imp.value(x), k, s, p, ceil, t)), None
+    if len(t.get_shape()) == 3:  # CHW
+        x4 = imp.emit(gml.ReshapeOp(imp.value(x), TensorType(t.element_type, [1, *_shape(x)])))
+        t4 = TensorType(t.element_type, [1, *t.get_shape()])
+        y4 = imp.emit(gml.MaxPool2dOp(x4, k, s, p, ceil, t4, d))
+        return imp.emit(gml.ReshapeOp(y4, t)), None
+    return imp.emit(gml.MaxPool2dOp(imp.value(x), k, s, p, ceil, t, d)), None
+
+
+def _shape(node: Any) -> list[int]:
+    return list(meta_type(node.meta["val"]).get_shape())
 
 
 @converts(aten.avg_pool2d.default)
@@ -497,11 +602,29 @@ def avg_pool(imp: Emitter, node: fx.Node) -> SSAValue:
     s = _pair(kwarg(node, 2, "stride", None) or k)
     p = _pair(kwarg(node, 3, "padding", 0))
     ceil = bool(kwarg(node, 4, "ceil_mode", False))
-    if not kwarg(node, 5, "count_include_pad", True) or kwarg(node, 6, "divisor_override", None):
-        raise unsupported(imp, node, "count_include_pad=False or divisor_override")
-    return imp.emit(gml.AvgPool2dOp(imp.value(args(node)[0]), k, s, p, ceil, rtype(node)))
+    include = bool(kwarg(node, 5, "count_include_pad", True))
+    divisor = kwarg(node, 6, "divisor_override", None)
+
+    def make(x: SSAValue, t: TensorType) -> gml.AvgPool2dOp:
+        return gml.AvgPool2dOp(x, k, s, p, ceil, t, include, divisor)
+
+    x = imp.value(args(node)[0])
+    if rank_of(node) == 3:  # CHW
+        return _batched_2d(imp, node, x, make)
+    return imp.emit(make(x, rtype(node)))
 
 
 @converts(aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default)
 def adaptive_avg_pool(imp: Emitter, node: fx.Node) -> SSAValue:
-    return imp.emit(gml.AdaptiveAvgPool2dOp(imp.value(args(node)[0]), rtype(node)))
+    x, out = imp.value(args(node)[0]), rtype(node)
+    if rank_of(node) == 3:  # CHW: pooled as a batch of one
+        return _batched_2d(imp, node, x, lambda x4, t4: gml.AdaptiveAvgPool2dOp(x4, t4))
+    return imp.emit(gml.AdaptiveAvgPool2dOp(x, out))
+
+
+def _batched_2d(imp: Emitter, node: fx.Node, x: SSAValue, make: Any) -> SSAValue:
+    """A 2-d op on an unbatched CHW input, run as NCHW with N = 1 (static shapes)."""
+    out = rtype(node)
+    x4 = imp.emit(gml.ReshapeOp(x, TensorType(elt_of(x), [1, *x.type.get_shape()])))  # type: ignore[attr-defined]
+    y4 = imp.emit(make(x4, TensorType(out.element_type, [1, *out.get_shape()])))
+    return imp.emit(gml.ReshapeOp(y4, out))
