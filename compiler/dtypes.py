@@ -65,7 +65,7 @@ def torch_to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
-    a = np.ascontiguousarray(a)
+    a = np.require(a, requirements="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     if a.dtype == np.dtype(ml_dtypes.bfloat16):
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)

@@ -218,4 +218,4 @@ def _to_tensor(value: Any) -> torch.Tensor:
     """numpy array -> contiguous torch tensor (bf16 stays bf16); index -> 0-d int64."""
     if isinstance(value, int | np.integer):
         return torch.tensor(int(value), dtype=torch.int64)
-    return numpy_to_torch(np.ascontiguousarray(value))
+    return numpy_to_torch(np.asarray(value))  # contiguous there; 0-d stays 0-d

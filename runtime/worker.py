@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import torch.distributed as dist
 
-        from gimlet.artifacts import load_weights
+        from gimlet.artifacts import IR_FILE, load_weights
         from gimlet.ir import parse
         from gimlet.runtime.bundle import load_bundle
 
@@ -320,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 None,
             )
         worker = Worker(bundle, rank, run_dir, timeout)
-        with open(bundle.file(bundle.manifest["segments"][0]["artefact"]["file"])) as f:
+        # a program with no segment at all (its outputs are inputs) still has its IR
+        segments = bundle.manifest["segments"]
+        program = segments[0]["artefact"]["file"] if segments else IR_FILE
+        with open(bundle.file(program)) as f:
             module = parse(f.read())
         weights = load_weights(bundle.file(bundle.manifest["weights"][worker.device]))
         inputs: list[Any] = []

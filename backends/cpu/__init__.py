@@ -100,7 +100,7 @@ class CompiledCpu:
         keep: list[np.ndarray] = []
         shape_bufs: list[Any] = []
         for i, (x, (dtype, shape)) in enumerate(zip(inputs, self.input_sigs, strict=True)):
-            a = np.ascontiguousarray(x)
+            a = _contiguous(x)
             ok = a.dtype == dtype and a.ndim == len(shape)
             ok = ok and all(d in (DYN, n) for d, n in zip(shape, a.shape, strict=True))
             if not ok:
@@ -153,11 +153,17 @@ class CompiledCpu:
                 raise CpuRuntimeError(f'missing weight "{name}"')
             arrays.append(weights[name])
         # contiguous copies (if any) must outlive the table: keep them with it
-        contiguous = [np.ascontiguousarray(a) for a in arrays]
+        contiguous = [_contiguous(a) for a in arrays]
         table = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in contiguous])
         table._keep = contiguous  # type: ignore[attr-defined]
         self._weights = (id(weights), arrays, table)
+        self._lib.gimlet_weights_changed()  # kernels holding packed weights repack them
         return table
+
+
+def _contiguous(x: Any) -> np.ndarray:
+    """A C-contiguous array of `x` with its shape (np.ascontiguousarray makes 0-d 1-d)."""
+    return np.require(np.asarray(x), requirements="C")
 
 
 def _fmt(shape: Sequence[int]) -> str:
