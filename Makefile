@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned below 2.14 in pyproject.toml so pip takes the local CPU wheel.
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# oneDNN for the CPU backend's convolutions: Debian's libdnnl-dev, installed when root
+	# (CI); elsewhere `sudo apt-get install libdnnl-dev`, or the backend uses im2col + BLAS.
+	@if [ ! -e /usr/include/oneapi/dnnl/dnnl.hpp ] && [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libdnnl-dev; fi
 	touch $@
 
 demo: setup

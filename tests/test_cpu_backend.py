@@ -107,7 +107,8 @@ def test_generated_code_and_runtime_build_without_warnings(compiled: dict[str, A
     assert "-Wall" in flags and "-Wextra" in flags
     sources = [compiled[name][1].source_path for name in sorted(FAMILIES)]
     sources += sorted((RUNTIME_ROOT / "src").glob("*.cpp"))
-    inc = [f"-I{RUNTIME_ROOT / 'include'}", *[f for f in native_flags() if f.startswith("-I")]]
+    native = [f for f in native_flags() if f.startswith(("-I", "-D"))]  # e.g. -DGML_DNNL
+    inc = [f"-I{RUNTIME_ROOT / 'include'}", *native]
 
     def build(path: Path) -> tuple[str, str]:
         cmd = [compiler(), str(path), "-o", "/dev/null", *inc, *flags]
@@ -117,6 +118,41 @@ def test_generated_code_and_runtime_build_without_warnings(compiled: dict[str, A
     with ThreadPoolExecutor(2) as pool:
         failures = {name: err for name, err in pool.map(build, sources) if err}
     assert failures == {}, "\n".join(f"{n}:\n{e[:2000]}" for n, e in failures.items())
+
+
+def test_conv_weights_repacked_when_new_or_edited(compiled: dict[str, Any]) -> None:
+    """oneDNN keeps convolution weights packed: a new weights dict, and an array edited
+    in place, must both reach the result (checked against the interpreter)."""
+    module, lib = compiled["cnn"]
+    imp = imported("cnn")
+    inputs = [torch_to_numpy(x) for x in imp.inputs]
+    lib(inputs, imp.weights)  # pack the original weights
+    weights = {k: np.array(v, copy=True) for k, v in imp.weights.items()}
+    convs = [k for k, v in weights.items() if np.ndim(v) == 4]
+    assert convs
+    for k in convs:
+        weights[k] *= 2.0
+    for step in ("new dict", "edited in place"):
+        (got,) = lib(inputs, weights)
+        (ref,) = run(module, inputs, weights)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=step)
+        weights[convs[0]] *= -0.5  # the same arrays, new values
+
+
+def test_cnn_without_onednn(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIMLET_CPU_DNNL=0 (or no oneDNN installed): convolutions are im2col + BLAS."""
+    from gimlet.backends.cpu import compile_module
+    from gimlet.backends.cpu.build import native_flags
+
+    monkeypatch.setenv("GIMLET_CPU_DNNL", "0")
+    assert "-DGML_DNNL" not in native_flags()
+    imp = imported("cnn")
+    module = imp.module.clone()
+    run_pipeline(module, DEFAULT_PIPELINE)
+    lib = compile_module(module, opt=OPT)
+    inputs = [torch_to_numpy(x) for x in imp.inputs]
+    (got,) = lib(inputs, imp.weights)
+    np.testing.assert_allclose(got, torch_to_numpy(imp.expected[0]), rtol=1e-4, atol=1e-5)
 
 
 def test_compile_error_shows_file_and_line(cache: Path) -> None:

@@ -18,6 +18,7 @@ quoting the generated `file:line` and the compiler's message.
 
 from __future__ import annotations
 
+import ctypes.util
 import functools
 import hashlib
 import os
@@ -112,8 +113,24 @@ def default_flags(opt: str = "-O3") -> list[str]:
 
 def native_flags() -> list[str]:
     """Include and link flags of the runtime library's native dependencies on this
-    machine (they live under this machine's site-packages, so they are not recorded)."""
-    return _blas_flags()
+    machine (they live under this machine's site-packages and system dirs, so they are
+    not recorded with a bundle's flags: a rebuild elsewhere uses that machine's)."""
+    return _blas_flags() + _dnnl_flags()
+
+
+def _dnnl_flags() -> list[str]:
+    """oneDNN (Debian's libdnnl-dev, which `make setup` installs) for convolutions, when
+    its header and library are on the system paths; GIMLET_CPU_DNNL=0 turns it off."""
+    if os.environ.get("GIMLET_CPU_DNNL", "1") == "0" or not dnnl_available():
+        return []
+    return ["-DGML_DNNL", "-ldnnl"]
+
+
+@functools.cache
+def dnnl_available() -> bool:
+    """oneDNN's C++ header and shared library are where the compiler finds them."""
+    headers = [Path(d, "oneapi/dnnl/dnnl.hpp") for d in ("/usr/include", "/usr/local/include")]
+    return any(h.exists() for h in headers) and ctypes.util.find_library("dnnl") is not None
 
 
 def _blas_flags() -> list[str]:

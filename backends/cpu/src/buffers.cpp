@@ -1,9 +1,13 @@
 // The process's buffer pool (see tensor.h) and the C ABI's `gimlet_free`.
+#include <atomic>
 #include <cstdlib>
 
 #include "gimlet/cpu/tensor.h"
 
 namespace gml {
+
+static std::atomic<uint64_t> generation{0};
+uint64_t weights_generation() { return generation.load(std::memory_order_acquire); }
 
 Pool& Pool::get() {
   static Pool* pool = new Pool();  // never destroyed: buffers may outlive static teardown
@@ -46,3 +50,8 @@ void Pool::give(void* p) {
 
 // Outputs are malloc'd by `gml::emit_output`; the caller hands them back here.
 extern "C" void gimlet_free(void* p) { std::free(p); }
+
+// The caller's weights may be new: kernels that cache packed weights must repack.
+extern "C" void gimlet_weights_changed() {
+  gml::generation.fetch_add(1, std::memory_order_acq_rel);
+}

@@ -10,6 +10,12 @@
 
 namespace gml {
 
+#ifdef GML_DNNL
+// oneDNN's convolution (src/conv_dnnl.cpp); false when it does not take this one.
+bool dnnl_conv2d(const Tensor<float>& x, const Tensor<float>& w, const float* mul, const float* add,
+                 Act act, const int* conv, int groups, Tensor<float>& y);
+#endif
+
 ChannelAffine fold_batch_norm(const float* conv_bias, const float* w, const float* b,
                               const float* mean, const float* var, double eps, int64_t c) {
   ChannelAffine f{std::vector<float>(c), std::vector<float>(c)};
@@ -31,6 +37,10 @@ Tensor<float> conv2d(const Tensor<float>& x, const Tensor<float>& w, const float
   const int64_t ow = (wd + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
   const int64_t og = o / groups, kk = cg * kh * kw, p = oh * ow;
   Tensor<float> y = empty<float>(shape({n, o, oh, ow}));
+#ifdef GML_DNNL
+  const int conv[6] = {sh, sw, ph, pw, dh, dw};
+  if (dnnl_conv2d(x, w, mul, add, act, conv, groups, y)) return y;
+#endif
   const bool direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
   Tensor<float> cols = direct ? Tensor<float>() : empty<float>(shape({kk, p}));
   for (int64_t b = 0; b < n; ++b)

@@ -22,3 +22,5 @@
 
 // Outputs are malloc'd by `gml::emit_output`; the caller returns each one here.
 extern "C" void gimlet_free(void* p);
+// Called whenever the weights passed to the kernels may have changed (see tensor.h).
+extern "C" void gimlet_weights_changed();

@@ -82,6 +82,10 @@ class Pool {
   size_t held_ = 0;
 };
 
+// Bumped by `gimlet_weights_changed()`, which the caller invokes whenever it passes a new
+// table of weights: kernels that keep weights repacked (oneDNN convolution) repack them.
+uint64_t weights_generation();
+
 template <class T>
 Tensor<T> empty(const Shape& s) {
   Tensor<T> t;
