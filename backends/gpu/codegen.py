@@ -286,6 +286,7 @@ class _Lowering:
             gml.LogSoftmaxOp: self.softmax,
             gml.CumsumOp: self.cumsum,
             gml.IndexOp: self.index,
+            **_more_handlers(self),
         }.get(type(op))
         if handler is None and isinstance(op, gml.ReduceOp):
             handler = self.reduce
@@ -514,7 +515,9 @@ class _Lowering:
         rank = len(shape_of(x.type))
         dims = sorted(d % rank for d in op.dims.get_values()) or list(range(rank))
         if dims != list(range(dims[0], dims[-1] + 1)):
-            raise self.refuse(op, "reduction over non-adjacent dims")
+            from .tensor_ops import reduce_any_dims  # late: tensor_ops builds on this module
+
+            return reduce_any_dims(self, op)
         kind = _REDUCE[type(op)]  # type: ignore[index]
         lo, hi = (dims[0], dims[-1] + 1) if dims else (0, 0)
 
@@ -740,6 +743,15 @@ class _Lowering:
         for s, step in self.scratch:
             out.append((s, step, step, s.nbytes))
         return out
+
+
+def _more_handlers(low: _Lowering) -> dict[type[Operation], Callable[[Any], None]]:
+    """Lowerings kept in their own modules (conv.py: convolution, batch norm, pooling;
+    tensor_ops.py: gather, pad, arg-reductions, var). Imported late: they build on this
+    module."""
+    from . import conv, tensor_ops
+
+    return {**conv.handlers(low), **tensor_ops.handlers(low)}
 
 
 def _prod(xs: Sequence[int]) -> int:

@@ -484,3 +484,7 @@ __global__ void gemv_nt(int64_t n, int64_t k, const T* __restrict__ x, const T* 
 }
 
 }  // namespace gml
+
+// Kernels of the lowerings kept in their own modules (backends/gpu/conv.py, tensor_ops.py).
+#include "gimlet/gpu/conv.cuh"
+#include "gimlet/gpu/tensor_ops.cuh"
