@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,18 @@ from xdsl.ir import Attribute
 
 from gimlet import __version__
 from gimlet.artifacts import IR_FILE, save_weights, write_atomically
+from gimlet.backends import get as get_backend
+from gimlet.backends import select as select_backend
 from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.errors import UnsupportedOpError
 from gimlet.runtime.bundle import (
     FORMAT,
     GPU_KINDS,
     MANIFEST_FILE,
     WEIGHTS_DIR,
     device_info,
+    manifest_reader,
     sha256,
 )
 
@@ -146,41 +151,39 @@ def describe(module: ModuleOp) -> dict[str, Any]:
     }
 
 
-BACKENDS = ("cxx", "interpreter")
-
-
 def write_bundle(
     out_dir: str,
     module: ModuleOp,
     ir_text: str,
     weights: dict[str, Any],
-    cpu_backend: str = "cxx",
+    backends: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write a bundle atomically and return its manifest; each device's weight file holds
-    only what it reads. With cpu_backend="cxx", segments on CPU devices are compiled to
-    C++ libraries (backends/cpu/bundle.py); one the backend cannot lower stays on the
-    interpreter, its manifest entry saying why ("fallback")."""
+    only what it reads. Each segment is compiled by the backend registered for its
+    device's kind (gimlet.backends; `backends` maps a device kind to an option name, e.g.
+    {"cpu": "interpreter"}, to pick another). A segment the backend cannot lower stays on
+    the interpreter, its manifest entry saying why ("fallback")."""
     from gimlet.ir import main_func
 
     manifest = describe(module)
     host = manifest["cluster"]["host"]
     per_device: dict[str, set[str]] = {d["name"]: set() for d in manifest["cluster"]["devices"]}
     per_device[host] |= set(manifest.pop("_host_params"))
-    for op in main_func(module).body.block.ops:
-        if isinstance(op, gml.SegmentOp):
-            per_device[op.device.data] |= _params(op)
+    segments = [op for op in main_func(module).body.block.ops if isinstance(op, gml.SegmentOp)]
+    for op in segments:
+        per_device[op.device.data] |= _params(op)
 
     def fill(tmp: str) -> None:
         files: dict[str, str] = {}
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(ir_text)
         files[IR_FILE] = sha256(os.path.join(tmp, IR_FILE))
-        if cpu_backend == "cxx":
-            _compile_cpu_segments(tmp, module, manifest)
+        _compile_segments(tmp, segments, manifest, backends or {})
+        read = manifest_reader(f"{out_dir}/{MANIFEST_FILE}")
         for seg in manifest["segments"]:
-            for part in seg["artefact"].get("parts", []):
-                for rel in (part["source"], part["library"], seg["artefact"]["header"]):
-                    files[rel] = sha256(os.path.join(tmp, rel))
+            art = seg["artefact"]
+            for rel in get_backend(art["kind"]).artefact_files(art, read, "artefact"):
+                files[rel] = sha256(os.path.join(tmp, rel))
         os.makedirs(os.path.join(tmp, WEIGHTS_DIR))
         manifest["weights"] = {}
         for dev, names in per_device.items():
@@ -197,13 +200,20 @@ def write_bundle(
     return manifest
 
 
-def _compile_cpu_segments(tmp: str, module: ModuleOp, manifest: dict[str, Any]) -> None:
-    from gimlet.backends.cpu.bundle import compile_module_segments
-
-    cpus = {d["name"] for d in manifest["cluster"]["devices"] if d["kind"] == "cpu"}
-    artefacts, fallbacks = compile_module_segments(module, tmp, cpus)
-    for seg in manifest["segments"]:
-        if seg["index"] in artefacts:
-            seg["artefact"] = artefacts[seg["index"]]
-        elif seg["index"] in fallbacks:
-            seg["artefact"]["fallback"] = fallbacks[seg["index"]]
+def _compile_segments(
+    bundle_dir: str,
+    segments: list[gml.SegmentOp],
+    manifest: dict[str, Any],
+    choices: Mapping[str, str],
+) -> None:
+    """Each segment's artefact entry, from the backend its device kind selects."""
+    devices = {d["name"]: d for d in manifest["cluster"]["devices"]}
+    for op, seg in zip(segments, manifest["segments"], strict=True):
+        device = devices[seg["device"]]
+        backend = select_backend(device["kind"], choices)
+        try:
+            seg["artefact"] = backend.compile_segment(op, seg["index"], bundle_dir, device, {})
+        except UnsupportedOpError as e:  # the first line is the op; the rest say why
+            why = "; ".join(line.strip() for line in str(e).splitlines()[1:])
+            seg["artefact"] = {"kind": "interpreter", "file": IR_FILE}
+            seg["artefact"].update(fallback=why, fallback_from=backend.name)

@@ -210,12 +210,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_pipeline_flags(c, DEFAULT_PIPELINE)
     _add_placement_flags(c)
     c.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="KIND=OPTION",
+        help="bundles: which backend runs the segments on devices of KIND (by default the "
+        "first registered for it, see docs/extending.md; 'interpreter' for the numpy "
+        "reference interpreter), e.g. 'cpu=interpreter'; a segment a backend cannot lower "
+        "falls back to the interpreter, with a note",
+    )
+    c.add_argument(
         "--cpu-backend",
-        choices=["cxx", "interpreter"],
-        default="cxx",
-        help="bundles: how segments on CPU devices run: generated C++ compiled with g++ "
-        "(default; a segment it cannot lower falls back to the interpreter, with a note) or "
-        "the numpy reference interpreter",
+        metavar="OPTION",
+        help="bundles: --backend cpu=OPTION: 'cxx' (generated C++ compiled with g++, the "
+        "default) or 'interpreter'",
     )
 
     o = sub.add_parser(
@@ -293,7 +301,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.target:  # --- runtime hook: a placed program becomes a bundle (gimlet.bundle)
         from gimlet.bundle import write_bundle
 
-        manifest = write_bundle(args.output, module, text, weights, args.cpu_backend)
+        manifest = write_bundle(args.output, module, text, weights, _backend_choices(args))
         _report_backends(manifest)
     else:
         write_atomically(args.output, fill)
@@ -306,19 +314,36 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_choices(args: argparse.Namespace) -> dict[str, str]:
+    """--backend KIND=OPTION (repeatable, comma lists allowed) and --cpu-backend OPTION."""
+    choices: dict[str, str] = {}
+    for item in ",".join(args.backend).split(","):
+        if not item.strip():
+            continue
+        kind, sep, option = item.partition("=")
+        if not sep or not kind.strip() or not option.strip():
+            raise UserError(f"--backend {item!r}: expected KIND=OPTION, e.g. cpu=interpreter")
+        choices[kind.strip()] = option.strip()
+    if args.cpu_backend:
+        choices["cpu"] = args.cpu_backend
+    return choices
+
+
 def _report_backends(manifest: dict[str, Any]) -> None:
     """One line per device saying what runs its segments, so a fallback is never silent."""
+    from gimlet.backends import get, serving
+
+    kinds = {d["name"]: d["kind"] for d in manifest["cluster"]["devices"]}
     for seg in manifest["segments"]:
         art = seg["artefact"]
-        if art["kind"] == "cpu-cxx" and not art["parts"]:
-            what = "no compute to compile (comm ops and size arithmetic only)"
-        elif art["kind"] == "cpu-cxx":
-            n = len(art["parts"])
-            what = f"C++, {n} {'library' if n == 1 else 'libraries'} under cpu/ (cut at comm ops)"
-        elif "fallback" in art:
-            what = f"reference interpreter (the CPU backend cannot compile it: {art['fallback']})"
-        else:
-            what = "reference interpreter (no backend for this device kind yet)"
+        what = get(art["kind"]).describe(art)
+        if "fallback" in art:
+            label = get(art["fallback_from"]).label
+            what = f"{what} ({label} cannot compile it: {art['fallback']})"
+        elif art["kind"] == "interpreter" and len(serving(kinds[seg["device"]])) > 1:
+            what = f"{what} (chosen with --backend)"
+        elif art["kind"] == "interpreter":
+            what = f"{what} (no backend for this device kind yet)"
         # stderr: stdout may be a machine-read --explain=json report
         print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}", file=sys.stderr)
 

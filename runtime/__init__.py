@@ -3,7 +3,8 @@
 `gimlet.runtime.launch` starts the workers on one host (what `gimletc run BUNDLE/` does),
 `gimlet.runtime.worker` is one worker (also the `torchrun -m` entry point),
 `gimlet.runtime.channels` maps comm ops onto torch.distributed point-to-point, and
-`gimlet.runtime.executor` is the per-device-kind seam where compiled backends plug in.
+`gimlet.runtime.bundle` reads and checks a bundle. Each segment runs through the backend
+of its artefact kind (`gimlet.backends`), so the runtime names no backend.
 """
 
 from __future__ import annotations

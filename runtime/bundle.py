@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from gimlet import backends
+from gimlet.backends.base import FieldReader
 from gimlet.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -118,12 +120,15 @@ class _Shape:
         return [(f"{where}[{i}]", self.get(seq, i, dict, where)) for i in range(len(seq))]
 
 
+def manifest_reader(where: str) -> FieldReader:
+    """What a backend validates its artefact entry with (errors name `where` and the field)."""
+    return _Shape(where).get
+
+
 def check_manifest(m: dict[str, Any], where: str) -> None:
     """Every field a launcher or worker reads exists, has its type and points inside the
     bundle, so a hand-edited or truncated manifest fails here with one message rather
     than as a KeyError in some worker."""
-    from gimlet.runtime.executor import EXECUTORS
-
     f = _Shape(where)
     cluster = f.get(m, "cluster", dict, "")
     names = [f.get(d, "name", str, p) for p, d in f.items(cluster, "devices", "cluster")]
@@ -142,18 +147,13 @@ def check_manifest(m: dict[str, Any], where: str) -> None:
         f.get(seg, "ops", int, p)
         art = f.get(seg, "artefact", dict, p)
         kind = f.get(art, "kind", str, f"{p}.artefact")
-        if kind not in EXECUTORS:
+        if kind not in backends.kinds():
             raise BundleError(
                 f"{where}: {p} has artefact kind {kind!r}; this gimlet runs "
-                f"{', '.join(sorted(EXECUTORS))}"
+                f"{', '.join(sorted(backends.kinds()))}"
             )
         referenced.append(f.get(art, "file", str, f"{p}.artefact"))
-        if kind == "cpu-cxx":
-            f.get(art, "flags", list, f"{p}.artefact")
-            referenced.append(f.get(art, "header", str, f"{p}.artefact"))
-            for q, part in f.items(art, "parts", f"{p}.artefact"):
-                referenced += [f.get(part, k, str, q) for k in ("source", "library")]
-                f.get(part, "weights", list, q)
+        referenced += backends.get(kind).artefact_files(art, f.get, f"{p}.artefact")
     for p, c in f.items(m, "channels"):
         f.get(c, "id", int, p)
         f.get(c, "dtype", str, p)

@@ -161,9 +161,10 @@ class Worker:
         across calls, so repeated runs measure the steady state."""
         from xdsl.dialects import func
 
+        from gimlet import backends
+        from gimlet.backends.interpreter import InterpreterExecutor
         from gimlet.dialects import gml
         from gimlet.ir import main_func
-        from gimlet.runtime.executor import EXECUTORS, InterpreterExecutor
 
         host = self.device == self.bundle.host
         seg_info = self.bundle.manifest["segments"]
@@ -181,12 +182,12 @@ class Worker:
                 if op.device.data != self.device:
                     continue
                 kind = seg_info[index]["artefact"]["kind"]
-                if kind not in EXECUTORS:
+                if kind not in backends.kinds():
                     raise WorkerError(
-                        f"no executor for artefact kind {kind!r}", "error", index, None
+                        f"no backend for artefact kind {kind!r}", "error", index, None
                     )
                 if kind not in self.executors:
-                    self.executors[kind] = EXECUTORS[kind](host_exec, weights, self.bundle)
+                    self.executors[kind] = backends.get(kind).load(host_exec, weights, self.bundle)
                 self.segment = index
                 stats = self.stats.setdefault(
                     index, {"ops": seg_info[index]["ops"], "bytes_in": 0, "bytes_out": 0}

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xdsl.dialects.builtin import IndexType, ModuleOp
+from xdsl.dialects.builtin import IndexType
 from xdsl.ir import Operation, SSAValue
 
 from gimlet.artifacts import IR_FILE
 from gimlet.dialects import gml
-from gimlet.errors import UnsupportedOpError, UserError
+from gimlet.errors import UserError
 
 from . import CompiledCpu, _signature
 from .build import RUNTIME_DIR, build_library, build_runtime, copy_runtime
@@ -173,25 +173,3 @@ def _to_abi(value: Any, v: SSAValue) -> np.ndarray:
 
 def _from_abi(array: np.ndarray, v: SSAValue) -> Any:
     return int(array.shape[0]) if isinstance(v.type, IndexType) else array
-
-
-def compile_module_segments(
-    module: ModuleOp, out_dir: str, devices: set[str]
-) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
-    """Artefacts for the segments on `devices` (CPU devices), and why others fell back."""
-    from gimlet.ir import main_func
-
-    artefacts: dict[int, dict[str, Any]] = {}
-    fallbacks: dict[int, str] = {}
-    index = -1
-    for op in main_func(module).body.block.ops:
-        if not isinstance(op, gml.SegmentOp):
-            continue
-        index += 1
-        if op.device.data not in devices:
-            continue
-        try:
-            artefacts[index] = compile_segment(op, index, out_dir)
-        except UnsupportedOpError as e:
-            fallbacks[index] = "; ".join(line.strip() for line in str(e).splitlines()[1:])
-    return artefacts, fallbacks

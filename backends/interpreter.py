@@ -1,16 +1,15 @@
-"""Executors: how one device runs one segment. The seam for compiled backends.
+"""The reference backend: segments run on the numpy interpreter (gimlet.interpreter).
 
-A bundle names an artefact kind per segment ("interpreter", or "cpu-cxx" for segments the
-CPU backend compiled, see backends/cpu/bundle.py). The worker picks the executor
-registered for that kind and calls `run_segment(segment, inputs, index, artefact)`. comm ops inside a segment are not the
-executor's business beyond calling `CommHandler` (the worker's torch.distributed
-endpoints), so a compiled backend can split a segment at its comm ops or call back.
+Every device kind can fall back to it, and every worker has one `InterpreterExecutor`:
+it runs the top-level ops of the host program, and compiled backends hand it their comm
+ops and size arithmetic. comm ops are forwarded to the worker's `CommHandler` (its
+torch.distributed endpoints).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
@@ -25,23 +24,10 @@ from xdsl.interpreters.arith import ArithFunctions
 from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Operation
 
+from gimlet.artifacts import IR_FILE
+from gimlet.backends.base import CommHandler, Executor, FieldReader
 from gimlet.dialects import comm, gml
 from gimlet.interpreter import GmlFunctions
-
-
-class CommHandler(Protocol):
-    """What an executor calls for comm ops (implemented by the worker)."""
-
-    def send(self, op: comm.SendOp | comm.ISendOp, value: Any) -> None: ...
-    def post_recv(self, op: comm.RecvOp | comm.IRecvOp) -> Any: ...
-    def wait_recv(self, pending: Any, op: Operation) -> Any: ...
-
-
-class Executor(Protocol):
-    def run_segment(
-        self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
-    ) -> list[Any]: ...
-
 
 BeforeOp = Callable[..., None]  # (op, what="") -> None: progress and fault hook
 
@@ -126,20 +112,34 @@ class InterpreterExecutor:
         raise AssertionError("gml.segment without gml.yield")
 
 
-ExecutorFactory = Callable[[InterpreterExecutor, Mapping[str, np.ndarray], Any], Executor]
-"""(the worker's interpreter executor, its weights, the bundle) -> an executor. The
-interpreter executor owns the comm handler and the per-op progress hook, so compiled
-backends hand it their comm ops and report progress through its `before_op`."""
+class InterpreterBackend:
+    """Artefact kind "interpreter": the segment's ops, read from the bundle's model.mlir."""
+
+    name = "interpreter"
+    option = "interpreter"
+    device_kinds: tuple[str, ...] = ()  # every kind
+    label = "the reference interpreter"
+
+    def compile_segment(
+        self,
+        segment: gml.SegmentOp,
+        index: int,
+        bundle_dir: str,
+        device: Mapping[str, str],
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        return {"kind": self.name, "file": IR_FILE}
+
+    def artefact_files(self, artefact: dict[str, Any], read: FieldReader, path: str) -> list[str]:
+        return []  # model.mlir, which every artefact names as "file"
+
+    def describe(self, artefact: dict[str, Any]) -> str:
+        return "reference interpreter"
+
+    def load(
+        self, host: InterpreterExecutor, weights: Mapping[str, np.ndarray], bundle: Any
+    ) -> Executor:
+        return host  # the worker's own: it already holds the module and the weights
 
 
-def _cpu_cxx(host: InterpreterExecutor, weights: Mapping[str, np.ndarray], bundle: Any) -> Any:
-    from gimlet.backends.cpu.bundle import CpuExecutor
-
-    return CpuExecutor(host, weights, bundle)
-
-
-EXECUTORS: dict[str, ExecutorFactory] = {
-    "interpreter": lambda host, weights, bundle: host,
-    "cpu-cxx": _cpu_cxx,
-}
-"""Artefact kind (the manifest's segments[i].artefact.kind) -> executor factory."""
+BACKEND = InterpreterBackend()
