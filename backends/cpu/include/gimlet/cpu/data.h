@@ -259,6 +259,8 @@ Tensor<TO> reduce(const Tensor<TI>& x, Red kind, std::initializer_list<int> dims
       if (red[i]) off += (rem % x.shape.d[i]) * xs[i], rem /= x.shape.d[i];
     roff[r] = off;
   }
+  bool contiguous = true;  // the reduced elements are one run (the trailing dims)
+  for (int64_t r = 0; r < rcount && contiguous; ++r) contiguous = roff[r] == r;
   Tensor<TO> y = empty<TO>(out);
   const int64_t n = kept.numel();
   parallel_for(n, rcount, [&](int64_t o0, int64_t o1) {
@@ -267,7 +269,11 @@ Tensor<TO> reduce(const Tensor<TI>& x, Red kind, std::initializer_list<int> dims
       for (int i = kept.rank - 1; i >= 0; --i) base += (rem % kept.d[i]) * ks[i], rem /= kept.d[i];
       const TI* p = x.data + base;
       Acc acc = 0;
-      if (kind == Red::Sum || kind == Red::Mean) {
+      if ((kind == Red::Sum || kind == Red::Mean) && contiguous) {  // e.g. a global pool
+#pragma omp simd reduction(+ : acc)
+        for (int64_t r = 0; r < rcount; ++r) acc += Acc(p[r]);
+        if (kind == Red::Mean) acc = acc / Acc(rcount);
+      } else if (kind == Red::Sum || kind == Red::Mean) {
         for (int64_t r = 0; r < rcount; ++r) acc += Acc(p[roff[r]]);
         if (kind == Red::Mean) acc = acc / Acc(rcount);
       } else if (kind == Red::Any) {
