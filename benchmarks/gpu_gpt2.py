@@ -62,13 +62,13 @@ def first_output(x: Any) -> torch.Tensor:
 
 def gimlet_fn(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, float, dict[str, Any]]:
     """Compile with gimlet's NVIDIA backend in this process; (callable, seconds, info)."""
+    import copy
+
     from gimlet import compile as gcompile
     from gimlet.backends.gpu.codegen import lower
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
     from gimlet.ir import main_func
-
-    import copy
 
     t0 = time.perf_counter()
     compiled = gcompile(copy.deepcopy(module).cpu(), tuple(a.cpu() for a in args))
@@ -87,7 +87,9 @@ def gimlet_fn(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, floa
     return (lambda *xs: f(*xs)), seconds, info
 
 
-def measure(name: str, module: torch.nn.Module, args: tuple[Any, ...], iters: int) -> dict[str, Any]:
+def measure(
+    name: str, module: torch.nn.Module, args: tuple[Any, ...], iters: int
+) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with torch.no_grad():
         torch.cuda.reset_peak_memory_stats()
@@ -95,7 +97,11 @@ def measure(name: str, module: torch.nn.Module, args: tuple[Any, ...], iters: in
         ref = first_output(module(*args))
         torch.cuda.synchronize()
         eager_peak = torch.cuda.max_memory_allocated() - base
-        rows["torch eager"] = {"ms": timed(module, args, iters), "compile_s": 0.0, "peak_bytes": eager_peak}
+        rows["torch eager"] = {
+            "ms": timed(module, args, iters),
+            "compile_s": 0.0,
+            "peak_bytes": eager_peak,
+        }
         for mode in ("default", "reduce-overhead"):
             torch._dynamo.reset()
             c = torch.compile(module, mode=None if mode == "default" else mode)
@@ -131,10 +137,32 @@ def measure(name: str, module: torch.nn.Module, args: tuple[Any, ...], iters: in
     return rows
 
 
+def profile(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    """gimlet's kernels one by one (graphs off, so the profiler sees each launch)."""
+    os.environ["GIMLET_CUDA_GRAPHS"] = "0"
+    g, _, _ = gimlet_fn(module, args)
+    for _ in range(5):
+        g(*args)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            g(*args)
+        torch.cuda.synchronize()
+    print(f"{name}: gimlet kernels over 10 calls (graphs off)")
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
     ap.add_argument("--only", choices=["decode", "prefill"], help="one case")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="only gimlet, each kernel's GPU time (torch.profiler)",
+    )
     args = ap.parse_args()
     iters = 50 if args.quick else 200
     torch.manual_seed(0)
@@ -146,9 +174,13 @@ def main() -> None:
         token = torch.randint(0, 50257, (1, 1), device=dev)
         keys = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
         values = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
+        if args.profile:
+            return profile("decode", Decode(gpt).eval(), (token, keys, values))
         cases["decode"] = measure("decode", Decode(gpt).eval(), (token, keys, values), iters)
     if args.only in (None, "prefill"):
         ids = torch.randint(0, 50257, (1, CTX), device=dev)
+        if args.profile:
+            return profile("prefill", gpt, (ids,))
         cases["prefill"] = measure("prefill", gpt, (ids,), iters)
     meta = {
         "gpu": torch.cuda.get_device_name(),
@@ -181,7 +213,11 @@ def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
                 f"{r['median_ms'] / ro:.2f}x | {r['compile_s']:.1f} | "
                 f"{'' if err is None else f'{err:.2e}'} |"
             )
-    lines += ["", "Memory (torch's allocator; gimlet: weights + arena, counted from before its first call):", ""]
+    lines += [
+        "",
+        "Memory (torch's allocator; gimlet: weights + arena, counted from before its first call):",
+        "",
+    ]
     for case, rows in cases.items():
         g = rows["gimlet"]
         lines.append(

@@ -42,8 +42,18 @@ ENTRY = "gimlet_gpu_main"
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
 HALF = ("gml::f16", "gml::bf16")
-_DTYPE = {"float": "gml::DType::F32", "gml::f16": "gml::DType::F16", "gml::bf16": "gml::DType::BF16"}
-_REDUCE = {gml.SumOp: "Sum", gml.MeanOp: "Mean", gml.AmaxOp: "Max", gml.AminOp: "Min", gml.AnyOp: "Any"}
+_DTYPE = {
+    "float": "gml::DType::F32",
+    "gml::f16": "gml::DType::F16",
+    "gml::bf16": "gml::DType::BF16",
+}
+_REDUCE = {
+    gml.SumOp: "Sum",
+    gml.MeanOp: "Mean",
+    gml.AmaxOp: "Max",
+    gml.AminOp: "Min",
+    gml.AnyOp: "Any",
+}
 _INDEX_OPS = (gml.DimOp, arith.ConstantOp, *_ARITH)
 
 
@@ -95,14 +105,17 @@ def _strides_in(s: Shape, dom: Shape) -> list[int]:
 
 @dataclass
 class Env:
-    """One shape bucket: concrete shapes, index values and arena offsets."""
+    """One shape bucket: concrete shapes, index values, views and arena offsets."""
 
     shapes: dict[SSAValue, Shape]
     ints: dict[SSAValue, int]
     offsets: dict[Any, int] = field(default_factory=dict)
+    views: set[SSAValue] = field(default_factory=set)  # values aliasing their source
 
 
 Slot = Callable[[Env], int]
+ViewRule = Callable[[Env], int | None]
+"""A value's element offset into its source when it is a view at this bucket, else None."""
 
 
 @dataclass(frozen=True)
@@ -124,21 +137,27 @@ class Bucket:
     """Everything one shape bucket needs at run time."""
 
     params: list[int]
-    arena_bytes: int
+    arena_bytes: int  # the memory plan's peak: one arena, weights excluded
     input_offsets: list[int]
     output_offsets: list[int]
     output_shapes: list[Shape]
-    plan_bytes: int  # the arena (peak of the plan), weights excluded
+
+    @property
+    def plan_bytes(self) -> int:
+        return self.arena_bytes
 
 
 @dataclass
 class Lowered:
+    """A function's GPU program: its source, and what a bucket needs to run it."""
+
     fn: func.FuncOp
     source: str
     slots: list[Slot]
     weights: list[Weight]
-    buffers: list[tuple[Any, int, int, Callable[[Env], int]]]  # key, first, last, bytes
-    aliases: dict[SSAValue, SSAValue]
+    values: list[tuple[SSAValue, int, int]]  # arena values: first, last program step
+    scratch: list[tuple[Scratch, int]]
+    views: list[tuple[SSAValue, SSAValue, ViewRule]]  # in program order
     evaluator: ShapeEvaluator
 
     @property
@@ -146,14 +165,31 @@ class Lowered:
         return hashlib.sha256(self.source.encode()).hexdigest()
 
     def bucket(self, input_shapes: Sequence[Shape]) -> Bucket:
+        """Shapes, views and the memory plan for these input shapes; the parameter table."""
         shapes, ints = self.evaluator.evaluate(input_shapes)
         env = Env(shapes, ints)
-        bufs = [Buffer(max(nbytes(env), 1), first, last) for _, first, last, nbytes in self.buffers]
+        alias: dict[SSAValue, tuple[SSAValue, int]] = {}  # value -> (root, byte offset)
+        for v, src, rule in self.views:
+            off = rule(env)
+            if off is not None:
+                root, base = alias.get(src, (src, 0))
+                alias[v] = (root, base + off * _itemsize(src))
+                env.views.add(v)
+        life = {v: [first, last] for v, first, last in self.values if v not in alias}
+        for v, first, last in self.values:  # a view keeps its root alive as long as itself
+            if v in alias:
+                span = life[alias[v][0]]
+                span[0], span[1] = min(span[0], first), max(span[1], last)
+        keys: list[Any] = list(life)
+        bufs = [Buffer(max(_nbytes(v, env), 1), *life[v]) for v in life]
+        for s, step in self.scratch:
+            keys.append(s)
+            bufs.append(Buffer(max(s.nbytes(env), 1), step, step))
         arena = plan(bufs)
-        for (key, *_), b in zip(self.buffers, bufs, strict=True):
+        for key, b in zip(keys, bufs, strict=True):
             env.offsets[key] = b.offset
-        for alias, root in self.aliases.items():
-            env.offsets[alias] = env.offsets[root]
+        for v, (root, base) in alias.items():
+            env.offsets[v] = env.offsets[root] + base
         ret = self.fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)
         return Bucket(
@@ -162,8 +198,32 @@ class Lowered:
             input_offsets=[env.offsets[a] for a in self.fn.body.block.args],
             output_offsets=[env.offsets[v] for v in ret.arguments],
             output_shapes=[shapes[v] for v in ret.arguments],
-            plan_bytes=arena,
         )
+
+
+def index_params(rank: int, dom: Shape, strides: Sequence[Sequence[int]]) -> list[int]:
+    """An Index<rank, K>'s slots: dims that every operand walks contiguously coalesced
+    (and size-1 dims dropped), right-aligned: [rank', dims.., strides of each operand..]."""
+    merged: list[tuple[int, list[int]]] = []  # innermost first
+    for d in range(len(dom) - 1, -1, -1):
+        if dom[d] == 1:
+            continue
+        if merged and all(
+            s[d] == m * merged[-1][0] for s, m in zip(strides, merged[-1][1], strict=True)
+        ):
+            merged[-1] = (merged[-1][0] * dom[d], merged[-1][1])
+        else:
+            merged.append((dom[d], [s[d] for s in strides]))
+    if not merged:
+        merged = [(1, [0] * len(strides))]
+    merged.reverse()
+    pad = max(rank, 1) - len(merged)
+    dims = [1] * pad + [n for n, _ in merged]
+    out = [len(merged), *dims[-rank:]] if rank else [1]
+    for k in range(len(strides)):
+        st = [0] * pad + [m[1][k] for m in merged]
+        out += st[-rank:] if rank else []
+    return out
 
 
 def load_time_values(fn: func.FuncOp) -> set[SSAValue]:
@@ -194,13 +254,16 @@ class _Lowering:
     def __init__(self, fn: func.FuncOp):
         self.fn = fn
         self.kernels: list[str] = []
+        self.kernel_names: dict[str, str] = {}
         self.body: list[str] = []
         self.slots: list[Slot] = []
         self.free = load_time_values(fn)
         self.weights: list[Weight] = []
         self.weight_index: dict[tuple[SSAValue, bool], int] = {}
-        self.aliases: dict[SSAValue, SSAValue] = {}
+        self.views: list[tuple[SSAValue, SSAValue, ViewRule]] = []
         self.offset_slot: dict[Any, int] = {}
+        self.defined_at: dict[SSAValue, int] = {}  # results written before their op's step
+        self.done: set[Operation] = set()  # ops already emitted as another op's epilogue
         self.step = 0
         self.scratch: list[tuple[Scratch, int]] = []
 
@@ -210,16 +273,11 @@ class _Lowering:
         return len(self.slots) - 1
 
     def slots_of(self, f: Callable[[Env], Sequence[int]], n: int) -> int:
-        """n consecutive slots holding f(env) (computed once per slot, cheap)."""
+        """n consecutive slots holding f(env)."""
         first = len(self.slots)
         for i in range(n):
             self.slots.append(lambda env, i=i: int(f(env)[i]))
         return first
-
-    def root(self, v: SSAValue) -> SSAValue:
-        while v in self.aliases:
-            v = self.aliases[v]
-        return v
 
     def weight(self, v: SSAValue, transposed: bool = False) -> int:
         key = (v, transposed)
@@ -229,43 +287,57 @@ class _Lowering:
         return self.weight_index[key]
 
     def ptr(self, v: SSAValue | Scratch, ct: str | None = None, const: bool = False) -> str:
-        if isinstance(v, Scratch):
-            key: Any = v
-            assert ct is not None
-        else:
+        q = "const " if const else ""
+        if isinstance(v, SSAValue):
             ct = ct or _ct(v)
             if v in self.free:
                 return f"static_cast<const {ct}*>(W[{self.weight(v)}])"
-            key = self.root(v)
-        if key not in self.offset_slot:
-            self.offset_slot[key] = self.slot(lambda env, key=key: env.offsets[key])
-        q = "const " if const else ""
-        return f"reinterpret_cast<{q}{ct}*>(A + P[{self.offset_slot[key]}])"
+        assert ct is not None
+        if v not in self.offset_slot:
+            self.offset_slot[v] = self.slot(lambda env, key=v: env.offsets[key])
+        return f"reinterpret_cast<{q}{ct}*>(A + P[{self.offset_slot[v]}])"
+
+    def view(self, v: SSAValue, src: SSAValue, rule: ViewRule) -> int:
+        """Make `v` a view of `src` in the buckets where `rule` gives an offset; the
+        slot returned holds 1 where the bucket must copy instead."""
+        if src in self.free:  # weights are not in the arena: always copy
+            return self.slot(lambda env: 1)
+        self.views.append((v, src, rule))
+        return self.slot(lambda env: 0 if v in env.views else 1)
 
     def emit(self, line: str) -> None:
         self.body.append("  " + line)
 
     def kernel(self, text: str) -> str:
-        name = f"k{len(self.kernels)}"
-        self.kernels.append(text.replace("KERNEL", name))
-        return name
+        """A generated kernel's name; identical kernels (every layer's) are emitted once."""
+        if text not in self.kernel_names:
+            name = f"k{len(self.kernels)}"
+            self.kernel_names[text] = name
+            self.kernels.append(text.replace("KERNEL", name))
+        return self.kernel_names[text]
 
     def comment(self, ops: Sequence[Operation]) -> None:
         for op in ops:
             self.emit(f"// {op.name} {where(op)}")
 
+    def launch(self, kernel: str, n: int, args: str) -> None:
+        """A grid-stride launch over P[n] elements."""
+        self.emit(
+            f"if (P[{n}] > 0) {kernel}<<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>({args});"
+        )
+
     # ------------------------------------------------------------ driver
     def run(self) -> None:
         for op in self.fn.body.block.ops:
             self.step += 1
-            if isinstance(op, func.ReturnOp) or isinstance(op, _INDEX_OPS):
+            if isinstance(op, (func.ReturnOp, _INDEX_OPS)) or op in self.done:
                 continue
             if any(r in self.free for r in op.results):
                 continue
             self.lower_op(op)
 
     def lower_op(self, op: Operation) -> None:
-        if isinstance(op, gml.FusionOp) or isinstance(op, gml.ELEMENTWISE):
+        if isinstance(op, (gml.FusionOp, *gml.ELEMENTWISE)):
             return self.elementwise(op)
         for v in [*op.operands, *op.results]:
             if isinstance(v.type, TensorType) and ctype(v.type.element_type) is None:
@@ -279,14 +351,14 @@ class _Lowering:
             gml.FullOp: self.full,
             gml.ArangeOp: self.arange,
             gml.EmbeddingOp: self.embedding,
+            gml.IndexOp: self.index,
+            **_more_handlers(self),
             gml.MatmulOp: self.matmul,
             gml.SdpaOp: self.sdpa,
             gml.LayerNormOp: self.layer_norm,
             gml.SoftmaxOp: self.softmax,
             gml.LogSoftmaxOp: self.softmax,
             gml.CumsumOp: self.cumsum,
-            gml.IndexOp: self.index,
-            **_more_handlers(self),
         }.get(type(op))
         if handler is None and isinstance(op, gml.ReduceOp):
             handler = self.reduce
@@ -298,35 +370,57 @@ class _Lowering:
         return UnsupportedOpError(f"{op.name} at {where(op)}: {why}")
 
     # ------------------------------------------------------------ elementwise
-    def elementwise(self, op: Operation) -> None:
+    def _group(self, op: Operation) -> tuple[list[Operation], list[SSAValue], list[SSAValue]]:
+        """(members, yielded values, results) of an elementwise op or gml.fusion."""
         if isinstance(op, gml.FusionOp):
             members = [m for m in op.body.block.ops if not isinstance(m, gml.YieldOp)]
             term = op.body.block.last_op
             assert isinstance(term, gml.YieldOp)
-            yielded, results = list(term.values), list(op.results)
-        else:
-            members, yielded, results = [op], list(op.results), list(op.results)
+            return members, list(term.values), list(op.results)
+        return [op], list(op.results), list(op.results)
+
+    def _externals(self, members: Sequence[Operation]) -> list[SSAValue]:
+        inside = {r for m in members for r in m.results}
+        out: list[SSAValue] = []
+        for m in members:
+            for v in m.operands:
+                if v not in inside and v not in out:
+                    out.append(v)
+        return out
+
+    def _body(
+        self, members: Sequence[Operation], val: dict[SSAValue, str], indent: str, prefix: str = "s"
+    ) -> list[str]:
+        """Scalar code for the members, given their external operands' values."""
+        lines = []
+        for j, m in enumerate(members):
+            r = m.results[0]
+            ct = _vt(m.operands[0]) if m.operands else _vt(r)
+            if isinstance(m, gml.WhereOp):
+                ct = _vt(m.lhs)
+            expr = _scalar_expr(m, [val[v] for v in m.operands], ct)
+            if _ct(r) in HALF:  # each member rounds its result, as the ops one by one would
+                expr = f"gml::rounded<{_ct(r)}>({expr})"
+            lines.append(f"{indent}const {_vt(r)} {prefix}{j} = {expr};  // {m.name}")
+            val[r] = f"{prefix}{j}"
+        return lines
+
+    def elementwise(self, op: Operation) -> None:
+        members, yielded, results = self._group(op)
         for v in [v for m in members for v in (*m.operands, *m.results)]:
             if ctype(v.type.element_type) is None:  # type: ignore[attr-defined]
                 raise self.refuse(op, f"unsupported element type {v.type}")
-        inside = {r for m in members for r in m.results}
-        externals: list[SSAValue] = []
-        for m in members:
-            for v in m.operands:
-                if v not in inside and v not in externals:
-                    externals.append(v)
+        externals = self._externals(members)
         member_results = [m.results[0] for m in members]
         rank = max((len(shape_of(r.type)) for r in member_results), default=0)
         k = len(externals) + len(results)
 
         def params(env: Env) -> list[int]:
             dom = _broadcast([env.shapes[r] for r in member_results])
-            out = list(dom)
-            for v in [*externals, *yielded]:
-                out.extend(_strides_in(env.shapes[v], dom))
-            return out
+            st = [_strides_in(env.shapes[v], dom) for v in [*externals, *yielded]]
+            return index_params(rank, dom, st)
 
-        ix = self.slots_of(params, rank * (1 + k))
+        ix = self.slots_of(params, 1 + rank * (1 + k))
         n = self.slot(lambda env: _numel(_broadcast([env.shapes[r] for r in member_results])))
         args = [f"const {_ct(v)}* __restrict__ p{i}" for i, v in enumerate(externals)]
         args += [f"{_ct(r)}* __restrict__ q{i}" for i, r in enumerate(results)]
@@ -340,45 +434,42 @@ class _Lowering:
         for i, v in enumerate(externals):
             val[v] = f"x{i}"
             lines.append(f"    const {_vt(v)} x{i} = gml::load(p{i} + off[{i}]);")
-        for j, m in enumerate(members):
-            r = m.results[0]
-            ct = _vt(m.operands[0]) if m.operands else _vt(r)
-            if isinstance(m, gml.WhereOp):
-                ct = _vt(m.lhs)
-            expr = _scalar_expr(m, [val[v] for v in m.operands], ct)
-            if _ct(r) in HALF:  # each member rounds its result, as the ops one by one would
-                expr = f"gml::rounded<{_ct(r)}>({expr})"
-            lines.append(f"    const {_vt(r)} s{j} = {expr};  // {m.name}")
-            val[r] = f"s{j}"
+        lines += self._body(members, val, "    ")
+        dom_static = _broadcast([shape_of(r.type) for r in member_results])
         for i, y in enumerate(yielded):
             store = f"gml::store(q{i} + off[{len(externals) + i}], {val[y]});"
-            if shape_of(y.type) != _broadcast([shape_of(r.type) for r in member_results]) or any(
-                d < 0 for d in shape_of(y.type)
-            ):
+            if shape_of(y.type) != dom_static or any(d < 0 for d in shape_of(y.type)):
                 store = f"if (gml::first_along_broadcast(ix, i, {len(externals) + i})) {store}"
             lines.append(f"    {store}")
         lines += ["  }", "}"]
         name = self.kernel("\n".join(lines))
         self.comment(members)
         ptrs = [self.ptr(v, const=True) for v in externals] + [self.ptr(r) for r in results]
-        self.emit(
-            f"{name}<<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>"
-            f"(P[{n}], gml::index_from<{rank}, {k}>(P + {ix}), {', '.join(ptrs)});"
-        )
+        self.launch(name, n, f"P[{n}], gml::index_from<{rank}, {k}>(P + {ix}), {', '.join(ptrs)}")
 
     # ------------------------------------------------------------ data movement
     def reshape(self, op: gml.ReshapeOp) -> None:
-        self.aliases[op.result] = op.input  # same bytes: every arena value is contiguous
+        self.views.append((op.result, op.input, lambda env: 0))  # every arena value is contiguous
 
-    def copy(self, op: Operation, src: str, out: SSAValue, params: Callable[[Env], list[int]], rank: int, base: int | None = None) -> None:
-        """out (contiguous) = src read through the strides params(env) gives."""
-        ix = self.slots_of(params, rank * 3)
+    def copy(
+        self,
+        op: Operation,
+        src: SSAValue,
+        out: SSAValue,
+        params: Callable[[Env], list[int]],
+        rank: int,
+        base: int | None = None,
+        need: int | None = None,
+    ) -> None:
+        """out (contiguous) = src read through the strides params(env) gives (an Index
+        over out's shape: [src strides, out strides]); skipped where `need` is 0."""
+        ix = self.slots_of(params, 1 + rank * 3)
         n = self.slot(lambda env: _numel(env.shapes[out]))
-        ct = _ct(out)
-        src_ptr = f"{src} + P[{base}]" if base is not None else src
+        src_ptr = self.ptr(src, const=True) + (f" + P[{base}]" if base is not None else "")
         self.comment([op])
+        cond = f"if (P[{need}]) " if need is not None else ""
         self.emit(
-            f"gml::copy_strided<{ct}, {rank}><<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>"
+            f"{cond}gml::copy_strided<{_ct(out)}, {rank}><<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>"
             f"(P[{n}], gml::index_from<{rank}, 2>(P + {ix}), {src_ptr}, {self.ptr(out)});"
         )
 
@@ -389,18 +480,28 @@ class _Lowering:
         def params(env: Env) -> list[int]:
             src = _contiguous_strides(env.shapes[x])
             out = env.shapes[y]
-            return [*out, *(src[p] for p in perm), *_contiguous_strides(out)]
+            return index_params(len(perm), out, [[src[p] for p in perm], _contiguous_strides(out)])
 
-        self.copy(op, self.ptr(x, const=True), y, params, len(perm))
+        def same_bytes(env: Env) -> int | None:  # only size-1 dims move: a view
+            moved = [p for p in perm if env.shapes[x][p] != 1]
+            return 0 if moved == sorted(moved) else None
+
+        self.copy(op, x, y, params, len(perm), need=self.view(y, x, same_bytes))
 
     def expand(self, op: gml.ExpandOp) -> None:
         x, y = op.input, op.result
+        rank = len(shape_of(y.type))
 
         def params(env: Env) -> list[int]:
             out = env.shapes[y]
-            return [*out, *_strides_in(env.shapes[x], out), *_contiguous_strides(out)]
+            return index_params(
+                rank, out, [_strides_in(env.shapes[x], out), _contiguous_strides(out)]
+            )
 
-        self.copy(op, self.ptr(x, const=True), y, params, len(shape_of(y.type)))
+        def same_bytes(env: Env) -> int | None:
+            return 0 if _numel(env.shapes[x]) == _numel(env.shapes[y]) else None
+
+        self.copy(op, x, y, params, rank, need=self.view(y, x, same_bytes))
 
     def slice(self, op: gml.SliceOp) -> None:
         x, y = op.input, op.result
@@ -413,39 +514,59 @@ class _Lowering:
             first, _, step = slice(start, end, op.step.value.data).indices(env.shapes[x][d])
             return first, step
 
+        def base(env: Env) -> int:
+            return bounds(env)[0] * _contiguous_strides(env.shapes[x])[d]
+
         def params(env: Env) -> list[int]:
-            src = _contiguous_strides(env.shapes[x])
-            st = list(src)
+            st = _contiguous_strides(env.shapes[x])
             st[d] *= bounds(env)[1]
             out = env.shapes[y]
-            return [*out, *st, *_contiguous_strides(out)]
+            return index_params(rank, out, [st, _contiguous_strides(out)])
 
-        base = self.slot(lambda env: bounds(env)[0] * _contiguous_strides(env.shapes[x])[d])
-        self.copy(op, self.ptr(x, const=True), y, params, rank, base)
+        def contiguous(env: Env) -> int | None:  # a block of whole rows: a view
+            s = env.shapes[x]
+            one_block = _numel(s[:d]) == 1 or _numel(s[d + 1 :]) == 0
+            return (
+                base(env) if one_block and (bounds(env)[1] == 1 or env.shapes[y][d] <= 1) else None
+            )
+
+        self.copy(op, x, y, params, rank, self.slot(base), need=self.view(y, x, contiguous))
 
     def concat(self, op: gml.ConcatOp) -> None:
+        """One launch for all inputs: each output element finds its input."""
         y = op.result
         rank = len(shape_of(y.type))
         d = op.dim.value.data % rank
-        for i, x in enumerate(op.inputs):
+        xs = list(op.inputs)
+        if len(xs) > 8:
+            raise self.refuse(op, "concatenating more than 8 tensors")
 
-            def params(env: Env, i: int = i, x: SSAValue = x) -> list[int]:
-                s = env.shapes[x]
-                return [*s, *_contiguous_strides(s), *_contiguous_strides(env.shapes[y])]
+        def params(env: Env) -> list[int]:
+            s = env.shapes[y]
+            outer, inner = _numel(s[:d]), _numel(s[d + 1 :])
+            sizes = [env.shapes[x][d] for x in xs]
+            return [outer, s[d], inner, *sizes]
 
-            def start(env: Env, i: int = i) -> int:
-                before = sum(env.shapes[v][d] for v in list(op.inputs)[:i])
-                return before * _contiguous_strides(env.shapes[y])[d]
-
-            ix = self.slots_of(params, rank * 3)
-            n = self.slot(lambda env, x=x: _numel(env.shapes[x]))
-            at = self.slot(start)
-            self.comment([op])
-            ct = _ct(y)
-            self.emit(
-                f"gml::copy_strided<{ct}, {rank}><<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>"
-                f"(P[{n}], gml::index_from<{rank}, 2>(P + {ix}), {self.ptr(x, const=True)}, {self.ptr(y)} + P[{at}]);"
+        p = self.slots_of(params, 3 + len(xs))
+        n = self.slot(lambda env: _numel(env.shapes[y]))
+        user = self._sole_user(y)
+        if (
+            isinstance(user, gml.SdpaOp)
+            and y in (user.key, user.value)
+            and self._kv_pieces(user, y) != [y]
+        ):
+            # the decode attention kernel reads the pieces in place: no copy there
+            n = self.slot(
+                lambda env, u=user: 0 if self._decode_attention(u, env) else _numel(env.shapes[y])
             )
+        ptrs = ", ".join(self.ptr(x, const=True) for x in xs)
+        sizes = ", ".join(f"P[{p + 3 + i}]" for i in range(len(xs)))
+        self.comment([op])
+        self.launch(
+            f"gml::concat_mid<{_ct(y)}, {len(xs)}>",
+            n,
+            f"P[{p}], P[{p + 1}], P[{p + 2}], gml::Pieces<{_ct(y)}, {len(xs)}>{{{{{ptrs}}}, {{{sizes}}}}}, {self.ptr(y)}",
+        )
 
     def full(self, op: gml.FullOp) -> None:
         self._fill(op, op.value.value.data, 0.0)
@@ -457,21 +578,21 @@ class _Lowering:
         y = op.results[0]
         n = self.slot(lambda env: _numel(env.shapes[y]))
         self.comment([op])
-        self.emit(
-            f"gml::arange<{_ct(y)}><<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>"
-            f"(P[{n}], {float(start)!r}, {float(step)!r}, {self.ptr(y)});"
+        self.launch(
+            f"gml::arange<{_ct(y)}>", n, f"P[{n}], {float(start)!r}, {float(step)!r}, {self.ptr(y)}"
         )
 
     def embedding(self, op: gml.EmbeddingOp) -> None:
         w, idx, y = op.weight, op.indices, op.result
-        n = self.slot(lambda env: _numel(env.shapes[idx]))
-        dim = self.slot(lambda env: env.shapes[w][1])
-        rows = self.slot(lambda env: env.shapes[w][0])
+        p = self.slots_of(
+            lambda env: [_numel(env.shapes[idx]), env.shapes[w][1], env.shapes[w][0]], 3
+        )
         total = self.slot(lambda env: _numel(env.shapes[y]))
         self.comment([op])
-        self.emit(
-            f"gml::embedding<{_ct(y)}, {_ct(idx)}><<<gml::blocks_for(P[{total}], {THREADS}), {THREADS}, 0, stream>>>"
-            f"(P[{n}], P[{dim}], P[{rows}], {self.ptr(w, const=True)}, {self.ptr(idx, const=True)}, {self.ptr(y)});"
+        self.launch(
+            f"gml::embedding<{_ct(y)}, {_ct(idx)}>",
+            total,
+            f"P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(w, const=True)}, {self.ptr(idx, const=True)}, {self.ptr(y)}",
         )
 
     def index(self, op: gml.IndexOp) -> None:
@@ -486,35 +607,53 @@ class _Lowering:
         k, d0, d1 = len(idx), dims[0], dims[-1] + 1
         rank = max(len(shape_of(i.type)) for i in idx)
 
-        def bdom(env: Env) -> Shape:
-            return _broadcast([env.shapes[i] for i in idx])
-
         def params(env: Env) -> list[int]:
-            s, dom = env.shapes[x], bdom(env)
+            s, dom = env.shapes[x], _broadcast([env.shapes[i] for i in idx])
             xs = _contiguous_strides(s)
             return [
                 _numel(env.shapes[y]), _numel(dom), _numel(s[d1:]), _numel(s[d0:]),
-                *dom, *(st for i in idx for st in _strides_in(env.shapes[i], dom)),
+                *index_params(rank, dom, [_strides_in(env.shapes[i], dom) for i in idx]),
                 *(s[d] for d in dims), *(xs[d] for d in dims),
             ]  # fmt: skip
 
-        p = self.slots_of(params, 4 + rank * (1 + k) + 2 * k)
-        ts = p + 4 + rank * (1 + k)
+        p = self.slots_of(params, 4 + 1 + rank * (1 + k) + 2 * k)
+        ts = p + 5 + rank * (1 + k)
         ptrs = ", ".join(self.ptr(i, const=True) for i in idx)
         self.comment([op])
-        self.emit(
-            f"gml::gather_nd<{_ct(y)}, {it}, {rank}, {k}><<<gml::blocks_for(P[{p}], {THREADS}), {THREADS}, 0, stream>>>"
-            f"(P[{p}], P[{p + 1}], P[{p + 2}], P[{p + 3}], gml::index_from<{rank}, {k}>(P + {p + 4}), "
-            f"gml::IndexTensors<{it}, {k}>{{{{{ptrs}}}, {{{', '.join(f'P[{ts + j}]' for j in range(k))}}}, "
-            f"{{{', '.join(f'P[{ts + k + j}]' for j in range(k))}}}}}, {self.ptr(x, const=True)}, {self.ptr(y)});"
+        rows = ", ".join(f"P[{ts + j}]" for j in range(k))
+        strides = ", ".join(f"P[{ts + k + j}]" for j in range(k))
+        self.launch(
+            f"gml::gather_nd<{_ct(y)}, {it}, {rank}, {k}>",
+            p,
+            f"P[{p}], P[{p + 1}], P[{p + 2}], P[{p + 3}], gml::index_from<{rank}, {k}>(P + {p + 4}), "
+            f"gml::IndexTensors<{it}, {k}>{{{{{ptrs}}}, {{{rows}}}, {{{strides}}}}}, {self.ptr(x, const=True)}, {self.ptr(y)}",
+        )
+
+    def cumsum(self, op: gml.CumsumOp) -> None:
+        x, y = op.input, op.result
+        rank = len(shape_of(x.type))
+        d = op.dim.value.data % max(rank, 1)
+
+        def split(env: Env) -> list[int]:
+            s = env.shapes[x] or (1,)
+            return [_numel(s[:d]), s[d], _numel(s[d + 1 :])]
+
+        p = self.slots_of(split, 3)
+        outer = self.slot(lambda env: split(env)[0] * split(env)[2])
+        self.comment([op])
+        self.launch(
+            f"gml::cumsum_mid<{_ct(x)}, {_ct(y)}>",
+            outer,
+            f"P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(x, const=True)}, {self.ptr(y)}",
         )
 
     # ------------------------------------------------------------ reductions and norms
     def reduce(self, op: gml.ReduceOp) -> None:
         x, y = op.input, op.result
         rank = len(shape_of(x.type))
-        dims = sorted(d % rank for d in op.dims.get_values()) or list(range(rank))
-        if dims != list(range(dims[0], dims[-1] + 1)):
+        dims = sorted(d % rank for d in op.dims.get_values()) if rank else []
+        dims = dims or list(range(rank))
+        if dims and dims != list(range(dims[0], dims[-1] + 1)):
             from .tensor_ops import reduce_any_dims  # late: tensor_ops builds on this module
 
             return reduce_any_dims(self, op)
@@ -535,9 +674,10 @@ class _Lowering:
                 f"(P[{p + 1}], {self.ptr(x, const=True)}, {self.ptr(y)});"
             )
         else:
-            self.emit(
-                f"gml::reduce_mid<{ti}, {to}, gml::Red::{kind}><<<gml::blocks_for(P[{outer}], {THREADS}), {THREADS}, 0, stream>>>"
-                f"(P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(x, const=True)}, {self.ptr(y)});"
+            self.launch(
+                f"gml::reduce_mid<{ti}, {to}, gml::Red::{kind}>",
+                outer,
+                f"P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(x, const=True)}, {self.ptr(y)}",
             )
 
     def softmax(self, op: gml.SoftmaxOp | gml.LogSoftmaxOp) -> None:
@@ -545,27 +685,29 @@ class _Lowering:
         rank = len(shape_of(x.type))
         if rank == 0 or op.dim.value.data % rank != rank - 1:
             raise self.refuse(op, "softmax over a dim other than the last")
-        n = self.slot(lambda env: env.shapes[x][-1])
-        rows = self.slot(lambda env: _numel(env.shapes[x][:-1]))
+        p = self.slots_of(lambda env: [env.shapes[x][-1], _numel(env.shapes[x][:-1])], 2)
         log = "true" if isinstance(op, gml.LogSoftmaxOp) else "false"
         self.comment([op])
         self.emit(
-            f"gml::softmax_rows<{_ct(x)}, {_ct(y)}, {log}><<<unsigned(P[{rows}]), {THREADS}, 0, stream>>>"
-            f"(P[{n}], {self.ptr(x, const=True)}, {self.ptr(y)}, 1.0f, gml::NoBias{{}});"
+            f"gml::softmax_rows<{_ct(x)}, {_ct(y)}, {log}><<<unsigned(P[{p + 1}]), {THREADS}, 0, stream>>>"
+            f"(P[{p}], {self.ptr(x, const=True)}, {self.ptr(y)}, 1.0f, gml::NoBias{{}});"
         )
 
     def layer_norm(self, op: gml.LayerNormOp) -> None:
         x, y = op.input, op.result
         nd = op.ndim.value.data
-        n = self.slot(lambda env: _numel(env.shapes[x][len(env.shapes[x]) - nd :]))
-        rows = self.slot(lambda env: _numel(env.shapes[x][: len(env.shapes[x]) - nd]))
-        ct = _ct(x)
+
+        def split(env: Env) -> list[int]:
+            s = env.shapes[x]
+            return [_numel(s[len(s) - nd :]), _numel(s[: len(s) - nd])]
+
+        p = self.slots_of(split, 2)
         w = self.ptr(op.weight, const=True) if op.weight else "nullptr"
         b = self.ptr(op.bias, const=True) if op.bias else "nullptr"
         self.comment([op])
         self.emit(
-            f"gml::layer_norm_rows<{ct}><<<unsigned(P[{rows}]), {THREADS}, 0, stream>>>"
-            f"(P[{n}], {self.ptr(x, const=True)}, {w}, {b}, {self.ptr(y)}, {op.eps.value.data!r}f);"
+            f"gml::layer_norm_rows<{_ct(x)}><<<unsigned(P[{p + 1}]), {THREADS}, 0, stream>>>"
+            f"(P[{p}], {self.ptr(x, const=True)}, {w}, {b}, {self.ptr(y)}, {op.eps.value.data!r}f);"
         )
 
     # ------------------------------------------------------------ products
@@ -577,29 +719,9 @@ class _Lowering:
             raise self.refuse(op, f"matmul on {ct} (the GPU backend multiplies f32, f16 and bf16)")
         if ra < 2 or rb < 2:
             raise self.refuse(op, "matmul with a 1-d operand")
-        self.comment([op])
         dt = _DTYPE[ct]
         if rb == 2 and b in self.free:  # x @ W: W uploaded as n x k (a Linear's own layout)
-            m = self.slot(lambda env: _numel(env.shapes[a][:-1]))
-            k = self.slot(lambda env: env.shapes[a][-1])
-            n = self.slot(lambda env: env.shapes[b][1])
-            w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True)}])"
-            x, out = self.ptr(a, const=True), self.ptr(y)
-            # decode: a few rows against a weight read once, bandwidth-bound
-            self.emit(f"if (P[{m}] <= 4 && P[{k}] % 8 == 0) {{")
-            for rows in (1, 2, 3, 4):
-                self.emit(
-                    f"  {'' if rows == 1 else 'else '}if (P[{m}] == {rows}) gml::gemv_nt<{ct}, {rows}>"
-                    f"<<<unsigned((P[{n}] + 7) / 8), 256, 0, stream>>>(P[{n}], P[{k}], {x}, {w}, {out});"
-                )
-            self.emit("} else {")
-            self.emit(
-                f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, P[{m}], P[{n}], P[{k}], "
-                f"{x}, P[{k}], 0, {w}, P[{k}], 0, {out}, P[{n}], 0, 1, 1.0f)) return e;"
-            )
-            self.emit("}")
-            return
-        sa, sb = shape_of(a.type), shape_of(b.type)
+            return self.linear(op)
         if ra != rb:
             raise self.refuse(op, "batched matmul with different operand ranks")
 
@@ -607,16 +729,193 @@ class _Lowering:
             xa, xb = env.shapes[a], env.shapes[b]
             if xa[:-2] != xb[:-2]:
                 raise UnsupportedOpError(f"{op.name} at {where(op)}: broadcast batch dims")
-            m_, k_, n_ = xa[-2], xa[-1], xb[-1]
-            return [m_, n_, k_, _numel(xa[:-2])]
+            return [xa[-2], xb[-1], xa[-1], _numel(xa[:-2])]
 
-        del sa, sb
         p = self.slots_of(dims, 4)
+        M, N, K, B = (f"P[{p + i}]" for i in range(4))
+        self.comment([op])
         self.emit(
-            f"if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, P[{p}], P[{p + 1}], P[{p + 2}], "
-            f"{self.ptr(a, const=True)}, P[{p + 2}], P[{p}] * P[{p + 2}], {self.ptr(b, const=True)}, P[{p + 1}], "
-            f"P[{p + 2}] * P[{p + 1}], {self.ptr(y)}, P[{p + 1}], P[{p}] * P[{p + 1}], P[{p + 3}], 1.0f)) return e;"
+            f"if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {N}, {K}, "
+            f"{self.ptr(a, const=True)}, {K}, {M} * {K}, {self.ptr(b, const=True)}, {N}, {K} * {N}, "
+            f"{self.ptr(y)}, {N}, {M} * {N}, {B}, 1.0f)) return e;"
         )
+
+    def _sole_user(self, v: SSAValue) -> Operation | None:
+        """The one top-level op reading `v` (through a gml.fusion body), if exactly one."""
+        users: set[Operation] = set()
+        for u in v.uses:
+            top = u.operation
+            while not isinstance(top.parent_op(), func.FuncOp | None):
+                top = top.parent_op()  # type: ignore[assignment]
+            users.add(top)
+        return users.pop() if len(users) == 1 else None
+
+    def _epilogue(self, mm: gml.MatmulOp) -> list[tuple[Operation, gml.ReshapeOp | None]]:
+        """The elementwise ops or fusions that consume the matmul result one after the
+        other (each the sole reader of the last, possibly through a reshape), which the
+        GEMV can apply before it stores: static domains of the matmul's size, every other
+        operand defined before the matmul. (group, reshape feeding it) pairs."""
+        y = mm.result
+        if any(d < 0 for d in shape_of(y.type)):
+            return []
+        block = mm.parent_block()
+        assert block is not None
+        before: set[SSAValue] = set(block.args)
+        for o in block.ops:
+            if o is mm:
+                break
+            before.update(o.results)
+        chain: list[tuple[Operation, gml.ReshapeOp | None]] = []
+        v, via = y, None
+        while True:
+            user = self._sole_user(v)
+            if isinstance(user, gml.ReshapeOp) and via is None and chain:
+                via, v = user, user.result
+                continue
+            if not isinstance(user, (gml.FusionOp, *gml.ELEMENTWISE)):
+                break
+            members, yielded, results = self._group(user)
+            dom = _broadcast([shape_of(m.results[0].type) for m in members])
+            if (
+                any(d < 0 for d in dom)
+                or _numel(dom) != _numel(shape_of(y.type))
+                or len(results) != 1
+            ):
+                break
+            if shape_of(yielded[0].type) != dom:
+                break
+            inside = {r for m in members for r in m.results}
+            ext = [e for e in self._externals(members) if e is not v]
+            if any(e not in before and e not in self.free and e not in inside for e in ext):
+                break
+            if any(
+                ctype(x.type.element_type) is None
+                for m in members
+                for x in (*m.operands, *m.results)
+            ):  # type: ignore[attr-defined]
+                break
+            chain.append((user, via))
+            v, via = results[0], None
+        return chain
+
+    def linear(self, op: gml.MatmulOp) -> None:
+        """x @ W with W a weight: up to 4 rows, a generated GEMV with the consumers fused
+        in (bias, activation, residual); otherwise cuBLAS, then the consumers' kernels."""
+        a, b, y = op.lhs, op.rhs, op.result
+        ct, dt = _ct(y), _DTYPE[_ct(y)]
+        p = self.slots_of(
+            lambda env: [_numel(env.shapes[a][:-1]), env.shapes[a][-1], env.shapes[b][1]], 3
+        )
+        M, K, N = (f"P[{p + i}]" for i in range(3))
+        w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True)}])"
+        x = self.ptr(a, const=True)
+        chain = self._epilogue(op)
+        args: list[str] = []
+        ptrs: list[str] = []
+        val: dict[SSAValue, str] = {y: "acc"}
+        body: list[str] = []
+        last = y
+        for g, (group, via) in enumerate(chain):
+            if via is not None:
+                self.reshape(via)
+                val[via.result] = val[last]
+            members, yielded, results = self._group(group)
+            externals = [e for e in self._externals(members) if e not in val]
+            rank = len(_broadcast([shape_of(m.results[0].type) for m in members]))
+            member_results = [m.results[0] for m in members]
+
+            def params(
+                env: Env,
+                externals: list[SSAValue] = externals,
+                mr: list[SSAValue] = member_results,
+                rank: int = rank,
+            ) -> list[int]:
+                dom = _broadcast([env.shapes[r] for r in mr])
+                return index_params(rank, dom, [_strides_in(env.shapes[e], dom) for e in externals])
+
+            ix = self.slots_of(params, 1 + rank * (1 + len(externals)))
+            args.append(f"gml::Index<{rank}, {len(externals)}> ix{g}")
+            ptrs.append(f"gml::index_from<{rank}, {len(externals)}>(P + {ix})")
+            body += [
+                f"    int64_t off{g}[{max(len(externals), 1)}];",
+                f"    gml::offsets(ix{g}, i, off{g});",
+            ]
+            for e in externals:
+                j = len(val)
+                args.append(f"const {_ct(e)}* __restrict__ p{j}")
+                ptrs.append(self.ptr(e, const=True))
+                body.append(
+                    f"    const {_vt(e)} x{j} = gml::load(p{j} + off{g}[{externals.index(e)}]);"
+                )
+                val[e] = f"x{j}"
+            body += self._body(members, val, "    ", prefix=f"g{g}s")
+            last = results[0]
+            val[last] = val[yielded[0]]
+        args.append(f"{_ct(last)}* __restrict__ out")
+        ptrs.append(self.ptr(last))
+        lines = [
+            "template <int M>",
+            f"__global__ void KERNEL(int64_t n, int64_t k, const {ct}* __restrict__ x, const {ct}* __restrict__ w, {', '.join(args)}) {{",
+            "  float accs[M];",
+            f"  const int64_t col = gml::gemv_nt_acc<{ct}, M>(n, k, x, w, accs);",
+            "  if (col < 0) return;",
+            "#pragma unroll",
+            "  for (int r = 0; r < M; ++r) {",
+            f"    const {_vt(y)} acc = gml::rounded_as<{ct}>(accs[r]);",
+            "    const int64_t i = r * n + col;",
+            *body,
+            f"    gml::store(out + i, {val[last]});",
+            "  }",
+            "}",
+        ]
+        name = self.kernel("\n".join(lines))
+        self.comment([op, *(m for g, _ in chain for m in self._group(g)[0])])
+        self.emit(f"if ({M} <= 4) {{  // decode: a few rows against a weight read once")
+        self.emit(
+            f"  const unsigned g = unsigned(({N} + 7) / 8);  // a warp per output column, 8 a block"
+        )
+        for rows in (1, 2, 3, 4):
+            self.emit(
+                f"  {'' if rows == 1 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, 256, 0, stream>>>"
+                f"({N}, {K}, {x}, {w}, {', '.join(ptrs)});"
+            )
+        self.emit("} else {")
+        self.emit(
+            f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {N}, {K}, "
+            f"{x}, {K}, 0, {w}, {K}, 0, {self.ptr(y)}, {N}, 0, 1, 1.0f)) return e;"
+        )
+        for group, _ in chain:  # the consumers as their own kernels, in order
+            saved_body, self.body = self.body, []
+            self.elementwise(group)
+            inner, self.body = self.body, saved_body
+            self.body += ["  " + line for line in inner]
+            self.done.add(group)
+            for r in group.results:
+                self.defined_at[r] = self.step
+        for _, via in chain:
+            if via is not None:
+                self.done.add(via)
+                self.defined_at[via.result] = self.step
+        self.emit("}")
+
+    def _decode_attention(self, op: gml.SdpaOp, env: Env) -> bool:
+        """Whether this bucket runs `op` as the fused decode kernel (few query rows)."""
+        sq, sk, sv = env.shapes[op.query], env.shapes[op.key], env.shapes[op.value]
+        m = (sq[-3] // sk[-3]) * sq[-2]
+        return m <= 8 and sq[-1] <= 128 and m * sv[-1] <= 512  # the kernel's shared arrays
+
+    def _kv_pieces(self, op: gml.SdpaOp, kv: SSAValue) -> list[SSAValue]:
+        """The pieces the fused decode kernel reads `kv` from: a two-piece concat along
+        the sequence (a KV cache and the new entry) is read in place, never built."""
+        src = kv.owner
+        if (
+            isinstance(src, gml.ConcatOp)
+            and len(src.inputs) == 2
+            and src.dim.value.data % len(shape_of(kv.type)) == len(shape_of(kv.type)) - 2
+            and self._sole_user(kv) is op
+        ):
+            return list(src.inputs)
+        return [kv]
 
     def sdpa(self, op: gml.SdpaOp) -> None:
         q, k, v, y = op.query, op.key, op.value, op.result
@@ -632,38 +931,63 @@ class _Lowering:
             sq, sk, sv = env.shapes[q], env.shapes[k], env.shapes[v]
             h, tq, d = sq[-3], sq[-2], sq[-1]
             kv, tk, dv = sk[-3], sk[-2], sv[-1]
-            batch = _numel(sq[:-3]) * kv
-            return [batch, (h // kv) * tq, tk, d, dv, tq]
+            return [_numel(sq[:-3]) * kv, (h // kv) * tq, tk, d, dv, tq]
 
         p = self.slots_of(dims, 6)
         scale = op.scale.value.data if op.scale is not None else None
-        sc = self.slot(
-            lambda env: 0 if scale is not None else env.shapes[q][-1]
-        )  # default scale 1/sqrt(D), computed in the host code
+        sc = self.slot(lambda env: env.shapes[q][-1])
+        fused = self.slot(lambda env: int(self._decode_attention(op, env)))
         scores = Scratch(f"scores{self.step}", lambda env: _prod(dims(env)[:3]) * 4)
-        probs = Scratch(f"probs{self.step}", lambda env: _prod(dims(env)[:3]) * 2 if ct in HALF else _prod(dims(env)[:3]) * 4)
+        half = 2 if ct in HALF else 4
+        probs = Scratch(f"probs{self.step}", lambda env: _prod(dims(env)[:3]) * half)
         self.scratch += [(scores, self.step), (probs, self.step)]
         s_ptr, p_ptr = self.ptr(scores, "float"), self.ptr(probs, ct)
         alpha = f"{scale!r}f" if scale is not None else f"1.0f / sqrtf(float(P[{sc}]))"
         B, M, N, D, DV, TQ = (f"P[{p + i}]" for i in range(6))
-        self.comment([op])
-        self.emit(
-            f"if (int e = ctx->gemm(ctx, stream, {dt}, gml::DType::F32, true, {M}, {N}, {D}, "
-            f"{self.ptr(q, const=True)}, {D}, {M} * {D}, {self.ptr(k, const=True)}, {D}, {N} * {D}, "
-            f"{s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
-        )
         bias = f"gml::Causal{{{N}, {TQ}}}" if causal == "true" else "gml::NoBias{}"
         if op.mask is not None:
             bias = self.mask_bias(op, causal, N, TQ)
+        qp, yp = self.ptr(q, const=True), self.ptr(y)
+
+        def pieces(kv: SSAValue) -> str:
+            parts = self._kv_pieces(op, kv)
+            sizes = self.slots_of(
+                lambda env: [env.shapes[x][-2] for x in parts] + [0] * (2 - len(parts)), 2
+            )
+            ptrs = [self.ptr(x, const=True) for x in parts] + ["nullptr"] * (2 - len(parts))
+            return f"gml::Pieces<{ct}, 2>{{{{{', '.join(ptrs)}}}, {{P[{sizes}], P[{sizes + 1}]}}}}"
+
+        self.comment([op])
+        self.emit(f"if (P[{fused}]) {{  // decode: one fused kernel per (batch, kv head)")
         self.emit(
-            f"gml::softmax_rows<float, {ct}, false><<<unsigned({B} * {M}), {THREADS}, 0, stream>>>"
+            f"  gml::attention_decode<{ct}><<<unsigned({B}), gml::ATTN_THREADS, 0, stream>>>"
+            f"({M}, {D}, {DV}, {qp}, {pieces(k)}, {pieces(v)}, {yp}, {s_ptr}, {alpha}, {bias});"
+        )
+        self.emit("} else {")
+        kp, vp = self.ptr(k, const=True), self.ptr(v, const=True)
+        self.emit(
+            f"  if (int e = ctx->gemm(ctx, stream, {dt}, gml::DType::F32, true, {M}, {N}, {D}, "
+            f"{qp}, {D}, {M} * {D}, {kp}, {D}, {N} * {D}, {s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
+        )
+        # rows of up to 1024 scores: a warp each, in registers; longer: a block each
+        self.emit(f"  if ({N} <= 1024) {{")
+        for row in (4, 8, 16, 32):
+            cond = f"{N} <= {32 * row}"
+            self.emit(
+                f"    {'' if row == 4 else 'else '}if ({cond}) gml::softmax_warp_rows<float, {ct}, {row}>"
+                f"<<<unsigned(({B} * {M} + 7) / 8), 256, 0, stream>>>({B} * {M}, {N}, {s_ptr}, {p_ptr}, 1.0f, {bias});"
+            )
+        self.emit("  } else {")
+        self.emit(
+            f"    gml::softmax_rows<float, {ct}, false><<<unsigned({B} * {M}), {THREADS}, 0, stream>>>"
             f"({N}, {s_ptr}, {p_ptr}, 1.0f, {bias});"
         )
+        self.emit("  }")
         self.emit(
-            f"if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {DV}, {N}, "
-            f"{p_ptr}, {N}, {M} * {N}, {self.ptr(v, const=True)}, {DV}, {N} * {DV}, "
-            f"{self.ptr(y)}, {DV}, {M} * {DV}, {B}, 1.0f)) return e;"
+            f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {DV}, {N}, "
+            f"{p_ptr}, {N}, {M} * {N}, {vp}, {DV}, {N} * {DV}, {yp}, {DV}, {M} * {DV}, {B}, 1.0f)) return e;"
         )
+        self.emit("}")
 
     def mask_bias(self, op: gml.SdpaOp, causal: str, n: str, tq: str) -> str:
         """A `gml::Masked` reading the mask broadcast over the scores' rows and keys."""
@@ -675,30 +999,12 @@ class _Lowering:
             sq, sk = env.shapes[q], env.shapes[op.key]
             full = (*sq[:-1], sk[-2])  # [batch.., heads, tq, tk]
             st = _strides_in(env.shapes[mask], full)
-            return [*sq[:-1], *st[:-1], st[-1]]
+            return [*index_params(rank, sq[:-1], [st[:-1]]), st[-1]]
 
-        p = self.slots_of(params, 2 * rank + 1)
-        mt = _ct(mask)
+        p = self.slots_of(params, 1 + 2 * rank + 1)
         return (
-            f"gml::Masked<{mt}, {rank}>{{{self.ptr(mask, const=True)}, gml::index_from<{rank}, 1>(P + {p}), "
-            f"P[{p + 2 * rank}], gml::Causal{{{n}, {tq}}}, {causal}}}"
-        )
-
-    def cumsum(self, op: gml.CumsumOp) -> None:
-        x, y = op.input, op.result
-        rank = len(shape_of(x.type))
-        d = op.dim.value.data % max(rank, 1)
-
-        def split(env: Env) -> list[int]:
-            s = env.shapes[x] or (1,)
-            return [_numel(s[:d]), s[d], _numel(s[d + 1 :])]
-
-        p = self.slots_of(split, 3)
-        outer = self.slot(lambda env: split(env)[0] * split(env)[2])
-        self.comment([op])
-        self.emit(
-            f"gml::cumsum_mid<{_ct(x)}, {_ct(y)}><<<gml::blocks_for(P[{outer}], {THREADS}), {THREADS}, 0, stream>>>"
-            f"(P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(x, const=True)}, {self.ptr(y)});"
+            f"gml::Masked<{_ct(mask)}, {rank}>{{{self.ptr(mask, const=True)}, gml::index_from<{rank}, 1>(P + {p}), "
+            f"P[{p + 1 + 2 * rank}], gml::Causal{{{n}, {tq}}}, {causal}}}"
         )
 
     # ------------------------------------------------------------ output
@@ -719,30 +1025,21 @@ class _Lowering:
         ]
         return "\n".join([*head, *(k + "\n" for k in self.kernels), *entry]) + "\n"
 
-    def buffers(self) -> list[tuple[Any, int, int, Callable[[Env], int]]]:
-        """(key, first step, last step, bytes) of every arena buffer (alias roots)."""
+    def values(self) -> list[tuple[SSAValue, int, int]]:
+        """(value, first step, last step) of every arena value, program order."""
         end = self.step + 1
-        first: dict[Any, int] = {}
-        last: dict[Any, int] = {}
-        for a in self.fn.body.block.args:
-            first[a], last[a] = 0, 0
+        first: dict[SSAValue, int] = {a: 0 for a in self.fn.body.block.args}
+        last: dict[SSAValue, int] = {a: 0 for a in self.fn.body.block.args}
         for i, op in enumerate(self.fn.body.block.ops, start=1):
             for inner in op.walk():
                 for v in inner.operands:
-                    if v in first or self.root(v) in first:
-                        r = self.root(v)
-                        last[r] = max(last[r], end if isinstance(op, func.ReturnOp) else i)
+                    if v in first:
+                        last[v] = max(last[v], end if isinstance(op, func.ReturnOp) else i)
             for r in op.results:
-                if isinstance(r.type, TensorType) and r not in self.free and r not in self.aliases:
-                    first[r], last[r] = i, i
-        for a in self.fn.body.block.args:  # inputs are copied in before step 1
-            last[a] = max(last[a], 0)
-        out: list[tuple[Any, int, int, Callable[[Env], int]]] = []
-        for key in first:
-            out.append((key, first[key], last[key], lambda env, key=key: _nbytes(key, env)))
-        for s, step in self.scratch:
-            out.append((s, step, step, s.nbytes))
-        return out
+                if isinstance(r.type, TensorType) and r not in self.free:
+                    first[r] = self.defined_at.get(r, i)
+                    last[r] = max(first[r], i)
+        return [(v, first[v], last[v]) for v in first]
 
 
 def _more_handlers(low: _Lowering) -> dict[type[Operation], Callable[[Any], None]]:
@@ -761,10 +1058,13 @@ def _prod(xs: Sequence[int]) -> int:
 _BYTES = {"float": 4, "double": 8, "gml::f16": 2, "gml::bf16": 2, "bool": 1}
 
 
-def _nbytes(v: SSAValue, env: Env) -> int:
+def _itemsize(v: SSAValue) -> int:
     ct = _ct(v)
-    size = _BYTES.get(ct) or int("".join(c for c in ct if c.isdigit()) or 8) // 8
-    return _numel(env.shapes[v]) * size
+    return _BYTES.get(ct) or int("".join(c for c in ct if c.isdigit()) or 8) // 8
+
+
+def _nbytes(v: SSAValue, env: Env) -> int:
+    return _numel(env.shapes[v]) * _itemsize(v)
 
 
 def lower(fn: func.FuncOp) -> Lowered:
@@ -792,10 +1092,20 @@ def lower(fn: func.FuncOp) -> Lowered:
         source=low.source(),
         slots=low.slots,
         weights=low.weights,
-        buffers=low.buffers(),
-        aliases=low.aliases,
+        values=low.values(),
+        scratch=low.scratch,
+        views=low.views,
         evaluator=ShapeEvaluator(fn),
     )
 
 
-__all__ = ["ENTRY", "HEADER", "Bucket", "Lowered", "load_time_values", "lower", "unsupported", "literal"]
+__all__ = [
+    "ENTRY",
+    "HEADER",
+    "Bucket",
+    "Lowered",
+    "load_time_values",
+    "lower",
+    "unsupported",
+    "literal",
+]

@@ -63,7 +63,9 @@ def _int64s(xs: Sequence[int]) -> Any:
     return (ctypes.c_int64 * max(len(xs), 1))(*xs)
 
 
-def evaluate_load_time(fn: func.FuncOp, weights: Mapping[str, np.ndarray]) -> dict[SSAValue, np.ndarray]:
+def evaluate_load_time(
+    fn: func.FuncOp, weights: Mapping[str, np.ndarray]
+) -> dict[SSAValue, np.ndarray]:
     """The load-time values of `fn` (params, constants and what is computed from them)."""
     from gimlet.interpreter import evaluate_op
 
@@ -130,7 +132,9 @@ class CudaFunction:
             if w.transposed:
                 arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))
             self.weight_tensors.append(numpy_to_torch(np.ascontiguousarray(arr)).to(self.device))
-        self.W = (_P * max(len(self.weight_tensors), 1))(*[t.data_ptr() for t in self.weight_tensors])
+        self.W = (_P * max(len(self.weight_tensors), 1))(
+            *[t.data_ptr() for t in self.weight_tensors]
+        )
         args = fn.body.block.args
         ret = fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)
@@ -155,7 +159,9 @@ class CudaFunction:
                 handle=handle,
                 arena=arena,
                 in_offsets=_int64s(plan.input_offsets),
-                in_bytes=_int64s([int(np.prod(s)) * n for s, n in zip(shapes, itemsize, strict=True)]),
+                in_bytes=_int64s(
+                    [int(np.prod(s)) * n for s, n in zip(shapes, itemsize, strict=True)]
+                ),
                 out_offsets=_int64s(plan.output_offsets),
                 out_bytes=_int64s(
                     [int(np.prod(s)) * n for s, n in zip(plan.output_shapes, out_size, strict=True)]
@@ -191,12 +197,16 @@ class CudaFunction:
             len(outs), out_ptrs, b.out_offsets, b.out_bytes,
         )  # fmt: skip
         if rc:
-            raise CudaRuntimeError(f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}")
+            raise CudaRuntimeError(
+                f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}"
+            )
         return outs
 
     def synchronize(self) -> None:
         if runtime().gml_cuda_sync(self.handle):
-            raise CudaRuntimeError(f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}")
+            raise CudaRuntimeError(
+                f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}"
+            )
 
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)

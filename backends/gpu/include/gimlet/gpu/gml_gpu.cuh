@@ -58,9 +58,9 @@ struct Ctx {
   // trans_b: B is stored n x k. C may be f32 while A and B are 16-bit (attention
   // scores). Returns 0 or a vendor status code.
   int (*gemm)(const Ctx* ctx, gmlStream_t stream, DType ab, DType c, bool trans_b, int64_t m,
-              int64_t n, int64_t k, const void* a, int64_t lda, int64_t stride_a,
-              const void* b, int64_t ldb, int64_t stride_b, void* c_ptr, int64_t ldc,
-              int64_t stride_c, int64_t batch, float alpha);
+              int64_t n, int64_t k, const void* a, int64_t lda, int64_t stride_a, const void* b,
+              int64_t ldb, int64_t stride_b, void* c_ptr, int64_t ldc, int64_t stride_c,
+              int64_t batch, float alpha);
   void* state;  // the runtime's handles (BLAS handle, workspace)
 };
 
@@ -86,8 +86,10 @@ GML_HD T f32(T x) {
 }
 template <class H>
 GML_HD H to_half(float x) {
-  if constexpr (std::is_same_v<H, bf16>) return bf16{__bfloat16_as_ushort(__float2bfloat16(x))};
-  else return f16{__half_as_ushort(__float2half(x))};
+  if constexpr (std::is_same_v<H, bf16>)
+    return bf16{__bfloat16_as_ushort(__float2bfloat16(x))};
+  else
+    return f16{__half_as_ushort(__float2half(x))};
 }
 // x rounded to H's precision and kept in float (a fused kernel's intermediate values)
 template <class H>
@@ -97,13 +99,17 @@ GML_HD float rounded(float x) {
 // load as the compute type / store from it
 template <class T>
 GML_HD auto load(const T* p) {
-  if constexpr (is_half<T>::value) return f32(*p);
-  else return *p;
+  if constexpr (is_half<T>::value)
+    return f32(*p);
+  else
+    return *p;
 }
 template <class T, class V>
 GML_HD void store(T* p, V v) {
-  if constexpr (is_half<T>::value) *p = to_half<T>(float(v));
-  else *p = static_cast<T>(v);
+  if constexpr (is_half<T>::value)
+    *p = to_half<T>(float(v));
+  else
+    *p = static_cast<T>(v);
 }
 
 // ---------------------------------------------------------------- scalar helpers
@@ -161,43 +167,53 @@ GML_HD T gelu_erf(T x) {
 constexpr int MAXR = 8;
 
 // An elementwise kernel's domain and, per operand, its strides in that domain
-// (0 where the operand is broadcast). Filled by the host from the shape table.
+// (0 where the operand is broadcast). The host coalesces dims that every operand walks
+// contiguously, so only the last `rank` of the R dims are used (rank 1: one flat loop).
 template <int R, int K>
 struct Index {
+  int64_t rank;
   int64_t dims[R > 0 ? R : 1];
   int64_t strides[K > 0 ? K : 1][R > 0 ? R : 1];
 };
 
-// An Index read from the parameter table: R dims, then each operand's R strides.
+// An Index read from the parameter table: rank, R dims, then each operand's R strides.
 template <int R, int K>
 inline Index<R, K> index_from(const int64_t* p) {
   Index<R, K> ix{};
-  for (int d = 0; d < R; ++d) ix.dims[d] = p[d];
+  ix.rank = p[0];
+  for (int d = 0; d < R; ++d) ix.dims[d] = p[1 + d];
   for (int k = 0; k < K; ++k)
-    for (int d = 0; d < R; ++d) ix.strides[k][d] = p[R + k * R + d];
+    for (int d = 0; d < R; ++d) ix.strides[k][d] = p[1 + R + k * R + d];
   return ix;
 }
 
-// The operands' offsets for linear domain index i; `write` is false for an output
-// (operand k >= first_out) that is broadcast along a dim where i's coordinate is not 0
-// (it is written once, by the first thread along that dim).
+// The operands' offsets for linear domain index i.
 template <int R, int K>
 GML_D void offsets(const Index<R, K>& ix, int64_t i, int64_t (&off)[K > 0 ? K : 1]) {
+  if (R == 0 || ix.rank <= 1) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = R == 0 ? 0 : i * ix.strides[k][R > 0 ? R - 1 : 0];
+    return;
+  }
 #pragma unroll
   for (int k = 0; k < K; ++k) off[k] = 0;
 #pragma unroll
   for (int d = R - 1; d >= 0; --d) {
+    if (d < R - ix.rank) break;
     const int64_t c = i % ix.dims[d];
     i /= ix.dims[d];
 #pragma unroll
     for (int k = 0; k < K; ++k) off[k] += c * ix.strides[k][d];
   }
 }
+// False for an output (operand k) broadcast along a dim where i's coordinate is not 0:
+// such an output is written once, by the first thread along that dim.
 template <int R, int K>
 GML_D bool first_along_broadcast(const Index<R, K>& ix, int64_t i, int k) {
   bool first = true;
 #pragma unroll
   for (int d = R - 1; d >= 0; --d) {
+    if (d < R - ix.rank) break;
     const int64_t c = i % ix.dims[d];
     i /= ix.dims[d];
     if (ix.strides[k][d] == 0 && c != 0) first = false;
@@ -206,8 +222,8 @@ GML_D bool first_along_broadcast(const Index<R, K>& ix, int64_t i, int k) {
 }
 
 // Grid-stride loops: a capped grid covers any size.
-#define GML_FOR(i, n)                                                                     \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);                \
+#define GML_FOR(i, n)                                                       \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += int64_t(gridDim.x) * blockDim.x)
 
 inline unsigned blocks_for(int64_t n, int threads) {
@@ -258,10 +274,14 @@ __global__ void reduce_mid(int64_t outer, int64_t n, int64_t inner, const T* __r
                             : V(0);
     for (int64_t j = 0; j < n; ++j) {
       const V v = V(load(p + j * inner));
-      if constexpr (K == Red::Max) acc = maxnan(v, acc);
-      else if constexpr (K == Red::Min) acc = minnan(v, acc);
-      else if constexpr (K == Red::Any) acc = (acc != V(0) || v != V(0)) ? V(1) : V(0);
-      else acc += v;
+      if constexpr (K == Red::Max)
+        acc = maxnan(v, acc);
+      else if constexpr (K == Red::Min)
+        acc = minnan(v, acc);
+      else if constexpr (K == Red::Any)
+        acc = (acc != V(0) || v != V(0)) ? V(1) : V(0);
+      else
+        acc += v;
     }
     if constexpr (K == Red::Mean) acc = acc / V(n);
     store(y + o, acc);
@@ -272,11 +292,18 @@ __global__ void reduce_mid(int64_t outer, int64_t n, int64_t inner, const T* __r
 template <class T, class O, Red K>
 __global__ void reduce_rows(int64_t n, const T* __restrict__ x, O* __restrict__ y) {
   const T* p = x + int64_t(blockIdx.x) * n;
-  constexpr bool MAX = K == Red::Max;
+  // min is the max of the negated values, any the max of (x != 0): one block reduction
+  constexpr bool MAX = K == Red::Max || K == Red::Min || K == Red::Any;
   float acc = MAX ? -std::numeric_limits<float>::infinity() : 0.f;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    acc = MAX ? maxnan(float(load(p + j)), acc) : acc + float(load(p + j));
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    float v = float(load(p + j));
+    if (K == Red::Min) v = -v;
+    if (K == Red::Any) v = v != 0.f ? 1.f : 0.f;
+    acc = MAX ? maxnan(v, acc) : acc + v;
+  }
   acc = block_reduce<float, MAX>(acc);
+  if (K == Red::Min) acc = -acc;
+  if (K == Red::Any) acc = acc > 0.f ? 1.f : 0.f;  // an empty row: -inf, false
   if (threadIdx.x == 0) store(y + blockIdx.x, K == Red::Mean ? acc / float(n) : acc);
 }
 
@@ -306,8 +333,10 @@ struct Masked {
     offsets(rows, row, off);
     const M m = mask[off[0] + j * col_stride];
     float b = 0.f;
-    if constexpr (std::is_same_v<M, bool>) b = m ? 0.f : -std::numeric_limits<float>::infinity();
-    else b = float(load(&m));
+    if constexpr (std::is_same_v<M, bool>)
+      b = m ? 0.f : -std::numeric_limits<float>::infinity();
+    else
+      b = float(load(&m));
     return is_causal ? b + causal(row, j) : b;
   }
 };
@@ -331,8 +360,10 @@ __global__ void softmax_rows(int64_t n, const T* __restrict__ x, O* __restrict__
   const float ls = logf(s);
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     const float v = float(load(p + j)) * scale + bias(row, j) - m;
-    if (LOG) store(q + j, v - ls);
-    else store(q + j, m == ninf ? std::numeric_limits<float>::quiet_NaN() : expf(v) / s);
+    if (LOG)
+      store(q + j, v - ls);
+    else
+      store(q + j, m == ninf ? std::numeric_limits<float>::quiet_NaN() : expf(v) / s);
   }
 }
 
@@ -445,17 +476,19 @@ __global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
   }
 }
 
-// Decode-time matrix-vector products: y[m, n] = sum_k x[m, k] * w[n, k] (w as stored by
-// nn.Linear), one warp per output, 16-byte loads along k. Bandwidth-bound at m <= 8.
+// Decode-time matrix-vector products: acc[r] = sum_k x[r, k] * w[col, k] for r < M (w as
+// nn.Linear stores it, n x k), one warp per output column, 16-byte loads along k, all M
+// rows sharing each weight load. Bandwidth-bound: the weight is read once. Returns the
+// column in lane 0 (whose accs hold the sums) and -1 elsewhere; generated kernels add
+// their epilogue (bias, activation, residual) and store.
 template <class T, int M>
-__global__ void gemv_nt(int64_t n, int64_t k, const T* __restrict__ x, const T* __restrict__ w,
-                        T* __restrict__ y) {
+GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, const T* __restrict__ x, const T* __restrict__ w,
+                          float (&acc)[M]) {
   const int64_t col = int64_t(blockIdx.x) * (blockDim.x / GML_WARP) + threadIdx.x / GML_WARP;
   const int lane = threadIdx.x % GML_WARP;
-  if (col >= n) return;
-  float acc[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
+  if (col >= n) return -1;
   const T* wr = w + col * k;
   constexpr int V = 16 / sizeof(T);
   if (k % V == 0) {
@@ -477,9 +510,188 @@ __global__ void gemv_nt(int64_t n, int64_t k, const T* __restrict__ x, const T* 
     }
   }
 #pragma unroll
-  for (int r = 0; r < M; ++r) {
-    const float s = warp_sum(acc[r]);
-    if (lane == 0) store(y + r * n + col, s);
+  for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
+  return lane == 0 ? col : -1;
+}
+// a float result as a T would hold it (the matmul's output rounded before its epilogue)
+template <class T>
+GML_HD float rounded_as(float x) {
+  if constexpr (is_half<T>::value)
+    return rounded<T>(x);
+  else
+    return x;
+}
+
+// concatenation along the middle axis of (outer, n, inner): each element finds its piece
+template <class T, int N>
+struct Pieces {
+  const T* p[N];
+  int64_t size[N];  // each piece's extent along the axis
+};
+template <class T, int N>
+__global__ void concat_mid(int64_t outer, int64_t n, int64_t inner, Pieces<T, N> pieces,
+                           T* __restrict__ y) {
+  GML_FOR(e, outer * n * inner) {
+    const int64_t b = e % inner, j = (e / inner) % n, a = e / (inner * n);
+    int64_t start = 0;
+#pragma unroll
+    for (int q = 0; q < N; ++q) {
+      const int64_t m = pieces.size[q];
+      if (j >= start && j < start + m) y[e] = pieces.p[q][(a * m + (j - start)) * inner + b];
+      start += m;
+    }
+  }
+}
+
+// Attention for a few query rows (decode): one block per (batch, kv head) computes its
+// m = G*Tq query rows. K and V are read from up to two pieces along the sequence (a KV
+// cache and the step's new entry, so their concatenation is never built); each piece is
+// [blocks, n_piece, d] contiguous. Scores go to `scores` (global scratch, m x n floats a
+// block), one thread per key with 16-byte loads; a softmax per row in place; then
+// out = P @ V with threads over (row, column pair) and key slices, summed in shared
+// memory. `bias` as in softmax_rows (rows numbered across blocks).
+template <class T>
+GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t width) {
+  const int64_t n0 = kv.size[0];
+  return j < n0 ? kv.p[0] + (b * n0 + j) * width : kv.p[1] + (b * kv.size[1] + j - n0) * width;
+}
+
+constexpr int ATTN_THREADS = 512;   // 16 warps: one block per (batch, kv head) must be quick
+constexpr int ATTN_MAX_COLS = 512;  // m * dv: the V phase's per-warp partial sums
+
+template <class T, class Bias>
+__global__ void __launch_bounds__(ATTN_THREADS)
+    attention_decode(int64_t m, int64_t d, int64_t dv, const T* __restrict__ q, Pieces<T, 2> k,
+                     Pieces<T, 2> v, T* __restrict__ y, float* scores, float scale, Bias bias) {
+  constexpr int WARPS = ATTN_THREADS / GML_WARP;
+  const int64_t b = blockIdx.x, n = k.size[0] + k.size[1];
+  q += b * m * d;
+  y += b * m * dv;
+  float* s = scores + b * m * n;
+  __shared__ float qs[8 * 128];
+  __shared__ float partial[WARPS][ATTN_MAX_COLS];
+  for (int64_t i = threadIdx.x; i < m * d; i += blockDim.x) qs[i] = float(load(q + i));
+  __syncthreads();
+  // scores: a thread per key, its row in 16-byte loads, q broadcast from shared memory
+  constexpr int V = 16 / sizeof(T);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const T* kr = piece_row(k, b, j, d);
+    float dot[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int64_t c = 0; c < d; c += V) {
+      T kv[V];
+      if (d % V == 0) {
+        *reinterpret_cast<uint4*>(kv) = *reinterpret_cast<const uint4*>(kr + c);
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) kv[e] = c + e < d ? kr[c + e] : T{};
+      }
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const float kf = c + e < d ? float(load(&kv[e])) : 0.f;
+#pragma unroll
+        for (int r = 0; r < 8; ++r)
+          if (r < m) dot[r] += qs[r * d + (c + e < d ? c + e : 0)] * kf;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 8; ++r)
+      if (r < m) s[r * n + j] = dot[r] * scale + bias(b * m + r, j);
+  }
+  __syncthreads();
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < m; ++r) {
+    float mx = ninf;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = maxnan(s[r * n + j], mx);
+    mx = block_reduce<float, true>(mx);
+    float sum = 0.f;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const float e = mx == ninf ? 0.f : expf(s[r * n + j] - mx);
+      s[r * n + j] = e;
+      sum += e;
+    }
+    sum = block_reduce<float, false>(sum);
+    const float inv = sum > 0.f ? 1.f / sum : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s[r * n + j] *= inv;
+  }
+  __syncthreads();
+  // out = P @ V: warp w takes keys w, w + WARPS, ...; its lanes span the m*dv outputs
+  // (coalesced rows of V); four keys in flight per step; partial sums meet in shared memory
+  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  const int64_t cols = m * dv;
+  constexpr int PER = ATTN_MAX_COLS / GML_WARP;
+  float acc[PER];
+#pragma unroll
+  for (int t = 0; t < PER; ++t) acc[t] = 0.f;
+  int64_t j = warp;
+  for (; j + 3 * WARPS < n; j += 4 * WARPS) {
+    const T* v0 = piece_row(v, b, j, dv);
+    const T* v1 = piece_row(v, b, j + WARPS, dv);
+    const T* v2 = piece_row(v, b, j + 2 * WARPS, dv);
+    const T* v3 = piece_row(v, b, j + 3 * WARPS, dv);
+#pragma unroll
+    for (int t = 0; t < PER; ++t) {
+      const int64_t rc = lane + int64_t(t) * GML_WARP;
+      if (rc < cols) {
+        const int64_t r = rc / dv, c = rc % dv;
+        acc[t] += s[r * n + j] * float(load(v0 + c)) + s[r * n + j + WARPS] * float(load(v1 + c)) +
+                  s[r * n + j + 2 * WARPS] * float(load(v2 + c)) +
+                  s[r * n + j + 3 * WARPS] * float(load(v3 + c));
+      }
+    }
+  }
+  for (; j < n; j += WARPS) {
+    const T* vr = piece_row(v, b, j, dv);
+#pragma unroll
+    for (int t = 0; t < PER; ++t) {
+      const int64_t rc = lane + int64_t(t) * GML_WARP;
+      if (rc < cols) acc[t] += s[(rc / dv) * n + j] * float(load(vr + rc % dv));
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < PER; ++t) {
+    const int64_t rc = lane + int64_t(t) * GML_WARP;
+    if (rc < cols) partial[warp][rc] = acc[t];
+  }
+  __syncthreads();
+  for (int64_t rc = threadIdx.x; rc < cols; rc += blockDim.x) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
+    store(y + rc, t);
+  }
+}
+
+// softmax over rows of up to 32 * ROW elements, one warp per row, the row in registers:
+// one read and one write (attention scores in prefill: many short rows)
+template <class T, class O, int ROW, class Bias>
+__global__ void softmax_warp_rows(int64_t rows, int64_t n, const T* __restrict__ x,
+                                  O* __restrict__ y, float scale, Bias bias) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / GML_WARP) + threadIdx.x / GML_WARP;
+  const int lane = threadIdx.x % GML_WARP;
+  if (row >= rows) return;
+  const T* p = x + row * n;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float vals[ROW];
+  float mx = ninf;
+#pragma unroll
+  for (int t = 0; t < ROW; ++t) {
+    const int64_t j = lane + int64_t(t) * GML_WARP;
+    vals[t] = j < n ? float(load(p + j)) * scale + bias(row, j) : ninf;
+    mx = maxnan(vals[t], mx);
+  }
+  mx = warp_max(mx);
+  float sum = 0.f;
+#pragma unroll
+  for (int t = 0; t < ROW; ++t) {
+    vals[t] = mx == ninf ? 0.f : expf(vals[t] - mx);
+    sum += vals[t];
+  }
+  sum = warp_sum(sum);
+  const float inv = sum > 0.f ? 1.f / sum : std::numeric_limits<float>::quiet_NaN();
+#pragma unroll
+  for (int t = 0; t < ROW; ++t) {
+    const int64_t j = lane + int64_t(t) * GML_WARP;
+    if (j < n) store(y + row * n + j, vals[t] * inv);
   }
 }
 
