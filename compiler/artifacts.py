@@ -1,7 +1,8 @@
 """What `gimletc compile` writes: IR text plus weights, written atomically.
 
 An output directory holds `model.mlir` (the final IR, weights referenced by
-name) and `weights.safetensors`. It is assembled in a temporary sibling and
+name), `weights.safetensors` and, when the model came with example inputs,
+`inputs.npz` (so `gimletc run OUT/` needs no --inputs). It is assembled in a temporary sibling and
 renamed into place, so a failed compile never leaves a half-written directory.
 """
 
@@ -18,6 +19,7 @@ from gimlet.errors import UserError
 
 IR_FILE = "model.mlir"
 WEIGHTS_FILE = "weights.safetensors"
+INPUTS_FILE = "inputs.npz"
 
 
 def save_weights(path: str, weights: Mapping[str, np.ndarray]) -> None:
@@ -89,6 +91,18 @@ def read_inputs(path: str, names: list[str]) -> list[np.ndarray]:
     raise UserError(
         f"{path}: expected arrays named {', '.join(names)} (or arr_0..), found {', '.join(data.files)}"
     )
+
+
+def save_inputs(path: str, names: list[str], arrays: list[np.ndarray]) -> None:
+    """Example inputs under the program's input names (what `--inputs` reads); bf16 has
+    no .npz dtype, so it is stored as its bits (uint16) and viewed back on reading."""
+    import ml_dtypes
+
+    named = {
+        n: (a.view(np.uint16) if a.dtype == np.dtype(ml_dtypes.bfloat16) else a)
+        for n, a in zip(names, arrays, strict=True)
+    }
+    np.savez(path, **named)  # type: ignore[arg-type]
 
 
 def format_outputs(outputs: list[np.ndarray]) -> str:

@@ -16,17 +16,19 @@ from xdsl.passes import ModulePass
 
 from gimlet import __version__
 from gimlet.artifacts import (
+    INPUTS_FILE,
     IR_FILE,
     WEIGHTS_FILE,
     format_outputs,
     load_weights,
     read_inputs,
+    save_inputs,
     save_outputs,
     save_weights,
     write_atomically,
 )
 from gimlet.errors import UserError
-from gimlet.ir import parse, print_ir
+from gimlet.ir import input_names, parse, print_ir
 from gimlet.pass_manager import (
     DEFAULT_PIPELINE,
     Instrumentation,
@@ -285,10 +287,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from gimlet.frontend.load import decompose, load_program
 
     with step(f"exporting {args.model}"):
-        ep = decompose(load_program(args.model))
+        exported = load_program(args.model)
+        ep = decompose(exported)
     with step("importing into gml"):
         module, weights = import_program(ep)
         verify_program(module, after="import")
+    example = _example_inputs(exported, module)
     with step("running passes"):
         run_pipeline(module, _pipeline(args), _instrumentation(args))
     text = print_ir(module, not args.no_locations)
@@ -297,6 +301,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(text)
         save_weights(os.path.join(tmp, WEIGHTS_FILE), weights)
+        if example is not None:  # `gimletc run OUT/` runs on these without --inputs
+            save_inputs(os.path.join(tmp, INPUTS_FILE), input_names(module), example)
 
     if args.target:  # --- runtime hook: a placed program becomes a bundle (gimlet.bundle)
         from gimlet.bundle import write_bundle
@@ -308,10 +314,30 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _explain(args, module)
     n_ops = sum(1 for _ in module.walk())
     what = "a bundle (manifest.json, per-device weights)" if args.target else WEIGHTS_FILE
+    also = f" and {INPUTS_FILE} (example inputs)" if example is not None and not args.target else ""
     print(
-        f"gimletc: wrote {args.output}/{IR_FILE} ({n_ops} ops) and {what} ({len(weights)} tensors)"
+        f"gimletc: wrote {os.path.join(args.output, IR_FILE)} ({n_ops} ops), {what} "
+        f"({len(weights)} tensors){also}"
     )
     return 0
+
+
+def _example_inputs(ep: Any, module: ModuleOp) -> list[np.ndarray] | None:
+    """The example inputs the program was exported with (a factory's, or those a .pt2
+    archive keeps), one array per program input; None when there are none to keep."""
+    import torch
+
+    from gimlet.dtypes import torch_to_numpy
+
+    example = getattr(ep, "example_inputs", None)
+    if not example:
+        return None
+    ex_args, ex_kwargs = example
+    if ex_kwargs or not all(isinstance(t, torch.Tensor) for t in ex_args):
+        return None
+    if len(ex_args) != len(input_names(module)):
+        return None
+    return [torch_to_numpy(t) for t in ex_args]
 
 
 def _backend_choices(args: argparse.Namespace) -> dict[str, str]:
@@ -410,6 +436,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if os.path.isdir(target):
         module = parse(_read(os.path.join(target, IR_FILE)), os.path.join(target, IR_FILE))
         weights = load_weights(args.weights or os.path.join(target, WEIGHTS_FILE))
+        if os.path.isfile(os.path.join(target, INPUTS_FILE)):  # what `compile` kept
+            example = _load_inputs(os.path.join(target, INPUTS_FILE), module)
     elif target.endswith(".mlir"):
         module = parse(_read(target), target)
         weights = load_weights(args.weights) if args.weights else {}
@@ -440,9 +468,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _load_inputs(path: str, module: ModuleOp) -> list[np.ndarray]:
-    from gimlet.ir import input_names
+    """An .npz of inputs; bf16 inputs may be stored as their bits (uint16)."""
+    import ml_dtypes
+    from xdsl.dialects.builtin import BFloat16Type, TensorType
 
-    return read_inputs(path, input_names(module))
+    from gimlet.ir import main_func
+
+    arrays = read_inputs(path, input_names(module))
+    for i, t in enumerate(main_func(module).function_type.inputs.data):
+        bf16 = isinstance(t, TensorType) and isinstance(t.element_type, BFloat16Type)
+        if bf16 and arrays[i].dtype == np.uint16:
+            arrays[i] = arrays[i].view(ml_dtypes.bfloat16)
+    return arrays
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def test_compile_writes_ir_and_weights_and_run_executes(tmp_path: Path) -> None:
     out = tmp_path / "mlp"
     r = gimletc("compile", "examples/mlp.py:model", "-o", str(out))
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(out)) == ["model.mlir", "weights.safetensors"]
+    assert sorted(os.listdir(out)) == ["inputs.npz", "model.mlir", "weights.safetensors"]
     assert 'gml.param "fc1.weight" : tensor<64x32xf32>' in (out / "model.mlir").read_text()
     x = np.random.default_rng(0).standard_normal((5, 32)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
@@ -39,6 +39,24 @@ def test_compile_writes_ir_and_weights_and_run_executes(tmp_path: Path) -> None:
 
     module = model()[0].eval()
     want = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["out0"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_run_out_dir_uses_the_example_inputs_compile_kept(tmp_path: Path) -> None:
+    """`gimletc run OUT/` needs no --inputs: compile keeps the factory's example inputs."""
+    out = tmp_path / "mlp"
+    assert gimletc("compile", "examples/mlp.py:model", "-o", str(out)).returncode == 0
+    r = gimletc("run", str(out), "-o", str(tmp_path / "o.npz"))
+    assert r.returncode == 0, r.stderr
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from mlp import model
+
+    module, (x,), _ = model()
+    np.testing.assert_array_equal(np.load(out / "inputs.npz")["x"], x.numpy())
+    want = module.eval()(x).detach().numpy()
     np.testing.assert_allclose(np.load(tmp_path / "o.npz")["out0"], want, rtol=1e-4, atol=1e-5)
 
 
