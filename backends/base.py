@@ -12,15 +12,12 @@ runtime because backends implement them and must not import the runtime.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from xdsl.ir import Operation
 
 from gimlet.dialects import comm, gml
-
-if TYPE_CHECKING:
-    from gimlet.backends.interpreter import InterpreterExecutor
 
 
 class CommHandler(Protocol):
@@ -37,6 +34,16 @@ class Executor(Protocol):
     def run_segment(
         self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
     ) -> list[Any]: ...
+
+
+class HostExecutor(Executor, Protocol):
+    """The worker's interpreter executor (backends/interpreter.py) as a compiled backend
+    uses it: it runs single ops (comm ops go to the worker's CommHandler), and carries
+    the per-op progress/fault hook and the trace hook of the worker."""
+
+    def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]: ...
+    def before_op(self, op: Operation, what: str = "") -> None: ...
+    def on_span(self, name: str, start: float, end: float) -> None: ...
 
 
 FieldReader = Callable[[Any, "str | int", "type | tuple[type, ...]", str], Any]
@@ -82,5 +89,5 @@ class Backend(Protocol):
     def describe(self, artefact: dict[str, Any]) -> str: ...
 
     def load(
-        self, host: InterpreterExecutor, weights: Mapping[str, np.ndarray], bundle: Any
+        self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any
     ) -> Executor: ...

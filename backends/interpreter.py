@@ -25,7 +25,7 @@ from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Operation
 
 from gimlet.artifacts import IR_FILE
-from gimlet.backends.base import CommHandler, Executor, FieldReader
+from gimlet.backends.base import CommHandler, Executor, FieldReader, HostExecutor
 from gimlet.dialects import comm, gml
 from gimlet.interpreter import GmlFunctions
 
@@ -136,9 +136,7 @@ class InterpreterBackend:
     def describe(self, artefact: dict[str, Any]) -> str:
         return "reference interpreter"
 
-    def load(
-        self, host: InterpreterExecutor, weights: Mapping[str, np.ndarray], bundle: Any
-    ) -> Executor:
+    def load(self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any) -> Executor:
         return host  # the worker's own: it already holds the module and the weights
 
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gimlet.backends.base import Executor, FieldReader
-from gimlet.backends.interpreter import InterpreterExecutor
+from gimlet.backends.base import Executor, FieldReader, HostExecutor
 from gimlet.dialects import gml
 
 
@@ -55,9 +54,7 @@ class CpuBackend:
             return "no compute to compile (comm ops and size arithmetic only)"
         return f"C++, {n} {'library' if n == 1 else 'libraries'} under cpu/ (cut at comm ops)"
 
-    def load(
-        self, host: InterpreterExecutor, weights: Mapping[str, np.ndarray], bundle: Any
-    ) -> Executor:
+    def load(self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any) -> Executor:
         from .bundle import CpuExecutor
 
         return CpuExecutor(host, weights, bundle)
