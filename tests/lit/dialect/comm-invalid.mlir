@@ -1,7 +1,7 @@
 // RUN: not gimletc opt %s --split-input-file 2>&1 | filecheck %s
 
 // One comm rule per chunk, each followed by its exact diagnostic. The first two
-// are op verifiers; the rest come from the transfer check (compiler/comm_check.py),
+// are op verifiers; the rest come from the transfer check (compiler/placement/comm_check.py),
 // which runs on any module with comm ops: the host (cpu0 here: no gml.target)
 // runs the function body, every other device its segments in order; sends are
 // buffered, a receive blocks until its data was sent.

@@ -1,6 +1,6 @@
 // RUN: gimletc opt %s --split-input-file --pass-pipeline=outline-segments,insert-comm,overlap-comm | filecheck %s
 
-// overlap-comm records the modelled time of the program (compiler/schedule.py)
+// overlap-comm records the modelled time of the program (compiler/placement/schedule.py)
 // before and after making transfers asynchronous, as f64 module attributes.
 // In the first chunk the send of %0 can start before exp runs, so the two
 // differ; the second never leaves the host: nothing to overlap, they are equal.
