@@ -139,6 +139,20 @@ def test_conv_weights_repacked_when_new_or_edited(compiled: dict[str, Any]) -> N
         weights[convs[0]] *= -0.5  # the same arrays, new values
 
 
+def test_convolution_leaves_the_callers_thread_count(compiled: dict[str, Any]) -> None:
+    """oneDNN runs single-threaded inside the runtime's pool; the calling thread's OpenMP
+    thread count (which torch reads and uses) is restored after every convolution."""
+    _, lib = compiled["cnn"]
+    imp = imported("cnn")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        lib([torch_to_numpy(x) for x in imp.inputs], imp.weights)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cnn_without_onednn(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """GIMLET_CPU_DNNL=0 (or no oneDNN installed): convolutions are im2col + BLAS."""
     from gimlet.backends.cpu import compile_module

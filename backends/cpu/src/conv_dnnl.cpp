@@ -42,11 +42,23 @@ dnnl::engine& engine() {
 
 // oneDNN runs on the calling thread only: our pool is the parallelism. OpenMP's thread
 // count is per thread, and oneDNN also sizes a primitive's work split by it when the
-// primitive is created, so it is set before creating and before executing.
-void single_threaded() {
-  thread_local bool done = false;
-  if (!done) omp_set_num_threads(1), done = true;
-}
+// primitive is created, so it is 1 while we create or execute primitives. It is restored
+// afterwards: the caller's thread may run torch, which reads the same setting (and sets
+// it back itself, so setting it once per thread would not last either).
+class SingleThreaded {
+ public:
+  SingleThreaded() : prev_(omp_get_max_threads()) {
+    if (prev_ != 1) omp_set_num_threads(1);
+  }
+  ~SingleThreaded() {
+    if (prev_ != 1) omp_set_num_threads(prev_);
+  }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int prev_;
+};
 
 dnnl::stream& stream() {
   thread_local dnnl::stream s(engine());
@@ -200,7 +212,7 @@ bool dnnl_conv2d(const Tensor<float>& x, const Tensor<float>& w, const float* mu
   // padding past the input's far edge that the floor division drops would be negative
   if ((oh - 1) * conv[0] + (kh - 1) * conv[4] + 1 - h - conv[2] < 0) return false;
   if ((ow - 1) * conv[1] + (kw - 1) * conv[5] + 1 - wd - conv[3] < 0) return false;
-  single_threaded();
+  SingleThreaded one_thread;
   static std::mutex mu;
   static std::map<Key, std::unique_ptr<Plan>> plans;
   Key key{w.data,
@@ -226,7 +238,7 @@ bool dnnl_conv2d(const Tensor<float>& x, const Tensor<float>& w, const float* mu
       src = blocked.data;
     }
     ThreadPool::get().run(int64_t(plan->slices.size()), [&](int64_t k) {
-      single_threaded();
+      SingleThreaded one_thread_here;  // also on the pool's workers
       Slice& s = plan->slices[size_t(k)];
       float* out = y.data + (b * o + s.oc0) * p;
       float* dst = s.dst_plain ? out : scratch(s.dst.get_size(), 0);
