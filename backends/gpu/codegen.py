@@ -219,7 +219,8 @@ def index_params(rank: int, dom: Shape, strides: Sequence[Sequence[int]]) -> lis
     merged.reverse()
     pad = max(rank, 1) - len(merged)
     dims = [1] * pad + [n for n, _ in merged]
-    out = [len(merged), *dims[-rank:]] if rank else [1]
+    wide = _numel(dom) >= 2**31  # the kernel's index math then needs 64 bits
+    out = [-len(merged) if wide else len(merged), *dims[-rank:]] if rank else [1]
     for k in range(len(strides)):
         st = [0] * pad + [m[1][k] for m in merged]
         out += st[-rank:] if rank else []
@@ -884,11 +885,22 @@ class _Lowering:
             f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {N}, {K}, "
             f"{x}, {K}, 0, {w}, {K}, 0, {self.ptr(y)}, {N}, 0, 1, 1.0f)) return e;"
         )
-        for group, _ in chain:  # the consumers as their own kernels, in order
-            saved_body, self.body = self.body, []
-            self.elementwise(group)
-            inner, self.body = self.body, saved_body
-            self.body += ["  " + line for line in inner]
+        if chain:  # the consumers as one kernel over the product, flat index i
+            flat = [
+                f"__global__ void KERNEL(int64_t total, const {ct}* __restrict__ mm, {', '.join(args)}) {{",
+                "  GML_FOR(i, total) {",
+                f"    const {_vt(y)} acc = gml::load(mm + i);",
+                *body,
+                f"    gml::store(out + i, {val[last]});",
+                "  }",
+                "}",
+            ]
+            total = self.slot(lambda env: _numel(env.shapes[y]))
+            self.emit(
+                f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
+                f"{THREADS}, 0, stream>>>(P[{total}], {self.ptr(y, const=True)}, {', '.join(ptrs)});"
+            )
+        for group, _ in chain:
             self.done.add(group)
             for r in group.results:
                 self.defined_at[r] = self.step

@@ -168,7 +168,8 @@ constexpr int MAXR = 8;
 
 // An elementwise kernel's domain and, per operand, its strides in that domain
 // (0 where the operand is broadcast). The host coalesces dims that every operand walks
-// contiguously, so only the last `rank` of the R dims are used (rank 1: one flat loop).
+// contiguously, so only the last |rank| of the R dims are used (1: one flat loop); rank is
+// negative for domains of 2^31 elements or more, whose index math needs 64 bits.
 template <int R, int K>
 struct Index {
   int64_t rank;
@@ -190,16 +191,29 @@ inline Index<R, K> index_from(const int64_t* p) {
 // The operands' offsets for linear domain index i.
 template <int R, int K>
 GML_D void offsets(const Index<R, K>& ix, int64_t i, int64_t (&off)[K > 0 ? K : 1]) {
-  if (R == 0 || ix.rank <= 1) {
+  if (R == 0 || ix.rank == 1 || ix.rank == -1) {
 #pragma unroll
     for (int k = 0; k < K; ++k) off[k] = R == 0 ? 0 : i * ix.strides[k][R > 0 ? R - 1 : 0];
     return;
   }
 #pragma unroll
   for (int k = 0; k < K; ++k) off[k] = 0;
+  if (ix.rank > 0) {  // domains under 2^31 elements: 32-bit division, far cheaper than 64-bit
+    uint32_t u = uint32_t(i);
+#pragma unroll
+    for (int d = R - 1; d >= 0; --d) {
+      if (d < R - ix.rank) break;
+      const uint32_t n = uint32_t(ix.dims[d]), c = u % n;
+      u /= n;
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += int64_t(c) * ix.strides[k][d];
+    }
+    return;
+  }
+  const int64_t rank = -ix.rank;
 #pragma unroll
   for (int d = R - 1; d >= 0; --d) {
-    if (d < R - ix.rank) break;
+    if (d < R - rank) break;
     const int64_t c = i % ix.dims[d];
     i /= ix.dims[d];
 #pragma unroll
@@ -211,9 +225,10 @@ GML_D void offsets(const Index<R, K>& ix, int64_t i, int64_t (&off)[K > 0 ? K : 
 template <int R, int K>
 GML_D bool first_along_broadcast(const Index<R, K>& ix, int64_t i, int k) {
   bool first = true;
+  const int64_t rank = ix.rank < 0 ? -ix.rank : ix.rank;
 #pragma unroll
   for (int d = R - 1; d >= 0; --d) {
-    if (d < R - ix.rank) break;
+    if (d < R - rank) break;
     const int64_t c = i % ix.dims[d];
     i /= ix.dims[d];
     if (ix.strides[k][d] == 0 && c != 0) first = false;
@@ -619,9 +634,17 @@ __global__ void __launch_bounds__(ATTN_THREADS)
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
   const int64_t cols = m * dv;
   constexpr int PER = ATTN_MAX_COLS / GML_WARP;
+  // each lane's outputs (row, column), found once: no division in the key loop
+  int sr[PER], sc[PER];
   float acc[PER];
 #pragma unroll
-  for (int t = 0; t < PER; ++t) acc[t] = 0.f;
+  for (int t = 0; t < PER; ++t) {
+    const int rc = lane + t * GML_WARP;
+    sr[t] = rc < cols ? rc / int(dv) : -1;
+    sc[t] = rc < cols ? rc % int(dv) : 0;
+    acc[t] = 0.f;
+  }
+  const int used = int((cols + GML_WARP - 1) / GML_WARP);  // the t a lane may use
   int64_t j = warp;
   for (; j + 3 * WARPS < n; j += 4 * WARPS) {
     const T* v0 = piece_row(v, b, j, dv);
@@ -630,22 +653,19 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     const T* v3 = piece_row(v, b, j + 3 * WARPS, dv);
 #pragma unroll
     for (int t = 0; t < PER; ++t) {
-      const int64_t rc = lane + int64_t(t) * GML_WARP;
-      if (rc < cols) {
-        const int64_t r = rc / dv, c = rc % dv;
-        acc[t] += s[r * n + j] * float(load(v0 + c)) + s[r * n + j + WARPS] * float(load(v1 + c)) +
-                  s[r * n + j + 2 * WARPS] * float(load(v2 + c)) +
-                  s[r * n + j + 3 * WARPS] * float(load(v3 + c));
+      if (t < used && sr[t] >= 0) {
+        const float* pr = s + sr[t] * n + j;
+        const int c = sc[t];
+        acc[t] += pr[0] * float(load(v0 + c)) + pr[WARPS] * float(load(v1 + c)) +
+                  pr[2 * WARPS] * float(load(v2 + c)) + pr[3 * WARPS] * float(load(v3 + c));
       }
     }
   }
   for (; j < n; j += WARPS) {
     const T* vr = piece_row(v, b, j, dv);
 #pragma unroll
-    for (int t = 0; t < PER; ++t) {
-      const int64_t rc = lane + int64_t(t) * GML_WARP;
-      if (rc < cols) acc[t] += s[(rc / dv) * n + j] * float(load(vr + rc % dv));
-    }
+    for (int t = 0; t < PER; ++t)
+      if (t < used && sr[t] >= 0) acc[t] += s[sr[t] * n + j] * float(load(vr + sc[t]));
   }
 #pragma unroll
   for (int t = 0; t < PER; ++t) {
