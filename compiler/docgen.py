@@ -1,5 +1,6 @@
-"""Generate docs/ops.md, docs/passes.md and the layer picture in docs/architecture.md
-from the code, so the docs cannot drift.
+"""Generate docs/ops.md (with the OpInfo coverage table of docs/op_coverage.json),
+docs/passes.md and the layer picture in docs/architecture.md from the code, so the
+docs cannot drift.
 
 python -m gimlet.docgen docs/     # rewrite
 python -m gimlet.docgen --check docs/   # fail if out of date (run by the tests)
@@ -8,8 +9,10 @@ python -m gimlet.docgen --check docs/   # fail if out of date (run by the tests)
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
+from typing import Any
 
 from xdsl.irdl import IRDLOperation
 
@@ -22,7 +25,73 @@ def _doc(cls: type) -> str:
     return inspect.cleandoc(cls.__doc__ or "").strip()
 
 
-def ops_markdown() -> str:
+COVERAGE_FILE = "op_coverage.json"  # beside ops.md; written by tests/opinfo_suite.py --write
+BACKEND_NAMES = {"interpreter": "interpreter", "cpp": "C++"}
+
+
+def _coverage(out: str) -> dict[str, Any] | None:
+    path = os.path.join(out, COVERAGE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return dict(json.load(f))
+
+
+def coverage_markdown(cov: dict[str, Any]) -> list[str]:
+    """The op x backend x dtype table of docs/op_coverage.json."""
+    ops = cov["ops"]
+    order = ("f32", "f16", "bf16", "i64")
+    dtypes = [d for d in order if any(d in e["dtypes"] for e in ops.values())]
+    backends = cov["backends"]
+    tol = ", ".join(f"{k} {r:g}/{a:g}" for k, (r, a) in cov["tolerances"].items())
+    lines = [
+        "",
+        "## Coverage: torch's OpInfo samples",
+        "",
+        f"Rendered from `{COVERAGE_FILE}`, which `python tests/opinfo_suite.py --write` "
+        f"records from torch {cov['torch']}'s OpInfo database: for each OpInfo below, up to "
+        f"{cov['max_samples']} samples per dtype (its reference inputs: the samples, then "
+        "edge cases such as empty, 0-d, inf and nan) run through gimlet and are compared "
+        f"with torch eager (rtol/atol: {tol}). `tests/test_opinfo.py` fails on any other "
+        "outcome and when this table drifts.",
+        "",
+        "A cell is samples passed / samples run; a sample not passed was refused with an "
+        "`UnsupportedOpError` naming the op (the reasons follow the table). Samples torch "
+        "itself cannot run or export are not counted; `-` is a dtype the OpInfo does not "
+        "support (integer-only ops run in i64).",
+        "",
+    ]
+    head = [f"{BACKEND_NAMES.get(b, b)} {d}" for b in backends for d in dtypes]
+    lines += ["| OpInfo | group | " + " | ".join(head) + " |"]
+    lines += ["| --- | --- |" + " --- |" * len(head)]
+    totals: dict[tuple[str, str], list[int]] = {}
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for name, entry in ops.items():
+        cells = []
+        for b in backends:
+            for d in dtypes:
+                cell = entry["dtypes"].get(d, {}).get(b)
+                if cell is None:
+                    cells.append("-")
+                    continue
+                run = cell["pass"] + cell["refused"]
+                cells.append(f"{cell['pass']}/{run}" if run else "no sample")
+                total = totals.setdefault((b, d), [0, 0])
+                total[0] += cell["pass"]
+                total[1] += run
+                for why in cell["reasons"]:
+                    column = f"{BACKEND_NAMES.get(b, b)} {d}"
+                    reasons.setdefault((name, why), []).append(column)
+        lines.append(f"| `{name}` | {entry['group']} | " + " | ".join(cells) + " |")
+    sums = [totals.get((b, d), [0, 0]) for b in backends for d in dtypes]
+    lines.append(f"| all {len(ops)} | | " + " | ".join(f"{p}/{n}" for p, n in sums) + " |")
+    lines += ["", "Refused:", ""]
+    for (name, why), where in sorted(reasons.items()):
+        lines.append(f"- `{name}` ({', '.join(where)}): {why}")
+    return lines
+
+
+def ops_markdown(coverage: dict[str, Any] | None = None) -> str:
     lines = [
         "# The `gml` dialect",
         "",
@@ -38,6 +107,8 @@ def ops_markdown() -> str:
     for op in ops:
         first = _doc(op).splitlines()[0] if _doc(op) else ""
         lines.append(f"| `{op.name}` | {first} |")
+    if coverage:  # which torch ops (and samples) reach these, per backend and dtype
+        lines += coverage_markdown(coverage)
     for op in ops:
         assert issubclass(op, IRDLOperation)
         d = op.get_irdl_definition()
@@ -115,7 +186,12 @@ def main(argv: list[str]) -> int:
     check = "--check" in argv
     out = next((a for a in argv if not a.startswith("--")), "docs")
     stale = []
-    generated = {"ops.md": ops_markdown, "passes.md": passes_markdown, "architecture.md": None}
+    coverage = _coverage(out)
+    generated = {
+        "ops.md": lambda: ops_markdown(coverage),
+        "passes.md": passes_markdown,
+        "architecture.md": None,
+    }
     for name, make in generated.items():
         path = os.path.join(out, name)
         current = ""

@@ -829,12 +829,12 @@ def _emit_op(e: _Emitter, op: Operation) -> None:  # noqa: C901 - one case per o
         kn, st, pd = _ints(op.kernel), _ints(op.stride), _ints(op.padding)
         oh, ow = shape_of(res.type)[2:]
         is_max = "true" if isinstance(op, gml.MaxPool2dOp) else "false"
-        dil = op.window_dilation()
+        dil = list(op.window_dilation())
         include, divisor = True, 0
         if isinstance(op, gml.AvgPool2dOp):
             include = bool(op.count_include_pad.value.data)
             divisor = op.divisor_override.value.data if op.divisor_override is not None else 0
-        if tuple(dil) == (1, 1) and include and not divisor:
+        if dil == [1, 1] and include and not divisor:
             call = (
                 f"gml::pool2d<{vt}>({w[0]}, {is_max}, {kn[0]}, {kn[1]}, {st[0]}, {st[1]}, "
                 f"{pd[0]}, {pd[1]}, {oh}, {ow})"

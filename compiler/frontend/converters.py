@@ -486,7 +486,7 @@ def var(imp: Emitter, node: fx.Node) -> SSAValue:
         correction = 1.0 if kwarg(node, 2, "unbiased", True) else 0.0
         keepdim = bool(kwarg(node, 3, "keepdim", False))
     else:
-        c = node.kwargs.get("correction")
+        c: Any = node.kwargs.get("correction")
         correction = 1.0 if c is None else float(c)
         keepdim = bool(node.kwargs.get("keepdim", False))
     out = rtype(node)
@@ -504,7 +504,8 @@ def matmul(imp: Emitter, node: fx.Node) -> SSAValue:
 
 @converts(aten.addmm.default)
 def addmm(imp: Emitter, node: fx.Node) -> SSAValue:
-    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    beta: Any = node.kwargs.get("beta", 1)
+    alpha: Any = node.kwargs.get("alpha", 1)
     out = rtype(node)
     prod = imp.emit(gml.MatmulOp(imp.value(args(node)[1]), imp.value(args(node)[2])))
     if alpha != 1:
