@@ -169,6 +169,29 @@ def test_cnn_without_onednn(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     np.testing.assert_allclose(got, torch_to_numpy(imp.expected[0]), rtol=1e-4, atol=1e-5)
 
 
+def test_2x2_pooling_fast_path_matches_torch(cache: Path) -> None:
+    """2x2 stride-2 max/avg pooling has its own kernel: odd sizes (a dropped last row and
+    column), NaN propagation, and ceil mode (which takes the general path)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from gimlet.backends.cpu import compile_module
+    from gimlet.frontend import import_model
+
+    class Pools(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return F.max_pool2d(x, 2), F.avg_pool2d(x, 2), F.max_pool2d(x, 2, ceil_mode=True)
+
+    x = torch.randn(2, 3, 9, 11)
+    x[1, 2, 4, 5] = float("nan")
+    module, weights = import_model(Pools(), (x,))
+    run_pipeline(module, DEFAULT_PIPELINE)
+    got = compile_module(module, opt=OPT)([x.numpy()], weights)
+    for g, t in zip(got, Pools()(x), strict=True):
+        np.testing.assert_allclose(g, t.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.isnan(got[0][1, 2, 2, 2]) and np.isnan(got[1][1, 2, 2, 2])
+
+
 def test_compile_error_shows_file_and_line(cache: Path) -> None:
     from gimlet.backends.cpu import CpuCompileError
     from gimlet.backends.cpu.build import build_library, default_flags

