@@ -20,6 +20,7 @@ from gimlet.errors import UserError
 
 REGISTRY: dict[str, str] = {
     "cpu-cxx": "gimlet.backends.cpu.backend",
+    "cuda": "gimlet.backends.nvidia.backend",
     "interpreter": "gimlet.backends.interpreter",
 }
 

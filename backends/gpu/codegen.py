@@ -873,11 +873,11 @@ class _Lowering:
         self.comment([op, *(m for g, _ in chain for m in self._group(g)[0])])
         self.emit(f"if ({M} <= 4) {{  // decode: a few rows against a weight read once")
         self.emit(
-            f"  const unsigned g = unsigned(({N} + 7) / 8);  // a warp per output column, 8 a block"
+            f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS);  // a warp a column"
         )
         for rows in (1, 2, 3, 4):
             self.emit(
-                f"  {'' if rows == 1 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, 256, 0, stream>>>"
+                f"  {'' if rows == 1 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, gml::GEMV_THREADS, 0, stream>>>"
                 f"({N}, {K}, {x}, {w}, {', '.join(ptrs)});"
             )
         self.emit("} else {")

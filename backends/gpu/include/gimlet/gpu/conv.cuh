@@ -68,14 +68,7 @@ __global__ void batch_norm(int64_t total, int64_t c, int64_t inner, const T* __r
   }
 }
 
-// The smallest value of V: max pooling's padding (-inf, or the integer minimum).
-template <class V>
-GML_HD V lowest() {
-  if constexpr (std::numeric_limits<V>::has_infinity)
-    return -std::numeric_limits<V>::infinity();
-  else
-    return std::numeric_limits<V>::lowest();
-}
+// max pooling's padding is gml::lowest<V>() (gml_gpu.cuh): -inf, or the integer minimum
 
 // Max pooling, one thread per output; padding never wins, a NaN in the window does.
 template <class T>

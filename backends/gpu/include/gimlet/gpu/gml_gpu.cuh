@@ -259,6 +259,14 @@ GML_D T warp_max(T v) {
   for (int m = GML_WARP / 2; m > 0; m >>= 1) v = maxnan(v, GML_SHFL_XOR(v, m));
   return v;
 }
+// the identity of max: -inf for floats, the smallest value for integers
+template <class T>
+GML_HD T lowest() {
+  if constexpr (std::is_integral_v<T>)
+    return std::numeric_limits<T>::lowest();
+  else
+    return -std::numeric_limits<T>::infinity();
+}
 // Sum / max over the block (blockDim.x a multiple of the warp, at most 1024 threads).
 template <class T, bool MAX>
 GML_D T block_reduce(T v) {
@@ -269,7 +277,7 @@ GML_D T block_reduce(T v) {
   if (lane == 0) part[warp] = v;
   __syncthreads();
   const int warps = blockDim.x / GML_WARP;
-  T r = lane < warps ? part[lane] : (MAX ? -std::numeric_limits<T>::infinity() : T(0));
+  T r = lane < warps ? part[lane] : (MAX ? lowest<T>() : T(0));
   return MAX ? warp_max(r) : warp_sum(r);
 }
 
@@ -280,12 +288,14 @@ enum class Red : int { Sum = 0, Mean = 1, Max = 2, Min = 3, Any = 4 };
 template <class T, class O, Red K>
 __global__ void reduce_mid(int64_t outer, int64_t n, int64_t inner, const T* __restrict__ x,
                            O* __restrict__ y) {
-  using V = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  // integers sum exactly in 64 bits; floats in float (double for double)
+  using V = std::conditional_t<std::is_integral_v<T>, long long,
+                               std::conditional_t<std::is_same_v<T, double>, double, float>>;
   GML_FOR(o, outer * inner) {
     const int64_t a = o / inner, b = o % inner;
     const T* p = x + a * n * inner + b;
-    V acc = K == Red::Max   ? -std::numeric_limits<V>::infinity()
-            : K == Red::Min ? std::numeric_limits<V>::infinity()
+    V acc = K == Red::Max   ? lowest<V>()
+            : K == Red::Min ? -lowest<V>() - (std::is_integral_v<V> ? 1 : 0)
                             : V(0);
     for (int64_t j = 0; j < n; ++j) {
       const V v = V(load(p + j * inner));
@@ -303,23 +313,34 @@ __global__ void reduce_mid(int64_t outer, int64_t n, int64_t inner, const T* __r
   }
 }
 
+// order reversal for min-as-max: -x for floats, ~x for integers (no overflow at lowest)
+template <class V>
+GML_D V flip(V x) {
+  if constexpr (std::is_integral_v<V>)
+    return ~x;
+  else
+    return -x;
+}
+
 // Rows of a contiguous (rows, n) view reduced by one block each (inner == 1 fast path).
 template <class T, class O, Red K>
 __global__ void reduce_rows(int64_t n, const T* __restrict__ x, O* __restrict__ y) {
   const T* p = x + int64_t(blockIdx.x) * n;
-  // min is the max of the negated values, any the max of (x != 0): one block reduction
+  // min is the max of the negated values, any the max of (x != 0): one block reduction;
+  // integers accumulate exactly in 64 bits (min of integers: max of ~x, no overflow)
   constexpr bool MAX = K == Red::Max || K == Red::Min || K == Red::Any;
-  float acc = MAX ? -std::numeric_limits<float>::infinity() : 0.f;
+  using V = std::conditional_t<std::is_integral_v<T>, long long, float>;
+  V acc = MAX ? lowest<V>() : V(0);
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    float v = float(load(p + j));
-    if (K == Red::Min) v = -v;
-    if (K == Red::Any) v = v != 0.f ? 1.f : 0.f;
+    V v = V(load(p + j));
+    if constexpr (K == Red::Min) v = flip(v);
+    if (K == Red::Any) v = v != V(0) ? V(1) : V(0);
     acc = MAX ? maxnan(v, acc) : acc + v;
   }
-  acc = block_reduce<float, MAX>(acc);
-  if (K == Red::Min) acc = -acc;
-  if (K == Red::Any) acc = acc > 0.f ? 1.f : 0.f;  // an empty row: -inf, false
-  if (threadIdx.x == 0) store(y + blockIdx.x, K == Red::Mean ? acc / float(n) : acc);
+  acc = block_reduce<V, MAX>(acc);
+  if constexpr (K == Red::Min) acc = flip(acc);
+  if (K == Red::Any) acc = acc > V(0) ? V(1) : V(0);  // an empty row: lowest, false
+  if (threadIdx.x == 0) store(y + blockIdx.x, K == Red::Mean ? acc / V(n) : acc);
 }
 
 // softmax / log_softmax over rows of n, one block per row. `bias(row, j)` gives what
@@ -496,6 +517,8 @@ __global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
 // rows sharing each weight load. Bandwidth-bound: the weight is read once. Returns the
 // column in lane 0 (whose accs hold the sums) and -1 elsewhere; generated kernels add
 // their epilogue (bias, activation, residual) and store.
+constexpr int GEMV_THREADS = 256, GEMV_COLS = GEMV_THREADS / GML_WARP;  // a warp per column
+
 template <class T, int M>
 GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, const T* __restrict__ x, const T* __restrict__ w,
                           float (&acc)[M]) {
