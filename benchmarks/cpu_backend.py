@@ -171,11 +171,16 @@ def main() -> None:
             f"{row['ratio_vs_ort'] or float('nan'):.2f}x of ort  err {err:.1e}",
             flush=True,
         )
+    from gimlet.backends.cpu.build import native_flags
+
     meta = {
         "threads": THREADS,
         "rounds": ROUNDS,
         "flags": lib.flags,
+        "native_flags": native_flags(),  # BLAS package, oneDNN (-DGML_DNNL) if used
         "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "scipy-openblas64": _version("scipy-openblas64"),
         "load_average_at_end": os.getloadavg(),
     }
     out = ROOT / "benchmarks" / "results"
@@ -198,8 +203,23 @@ def main() -> None:
             f"| {r['case']} | {r['gimlet_cpu_ms']:.3f} | {r['torch_eager_ms']:.3f} | {ort_ms} | "
             f"{r['speedup_vs_torch']:.2f}x faster | {ratio} |"
         )
-    lines += ["", "`vs ort` is gimlet time / onnxruntime time (below 1.2 meets the goal)."]
+    dnnl = "oneDNN" if "-DGML_DNNL" in meta["native_flags"] else "im2col + OpenBLAS"
+    lines += [
+        "",
+        "`vs ort` is gimlet time / onnxruntime time (the goal: at most 1.05x); convolutions: "
+        f"{dnnl}; GEMMs: OpenBLAS (scipy-openblas64 {meta['scipy-openblas64']}); "
+        f"onnxruntime {meta['onnxruntime']}, torch {meta['torch']}.",
+    ]
     (out / "cpu_backend.md").write_text("\n".join(lines) + "\n")
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":
