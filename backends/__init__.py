@@ -21,6 +21,7 @@ from gimlet.errors import UserError
 REGISTRY: dict[str, str] = {
     "cpu-cxx": "gimlet.backends.cpu.backend",
     "cuda": "gimlet.backends.nvidia.backend",
+    "tensorrt": "gimlet.backends.tensorrt.backend",  # --backend nvidia=tensorrt
     "interpreter": "gimlet.backends.interpreter",
 }
 

@@ -178,7 +178,7 @@ def write_bundle(
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(ir_text)
         files[IR_FILE] = sha256(os.path.join(tmp, IR_FILE))
-        _compile_segments(tmp, segments, manifest, backends or {})
+        _compile_segments(tmp, segments, manifest, backends or {}, weights)
         read = manifest_reader(f"{out_dir}/{MANIFEST_FILE}")
         for seg in manifest["segments"]:
             art = seg["artefact"]
@@ -205,14 +205,18 @@ def _compile_segments(
     segments: list[gml.SegmentOp],
     manifest: dict[str, Any],
     choices: Mapping[str, str],
+    weights: Mapping[str, Any],
 ) -> None:
-    """Each segment's artefact entry, from the backend its device kind selects."""
+    """Each segment's artefact entry, from the backend its device kind selects. Backends
+    get the weights as options["weights"] (TensorRT's ONNX models embed them)."""
     devices = {d["name"]: d for d in manifest["cluster"]["devices"]}
     for op, seg in zip(segments, manifest["segments"], strict=True):
         device = devices[seg["device"]]
         backend = select_backend(device["kind"], choices)
         try:
-            seg["artefact"] = backend.compile_segment(op, seg["index"], bundle_dir, device, {})
+            seg["artefact"] = backend.compile_segment(
+                op, seg["index"], bundle_dir, device, {"weights": weights}
+            )
         except UnsupportedOpError as e:  # the first line is the op; the rest say why
             why = "; ".join(line.strip() for line in str(e).splitlines()[1:])
             seg["artefact"] = {"kind": "interpreter", "file": IR_FILE}

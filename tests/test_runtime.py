@@ -515,7 +515,7 @@ def _edit(m: dict[str, Any], path: str, value: Any) -> None:
         ("format", 99, r"manifest.json: bundle format 99, expected 1"),
         ("segments.0.device", KeyError, r"malformed manifest: no segments\[0\].device"),
         ("cluster.devices", "cpu0", r"malformed manifest: cluster.devices should be list, not str"),
-        ("segments.0.artefact.kind", "tensorrt", r"segments\[0\] has artefact kind 'tensorrt'; "),
+        ("segments.0.artefact.kind", "rocm", r"segments\[0\] has artefact kind 'rocm'; "),
         ("channels.0.to", "gpu9", r"malformed manifest: channels\[0\] joins unknown devices"),
         ("weights.cpu1", "../../etc/passwd", r"file '../../etc/passwd' is outside the bundle"),
         ("segments.0.artefact.parts.0.ops", "3", None),  # not read by the runtime: ignored

@@ -90,6 +90,7 @@ class OnnxPart:
         onnx.save_model(model, str(path))
         if not self.external:  # keep the pair: an empty data file says "no weights"
             data.write_bytes(b"")
+        data.chmod(0o644)  # onnx creates it private; the bundle's files are readable
         return path.name, data.name
 
 
@@ -212,8 +213,8 @@ def _lower_op(g: Graph, op: Operation) -> None:
     if _foldable(g, op):
         values = evaluate_op(op, [g.const_of(v) for v in op.operands])
         hint = next((g.const_hint[v] for v in op.operands if v in g.const_hint), None)
-        for r, value in zip(op.results, values, strict=True):
-            g.bind_const(r, value, f"{hint}.{op.name[4:]}" if hint else None)
+        for res, value in zip(op.results, values, strict=True):
+            g.bind_const(res, value, f"{hint}.{op.name[4:]}" if hint else None)
         return
     convert = CONVERTERS.get(type(op))
     if convert is None:
@@ -221,9 +222,9 @@ def _lower_op(g: Graph, op: Operation) -> None:
     g.op = op
     names = convert(g, op)
     g.op = None
-    for r, n in zip(op.results, names, strict=True):
-        if r not in g.names:
-            g.bind(r, n)
+    for res, n in zip(op.results, names, strict=True):
+        if res not in g.names:
+            g.bind(res, n)
 
 
 def _foldable(g: Graph, op: Operation) -> bool:

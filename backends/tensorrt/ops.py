@@ -142,13 +142,13 @@ def _unary(g: Graph, op: gml.UnaryOp) -> list[str]:
 
 
 @converts(gml.RsqrtOp)
-def _rsqrt(g: Graph, op: gml.RsqrtOp) -> list[str]:
+def _rsqrt(g: Graph, op: gml.UnaryOp) -> list[str]:
     """Reciprocal(Sqrt)."""
     return [g.one("Reciprocal", [g.one("Sqrt", [g.name(op.input)])])]
 
 
 @converts(gml.SiluOp)
-def _silu(g: Graph, op: gml.SiluOp) -> list[str]:
+def _silu(g: Graph, op: gml.UnaryOp) -> list[str]:
     """Mul(x, Sigmoid(x))."""
     x = g.name(op.input)
     return [g.one("Mul", [x, g.one("Sigmoid", [x])])]
@@ -384,7 +384,8 @@ def _index(g: Graph, op: gml.IndexOp) -> list[str]:
 
 @converts(gml.CumsumOp)
 def _cumsum(g: Graph, op: gml.CumsumOp) -> list[str]:
-    """CumSum (integers and booleans widened to the i64 result first)."""
+    """CumSum for floats; integers and booleans (widened to the i64 result) as an exact
+    masked sum, Mul by a Range/LessOrEqual triangle then ReduceSum."""
     x = g.name(op.input)
     if elt(op.input) != elt(op.result):
         x = g.one("Cast", [x], to=onnx_type(elt(op.result)))
@@ -392,7 +393,23 @@ def _cumsum(g: Graph, op: gml.CumsumOp) -> list[str]:
     if rank == 0:
         return [g.one("Identity", [x])]
     axis = normalize_dim(op.dim.value.data, rank)
-    return [g.one("CumSum", [x, g.array(np.array(axis, dtype=np.int64))])]
+    if _is_float(elt(op.result)):
+        return [g.one("CumSum", [x, g.array(np.array(axis, dtype=np.int64))])]
+    # TensorRT's CumSum is float-only and a float sum is inexact past 2**24: integers sum
+    # exactly as y[.., i] = sum_j x[.., j] * (j <= i), quadratic in the scanned dim (these
+    # are position ids and mask counts, a sequence long)
+    perm = [d for d in range(rank) if d != axis] + [axis]
+    if axis != rank - 1:
+        x = g.one("Transpose", [x], perm=perm)
+    n = _scalar_dim(g, x, rank - 1)
+    iota = g.one("Range", [g.scalar(0, i64), n, g.scalar(1, i64)])
+    lower = g.one("LessOrEqual", [iota, g.one("Unsqueeze", [iota, g.ints([1])])])  # [i, j]: j <= i
+    mask = g.one("Cast", [lower], to=onnx_type(elt(op.result)))
+    terms = g.one("Mul", [g.one("Unsqueeze", [x, g.ints([rank - 1])]), mask])
+    y = g.one("ReduceSum", [terms, g.ints([-1])], keepdims=0)
+    if axis == rank - 1:
+        return [y]
+    return [g.one("Transpose", [y], perm=[perm.index(d) for d in range(rank)])]
 
 
 # ------------------------------------------------------------------ reductions
@@ -423,7 +440,7 @@ def _reduce(g: Graph, op: gml.ReduceOp) -> list[str]:
 
 
 @converts(gml.AnyOp)
-def _any(g: Graph, op: gml.AnyOp) -> list[str]:
+def _any(g: Graph, op: gml.ReduceOp) -> list[str]:
     """Cast to bool, then int32, ReduceMax, Cast back to bool."""
     x = g.name(op.input)
     if elt(op.input) != i1:
@@ -453,8 +470,8 @@ def _var(g: Graph, op: gml.VarOp) -> list[str]:
     src = shape_of(op.input.type)
     correction = op.correction.value.data
     if all(src[a] != DYN for a in axes):
-        n = math.prod(src[a] for a in axes)
-        return [g.one("Div", [ss, g.scalar(n - correction, t)])]
+        count = math.prod(src[a] for a in axes)
+        return [g.one("Div", [ss, g.scalar(count - correction, t)])]
     sizes = g.one("Gather", [g.one("Shape", [x]), g.ints(axes)], axis=0)
     n = g.one("Cast", [g.one("ReduceProd", [sizes], keepdims=0)], to=onnx_type(t))
     return [g.one("Div", [ss, g.one("Sub", [n, g.scalar(correction, t)])])]
@@ -491,13 +508,14 @@ def _matmul(g: Graph, op: gml.MatmulOp) -> list[str]:
     return [y]
 
 
-def _gemm_bias(g: Graph, op: gml.MatmulOp) -> tuple[gml.AddOp, SSAValue] | None:
+def _gemm_bias(g: Graph, op: gml.MatmulOp) -> tuple[gml.BinaryOp, SSAValue] | None:
     if _rank(op.lhs) != 2 or _rank(op.rhs) != 2 or not _is_float(elt(op.lhs)):
         return None
     uses = list(op.result.uses)
     if len(uses) != 1 or not isinstance(uses[0].operation, gml.AddOp):
         return None
     add = uses[0].operation
+    assert isinstance(add, gml.BinaryOp)
     if add.parent_block() is not op.parent_block():
         return None
     other = add.rhs if add.lhs == op.result else add.lhs
