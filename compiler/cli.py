@@ -163,6 +163,7 @@ def _pipeline(args: argparse.Namespace) -> list[ModulePass]:
                 pins=",".join(args.pin),
                 dim_hint=args.dim_hint,
                 repeat=",".join(args.repeat),
+                backends=",".join(getattr(args, "backend", [])),
             ),
             OutlineSegments(),
             InsertComm(),
@@ -174,10 +175,12 @@ def _pipeline(args: argparse.Namespace) -> list[ModulePass]:
 def _explain(args: argparse.Namespace, module: ModuleOp) -> None:
     if not getattr(args, "target", None) or not (args.explain or args.graph):
         return
+    from gimlet.placement.backend_ops import parse_choices, restrict
     from gimlet.placement.explain import build_report, to_dot, to_json, to_text
     from gimlet.placement.target import resolve
 
-    report = build_report(module, resolve(args.target), args.dim_hint)
+    cluster = restrict(resolve(args.target), parse_choices(",".join(getattr(args, "backend", []))))
+    report = build_report(module, cluster, args.dim_hint)
     if args.explain:
         sys.stdout.write(to_json(report) if args.explain == "json" else to_text(report))
     if args.graph:

@@ -16,6 +16,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, f64
 from xdsl.passes import ModulePass
 
+from gimlet.placement.backend_ops import parse_choices, restrict
 from gimlet.placement.solvers import (
     build_problem,
     evaluate,
@@ -38,9 +39,10 @@ class Place(ModulePass):
     pins: str = ""
     dim_hint: int = 1
     repeat: str = ""
+    backends: str = ""  # `--backend KIND=OPTION,...`: a narrower backend narrows its devices
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        cluster = resolve(self.target)
+        cluster = restrict(resolve(self.target), parse_choices(self.backends))
         problem = build_problem(
             op,
             cluster,

@@ -30,6 +30,9 @@ class Device:
     price_per_hour: float | None = None
     host: str | None = None  # the CPU it hangs off; host bounces go through it
     model: str = ""  # preset or part name, for --explain
+    # the backend option (`--backend KIND=OPTION`) that narrowed ops/dtypes to what it
+    # runs, e.g. "tensorrt" (placement/backend_ops.py); "" for the device itself
+    backend: str = ""
 
     def supports_op(self, op_name: str) -> bool:
         return ALL_OPS in self.ops or op_name in self.ops

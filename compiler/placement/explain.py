@@ -16,6 +16,7 @@ from xdsl.ir import Operation, SSAValue
 from gimlet.dialects import comm, gml
 from gimlet.errors import module_path
 from gimlet.ir import main_func
+from gimlet.placement.backend_ops import unsupported
 from gimlet.placement.cluster import Cluster, Device
 from gimlet.placement.cost import op_cost, op_time, value_bytes, weight_bytes
 from gimlet.placement.solvers import parse_repeat, repeat_factors
@@ -87,7 +88,7 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
 
     def time_on(o: Operation, dev: Device) -> float:
         c = op_cost(o, dim_hint)
-        if not (dev.supports_op(o.name) and c.dtype in dev.dtypes):
+        if unsupported(dev, o) is not None or c.dtype not in dev.dtypes:
             return float("inf")
         return op_time(c, dev) * runs[o]
 

@@ -30,6 +30,7 @@ from xdsl.ir import Operation, SSAValue
 from gimlet.dialects import gml
 from gimlet.errors import UserError, module_path
 from gimlet.ir import main_func
+from gimlet.placement.backend_ops import unsupported
 from gimlet.placement.cluster import Cluster
 from gimlet.placement.cost import op_cost, op_time, value_bytes, weight_bytes
 
@@ -131,12 +132,11 @@ def build_problem(
     why: dict[tuple[int, int], str] = {}
     for i, op in enumerate(nodes):
         cost = op_cost(op, dim_hint)
-        names = _op_names(op)
         for j, d in enumerate(dev):
-            missing = [name for name in names if not d.supports_op(name)]
+            missing = unsupported(d, op)  # an op name, or one a chosen backend cannot run
             if missing:
                 time[i, j] = INF
-                why[(i, j)] = f"{d.name} does not support {missing[0]}"
+                why[(i, j)] = f"{d.name} does not support {missing}"
             elif cost.dtype not in d.dtypes:
                 time[i, j] = INF
                 why[(i, j)] = f"{d.name} does not support {cost.dtype}"
@@ -211,12 +211,6 @@ def route_matrices(cluster: Cluster, devices: list[str]) -> tuple[np.ndarray, np
                 lat[a, b] = sum(h.latency for h in route.hops)
                 inv_bw[a, b] = sum(1 / h.bandwidth for h in route.hops)
     return lat, inv_bw
-
-
-def _op_names(op: Operation) -> list[str]:
-    if isinstance(op, gml.FusionOp):
-        return sorted({o.name for o in op.body.block.ops if not isinstance(o, gml.YieldOp)})
-    return [op.name]
 
 
 def _consumers(v: SSAValue, fn: func.FuncOp) -> list[Operation]:
