@@ -99,7 +99,6 @@ def imports(roots: Mapping[str, Path] | None = None) -> list[Import]:
     for module, path in files.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -110,6 +109,8 @@ def imports(roots: Mapping[str, Path] | None = None) -> list[Import]:
                 # `from pkg import mod` imports the module pkg.mod; `from mod import name`, mod
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base
                            for a in node.names]  # fmt: skip
+            else:
+                continue
             for target in dict.fromkeys(targets):
                 if target == "gimlet" or target.startswith("gimlet."):
                     found.append(Import(module, target, str(path), node.lineno))
