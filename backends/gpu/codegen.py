@@ -706,10 +706,42 @@ class _Lowering:
         w = self.ptr(op.weight, const=True) if op.weight else "nullptr"
         b = self.ptr(op.bias, const=True) if op.bias else "nullptr"
         self.comment([op])
+        mm = self._normalized_by(op)
+        # where the GEMV normalizes its rows itself (decode), this kernel is not needed
+        cond = f"if (P[{self.slot(lambda env: _numel(env.shapes[x][:-1]))}] > 4) " if mm else ""
         self.emit(
-            f"gml::layer_norm_rows<{_ct(x)}><<<unsigned(P[{p + 1}]), {THREADS}, 0, stream>>>"
+            f"{cond}gml::layer_norm_rows<{_ct(x)}><<<unsigned(P[{p + 1}]), {THREADS}, 0, stream>>>"
             f"(P[{p}], {self.ptr(x, const=True)}, {w}, {b}, {self.ptr(y)}, {op.eps.value.data!r}f);"
         )
+
+    def _normalized_by(self, ln: gml.LayerNormOp) -> gml.MatmulOp | None:
+        """The x @ W that may normalize its rows itself (its GEMV), when `ln` (over the last
+        dim, weights known at load) feeds only it, possibly through a reshape."""
+        if ln.ndim.value.data != 1 or any(
+            v is not None and v not in self.free for v in (ln.weight, ln.bias)
+        ):
+            return None
+        user = self._sole_user(ln.result)
+        if isinstance(user, gml.ReshapeOp):
+            user = self._sole_user(user.result)
+        if not isinstance(user, gml.MatmulOp) or user.rhs not in self.free:
+            return None
+        a = user.lhs
+        if a is not ln.result and not (
+            isinstance(a.owner, gml.ReshapeOp) and a.owner.input is ln.result
+        ):
+            return None
+        k = shape_of(ln.input.type)[-1]
+        if (
+            k < 0
+            or shape_of(a.type)[-1] != k
+            or len(shape_of(user.rhs.type)) != 2
+            or _ct(a) not in _DTYPE
+        ):
+            return None
+        # every warp re-reads the row to normalize it: worth it while that is small next
+        # to the weight (not for a vocabulary-sized head)
+        return user if shape_of(user.rhs.type)[1] <= 16384 else None
 
     # ------------------------------------------------------------ products
     def matmul(self, op: gml.MatmulOp) -> None:
@@ -810,6 +842,19 @@ class _Lowering:
         M, K, N = (f"P[{p + i}]" for i in range(3))
         w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True)}])"
         x = self.ptr(a, const=True)
+        ln_src = a.owner.input if isinstance(a.owner, gml.ReshapeOp) else a
+        ln = ln_src.owner if isinstance(ln_src.owner, gml.LayerNormOp) else None
+        if ln is not None and self._normalized_by(ln) is not op:
+            ln = None
+        # the GEMV's rows: x itself, or (decode after a layer norm) x normalized in-kernel
+        gemv_x = (
+            f"gml::LnRows<{ct}>{{{self.ptr(ln.input, const=True)}, "
+            f"{self.ptr(ln.weight, const=True) if ln.weight else 'nullptr'}, "
+            f"{self.ptr(ln.bias, const=True) if ln.bias else 'nullptr'}, {ln.eps.value.data!r}f}}"
+            if ln is not None
+            else f"gml::Rows<{ct}>{{{x}}}"
+        )
+        rows_t = f"gml::LnRows<{ct}>" if ln is not None else f"gml::Rows<{ct}>"
         chain = self._epilogue(op)
         args: list[str] = []
         ptrs: list[str] = []
@@ -856,7 +901,7 @@ class _Lowering:
         ptrs.append(self.ptr(last))
         lines = [
             "template <int M>",
-            f"__global__ void KERNEL(int64_t n, int64_t k, const {ct}* __restrict__ x, const {ct}* __restrict__ w, {', '.join(args)}) {{",
+            f"__global__ void KERNEL(int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}) {{",
             "  float accs[M];",
             f"  const int64_t col = gml::gemv_nt_acc<{ct}, M>(n, k, x, w, accs);",
             "  if (col < 0) return;",
@@ -878,7 +923,7 @@ class _Lowering:
         for rows in (1, 2, 3, 4):
             self.emit(
                 f"  {'' if rows == 1 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, gml::GEMV_THREADS, 0, stream>>>"
-                f"({N}, {K}, {x}, {w}, {', '.join(ptrs)});"
+                f"({N}, {K}, {gemv_x}, {w}, {', '.join(ptrs)});"
             )
         self.emit("} else {")
         self.emit(

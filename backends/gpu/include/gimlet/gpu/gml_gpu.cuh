@@ -519,32 +519,92 @@ __global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
 // their epilogue (bias, activation, residual) and store.
 constexpr int GEMV_THREADS = 256, GEMV_COLS = GEMV_THREADS / GML_WARP;  // a warp per column
 
-template <class T, int M>
-GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, const T* __restrict__ x, const T* __restrict__ w,
-                          float (&acc)[M]) {
+// The GEMV's rows: x as stored, or x through a layer norm over k (decode: the norm that
+// feeds a Linear is computed by each warp on the fly instead of by its own kernel; the
+// normalized value is rounded to T, as the norm's output would be).
+template <class T>
+struct Rows {
+  const T* __restrict__ x;
+  template <int M>
+  GML_D void prepare(int64_t) {}
+  GML_D float at(int r, int64_t k, int64_t j) const { return float(load(x + r * k + j)); }
+  GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
+    T v[16 / sizeof(T)];
+    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * k + j);
+#pragma unroll
+    for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = float(load(&v[e]));
+  }
+};
+template <class T>
+struct LnRows {
+  const T* __restrict__ x;
+  const T* __restrict__ g;  // weight and bias: nullptr when absent
+  const T* __restrict__ b;
+  float eps;
+  float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
+  template <int M>
+  GML_D void prepare(int64_t k) {  // two passes per row, the warp's lanes along k
+    const int lane = threadIdx.x % GML_WARP;
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float s = 0.f;
+      for (int64_t j = lane; j < k; j += GML_WARP) s += float(load(x + r * k + j));
+      mean[r] = warp_sum(s) / float(k);
+      float v = 0.f;
+      for (int64_t j = lane; j < k; j += GML_WARP) {
+        const float d = float(load(x + r * k + j)) - mean[r];
+        v += d * d;
+      }
+      rstd[r] = rsqrtf(warp_sum(v) / float(k) + eps);
+    }
+  }
+  GML_D float norm(int r, int64_t j, float v) const {
+    float o = (v - mean[r]) * rstd[r];
+    if (g) o *= float(load(g + j));
+    if (b) o += float(load(b + j));
+    if constexpr (is_half<T>::value)
+      return rounded<T>(o);
+    else
+      return o;
+  }
+  GML_D float at(int r, int64_t k, int64_t j) const {
+    return norm(r, j, float(load(x + r * k + j)));
+  }
+  GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
+    T v[16 / sizeof(T)];
+    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * k + j);
+#pragma unroll
+    for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = norm(r, j + e, float(load(&v[e])));
+  }
+};
+
+template <class T, int M, class X>
+GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w, float (&acc)[M]) {
   const int64_t col = int64_t(blockIdx.x) * (blockDim.x / GML_WARP) + threadIdx.x / GML_WARP;
   const int lane = threadIdx.x % GML_WARP;
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
   if (col >= n) return -1;
+  rows.template prepare<M>(k);
   const T* wr = w + col * k;
   constexpr int V = 16 / sizeof(T);
   if (k % V == 0) {
     for (int64_t j = int64_t(lane) * V; j < k; j += int64_t(GML_WARP) * V) {
-      T wv[V], xv[V];
+      T wv[V];
       *reinterpret_cast<uint4*>(wv) = *reinterpret_cast<const uint4*>(wr + j);
 #pragma unroll
       for (int r = 0; r < M; ++r) {
-        *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + r * k + j);
+        float xv[V];
+        rows.chunk(r, k, j, xv);
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[r] += float(load(&wv[e])) * float(load(&xv[e]));
+        for (int e = 0; e < V; ++e) acc[r] += float(load(&wv[e])) * xv[e];
       }
     }
   } else {
     for (int64_t j = lane; j < k; j += GML_WARP) {
       const float wv = float(load(wr + j));
 #pragma unroll
-      for (int r = 0; r < M; ++r) acc[r] += wv * float(load(x + r * k + j));
+      for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
     }
   }
 #pragma unroll
