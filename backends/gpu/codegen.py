@@ -265,6 +265,8 @@ class _Lowering:
         self.offset_slot: dict[Any, int] = {}
         self.defined_at: dict[SSAValue, int] = {}  # results written before their op's step
         self.done: set[Operation] = set()  # ops already emitted as another op's epilogue
+        self.fold_chain: dict[Operation, gml.SdpaOp] = {}  # views attention reads through
+        self.fold_out: dict[gml.SdpaOp, gml.PermuteOp] = {}  # output permutes it writes
         self.step = 0
         self.scratch: list[tuple[Scratch, int]] = []
 
@@ -329,6 +331,7 @@ class _Lowering:
 
     # ------------------------------------------------------------ driver
     def run(self) -> None:
+        self.plan_attention_operands()
         for op in self.fn.body.block.ops:
             self.step += 1
             if isinstance(op, (func.ReturnOp, _INDEX_OPS)) or op in self.done:
@@ -468,6 +471,10 @@ class _Lowering:
         n = self.slot(lambda env: _numel(env.shapes[out]))
         src_ptr = self.ptr(src, const=True) + (f" + P[{base}]" if base is not None else "")
         self.comment([op])
+        sdpa = self.fold_chain.get(op)
+        if sdpa is not None:  # attention may read (or write) through strides instead
+            own = self.slots[need] if need is not None else (lambda env: 1)
+            need = self.slot(lambda env: 0 if self.attention_fold(sdpa, env) else own(env))
         cond = f"if (P[{need}]) " if need is not None else ""
         self.emit(
             f"{cond}gml::copy_strided<{_ct(out)}, {rank}><<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>"
@@ -1021,10 +1028,35 @@ class _Lowering:
             f"({M}, {D}, {DV}, {qp}, {pieces(k)}, {pieces(v)}, {yp}, {s_ptr}, {alpha}, {bias});"
         )
         self.emit("} else {")
-        kp, vp = self.ptr(k, const=True), self.ptr(v, const=True)
+        # operands as cuBLAS reads them: in place through strides where this bucket folds
+        # their views (attention_fold), else the contiguous copies
+        lay: dict[str, tuple[str, str, str]] = {}
+        for name, val in (("q", q), ("k", k), ("v", v), ("y", y)):
+            base_v: SSAValue = (
+                self.fold_out[op].result if name == "y" and op in self.fold_out else val
+            )
+            plain = self.slot(lambda env, val=val: env.offsets[val])
+            width = self.slot(lambda env, val=val: env.shapes[val][-1])
+            rows = self.slot(lambda env, val=val: env.shapes[val][-2] * env.shapes[val][-1])
+
+            def pick(env: Env, i: int, dflt: int, name: str = name) -> int:
+                f = self.attention_fold(op, env)
+                if f is None:
+                    return self.slots[dflt](env)
+                root, off, ld, batch = f[name]
+                return (env.offsets[root] + off, ld, batch)[i]
+
+            o = self.slot(lambda env, pick=pick, plain=plain: pick(env, 0, plain))
+            ld = self.slot(lambda env, pick=pick, width=width: pick(env, 1, width))
+            bs = self.slot(lambda env, pick=pick, rows=rows: pick(env, 2, rows))
+            q_ = "" if name == "y" else "const "
+            if base_v is not val:
+                self.ptr(base_v)  # its offset is needed by the plan
+            lay[name] = (f"reinterpret_cast<{q_}{ct}*>(A + P[{o}])", f"P[{ld}]", f"P[{bs}]")
+        (qp2, qld, qbs), (kp, kld, kbs), (vp, vld, vbs), (yp2, yld, ybs) = (lay[n] for n in "qkvy")
         self.emit(
             f"  if (int e = ctx->gemm(ctx, stream, {dt}, gml::DType::F32, true, {M}, {N}, {D}, "
-            f"{qp}, {D}, {M} * {D}, {kp}, {D}, {N} * {D}, {s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
+            f"{qp2}, {qld}, {qbs}, {kp}, {kld}, {kbs}, {s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
         )
         # rows of up to 1024 scores: a warp each, in registers; longer: a block each
         self.emit(f"  if ({N} <= 1024) {{")
@@ -1032,7 +1064,8 @@ class _Lowering:
             cond = f"{N} <= {32 * row}"
             self.emit(
                 f"    {'' if row == 4 else 'else '}if ({cond}) gml::softmax_warp_rows<float, {ct}, {row}>"
-                f"<<<unsigned(({B} * {M} + 7) / 8), 256, 0, stream>>>({B} * {M}, {N}, {s_ptr}, {p_ptr}, 1.0f, {bias});"
+                f"<<<unsigned(({B} * {M} + gml::GEMV_COLS - 1) / gml::GEMV_COLS), gml::GEMV_THREADS, 0, stream>>>"
+                f"({B} * {M}, {N}, {s_ptr}, {p_ptr}, 1.0f, {bias});"
             )
         self.emit("  } else {")
         self.emit(
@@ -1042,9 +1075,104 @@ class _Lowering:
         self.emit("  }")
         self.emit(
             f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {DV}, {N}, "
-            f"{p_ptr}, {N}, {M} * {N}, {vp}, {DV}, {N} * {DV}, {yp}, {DV}, {M} * {DV}, {B}, 1.0f)) return e;"
+            f"{p_ptr}, {N}, {M} * {N}, {vp}, {vld}, {vbs}, {yp2}, {yld}, {ybs}, {B}, 1.0f)) return e;"
         )
         self.emit("}")
+
+    # ------------------------------------------------------------ attention operands in place
+    def plan_attention_operands(self) -> None:
+        """Before lowering: for each gml.sdpa, the slices, reshapes and permutes that only
+        build its q/k/v from a wider tensor (a fused qkv projection), and the permute that
+        only reorders its output. Where a bucket runs attention through cuBLAS, those copies
+        are skipped: the GEMMs read and write the original buffers through strides."""
+        for step, op in enumerate(self.fn.body.block.ops, start=1):
+            if not isinstance(op, gml.SdpaOp) or op.mask is not None:
+                continue
+            for v in (op.query, op.key, op.value):
+                while self._sole_user(v) in (op, *self.fold_chain_of(op)) and isinstance(
+                    v.owner, gml.PermuteOp | gml.ReshapeOp | gml.SliceOp
+                ):
+                    if isinstance(v.owner, gml.SliceOp) and (v.owner.dyn_start or v.owner.dyn_end):
+                        break
+                    self.fold_chain[v.owner] = op
+                    v = v.owner.operands[0]
+            user = self._sole_user(op.result)
+            if isinstance(user, gml.PermuteOp):
+                self.fold_chain[user] = op
+                self.fold_out[op] = user
+                self.defined_at[user.result] = step  # the attention may write it
+
+    def fold_chain_of(self, sdpa: gml.SdpaOp) -> list[Operation]:
+        return [o for o, s in self.fold_chain.items() if s is sdpa]
+
+    def _layout(
+        self, v: SSAValue, sdpa: gml.SdpaOp, env: Env
+    ) -> tuple[SSAValue, int, list[int]] | None:
+        """(root value, element offset, strides) of `v` over its root's contiguous buffer,
+        walking back through the chain of views `sdpa` folds."""
+        op = v.owner
+        if (
+            isinstance(op, Operation)
+            and self.fold_chain.get(op) is sdpa
+            and op is not self.fold_out.get(sdpa)
+        ):
+            inner = self._layout(op.operands[0], sdpa, env)
+            if inner is None:
+                return None
+            root, off, st = inner
+            if isinstance(op, gml.PermuteOp):
+                return root, off, [st[p] for p in op.dims.get_values()]
+            if isinstance(op, gml.ReshapeOp):
+                new = _view_strides(env.shapes[op.input], st, env.shapes[v])
+                return None if new is None else (root, off, new)
+            if isinstance(op, gml.SliceOp):
+                d = op.dim.value.data % len(st)
+                first, _, step = slice(
+                    op.start.value.data, op.end.value.data, op.step.value.data
+                ).indices(env.shapes[op.input][d])
+                st = list(st)
+                off += first * st[d]
+                st[d] *= step
+                return root, off, st
+        if v in self.free:
+            return None
+        return v, 0, _contiguous_strides(env.shapes[v])
+
+    def attention_fold(
+        self, sdpa: gml.SdpaOp, env: Env
+    ) -> dict[str, tuple[SSAValue, int, int, int]] | None:
+        """Per operand (root, byte offset, leading dim, batch stride) where this bucket's
+        cuBLAS attention reads q, k, v and writes its output in place; None: copy."""
+        if self._decode_attention(sdpa, env) or not self.fold_chain_of(sdpa):
+            return None
+        q, k = env.shapes[sdpa.query], env.shapes[sdpa.key]
+        if q[-3] != k[-3]:  # grouped heads: rows (g, t) do not share one stride
+            return None
+        out: dict[str, tuple[SSAValue, int, int, int]] = {}
+        for name, v in (("q", sdpa.query), ("k", sdpa.key), ("v", sdpa.value)):
+            lay = self._layout(v, sdpa, env)
+            if lay is None:
+                return None
+            root, off, st = lay
+            batch = _batch_stride(env.shapes[v][:-2], st[:-2])
+            if batch is None or st[-1] != 1:
+                return None
+            out[name] = (root, off * _itemsize(v), st[-2], batch)
+        perm = self.fold_out.get(sdpa)
+        y = sdpa.result
+        if perm is not None:
+            cs = _contiguous_strides(env.shapes[perm.result])
+            st = [0] * len(cs)
+            for j, p in enumerate(perm.dims.get_values()):
+                st[p] = cs[j]
+            batch = _batch_stride(env.shapes[y][:-2], st[:-2])
+            if batch is None or st[-1] != 1:
+                return None
+            out["y"] = (perm.result, 0, st[-2], batch)
+        else:
+            s = env.shapes[y]
+            out["y"] = (y, 0, s[-1], s[-1] * s[-2])
+        return out
 
     def mask_bias(self, op: gml.SdpaOp, causal: str, n: str, tq: str) -> str:
         """A `gml::Masked` reading the mask broadcast over the scores' rows and keys."""
@@ -1122,6 +1250,38 @@ def _itemsize(v: SSAValue) -> int:
 
 def _nbytes(v: SSAValue, env: Env) -> int:
     return _numel(env.shapes[v]) * _itemsize(v)
+
+
+def _view_strides(old: Shape, stride: Sequence[int], new: Shape) -> list[int] | None:
+    """Strides of `new` viewing a tensor of shape `old` with `stride` without a copy, or
+    None when it cannot (PyTorch's computeStride)."""
+    if _numel(old) == 0:
+        return _contiguous_strides(new)
+    out = [0] * len(new)
+    view_d = len(new) - 1
+    base = stride[-1] if stride else 1
+    tensor_numel = view_numel = 1
+    for d in range(len(old) - 1, -1, -1):
+        tensor_numel *= old[d]
+        if d == 0 or (old[d - 1] != 1 and stride[d - 1] != tensor_numel * base):
+            while view_d >= 0 and (view_numel < tensor_numel or new[view_d] == 1):
+                out[view_d] = view_numel * base
+                view_numel *= new[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if d > 0:
+                base, tensor_numel, view_numel = stride[d - 1], 1, 1
+    return out if view_d == -1 else None
+
+
+def _batch_stride(dims: Sequence[int], strides: Sequence[int]) -> int | None:
+    """One stride walking all batch dims in order (size-1 dims skipped), or None."""
+    live = [(n, s) for n, s in zip(dims, strides, strict=True) if n != 1]
+    for (_, s0), (n1, s1) in zip(live, live[1:], strict=False):
+        if s0 != n1 * s1:
+            return None
+    return live[-1][1] if live else 0
 
 
 def lower(fn: func.FuncOp) -> Lowered:
