@@ -515,9 +515,7 @@ def _gemm_bias(g: Graph, op: gml.MatmulOp) -> tuple[gml.BinaryOp, SSAValue] | No
     if len(uses) != 1 or not isinstance(uses[0].operation, gml.AddOp):
         return None
     add = uses[0].operation
-    assert isinstance(add, gml.BinaryOp)
-    if add.parent_block() is not op.parent_block():
-        return None
+    assert isinstance(add, gml.BinaryOp)  # in the same block or a gml.fusion after it
     other = add.rhs if add.lhs == op.result else add.lhs
     n = shape_of(op.result.type)[1]
     if g.const_of(other) is None or shape_of(other.type) not in ((n,), (1, n)):

@@ -25,7 +25,9 @@ from collections.abc import Mapping
 import onnx
 from onnx import TensorProto, helper
 from xdsl.dialects.builtin import TensorType
-from xdsl.ir import Operation
+from xdsl.ir import Operation, SSAValue
+
+from gimlet.dialects import gml
 
 from .graph import where
 
@@ -187,8 +189,9 @@ INTS = frozenset({"i32", "i64"})
 ANY = FLOATS | INTS | {"i1"}
 
 # Per gml op, the element types TensorRT runs its lowering in. The type an op is keyed
-# by (`key_dtype`) is its result's, except for the ops in KEYED_BY_OPERAND, whose result
-# type says nothing about the work (comparisons give i1, arg-reductions i64).
+# by (`key_dtypes`) is its result's, except for the ops in KEYED_BY_OPERAND, whose result
+# type says nothing about the work (comparisons give i1, arg-reductions i64), and casts,
+# keyed by both ends.
 GML_DTYPES: dict[str, frozenset[str]] = {
     # sources and size arithmetic (Shape, ConstantOfShape, Range)
     "gml.dim": ANY,
@@ -254,9 +257,10 @@ GML_DTYPES: dict[str, frozenset[str]] = {
 KEYED_BY_OPERAND = frozenset(
     {
         *(f"gml.{n}" for n in ("eq", "ne", "lt", "le", "gt", "ge")),
-        *("gml.any", "gml.argmax", "gml.argmin", "gml.cast", "gml.dim"),
+        *("gml.any", "gml.argmax", "gml.argmin", "gml.dim"),
     }
 )
+KEYED_BY_BOTH = frozenset({"gml.cast"})  # both ends of a conversion must be TensorRT types
 
 
 def dtype_name(t: object) -> str:
@@ -271,29 +275,48 @@ def dtype_name(t: object) -> str:
     return np_name.replace("uint", "ui").replace("int", "i")
 
 
-def key_dtype(op: Operation) -> str | None:
-    """The element type `GML_DTYPES` is consulted with for `op` (None: no tensor)."""
-    values = list(op.operands) if op.name in KEYED_BY_OPERAND else list(op.results)
+def _first(values: list[SSAValue]) -> list[str]:
     for v in values:
         if isinstance(v.type, TensorType):
-            return dtype_name(v.type.element_type)
-    return None
+            return [dtype_name(v.type.element_type)]
+    return []
+
+
+def key_dtypes(op: Operation) -> list[str]:
+    """The element types `GML_DTYPES` is consulted with for `op`: its result's, its first
+    operand's (KEYED_BY_OPERAND) or both (KEYED_BY_BOTH); none when it has no tensor."""
+    if op.name in KEYED_BY_OPERAND:
+        return _first(list(op.operands))
+    if op.name in KEYED_BY_BOTH:
+        return _first(list(op.operands)) + _first(list(op.results))
+    return _first(list(op.results))
 
 
 def gml_supported(op: Operation) -> bool:
+    """Whether TensorRT runs `op` by the table (what placement reads); `attribute_limit`
+    adds what depends on an op's attributes, which placement does not see."""
     allowed = GML_DTYPES.get(op.name)
-    dtype = key_dtype(op)
-    return allowed is not None and (dtype is None or dtype in allowed)
+    return allowed is not None and all(d in allowed for d in key_dtypes(op))
+
+
+def attribute_limit(op: Operation) -> str | None:
+    """The matrix's restrictions that hang on attributes: refused when the bundle is
+    written (the segment then runs on the interpreter, with this note)."""
+    if isinstance(op, gml.MaxPool2dOp) and op.window_dilation() != (1, 1):
+        return "a dilated max pooling (TensorRT pools without dilation)"
+    return None
 
 
 __all__ = [
     "GML_DTYPES",
+    "KEYED_BY_BOTH",
     "KEYED_BY_OPERAND",
     "MATRIX",
     "SOURCE",
     "TENSORRT_VERSION",
+    "attribute_limit",
     "gml_supported",
-    "key_dtype",
+    "key_dtypes",
     "node_refusal",
     "refusals",
 ]

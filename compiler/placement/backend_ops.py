@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from xdsl.dialects.builtin import TensorType
-from xdsl.ir import Operation
+from xdsl.ir import Operation, SSAValue
 
 from gimlet.dialects import gml
 from gimlet.placement.cluster import ALL_OPS, Cluster, Device
@@ -98,7 +98,6 @@ TENSORRT_KEYED_BY_OPERAND: frozenset[str] = frozenset(
         "gml.any",
         "gml.argmax",
         "gml.argmin",
-        "gml.cast",
         "gml.dim",
         "gml.eq",
         "gml.ge",
@@ -108,30 +107,42 @@ TENSORRT_KEYED_BY_OPERAND: frozenset[str] = frozenset(
         "gml.ne",
     }
 )
+TENSORRT_KEYED_BY_BOTH: frozenset[str] = frozenset({"gml.cast"})
 # END generated
 
 
 @dataclass(frozen=True)
 class Narrowing:
     """What a backend option runs: per gml op, the element types (an op missing from the
-    table does not run). An op is keyed by its result's element type, or by its first
-    tensor operand's for the ops in `keyed_by_operand` (comparisons, arg-reductions, ...)."""
+    table does not run). An op is keyed by its result's element type, by its first tensor
+    operand's for the ops in `by_operand` (comparisons, arg-reductions, ...), or by both
+    for those in `by_both` (conversions)."""
 
     label: str
     op_dtypes: Mapping[str, frozenset[str]]
-    keyed_by_operand: frozenset[str]
+    by_operand: frozenset[str]
+    by_both: frozenset[str]
 
-    def key_dtype(self, op: Operation) -> str | None:
-        values = list(op.operands) if op.name in self.keyed_by_operand else list(op.results)
-        for v in values:
-            if isinstance(v.type, TensorType):
-                return dtype_name(v.type.element_type)
-        return None
+    def key_dtypes(self, op: Operation) -> list[str]:
+        if op.name in self.by_operand:
+            return _first(list(op.operands))
+        if op.name in self.by_both:
+            return _first(list(op.operands)) + _first(list(op.results))
+        return _first(list(op.results))
+
+
+def _first(values: list[SSAValue]) -> list[str]:
+    for v in values:
+        if isinstance(v.type, TensorType):
+            return [dtype_name(v.type.element_type)]
+    return []
 
 
 # (device kind, backend option) -> what that backend runs
 NARROWED: dict[tuple[str, str], Narrowing] = {
-    ("nvidia", "tensorrt"): Narrowing(TENSORRT_SOURCE, TENSORRT_OPS, TENSORRT_KEYED_BY_OPERAND),
+    ("nvidia", "tensorrt"): Narrowing(
+        TENSORRT_SOURCE, TENSORRT_OPS, TENSORRT_KEYED_BY_OPERAND, TENSORRT_KEYED_BY_BOTH
+    ),
 }
 
 
@@ -174,10 +185,10 @@ def unsupported(device: Device, op: Operation) -> str | None:
     if narrowing is None:
         return None
     for o in inner:
-        dtype = narrowing.key_dtype(o)
-        allowed = narrowing.op_dtypes.get(o.name)
-        if allowed is not None and dtype is not None and dtype not in allowed:
-            return f"{o.name} on {dtype}{_via(device)}"
+        allowed = narrowing.op_dtypes.get(o.name, frozenset())
+        for dtype in narrowing.key_dtypes(o):
+            if dtype not in allowed:
+                return f"{o.name} on {dtype}{_via(device)}"
     return None
 
 
