@@ -158,7 +158,8 @@ def layers_markdown() -> str:
     for layer, _, folder in LAYERS:
         names = contents(layer)
         what = f"{folder} ({layer})" if folder == "compiler/" else folder
-        lines.append(f'    {layer}["{what}<br/>{", ".join(names)}"]')
+        inside = f"<br/>{', '.join(names)}" if names else ""
+        lines.append(f'    {layer}["{what}{inside}"]')
     for layer, _, _ in LAYERS:
         lines += [f"    {layer} --> {b}" for b in sorted(reduced[layer])]
     return "\n".join([*lines, "```", LAYERS_END])

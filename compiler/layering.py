@@ -73,8 +73,9 @@ def modules(roots: Mapping[str, Path] | None = None) -> list[str]:
 
 
 def contents(layer: str) -> list[str]:
-    """What a layer's folder holds, as the picture names it: its modules, and its
-    subpackages as `name/` (backends/cpu/, ...)."""
+    """What the picture names in a layer's box: its subpackages as `name/` (backends/cpu/,
+    ...) and, for the core, which root modules it is. Other modules are left out, so
+    adding one does not redraw the picture; a new folder or a new arrow does."""
     prefixes = next(p for name, p, _ in LAYERS if name == layer)
     files = _files(root_dirs())
     names = set()
@@ -82,13 +83,12 @@ def contents(layer: str) -> list[str]:
         if layer_of(module) != layer:
             continue
         prefix = next(p for p in prefixes if module == p or module.startswith(p + "."))
-        # names are relative to the folder: a package prefix is one, a module's is its parent
-        folder = prefix if files[prefix].name == "__init__.py" else prefix.rpartition(".")[0]
-        rest = module[len(folder) + 1 :].split(".") if module != folder else []
-        if not rest:
+        if files[prefix].name != "__init__.py":  # the core: named module by module
+            names.add(prefix.rpartition(".")[2])
             continue
-        package = len(rest) > 1 or path.name == "__init__.py"
-        names.add(rest[0] + "/" if package else rest[0])
+        rest = module[len(prefix) + 1 :].split(".") if module != prefix else []
+        if len(rest) > 1 or (rest and path.name == "__init__.py"):
+            names.add(rest[0] + "/")
     return sorted(names)
 
 
