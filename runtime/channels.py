@@ -140,7 +140,9 @@ class Channels:
         spec = self.specs[channel]
         t = _to_tensor(value)
         if spec.cuda is not None:
-            t = t.to(spec.cuda)
+            t = t.to(spec.cuda)  # a GPU executor's tensor is there already: no copy
+        elif t.device.type != "cpu":
+            t = t.cpu()  # gloo moves host memory
         tensors, works = [t], []
         if -1 in spec.shape:
             header = torch.tensor(list(t.shape), dtype=torch.int64)
@@ -215,7 +217,10 @@ class Channels:
 
 
 def _to_tensor(value: Any) -> torch.Tensor:
-    """numpy array -> contiguous torch tensor (bf16 stays bf16); index -> 0-d int64."""
+    """numpy array or torch tensor -> contiguous torch tensor (bf16 stays bf16, a device
+    tensor stays where it is); index -> 0-d int64."""
     if isinstance(value, int | np.integer):
         return torch.tensor(int(value), dtype=torch.int64)
+    if isinstance(value, torch.Tensor):
+        return value.detach().contiguous()
     return numpy_to_torch(np.asarray(value))  # contiguous there; 0-d stays 0-d

@@ -1,10 +1,11 @@
-"""Run a bundle on this host: one worker process per device, the parent as supervisor.
+"""Run a bundle on this host: one worker process per device, the caller as supervisor.
 
 Why a supervisor rather than trusting the workers: a worker that dies outright cannot
 tell its peers, and a peer blocked in a receive only notices when its deadline expires.
-The parent polls every worker; on the first failure it gives the others a moment to
-report, then terminates every worker's process group and reaps it (no zombies, no
-orphans), and raises one `RunError` naming the device, segment and op.
+The caller waits on every worker's control socket at once (runtime/control.py): a
+report, an answer or a closed socket (a dead worker) wakes it. On the first failure it
+gives the others a moment to report, then kills every worker's process group and reaps
+it (no zombies, no orphans), and raises one `RunError` naming the device, segment and op.
 
 Everything that can be rejected without workers (tampered files, wrong cluster, inputs
 that do not fit the signature) is rejected before any process starts.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -29,13 +31,14 @@ import numpy as np
 
 from gimlet.errors import UserError
 from gimlet.runtime.bundle import Bundle, check_cluster, check_inputs, load_bundle
+from gimlet.runtime.control import Arena, StatusPage, grow, recv_msg, send_msg
 
-POLL_S = 0.01
 GRACE_S = 0.5  # after the first failure, how long to wait for the others' reports
+STOP_S = 5.0  # how long close() lets workers stop on their own before killing them
 
 
 class RunError(UserError):
-    """A multi-process run that failed; `pids` are the (reaped) worker processes."""
+    """A run that failed; `pids` are the (reaped) worker processes."""
 
     def __init__(self, message: str, pids: list[int]):
         super().__init__(message)
@@ -56,16 +59,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _save_inputs(path: str, inputs: list[np.ndarray]) -> None:
-    import ml_dtypes
-
-    arrays = {
-        f"arr_{i}": (a.view(np.uint16) if a.dtype == ml_dtypes.bfloat16 else a)
-        for i, a in enumerate(inputs)
-    }
-    np.savez(path, **arrays)  # type: ignore[arg-type]
-
-
 def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -73,71 +66,6 @@ def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
                 os.killpg(p.pid, signal.SIGKILL)
     for p in procs:
         p.wait()
-
-
-def _start(
-    bundle: Bundle,
-    run_dir: str,
-    args: list[str],
-    timeout_s: float | None,
-    env: dict[str, str] | None,
-) -> list[subprocess.Popen[bytes]]:
-    """One worker process per device, each in its own process group, logging to run_dir."""
-    base = dict(os.environ)
-    base.update(env or {})
-    base.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE=str(len(bundle.devices)),
-        GIMLET_RUN_DIR=run_dir,
-    )
-    if timeout_s is not None:
-        base["GIMLET_RECV_TIMEOUT"] = str(timeout_s)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for rank in range(len(bundle.devices)):
-            with open(os.path.join(run_dir, f"log-{rank}.txt"), "wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "gimlet.runtime.worker", bundle.path, *args],
-                        env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # its own process group, killed as one
-                    )
-                )
-    except BaseException:
-        _kill_all(procs)
-        raise
-    return procs
-
-
-def _supervise(
-    bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]], done: Any
-) -> None:
-    """Poll until `done()` is true; on the first failure, give the others GRACE_S to report,
-    kill every worker and raise one RunError naming the root cause."""
-    failed_at = None
-    while True:
-        codes = [p.poll() for p in procs]
-        if done(codes):
-            return
-        if failed_at is None and any(c not in (None, 0) for c in codes):
-            failed_at = time.time()
-        if failed_at is not None and (
-            time.time() - failed_at > GRACE_S or all(c is not None for c in codes)
-        ):
-            _kill_all(procs)
-            raise RunError(_diagnose(bundle, run_dir, procs), [p.pid for p in procs])
-        time.sleep(POLL_S)
-
-
-def _read_stats(bundle: Bundle, run_dir: str) -> list[dict[str, Any]]:
-    stats = []
-    for rank in range(len(bundle.devices)):
-        with open(os.path.join(run_dir, f"stats-{rank}.json")) as f:
-            stats.append(json.load(f))
-    return stats
 
 
 def launch(
@@ -149,54 +77,138 @@ def launch(
     env: dict[str, str] | None = None,
     iterations: int = 1,
 ) -> RunResult:
-    """Check the bundle, start the workers, return the host's outputs or raise RunError.
+    """Check the bundle, start the workers, run, stop them; the host's outputs and every
+    rank's stats (per segment, trace events, `iterations_s`), or a RunError.
 
-    `iterations` > 1 runs the program that many times in the same workers (each rank's
-    per-iteration seconds are in `stats[rank]["iterations_s"]`): how benchmarks separate
+    `iterations` > 1 runs that many requests in the same workers (each rank's
+    per-request seconds are in `stats[rank]["iterations_s"]`): how benchmarks separate
     steady-state latency from process start-up."""
     bundle = load_bundle(bundle_path)
     if target:
         check_cluster(bundle, target)
     inputs = [np.asarray(x) for x in inputs]
     check_inputs(bundle, inputs)
-    run_dir = tempfile.mkdtemp(prefix="gimlet-run-")
-    procs: list[subprocess.Popen[bytes]] = []
     start = time.time()
+    session = Session(bundle, timeout_s, env, stats=True)
     try:
-        in_path = os.path.join(run_dir, "inputs.npz")
-        _save_inputs(in_path, inputs)
-        args = ["--inputs", in_path, "--iterations", str(iterations)]
-        procs = _start(bundle, run_dir, args, timeout_s, env)
-        _supervise(bundle, run_dir, procs, lambda codes: all(c == 0 for c in codes))
-        outputs = _load_outputs(bundle, os.path.join(run_dir, "outputs.npz"))
-        stats = _read_stats(bundle, run_dir)
-        return RunResult(outputs, stats, [p.pid for p in procs], time.time() - start)
+        for _ in range(max(iterations, 1)):
+            result = session(inputs)
+        stats = session.totals()
+        return RunResult(result.outputs, stats, result.pids, time.time() - start)
     finally:
-        _kill_all(procs)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        session.close()
 
 
 class Session:
-    """Workers that stay up between requests (`gimletc run` starts fresh ones per run;
-    `gimlet.load` keeps one Session). Start-up (torch import, IR parse, library loads)
-    is paid once; a request costs a file handoff and a broadcast. A failed request
-    kills the workers; the next request starts new ones."""
+    """Workers that stay up between requests. Start-up (torch import, IR parse, library
+    loads) is paid on the first request; a request then costs a message to each worker,
+    a copy of the inputs into shared memory and one of the outputs out of it. A failed
+    request kills the workers; the next request starts new ones.
+
+    `stats=True` asks every worker for its per-segment times and trace events with each
+    answer (`totals()` sums them over the requests); `deadline_s` bounds a whole request
+    (by default only the workers' receive timeouts do)."""
 
     def __init__(
-        self, bundle: Bundle, timeout_s: float | None = None, env: dict[str, str] | None = None
+        self,
+        bundle: Bundle,
+        timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        stats: bool = False,
+        deadline_s: float | None = None,
     ):
         self.bundle, self.timeout_s, self.env = bundle, timeout_s, env
+        self.stats, self.deadline_s = stats, deadline_s
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.run_dir = ""
+        self.socks: list[socket.socket] = []
+        self.selector: selectors.BaseSelector | None = None
+        self.status: StatusPage | None = None
+        self.arena: Arena | None = None  # the inputs, written here
+        self.outputs: Arena | None = None  # the host's outputs, mapped here
+        self.log_dir = ""
         self.k = 0
+        self.host_rank = bundle.devices.index(bundle.host)
+        self._totals: list[dict[str, Any]] = []
+
+    # -- start and stop
 
     def _ensure_started(self) -> None:
         if self.procs and all(p.poll() is None for p in self.procs):
             return
         self.close()
-        self.run_dir = tempfile.mkdtemp(prefix="gimlet-serve-")
+        n = len(self.bundle.devices)
+        self.log_dir = tempfile.mkdtemp(prefix="gimlet-workers-")
+        self.status = StatusPage(n)
+        self.selector = selectors.DefaultSelector()
         self.k = 0
-        self.procs = _start(self.bundle, self.run_dir, ["--serve"], self.timeout_s, self.env)
+        self._totals = [
+            {"device": d, "segments": {}, "events": [], "iterations_s": []}
+            for d in self.bundle.devices
+        ]
+        base = dict(os.environ)
+        base.update(self.env or {})
+        base.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+            WORLD_SIZE=str(n),
+            GIMLET_STATUS_FD=str(self.status.fd),
+        )
+        if self.timeout_s is not None:
+            base["GIMLET_RECV_TIMEOUT"] = str(self.timeout_s)
+        try:
+            for rank in range(n):
+                mine, theirs = socket.socketpair()
+                self.socks.append(mine)
+                self.selector.register(mine, selectors.EVENT_READ, rank)
+                with (
+                    theirs,
+                    open(os.path.join(self.log_dir, f"log-{rank}.txt"), "wb") as log,
+                ):
+                    env = dict(
+                        base,
+                        RANK=str(rank),
+                        LOCAL_RANK=str(rank),
+                        GIMLET_CONTROL_FD=str(theirs.fileno()),
+                    )
+                    self.procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "gimlet.runtime.worker", self.bundle.path]
+                            + ["--serve"],
+                            env=env,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            pass_fds=(theirs.fileno(), self.status.fd),
+                            start_new_session=True,  # its own process group, killed as one
+                        )
+                    )
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Ask the workers to stop, give them a moment, then make sure they are gone."""
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                send_msg(sock, ("stop",))
+        deadline = time.time() + STOP_S
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(deadline - time.time(), 0.0))
+        _kill_all(self.procs)
+        self.procs = []
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
+        if self.selector is not None:
+            self.selector.close()
+            self.selector = None
+        self.arena = self.outputs = None
+        if self.log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+            self.log_dir = ""
+
+    # -- a request
 
     def __call__(self, inputs: list[np.ndarray]) -> RunResult:
         inputs = [np.asarray(x) for x in inputs]
@@ -204,75 +216,151 @@ class Session:
         start = time.time()
         self._ensure_started()
         self.k += 1
-        k, run_dir = self.k, self.run_dir
-        tmp = os.path.join(run_dir, f"req-{k}.tmp.npz")
-        _save_inputs(tmp, inputs)
-        os.replace(tmp, os.path.join(run_dir, f"req-{k}.npz"))
-        out = os.path.join(run_dir, f"out-{k}.npz")
+        k = self.k
+        offsets, need = Arena.layout(inputs)
+        self.arena, fresh = grow(self.arena, need)
+        meta = self.arena.write(inputs, offsets)
+        for rank, sock in enumerate(self.socks):
+            try:
+                if rank == self.host_rank:
+                    fds = [self.arena.fd] if fresh and self.arena.fd is not None else []
+                    send_msg(sock, ("run", k, (self.arena.size, meta), self.stats), fds)
+                else:
+                    send_msg(sock, ("run", k, None, self.stats))
+            except OSError:
+                pass  # it died: the wait below finds its closed socket and says so
+        if fresh:
+            self.arena.sent()
+        answers = self._wait(k, start)
+        size, where = answers[self.host_rank][0]
+        fds = answers[self.host_rank][1]
+        if fds:
+            self.outputs = Arena(size, fds[0])
+            self.outputs.sent()
+        assert self.outputs is not None
+        # copies: the arena is reused by the next request, the caller keeps these
+        outputs = [np.array(v) for v in self.outputs.views(where)]
+        stats = []
+        for rank, (_, _, st, seconds) in sorted(answers.items()):
+            total = self._totals[rank]
+            total["iterations_s"].append(seconds)
+            if st is not None:
+                _accumulate(total, st)
+                stats.append(dict(st, iterations_s=[seconds]))
+        pids = [p.pid for p in self.procs]
+        return RunResult(outputs, stats, pids, time.time() - start)
 
-        def done(codes: list[int | None]) -> bool:
-            return os.path.exists(out) and all(
-                _request_of(run_dir, rank) == k for rank in range(len(codes))
-            )
+    def totals(self) -> list[dict[str, Any]]:
+        """Every rank's stats summed over the requests since the workers started."""
+        return self._totals
 
+    def _wait(self, k: int, start: float) -> dict[int, tuple[Any, list[int], Any, float]]:
+        """Every rank's answer to request k: {rank: (outputs, fds, stats, seconds)}.
+
+        Blocks in select() with a deadline: the first failure (a report, or a socket
+        closed by a dying worker) leaves the others GRACE_S to report; after the host has
+        answered, the others have the receive timeout to finish; `deadline_s` bounds the
+        whole request."""
+        assert self.selector is not None
+        n = len(self.procs)
+        pending = set(range(n))
+        answers: dict[int, tuple[Any, list[int], Any, float]] = {}
+        reports: dict[int, dict[str, Any]] = {}
+        failed_at: float | None = None
+        host_at: float | None = None
+        late = self.timeout_s if self.timeout_s is not None else _default_timeout()
+        why = ""
+        while pending:
+            now = time.time()
+            limits = []
+            if failed_at is not None:
+                limits.append(failed_at + GRACE_S)
+            if host_at is not None:
+                limits.append(host_at + late)
+            if self.deadline_s is not None:
+                limits.append(start + self.deadline_s)
+            timeout = max(min(limits) - now, 0.0) if limits else None
+            events = self.selector.select(timeout)
+            if not events and limits and time.time() >= min(limits):
+                if failed_at is None:
+                    why = (
+                        f"request {k} did not finish within {self.deadline_s:g}s"
+                        if host_at is None
+                        else f"did not finish request {k} within {late:g}s of the outputs"
+                    )
+                break
+            for key, _ in events:
+                rank = key.data
+                try:
+                    msg, fds = recv_msg(self.socks[rank])
+                except (EOFError, OSError):  # it died: its socket closed
+                    self.selector.unregister(self.socks[rank])
+                    pending.discard(rank)
+                    failed_at = failed_at or time.time()
+                    continue
+                if msg[0] == "done" and msg[1] == k:
+                    answers[rank] = (msg[2], fds, msg[3], msg[4])
+                    pending.discard(rank)
+                    if rank == self.host_rank:
+                        host_at = time.time()
+                elif msg[0] == "error":
+                    reports[rank] = msg[1]
+                    pending.discard(rank)
+                    failed_at = failed_at or time.time()
+        if failed_at is None and not why:
+            return answers
+        pids = [p.pid for p in self.procs]
+        statuses = [self._status(rank) for rank in range(n)]
+        _kill_all(self.procs)
+        message = _diagnose(self.bundle, reports, self.procs, statuses, why, answers)
+        message += _log_tail(self.log_dir, self.procs, reports)
+        self.close()
+        raise RunError(message, pids)
+
+    def _status(self, rank: int) -> str:
+        """' in segment S at OP' from the worker's status slot (what it was about to run)."""
+        assert self.status is not None
+        raw = self.status.read(rank)
         try:
-            _supervise(self.bundle, run_dir, self.procs, done)
-        except RunError:
-            self.close()
-            raise
-        outputs = _load_outputs(self.bundle, out)
-        stats = _read_stats(self.bundle, run_dir)
-        for name in (f"req-{k}.npz", f"out-{k}.npz"):
-            os.unlink(os.path.join(run_dir, name))
-        return RunResult(outputs, stats, [p.pid for p in self.procs], time.time() - start)
-
-    def close(self) -> None:
-        """Ask the workers to stop, give them a moment, then make sure they are gone."""
-        if self.procs:
-            with contextlib.suppress(OSError):
-                open(os.path.join(self.run_dir, "stop"), "w").close()
-            deadline = time.time() + 5
-            while time.time() < deadline and any(p.poll() is None for p in self.procs):
-                time.sleep(POLL_S)
-            _kill_all(self.procs)
-            self.procs = []
-        if self.run_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            self.run_dir = ""
+            st = json.loads(raw) if raw else {}
+        except ValueError:
+            return ""
+        where = f" in segment {st['segment']}" if st.get("segment") is not None else ""
+        return where + (f" at {st['op']}" if st.get("op") else "")
 
 
-def _request_of(run_dir: str, rank: int) -> int:
-    try:
-        with open(os.path.join(run_dir, f"stats-{rank}.json")) as f:
-            return int(json.load(f).get("request", 0))
-    except (OSError, ValueError):
-        return 0
+def _default_timeout() -> float:
+    from gimlet.runtime.worker import DEFAULT_TIMEOUT_S
+
+    return float(os.environ.get("GIMLET_RECV_TIMEOUT", DEFAULT_TIMEOUT_S))
 
 
-def _load_outputs(bundle: Bundle, path: str) -> list[np.ndarray]:
-    import ml_dtypes
+def _accumulate(total: dict[str, Any], st: dict[str, Any]) -> None:
+    for index, seg in st["segments"].items():
+        into = total["segments"].setdefault(
+            index, {"ops": seg["ops"], "bytes_in": 0, "bytes_out": 0}
+        )
+        into["wall_s"] = into.get("wall_s", 0.0) + seg.get("wall_s", 0.0)
+        into["bytes_in"] += seg["bytes_in"]
+        into["bytes_out"] += seg["bytes_out"]
+    total["events"].extend(st["events"])
 
-    data = np.load(path)
-    outs = []
-    for i, sig in enumerate(bundle.manifest["outputs"]):
-        a = data[f"out{i}"]
-        outs.append(a.view(ml_dtypes.bfloat16) if sig["dtype"] == "bfloat16" else a)
-    return outs
 
-
-def _diagnose(bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]]) -> str:
-    """The root cause: an error a worker raised, else a worker that died, else a timeout."""
-    reports: dict[int, dict[str, Any]] = {}
-    for rank in range(len(procs)):
-        path = os.path.join(run_dir, f"error-{rank}.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                reports[rank] = json.load(f)
+def _diagnose(
+    bundle: Bundle,
+    reports: dict[int, dict[str, Any]],
+    procs: list[subprocess.Popen[bytes]],
+    statuses: list[str],
+    why: str,
+    answers: dict[int, Any],
+) -> str:
+    """The root cause: an error a worker raised, else a worker that died, else a timeout
+    (a worker's receive, or the caller's deadline)."""
     died, busy = [], []
     for rank, p in enumerate(procs):
-        if rank in reports:
+        if rank in reports or rank in answers:
             continue
-        where = _status(run_dir, rank)
+        where = statuses[rank]
         if p.returncode in (None, -signal.SIGKILL):  # still running when the run failed
             busy.append(f"{bundle.devices[rank]} (rank {rank}) was{where or ' running'}")
         elif p.returncode != 0:
@@ -287,60 +375,31 @@ def _diagnose(bundle: Bundle, run_dir: str, procs: list[subprocess.Popen[bytes]]
         first = died[0]
     elif errors:
         first = errors[0]["message"]
+    elif why and busy:  # nobody failed, someone never finished
+        first, busy = f"{busy[0]} and {why}", busy[1:]
     else:
-        first = "a worker failed without a report"
+        first = why or "a worker failed without a report"
     lines = [f"worker {first}"]
     others = [r["message"] for r in errors if r["message"] != first] + died[1:]
     lines += [f"  also: {m}" for m in others[:4]]
     # a timeout names who waited; where the others were says who it waited for
-    if errors and errors[0]["kind"] == "timeout" and first == errors[0]["message"]:
+    if busy and (
+        why or (errors and errors[0]["kind"] == "timeout" and first == errors[0]["message"])
+    ):
         lines += [f"  meanwhile: {m}" for m in busy[:4]]
     return "\n".join(lines)
 
 
-def _status(run_dir: str, rank: int) -> str:
-    """' in segment S at OP' from a worker's status file (what it was about to run)."""
-    path = os.path.join(run_dir, f"status-{rank}")
-    if not os.path.isfile(path):
-        return ""
-    with open(path) as f:
-        raw = f.read().strip()
-    try:
-        st = json.loads(raw) if raw else {}
-    except ValueError:
-        return ""
-    where = f" in segment {st['segment']}" if st.get("segment") is not None else ""
-    return where + (f" at {st['op']}" if st.get("op") else "")
-
-
-class Loaded:
-    """`gimlet.load(bundle)`: call with torch tensors, get a tuple of torch tensors back.
-
-    The workers start on the first call and stay up (a `Session`) until `close()`, the
-    end of a `with` block, or garbage collection. The bundle is checked once, here."""
-
-    def __init__(self, bundle: str, *, target: str | None = None, timeout_s: float | None = None):
-        import weakref
-
-        self.bundle = load_bundle(bundle)
-        if target:
-            check_cluster(self.bundle, target)
-        self.session = Session(self.bundle, timeout_s)
-        self.last: RunResult | None = None
-        self._finalizer = weakref.finalize(self, self.session.close)
-
-    def __call__(self, *inputs: Any) -> tuple[Any, ...]:
-        from gimlet.dtypes import numpy_to_torch, torch_to_numpy
-
-        arrays = [torch_to_numpy(x) if hasattr(x, "detach") else np.asarray(x) for x in inputs]
-        self.last = self.session(arrays)
-        return tuple(numpy_to_torch(np.array(o)) for o in self.last.outputs)
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> Loaded:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _log_tail(log_dir: str, procs: list[subprocess.Popen[bytes]], reports: dict[int, Any]) -> str:
+    """The last lines a worker that died without a report printed (a C++ abort says why)."""
+    out = []
+    for rank, p in enumerate(procs):
+        if rank in reports or p.returncode in (None, 0, -signal.SIGKILL) or not log_dir:
+            continue
+        try:
+            with open(os.path.join(log_dir, f"log-{rank}.txt"), "rb") as f:
+                lines = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            continue
+        out += [f"  rank {rank} printed: {line}" for line in lines[-3:]]
+    return "".join("\n" + line for line in out)

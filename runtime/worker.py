@@ -1,6 +1,7 @@
 """One worker: runs one device's program of a bundle (rank = index in the manifest).
 
-Entry points: the local launcher (`gimletc run BUNDLE/`, env GIMLET_RUN_DIR set) and
+Entry points: the local launcher (`gimletc run BUNDLE/`, `gimlet.load`: `--serve`, with
+GIMLET_CONTROL_FD and GIMLET_STATUS_FD set, see runtime/control.py) and
 `torchrun --nproc-per-node N -m gimlet.runtime.worker BUNDLE/ --inputs x.npz`. Both
 give RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment.
 
@@ -8,9 +9,10 @@ A device's program is the function body in order: its own segments (through the
 executor of their artefact kind); the host also runs the top-level ops (the comm ops
 moving inputs and outputs, size arithmetic) and returns the outputs.
 
-Why the status file: a worker killed outright (os._exit, OOM killer) cannot report where
-it was; it rewrites `status-<rank>` (one pwrite) before every op so the launcher can name
-the segment and op it died in. Failures it can see go to `error-<rank>.json`.
+Why the status page: a worker killed outright (os._exit, OOM killer) cannot report where
+it was; it rewrites its slot of a shared status page (a memory write) before every op so
+the launcher can name the segment and op it died in. Failures it can see are reported
+on its control socket before it exits (under torchrun, on stderr).
 
 Fault injection for tests: GIMLET_FAULT="cpu1:exit@3" (or raise, or sleep=SECONDS) fires
 before the 3rd op (0-based) that device cpu1 runs.
@@ -19,6 +21,7 @@ before the 3rd op (0-based) that device cpu1 runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -83,12 +86,13 @@ class _Fault:
 class Worker:
     """State of one device's run: where it is, what it moved, what it timed."""
 
-    def __init__(self, bundle: Any, rank: int, run_dir: str | None, timeout_s: float):
+    def __init__(self, bundle: Any, rank: int, status: Any, timeout_s: float):
         from gimlet.runtime.channels import Channels, ChannelSpec
 
         self.bundle, self.rank = bundle, rank
         self.device = bundle.devices[rank]
-        self.run_dir = run_dir
+        self.status = status  # a control.StatusPage, or None (torchrun)
+        self.status_lines: dict[tuple[int, int | None, str], tuple[str, bytes]] = {}
         self.segment: int | None = None
         self.op_desc: str | None = None
         self.count = 0
@@ -114,19 +118,20 @@ class Worker:
             for c in bundle.manifest["channels"]
         }
         self.channels = Channels(specs, timeout_s, list(bundle.devices), self._on_transfer)
-        self.status_fd = (
-            os.open(os.path.join(run_dir, f"status-{rank}"), os.O_WRONLY | os.O_CREAT, 0o644)
-            if run_dir
-            else None
-        )
 
     # -- progress, trace and stats
 
     def _before_op(self, op: Any, what: str = "") -> None:
-        self.op_desc = describe_op(op) + what
-        if self.status_fd is not None:
-            line = json.dumps({"segment": self.segment, "op": self.op_desc})
-            os.pwrite(self.status_fd, line.encode().ljust(512)[:512], 0)
+        # described once per op: this runs before every interpreted op and compiled part
+        key = (id(op), self.segment, what)
+        known = self.status_lines.get(key)
+        if known is None:
+            desc = describe_op(op) + what
+            line = json.dumps({"segment": self.segment, "op": desc}).encode()
+            known = self.status_lines[key] = (desc, line)
+        self.op_desc = known[0]
+        if self.status is not None:
+            self.status.write(self.rank, known[1])
         self.fault.check(self.count, self.op_desc)
         self.count += 1
 
@@ -297,21 +302,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--serve",
         action="store_true",
-        help="stay up and run one request per req-K.npz the launcher writes (gimlet.load)",
+        help="stay up and run the requests of the launcher that started this worker "
+        "(gimlet.load, gimletc run): needs GIMLET_CONTROL_FD and GIMLET_STATUS_FD",
     )
     args = p.parse_args(argv)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    run_dir = os.environ.get("GIMLET_RUN_DIR")
     timeout = args.timeout or float(os.environ.get("GIMLET_RECV_TIMEOUT", DEFAULT_TIMEOUT_S))
     worker: Worker | None = None
+    control = None
     try:
+        control, status = _control(args.serve, world)
         import torch.distributed as dist
 
         from gimlet.artifacts import IR_FILE, load_weights
         from gimlet.ir import parse
         from gimlet.runtime.bundle import load_bundle
 
-        bundle = load_bundle(args.bundle, verify_hashes=run_dir is None)
+        # the launcher checked every hash before starting anyone
+        bundle = load_bundle(args.bundle, verify_hashes=control is None)
         if world != len(bundle.devices):
             raise WorkerError(
                 f"the bundle has {len(bundle.devices)} devices ({', '.join(bundle.devices)}) "
@@ -320,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 None,
                 None,
             )
-        worker = Worker(bundle, rank, run_dir, timeout)
+        worker = Worker(bundle, rank, status, timeout)
         # a program with no segment at all (its outputs are inputs) still has its IR
         segments = bundle.manifest["segments"]
         program = segments[0]["artefact"]["file"] if segments else IR_FILE
@@ -328,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             module = parse(f.read())
         weights = load_weights(bundle.file(bundle.manifest["weights"][worker.device]))
         inputs: list[Any] = []
-        if worker.device == bundle.host and not args.serve:
+        if worker.device == bundle.host and control is None:
             if not args.inputs:
                 raise WorkerError("no inputs; pass --inputs INPUTS.npz", "error", None, None)
             inputs = _restore_bf16(_load_inputs(args.inputs, bundle), bundle)
@@ -341,29 +349,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout),
         )
-        if args.serve:
-            _serve(worker, module, weights, rank, run_dir)
+        if control is not None:
+            _serve(worker, module, weights, control)
             dist.destroy_process_group()
             return 0
-        control = dist.new_group(backend="gloo") if nccl else None
+        group = dist.new_group(backend="gloo") if nccl else None
         iteration_s = []
         for _ in range(max(args.iterations, 1)):
-            dist.barrier(group=control)  # every rank starts together: one request each
+            dist.barrier(group=group)  # every rank starts together: one request each
             start = time.perf_counter()
             outputs = worker.run(module, weights, inputs)
             iteration_s.append(time.perf_counter() - start)
         if worker.device == bundle.host:
-            _write_outputs(outputs, args.output, run_dir)
-        _write_json(
-            run_dir,
-            f"stats-{rank}.json",
-            {
-                "device": worker.device,
-                "segments": worker.stats,
-                "events": worker.events,
-                "iterations_s": iteration_s,
-            },
-        )
+            _write_outputs(outputs, args.output)
         if args.trace:
             with open(args.trace, "w") as f:
                 json.dump({"traceEvents": [dict(e, pid=rank) for e in worker.events]}, f)
@@ -371,7 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except BaseException as e:  # report where, then die without running gloo's teardown
         report = _report(e, worker, rank)
-        _write_json(run_dir, f"error-{rank}.json", report)
+        if control is not None:
+            with contextlib.suppress(OSError):
+                from gimlet.runtime.control import send_msg
+
+                send_msg(control, ("error", report))
         sys.stderr.write(f"gimlet worker: {report['message']}\n")
         if os.environ.get("GIMLET_DEBUG"):
             traceback.print_exc()
@@ -379,67 +381,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         os._exit(1)
 
 
-POLL_S = 0.0005
-
-
-def _serve(
-    worker: Worker, module: Any, weights: dict[str, np.ndarray], rank: int, run_dir: Any
-) -> None:
-    """Persistent workers: request K is `req-K.npz` in the run directory. The host rank
-    waits for it (or for `stop`, or for its launcher to vanish) and broadcasts K (0 to
-    stop) on a gloo group that may idle for a day; the receives of a request keep the
-    usual timeout. Each rank writes `stats-RANK.json` for the request, then the host
-    writes `out-K.npz`, both atomically, so the launcher reads whole files only."""
-    import torch
-    import torch.distributed as dist
-
-    bundle = worker.bundle
-    if not run_dir:
+def _control(serve: bool, world: int) -> tuple[Any, Any]:
+    """The control socket and status page the launcher passed (runtime/control.py), or
+    (None, None) under torchrun."""
+    fd = os.environ.get("GIMLET_CONTROL_FD")
+    if not serve:
+        return None, None
+    if fd is None:
         raise WorkerError(
-            "--serve needs GIMLET_RUN_DIR (it is started by gimlet.load)", "error", None, None
+            "--serve needs GIMLET_CONTROL_FD (it is started by gimlet.load or gimletc run)",
+            "error",
+            None,
+            None,
         )
-    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
-    host = worker.device == bundle.host
-    parent = os.getppid()
-    k = 0
+    import socket
+
+    from gimlet.runtime.control import StatusPage
+
+    control = socket.socket(fileno=int(fd))
+    status = StatusPage(world, int(os.environ["GIMLET_STATUS_FD"]))
+    return control, status
+
+
+def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control: Any) -> None:
+    """Run the launcher's requests until it says stop or goes away (end of file).
+
+    Request `("run", K, inputs, stats)`: the host rank finds its inputs in the caller's
+    arena (`inputs` = (arena size, [(dtype, shape, offset)]); a new arena's descriptor
+    comes with the message), every rank runs its program, then answers
+    `("done", K, outputs, stats, seconds)`; the host's `outputs` say where in its own
+    arena the outputs lie (a new arena's descriptor comes along). Blocking reads: a worker
+    costs nothing while it waits, and wakes as soon as a request arrives."""
+    from gimlet.runtime.control import Arena, grow, recv_msg, send_msg
+
+    host = worker.device == worker.bundle.host
+    arena_in: Arena | None = None
+    arena_out: Arena | None = None
     while True:
-        k += 1
-        flag = torch.zeros(1, dtype=torch.int64)
-        if host:
-            flag[0] = k if _wait_request(run_dir, k, parent) else 0
-        dist.broadcast(flag, src=bundle.devices.index(bundle.host), group=control)
-        if int(flag[0]) == 0:
+        try:
+            msg, fds = recv_msg(control)
+        except (EOFError, ConnectionError):
+            return  # the launcher closed its end, or died
+        if msg[0] != "run":
             return
+        _, k, request, want_stats = msg
         inputs: list[Any] = []
         if host:
-            inputs = _restore_bf16(
-                _load_inputs(os.path.join(run_dir, f"req-{k}.npz"), bundle), bundle
-            )
+            size, meta = request
+            if fds:
+                arena_in = Arena(size, fds[0])
+                arena_in.sent()
+            assert arena_in is not None
+            inputs = arena_in.views(meta)
         worker.events, worker.stats = [], {}
         start = time.perf_counter()
         outputs = worker.run(module, weights, inputs)
-        stats = {
-            "device": worker.device,
-            "segments": worker.stats,
-            "events": worker.events,
-            "iterations_s": [time.perf_counter() - start],
-            "request": k,
-        }
-        _write_json(run_dir, f"stats-{rank}.json", stats)
+        seconds = time.perf_counter() - start
+        del inputs
+        where = None
+        new: list[int] = []
         if host:
-            tmp = os.path.join(run_dir, f"out-{k}.tmp.npz")
-            _write_outputs(outputs, tmp, run_dir)
-            os.replace(tmp, os.path.join(run_dir, f"out-{k}.npz"))
-
-
-def _wait_request(run_dir: str, k: int, parent: int) -> bool:
-    request, stop = os.path.join(run_dir, f"req-{k}.npz"), os.path.join(run_dir, "stop")
-    while True:
-        if os.path.exists(request):
-            return True
-        if os.path.exists(stop) or os.getppid() != parent:  # closed, or the launcher died
-            return False
-        time.sleep(POLL_S)
+            arrays = [np.asarray(o) for o in outputs]
+            offsets, need = Arena.layout(arrays)
+            arena_out, fresh = grow(arena_out, need)
+            where = (arena_out.size, arena_out.write(arrays, offsets))
+            if fresh:
+                assert arena_out.fd is not None
+                new = [arena_out.fd]
+        stats = None
+        if want_stats:
+            stats = {"device": worker.device, "segments": worker.stats, "events": worker.events}
+        send_msg(control, ("done", k, where, stats, seconds), new)
+        if new and arena_out is not None:
+            arena_out.sent()
 
 
 # how gloo words a peer that went away (its socket closed or reset mid-transfer)
@@ -472,24 +486,15 @@ def _report(e: BaseException, worker: Worker | None, rank: int) -> dict[str, Any
     }
 
 
-def _write_json(run_dir: str | None, name: str, data: Any) -> None:
-    if run_dir:
-        tmp = os.path.join(run_dir, name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, os.path.join(run_dir, name))
-
-
-def _write_outputs(outputs: list[Any], path: str | None, run_dir: str | None) -> None:
+def _write_outputs(outputs: list[Any], path: str | None) -> None:
     import ml_dtypes
 
     arrays = {}
     for i, o in enumerate(outputs):
         a = np.asarray(o)
         arrays[f"out{i}"] = a.view(np.uint16) if a.dtype == ml_dtypes.bfloat16 else a
-    target = path or (os.path.join(run_dir, "outputs.npz") if run_dir else None)
-    if target:
-        np.savez(target, **arrays)  # type: ignore[arg-type]
+    if path:
+        np.savez(path, **arrays)  # type: ignore[arg-type]
     else:
         for k, a in arrays.items():
             print(f"{k}: {a.dtype} {list(a.shape)} {np.array2string(a.ravel()[:6], precision=5)}")

@@ -1,0 +1,151 @@
+"""How a caller talks to the worker processes it started: sockets and shared memory.
+
+Why not files: a request used to be an `.npz` file that the workers polled for (10 ms
+sleeps), so a 1 ms model took 12 ms through `gimlet.load`. Now each worker has one end of
+a Unix socket pair; the other end stays with the caller:
+
+* messages are length-prefixed pickles (both ends are our own processes): `run` (the
+  request number, and for the host rank where its inputs lie), `done` (and where the
+  host's outputs lie), `error` (a worker's report, sent before it exits), `stop`;
+* tensors travel through *arenas*, shared memory (`memfd_create`) the writer maps and
+  fills and the reader maps and reads in place. The caller owns the input arena, the
+  host worker the output arena; whoever outgrows one makes a larger one and passes its
+  file descriptor along with the message (SCM_RIGHTS), so the other side maps it;
+* every wait blocks in the kernel (a blocking read, or `select` with a deadline on the
+  caller's side) instead of sleeping and looking again. A worker that dies closes its
+  socket, which wakes the caller at once; a caller that goes away closes the workers'
+  sockets, and each worker stops on that end-of-file.
+
+Where a worker is (the segment and op it is about to run) goes into its slot of a shared
+status page, a plain memory write per op, so that the caller can say where a worker was
+when it died without a report.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+_LEN = struct.Struct("<Q")
+MAX_FDS = 4
+ALIGN = 64
+STATUS_BYTES = 512  # one worker's slot in the status page
+
+
+def send_msg(sock: socket.socket, obj: Any, fds: Sequence[int] = ()) -> None:
+    """One message (and file descriptors to pass along, if any)."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = _LEN.pack(len(data)) + data
+    if not fds:
+        sock.sendall(payload)
+        return
+    sent = socket.send_fds(sock, [payload], list(fds))
+    if sent < len(payload):
+        sock.sendall(payload[sent:])
+
+
+def recv_msg(sock: socket.socket) -> tuple[Any, list[int]]:
+    """The next message and the descriptors that came with it; EOFError when the peer
+    closed its end (it exited or died)."""
+    head, fds, _flags, _addr = socket.recv_fds(sock, _LEN.size, MAX_FDS)
+    if not head:
+        raise EOFError("the peer closed the socket")
+    head += _read(sock, _LEN.size - len(head))
+    (n,) = _LEN.unpack(head)
+    return pickle.loads(_read(sock, n)), list(fds)
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("the peer closed the socket mid-message")
+        got += k
+    return bytes(buf)
+
+
+def dtype_of(name: str) -> np.dtype[Any]:
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+class Arena:
+    """Shared memory holding the arrays of one message. `fd` is open until `sent()`."""
+
+    def __init__(self, size: int, fd: int | None = None):
+        self.size = size
+        self.fd: int | None = fd
+        if fd is None:
+            self.fd = os.memfd_create("gimlet-arena", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, size)
+        assert self.fd is not None
+        self.map = mmap.mmap(self.fd, size)  # holds its own duplicate of the descriptor
+
+    def sent(self) -> None:
+        """The descriptor went to the peer (or is not needed): close ours."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def layout(arrays: Sequence[np.ndarray]) -> tuple[list[int], int]:
+        offsets, end = [], 0
+        for a in arrays:
+            offsets.append(end)
+            end += -(-a.nbytes // ALIGN) * ALIGN
+        return offsets, max(end, ALIGN)
+
+    def write(self, arrays: Sequence[np.ndarray], offsets: Sequence[int]) -> list[Any]:
+        """Copy `arrays` in; what the reader needs to find them: (dtype, shape, offset)."""
+        meta = []
+        for a, off in zip(arrays, offsets, strict=True):
+            dst = np.ndarray(a.shape, a.dtype, buffer=self.map, offset=off)
+            np.copyto(dst, a, casting="no")
+            meta.append((a.dtype.name, a.shape, off))
+        return meta
+
+    def views(self, meta: Sequence[Any]) -> list[np.ndarray]:
+        """The arrays `write` described, in place (valid until the next message)."""
+        return [
+            np.ndarray(shape, dtype_of(dt), buffer=self.map, offset=off) for dt, shape, off in meta
+        ]
+
+
+def grow(arena: Arena | None, need: int) -> tuple[Arena, bool]:
+    """`arena` if it holds `need` bytes, else a new one (doubling, to whole pages); True
+    when it is new and its descriptor must go to the peer."""
+    if arena is not None and arena.size >= need:
+        return arena, False
+    size = max(need, 2 * arena.size if arena else 1 << 16)
+    size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+    return Arena(size), True
+
+
+class StatusPage:
+    """One STATUS_BYTES slot per rank in shared memory: the line a worker wrote last."""
+
+    def __init__(self, ranks: int, fd: int | None = None):
+        self.arena = Arena(max(ranks, 1) * STATUS_BYTES, fd)
+
+    @property
+    def fd(self) -> int:
+        assert self.arena.fd is not None
+        return self.arena.fd
+
+    def write(self, rank: int, line: bytes) -> None:
+        off = rank * STATUS_BYTES
+        self.arena.map[off : off + STATUS_BYTES] = line.ljust(STATUS_BYTES, b" ")[:STATUS_BYTES]
+
+    def read(self, rank: int) -> bytes:
+        off = rank * STATUS_BYTES
+        return bytes(self.arena.map[off : off + STATUS_BYTES]).rstrip(b" \0")

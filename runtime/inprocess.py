@@ -1,0 +1,547 @@
+"""Run a whole bundle in the caller's process: no workers, no serialization.
+
+Why this is possible: the function body of a partitioned program lists its segments in a
+topological order (the reference interpreter relies on the same fact), so running every
+segment whole, in body order, finds each received value already sent. A comm op then
+becomes a hand-off through a mailbox; `sequential_order_problem` checks the order before
+anything runs.
+
+Each segment still runs through the executor its artefact kind registers
+(`gimlet.backends.get(kind).load(...)`): the C++ CPU backend, the NVIDIA backend
+(`CudaFunction`: values stay on the GPU), the interpreter. An executor says where it
+wants tensors by an optional `tensor_device` attribute (a torch device string such as
+"cuda:0"; absent or None means host numpy arrays), and a hand-off moves a value only when
+its receiver wants it elsewhere: one `.to()` between the host and a GPU (through pinned
+memory, asynchronously, for large tensors), nothing between two parts on one device.
+
+Values in and out are torch tensors. Host tensors cross as numpy views (no copy; bf16
+through its bits); outputs come back on the device of the inputs, as torch would return
+them: a caller passing CUDA tensors gets CUDA tensors without a round trip through host
+memory, a caller passing host tensors gets host tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gimlet.errors import UserError
+from gimlet.runtime.bundle import GPU_KINDS, Bundle, BundleError
+
+# At or above this many bytes, host<->GPU copies go through pinned memory and do not
+# block the host; below it a plain copy is cheaper than pinning a staging buffer.
+PINNED_BYTES = 1 << 20
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+class InProcessError(UserError):
+    """A failure inside an in-process run: names the device, segment and op."""
+
+
+def sequential_order_problem(module: Any) -> str | None:
+    """None when the program runs correctly one segment at a time in body order (every
+    receive or wait finds its channel's value already sent); else what goes wrong, e.g.
+    "segment 1 on cpu1 waits for channel 3 before the segment on cpu0 sends it"."""
+    from gimlet.dialects import comm, gml
+    from gimlet.ir import main_func
+
+    sent: set[int] = set()
+    senders: dict[int, str] = {}
+    fn = main_func(module)
+    for op in fn.body.block.ops:
+        for o in op.walk():
+            if isinstance(o, comm.SendOp | comm.ISendOp):
+                senders[o.channel.value.data] = _where(o)
+    index = -1
+    for op in fn.body.block.ops:
+        if isinstance(op, gml.SegmentOp):
+            index += 1
+        inner = list(op.body.block.ops) if isinstance(op, gml.SegmentOp) else [op]
+        for o in inner:
+            if isinstance(o, comm.SendOp | comm.ISendOp):
+                sent.add(o.channel.value.data)
+                continue
+            start = o.token.owner if isinstance(o, comm.WaitOp) else o
+            if isinstance(o, comm.RecvOp | comm.WaitOp) and isinstance(
+                start, comm.RecvOp | comm.IRecvOp
+            ):
+                ch = start.channel.value.data
+                if ch not in sent:
+                    here = f"segment {index} on {op.device.data}" if op is not o else "the host"
+                    there = senders.get(ch, "no op")
+                    return f"{here} waits for channel {ch} before {there} sends it"
+    return None
+
+
+def parse_program(bundle: Bundle) -> Any:
+    """The bundle's IR (what every segment is cut from)."""
+    from gimlet.artifacts import IR_FILE
+    from gimlet.ir import parse
+
+    segments = bundle.manifest["segments"]
+    with open(bundle.file(segments[0]["artefact"]["file"] if segments else IR_FILE)) as f:
+        return parse(f.read())
+
+
+def _where(op: Any) -> str:
+    from gimlet.dialects import gml
+
+    parent = op.parent_op()
+    return (
+        f"the segment on {parent.device.data}" if isinstance(parent, gml.SegmentOp) else "the host"
+    )
+
+
+def segment_devices(bundle: Bundle) -> list[str]:
+    """The devices that run something: the host (top-level ops) and every segment's."""
+    used = {bundle.host} | {s["device"] for s in bundle.manifest["segments"]}
+    return [d for d in bundle.devices if d in used]
+
+
+def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) -> tuple[str, str]:
+    """("one" | "per-device", why) for `gimlet.load(B, processes=requested)`.
+
+    auto runs in one process unless the bundle spreads over several CPU devices (each is
+    a set of cores for its own worker) or several GPUs (the multi-process runtime moves
+    their traffic over NCCL), or its order needs segments to run concurrently."""
+    if requested not in ("auto", "one", "per-device"):
+        raise UserError(f"processes={requested!r}: expected 'auto', 'one' or 'per-device'")
+    kinds = {d["name"]: d["kind"] for d in bundle.manifest["cluster"]["devices"]}
+    used = segment_devices(bundle)
+    if requested == "per-device":
+        return "per-device", f"asked for: {len(bundle.devices)} worker processes"
+    if order_problem:
+        if requested == "one":
+            raise BundleError(f"this bundle cannot run in one process: {order_problem}")
+        return "per-device", f"its segments must run concurrently ({order_problem})"
+    cpus = [d for d in used if kinds[d] == "cpu"]
+    gpus = [d for d in used if kinds[d] in GPU_KINDS]
+    where = ", ".join(used)
+    if requested == "one":
+        return "one", f"asked for: {where} in the caller's process"
+    if len(cpus) > 1:
+        return "per-device", f"{len(cpus)} CPU devices ({', '.join(cpus)}): one worker each"
+    if len(gpus) > 1:
+        return "per-device", f"{len(gpus)} GPUs ({', '.join(gpus)}): one worker each, NCCL between"
+    return "one", f"every segment runs in the caller's process ({where})"
+
+
+# -- value placement --------------------------------------------------------------------
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def host_tensor(t: Any) -> Any:
+    """A torch tensor in host memory: itself, or a copy out of the GPU (through pinned
+    memory, one stream sync, when large)."""
+    if t.device.type == "cpu":
+        return t
+    if t.numel() * t.element_size() < PINNED_BYTES:
+        return t.cpu()
+    torch = _torch()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host
+
+
+def to_host(value: Any) -> Any:
+    """A value as host code takes it: torch tensors become numpy arrays (no copy for host
+    tensors, bf16 through its bits; a GPU tensor is copied out); anything else (arrays,
+    sizes, comm tokens) is passed as it is."""
+    torch = _torch()
+    if not isinstance(value, torch.Tensor):
+        return value
+    t = host_tensor(value.detach())
+    if t.dtype == torch.bfloat16:
+        from gimlet.dtypes import torch_to_numpy
+
+        return torch_to_numpy(t)
+    return t.numpy()
+
+
+def to_device(value: Any, device: str) -> Any:
+    """A value as an executor on `device` (a torch device string) takes it: a torch tensor
+    there (no copy when it already is); anything else but arrays is passed as it is."""
+    torch = _torch()
+    if isinstance(value, np.ndarray):
+        from gimlet.dtypes import numpy_to_torch
+
+        value = numpy_to_torch(value)
+    elif not isinstance(value, torch.Tensor):
+        return value
+    if value.device == torch.device(device):
+        return value
+    if value.device.type == "cpu" and value.numel() * value.element_size() >= PINNED_BYTES:
+        value = value.pin_memory()  # the DMA reads it while the host goes on
+        return value.to(device, non_blocking=True)
+    return value.to(device)
+
+
+def _mover(device: str | None) -> Callable[[Any], Any]:
+    if device is None:
+        return to_host
+    return lambda v: to_device(v, device)
+
+
+# -- the runner -------------------------------------------------------------------------
+
+
+class _Mailbox:
+    """The comm handler of an in-process run: a send leaves its value under its channel,
+    the matching receive takes it, moved to where the receiver wants it."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, Any] = {}
+        self.movers: dict[int, Callable[[Any], Any]] = {}
+        self.channel: dict[int, int] = {}  # id(op) -> channel, read once per op
+
+    def _ch(self, op: Any) -> int:
+        ch = self.channel.get(id(op))
+        if ch is None:
+            ch = self.channel[id(op)] = op.channel.value.data
+        return ch
+
+    def send(self, op: Any, value: Any) -> None:
+        self.values[self._ch(op)] = value
+
+    def post_recv(self, op: Any) -> Any:
+        return self._ch(op)
+
+    def wait_recv(self, pending: Any, op: Any) -> Any:
+        try:
+            value = self.values.pop(pending)
+        except KeyError:
+            raise InProcessError(f"channel {pending}: received before it was sent") from None
+        return self.movers[pending](value)
+
+
+@dataclass
+class _Step:
+    """One top-level op of the program: a segment (through its executor) or a host op."""
+
+    op: Any
+    args: list[Any]  # SSA values read
+    results: list[Any]  # SSA values written
+    segment: int | None = None  # index, for segments
+    device: str = ""
+    executor: Any = None
+    artefact: dict[str, Any] = field(default_factory=dict)
+    move: Callable[[Any], Any] | None = None  # applied to each input (None: as is)
+    gpu: Any = None  # a torch.cuda.device context for segments on a GPU
+
+
+class InProcess:
+    """A bundle loaded into this process. Call with torch tensors (or numpy arrays); get
+    a list of torch tensors. One call at a time (a lock): executors keep per-shape state.
+
+    `stats=True` records, per device, the segments' wall time and a trace span per
+    segment and per compiled part, in the multi-process runtime's format (for
+    `gimletc run --trace` and the summary table)."""
+
+    def __init__(self, bundle: Bundle, *, stats: bool = False, module: Any = None):
+        from xdsl.dialects import func
+
+        from gimlet import backends
+        from gimlet.artifacts import load_weights
+        from gimlet.backends.interpreter import InterpreterExecutor
+        from gimlet.dialects import comm, gml
+        from gimlet.ir import main_func
+
+        self.bundle = bundle
+        segments = bundle.manifest["segments"]
+        self.module = module if module is not None else parse_program(bundle)
+        problem = sequential_order_problem(self.module)
+        if problem:
+            raise BundleError(f"this bundle cannot run in one process: {problem}")
+        weights: dict[str, np.ndarray] = {}
+        for rel in dict.fromkeys(bundle.manifest["weights"].values()):
+            weights.update(load_weights(bundle.file(rel)))
+        self.weights = weights
+        self.mailbox = _Mailbox()
+        self.lock = threading.Lock()
+        self.stats_on = stats
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.device = bundle.host  # where the current step runs, for messages
+        self.segment: int | None = None
+        self.op: Any = None
+        self.op_what = ""
+        self.faults = _faults(bundle)
+        self.host = InterpreterExecutor(
+            self.module, weights, self.mailbox, self._before_op, self._on_span
+        )
+        kinds = {d["name"]: d["kind"] for d in bundle.manifest["cluster"]["devices"]}
+        gpus = [d for d in bundle.devices if kinds[d] in GPU_KINDS]
+        executors: dict[tuple[str, str], Any] = {}
+        receivers: dict[int, str | None] = {}  # channel -> where its receiver wants tensors
+        fn = main_func(self.module)
+        self.args = list(fn.args)
+        self.steps: list[_Step] = []
+        index = -1
+        for op in fn.body.block.ops:
+            if isinstance(op, gml.SegmentOp):
+                index += 1
+                device = op.device.data
+                art = segments[index]["artefact"]
+                gpu = _gpu_context(device, gpus)
+                key = (device, art["kind"])
+                if key not in executors:
+                    with gpu or contextlib.nullcontext():
+                        executors[key] = backends.get(art["kind"]).load(self.host, weights, bundle)
+                ex = executors[key]
+                # where this executor wants tensors: the torch device of this GPU
+                dev = getattr(ex, "tensor_device", None)
+                if dev is not None and gpu is not None:
+                    dev = f"cuda:{gpu.idx}"
+                for o in op.body.block.ops:
+                    if isinstance(o, comm.RecvOp | comm.IRecvOp):
+                        receivers[o.channel.value.data] = dev
+                step = _Step(op, list(op.inputs), list(op.outputs), index, device, ex, art, gpu=gpu)
+                step.move = _mover(dev)
+                self.steps.append(step)
+            elif isinstance(op, func.ReturnOp):
+                self.returns = list(op.operands)
+            else:
+                step = _Step(op, list(op.operands), list(op.results), device=bundle.host)
+                if not isinstance(op, comm.SendOp | comm.ISendOp):
+                    step.move = to_host  # host ops (size arithmetic) take numpy
+                self.steps.append(step)
+        for c in bundle.manifest["channels"]:
+            self.mailbox.movers[c["id"]] = _mover(receivers.get(c["id"]))
+        self.executors = executors
+        self._sig = _Signature(bundle)
+
+    # -- hooks the executors call
+
+    def _before_op(self, op: Any, what: str = "") -> None:
+        self.op, self.op_what = op, what
+        if self.faults:
+            fault = self.faults.get(self.device)
+            if fault is not None:
+                fault.check(fault.count, op.name)
+                fault.count += 1
+
+    def _on_span(self, name: str, start: float, end: float) -> None:
+        if self.stats_on:
+            self._device_stats()["events"].append(_span(name, start, end, 0))
+
+    def _device_stats(self) -> dict[str, Any]:
+        s = self.stats.get(self.device)
+        if s is None:
+            s = self.stats[self.device] = {"device": self.device, "segments": {}, "events": []}
+        return s
+
+    # -- a call
+
+    def __call__(self, *inputs: Any) -> list[Any]:
+        with self.lock:
+            return self._run(inputs)
+
+    def _run(self, inputs: Sequence[Any]) -> list[Any]:
+        self._sig.check(inputs)
+        env: dict[Any, Any] = dict(zip(self.args, inputs, strict=True))
+        mailbox = self.mailbox
+        mailbox.values.clear()  # what a failed call left behind
+        try:
+            for step in self.steps:
+                self.device, self.segment, self.op = step.device, step.segment, step.op
+                move = step.move
+                args = (
+                    [env[v] for v in step.args]
+                    if move is None
+                    else [move(env[v]) for v in step.args]
+                )
+                if step.segment is None:
+                    outs = self.host.run_op(step.op, args)
+                elif self.stats_on:
+                    outs = self._timed(step, args)
+                elif step.gpu is None:
+                    outs = step.executor.run_segment(step.op, args, step.segment, step.artefact)
+                else:
+                    with step.gpu:
+                        outs = step.executor.run_segment(step.op, args, step.segment, step.artefact)
+                env.update(zip(step.results, outs, strict=True))
+        except UserError as e:
+            raise InProcessError(self._where(e)) from e
+        except Exception as e:  # noqa: BLE001 - named with where it happened
+            raise InProcessError(self._where(e, type(e).__name__)) from e
+        finally:
+            self.device, self.segment, self.op = self.bundle.host, None, None
+        return outputs_like([env[v] for v in self.returns], inputs)
+
+    def _timed(self, step: _Step, args: list[Any]) -> list[Any]:
+        stats = self._device_stats()
+        seg = stats["segments"].setdefault(
+            step.segment,
+            {
+                "ops": self.bundle.manifest["segments"][step.segment]["ops"],
+                "bytes_in": 0,
+                "bytes_out": 0,
+            },
+        )
+        start = time.time()
+        with step.gpu or contextlib.nullcontext():
+            outs = step.executor.run_segment(step.op, args, step.segment, step.artefact)
+            if step.gpu is not None:
+                _torch().cuda.synchronize()  # the span is the GPU's time too
+        end = time.time()
+        seg["wall_s"] = seg.get("wall_s", 0.0) + end - start
+        stats["events"].append(_span(f"segment {step.segment}", start, end, 0))
+        return list(outs)
+
+    def _where(self, e: BaseException, kind: str = "") -> str:
+        from gimlet.runtime.worker import describe_op
+
+        where = self.device + (f" segment {self.segment}" if self.segment is not None else "")
+        if self.op is not None:
+            where += f" at {describe_op(self.op)}{self.op_what}"
+        detail = f"{kind}: {e}" if kind else str(e)
+        return f"{where}: {detail}"
+
+    def take_stats(self) -> list[dict[str, Any]]:
+        """The recorded stats, one entry per device that ran something, then cleared."""
+        out = [self.stats[d] for d in self.bundle.devices if d in self.stats]
+        self.stats = {}
+        return out
+
+
+def _gpu_context(device: str, gpus: list[str]) -> Any:
+    """The torch.cuda.device a GPU device's segments run under (GPUs take the local GPUs
+    in manifest order, as the workers do), or None (not a GPU, or no CUDA here)."""
+    if device not in gpus:
+        return None
+    torch = _torch()
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.device(gpus.index(device) % torch.cuda.device_count())
+
+
+def outputs_like(values: list[Any], inputs: Sequence[Any]) -> list[Any]:
+    """Torch tensors on the inputs' device: the first CUDA input's, else the host. What
+    the caller gets is its own: a view (of an input, a weight, a buffer an executor
+    reuses) is copied; an array the executor made (the C++ backend's) is wrapped."""
+    torch = _torch()
+    cuda = None
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_cuda:
+            cuda = x.device
+            break
+    ids = {id(x) for x in inputs}
+    out = []
+    for v in values:
+        if type(v) is np.ndarray:
+            if v.base is not None or not v.flags.writeable or id(v) in ids:
+                v = v.copy()
+            t = torch.from_numpy(v) if v.dtype.kind != "V" and v.dtype != _BF16 else _wrap(v)
+        elif isinstance(v, torch.Tensor):
+            t = v if cuda is not None else host_tensor(v)
+            if id(v) in ids:
+                t = t.clone()
+        else:
+            t = _wrap(np.array(v))
+        if cuda is not None and t.device != cuda:
+            t = to_device(t, str(cuda))
+        out.append(t)
+    return out
+
+
+def _wrap(a: np.ndarray) -> Any:
+    from gimlet.dtypes import numpy_to_torch
+
+    return numpy_to_torch(a)
+
+
+class _Signature:
+    """The input check of `runtime.bundle.check_inputs`, on torch tensors too (a CUDA
+    tensor is checked where it is, not copied to the host for it)."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.sig = [(s["dtype"], tuple(s["shape"])) for s in bundle.manifest["inputs"]]
+        self.names: dict[Any, str] = {}
+
+    def _dtype(self, x: Any) -> str:
+        dt = getattr(x, "dtype", None)
+        name = self.names.get(dt)
+        if name is None:
+            torch = _torch()
+            if isinstance(dt, torch.dtype):
+                from gimlet.dtypes import element_type_for_torch, numpy_dtype
+
+                name = numpy_dtype(element_type_for_torch(dt)).name
+            else:
+                name = np.asarray(x).dtype.name
+            self.names[dt] = name
+        return name
+
+    def check(self, inputs: Sequence[Any]) -> None:
+        sig = self.sig
+        if len(inputs) == len(sig):
+            for (dtype, shape), x in zip(sig, inputs, strict=True):
+                xs = tuple(x.shape)
+                if len(xs) != len(shape) or self._dtype(x) != dtype:
+                    break
+                if any(d != -1 and d != n for d, n in zip(shape, xs, strict=True)):
+                    break
+            else:
+                return
+        from gimlet.runtime.bundle import check_inputs
+
+        # stand-ins with each input's dtype and shape (broadcast: no memory), so the message
+        # is the one a multi-process run gives
+        from gimlet.runtime.control import dtype_of
+
+        check_inputs(
+            self.bundle,
+            [np.broadcast_to(np.zeros((), dtype_of(self._dtype(x))), x.shape) for x in inputs],
+        )
+        raise AssertionError("unreachable: check_inputs accepted what the fast check refused")
+
+
+class _Fault:
+    """GIMLET_FAULT=DEVICE:raise@N or sleep=S@N in one process (exit would end the caller)."""
+
+    def __init__(self, action: str, at: int, seconds: float):
+        self.action, self.at, self.seconds, self.count = action, at, seconds, 0
+
+    def check(self, count: int, what: str) -> None:
+        if count != self.at:
+            return
+        if self.action == "raise":
+            raise RuntimeError(f"injected fault before {what}")
+        if self.action == "sleep":
+            time.sleep(self.seconds)
+
+
+def _faults(bundle: Bundle) -> dict[str, _Fault]:
+    spec = os.environ.get("GIMLET_FAULT", "")
+    dev, _, rest = spec.partition(":")
+    if dev not in bundle.devices or not rest:
+        return {}
+    action, _, at = rest.partition("@")
+    action, _, secs = action.partition("=")
+    return {dev: _Fault(action, int(at or 0), float(secs or 0))}
+
+
+def _span(name: str, start: float, end: float, tid: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cat": "compute",
+        "ph": "X",
+        "ts": start * 1e6,
+        "dur": max(end - start, 1e-7) * 1e6,
+        "tid": tid,
+        "args": {},
+    }

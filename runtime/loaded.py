@@ -1,0 +1,99 @@
+"""`gimlet.load(bundle)`: a bundle as a callable on torch tensors, in this process when it
+can, else on one worker process per device.
+
+processes="auto" (the default) runs the bundle in the caller's process (runtime/
+inprocess.py) when all its segments can run there: one device, or the host CPU with one
+GPU of this machine; bundles spread over several CPU devices or several GPUs get their
+worker processes (runtime/launch.py). "one" and "per-device" force either; `.processes`
+and `.reason` say what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from gimlet.runtime.bundle import check_cluster, load_bundle
+from gimlet.runtime.launch import RunResult, Session
+
+
+class Loaded:
+    """Call with torch tensors (or numpy arrays), get a tuple of torch tensors back, on the
+    device of the inputs. The bundle is checked once, here.
+
+    With worker processes, they start on the first call and stay up until `close()`, the
+    end of a `with` block, or garbage collection; `.last` is the last call's RunResult."""
+
+    def __init__(
+        self,
+        bundle: str,
+        *,
+        processes: str = "auto",
+        target: str | None = None,
+        timeout_s: float | None = None,
+        deadline_s: float | None = None,
+    ):
+        from gimlet.runtime.inprocess import (
+            InProcess,
+            choose_processes,
+            parse_program,
+            sequential_order_problem,
+        )
+
+        self.bundle = load_bundle(bundle)
+        if target:
+            check_cluster(self.bundle, target)
+        self.inprocess: InProcess | None = None
+        self.session: Session | None = None
+        self._last: tuple[list[Any], float] | RunResult | None = None
+        module = parse_program(self.bundle) if processes != "per-device" else None
+        problem = sequential_order_problem(module) if module is not None else None
+        self.processes, self.reason = choose_processes(self.bundle, processes, problem)
+        if self.processes == "one":
+            self.inprocess = InProcess(self.bundle, module=module)
+        else:
+            self.session = Session(self.bundle, timeout_s, deadline_s=deadline_s)
+            self._finalizer = weakref.finalize(self, self.session.close)
+
+    def __call__(self, *inputs: Any) -> tuple[Any, ...]:
+        if self.inprocess is not None:
+            start = time.perf_counter()
+            outs = self.inprocess(*inputs)
+            self._last = (outs, time.perf_counter() - start)
+            return tuple(outs)
+        from gimlet.runtime.inprocess import to_host
+
+        assert self.session is not None
+        self._last = result = self.session([to_host(x) for x in inputs])
+        return tuple(_place(result.outputs, inputs))
+
+    @property
+    def last(self) -> RunResult | None:
+        """The last call: outputs, per-rank stats (multi-process), worker pids, wall time."""
+        if isinstance(self._last, tuple):
+            outs, wall = self._last
+            return RunResult([np.asarray(o.cpu()) for o in outs], [], [], wall)
+        return self._last
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def __enter__(self) -> Loaded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<gimlet.Loaded {self.bundle.path}: processes={self.processes} ({self.reason})>"
+
+
+def _place(outputs: list[np.ndarray], inputs: tuple[Any, ...]) -> list[Any]:
+    """Worker outputs as torch tensors, on the device of the first CUDA input if any."""
+    from gimlet.runtime.inprocess import outputs_like
+
+    return outputs_like(list(outputs), inputs)
