@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,9 @@ from gimlet.errors import UnsupportedOpError
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
 
 ENTRY = "gimlet_gpu_main"
+# cuBLAS attention reading q/k/v through strides (no copies). Off until it has passed the
+# GPU tests: its first run on the H200 read a buffer the plan had already reused.
+FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "0") == "1"
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
 HALF = ("gml::f16", "gml::bf16")
@@ -1037,7 +1041,13 @@ class _Lowering:
             )
             plain = self.slot(lambda env, val=val: env.offsets[val])
             width = self.slot(lambda env, val=val: env.shapes[val][-1])
-            rows = self.slot(lambda env, val=val: env.shapes[val][-2] * env.shapes[val][-1])
+            # one batch's matrix: q and y hold the G query groups of a kv head (G*Tq rows)
+            rows = self.slot(
+                lambda env, val=val, name=name: (
+                    _numel(env.shapes[val][-2:])
+                    * (env.shapes[q][-3] // env.shapes[k][-3] if name in "qy" else 1)
+                )
+            )
 
             def pick(env: Env, i: int, dflt: int, name: str = name) -> int:
                 f = self.attention_fold(op, env)
@@ -1143,7 +1153,7 @@ class _Lowering:
     ) -> dict[str, tuple[SSAValue, int, int, int]] | None:
         """Per operand (root, byte offset, leading dim, batch stride) where this bucket's
         cuBLAS attention reads q, k, v and writes its output in place; None: copy."""
-        if self._decode_attention(sdpa, env) or not self.fold_chain_of(sdpa):
+        if not FOLD_ATTENTION or self._decode_attention(sdpa, env) or not self.fold_chain_of(sdpa):
             return None
         q, k = env.shapes[sdpa.query], env.shapes[sdpa.key]
         if q[-3] != k[-3]:  # grouped heads: rows (g, t) do not share one stride
@@ -1213,6 +1223,7 @@ class _Lowering:
     def values(self) -> list[tuple[SSAValue, int, int]]:
         """(value, first step, last step) of every arena value, program order."""
         end = self.step + 1
+        read_at = self._attention_roots()
         first: dict[SSAValue, int] = {a: 0 for a in self.fn.body.block.args}
         last: dict[SSAValue, int] = {a: 0 for a in self.fn.body.block.args}
         for i, op in enumerate(self.fn.body.block.ops, start=1):
@@ -1224,7 +1235,22 @@ class _Lowering:
                 if isinstance(r.type, TensorType) and r not in self.free:
                     first[r] = self.defined_at.get(r, i)
                     last[r] = max(first[r], i)
+        for v, step in read_at.items():  # cuBLAS attention may read it in place
+            if v in last:
+                last[v] = max(last[v], step)
         return [(v, first[v], last[v]) for v in first]
+
+    def _attention_roots(self) -> dict[SSAValue, int]:
+        """The buffers attention reads q/k/v from when it folds their views: each chain's
+        first value, with the attention's step."""
+        steps = {op: i for i, op in enumerate(self.fn.body.block.ops, start=1)}
+        out: dict[SSAValue, int] = {}
+        for sdpa in {s for s in self.fold_chain.values()}:
+            for v in (sdpa.query, sdpa.key, sdpa.value):
+                while isinstance(v.owner, Operation) and self.fold_chain.get(v.owner) is sdpa:
+                    v = v.owner.operands[0]
+                out[v] = max(out.get(v, 0), steps[sdpa])
+        return out
 
 
 def _more_handlers(low: _Lowering) -> dict[type[Operation], Callable[[Any], None]]:
