@@ -628,3 +628,21 @@ def test_attention_in_place_matches_interpreter(fold: bool, cache: Any, monkeypa
         (got,) = f(torch.as_tensor(ids).cuda())
         (ref,) = run(module, [ids], weights)
         np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
+    from gimlet.backends.nvidia import build
+
+    build.nvcc.cache_clear()
+    monkeypatch.setattr(build.os, "access", lambda *a: False)
+    try:
+        with pytest.raises(build.CudaBuildError) as e:
+            build.nvcc()
+    finally:
+        build.nvcc.cache_clear()
+    assert str(e.value) == (
+        "the NVIDIA backend needs nvcc (the CUDA toolkit, 12.4 or newer) to build GPU "
+        "segments, and none was found: install the CUDA toolkit (e.g. apt-get install "
+        "nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit package) or set CUDA_HOME; or compile "
+        "with --backend nvidia=interpreter"
+    )

@@ -55,7 +55,7 @@ def nvcc() -> str:
         "the NVIDIA backend needs nvcc (the CUDA toolkit, 12.4 or newer) to build GPU "
         "segments, and none was found: install the CUDA toolkit (e.g. apt-get install "
         "nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit package) or set CUDA_HOME; or compile "
-        "with --nvidia-backend interpreter"
+        "with --backend nvidia=interpreter"
     )
 
 
