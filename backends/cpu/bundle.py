@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -134,32 +133,17 @@ class CpuExecutor:
     def run_segment(
         self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
     ) -> list[Any]:
-        items = self._plan(segment, index, artefact)
-        libs = iter(enumerate(self.libs[index]))
-        env: dict[SSAValue, Any] = dict(zip(segment.body.block.args, inputs, strict=True))
-        for item in items:
-            if isinstance(item, Operation):
-                self._interpret(item, env)
-            elif not item.compiled:
-                for op in item.ops:
-                    self._interpret(op, env)
-            else:
-                k, lib = next(libs)
-                self.interp.before_op(item.ops[0], f" (first op of C++ part seg{index}.part{k})")
-                args = [_to_abi(env[v], v) for v in item.inputs]
-                start = time.time()
-                outs = lib(args, self.weights)
-                self.interp.on_span(
-                    f"seg{index}.part{k} (C++, {len(item.ops)} ops)", start, time.time()
-                )
-                env.update((v, _from_abi(o, v)) for v, o in zip(item.outputs, outs, strict=True))
-        term = segment.body.block.last_op
-        assert isinstance(term, gml.YieldOp)
-        return [env[v] for v in term.values]
+        from gimlet.backends.parts import run_parts
 
-    def _interpret(self, op: Operation, env: dict[SSAValue, Any]) -> None:
-        outs = self.interp.run_op(op, [env[v] for v in op.operands])
-        env.update(zip(op.results, outs, strict=True))
+        items = self._plan(segment, index, artefact)
+        libs = self.libs[index]
+
+        def run_part(k: int, part: Part, values: list[Any]) -> list[Any]:
+            args = [_to_abi(x, v) for x, v in zip(values, part.inputs, strict=True)]
+            outs = libs[k](args, self.weights)
+            return [_from_abi(o, v) for o, v in zip(outs, part.outputs, strict=True)]
+
+        return run_parts(segment, inputs, index, items, self.interp, "C++", run_part)
 
     def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]:
         return list(self.interp.run_op(op, inputs))

@@ -32,7 +32,7 @@ from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import IndexType, TensorType
 from xdsl.ir import Operation, SSAValue
 
-from gimlet.backends.cpu.codegen import _ARITH, _scalar_expr, ctype, literal, where
+from gimlet.backends.cpu.codegen import _ARITH, _REDUCE, _scalar_expr, ctype, literal, where
 from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import shape_of
 from gimlet.errors import UnsupportedOpError
@@ -50,13 +50,6 @@ _DTYPE = {
     "float": "gml::DType::F32",
     "gml::f16": "gml::DType::F16",
     "gml::bf16": "gml::DType::BF16",
-}
-_REDUCE = {
-    gml.SumOp: "Sum",
-    gml.MeanOp: "Mean",
-    gml.AmaxOp: "Max",
-    gml.AminOp: "Min",
-    gml.AnyOp: "Any",
 }
 _INDEX_OPS = (gml.DimOp, arith.ConstantOp, *_ARITH)
 

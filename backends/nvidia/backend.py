@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import IndexType
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import SSAValue
 
 from gimlet.artifacts import IR_FILE
 from gimlet.backends.base import Executor, FieldReader, HostExecutor
@@ -151,6 +150,10 @@ class CudaExecutor:
     """Runs an NVIDIA segment: compiled parts on the GPU, comm ops and size arithmetic
     through the worker's interpreter executor (which owns the comm handler)."""
 
+    # where this executor takes tensors (an in-process run hands values over there, so a
+    # value made on this GPU stays on it; runtime/inprocess.py)
+    tensor_device = "cuda"
+
     def __init__(self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any):
         self.host = host
         self.weights = weights
@@ -191,33 +194,18 @@ class CudaExecutor:
     ) -> list[Any]:
         import torch
 
-        items, programs = self._plan(segment, index, artefact)
-        compiled = iter(enumerate(programs))
-        env: dict[SSAValue, Any] = dict(zip(segment.body.block.args, inputs, strict=True))
-        for item in items:
-            if isinstance(item, Operation):
-                self._interpret(item, env)
-            elif not item.compiled:
-                for op in item.ops:
-                    self._interpret(op, env)
-            else:
-                k, f = next(compiled)
-                self.host.before_op(item.ops[0], f" (first op of CUDA part seg{index}.part{k})")
-                args = [_to_device(env[v], v) for v in item.inputs]
-                start = time.time()
-                outs = f(*args)
-                torch.cuda.current_stream().synchronize()  # the span is the GPU's time
-                self.host.on_span(
-                    f"seg{index}.part{k} (CUDA, {len(item.ops)} ops)", start, time.time()
-                )
-                env.update((v, _from_device(o, v)) for v, o in zip(item.outputs, outs, strict=True))
-        term = segment.body.block.last_op
-        assert isinstance(term, gml.YieldOp)
-        return [_host(env[v]) for v in term.values]
+        from gimlet.backends.parts import run_parts
 
-    def _interpret(self, op: Operation, env: dict[SSAValue, Any]) -> None:
-        outs = self.host.run_op(op, [_host(env[v]) for v in op.operands])
-        env.update(zip(op.results, outs, strict=True))
+        items, programs = self._plan(segment, index, artefact)
+
+        def run_part(k: int, part: Any, values: list[Any]) -> list[Any]:
+            outs = programs[k](
+                *[_to_device(x, v) for x, v in zip(values, part.inputs, strict=True)]
+            )
+            torch.cuda.current_stream().synchronize()  # the trace span is the GPU's time
+            return [_from_device(o, v) for o, v in zip(outs, part.outputs, strict=True)]
+
+        return run_parts(segment, inputs, index, items, self.host, "CUDA", run_part, _host)
 
 
 def _to_device(value: Any, v: SSAValue) -> Any:
