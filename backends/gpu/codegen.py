@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from xdsl.dialects import arith, func
@@ -51,7 +52,7 @@ _DTYPE = {
     "gml::f16": "gml::DType::F16",
     "gml::bf16": "gml::DType::BF16",
 }
-_INDEX_OPS = (gml.DimOp, arith.ConstantOp, *_ARITH)
+_INDEX_OPS: tuple[type[Operation], ...] = (gml.DimOp, arith.ConstantOp, *_ARITH)
 
 
 def _ct(v: SSAValue) -> str:
@@ -276,7 +277,7 @@ class _Lowering:
         """n consecutive slots holding f(env)."""
         first = len(self.slots)
         for i in range(n):
-            self.slots.append(lambda env, i=i: int(f(env)[i]))
+            self.slots.append(partial(_nth, f, i))
         return first
 
     def weight(self, v: SSAValue, transposed: bool = False) -> int:
@@ -294,7 +295,7 @@ class _Lowering:
                 return f"static_cast<const {ct}*>(W[{self.weight(v)}])"
         assert ct is not None
         if v not in self.offset_slot:
-            self.offset_slot[v] = self.slot(lambda env, key=v: env.offsets[key])
+            self.offset_slot[v] = self.slot(partial(_offset, v))
         return f"reinterpret_cast<{q}{ct}*>(A + P[{self.offset_slot[v]}])"
 
     def view(self, v: SSAValue, src: SSAValue, rule: ViewRule) -> int:
@@ -343,7 +344,7 @@ class _Lowering:
         for v in [*op.operands, *op.results]:
             if isinstance(v.type, TensorType) and ctype(v.type.element_type) is None:
                 raise self.refuse(op, f"unsupported element type {v.type.element_type}")
-        handler = {
+        table: dict[type[Operation], Callable[[Any], None]] = {
             gml.ReshapeOp: self.reshape,
             gml.PermuteOp: self.permute,
             gml.ExpandOp: self.expand,
@@ -360,7 +361,8 @@ class _Lowering:
             gml.SoftmaxOp: self.softmax,
             gml.LogSoftmaxOp: self.softmax,
             gml.CumsumOp: self.cumsum,
-        }.get(type(op))
+        }
+        handler = table.get(type(op))
         if handler is None and isinstance(op, gml.ReduceOp):
             handler = self.reduce
         if handler is None:
@@ -561,9 +563,7 @@ class _Lowering:
             and self._kv_pieces(user, y) != [y]
         ):
             # the decode attention kernel reads the pieces in place: no copy there
-            n = self.slot(
-                lambda env, u=user: 0 if self._decode_attention(u, env) else _numel(env.shapes[y])
-            )
+            n = self.slot(partial(self._concat_size, user, y))
         ptrs = ", ".join(self.ptr(x, const=True) for x in xs)
         sizes = ", ".join(f"P[{p + 3 + i}]" for i in range(len(xs)))
         self.comment([op])
@@ -572,6 +572,10 @@ class _Lowering:
             n,
             f"P[{p}], P[{p + 1}], P[{p + 2}], gml::Pieces<{_ct(y)}, {len(xs)}>{{{{{ptrs}}}, {{{sizes}}}}}, {self.ptr(y)}",
         )
+
+    def _concat_size(self, sdpa: gml.SdpaOp, y: SSAValue, env: Env) -> int:
+        """A concat's element count, 0 where the decode attention reads its pieces."""
+        return 0 if self._decode_attention(sdpa, env) else _numel(env.shapes[y])
 
     def full(self, op: gml.FullOp) -> None:
         self._fill(op, op.value.value.data, 0.0)
@@ -803,13 +807,14 @@ class _Lowering:
                 break
             before.update(o.results)
         chain: list[tuple[Operation, gml.ReshapeOp | None]] = []
-        v, via = y, None
+        v: SSAValue = y
+        via: gml.ReshapeOp | None = None
         while True:
             user = self._sole_user(v)
             if isinstance(user, gml.ReshapeOp) and via is None and chain:
                 via, v = user, user.result
                 continue
-            if not isinstance(user, (gml.FusionOp, *gml.ELEMENTWISE)):
+            if user is None or not isinstance(user, (gml.FusionOp, *gml.ELEMENTWISE)):
                 break
             members, yielded, results = self._group(user)
             dom = _broadcast([shape_of(m.results[0].type) for m in members])
@@ -864,7 +869,7 @@ class _Lowering:
         ptrs: list[str] = []
         val: dict[SSAValue, str] = {y: "acc"}
         body: list[str] = []
-        last = y
+        last: SSAValue = y
         for g, (group, via) in enumerate(chain):
             if via is not None:
                 self.reshape(via)
@@ -877,7 +882,7 @@ class _Lowering:
             def params(
                 env: Env,
                 externals: list[SSAValue] = externals,
-                mr: list[SSAValue] = member_results,
+                mr: Sequence[SSAValue] = member_results,
                 rank: int = rank,
             ) -> list[int]:
                 dom = _broadcast([env.shapes[r] for r in mr])
@@ -1032,26 +1037,13 @@ class _Lowering:
             base_v: SSAValue = (
                 self.fold_out[op].result if name == "y" and op in self.fold_out else val
             )
-            plain = self.slot(lambda env, val=val: env.offsets[val])
-            width = self.slot(lambda env, val=val: env.shapes[val][-1])
+            plain = self.slot(partial(_offset, val))
+            width = self.slot(partial(_last_dim, val))
             # one batch's matrix: q and y hold the G query groups of a kv head (G*Tq rows)
-            rows = self.slot(
-                lambda env, val=val, name=name: (
-                    _numel(env.shapes[val][-2:])
-                    * (env.shapes[q][-3] // env.shapes[k][-3] if name in "qy" else 1)
-                )
-            )
-
-            def pick(env: Env, i: int, dflt: int, name: str = name) -> int:
-                f = self.attention_fold(op, env)
-                if f is None:
-                    return self.slots[dflt](env)
-                root, off, ld, batch = f[name]
-                return (env.offsets[root] + off, ld, batch)[i]
-
-            o = self.slot(lambda env, pick=pick, plain=plain: pick(env, 0, plain))
-            ld = self.slot(lambda env, pick=pick, width=width: pick(env, 1, width))
-            bs = self.slot(lambda env, pick=pick, rows=rows: pick(env, 2, rows))
+            rows = self.slot(partial(_matrix_size, val, q, k, name in "qy"))
+            o = self.slot(partial(self._operand, op, name, 0, plain))
+            ld = self.slot(partial(self._operand, op, name, 1, width))
+            bs = self.slot(partial(self._operand, op, name, 2, rows))
             q_ = "" if name == "y" else "const "
             if base_v is not val:
                 self.ptr(base_v)  # its offset is needed by the plan
@@ -1177,6 +1169,15 @@ class _Lowering:
             out["y"] = (y, 0, s[-1], s[-1] * s[-2])
         return out
 
+    def _operand(self, sdpa: gml.SdpaOp, name: str, i: int, default: int, env: Env) -> int:
+        """Where cuBLAS attention finds operand `name`: (byte offset, leading dim, batch
+        stride)[i], in place when this bucket folds its views, else slot `default`."""
+        f = self.attention_fold(sdpa, env)
+        if f is None:
+            return self.slots[default](env)
+        root, off, ld, batch = f[name]
+        return (env.offsets[root] + off, ld, batch)[i]
+
     def mask_bias(self, op: gml.SdpaOp, causal: str, n: str, tq: str) -> str:
         """A `gml::Masked` reading the mask broadcast over the scores' rows and keys."""
         mask, q = op.mask, op.query
@@ -1253,6 +1254,23 @@ def _more_handlers(low: _Lowering) -> dict[type[Operation], Callable[[Any], None
     from . import conv, tensor_ops
 
     return {**conv.handlers(low), **tensor_ops.handlers(low)}
+
+
+def _nth(f: Callable[[Env], Sequence[int]], i: int, env: Env) -> int:
+    return int(f(env)[i])
+
+
+def _offset(key: Any, env: Env) -> int:
+    return env.offsets[key]
+
+
+def _last_dim(v: SSAValue, env: Env) -> int:
+    return env.shapes[v][-1]
+
+
+def _matrix_size(v: SSAValue, q: SSAValue, k: SSAValue, grouped: bool, env: Env) -> int:
+    groups = env.shapes[q][-3] // env.shapes[k][-3] if grouped else 1
+    return _numel(env.shapes[v][-2:]) * groups
 
 
 def _prod(xs: Sequence[int]) -> int:
