@@ -49,7 +49,9 @@ class ShapeEvaluator:
         copies = [v for op in self.clone.walk() for v in _defined(op)]
         self.copy_of = dict(zip(originals, copies, strict=True))
 
-    def evaluate(self, input_shapes: Sequence[Shape]) -> tuple[dict[SSAValue, Shape], dict[SSAValue, int]]:
+    def evaluate(
+        self, input_shapes: Sequence[Shape]
+    ) -> tuple[dict[SSAValue, Shape], dict[SSAValue, int]]:
         shapes: dict[SSAValue, Shape] = {}
         ints: dict[SSAValue, int] = {}
         args = self.fn.body.block.args
@@ -58,7 +60,9 @@ class ShapeEvaluator:
         for a, s in zip(args, input_shapes, strict=True):
             assert isinstance(a.type, TensorType)
             static = shape_of(a.type)
-            if len(static) != len(s) or any(d != DYN and d != x for d, x in zip(static, s, strict=True)):
+            if len(static) != len(s) or any(
+                d != DYN and d != x for d, x in zip(static, s, strict=True)
+            ):
                 raise UserError(f"input {a.index}: shape {tuple(s)} does not match {_fmt(static)}")
             self._set(a, tuple(int(x) for x in s), shapes)
         for op in self.fn.body.block.ops:
@@ -154,9 +158,7 @@ def plan(buffers: Sequence[Buffer]) -> int:
     placed: list[Buffer] = []
     for b in sorted(buffers, key=lambda b: (-b.size, b.first)):
         busy = sorted(
-            (p.offset, p.offset + p.size)
-            for p in placed
-            if p.first <= b.last and b.first <= p.last
+            (p.offset, p.offset + p.size) for p in placed if p.first <= b.last and b.first <= p.last
         )
         offset = 0
         for lo, hi in busy:
