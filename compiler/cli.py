@@ -172,17 +172,30 @@ def _pipeline(args: argparse.Namespace) -> list[ModulePass]:
     return passes
 
 
-def _explain(args: argparse.Namespace, module: ModuleOp) -> None:
+def _explain(
+    args: argparse.Namespace, module: ModuleOp, runtime: tuple[str, str] | None = None
+) -> None:
+    """--explain and --graph; `runtime` is how gimlet.load runs the bundle just written
+    (processes, why), added to the report."""
     if not getattr(args, "target", None) or not (args.explain or args.graph):
         return
+    import json
+
     from gimlet.placement.backend_ops import parse_choices, restrict
     from gimlet.placement.explain import build_report, to_dot, to_json, to_text
     from gimlet.placement.target import resolve
 
     cluster = restrict(resolve(args.target), parse_choices(",".join(getattr(args, "backend", []))))
     report = build_report(module, cluster, args.dim_hint)
-    if args.explain:
-        sys.stdout.write(to_json(report) if args.explain == "json" else to_text(report))
+    if args.explain == "json":
+        data = json.loads(to_json(report))
+        if runtime:
+            data["runtime"] = {"processes": runtime[0], "why": runtime[1]}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif args.explain:
+        sys.stdout.write(to_text(report))
+        if runtime:
+            sys.stdout.write(f"runtime: {_processes_line(runtime)}\n")
     if args.graph:
         with open(args.graph, "w") as f:
             f.write(to_dot(report))
@@ -268,6 +281,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--recv-timeout", type=float, metavar="S", help="bundles: seconds per receive (default 60)"
     )
+    r.add_argument(
+        "--processes",
+        choices=["auto", "one", "per-device"],
+        default="auto",
+        help="bundles: run every segment in this process ('one'), on one worker process per "
+        "device ('per-device'), or let gimlet choose ('auto', the default: one process unless "
+        "the bundle spans several CPU devices or several GPUs)",
+    )
     return p
 
 
@@ -312,9 +333,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
         manifest = write_bundle(args.output, module, text, weights, _backend_choices(args))
         _report_backends(manifest)
+        runtime = _runtime_choice(args.output, manifest, module)
+        print(f"gimletc: {_processes_line(runtime)}", file=sys.stderr)
     else:
         write_atomically(args.output, fill)
-    _explain(args, module)
+        runtime = None
+    _explain(args, module, runtime)
     n_ops = sum(1 for _ in module.walk())
     what = "a bundle (manifest.json, per-device weights)" if args.target else WEIGHTS_FILE
     also = f" and {INPUTS_FILE} (example inputs)" if example is not None and not args.target else ""
@@ -375,6 +399,21 @@ def _report_backends(manifest: dict[str, Any]) -> None:
             what = f"{what} (no backend for this device kind yet)"
         # stderr: stdout may be a machine-read --explain=json report
         print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}", file=sys.stderr)
+
+
+def _runtime_choice(out: str, manifest: dict[str, Any], module: ModuleOp) -> tuple[str, str]:
+    """How `gimlet.load` / `gimletc run` will run the bundle (processes="auto")."""
+    from gimlet.runtime.bundle import Bundle
+    from gimlet.runtime.inprocess import choose_processes, sequential_order_problem
+
+    bundle = Bundle(os.path.abspath(out), manifest)
+    return choose_processes(bundle, "auto", sequential_order_problem(module))
+
+
+def _processes_line(runtime: tuple[str, str]) -> str:
+    processes, why = runtime
+    how = "in one process" if processes == "one" else "on one worker process per device"
+    return f"gimlet.load and gimletc run run this bundle {how} ({why})"
 
 
 def _read(path: str) -> str:

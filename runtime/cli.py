@@ -4,29 +4,58 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from typing import Any
 
 from gimlet.artifacts import format_outputs, read_inputs, save_outputs
 from gimlet.errors import UserError
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.bundle import check_cluster, check_inputs, load_bundle
+    from gimlet.runtime.inprocess import choose_processes, parse_program, sequential_order_problem
     from gimlet.runtime.launch import launch
     from gimlet.runtime.trace import summary_table, write_trace
 
     bundle = load_bundle(args.source)
     if not args.inputs:
         raise UserError(f"{args.source}: no inputs; pass --inputs INPUTS.npz")
+    if args.target:
+        check_cluster(bundle, args.target)
     inputs = read_inputs(args.inputs, [s["name"] for s in bundle.manifest["inputs"]])
-    result = launch(
-        args.source, inputs, target=args.target, timeout_s=getattr(args, "recv_timeout", None)
-    )
-    if args.output:
-        save_outputs(args.output, result.outputs)
-    sys.stdout.write(format_outputs(result.outputs))
-    if getattr(args, "trace", None):
-        write_trace(args.trace, result.stats)
-    sys.stderr.write(summary_table(result.stats))
+    check_inputs(bundle, inputs)
+    requested = getattr(args, "processes", None) or "auto"
+    module = parse_program(bundle) if requested != "per-device" else None
+    problem = sequential_order_problem(module) if module is not None else None
+    processes, reason = choose_processes(bundle, requested, problem)
     n = len(bundle.devices)
-    sys.stderr.write(f"wall {result.wall_s * 1e3:.0f} ms, {n} worker{'' if n == 1 else 's'}\n")
+    if processes == "one":
+        sys.stderr.write(f"gimletc: running in this process ({reason})\n")
+        outputs, stats, wall = _in_process(bundle, module, inputs)
+        how = "1 process (no workers)"
+    else:
+        sys.stderr.write(
+            f"gimletc: running on {n} worker process{'es' if n > 1 else ''} ({reason})\n"
+        )
+        result = launch(
+            args.source, inputs, timeout_s=getattr(args, "recv_timeout", None), target=None
+        )
+        outputs, stats, wall = result.outputs, result.stats, result.wall_s
+        how = f"{n} worker{'' if n == 1 else 's'}"
+    if args.output:
+        save_outputs(args.output, outputs)
+    sys.stdout.write(format_outputs(outputs))
+    if getattr(args, "trace", None):
+        write_trace(args.trace, stats)
+    sys.stderr.write(summary_table(stats))
+    sys.stderr.write(f"wall {wall * 1e3:.0f} ms, {how}\n")
     return 0
+
+
+def _in_process(bundle: Any, module: Any, inputs: list[Any]) -> tuple[list[Any], list[Any], float]:
+    from gimlet.runtime.inprocess import InProcess, to_host
+
+    start = time.time()
+    run = InProcess(bundle, stats=True, module=module)
+    outputs = [to_host(t) for t in run(*inputs)]
+    return outputs, run.take_stats(), time.time() - start

@@ -117,7 +117,7 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
     kinds = {d["name"]: d["kind"] for d in bundle.manifest["cluster"]["devices"]}
     used = segment_devices(bundle)
     if requested == "per-device":
-        return "per-device", f"asked for: {len(bundle.devices)} worker processes"
+        return "per-device", "asked for"
     if order_problem:
         if requested == "one":
             raise BundleError(f"this bundle cannot run in one process: {order_problem}")
@@ -126,12 +126,12 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
     gpus = [d for d in used if kinds[d] in GPU_KINDS]
     where = ", ".join(used)
     if requested == "one":
-        return "one", f"asked for: {where} in the caller's process"
+        return "one", "asked for"
     if len(cpus) > 1:
         return "per-device", f"{len(cpus)} CPU devices ({', '.join(cpus)}): one worker each"
     if len(gpus) > 1:
         return "per-device", f"{len(gpus)} GPUs ({', '.join(gpus)}): one worker each, NCCL between"
-    return "one", f"every segment runs in the caller's process ({where})"
+    return "one", f"every segment can run in the caller's process: {where}"
 
 
 # -- value placement --------------------------------------------------------------------
