@@ -237,6 +237,22 @@ CASES: dict[str, Case] = {
             )
         ],
     ),  # fmt: skip
+    # masks known at compile time (buffers): one hides a whole row (the safe softmax stays),
+    # the other none (a plain Softmax), with and without the causal mask on top
+    "attention_known_masks": Case(
+        lambda m, q, k, v: (
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m.hiding_row),
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m.every_row),
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m.every_row, is_causal=True),
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m.additive),
+        ),
+        [(randn(1, 2, 4, 4), randn(1, 2, 4, 4), randn(1, 2, 4, 4))],
+        weights={
+            "hiding_row": torch.tensor([[True] * 4, [False] * 4, [True] * 4, [False, True] * 2]),
+            "every_row": torch.tensor([[True, False] * 2] * 4),
+            "additive": torch.where(torch.eye(4, dtype=torch.bool), 0.0, -float("inf")),
+        },
+    ),
     "conv": Case(
         lambda m, x, s: (
             F.conv2d(x, m.w, m.b, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),

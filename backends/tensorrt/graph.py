@@ -65,6 +65,8 @@ class Graph:
         self._used: set[str] = set()
         self._small: dict[tuple[int, tuple[int, ...], bytes], str] = {}
         self.op: Operation | None = None  # the gml op being lowered (node origins)
+        # a converter's note to a later op's (a flattened linear layer: matmul -> reshape)
+        self.notes: dict[SSAValue, Any] = {}
 
     # -- names
 

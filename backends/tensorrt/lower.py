@@ -1,5 +1,5 @@
 """gml -> ONNX: one `func.func` (a compiled part of a segment, backends/cpu/segments.py's
-`part_function`) becomes one ONNX model, opset 17, weights as initializers.
+`part_function`) becomes one ONNX model, opset 20, weights as initializers.
 
 Inputs are `in0, in1, ...` and outputs `out0, out1, ...` in the function's order; an
 `index` crosses the boundary as a *carrier*, an empty-valued bool tensor whose length is
@@ -35,8 +35,10 @@ from gimlet.interpreter import evaluate_op
 from .graph import FOLD_ELEMENTS, Graph, numel, onnx_type, where
 from .ops import CONVERTERS
 
-OPSET = 17  # LayerNormalization's; TensorRT 8.6 and 10.x parse opsets up to 17 and 20
-IR_VERSION = 8  # the IR version of opset 17 (ONNX 1.13): older parsers refuse newer IRs
+# Opset 20: the newest TensorRT 10's ONNX parser takes (9 to 20), with Gelu as one op;
+# LayerNormalization (17) and axes as inputs (18) come with it.
+OPSET = 20
+IR_VERSION = 9  # the IR version of opset 20 (ONNX 1.15): older parsers refuse newer IRs
 
 
 @dataclass(frozen=True)

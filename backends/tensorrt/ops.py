@@ -1,10 +1,10 @@
 """One converter per gml op: gml semantics (dialects/gml.py, compiler/interpreter.py) as
-ONNX opset-17 nodes that TensorRT's ONNX parser and onnxruntime both take.
+ONNX opset-20 nodes that TensorRT's ONNX parser and onnxruntime both take.
 
 A converter gets the graph and the op, and returns the tensor names of the op's results
 (a [1] int64 tensor for an `index` result). Its docstring is the "how" column of
 docs/tensorrt.md. Decompositions follow the patterns onnxruntime and TensorRT fuse
-(GELU as Div/Erf/Add/Mul/Mul, attention as MatMul/Softmax/MatMul), so they cost no speed.
+(attention as MatMul/Softmax/MatMul), so they cost no speed.
 """
 
 from __future__ import annotations
@@ -156,19 +156,8 @@ def _silu(g: Graph, op: gml.UnaryOp) -> list[str]:
 
 @converts(gml.GeluOp)
 def _gelu(g: Graph, op: gml.GeluOp) -> list[str]:
-    """erf: x/sqrt(2) -> Erf -> +1 -> *x -> *0.5; tanh: the cubic inside Tanh. Both are
-    the patterns onnxruntime fuses into its Gelu/FastGelu kernels."""
-    x, t = g.name(op.input), elt(op.input)
-    if op.approximate.data == "tanh":
-        cube = g.one("Mul", [g.one("Mul", [x, x]), x])
-        inner = g.one("Add", [x, g.one("Mul", [cube, g.scalar(0.044715, t)])])
-        th = g.one("Tanh", [g.one("Mul", [inner, g.scalar(math.sqrt(2 / math.pi), t)])])
-        half = g.one("Mul", [x, g.scalar(0.5, t)])
-        return [g.one("Mul", [half, g.one("Add", [th, g.scalar(1.0, t)])])]
-    e = g.one("Erf", [g.one("Div", [x, g.scalar(math.sqrt(2.0), t)])])
-    return [
-        g.one("Mul", [g.one("Mul", [x, g.one("Add", [e, g.scalar(1.0, t)])]), g.scalar(0.5, t)])
-    ]
+    """Gelu (opset 20) with its `approximate` ("none": erf, or "tanh")."""
+    return [g.one("Gelu", [g.name(op.input)], approximate=op.approximate.data)]
 
 
 @converts(gml.ClampOp)
@@ -257,7 +246,14 @@ def _cast(g: Graph, op: gml.CastOp) -> list[str]:
 
 @converts(gml.ReshapeOp)
 def _reshape(g: Graph, op: gml.ReshapeOp) -> list[str]:
-    """Reshape; one dynamic dim becomes -1 (a constant shape), several a Concat of sizes."""
+    """Reshape; one dynamic dim becomes -1 (a constant shape), several a Concat of sizes.
+    The flatten around a linear layer (reshape to 2-d, matmul, bias, reshape back) is
+    dropped: ONNX's MatMul takes the N-d input as it is."""
+    tails = _flattened_linears(op)
+    if tails:
+        for mm, back in tails:
+            g.notes[mm.result] = back
+        return [g.name(op.input)]
     out = shape_of(op.result.type)
     if out.count(DYN) == 1 and 0 not in out:
         shape = g.ints([-1 if d == DYN else d for d in out])
@@ -265,6 +261,46 @@ def _reshape(g: Graph, op: gml.ReshapeOp) -> list[str]:
         shape = g.shape(g.result_dims(op, op.sizes))
     # allowzero: a static 0 means an empty dim, not "copy the input's"
     return [g.one("Reshape", [g.name(op.input), shape], allowzero=1 if 0 in out else None)]
+
+
+def _single_use(v: SSAValue) -> Operation | None:
+    uses = list(v.uses)
+    return uses[0].operation if len(uses) == 1 else None
+
+
+def _flattened_linears(op: gml.ReshapeOp) -> list[tuple[gml.MatmulOp, gml.ReshapeOp]]:
+    """(matmul, reshape back) for each use, when `op` flattens [.., K] to [N, K] only for
+    matmuls whose results (plus a bias vector) are reshaped back to the same leading dims
+    (then [.., M], or [.., heads, size]): as at most one leading dim is dynamic, the
+    element count makes it the input's. Empty when any use is something else, or when
+    it would not save nodes (a bias then needs its own Add, which Gemm had included)."""
+    src, flat = shape_of(op.input.type), shape_of(op.result.type)
+    if len(src) < 3 or len(flat) != 2 or src[-1] != flat[1] or src[-1] == DYN:
+        return []
+    if src[:-1].count(DYN) > 1:
+        return []
+    found, nodes = [], 0  # nodes without the reshapes: MatMul, Add, Reshape per use
+    for use in op.result.uses:
+        mm = use.operation
+        if not isinstance(mm, gml.MatmulOp) or mm.lhs != op.result or _rank(mm.rhs) != 2:
+            return []
+        m = shape_of(mm.result.type)[1]
+        tail: Operation | None = _single_use(mm.result)
+        if isinstance(tail, gml.AddOp) and tail.parent_block() is mm.parent_block():
+            bias = tail.rhs if tail.lhs == mm.result else tail.lhs
+            if shape_of(bias.type) not in ((m,), (1, m)):
+                return []
+            tail = _single_use(tail.result)
+        if not isinstance(tail, gml.ReshapeOp):
+            return []
+        back, lead = shape_of(tail.result.type), len(src) - 1
+        rest = back[lead:]  # [M], or M split into static dims (heads x head size)
+        if back[:lead] != src[:-1] or DYN in rest or m == DYN or math.prod(rest) != m:
+            return []
+        found.append((mm, tail))
+        nodes += 1 + (tail.input != mm.result) + (len(back) != len(src))
+    # kept: the flatten, and per matmul Gemm/MatMul and the reshape back
+    return found if nodes < 1 + 2 * len(found) else []
 
 
 @converts(gml.ExpandOp)
@@ -425,18 +461,21 @@ def _axes(op: gml.ReduceOp) -> list[int] | None:
 
 @converts(gml.SumOp, gml.MeanOp, gml.AmaxOp, gml.AminOp)
 def _reduce(g: Graph, op: gml.ReduceOp) -> list[str]:
-    """ReduceSum (axes as an input), ReduceMean/ReduceMax/ReduceMin (axes attribute, as
-    in opset 17); a sum into a wider integer type Casts first."""
+    """ReduceSum/ReduceMean/ReduceMax/ReduceMin with constant axes; a sum into a wider
+    integer type Casts first."""
     x = g.name(op.input)
     if elt(op.input) != elt(op.result):
         x = g.one("Cast", [x], to=onnx_type(elt(op.result)))
     axes, keep = _axes(op), _flag(op.keepdim)
     if _rank(op.input) == 0:
         return [g.one("Identity", [x])]
-    if isinstance(op, gml.SumOp):
-        return [g.one("ReduceSum", [x, *([g.ints(axes)] if axes else [])], keepdims=keep)]
-    name = {gml.MeanOp: "ReduceMean", gml.AmaxOp: "ReduceMax", gml.AminOp: "ReduceMin"}
-    return [g.one(name[type(op)], [x], axes=axes, keepdims=keep)]
+    name = {
+        gml.SumOp: "ReduceSum",
+        gml.MeanOp: "ReduceMean",
+        gml.AmaxOp: "ReduceMax",
+        gml.AminOp: "ReduceMin",
+    }
+    return [g.one(name[type(op)], [x, *([g.ints(axes)] if axes else [])], keepdims=keep)]
 
 
 @converts(gml.AnyOp)
@@ -448,7 +487,8 @@ def _any(g: Graph, op: gml.ReduceOp) -> list[str]:
     if _rank(op.input) == 0:
         return [g.one("Identity", [x])]
     as_int = g.one("Cast", [x], to=TensorProto.INT32)
-    m = g.one("ReduceMax", [as_int], axes=_axes(op), keepdims=_flag(op.keepdim))
+    axes = _axes(op)
+    m = g.one("ReduceMax", [as_int, *([g.ints(axes)] if axes else [])], keepdims=_flag(op.keepdim))
     return [g.one("Cast", [m], to=TensorProto.BOOL)]
 
 
@@ -464,7 +504,7 @@ def _var(g: Graph, op: gml.VarOp) -> list[str]:
         d = g.one("Sub", [x, x])
         n_minus = g.scalar(1 - op.correction.value.data, t)
         return [g.one("Div", [g.one("Mul", [d, d]), n_minus])]
-    mean = g.one("ReduceMean", [x], axes=axes, keepdims=1)
+    mean = g.one("ReduceMean", [x, g.ints(axes)], keepdims=1)
     d = g.one("Sub", [x, mean])
     ss = g.one("ReduceSum", [g.one("Mul", [d, d]), g.ints(axes)], keepdims=keep)
     src = shape_of(op.input.type)
@@ -497,8 +537,27 @@ def _argreduce(g: Graph, op: gml.ArgReduceOp) -> list[str]:
 @converts(gml.MatmulOp)
 def _matmul(g: Graph, op: gml.MatmulOp) -> list[str]:
     """MatMul; a 2-d product whose only use adds a bias vector known at compile time is
-    one Gemm (the bias add then lowers to nothing)."""
+    one Gemm (the bias add then lowers to nothing); a flattened linear layer is MatMul
+    (and Add) on the N-d input, its reshapes dropped."""
     a, b = g.name(op.lhs), g.name(op.rhs)
+    back_op = g.notes.get(op.result)
+    if back_op is not None:
+        y = g.one("MatMul", [a, b])
+        add = _single_use(op.result)
+        if isinstance(add, gml.AddOp):
+            bias = add.rhs if add.lhs == op.result else add.lhs
+            g.bind(add.result, g.one("Add", [y, g.name(bias)]))
+            out = g.names[add.result]
+        else:
+            out = y
+        flatten = op.lhs.owner
+        assert isinstance(flatten, gml.ReshapeOp)
+        src, back = shape_of(flatten.input.type), shape_of(back_op.result.type)
+        if len(back) != len(src):  # [.., M] -> [.., heads, size]: 0 keeps a leading dim
+            shape = g.ints([0] * (len(src) - 1) + list(back[len(src) - 1 :]))
+            out = g.one("Reshape", [out, shape])
+        g.bind(back_op.result, out)
+        return [y]
     bias = _gemm_bias(g, op)
     if bias is None:
         return [g.one("MatMul", [a, b])]
@@ -555,8 +614,8 @@ def _layer_norm(g: Graph, op: gml.LayerNormOp) -> list[str]:
 
 @converts(gml.SdpaOp)
 def _sdpa(g: Graph, op: gml.SdpaOp) -> list[str]:
-    """MatMul(q, k^T) * scale, the causal mask (Range/Less) and the given mask (Where for
-    booleans, Add otherwise), Softmax, MatMul with v. Grouped-query k/v heads are repeated
+    """MatMul(q, k^T) * scale, the causal mask (a constant, or Range/Less for dynamic sizes)
+    and the given mask (Where for booleans, Add otherwise), Softmax, MatMul with v. Grouped-query k/v heads are repeated
     with Unsqueeze/Expand/Reshape. A row every mask hides yields zeros, as torch's."""
     q, k, v = g.name(op.query), g.name(op.key), g.name(op.value)
     t = elt(op.query)
@@ -579,24 +638,57 @@ def _sdpa(g: Graph, op: gml.SdpaOp) -> list[str]:
     scores = g.one("Mul", [scores, g.scalar(scale, t)])
     neg_inf = g.scalar(-np.inf, t)
     if op.is_causal.value.data:
-        rows = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, q, rank - 2), g.scalar(1, i64)])
-        cols = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, k, rank - 2), g.scalar(1, i64)])
-        rows = g.one("Unsqueeze", [rows, g.ints([1])])
-        hidden = g.one("Less", [rows, cols])  # column > row
+        rows_n, cols_n = qs[-2], ks[-2]
+        if DYN not in (rows_n, cols_n) and rows_n * cols_n <= 1 << 20:  # a constant mask
+            hidden = g.array(np.triu(np.ones((rows_n, cols_n), dtype=bool), 1), "causal")
+        else:
+            rows = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, q, rank - 2), g.scalar(1, i64)])
+            cols = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, k, rank - 2), g.scalar(1, i64)])
+            rows = g.one("Unsqueeze", [rows, g.ints([1])])
+            hidden = g.one("Less", [rows, cols])  # column > row
         scores = g.one("Where", [hidden, neg_inf, scores])
     if op.mask is None:
         return [g.one("MatMul", [g.one("Softmax", [scores], axis=-1), v])]
+    attend = _known_attend(g, op)
+    if attend is not None and attend.all() and elt(op.mask) == i1:
+        return [g.one("MatMul", [g.one("Softmax", [scores], axis=-1), v])]  # hides nothing
     mask = g.name(op.mask)
     if elt(op.mask) == i1:
         scores = g.one("Where", [mask, scores, neg_inf])
     else:
         scores = g.one("Add", [scores, mask])
     p = g.one("Softmax", [scores], axis=-1)
+    if attend is not None and _every_row_attends(attend, bool(op.is_causal.value.data)):
+        return [g.one("MatMul", [p, v])]  # a mask known at compile time hides no whole row
     # torch's safe softmax: a row with nothing to attend to gives zeros, not NaN
-    top = g.one("ReduceMax", [scores], axes=[-1], keepdims=1)
+    top = g.one("ReduceMax", [scores, g.ints([-1])], keepdims=1)
     empty = g.one("Equal", [top, neg_inf])
     p = g.one("Where", [empty, g.scalar(0.0, t), p])
     return [g.one("MatMul", [p, v])]
+
+
+def _known_attend(g: Graph, op: gml.SdpaOp) -> np.ndarray | None:
+    """Where a mask known at compile time lets a query attend (boolean: true; additive:
+    not -inf), or None."""
+    assert op.mask is not None
+    known = g.const_of(op.mask)
+    if known is None:
+        return None
+    m = np.asarray(known)
+    return m if m.dtype == np.bool_ else ~np.isneginf(m.astype(np.float32))
+
+
+def _every_row_attends(attend: np.ndarray, causal: bool) -> bool:
+    """No query row is hidden whole (then Softmax cannot see a row of -inf only). With the
+    causal mask on top, row i keeps the columns j <= i the mask keeps."""
+    if attend.ndim < 2 or attend.shape[-1] == 0:
+        return False
+    if causal:
+        rows, cols = attend.shape[-2:]
+        if rows == 1 or cols == 1:
+            return False  # broadcast against sizes unknown here
+        attend = attend & np.tril(np.ones((rows, cols), dtype=bool))
+    return bool(attend.any(axis=-1).all())
 
 
 def _scalar_dim(g: Graph, x: str, axis: int) -> str:
@@ -614,23 +706,54 @@ def _repeat_heads(g: Graph, x: str, rank: int, times: int, heads: int, depth: in
 
 @converts(gml.ConvOp)
 def _conv(g: Graph, op: gml.ConvOp) -> list[str]:
-    """Conv (1-, 2- or 3-d) with group, strides, symmetric pads and dilations."""
+    """Conv (1-, 2- or 3-d) with group, strides, symmetric pads and dilations; an inference
+    batch norm that alone reads it, with weights and statistics known at compile time, is
+    folded into its weight and bias (one Conv)."""
     pad = _ints(op.padding)
-    inputs = [g.name(op.input), g.name(op.weight)]
-    if op.bias is not None:
-        inputs.append(g.name(op.bias))
+    inputs = [g.name(op.input)]
+    bn = _folded_batch_norm(g, op)
+    if bn is None:
+        inputs.append(g.name(op.weight))
+        if op.bias is not None:
+            inputs.append(g.name(op.bias))
+    else:
+        inputs += bn[1:]
     kernel = shape_of(op.weight.type)[2:]
-    return [
-        g.one(
-            "Conv",
-            inputs,
-            strides=_ints(op.stride),
-            pads=pad + pad,
-            dilations=_ints(op.dilation),
-            group=op.groups.value.data,
-            kernel_shape=list(kernel),
-        )
-    ]
+    y = g.one(
+        "Conv",
+        inputs,
+        strides=_ints(op.stride),
+        pads=pad + pad,
+        dilations=_ints(op.dilation),
+        group=op.groups.value.data,
+        kernel_shape=list(kernel),
+    )
+    if bn is not None:
+        g.bind(bn[0].result, y)
+    return [y]
+
+
+def _folded_batch_norm(g: Graph, op: gml.ConvOp) -> tuple[gml.BatchNormOp, str, str] | None:
+    """(the batch norm, folded weight, folded bias) or None: w * s and (b - mean) * s + beta
+    with s = gamma / sqrt(var + eps), computed in f64 and rounded to the weight's type."""
+    uses = list(op.result.uses)
+    if len(uses) != 1 or not isinstance(uses[0].operation, gml.BatchNormOp):
+        return None
+    bn = uses[0].operation
+    if bn.input != op.result or not _is_float(elt(op.weight)):
+        return None
+    stats = [g.const_of(v) for v in (bn.weight, bn.bias, bn.mean, bn.var)]
+    w = g.const_of(op.weight)
+    b = g.const_of(op.bias) if op.bias is not None else 0.0
+    if w is None or b is None or any(x is None for x in stats):
+        return None
+    gamma, beta, mean, var = (np.asarray(x, dtype=np.float64) for x in stats)
+    scale = gamma / np.sqrt(var + bn.eps.value.data)
+    w = np.asarray(w)
+    folded_w = (w.astype(np.float64) * scale.reshape(-1, *[1] * (w.ndim - 1))).astype(w.dtype)
+    folded_b = ((np.asarray(b, dtype=np.float64) - mean) * scale + beta).astype(w.dtype)
+    hint = g.const_hint.get(op.weight, "conv")
+    return bn, g.weight(folded_w, f"{hint}.bn"), g.weight(folded_b, f"{hint}.bn_bias")
 
 
 @converts(gml.BatchNormOp)
@@ -705,7 +828,7 @@ def _adaptive_avg_pool(g: Graph, op: gml.AdaptiveAvgPool2dOp) -> list[str]:
         for i in range(size):
             lo, hi = i * n // size, -(-(i + 1) * n // size)
             piece = g.one("Slice", [x, g.ints([lo]), g.ints([hi]), g.ints([axis])])
-            bins.append(g.one("ReduceMean", [piece], axes=[axis], keepdims=1))
+            bins.append(g.one("ReduceMean", [piece, g.ints([axis])], keepdims=1))
         x = g.one("Concat", bins, axis=axis)
     return [x]
 

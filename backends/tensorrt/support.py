@@ -2,7 +2,7 @@
 
 Source: the ONNX-TensorRT parser's operator support matrix, `docs/operators.md` of
 github.com/onnx/onnx-tensorrt at commit 96e7811 (the "ONNX-TensorRT 10.1 GA release"; the
-page says TensorRT 10.0 parses opsets 9 to 20). `MATRIX` holds its rows for the ONNX ops
+page says TensorRT 10.0 parses opsets 9 to 20; gimlet emits opset 20). `MATRIX` holds its rows for the ONNX ops
 gimlet's lowering emits: the element types each takes, and the restrictions that matter
 to gimlet. INT8/FP8 are quantized types there (not data types gimlet computes in), UINT8
 is for network inputs/outputs only, and DOUBLE is cast down to FLOAT, so f64, i8, u8 and
@@ -63,6 +63,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "Gather": _FIB,
     "GatherElements": _FIB,
     "GatherND": _FIB,
+    "Gelu": _F | {"INT32", "INT64"},
     "Gemm": _F,
     "GlobalAveragePool": _F,
     "Greater": _FI,
@@ -113,6 +114,10 @@ RESTRICTIONS: dict[str, str] = {
     "MaxPool": "2-d/3-d only; `dilations` empty or all ones (a dilated gml.max_pool2d is refused)",
     "CumSum": "`axis` must be an initializer (it is)",
     "Pad": "`axes` must be an initializer (gimlet passes none)",
+    "ReduceMax": "`axes` must be an initializer (they are)",
+    "ReduceMean": "`axes` must be an initializer (they are)",
+    "ReduceMin": "`axes` must be an initializer (they are)",
+    "ReduceProd": "`axes` must be an initializer (gimlet passes none)",
     "ReduceSum": "`axes` must be an initializer (they are)",
     "Slice": "`axes` must be an initializer (they are)",
     "Unsqueeze": "`axes` must be a constant (they are)",
