@@ -543,11 +543,11 @@ def _matmul(g: Graph, op: gml.MatmulOp) -> list[str]:
     back_op = g.notes.get(op.result)
     if back_op is not None:
         y = g.one("MatMul", [a, b])
-        add = _single_use(op.result)
-        if isinstance(add, gml.AddOp):
-            bias = add.rhs if add.lhs == op.result else add.lhs
-            g.bind(add.result, g.one("Add", [y, g.name(bias)]))
-            out = g.names[add.result]
+        user = _single_use(op.result)
+        if isinstance(user, gml.BinaryOp) and user.name == "gml.add":
+            other = user.rhs if user.lhs == op.result else user.lhs
+            out = g.one("Add", [y, g.name(other)])
+            g.bind(user.result, out)
         else:
             out = y
         flatten = op.lhs.owner
@@ -558,12 +558,11 @@ def _matmul(g: Graph, op: gml.MatmulOp) -> list[str]:
             out = g.one("Reshape", [out, shape])
         g.bind(back_op.result, out)
         return [y]
-    bias = _gemm_bias(g, op)
-    if bias is None:
+    gemm = _gemm_bias(g, op)
+    if gemm is None:
         return [g.one("MatMul", [a, b])]
-    add, bias_value = bias
-    y = g.one("Gemm", [a, b, g.name(bias_value)])
-    g.bind(add.result, y)
+    y = g.one("Gemm", [a, b, g.name(gemm[1])])
+    g.bind(gemm[0].result, y)
     return [y]
 
 
