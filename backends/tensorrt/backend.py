@@ -22,13 +22,11 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xdsl.ir import Operation, SSAValue
 
 from gimlet.artifacts import IR_FILE
 from gimlet.backends.base import Executor, FieldReader, HostExecutor
@@ -199,7 +197,8 @@ def _cuda_companion(
 
 class FallbackExecutor:
     """Where TensorRT cannot run: the segment's CUDA parts when there are some and a GPU,
-    else the interpreter."""
+    else the interpreter. It takes host arrays (no `tensor_device`): a segment without CUDA
+    parts runs on the host, and the CUDA executor copies what it needs."""
 
     def __init__(self, host: HostExecutor, cuda: Executor | None):
         self.host = host
@@ -216,6 +215,9 @@ class FallbackExecutor:
 class TensorRTExecutor:
     """Runs a segment's parts as TensorRT engines (built on first use, cached by content
     hash); comm ops and size arithmetic go to the worker's interpreter executor."""
+
+    # where this executor takes tensors (runtime/inprocess.py hands values over there)
+    tensor_device = "cuda"
 
     def __init__(self, host: HostExecutor, bundle: Any):
         self.host = host
@@ -242,35 +244,15 @@ class TensorRTExecutor:
         self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
     ) -> list[Any]:
         from gimlet.backends.nvidia.backend import _from_device, _host, _to_device
+        from gimlet.backends.parts import run_parts
 
         items, engines = self._plan(segment, index, artefact)
-        compiled = iter(enumerate(engines))
-        env: dict[SSAValue, Any] = dict(zip(segment.body.block.args, inputs, strict=True))
-        for item in items:
-            if isinstance(item, Operation):
-                self._interpret(item, env)
-            elif not item.compiled:
-                for op in item.ops:
-                    self._interpret(op, env)
-            else:
-                k, engine = next(compiled)
-                self.host.before_op(item.ops[0], f" (first op of TensorRT part seg{index}.part{k})")
-                args = [_to_device(env[v], v) for v in item.inputs]
-                start = time.time()
-                outs = engine(args)
-                self.host.on_span(
-                    f"seg{index}.part{k} (TensorRT, {len(item.ops)} ops)", start, time.time()
-                )
-                env.update((v, _from_device(o, v)) for v, o in zip(item.outputs, outs, strict=True))
-        term = segment.body.block.last_op
-        assert isinstance(term, gml.YieldOp)
-        return [_host(env[v]) for v in term.values]
 
-    def _interpret(self, op: Operation, env: dict[SSAValue, Any]) -> None:
-        from gimlet.backends.nvidia.backend import _host
+        def run_part(k: int, part: Any, values: list[Any]) -> list[Any]:
+            outs = engines[k]([_to_device(x, v) for x, v in zip(values, part.inputs, strict=True)])
+            return [_from_device(o, v) for o, v in zip(outs, part.outputs, strict=True)]
 
-        outs = self.host.run_op(op, [_host(env[v]) for v in op.operands])
-        env.update(zip(op.results, outs, strict=True))
+        return run_parts(segment, inputs, index, items, self.host, "TensorRT", run_part, _host)
 
 
 def cache_dir() -> Path:

@@ -144,12 +144,13 @@ def lower(fn: func.FuncOp, weights: Mapping[str, np.ndarray], name: str | None =
         raise UnsupportedOpError("\n".join(["cannot lower to ONNX:", *problems]))
     assert ret is not None, "a function without func.return"
     outputs, out_infos = _outputs(g, ret)
+    used = {i for n in g.nodes for i in n.input}  # a literal made for a path not taken
     graph = helper.make_graph(
         g.nodes,
         name or fn.sym_name.data,
         infos,
         out_infos,
-        initializer=list(g.initializers.values()),
+        initializer=[t for name, t in g.initializers.items() if name in used],
     )
     model = helper.make_model(
         graph,
@@ -157,7 +158,7 @@ def lower(fn: func.FuncOp, weights: Mapping[str, np.ndarray], name: str | None =
         producer_name="gimlet",
         ir_version=IR_VERSION,
     )
-    return OnnxPart(model, inputs, outputs, frozenset(g.external), dict(g.origin))
+    return OnnxPart(model, inputs, outputs, frozenset(g.external & used), dict(g.origin))
 
 
 def _outputs(g: Graph, ret: func.ReturnOp) -> tuple[list[Port], list[onnx.ValueInfoProto]]:

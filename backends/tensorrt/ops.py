@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 from xdsl.dialects import arith
 from xdsl.dialects.builtin import (
     BFloat16Type,
@@ -29,6 +29,7 @@ from xdsl.ir import Operation, SSAValue
 
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import DYN, normalize_dim, shape_of
+from gimlet.dtypes import numpy_dtype
 
 from .graph import Graph, elt, onnx_type
 
@@ -86,10 +87,6 @@ def _full(g: Graph, op: gml.FullOp) -> list[str]:
 
 
 def _tensor1(value: float, t: Any) -> TensorProto:
-    from onnx import numpy_helper
-
-    from gimlet.dtypes import numpy_dtype
-
     dtype = numpy_dtype(t)
     v = int(value) if dtype.kind in "iu" else bool(value) if dtype.kind == "b" else value
     return numpy_helper.from_array(np.array([v]).astype(dtype))
@@ -638,14 +635,17 @@ def _sdpa(g: Graph, op: gml.SdpaOp) -> list[str]:
     neg_inf = g.scalar(-np.inf, t)
     if op.is_causal.value.data:
         rows_n, cols_n = qs[-2], ks[-2]
-        if DYN not in (rows_n, cols_n) and rows_n * cols_n <= 1 << 20:  # a constant mask
-            hidden = g.array(np.triu(np.ones((rows_n, cols_n), dtype=bool), 1), "causal")
+        if DYN not in (rows_n, cols_n) and rows_n * cols_n <= 1 << 20:
+            # a constant additive mask: Add is cheaper than Where on every backend
+            hidden = np.triu(np.ones((rows_n, cols_n), dtype=bool), 1)
+            bias = np.where(hidden, -np.inf, 0.0).astype(numpy_dtype(t))
+            scores = g.one("Add", [scores, g.array(bias, "causal")])
         else:
             rows = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, q, rank - 2), g.scalar(1, i64)])
             cols = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, k, rank - 2), g.scalar(1, i64)])
             rows = g.one("Unsqueeze", [rows, g.ints([1])])
             hidden = g.one("Less", [rows, cols])  # column > row
-        scores = g.one("Where", [hidden, neg_inf, scores])
+            scores = g.one("Where", [hidden, neg_inf, scores])
     if op.mask is None:
         return [g.one("MatMul", [g.one("Softmax", [scores], axis=-1), v])]
     attend = _known_attend(g, op)
