@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python benchmarks/calibrate_h100.py   # predictions vs the saved H100 measurements
 	$(BIN)/python benchmarks/cpu_backend.py      # C++ backend vs torch eager vs onnxruntime
 	$(BIN)/python benchmarks/runtime_overhead.py # workers, channels vs raw torch.distributed
+	$(BIN)/python benchmarks/tensorrt_onnx.py    # TensorRT backend's ONNX vs torch.onnx.export
 
 clean:
 	rm -rf $(VENV) demo-out demo-out-passes demo-bundle demo-cpus demo-cpus.trace.json build
