@@ -568,3 +568,23 @@ def test_docs_and_placement_table_are_generated_from_the_code() -> None:
     from gimlet.backends.tensorrt.docs import main
 
     assert main(["--check", str(ROOT / "docs")]) == 0
+
+
+@pytest.mark.skipif(
+    shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+    reason="nvcc (the CUDA toolkit) is not installed",
+)
+def test_bundle_carries_cuda_parts_too_where_nvcc_is(tmp_path: Path) -> None:
+    """For machines without TensorRT: the CUDA backend's parts of the same segment."""
+    from gimlet.cli import main as gimletc
+
+    out = tmp_path / "b"
+    argv = ["compile", str(ROOT / "examples" / "mlp.py") + ":model", "-o", str(out)]
+    argv += ["--target", "h100+cpu", "--pin", "fc1=gpu0,fc2=gpu0", "--backend", "nvidia=tensorrt"]
+    assert gimletc(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (art,) = [s["artefact"] for s in manifest["segments"] if s["device"] == "gpu0"]
+    assert art["kind"] == "tensorrt" and art["cuda"]["kind"] == "cuda"
+    libraries = [p["library"] for p in art["cuda"]["parts"]]
+    assert libraries and all(lib in manifest["files"] for lib in libraries)
+    assert len(art["cuda"]["parts"]) == len(art["parts"])
