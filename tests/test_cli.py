@@ -49,8 +49,6 @@ def test_run_out_dir_uses_the_example_inputs_compile_kept(tmp_path: Path) -> Non
     r = gimletc("run", str(out), "-o", str(tmp_path / "o.npz"))
     assert r.returncode == 0, r.stderr
 
-    import torch
-
     sys.path.insert(0, str(ROOT / "examples"))
     from mlp import model
 
