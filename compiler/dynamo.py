@@ -113,6 +113,12 @@ class _Graph(torch.nn.Module):
         super().__init__()
         self.gm = gm
         self.names = names
+        for node in gm.graph.nodes:  # module paths as the user names them (pins, messages)
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                node.meta["nn_module_stack"] = {
+                    k: (_module_path(path), cls) for k, (path, cls) in stack.items()
+                }
         self.n = len(example_inputs)
         for i, name in names.items():
             owner: torch.nn.Module = self
@@ -134,6 +140,14 @@ class _Graph(torch.nn.Module):
         # traces, so gimlet's locations (and messages) point into the user's source
         with torch.fx.traceback.preserve_node_meta():
             return torch.fx.Interpreter(self.gm).run(*args)
+
+
+def _module_path(path: str) -> str:
+    """Dynamo's `L['self'].h[0].attn` (or `._modules['h']`) as `h.0.attn`."""
+    path = re.sub(r"\.?_modules\b", "", re.sub(r"^L\['self'\]", "", path))
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']+)'\]", r".\1", path)
+    return path.strip(".")
 
 
 class _Runner:

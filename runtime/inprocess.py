@@ -329,9 +329,9 @@ class InProcess:
         self.op, self.op_what = op, what
         if self.faults:
             fault = self.faults.get(self.device)
-            if fault is not None:
-                fault.check(fault.count, op.name)
+            if fault is not None:  # counted first: a raised fault fires once
                 fault.count += 1
+                fault.check(fault.count - 1, op.name)
 
     def _on_span(self, name: str, start: float, end: float) -> None:
         if self.stats_on:

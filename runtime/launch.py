@@ -107,7 +107,7 @@ class Session:
 
     `stats=True` asks every worker for its per-segment times and trace events with each
     answer (`totals()` sums them over the requests); `deadline_s` bounds a whole request
-    (by default only the workers' receive timeouts do)."""
+    once every worker is up (by default only the workers' receive timeouts do)."""
 
     def __init__(
         self,
@@ -128,6 +128,7 @@ class Session:
         self.outputs: Arena | None = None  # the host's outputs, mapped here
         self.log_dir = ""
         self.k = 0
+        self.ready: set[int] = set()  # ranks that said they are up (start-up is over)
         self.host_rank = bundle.devices.index(bundle.host)
         self._totals: list[dict[str, Any]] = []
 
@@ -142,6 +143,7 @@ class Session:
         self.status = StatusPage(n)
         self.selector = selectors.DefaultSelector()
         self.k = 0
+        self.ready = set()
         self._totals = [
             {"device": d, "segments": {}, "events": [], "iterations_s": []}
             for d in self.bundle.devices
@@ -260,7 +262,7 @@ class Session:
         Blocks in select() with a deadline: the first failure (a report, or a socket
         closed by a dying worker) leaves the others GRACE_S to report; after the host has
         answered, the others have the receive timeout to finish; `deadline_s` bounds the
-        whole request."""
+        request from when every worker is up."""
         assert self.selector is not None
         n = len(self.procs)
         pending = set(range(n))
@@ -270,6 +272,8 @@ class Session:
         host_at: float | None = None
         late = self.timeout_s if self.timeout_s is not None else _default_timeout()
         why = ""
+        if len(self.ready) < n:
+            start = float("inf")  # the deadline starts when the last worker is up
         while pending:
             now = time.time()
             limits = []
@@ -277,7 +281,7 @@ class Session:
                 limits.append(failed_at + GRACE_S)
             if host_at is not None:
                 limits.append(host_at + late)
-            if self.deadline_s is not None:
+            if self.deadline_s is not None and start != float("inf"):
                 limits.append(start + self.deadline_s)
             timeout = max(min(limits) - now, 0.0) if limits else None
             events = self.selector.select(timeout)
@@ -298,7 +302,11 @@ class Session:
                     pending.discard(rank)
                     failed_at = failed_at or time.time()
                     continue
-                if msg[0] == "done" and msg[1] == k:
+                if msg[0] == "ready":
+                    self.ready.add(rank)
+                    if len(self.ready) == n:
+                        start = time.time()
+                elif msg[0] == "done" and msg[1] == k:
                     answers[rank] = (msg[2], fds, msg[3], msg[4])
                     pending.discard(rank)
                     if rank == self.host_rank:
@@ -311,9 +319,15 @@ class Session:
             return answers
         pids = [p.pid for p in self.procs]
         statuses = [self._status(rank) for rank in range(n)]
+        # exit codes before ours: a worker whose socket closed is exiting, give it a moment
+        for rank, p in enumerate(self.procs):
+            if rank not in reports and rank not in answers and rank not in pending:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=GRACE_S)
+        codes = [p.poll() for p in self.procs]
         _kill_all(self.procs)
-        message = _diagnose(self.bundle, reports, self.procs, statuses, why, answers)
-        message += _log_tail(self.log_dir, self.procs, reports)
+        message = _diagnose(self.bundle, reports, codes, statuses, why, answers)
+        message += _log_tail(self.log_dir, codes, reports)
         self.close()
         raise RunError(message, pids)
 
@@ -349,24 +363,29 @@ def _accumulate(total: dict[str, Any], st: dict[str, Any]) -> None:
 def _diagnose(
     bundle: Bundle,
     reports: dict[int, dict[str, Any]],
-    procs: list[subprocess.Popen[bytes]],
+    codes: list[int | None],
     statuses: list[str],
     why: str,
     answers: dict[int, Any],
 ) -> str:
     """The root cause: an error a worker raised, else a worker that died, else a timeout
-    (a worker's receive, or the caller's deadline)."""
+    (a worker's receive, or the caller's deadline). `codes`: exit codes before the
+    caller killed anyone (None: still running)."""
     died, busy = [], []
-    for rank, p in enumerate(procs):
+    for rank, code in enumerate(codes):
         if rank in reports or rank in answers:
             continue
         where = statuses[rank]
-        if p.returncode in (None, -signal.SIGKILL):  # still running when the run failed
+        if code is None:  # still running when the run failed
             busy.append(f"{bundle.devices[rank]} (rank {rank}) was{where or ' running'}")
-        elif p.returncode != 0:
-            died.append(
-                f"{bundle.devices[rank]} (rank {rank}) died with exit code {p.returncode}{where}"
-            )
+        elif code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            died.append(f"{bundle.devices[rank]} (rank {rank}) was killed by {name}{where}")
+        elif code != 0:
+            died.append(f"{bundle.devices[rank]} (rank {rank}) died with exit code {code}{where}")
     order = {"error": 0, "timeout": 2, "peer": 3}
     errors = sorted(reports.values(), key=lambda r: (order.get(r["kind"], 1), r["rank"]))
     if errors and errors[0]["kind"] == "error":
@@ -390,11 +409,11 @@ def _diagnose(
     return "\n".join(lines)
 
 
-def _log_tail(log_dir: str, procs: list[subprocess.Popen[bytes]], reports: dict[int, Any]) -> str:
+def _log_tail(log_dir: str, codes: list[int | None], reports: dict[int, Any]) -> str:
     """The last lines a worker that died without a report printed (a C++ abort says why)."""
     out = []
-    for rank, p in enumerate(procs):
-        if rank in reports or p.returncode in (None, 0, -signal.SIGKILL) or not log_dir:
+    for rank, code in enumerate(codes):
+        if rank in reports or code in (None, 0) or not log_dir:
             continue
         try:
             with open(os.path.join(log_dir, f"log-{rank}.txt"), "rb") as f:

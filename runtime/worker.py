@@ -350,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=datetime.timedelta(seconds=timeout),
         )
         if control is not None:
+            from gimlet.runtime.control import send_msg
+
+            send_msg(control, ("ready",))  # start-up is over: the caller's deadline starts
             _serve(worker, module, weights, control)
             dist.destroy_process_group()
             return 0
