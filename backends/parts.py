@@ -15,7 +15,7 @@ from typing import Any
 from xdsl.ir import Operation, SSAValue
 
 from gimlet.backends.base import HostExecutor
-from gimlet.dialects import gml
+from gimlet.dialects import comm, gml
 
 RunPart = Callable[[int, Any, list[Any]], list[Any]]
 """(part number, the Part, its input values) -> its output values."""
@@ -35,7 +35,11 @@ def run_parts(
     env: dict[SSAValue, Any] = dict(zip(segment.body.block.args, inputs, strict=True))
 
     def interpret(op: Operation) -> None:
-        outs = host.run_op(op, [to_host(env[v]) for v in op.operands])
+        # a send hands the comm handler its value as it is: a device tensor stays on the
+        # GPU for an NCCL channel or an in-process receiver there (runtime/inprocess.py);
+        # the handler copies it to the host when the receiver needs it there
+        keep = isinstance(op, comm.SendOp | comm.ISendOp)
+        outs = host.run_op(op, [env[v] if keep else to_host(env[v]) for v in op.operands])
         env.update(zip(op.results, outs, strict=True))
 
     k = 0

@@ -3,8 +3,10 @@
     import gimlet
     compiled = gimlet.compile(model, (x,))   # torch.export -> gml -> passes
     print(compiled)                          # the IR
-    compiled(x)                              # run on the reference interpreter
-    run = gimlet.load("bundle/")             # a `gimletc compile --target` bundle, one worker per device
+    compiled(x)                              # run the compiled C++ (target="cpu") in this process
+    run = gimlet.load("bundle/")             # a `gimletc compile --target` bundle: in this
+                                             # process when it can, else one worker per device
+    torch.compile(model, backend="gimlet")   # registered as a TorchDynamo backend
 
 Heavy imports (torch, xdsl) happen on first use so `gimletc --help` stays fast.
 """
