@@ -1,19 +1,25 @@
-"""What the distributed runtime costs, measured on this host.
+"""What the runtime costs per call, measured on this host, every figure from one run.
 
-1. Split vs single worker: one GPT-2-style stack (d=256, 4 layers, T=128, f32), compiled
-   once for a one-CPU cluster (1 worker) and once for two CPU devices with layers 2-3 and
-   the head pinned to the second (2 workers, one activation transfer each way), both
-   with the C++ CPU backend. Each bundle runs `ITERATIONS` requests in the same workers
-   (a barrier before each), so start-up and steady-state latency are reported apart.
-   The floor is the same program compiled as one C++ library and called in-process.
-2. Point-to-point: round trips of 4 B .. 64 MiB between two processes on localhost,
-   through gimlet's channels (`Channels.send`/`post_recv`/`wait_recv`, static and
-   dynamic shapes) and through raw `torch.distributed` gloo `send`/`recv`, same sizes,
-   same process pair. Latency = half the median round trip of the smallest message;
-   bandwidth = bytes / half the median round trip.
+1. Per-call overhead over the bare compiled function. Each case is compiled for
+   `--target cpu` (one device: one C++ library) and called through `gimlet.load`: in the
+   caller's process (processes="one") and on a worker process (processes="per-device").
+   The bare function is that library called directly (`CompiledCpu`, numpy in and out;
+   its ctypes marshalling is not counted as overhead). Overhead = a call's wall time
+   minus the time the same call spent in the compiled function (`Loaded.last.kernel_s`,
+   every rank's), median over the calls: the kernels' own noise on a shared machine
+   cancels. onnxruntime, on the same model in the same run, the same way:
+   `InferenceSession.run`'s wall time minus the time its profiler gives that run's
+   kernels.
+2. Two worker processes: a GPT split over two CPU devices (the last layer and the head
+   on the second) through gimlet.load with one worker per device: a call's wall time
+   minus its kernels' time minus the two activation transfers (their one-way time
+   through gimlet's channels, measured in part 3 at the same sizes) is the runtime's.
+3. Point to point between two local processes: gimlet's channels (static and dynamic
+   shapes) and raw torch.distributed gloo, same sizes, same process pair. One-way time =
+   half the median round trip.
 
-Both processes share the machine's cores; on the 2-core CI box the numbers are for
-relative comparison. Writes benchmarks/results/runtime_overhead.{json,md}.
+Threads: torch, onnxruntime and gimlet's pool all get 2 (the CI box has 2 cores, shared
+by both workers in part 2). Writes benchmarks/results/runtime_overhead.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,99 +30,240 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-ITERATIONS = 20
-SIZES = [4, 4096, 256 << 10, 4 << 20, 64 << 20]
-ONE = 'cluster "one-cpu"\ndevice cpu0 : cpu\n'
+THREADS = 2
+ROUNDS = 5
 TWO = (
     'cluster "two-cpus"\ndevice cpu0 : cpu\ndevice cpu1 : cpu\n'
     "link cpu0 <-> cpu1 : pcie { bandwidth = 55 GB/s, latency = 12 us }\n"
 )
+P2P_SIZES = [4, 4096, 256 << 10, 4 << 20]
 
 
-def model() -> Any:
-    """The benchmark model, as a `gimletc compile` factory."""
+class Tiny(nn.Module):
+    """Next to no compute: its call time is the fixed cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def gpt() -> nn.Module:
     from gpt import GPT
 
     torch.manual_seed(0)
-    return GPT(vocab=512, ctx=128, d=256, heads=4, layers=4), (torch.randint(0, 512, (1, 128)),)
+    return GPT(vocab=512, ctx=128, d=256, heads=4, layers=3)
 
 
-def split_vs_single(tmp: Path) -> dict[str, Any]:
-    from gimlet.backends.cpu import compile_module
-    from gimlet.cli import main as gimletc
-    from gimlet.frontend import import_model
-    from gimlet.pass_manager import DEFAULT_PIPELINE, run_pipeline
-    from gimlet.runtime.launch import launch
+def cases() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]:
+    from cpu_backend import SmallCNN
 
-    (tmp / "one.cluster").write_text(ONE)
-    (tmp / "two.cluster").write_text(TWO)
-    me = f"{Path(__file__).resolve()}:model"
-    configs = {
-        "1 worker": ["--target", str(tmp / "one.cluster")],
-        "2 workers": [
-            "--target",
-            str(tmp / "two.cluster"),
-            "--pin",
-            "h.2-3=cpu1,ln_f=cpu1,lm_head=cpu1",
-        ],
-    }
-    net, (ids,) = model()
-    with torch.no_grad():
-        want = net.eval()(ids).numpy()
-    rows: dict[str, Any] = {}
-    for name, flags in configs.items():
-        out = tmp / name.replace(" ", "_")
-        print(f"[runtime] compiling the {name} bundle", flush=True)
-        assert gimletc(["compile", me, "-o", str(out), *flags]) == 0
-        print(f"[runtime] {name}: {ITERATIONS} requests", flush=True)
-        result = launch(str(out), [ids.numpy()], iterations=ITERATIONS)
-        np.testing.assert_allclose(result.outputs[0], want, rtol=1e-4, atol=1e-4)
-        host = result.stats[0]["iterations_s"]
-        rows[name] = {
-            "wall_s": result.wall_s,
-            "first_request_ms": host[0] * 1e3,
-            "median_request_ms": median(host[1:]) * 1e3,
-            "startup_s": result.wall_s - sum(host),
-        }
-    module, weights = import_model(net, (ids,))
-    run_pipeline(module, DEFAULT_PIPELINE)
-    lib = compile_module(module)
-    w = {k: np.asarray(v) for k, v in weights.items()}
-    x = ids.numpy()
+    torch.manual_seed(0)
+    return [
+        ("tiny linear 16x16", Tiny(), (torch.randn(1, 16),)),
+        ("cnn 3x64x64, 3 conv", SmallCNN(), (torch.randn(1, 3, 64, 64),)),
+        ("gpt d256 L3 T=32", gpt(), (torch.randint(0, 512, (1, 32)),)),
+    ]
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+def best_median(fns: dict[str, Callable[[], Any]], seconds: float = 2.0) -> dict[str, float]:
+    """Each function's best per-round median, the functions taking turns round by round:
+    a burst of load on a shared machine then hits all of them alike."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            for _ in range(2):
+                fn()
+            times: list[float] = []
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds / ROUNDS or len(times) < 5:
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            best[name] = min(best[name], median(times))
+    return best
+
+
+def overhead(run: Any, inputs: tuple[Any, ...], seconds: float = 2.0) -> dict[str, float]:
+    """Median over calls of (wall time - time in the compiled parts) of `run` (a
+    gimlet.load result), and the median wall time and kernel time."""
     for _ in range(3):
-        lib([x], w)
-    times = []
-    for _ in range(ITERATIONS):
+        run(*inputs)
+    walls, kernels = [], []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(walls) < 20:
         t = time.perf_counter()
-        lib([x], w)
-        times.append(time.perf_counter() - t)
-    rows["in-process (no runtime)"] = {"median_request_ms": median(times) * 1e3}
+        run(*inputs)
+        walls.append(time.perf_counter() - t)
+        kernels.append(run.last.kernel_s)
+    return {
+        "overhead_s": median(w - k for w, k in zip(walls, kernels, strict=True)),
+        "wall_s": median(walls),
+        "kernels_s": median(kernels),
+    }
+
+
+# -- onnxruntime ------------------------------------------------------------------------
+
+
+def ort_session(path: str, profile: bool = False) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = profile
+    if profile:
+        opts.profile_file_prefix = str(Path(path).with_suffix(""))
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_overhead(path: str, feed: dict[str, np.ndarray], runs: int = 300) -> dict[str, float]:
+    """InferenceSession.run wall time minus its kernels' time (ORT's profiler), per run."""
+    sess = ort_session(path, profile=True)
+    for _ in range(10):
+        sess.run(None, feed)
+    walls = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        walls.append(time.perf_counter() - t)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    model_runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    model_runs = model_runs[-runs:]
+    per_run_kernels = []
+    for r in model_runs:
+        lo, hi = r["ts"], r["ts"] + r["dur"]
+        per_run_kernels.append(sum(k["dur"] for k in kernels if lo <= k["ts"] <= hi) * 1e-6)
+    return {
+        "run_wall_s": median(walls),
+        "kernels_s": median(per_run_kernels),
+        "overhead_s": median(w - k for w, k in zip(walls, per_run_kernels, strict=True)),
+        "inside_ort_s": median(
+            r["dur"] * 1e-6 - k for r, k in zip(model_runs, per_run_kernels, strict=True)
+        ),
+    }
+
+
+# -- 1. per-call overhead -----------------------------------------------------------------
+
+
+def per_call(tmp: Path) -> list[dict[str, Any]]:
+    import gimlet
+
+    rows = []
+    for name, model, inputs in cases():
+        model.eval()
+        print(f"[runtime] {name}: compiling", flush=True)
+        with torch.no_grad():
+            want = model(*inputs)
+        path = str(tmp / name.split()[0])
+        gimlet.compile(model, inputs, target="cpu").bundle_to(path)
+        one = gimlet.load(path, processes="one")
+        workers = gimlet.load(path, processes="per-device")
+        got_one, got_workers = one(*inputs)[0], workers(*inputs)[0]
+        torch.testing.assert_close(got_one, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_workers, got_one, rtol=1e-6, atol=1e-6)
+        ex = one.inprocess.executors[("cpu0", "cpu-cxx")]
+        (libs,) = ex.libs.values()
+        assert len(libs) == 1, "one library per one-device bundle"
+        lib, weights = libs[0], one.inprocess.weights
+        np_inputs = [x.numpy() for x in inputs]
+        onnx = str(tmp / f"{name.split()[0]}.onnx")
+        torch.onnx.export(model, inputs, onnx, dynamo=False)
+        sess = ort_session(onnx)
+        feed = {i.name: x for i, x in zip(sess.get_inputs(), np_inputs, strict=True)}
+
+        def eager(model: nn.Module = model, inputs: Any = inputs) -> None:
+            with torch.no_grad():
+                model(*inputs)
+
+        print(f"[runtime] {name}: timing", flush=True)
+        fns = {
+            "torch eager": eager,
+            "bare C++": lambda: lib(np_inputs, weights),  # noqa: B023
+            "gimlet.load one process": lambda: one(*inputs),  # noqa: B023
+            "gimlet.load 1 worker": lambda: workers(*inputs),  # noqa: B023
+            "onnxruntime": lambda: sess.run(None, feed),  # noqa: B023
+        }
+        latency = best_median(fns)
+        over_one = overhead(one, inputs)
+        over_worker = overhead(workers, inputs)
+        ort = ort_overhead(onnx, feed)
+        workers.close()
+        rows.append(
+            {
+                "case": name,
+                "latency_s": latency,
+                "one_process": over_one,
+                "one_worker": over_worker,
+                "onnxruntime": ort,
+            }
+        )
+        print(
+            f"[runtime] {name}: overhead in-process {over_one['overhead_s'] * 1e6:.1f} us, "
+            f"1 worker {over_worker['overhead_s'] * 1e6:.1f} us, onnxruntime "
+            f"{ort['overhead_s'] * 1e6:.1f} us",
+            flush=True,
+        )
     return rows
 
 
-# -- point to point -------------------------------------------------------------------
+# -- 2. two worker processes ----------------------------------------------------------------
 
 
-def raw_round_trip(rank: int, buf: torch.Tensor, reps: int, group: Any = None) -> float:
+def two_workers(tmp: Path) -> dict[str, Any]:
+    import gimlet
+
+    (tmp / "two.cluster").write_text(TWO)
+    model, ids = gpt().eval(), torch.randint(0, 512, (1, 32))
+    path = str(tmp / "gpt_two")
+    print("[runtime] two workers: compiling", flush=True)
+    manifest = gimlet.compile(
+        model, (ids,), target=str(tmp / "two.cluster"), pin="h.2=cpu1,ln_f=cpu1,lm_head=cpu1"
+    ).bundle_to(path)
+    sizes = [int(np.prod(c["shape"])) * np.dtype(c["dtype"]).itemsize for c in manifest["channels"]]
+    one = gimlet.load(path, processes="one")
+    workers = gimlet.load(path, processes="per-device")
+    torch.testing.assert_close(workers(ids)[0], one(ids)[0], rtol=1e-6, atol=1e-6)
+    print("[runtime] two workers: timing", flush=True)
+    latency = best_median({"one process": lambda: one(ids), "2 workers": lambda: workers(ids)})
+    measured = overhead(workers, (ids,), seconds=4.0)
+    workers.close()
+    return {"channel_bytes": sizes, "latency_s": latency, "two_workers": measured}
+
+
+# -- 3. point to point -------------------------------------------------------------------------
+
+
+def raw_round_trip(rank: int, buf: torch.Tensor, reps: int) -> float:
     """Median seconds of rank 0 sending `buf` to rank 1 and back with torch.distributed."""
     import torch.distributed as dist
 
-    peer, sync = 1 - rank, buf.is_cuda
+    peer = 1 - rank
     rts = []
     for _ in range(reps + 3):
-        dist.barrier(group=group)
-        if sync:
-            torch.cuda.synchronize()
+        dist.barrier()
         t = time.perf_counter()
         if rank == 0:
             dist.send(buf, peer)
@@ -124,20 +271,18 @@ def raw_round_trip(rank: int, buf: torch.Tensor, reps: int, group: Any = None) -
         else:
             dist.recv(buf, peer)
             dist.send(buf, peer)
-        if sync:
-            torch.cuda.synchronize()
         rts.append(time.perf_counter() - t)
     return median(rts[3:])
 
 
-def channel_round_trip(ch: Any, rank: int, x: np.ndarray, reps: int, group: Any = None) -> float:
+def channel_round_trip(ch: Any, rank: int, x: np.ndarray, reps: int) -> float:
     """The same through gimlet's channels 0 (rank 0 -> 1) and 1 (back), as a worker uses
     them: send, post, wait, finish at the end of the program, values dropped after it."""
     import torch.distributed as dist
 
     rts = []
     for _ in range(reps + 3):
-        dist.barrier(group=group)
+        dist.barrier()
         t = time.perf_counter()
         if rank == 0:
             ch.send(0, x)
@@ -151,7 +296,7 @@ def channel_round_trip(ch: Any, rank: int, x: np.ndarray, reps: int, group: Any 
     return median(rts[3:])
 
 
-def _p2p_rank(rank: int, port: int, out: str) -> None:
+def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
     import datetime
 
     import torch.distributed as dist
@@ -166,11 +311,10 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
         timeout=datetime.timedelta(seconds=60),
     )
     results: dict[str, dict[int, float]] = {"raw": {}, "static": {}, "dynamic": {}}
-    for size in SIZES:
-        n = size // 4
-        reps = 200 if size <= 4096 else 50 if size <= 1 << 20 else 8
-        buf = torch.zeros(n, dtype=torch.float32)
-        results["raw"][size] = raw_round_trip(rank, buf, reps)
+    for size in sizes:
+        n = max(size // 4, 1)
+        reps = 200 if size <= 1 << 16 else 50 if size <= 1 << 20 else 8
+        results["raw"][size] = raw_round_trip(rank, torch.zeros(n, dtype=torch.float32), reps)
         for kind, shape in (("static", [n]), ("dynamic", [-1])):
             specs = {
                 0: ChannelSpec(0, 0, 1, "float32", shape),
@@ -184,14 +328,15 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def point_to_point(tmp: Path) -> dict[str, dict[str, float]]:
+def point_to_point(tmp: Path, sizes: list[int]) -> dict[str, dict[str, float]]:
     from gimlet.runtime.launch import _free_port
 
     out = tmp / "p2p.json"
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--p2p-rank", str(r), str(port), str(out)],
+            [sys.executable, __file__, "--p2p-rank", str(r), str(port), str(out)]
+            + [",".join(map(str, sizes))],
             env=dict(os.environ, OMP_NUM_THREADS="1"),
         )
         for r in range(2)
@@ -201,49 +346,99 @@ def point_to_point(tmp: Path) -> dict[str, dict[str, float]]:
     return {k: {str(s): v for s, v in d.items()} for k, d in json.loads(out.read_text()).items()}
 
 
+# -- report ---------------------------------------------------------------------------------
+
+
 def _fmt_size(n: int) -> str:
     for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
+        if n >= scale and n % scale == 0:
             return f"{n // scale} {unit}"
     return f"{n} B"
 
 
-def report(split: dict[str, Any], p2p: dict[str, dict[str, float]]) -> str:
-    floor = split["in-process (no runtime)"]["median_request_ms"]
-    one = split["1 worker"]["median_request_ms"]
+def _us(s: float) -> str:
+    return f"{s * 1e6:.1f}"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f}"
+
+
+def report(rows: list[dict[str, Any]], two: dict[str, Any], p2p: dict[str, Any]) -> str:
     lines = [
         "# Runtime overhead",
         "",
-        f"Host: {os.cpu_count()} cores, load average at the end "
-        f"{os.getloadavg()[0]:.1f}. GPT d256 L4, T=128, f32, C++ CPU backend; "
-        f"{ITERATIONS} requests per bundle in the same workers.",
+        f"Host: {os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.1f}; "
+        f"torch {torch.__version__}, {THREADS} threads for torch, onnxruntime and gimlet; f32, "
+        "batch 1. All figures from one run of `benchmarks/runtime_overhead.py` (raw numbers "
+        "in runtime_overhead.json).",
         "",
-        "| configuration | start-up s | first request ms | median request ms | vs in-process "
-        "| vs 1 worker |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "## Per-call overhead over the bare compiled function",
+        "",
+        "`--target cpu` bundles (one device, one C++ library) through `gimlet.load`. "
+        "Overhead = a call's wall time minus the time that call spent in the compiled "
+        "library (numpy in and out, its ctypes marshalling counted as the library's), "
+        "median over the calls. onnxruntime: `InferenceSession.run` wall time minus its "
+        "profiler's kernel time for that run, same model, same run (inside ORT: its "
+        "`model_run` span minus the kernels, i.e. without the Python binding).",
+        "",
+        "| case | in-process overhead us (goal < 20) | 1 worker process overhead us "
+        "| onnxruntime run overhead us | (inside ORT us) |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in split.items():
-        med = r["median_request_ms"]
-        if "startup_s" in r:
-            head = f"| {name} | {r['startup_s']:.2f} | {r['first_request_ms']:.1f} "
-        else:
-            head = f"| {name} | - | - "
-        lines.append(f"{head}| {med:.2f} | {med / floor:.2f}x | {med / one:.2f}x |")
+    for r in rows:
+        o = r["onnxruntime"]
+        lines.append(
+            f"| {r['case']} | {_us(r['one_process']['overhead_s'])} | "
+            f"{_us(r['one_worker']['overhead_s'])} | {_us(o['overhead_s'])} | "
+            f"{_us(o['inside_ort_s'])} |"
+        )
     lines += [
         "",
-        "Point to point between two local processes (gloo over TCP loopback). One-way time "
-        "is half the median round trip.",
+        "## Latency per call (best of per-round medians over 5 interleaved rounds)",
         "",
-        "| message | raw gloo us | gimlet static us | gimlet dynamic us | static / raw "
-        "| dynamic / raw | raw GB/s | gimlet GB/s |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | torch eager ms | bare C++ ms | gimlet.load in-process ms | gimlet.load "
+        "1 worker ms | onnxruntime ms | in-process vs eager |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for s in SIZES:
-        raw, st, dy = (p2p[k][str(s)] / 2 for k in ("raw", "static", "dynamic"))
+    for r in rows:
+        t = r["latency_s"]
         lines.append(
-            f"| {_fmt_size(s)} | {raw * 1e6:.0f} | {st * 1e6:.0f} | {dy * 1e6:.0f} | "
-            f"{st / raw:.2f}x | {dy / raw:.2f}x | {s / raw / 1e9:.2f} | {s / st / 1e9:.2f} |"
+            f"| {r['case']} | {_ms(t['torch eager'])} | {_ms(t['bare C++'])} | "
+            f"{_ms(t['gimlet.load one process'])} | {_ms(t['gimlet.load 1 worker'])} | "
+            f"{_ms(t['onnxruntime'])} | "
+            f"{t['torch eager'] / t['gimlet.load one process']:.2f}x faster |"
         )
+    sizes = two["channel_bytes"]
+    transfers = sum(p2p["static"][str(s)] / 2 for s in sizes)
+    w = two["two_workers"]
+    left = w["overhead_s"] - transfers
+    lat = two["latency_s"]
+    lines += [
+        "",
+        "## Two worker processes",
+        "",
+        "GPT d256 L3 T=32 over two CPU devices (h.2, ln_f, lm_head on cpu1), "
+        "`gimlet.load(..., processes='per-device')`; the same bundle in one process for "
+        f"comparison. Channels: {', '.join(_fmt_size(s) for s in sizes)}; their one-way "
+        f"time through gimlet's channels (section below) sums to {_us(transfers)} us.",
+        "",
+        "| one process ms | 2 workers ms | 2 workers: wall - kernels us (median) "
+        "| minus the transfers: overhead us (goal < 150) |",
+        "| ---: | ---: | ---: | ---: |",
+        f"| {_ms(lat['one process'])} | {_ms(lat['2 workers'])} | "
+        f"{_us(w['overhead_s'])} | {_us(left)} |",
+        "",
+        "## Point to point between two local processes",
+        "",
+        "gloo over TCP loopback; one-way time is half the median round trip.",
+        "",
+        "| message | raw gloo us | gimlet static us | gimlet dynamic us | static / raw |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in sorted({int(k) for k in p2p["raw"]}):
+        raw, st, dy = (p2p[k][str(s)] / 2 for k in ("raw", "static", "dynamic"))
+        lines.append(f"| {_fmt_size(s)} | {_us(raw)} | {_us(st)} | {_us(dy)} | {st / raw:.2f}x |")
     lines += [
         "",
         "Dynamic-shape channels send a header (the sizes) before the payload: one extra "
@@ -253,23 +448,37 @@ def report(split: dict[str, Any], p2p: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
+    torch.set_num_threads(THREADS)
+    os.environ.setdefault("GIMLET_CPU_THREADS", str(THREADS))
     with tempfile.TemporaryDirectory(prefix="gimlet-rt-bench-") as d:
         tmp = Path(d)
-        split = split_vs_single(tmp)
+        rows = per_call(tmp)
+        two = two_workers(tmp)
         print("[runtime] point-to-point", flush=True)
-        p2p = point_to_point(tmp)
-    text = report(split, p2p)
+        p2p = point_to_point(tmp, sorted(set(P2P_SIZES) | set(two["channel_bytes"])))
+    text = report(rows, two, p2p)
     print(text)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     (results / "runtime_overhead.md").write_text(text)
+    meta = {
+        "cores": os.cpu_count(),
+        "threads": THREADS,
+        "torch": torch.__version__,
+        "load_average_at_end": os.getloadavg(),
+    }
     (results / "runtime_overhead.json").write_text(
-        json.dumps({"split": split, "p2p_round_trip_s": p2p}, indent=2) + "\n"
+        json.dumps(
+            {"meta": meta, "per_call": rows, "two_workers": two, "p2p_round_trip_s": p2p},
+            indent=2,
+        )
+        + "\n"
     )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--p2p-rank":
-        _p2p_rank(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+        sizes = [int(s) for s in sys.argv[5].split(",")]
+        _p2p_rank(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sizes)
     else:
         main()

@@ -274,6 +274,7 @@ class InProcess:
         self.lock = threading.Lock()
         self.stats_on = stats
         self.stats: dict[str, dict[str, Any]] = {}
+        self.kernel_s = 0.0  # time in compiled parts during the last call
         self.device = bundle.host  # where the current step runs, for messages
         self.segment: int | None = None
         self.op: Any = None
@@ -334,6 +335,7 @@ class InProcess:
                 fault.check(fault.count - 1, op.name)
 
     def _on_span(self, name: str, start: float, end: float) -> None:
+        self.kernel_s += end - start
         if self.stats_on:
             self._device_stats()["events"].append(_span(name, start, end, 0))
 
@@ -354,6 +356,7 @@ class InProcess:
         env: dict[Any, Any] = dict(zip(self.args, inputs, strict=True))
         mailbox = self.mailbox
         mailbox.values.clear()  # what a failed call left behind
+        self.kernel_s = 0.0
         try:
             for step in self.steps:
                 self.device, self.segment, self.op = step.device, step.segment, step.op

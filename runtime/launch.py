@@ -51,6 +51,7 @@ class RunResult:
     stats: list[dict[str, Any]]  # per rank: device, segments {index: {...}}, events
     pids: list[int] = field(default_factory=list)
     wall_s: float = 0.0
+    kernel_s: float = 0.0  # time in compiled parts (every rank's): the rest is the runtime's
 
 
 def _free_port() -> int:
@@ -120,6 +121,8 @@ class Session:
     ):
         self.bundle, self.timeout_s, self.env = bundle, timeout_s, env
         self.stats, self.deadline_s = stats, deadline_s
+        # after the host answers, the others have a receive timeout to finish
+        self.late_s = timeout_s if timeout_s is not None else _default_timeout()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.socks: list[socket.socket] = []
         self.selector: selectors.BaseSelector | None = None
@@ -243,21 +246,24 @@ class Session:
         # copies: the arena is reused by the next request, the caller keeps these
         outputs = [np.array(v) for v in self.outputs.views(where)]
         stats = []
-        for rank, (_, _, st, seconds) in sorted(answers.items()):
+        kernel_s = 0.0
+        for rank, (_, _, st, seconds, kernels) in sorted(answers.items()):
+            kernel_s += kernels
             total = self._totals[rank]
             total["iterations_s"].append(seconds)
             if st is not None:
                 _accumulate(total, st)
                 stats.append(dict(st, iterations_s=[seconds]))
         pids = [p.pid for p in self.procs]
-        return RunResult(outputs, stats, pids, time.time() - start)
+        return RunResult(outputs, stats, pids, time.time() - start, kernel_s)
 
     def totals(self) -> list[dict[str, Any]]:
         """Every rank's stats summed over the requests since the workers started."""
         return self._totals
 
-    def _wait(self, k: int, start: float) -> dict[int, tuple[Any, list[int], Any, float]]:
-        """Every rank's answer to request k: {rank: (outputs, fds, stats, seconds)}.
+    def _wait(self, k: int, start: float) -> dict[int, tuple[Any, list[int], Any, float, float]]:
+        """Every rank's answer to request k: {rank: (outputs, fds, stats, seconds, seconds
+        in compiled parts)}.
 
         Blocks in select() with a deadline: the first failure (a report, or a socket
         closed by a dying worker) leaves the others GRACE_S to report; after the host has
@@ -266,11 +272,11 @@ class Session:
         assert self.selector is not None
         n = len(self.procs)
         pending = set(range(n))
-        answers: dict[int, tuple[Any, list[int], Any, float]] = {}
+        answers: dict[int, tuple[Any, list[int], Any, float, float]] = {}
         reports: dict[int, dict[str, Any]] = {}
         failed_at: float | None = None
         host_at: float | None = None
-        late = self.timeout_s if self.timeout_s is not None else _default_timeout()
+        late = self.late_s
         why = ""
         if len(self.ready) < n:
             start = float("inf")  # the deadline starts when the last worker is up
@@ -307,7 +313,7 @@ class Session:
                     if len(self.ready) == n:
                         start = time.time()
                 elif msg[0] == "done" and msg[1] == k:
-                    answers[rank] = (msg[2], fds, msg[3], msg[4])
+                    answers[rank] = (msg[2], fds, msg[3], msg[4], msg[5])
                     pending.discard(rank)
                     if rank == self.host_rank:
                         host_at = time.time()

@@ -48,7 +48,7 @@ class Loaded:
             check_cluster(self.bundle, target)
         self.inprocess: InProcess | None = None
         self.session: Session | None = None
-        self._last: tuple[list[Any], float] | RunResult | None = None
+        self._last: tuple[list[Any], float, float] | RunResult | None = None
         module = parse_program(self.bundle) if processes != "per-device" else None
         problem = sequential_order_problem(module) if module is not None else None
         self.processes, self.reason = choose_processes(self.bundle, processes, problem)
@@ -62,7 +62,7 @@ class Loaded:
         if self.inprocess is not None:
             start = time.perf_counter()
             outs = self.inprocess(*inputs)
-            self._last = (outs, time.perf_counter() - start)
+            self._last = (outs, time.perf_counter() - start, self.inprocess.kernel_s)
             return tuple(outs)
         from gimlet.runtime.inprocess import to_host
 
@@ -74,8 +74,8 @@ class Loaded:
     def last(self) -> RunResult | None:
         """The last call: outputs, per-rank stats (multi-process), worker pids, wall time."""
         if isinstance(self._last, tuple):
-            outs, wall = self._last
-            return RunResult([np.asarray(o.cpu()) for o in outs], [], [], wall)
+            outs, wall, kernel_s = self._last
+            return RunResult([np.asarray(o.cpu()) for o in outs], [], [], wall, kernel_s)
         return self._last
 
     def close(self) -> None:
