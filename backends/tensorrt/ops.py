@@ -637,8 +637,8 @@ def _sdpa(g: Graph, op: gml.SdpaOp) -> list[str]:
         rows_n, cols_n = qs[-2], ks[-2]
         if DYN not in (rows_n, cols_n) and rows_n * cols_n <= 1 << 20:
             # a constant additive mask: Add is cheaper than Where on every backend
-            hidden = np.triu(np.ones((rows_n, cols_n), dtype=bool), 1)
-            bias = np.where(hidden, -np.inf, 0.0).astype(numpy_dtype(t))
+            above = np.triu(np.ones((rows_n, cols_n), dtype=bool), 1)  # column > row
+            bias = np.where(above, -np.inf, 0.0).astype(numpy_dtype(t))
             scores = g.one("Add", [scores, g.array(bias, "causal")])
         else:
             rows = g.one("Range", [g.scalar(0, i64), _scalar_dim(g, q, rank - 2), g.scalar(1, i64)])
