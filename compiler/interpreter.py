@@ -13,6 +13,7 @@ float32 and round the result to the result type.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from io import StringIO
 from typing import Any
@@ -391,7 +392,10 @@ def _run_reduce(
     keepdims = bool(op.keepdim.value.data)
     if isinstance(op, gml.VarOp):
         ddof = op.correction.value.data
-        return _out(op, np.var(x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof))
+        with warnings.catch_warnings():  # N - correction <= 0 gives inf/nan, as in torch
+            warnings.simplefilter("ignore", RuntimeWarning)
+            y = np.var(x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof)
+        return _out(op, y)
     result_dtype = _result_dtype(op)
     if isinstance(op, gml.SumOp) and result_dtype not in _LOW_PRECISION:
         # e.g. torch sums bool and int32 tensors into int64
