@@ -161,8 +161,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "Where the node counts differ: gimlet folds what is computed from weights alone at "
         "compile time (transposed weights, a conv's batch norm, a causal mask of static size, "
         "a mask that hides no row needs no safe-softmax guard), runs a linear layer on "
-        "[B, T, D] as MatMul without torch's flatten/unflatten Reshapes when that saves "
-        "nodes, and a 2-d one as Gemm; torch's exporter scales q and k separately and guards "
+        "[B, T, D] as MatMul without the flatten/unflatten Reshapes of its ATen form when "
+        "that saves nodes, and a 2-d one as Gemm; torch's exporter scales q and k separately and guards "
         "every masked softmax with IsNaN/Where. Both use opset 20 (one Gelu node).",
     ]
     return "\n".join(lines) + "\n"
