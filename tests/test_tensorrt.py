@@ -588,3 +588,34 @@ def test_bundle_carries_cuda_parts_too_where_nvcc_is(tmp_path: Path) -> None:
     libraries = [p["library"] for p in art["cuda"]["parts"]]
     assert libraries and all(lib in manifest["files"] for lib in libraries)
     assert len(art["cuda"]["parts"]) == len(art["parts"])
+
+
+def test_a_model_the_onnx_checks_reject_falls_back_with_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lowering bug must not kill `gimletc compile`: the segment falls back, saying why."""
+    import gimlet.backends.tensorrt.lower as lower_module
+    from gimlet.backends.tensorrt.backend import lower_segment
+
+    def reject(part: OnnxPart) -> None:
+        raise onnx.checker.ValidationError("Field 'type' of 'value_info' is required")
+
+    ir = parse(
+        """func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+  %y = gml.segment "gpu0" (%x) : (tensor<4xf32>) -> tensor<4xf32> {
+  ^bb0(%a: tensor<4xf32>):
+    %b = gml.exp %a : tensor<4xf32>
+    gml.yield %b : tensor<4xf32>
+  }
+  func.return %y : tensor<4xf32>
+}
+"""
+    )
+    segment = next(op for op in main_func(ir).walk() if op.name == "gml.segment")
+    monkeypatch.setattr(lower_module, "verify", reject)
+    with pytest.raises(UnsupportedOpError) as e:
+        lower_segment(segment, 0, {})  # type: ignore[arg-type]
+    assert str(e.value) == (
+        "cannot lower to TensorRT:\nseg0.part0: the ONNX checks reject gimlet's model "
+        "(Field 'type' of 'value_info' is required); a gimlet bug"
+    )

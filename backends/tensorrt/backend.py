@@ -56,6 +56,8 @@ def lower_segment(
 ) -> list[Any]:
     """Each compiled part as a checked OnnxPart; UnsupportedOpError lists every op that
     does not lower or that TensorRT cannot run, with its source line."""
+    import onnx
+
     from .lower import lower, verify
     from .support import refusals
 
@@ -66,7 +68,19 @@ def lower_segment(
         except UnsupportedOpError as e:
             problems += str(e).splitlines()[1:] or [str(e)]
             continue
-        problems += refusals(verify(part), part.origin)
+        try:
+            inferred = verify(part)
+        except (
+            onnx.checker.ValidationError,
+            onnx.shape_inference.InferenceError,
+            AssertionError,
+        ) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problems.append(
+                f"seg{index}.part{k}: the ONNX checks reject gimlet's model ({first}); a gimlet bug"
+            )
+            continue
+        problems += refusals(inferred, part.origin)
         parts.append(part)
     if problems:
         raise UnsupportedOpError("\n".join(["cannot lower to TensorRT:", *problems]))

@@ -214,11 +214,15 @@ def _lower_op(g: Graph, op: Operation) -> None:
                 g.bind_const(r, g.consts[v], g.const_hint.get(v))
         return
     if _foldable(g, op):
-        values = evaluate_op(op, [g.const_of(v) for v in op.operands])
-        hint = next((g.const_hint[v] for v in op.operands if v in g.const_hint), None)
-        for res, value in zip(op.results, values, strict=True):
-            g.bind_const(res, value, f"{hint}.{op.name[4:]}" if hint else None)
-        return
+        try:
+            values = evaluate_op(op, [g.const_of(v) for v in op.operands])
+        except UserError:  # the interpreter cannot evaluate it alone: lower it instead
+            values = None
+        if values is not None:
+            hint = next((g.const_hint[v] for v in op.operands if v in g.const_hint), None)
+            for res, value in zip(op.results, values, strict=True):
+                g.bind_const(res, value, f"{hint}.{op.name[4:]}" if hint else None)
+            return
     convert = CONVERTERS.get(type(op))
     if convert is None:
         raise UnsupportedOpError(f"{op.name} at {where(op)}: no ONNX lowering")
