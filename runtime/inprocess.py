@@ -319,8 +319,12 @@ class InProcess:
                 if not isinstance(op, comm.SendOp | comm.ISendOp):
                     step.move = to_host  # host ops (size arithmetic) take numpy
                 self.steps.append(step)
-        for c in bundle.manifest["channels"]:
-            self.mailbox.movers[c["id"]] = _mover(receivers.get(c["id"]))
+        movers = {c["id"]: _mover(receivers.get(c["id"])) for c in bundle.manifest["channels"]}
+        for ch in _returned_channels(fn):
+            # received by the host only to be returned: left where it was made (a GPU
+            # output stays there); the outputs go to the caller's device in one move
+            movers[ch] = _keep
+        self.mailbox.movers.update(movers)
         self.executors = executors
         self._sig = _Signature(bundle)
 
@@ -418,6 +422,30 @@ class InProcess:
         out = [self.stats[d] for d in self.bundle.devices if d in self.stats]
         self.stats = {}
         return out
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+def _returned_channels(fn: Any) -> list[int]:
+    """Channels the host receives at top level only to return the value."""
+    from xdsl.dialects import func
+
+    from gimlet.dialects import comm
+
+    found = []
+    for op in fn.body.block.ops:
+        if isinstance(op, comm.RecvOp):
+            start, value = op, op.result
+        elif isinstance(op, comm.WaitOp) and isinstance(op.token.owner, comm.IRecvOp):
+            start, value = op.token.owner, op.value
+        else:
+            continue
+        uses = list(value.uses) if value is not None else []
+        if uses and all(isinstance(u.operation, func.ReturnOp) for u in uses):
+            found.append(start.channel.value.data)
+    return found
 
 
 def _gpu_context(device: str, gpus: list[str]) -> Any:
