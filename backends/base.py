@@ -29,7 +29,13 @@ class CommHandler(Protocol):
 
 
 class Executor(Protocol):
-    """Runs the segments of one artefact kind inside a worker."""
+    """Runs the segments of one artefact kind inside a worker (or, for an in-process run,
+    inside the caller: runtime/inprocess.py).
+
+    An executor whose compiled parts take device tensors says so with a class attribute
+    `tensor_device` (a torch device type, e.g. "cuda"): an in-process run then hands its
+    segment values there (torch tensors, moved only when they are elsewhere) instead of
+    host numpy arrays, and its sends may pass device tensors to the comm handler."""
 
     def run_segment(
         self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
