@@ -9,8 +9,8 @@ anything runs.
 Each segment still runs through the executor its artefact kind registers
 (`gimlet.backends.get(kind).load(...)`): the C++ CPU backend, the NVIDIA backend
 (`CudaFunction`: values stay on the GPU), the interpreter. An executor says where it
-wants tensors by an optional `tensor_device` attribute (a torch device string such as
-"cuda:0"; absent or None means host numpy arrays), and a hand-off moves a value only when
+wants tensors by an optional `tensor_device` attribute ("cuda": the GPU its device maps
+to; absent or None means host numpy arrays), and a hand-off moves a value only when
 its receiver wants it elsewhere: one `.to()` between the host and a GPU (through pinned
 memory, asynchronously, for large tensors), nothing between two parts on one device.
 
@@ -435,6 +435,8 @@ def _returned_channels(fn: Any) -> list[int]:
     from gimlet.dialects import comm
 
     found = []
+    start: Any
+    value: Any
     for op in fn.body.block.ops:
         if isinstance(op, comm.RecvOp):
             start, value = op, op.result

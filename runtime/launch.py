@@ -249,9 +249,9 @@ class Session:
         kernel_s = 0.0
         for rank, (_, _, st, seconds, kernels) in sorted(answers.items()):
             kernel_s += kernels
-            total = self._totals[rank]
-            total["iterations_s"].append(seconds)
-            if st is not None:
+            if st is not None:  # only when asked for: a long-lived session keeps nothing
+                total = self._totals[rank]
+                total["iterations_s"].append(seconds)
                 _accumulate(total, st)
                 stats.append(dict(st, iterations_s=[seconds]))
         pids = [p.pid for p in self.procs]

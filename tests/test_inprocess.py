@@ -187,6 +187,58 @@ def test_in_process_equals_the_interpreter_bundle(bundles: dict[str, Path]) -> N
         torch.testing.assert_close(cxx(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
 
 
+OUT_OF_ORDER = """builtin.module {
+  func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+    comm.send %x to "gpu1" channel 0 via "pcie" : tensor<4xf32>
+    gml.segment "gpu0" () : () -> () {
+      %a = comm.recv from "gpu1" channel 1 via "nvlink" : tensor<4xf32>
+      comm.send %a to "cpu0" channel 2 via "pcie" : tensor<4xf32>
+      gml.yield
+    }
+    gml.segment "gpu1" () : () -> () {
+      %a = comm.recv from "cpu0" channel 0 via "pcie" : tensor<4xf32>
+      comm.send %a to "gpu0" channel 1 via "nvlink" : tensor<4xf32>
+      gml.yield
+    }
+    %r = comm.recv from "gpu0" channel 2 via "pcie" : tensor<4xf32>
+    func.return %r : tensor<4xf32>
+  }
+}
+"""
+
+
+def test_a_program_whose_segments_must_overlap_gets_workers(bundles: dict[str, Path]) -> None:
+    from gimlet.ir import parse
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.inprocess import choose_processes, sequential_order_problem
+
+    problem = sequential_order_problem(parse(OUT_OF_ORDER))
+    assert problem == "segment 0 on gpu0 waits for channel 1 before the segment on gpu1 sends it"
+    bundle = load_bundle(str(bundles["gpu"]))
+    assert choose_processes(bundle, "auto", problem) == (
+        "per-device",
+        f"its segments must run concurrently ({problem})",
+    )
+    with pytest.raises(BundleError, match="this bundle cannot run in one process: segment 0"):
+        choose_processes(bundle, "one", problem)
+    assert sequential_order_problem(parse(TWO_IN_ORDER)) is None
+
+
+TWO_IN_ORDER = """builtin.module {
+  func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+    comm.send %x to "gpu0" channel 0 via "pcie" : tensor<4xf32>
+    gml.segment "gpu0" () : () -> () {
+      %a = comm.recv from "cpu0" channel 0 via "pcie" : tensor<4xf32>
+      comm.send %a to "cpu0" channel 1 via "pcie" : tensor<4xf32>
+      gml.yield
+    }
+    %r = comm.recv from "gpu0" channel 1 via "pcie" : tensor<4xf32>
+    func.return %r : tensor<4xf32>
+  }
+}
+"""
+
+
 def test_two_cpu_bundle_forced_into_one_process(bundles: dict[str, Path]) -> None:
     module, x = _mlp()
     with gimlet.load(str(bundles["mlp2"]), processes="one") as run:
