@@ -22,7 +22,6 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Attribute
 
-from gimlet import __version__
 from gimlet.artifacts import IR_FILE, save_weights, write_atomically
 from gimlet.backends import get as get_backend
 from gimlet.backends import select as select_backend
@@ -38,6 +37,7 @@ from gimlet.runtime.bundle import (
     manifest_reader,
     sha256,
 )
+from gimlet.version import __version__
 
 
 def _type_sig(t: Attribute) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
-from gimlet import __version__
 from gimlet.artifacts import (
     INPUTS_FILE,
     IR_FILE,
@@ -42,6 +41,7 @@ from gimlet.passes.outline_segments import OutlineSegments
 from gimlet.passes.overlap_comm import OverlapComm
 from gimlet.passes.place import Place
 from gimlet.progress import step
+from gimlet.version import __version__
 
 DESCRIPTION = """\
 gimlet: a dataflow compiler for heterogeneous AI inference.
