@@ -17,6 +17,23 @@ from xdsl.ir import Operation, SSAValue
 from gimlet.backends.base import HostExecutor
 from gimlet.dialects import comm, gml
 
+
+def compiled_parts(segment: gml.SegmentOp) -> tuple[list[Any], list[Any]]:
+    """(split(segment): its items in program order, the parts a backend compiles)."""
+    from gimlet.backends.cpu.segments import Part, split
+
+    items = split(segment)
+    return items, [p for p in items if isinstance(p, Part) and p.compiled]
+
+
+def part_functions(segment: gml.SegmentOp, index: int) -> list[Any]:
+    """Each compiled part of segment `index` as a standalone func.func (seg<N>.part<K>)."""
+    from gimlet.backends.cpu.segments import part_function
+
+    _, parts = compiled_parts(segment)
+    return [part_function(p, f"seg{index}.part{k}") for k, p in enumerate(parts)]
+
+
 RunPart = Callable[[int, Any, list[Any]], list[Any]]
 """(part number, the Part, its input values) -> its output values."""
 

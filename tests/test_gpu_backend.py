@@ -102,7 +102,7 @@ def test_refusal_names_op_and_line(op: str, types: str, message: str) -> None:
 
 def test_source_names_ops_and_lines(lowered: dict[str, Any]) -> None:
     src = lowered["gpt"][1].source
-    assert "#include <gimlet/gpu/gml_gpu.cuh>" in src
+    assert '#include "gimlet/gpu/gml_gpu.cuh"' in src
     assert "// gml.layer_norm h.0.ln_1 (examples/gpt.py:27)" in src
     assert "ctx->gemm(" in src and "gml::gemv_nt_acc<float, M>" in src
     assert "cuda" not in src.replace("gml_gpu.cuh", "")  # HIP compiles it too: no CUDA names
@@ -135,7 +135,7 @@ def test_build_error_shows_generated_line(cache: Any) -> None:
     from gimlet.backends.nvidia.build import CudaBuildError, build_segment
 
     with pytest.raises(CudaBuildError, match=r"\.cu:3: .*\n  3 \| this is not C\+\+"):
-        build_segment("#include <gimlet/gpu/gml_gpu.cuh>\n\nthis is not C++;\n")
+        build_segment('#include "gimlet/gpu/gml_gpu.cuh"\n\nthis is not C++;\n')
 
 
 # ------------------------------------------------------------------ on a GPU

@@ -29,24 +29,11 @@ from xdsl.ir import SSAValue
 
 from gimlet.artifacts import IR_FILE
 from gimlet.backends.base import Executor, FieldReader, HostExecutor
+from gimlet.backends.parts import compiled_parts, part_functions
 from gimlet.dialects import gml
 from gimlet.errors import UnsupportedOpError, UserError
 
 KIND = "cuda"
-
-
-def _parts(segment: gml.SegmentOp) -> tuple[list[Any], list[Any]]:
-    from gimlet.backends.cpu.segments import Part, split
-
-    items = split(segment)
-    return items, [p for p in items if isinstance(p, Part) and p.compiled]
-
-
-def _functions(segment: gml.SegmentOp, index: int) -> list[Any]:
-    from gimlet.backends.cpu.segments import part_function
-
-    _, parts = _parts(segment)
-    return [part_function(p, f"seg{index}.part{k}") for k, p in enumerate(parts)]
 
 
 class CudaBackend:
@@ -69,7 +56,7 @@ class CudaBackend:
 
         lowered = []
         problems = []
-        for fn in _functions(segment, index):
+        for fn in part_functions(segment, index):
             try:
                 lowered.append(lower(fn))
             except UnsupportedOpError as e:
@@ -168,8 +155,8 @@ class CudaExecutor:
 
             from .program import CudaFunction
 
-            items, _ = _parts(segment)
-            fns = _functions(segment, index)
+            items, _ = compiled_parts(segment)
+            fns = part_functions(segment, index)
             if len(fns) != len(artefact["parts"]):
                 raise UserError(
                     f"bundle segment {index}: {len(artefact['parts'])} CUDA parts in the manifest, "

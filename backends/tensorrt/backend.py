@@ -30,25 +30,12 @@ import numpy as np
 
 from gimlet.artifacts import IR_FILE
 from gimlet.backends.base import Executor, FieldReader, HostExecutor
+from gimlet.backends.parts import compiled_parts, part_functions
 from gimlet.dialects import gml
 from gimlet.errors import UnsupportedOpError, UserError
 
 KIND = "tensorrt"
 SCRIPT = "trt/build_engine.py"
-
-
-def _parts(segment: gml.SegmentOp) -> tuple[list[Any], list[Any]]:
-    from gimlet.backends.cpu.segments import Part, split
-
-    items = split(segment)
-    return items, [p for p in items if isinstance(p, Part) and p.compiled]
-
-
-def _functions(segment: gml.SegmentOp, index: int) -> list[Any]:
-    from gimlet.backends.cpu.segments import part_function
-
-    _, parts = _parts(segment)
-    return [part_function(p, f"seg{index}.part{k}") for k, p in enumerate(parts)]
 
 
 def lower_segment(
@@ -62,7 +49,7 @@ def lower_segment(
     from .support import refusals
 
     parts, problems = [], []
-    for k, fn in enumerate(_functions(segment, index)):
+    for k, fn in enumerate(part_functions(segment, index)):
         try:
             part = lower(fn, weights, f"seg{index}.part{k}")
         except UnsupportedOpError as e:
@@ -242,7 +229,7 @@ class TensorRTExecutor:
         self, segment: gml.SegmentOp, index: int, artefact: dict[str, Any]
     ) -> tuple[list[Any], list[Engine]]:
         if index not in self.plans:
-            items, parts = _parts(segment)
+            items, parts = compiled_parts(segment)
             with open(self.bundle.file(artefact["plan"])) as f:
                 plan = json.load(f)
             if len(parts) != len(plan["parts"]):
