@@ -14,9 +14,10 @@
    on the second) through gimlet.load with one worker per device: a call's wall time
    minus its kernels' time minus the two activation transfers (their one-way time
    through gimlet's channels, measured in part 3 at the same sizes) is the runtime's.
-3. Point to point between two local processes: gimlet's channels (static and dynamic
-   shapes) and raw torch.distributed gloo, same sizes, same process pair. One-way time =
-   half the median round trip.
+3. Point to point between two local processes: gimlet's channels (shared memory, as
+   between the workers gimlet.load starts; gloo with static and dynamic shapes, as under
+   torchrun) and raw torch.distributed gloo, same sizes, same process pair. One-way time
+   = half the median round trip.
 
 Threads: torch, onnxruntime and gimlet's pool all get 2 (the CI box has 2 cores, shared
 by both workers in part 2). Writes benchmarks/results/runtime_overhead.{json,md}.
@@ -326,16 +327,21 @@ def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
         init_method=f"tcp://127.0.0.1:{port}",
         timeout=datetime.timedelta(seconds=60),
     )
-    results: dict[str, dict[int, float]] = {"raw": {}, "static": {}, "dynamic": {}}
+    from gimlet.runtime.control import LocalSlot
+
+    slots = LocalSlot.parse(os.environ["GIMLET_LOCAL_CHANNELS"])
+    results: dict[str, dict[int, float]] = {"raw": {}, "static": {}, "dynamic": {}, "shm": {}}
     for size in sizes:
         n = max(size // 4, 1)
         reps = 200 if size <= 1 << 16 else 50 if size <= 1 << 20 else 8
         results["raw"][size] = raw_round_trip(rank, torch.zeros(n, dtype=torch.float32), reps)
-        for kind, shape in (("static", [n]), ("dynamic", [-1])):
+        for kind, shape in (("static", [n]), ("dynamic", [-1]), ("shm", [-1])):
             specs = {
                 0: ChannelSpec(0, 0, 1, "float32", shape),
                 1: ChannelSpec(1, 1, 0, "float32", shape),
             }
+            if kind == "shm":
+                specs[0].local, specs[1].local = slots[0], slots[1]
             ch = Channels(specs, 60.0, ["a", "b"])
             results[kind][size] = channel_round_trip(ch, rank, np.zeros(n, np.float32), reps)
     if rank == 0:
@@ -345,18 +351,29 @@ def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
 
 
 def point_to_point(tmp: Path, sizes: list[int]) -> dict[str, dict[str, float]]:
+    from gimlet.runtime.control import HEADER_BYTES, LocalSlot
     from gimlet.runtime.launch import _free_port
 
     out = tmp / "p2p.json"
     port = _free_port()
+    slots = {}
+    for ch in (0, 1):  # the shared-memory slots gimlet.load's launcher would make
+        memfd = os.memfd_create(f"p2p{ch}")
+        os.ftruncate(memfd, HEADER_BYTES + max(sizes))
+        slots[ch] = (memfd, os.eventfd(0), max(sizes))
+    fds = [fd for m, e, _ in slots.values() for fd in (m, e)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GIMLET_LOCAL_CHANNELS=LocalSlot.encode(slots))
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--p2p-rank", str(r), str(port), str(out)]
             + [",".join(map(str, sizes))],
-            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            env=env,
+            pass_fds=fds,
         )
         for r in range(2)
     ]
+    for fd in fds:
+        os.close(fd)
     if any(p.wait(timeout=600) != 0 for p in procs):
         raise RuntimeError("point-to-point benchmark worker failed")
     return {k: {str(s): v for s, v in d.items()} for k, d in json.loads(out.read_text()).items()}
@@ -426,7 +443,7 @@ def report(rows: list[dict[str, Any]], two: dict[str, Any], p2p: dict[str, Any])
             f"{t['torch eager'] / t['gimlet.load one process']:.2f}x faster |"
         )
     sizes = two["channel_bytes"]
-    transfers = sum(p2p["static"][str(s)] / 2 for s in sizes)
+    transfers = sum(p2p["shm"][str(s)] / 2 for s in sizes)
     raw = sum(p2p["raw"][str(s)] / 2 for s in sizes)
     w = two["two_workers"]
     left = w["overhead_s"] - transfers
@@ -438,25 +455,30 @@ def report(rows: list[dict[str, Any]], two: dict[str, Any], p2p: dict[str, Any])
         "GPT d256 L3 T=32 over two CPU devices (h.2, ln_f, lm_head on cpu1), "
         "`gimlet.load(..., processes='per-device')`; the same bundle in one process for "
         f"comparison. Channels: {', '.join(_fmt_size(s) for s in sizes)}; their one-way "
-        f"time through gimlet's channels (section below) sums to {_us(transfers)} us, "
-        f"through raw gloo {_us(raw)} us.",
+        f"time through gimlet's shared-memory channels (section below) sums to "
+        f"{_us(transfers)} us (through raw gloo: {_us(raw)} us).",
         "",
-        "| one process ms | 2 workers ms | 2 workers: wall - kernels us (median) "
-        "| minus the transfers: overhead us (goal < 150) | minus raw gloo's time us |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| one process ms | 2 workers ms | 2 workers: wall - kernels us "
+        "| minus the transfers: overhead us (goal < 150) |",
+        "| ---: | ---: | ---: | ---: |",
         f"| {_ms(lat['one process'])} | {_ms(lat['2 workers'])} | "
-        f"{_us(w['overhead_s'])} | {_us(left)} | {_us(w['overhead_s'] - raw)} |",
+        f"{_us(w['overhead_s'])} | {_us(left)} |",
         "",
         "## Point to point between two local processes",
         "",
-        "gloo over TCP loopback; one-way time is half the median round trip.",
+        "gimlet's channels through shared memory (what the workers `gimlet.load` starts "
+        "use), through gloo over TCP loopback (torchrun; NCCL channels without CUDA), and "
+        "raw torch.distributed gloo send/recv. One-way time is half the median round trip.",
         "",
-        "| message | raw gloo us | gimlet static us | gimlet dynamic us | static / raw |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| message | gimlet shm us | raw gloo us | gimlet gloo static us "
+        "| gimlet gloo dynamic us | shm / raw gloo |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in sorted({int(k) for k in p2p["raw"]}):
-        raw, st, dy = (p2p[k][str(s)] / 2 for k in ("raw", "static", "dynamic"))
-        lines.append(f"| {_fmt_size(s)} | {_us(raw)} | {_us(st)} | {_us(dy)} | {st / raw:.2f}x |")
+        sh, raw, st, dy = (p2p[k][str(s)] / 2 for k in ("shm", "raw", "static", "dynamic"))
+        lines.append(
+            f"| {_fmt_size(s)} | {_us(sh)} | {_us(raw)} | {_us(st)} | {_us(dy)} | {sh / raw:.2f}x |"
+        )
     lines += [
         "",
         "Dynamic-shape channels send a header (the sizes) before the payload: one extra "

@@ -18,6 +18,14 @@ with its handle until `finish()`.
 
 Every blocking wait has a deadline (gloo's `Work.wait(timeout)`); a dead peer closes its
 sockets, which gloo reports at once. Both become `CommError`s naming the op.
+
+Between two workers the launcher started on this host, a channel that is not NCCL's
+skips gloo: its payload goes through a shared-memory *slot* (`LocalSlot`: a header with
+the dtype and shape, then the data) and the receiver is woken through an eventfd, a
+copy and a system call instead of gloo's TCP round trips. A slot holds one message: a
+channel carries one value per request, and the launcher starts a request only when every
+worker has finished the last one. Slots of dynamic-shape channels are sparse (pages
+are backed only when written), sized for the largest message they may carry.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
+from gimlet.runtime.control import LocalSlot
 
 
 class CommError(RuntimeError):
@@ -56,6 +65,7 @@ class ChannelSpec:
     dtype: str  # numpy dtype name, or "index"
     shape: list[int]  # -1 for `?`
     cuda: torch.device | None = None  # set when the payload goes through NCCL
+    local: LocalSlot | None = None  # set when it goes through shared memory (same host)
 
 
 _TORCH_DTYPES = {
@@ -138,6 +148,11 @@ class Channels:
 
     def send(self, channel: int, value: Any) -> None:
         spec = self.specs[channel]
+        if spec.local is not None:
+            start = time.time()
+            nbytes = spec.local.put(value)
+            self.on_transfer(channel, start, time.time(), nbytes, "out")
+            return
         t = _to_tensor(value)
         if spec.cuda is not None:
             t = t.to(spec.cuda)  # a GPU executor's tensor is there already: no copy
@@ -156,6 +171,8 @@ class Channels:
     def post_recv(self, channel: int) -> Pending:
         spec = self.specs[channel]
         p = Pending(spec, None, None, posted_at=time.time())
+        if spec.local is not None:
+            return p  # nothing to post: the sender writes the slot
         if -1 in spec.shape:
             p.header = torch.empty(len(spec.shape), dtype=torch.int64)
             p.header_work = dist.irecv(p.header, spec.src, tag=2 * channel)
@@ -186,6 +203,17 @@ class Channels:
     def wait_recv(self, p: Pending) -> Any:
         spec = p.spec
         what = f"channel {spec.id}"
+        if spec.local is not None:
+            value = spec.local.take(self.timeout_s)
+            if value is None:
+                name = self.names[spec.src] if spec.src < len(self.names) else f"rank {spec.src}"
+                raise CommError(
+                    f"timed out after {self.timeout_s:g}s waiting for {what} from {name}",
+                    "timeout",
+                )
+            nbytes = 8 if isinstance(value, int) else int(value.nbytes)
+            self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")
+            return value
         if p.payload is None:
             self._wait(p.header_work, what, spec.src)
             assert p.header is not None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import select
 import socket
 import struct
 from collections.abc import Sequence
@@ -149,3 +150,102 @@ class StatusPage:
     def read(self, rank: int) -> bytes:
         off = rank * STATUS_BYTES
         return bytes(self.arena.map[off : off + STATUS_BYTES]).rstrip(b" \0")
+
+
+# -- channels between two workers of this host (runtime/channels.py uses them)
+
+# header code -> dtype name (numpy's names; "index" for sizes)
+_DTYPES = [
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "index",
+]
+_HEADER = struct.Struct("<II8q")  # dtype code, ndim, dims (payload at HEADER_BYTES)
+HEADER_BYTES = 128
+MAX_RANK = 8
+
+
+class LocalSlot:
+    """One channel's shared memory (a memfd) and wake-up (an eventfd), as the launcher
+    passed them: `LocalSlot.parse(os.environ["GIMLET_LOCAL_CHANNELS"])` in a worker."""
+
+    def __init__(self, memfd: int, eventfd: int, capacity: int):
+        self.memfd, self.eventfd, self.capacity = memfd, eventfd, capacity
+        self._map: mmap.mmap | None = None
+
+    @property
+    def map(self) -> mmap.mmap:
+        if self._map is None:  # mapped by the endpoints only, on first use
+            self._map = mmap.mmap(self.memfd, HEADER_BYTES + self.capacity)
+        return self._map
+
+    @staticmethod
+    def capacity_for(dtype: str, shape: list[int]) -> int:
+        """Bytes a slot needs: the static size, or (a `?` dim) 1 GiB of sparse memory."""
+        if -1 in shape:
+            return 1 << 30
+        item = 8 if dtype == "index" else _itemsize(dtype)
+        return max(int(np.prod(shape)) * item, 8)
+
+    @staticmethod
+    def encode(slots: dict[int, tuple[int, int, int]]) -> str:
+        return ",".join(f"{ch}:{m}:{e}:{c}" for ch, (m, e, c) in slots.items())
+
+    @staticmethod
+    def parse(text: str) -> dict[int, LocalSlot]:
+        out = {}
+        for item in filter(None, text.split(",")):
+            ch, m, e, c = (int(v) for v in item.split(":"))
+            out[ch] = LocalSlot(m, e, c)
+        return out
+
+    def put(self, value: Any) -> int:
+        """Copy `value` in (numpy array, host tensor or index) and wake the receiver; the
+        payload's bytes."""
+        if isinstance(value, int | np.integer):
+            code, a = _DTYPES.index("index"), np.asarray(int(value), dtype=np.int64)
+        else:
+            if not isinstance(value, np.ndarray) and hasattr(value, "detach"):  # a tensor
+                from gimlet.dtypes import torch_to_numpy
+
+                value = torch_to_numpy(value.detach().cpu())
+            a = np.asarray(value)
+            code = _DTYPES.index(a.dtype.name)
+        if a.ndim > MAX_RANK or a.nbytes > self.capacity:
+            raise ValueError(
+                f"a {a.dtype.name} {list(a.shape)} value does not fit the channel's "
+                f"{self.capacity}-byte shared-memory slot"
+            )
+        dims = list(a.shape) + [0] * (MAX_RANK - a.ndim)
+        _HEADER.pack_into(self.map, 0, code, a.ndim, *dims)
+        np.copyto(np.ndarray(a.shape, a.dtype, buffer=self.map, offset=HEADER_BYTES), a)
+        os.eventfd_write(self.eventfd, 1)
+        return int(a.nbytes)
+
+    def take(self, timeout_s: float) -> Any:
+        """Wait (up to timeout_s) for the message; a view of it (valid until the next
+        request), or an int for an index. None on timeout."""
+        ready, _, _ = select.select([self.eventfd], [], [], timeout_s)
+        if not ready:
+            return None
+        os.eventfd_read(self.eventfd)
+        code, ndim, *dims = _HEADER.unpack_from(self.map, 0)
+        name = _DTYPES[code]
+        if name == "index":
+            return int(np.ndarray((), np.int64, buffer=self.map, offset=HEADER_BYTES))
+        dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+        return np.ndarray(tuple(dims[:ndim]), dtype, buffer=self.map, offset=HEADER_BYTES)
+
+
+def _itemsize(dtype: str) -> int:
+    return int(
+        np.dtype(ml_dtypes.bfloat16).itemsize if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    )

@@ -31,7 +31,15 @@ import numpy as np
 
 from gimlet.errors import UserError
 from gimlet.runtime.bundle import Bundle, check_cluster, check_inputs, load_bundle
-from gimlet.runtime.control import Arena, StatusPage, grow, recv_msg, send_msg
+from gimlet.runtime.control import (
+    HEADER_BYTES,
+    Arena,
+    LocalSlot,
+    StatusPage,
+    grow,
+    recv_msg,
+    send_msg,
+)
 
 GRACE_S = 0.5  # after the first failure, how long to wait for the others' reports
 STOP_S = 5.0  # how long close() lets workers stop on their own before killing them
@@ -153,12 +161,15 @@ class Session:
         ]
         base = dict(os.environ)
         base.update(self.env or {})
+        slots = _local_slots(self.bundle, base)
         base.update(
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(_free_port()),
             WORLD_SIZE=str(n),
             GIMLET_STATUS_FD=str(self.status.fd),
+            GIMLET_LOCAL_CHANNELS=LocalSlot.encode(slots),
         )
+        fds = [fd for memfd, eventfd, _ in slots.values() for fd in (memfd, eventfd)]
         if self.timeout_s is not None:
             base["GIMLET_RECV_TIMEOUT"] = str(self.timeout_s)
         try:
@@ -183,13 +194,16 @@ class Session:
                             env=env,
                             stdout=log,
                             stderr=subprocess.STDOUT,
-                            pass_fds=(theirs.fileno(), self.status.fd),
+                            pass_fds=(theirs.fileno(), self.status.fd, *fds),
                             start_new_session=True,  # its own process group, killed as one
                         )
                     )
         except BaseException:
             self.close()
             raise
+        finally:
+            for fd in fds:  # the workers hold them now
+                os.close(fd)
 
     def close(self) -> None:
         """Ask the workers to stop, give them a moment, then make sure they are gone."""
@@ -225,7 +239,10 @@ class Session:
         offsets, need = Arena.layout(inputs)
         self.arena, fresh = grow(self.arena, need)
         meta = self.arena.write(inputs, offsets)
-        for rank, sock in enumerate(self.socks):
+        # the others first: they wake while the host reads its inputs
+        order = [r for r in range(len(self.socks)) if r != self.host_rank] + [self.host_rank]
+        for rank in order:
+            sock = self.socks[rank]
             try:
                 if rank == self.host_rank:
                     fds = [self.arena.fd] if fresh and self.arena.fd is not None else []
@@ -347,6 +364,23 @@ class Session:
             return ""
         where = f" in segment {st['segment']}" if st.get("segment") is not None else ""
         return where + (f" at {st['op']}" if st.get("op") else "")
+
+
+def _local_slots(bundle: Bundle, env: dict[str, str]) -> dict[int, tuple[int, int, int]]:
+    """A shared-memory slot (memfd, eventfd, capacity) for every channel that is not
+    NCCL's: the workers are on this host, so they need not go through gloo's sockets
+    (runtime/channels.py). GIMLET_TRANSPORT=gloo keeps every channel on gloo."""
+    if env.get("GIMLET_TRANSPORT") == "gloo":
+        return {}
+    slots = {}
+    for c in bundle.manifest["channels"]:
+        if c.get("backend") == "nccl":
+            continue  # NCCL where the workers have CUDA, gloo where they do not
+        capacity = LocalSlot.capacity_for(c["dtype"], c["shape"])
+        memfd = os.memfd_create(f"gimlet-ch{c['id']}", os.MFD_CLOEXEC)
+        os.ftruncate(memfd, HEADER_BYTES + capacity)  # sparse: pages come on first write
+        slots[c["id"]] = (memfd, os.eventfd(0, os.EFD_CLOEXEC), capacity)
+    return slots
 
 
 def _default_timeout() -> float:

@@ -111,6 +111,7 @@ class Worker:
 
     def __init__(self, bundle: Any, rank: int, status: Any, timeout_s: float):
         from gimlet.runtime.channels import Channels, ChannelSpec
+        from gimlet.runtime.control import LocalSlot
 
         self.bundle, self.rank = bundle, rank
         self.device = bundle.devices[rank]
@@ -142,6 +143,11 @@ class Worker:
             )
             for c in bundle.manifest["channels"]
         }
+        # channels to workers of this host that the launcher gave shared memory
+        slots = LocalSlot.parse(os.environ.get("GIMLET_LOCAL_CHANNELS", ""))
+        for ch, spec in specs.items():
+            if ch in slots and spec.cuda is None and rank in (spec.src, spec.dst):
+                spec.local = slots[ch]
         self.channels = Channels(specs, timeout_s, list(bundle.devices), self._on_transfer)
 
     # -- progress, trace and stats
@@ -169,7 +175,7 @@ class Worker:
         spec = self.channels.specs[channel]
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
         name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
-        via = "nccl" if spec.cuda is not None else "gloo"
+        via = "nccl" if spec.cuda is not None else "shm" if spec.local is not None else "gloo"
         self.events.append(_span(name, "transfer", start, end, 1, {"bytes": nbytes, "via": via}))
         if self.segment is not None:
             self.stats[self.segment][f"bytes_{d}"] += nbytes

@@ -219,6 +219,18 @@ def test_torchrun_runs_the_same_bundle(bundles: dict[str, Path], tmp_path: Path)
     np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_local_channels_use_shared_memory_or_gloo_when_asked(bundles: dict[str, Path]) -> None:
+    """Workers of one host move values through shared memory; GIMLET_TRANSPORT=gloo keeps
+    them on gloo; both give torch's numbers (a dynamic batch, so the slots are sparse)."""
+    module, x = _mlp_input()
+    want = module(x).detach().numpy()
+    for env, via in (({}, "shm"), ({"GIMLET_TRANSPORT": "gloo"}, "gloo")):
+        result = launch(str(bundles["mlp3"]), [x.numpy()], env=env)
+        np.testing.assert_allclose(result.outputs[0], want, rtol=1e-4, atol=1e-5)
+        spans = [e for s in result.stats for e in s["events"] if e["cat"] == "transfer"]
+        assert spans and {e["args"]["via"] for e in spans} == {via}
+
+
 def test_killed_worker_fails_fast_naming_device_and_segment(bundles: dict[str, Path]) -> None:
     _, x = _mlp_input()
     with pytest.raises(RunError) as info:
@@ -446,7 +458,11 @@ def test_gpu_to_gpu_channels_are_marked_for_nccl_and_fall_back_to_gloo_without_c
     result = launch(str(out), [x.numpy()], env={"CUDA_VISIBLE_DEVICES": ""})
     np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     spans = [e for s in result.stats for e in s["events"] if e["cat"] == "transfer"]
-    assert {e["args"]["via"] for e in spans} == {"gloo"}  # no CUDA here
+    via = {int(e["name"].split()[0][2:]): e["args"]["via"] for e in spans}
+    # no CUDA here: the NCCL channel falls back to gloo; the others, between workers of
+    # one host, go through shared memory
+    want = {c["id"]: "gloo" if c["backend"] == "nccl" else "shm" for c in manifest["channels"]}
+    assert via == want and sorted(want.values()) == ["gloo", "shm", "shm"], via
 
 
 CROSSED = """builtin.module attributes {gml.target = "TARGET"} {
