@@ -113,7 +113,11 @@ class CudaFunction:
         if not torch.cuda.is_available():
             raise UserError("the NVIDIA backend needs a CUDA GPU, and torch sees none")
         self.torch = torch
-        self.device = torch.device(device if device is not None else "cuda")
+        dev = torch.device(device if device is not None else "cuda")
+        # with its index, so a caller's tensor on this GPU compares equal (no .to() per call)
+        self.device = (
+            dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+        )
         torch.cuda.init()
         self.low = lowered or lower(fn)
         self.fn = fn
