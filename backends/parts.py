@@ -26,11 +26,13 @@ def compiled_parts(segment: gml.SegmentOp) -> tuple[list[Any], list[Any]]:
     return items, [p for p in items if isinstance(p, Part) and p.compiled]
 
 
-def part_functions(segment: gml.SegmentOp, index: int) -> list[Any]:
-    """Each compiled part of segment `index` as a standalone func.func (seg<N>.part<K>)."""
+def part_functions(segment: gml.SegmentOp, index: int, parts: list[Any] | None = None) -> list[Any]:
+    """Each compiled part of segment `index` as a standalone func.func (seg<N>.part<K>);
+    `parts`: compiled_parts(segment)'s, when the caller already cut the segment."""
     from gimlet.backends.cpu.segments import part_function
 
-    _, parts = compiled_parts(segment)
+    if parts is None:
+        _, parts = compiled_parts(segment)
     return [part_function(p, f"seg{index}.part{k}") for k, p in enumerate(parts)]
 
 

@@ -155,8 +155,8 @@ class CudaExecutor:
 
             from .program import CudaFunction
 
-            items, _ = compiled_parts(segment)
-            fns = part_functions(segment, index)
+            items, parts = compiled_parts(segment)
+            fns = part_functions(segment, index, parts)  # one cut of the segment, not two
             if len(fns) != len(artefact["parts"]):
                 raise UserError(
                     f"bundle segment {index}: {len(artefact['parts'])} CUDA parts in the manifest, "
