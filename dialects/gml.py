@@ -1357,6 +1357,17 @@ class FusionOp(IRDLOperation):
             raise VerifyException("gml.fusion body must end in gml.yield")
         if [v.type for v in term.values] != [r.type for r in self.outputs]:
             raise VerifyException("gml.yield types must match the gml.fusion results")
+        # backends emit the group as one loop over the broadcast of its members' shapes
+        domain: tuple[int, ...] = ()
+        for member in self.body.block.ops:
+            for r in member.results:
+                try:
+                    domain = broadcast(domain, shape_of(r.type))
+                except VerifyException:
+                    raise VerifyException(
+                        f"members must broadcast to one domain: {member.name} "
+                        f"gives {fmt(shape_of(r.type))} in a group over {fmt(domain)}"
+                    ) from None
 
 
 @irdl_op_definition

@@ -4,6 +4,10 @@ A group is emitted where its last member stood, so it is only extended by an
 op X when no value of the group is used outside it before X (the group is
 "closed" by the first outside reader); that keeps every use dominated and the
 block acyclic without a separate reachability analysis, in one linear scan.
+
+Every member's result must broadcast with the group's domain (the broadcast of all
+its members' shapes): a backend emits the group as one loop over that domain, so
+q [2,4,10,8] and k [2,2,10,8] of grouped-query attention never share a group.
 """
 
 from __future__ import annotations
@@ -14,12 +18,22 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
+from xdsl.utils.exceptions import VerifyException
 
 from gimlet.dialects import gml
+from gimlet.dialects.shapes import Shape, broadcast, shape_of
 
 
 def is_elementwise(op: Operation) -> bool:
     return isinstance(op, gml.ELEMENTWISE)
+
+
+def _widen(domain: Shape, op: Operation) -> Shape | None:
+    """The domain with `op` in the group, or None where its result does not broadcast."""
+    try:
+        return broadcast(domain, shape_of(op.results[0].type))
+    except VerifyException:
+        return None
 
 
 def _groups(block: Block) -> list[list[Operation]]:
@@ -29,6 +43,7 @@ def _groups(block: Block) -> list[list[Operation]]:
     groups: list[list[Operation]] = []
     closed: list[bool] = []
     last: list[int] = []  # scan position of each group's latest member
+    domain: list[Shape] = []  # broadcast of each group's member shapes
     for position, op in enumerate(block.ops):
         read = {
             group_of[v.owner]
@@ -38,7 +53,7 @@ def _groups(block: Block) -> list[list[Operation]]:
         }
         target = None
         if is_elementwise(op):
-            open_groups = [g for g in read if not closed[g]]
+            open_groups = [g for g in read if not closed[g] and _widen(domain[g], op) is not None]
             # The group whose last member is latest is the one a chain is extending.
             target = max(open_groups, key=lambda g: last[g], default=None)
             if target is None:
@@ -46,6 +61,10 @@ def _groups(block: Block) -> list[list[Operation]]:
                 groups.append([])
                 closed.append(False)
                 last.append(position)
+                domain.append(())
+            widened = _widen(domain[target], op)
+            assert widened is not None
+            domain[target] = widened
             groups[target].append(op)
             last[target] = position
             group_of[op] = target

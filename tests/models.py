@@ -72,6 +72,7 @@ class LlamaBlock(nn.Module):
         inv = 1.0 / (10000 ** (torch.arange(0, self.hd, 2).float() / self.hd))
         ang = torch.arange(t).float()[:, None] * inv[None, :]
         cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # as HF Llama: f16/bf16 stay 16-bit
         x1, x2 = x[..., : self.hd // 2], x[..., self.hd // 2 :]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
