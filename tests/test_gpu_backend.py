@@ -630,6 +630,43 @@ def test_attention_in_place_matches_interpreter(fold: bool, cache: Any, monkeypa
         np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
+@needs_gpu
+@pytest.mark.parametrize("cache_len", [5, 700])
+def test_decode_attention_splits_the_cache_and_matches_interpreter(
+    cache_len: int, cache: Any
+) -> None:
+    """Flash-decoding: a 700-token cache over 2 batches x 4 heads is 22 chunks (the last
+    one partial), 5 tokens is one; both equal the interpreter at f32 tolerance."""
+    import sys
+
+    from gimlet.backends.gpu.codegen import _decode_split
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+    from gimlet.frontend import import_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpt import GPT
+    from gpt_phases import Decode
+
+    assert _decode_split(8, 700) == (32, 22) and _decode_split(8, 5) == (32, 1)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(cache_len)
+    model = Decode(GPT(vocab=512, ctx=1024, d=64, heads=4, layers=2)).eval()
+    inputs = (
+        torch.randint(0, 512, (2, 1), generator=gen),
+        torch.randn(2, 2, 4, cache_len, 16, generator=gen),
+        torch.randn(2, 2, 4, cache_len, 16, generator=gen),
+    )
+    module, weights = import_model(model, inputs, None)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    low = lower(main_func(module))
+    assert "attention_decode_split" in low.source
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    (got,) = f(*[x.cuda() for x in inputs])
+    (ref,) = run(module, [x.numpy() for x in inputs], weights)
+    np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
     from gimlet.backends.nvidia import build
 

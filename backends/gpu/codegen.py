@@ -41,9 +41,9 @@ from gimlet.errors import UnsupportedOpError
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
 
 ENTRY = "gimlet_gpu_main"
-# cuBLAS attention reading q/k/v through strides (no copies). Off until it has passed the
-# GPU tests: its first run on the H200 read a buffer the plan had already reused.
-FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "0") == "1"
+# cuBLAS attention reading q/k/v through strides (no copies); GIMLET_GPU_FOLD_ATTENTION=0
+# turns it off (to compare, or to rule it out).
+FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "1") == "1"
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
 HALF = ("gml::f16", "gml::bf16")
@@ -114,6 +114,21 @@ class Env:
 Slot = Callable[[Env], int]
 ViewRule = Callable[[Env], int | None]
 """A value's element offset into its source when it is a view at this bucket, else None."""
+
+
+# Decode attention splits the keys into chunks so that blocks x chunks fills the GPU
+# (an H200 has 132 SMs: two blocks each); a chunk holds 32..256 keys, its scores in
+# shared memory.
+DECODE_TARGET_BLOCKS = 264
+DECODE_CHUNK_MIN, DECODE_CHUNK_MAX = 32, 256
+
+
+def _decode_split(blocks: int, keys: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) for `blocks` (batch x kv head) blocks over `keys` keys."""
+    want = max(1, -(-DECODE_TARGET_BLOCKS // max(blocks, 1)))
+    chunk = -(-max(keys, 1) // want)
+    chunk = min(DECODE_CHUNK_MAX, max(DECODE_CHUNK_MIN, -(-chunk // 32) * 32))
+    return chunk, max(1, -(-keys // chunk))
 
 
 @dataclass(frozen=True)
@@ -1003,11 +1018,24 @@ class _Lowering:
         scale = op.scale.value.data if op.scale is not None else None
         sc = self.slot(lambda env: env.shapes[q][-1])
         fused = self.slot(lambda env: int(self._decode_attention(op, env)))
-        scores = Scratch(f"scores{self.step}", lambda env: _prod(dims(env)[:3]) * 4)
+        split = self.slots_of(lambda env: list(_decode_split(dims(env)[0], dims(env)[2])), 2)
+
+        def unfused(nbytes: Callable[[Env], int]) -> Callable[[Env], int]:
+            return lambda env: 0 if self._decode_attention(op, env) else nbytes(env)
+
+        def split_bytes(env: Env) -> int:  # [batch, chunk, row, dv + 2] floats
+            if not self._decode_attention(op, env):
+                return 0
+            b, m, n, _, dv, _ = dims(env)
+            return b * _decode_split(b, n)[1] * m * (dv + 2) * 4
+
+        scores = Scratch(f"scores{self.step}", unfused(lambda env: _prod(dims(env)[:3]) * 4))
         half = 2 if ct in HALF else 4
-        probs = Scratch(f"probs{self.step}", lambda env: _prod(dims(env)[:3]) * half)
-        self.scratch += [(scores, self.step), (probs, self.step)]
+        probs = Scratch(f"probs{self.step}", unfused(lambda env: _prod(dims(env)[:3]) * half))
+        part = Scratch(f"part{self.step}", split_bytes)
+        self.scratch += [(scores, self.step), (probs, self.step), (part, self.step)]
         s_ptr, p_ptr = self.ptr(scores, "float"), self.ptr(probs, ct)
+        part_ptr = self.ptr(part, "float")
         alpha = f"{scale!r}f" if scale is not None else f"1.0f / sqrtf(float(P[{sc}]))"
         B, M, N, D, DV, TQ = (f"P[{p + i}]" for i in range(6))
         bias = f"gml::Causal{{{N}, {TQ}}}" if causal == "true" else "gml::NoBias{}"
@@ -1024,10 +1052,16 @@ class _Lowering:
             return f"gml::Pieces<{ct}, 2>{{{{{', '.join(ptrs)}}}, {{P[{sizes}], P[{sizes + 1}]}}}}"
 
         self.comment([op])
-        self.emit(f"if (P[{fused}]) {{  // decode: one fused kernel per (batch, kv head)")
+        chunk, chunks = f"P[{split}]", f"P[{split + 1}]"
+        self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
         self.emit(
-            f"  gml::attention_decode<{ct}><<<unsigned({B}), gml::ATTN_THREADS, 0, stream>>>"
-            f"({M}, {D}, {DV}, {qp}, {pieces(k)}, {pieces(v)}, {yp}, {s_ptr}, {alpha}, {bias});"
+            f"  gml::attention_decode_split<{ct}><<<dim3(unsigned({B}), unsigned({chunks})), "
+            f"gml::ATTN_SPLIT_THREADS, 0, stream>>>({M}, {D}, {DV}, {chunk}, {qp}, {pieces(k)}, "
+            f"{pieces(v)}, {part_ptr}, {alpha}, {bias});"
+        )
+        self.emit(
+            f"  gml::attention_combine<{ct}><<<gml::blocks_for({B} * {M} * {DV}, {THREADS}), "
+            f"{THREADS}, 0, stream>>>({B}, {chunks}, {M}, {DV}, {part_ptr}, {yp});"
         )
         self.emit("} else {")
         # operands as cuBLAS reads them: in place through strides where this bucket folds

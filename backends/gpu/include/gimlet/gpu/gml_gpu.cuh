@@ -641,83 +641,91 @@ __global__ void concat_mid(int64_t outer, int64_t n, int64_t inner, Pieces<T, N>
   }
 }
 
-// Attention for a few query rows (decode): one block per (batch, kv head) computes its
-// m = G*Tq query rows. K and V are read from up to two pieces along the sequence (a KV
-// cache and the step's new entry, so their concatenation is never built); each piece is
-// [blocks, n_piece, d] contiguous. Scores go to `scores` (global scratch, m x n floats a
-// block), one thread per key with 16-byte loads; a softmax per row in place; then
-// out = P @ V with threads over (row, column pair) and key slices, summed in shared
-// memory. `bias` as in softmax_rows (rows numbered across blocks).
+// A row j of K or V read from up to two pieces along the sequence (a KV cache and the
+// step's new entry, so their concatenation is never built); each piece is
+// [blocks, n_piece, width] contiguous.
 template <class T>
 GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t width) {
   const int64_t n0 = kv.size[0];
   return j < n0 ? kv.p[0] + (b * n0 + j) * width : kv.p[1] + (b * kv.size[1] + j - n0) * width;
 }
 
-constexpr int ATTN_THREADS = 512;   // 16 warps: one block per (batch, kv head) must be quick
 constexpr int ATTN_MAX_COLS = 512;  // m * dv: the V phase's per-warp partial sums
 
+// Flash-decoding: the keys split into chunks, one block per (batch, kv head, chunk), so
+// a 512-token cache keeps ~100 SMs busy instead of one per head. Block (b, c) leaves
+// unnormalised partials for its m query rows: P_c @ V_c, the chunk's max score and its
+// sum of exp(score - max), laid out [b][c][row][dv + 2]; attention_combine rescales
+// and sums them. K and V come through piece_row. `bias` as in softmax_rows (rows
+// numbered across blocks).
+constexpr int ATTN_SPLIT_THREADS = 128;  // 4 warps: a chunk is at most 256 keys
+constexpr int ATTN_CHUNK_MAX = 256;
+
 template <class T, class Bias>
-__global__ void __launch_bounds__(ATTN_THREADS)
-    attention_decode(int64_t m, int64_t d, int64_t dv, const T* __restrict__ q, Pieces<T, 2> k,
-                     Pieces<T, 2> v, T* __restrict__ y, float* scores, float scale, Bias bias) {
-  constexpr int WARPS = ATTN_THREADS / GML_WARP;
-  const int64_t b = blockIdx.x, n = k.size[0] + k.size[1];
+__global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
+    attention_decode_split(int64_t m, int64_t d, int64_t dv, int64_t chunk,
+                           const T* __restrict__ q, Pieces<T, 2> k, Pieces<T, 2> v,
+                           float* __restrict__ part, float scale, Bias bias) {
+  constexpr int WARPS = ATTN_SPLIT_THREADS / GML_WARP;
+  const int64_t b = blockIdx.x, c = blockIdx.y, chunks = gridDim.y;
+  const int64_t n = k.size[0] + k.size[1], lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+  const int64_t width = dv + 2;
   q += b * m * d;
-  y += b * m * dv;
-  float* s = scores + b * m * n;
+  part += (b * chunks + c) * m * width;
   __shared__ float qs[8 * 128];
+  __shared__ float s[8][ATTN_CHUNK_MAX];
   __shared__ float partial[WARPS][ATTN_MAX_COLS];
   for (int64_t i = threadIdx.x; i < m * d; i += blockDim.x) qs[i] = float(load(q + i));
   __syncthreads();
   // scores: a thread per key, its row in 16-byte loads, q broadcast from shared memory
   constexpr int V = 16 / sizeof(T);
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
     const T* kr = piece_row(k, b, j, d);
     float dot[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int64_t c = 0; c < d; c += V) {
+    for (int64_t e0 = 0; e0 < d; e0 += V) {
       T kv[V];
       if (d % V == 0) {
-        *reinterpret_cast<uint4*>(kv) = *reinterpret_cast<const uint4*>(kr + c);
+        *reinterpret_cast<uint4*>(kv) = *reinterpret_cast<const uint4*>(kr + e0);
       } else {
 #pragma unroll
-        for (int e = 0; e < V; ++e) kv[e] = c + e < d ? kr[c + e] : T{};
+        for (int e = 0; e < V; ++e) kv[e] = e0 + e < d ? kr[e0 + e] : T{};
       }
 #pragma unroll
       for (int e = 0; e < V; ++e) {
-        const float kf = c + e < d ? float(load(&kv[e])) : 0.f;
+        const float kf = e0 + e < d ? float(load(&kv[e])) : 0.f;
 #pragma unroll
         for (int r = 0; r < 8; ++r)
-          if (r < m) dot[r] += qs[r * d + (c + e < d ? c + e : 0)] * kf;
+          if (r < m) dot[r] += qs[r * d + (e0 + e < d ? e0 + e : 0)] * kf;
       }
     }
 #pragma unroll
     for (int r = 0; r < 8; ++r)
-      if (r < m) s[r * n + j] = dot[r] * scale + bias(b * m + r, j);
+      if (r < m) s[r][j - lo] = dot[r] * scale + bias(b * m + r, j);
   }
   __syncthreads();
+  // per row: the chunk's max, exp(score - max) in place, and their sum
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int64_t r = 0; r < m; ++r) {
     float mx = ninf;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = maxnan(s[r * n + j], mx);
+    for (int64_t j = threadIdx.x; j < hi - lo; j += blockDim.x) mx = maxnan(s[r][j], mx);
     mx = block_reduce<float, true>(mx);
     float sum = 0.f;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const float e = mx == ninf ? 0.f : expf(s[r * n + j] - mx);
-      s[r * n + j] = e;
+    for (int64_t j = threadIdx.x; j < hi - lo; j += blockDim.x) {
+      const float e = mx == ninf ? 0.f : expf(s[r][j] - mx);
+      s[r][j] = e;
       sum += e;
     }
     sum = block_reduce<float, false>(sum);
-    const float inv = sum > 0.f ? 1.f / sum : std::numeric_limits<float>::quiet_NaN();
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s[r * n + j] *= inv;
+    if (threadIdx.x == 0) {
+      part[r * width + dv] = mx;
+      part[r * width + dv + 1] = sum;
+    }
   }
   __syncthreads();
-  // out = P @ V: warp w takes keys w, w + WARPS, ...; its lanes span the m*dv outputs
-  // (coalesced rows of V); four keys in flight per step; partial sums meet in shared memory
+  // P_c @ V_c: warp w takes keys lo + w, lo + w + WARPS, ...; lanes span the m*dv outputs
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
   const int64_t cols = m * dv;
   constexpr int PER = ATTN_MAX_COLS / GML_WARP;
-  // each lane's outputs (row, column), found once: no division in the key loop
   int sr[PER], sc[PER];
   float acc[PER];
 #pragma unroll
@@ -727,28 +735,22 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     sc[t] = rc < cols ? rc % int(dv) : 0;
     acc[t] = 0.f;
   }
-  const int used = int((cols + GML_WARP - 1) / GML_WARP);  // the t a lane may use
-  int64_t j = warp;
-  for (; j + 3 * WARPS < n; j += 4 * WARPS) {
+  const int used = int((cols + GML_WARP - 1) / GML_WARP);
+  int64_t j = lo + warp;
+  for (; j + WARPS < hi; j += 2 * WARPS) {
     const T* v0 = piece_row(v, b, j, dv);
     const T* v1 = piece_row(v, b, j + WARPS, dv);
-    const T* v2 = piece_row(v, b, j + 2 * WARPS, dv);
-    const T* v3 = piece_row(v, b, j + 3 * WARPS, dv);
 #pragma unroll
-    for (int t = 0; t < PER; ++t) {
-      if (t < used && sr[t] >= 0) {
-        const float* pr = s + sr[t] * n + j;
-        const int c = sc[t];
-        acc[t] += pr[0] * float(load(v0 + c)) + pr[WARPS] * float(load(v1 + c)) +
-                  pr[2 * WARPS] * float(load(v2 + c)) + pr[3 * WARPS] * float(load(v3 + c));
-      }
-    }
+    for (int t = 0; t < PER; ++t)
+      if (t < used && sr[t] >= 0)
+        acc[t] += s[sr[t]][j - lo] * float(load(v0 + sc[t])) +
+                  s[sr[t]][j - lo + WARPS] * float(load(v1 + sc[t]));
   }
-  for (; j < n; j += WARPS) {
+  for (; j < hi; j += WARPS) {
     const T* vr = piece_row(v, b, j, dv);
 #pragma unroll
     for (int t = 0; t < PER; ++t)
-      if (t < used && sr[t] >= 0) acc[t] += s[sr[t] * n + j] * float(load(vr + sc[t]));
+      if (t < used && sr[t] >= 0) acc[t] += s[sr[t]][j - lo] * float(load(vr + sc[t]));
   }
 #pragma unroll
   for (int t = 0; t < PER; ++t) {
@@ -760,7 +762,31 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
-    store(y + rc, t);
+    part[(rc / dv) * width + rc % dv] = t;
+  }
+}
+
+// y[b, row, :] from the chunks' partials: each rescaled by exp(max_c - max), summed,
+// divided by the rescaled sum (NaN where every score of the row is -inf, as softmax)
+template <class T>
+__global__ void attention_combine(int64_t blocks, int64_t chunks, int64_t m, int64_t dv,
+                                  const float* __restrict__ part, T* __restrict__ y) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t width = dv + 2, stride = m * width;
+  GML_FOR(e, blocks * m * dv) {
+    const int64_t col = e % dv, r = (e / dv) % m, b = e / (dv * m);
+    const float* base = part + b * chunks * stride + r * width;
+    float mx = ninf;
+    for (int64_t c = 0; c < chunks; ++c) mx = maxnan(base[c * stride + dv], mx);
+    float total = 0.f, acc = 0.f;
+    if (mx != ninf)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* pc = base + c * stride;
+        const float w = pc[dv] == ninf ? 0.f : expf(pc[dv] - mx);
+        total += w * pc[dv + 1];
+        acc += w * pc[col];
+      }
+    store(y + e, total > 0.f ? acc / total : std::numeric_limits<float>::quiet_NaN());
   }
 }
 
