@@ -12,6 +12,7 @@ from gimlet.errors import UserError
 
 
 def run_bundle(args: argparse.Namespace) -> int:
+    from gimlet.backends.report import format_report, run_report
     from gimlet.runtime.bundle import check_cluster, check_inputs, load_bundle
     from gimlet.runtime.inprocess import choose_processes, parse_program, sequential_order_problem
     from gimlet.runtime.launch import launch
@@ -29,6 +30,8 @@ def run_bundle(args: argparse.Namespace) -> int:
     problem = sequential_order_problem(module) if module is not None else None
     processes, reason = choose_processes(bundle, requested, problem)
     n = len(bundle.devices)
+    # what runs each segment here, and why where it is not what gimletc compile chose
+    sys.stderr.write(format_report(run_report(bundle.manifest), "gimletc"))
     if processes == "one":
         sys.stderr.write(f"gimletc: running in this process ({reason})\n")
         outputs, stats, wall = _in_process(bundle, module, inputs)

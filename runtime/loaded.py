@@ -5,17 +5,21 @@ processes="auto" (the default) runs the bundle in the caller's process (runtime/
 inprocess.py) when all its segments can run there: one device, or the host CPU with one
 GPU of this machine; bundles spread over several CPU devices or several GPUs get their
 worker processes (runtime/launch.py). "one" and "per-device" force either; `.processes`
-and `.reason` say what was chosen and why.
+and `.reason` say what was chosen and why, and `.report` what runs each segment here
+(backends/report.py); a segment that falls back at load (e.g. TensorRT not installed) is
+said once on stderr.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 import weakref
 from typing import Any
 
 import numpy as np
 
+from gimlet.backends.report import format_report, run_report
 from gimlet.runtime.bundle import check_cluster, load_bundle
 from gimlet.runtime.launch import RunResult, Session
 
@@ -52,6 +56,8 @@ class Loaded:
         module = parse_program(self.bundle) if processes != "per-device" else None
         problem = sequential_order_problem(module) if module is not None else None
         self.processes, self.reason = choose_processes(self.bundle, processes, problem)
+        self.report = run_report(self.bundle.manifest)  # what runs each segment here
+        sys.stderr.write(format_report([r for r in self.report if r.when == "load"], "gimlet"))
         if self.processes == "one":
             self.inprocess = InProcess(self.bundle, module=module)
         else:

@@ -464,26 +464,61 @@ def _weights(bundle: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_without_tensorrt_the_worker_says_so_in_one_line(
-    capsys: pytest.CaptureFixture[str],
+def _no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> str:
+    """This machine as the tests expect it: no `tensorrt` module (even where one is
+    installed); the CUDA check is left as it is (the bundle has no CUDA parts)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    return "TensorRT is not installed here (no `tensorrt` module)"
+
+
+def test_gimletc_run_reports_what_ran_each_segment(
+    trt_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
+    from gimlet.cli import main as gimletc
+
+    missing = _no_tensorrt(monkeypatch)
+    argv = ["run", str(trt_bundle), "--inputs", str(ROOT / "examples" / "gpt_inputs.npz")]
+    assert gimletc(argv) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "gimletc: seg0 on cpu0: cpu-cxx\n"
+        f"gimletc: seg1 on gpu0: interpreter, not tensorrt: {missing}, and the bundle has no "
+        "CUDA parts (GIMLET_TENSORRT_CUDA=0)\n"
+        "gimletc: seg2 on cpu0: cpu-cxx\n"
+        "gimletc: running in this process"
+    ), err
+
+
+def test_load_says_a_fallback_once_and_keeps_the_report(
+    trt_bundle: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    import gimlet
+
+    missing = _no_tensorrt(monkeypatch)
+    (x,) = np.load(ROOT / "examples" / "gpt_inputs.npz").values()
+    with gimlet.load(str(trt_bundle)) as f:
+        f(torch.from_numpy(x))
+        f(torch.from_numpy(x))
+    line = (
+        f"seg1 on gpu0: interpreter, not tensorrt: {missing}, and the bundle has no CUDA parts "
+        "(GIMLET_TENSORRT_CUDA=0)"
+    )
+    assert capsys.readouterr().err == f"gimlet: {line}\n"  # once per load, not per call
+    assert [str(r) for r in f.report] == ["seg0 on cpu0: cpu-cxx", line, "seg2 on cpu0: cpu-cxx"]
+    assert [(r.planned, r.ran, r.when) for r in f.report][1] == ("tensorrt", "interpreter", "load")
+
+
+def test_the_executor_load_picks_is_the_one_the_report_names(monkeypatch: Any) -> None:
+    """The report predicts (for worker processes it cannot see) what `load` picks."""
     from gimlet.backends import get
     from gimlet.backends.tensorrt.backend import FallbackExecutor
 
+    _no_tensorrt(monkeypatch)
     host: Any = types.SimpleNamespace()
     executor = get("tensorrt").load(host, {}, None)
     assert isinstance(executor, FallbackExecutor)
-    err = capsys.readouterr().err
-    if torch.cuda.is_available():
-        assert (
-            err
-            == "gimlet: TensorRT is not installed here (no `tensorrt` module): TensorRT segments run their CUDA parts\n"
-        )
-    else:
-        assert (
-            err
-            == "gimlet: TensorRT is not installed here (no `tensorrt` module): TensorRT segments run on the interpreter\n"
-        )
+    ran, _ = get("tensorrt").runs_here({"kind": "tensorrt", "cuda": {"kind": "cuda"}})  # type: ignore[attr-defined]
+    assert ran == ("cuda" if executor.cuda is not None else "interpreter")
 
 
 def test_backend_choice_for_nvidia_devices() -> None:

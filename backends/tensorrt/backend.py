@@ -12,7 +12,8 @@ not installed. Needs the weights (the bundle writer passes them as options["weig
 Run side: with the `tensorrt` package and a GPU, each part's engine is built once (cached
 under `$GIMLET_CACHE_DIR/tensorrt` by the hash of the model, its weights, the plan entry,
 TensorRT's version and the GPU) and run with torch's CUDA tensors. Without them the worker
-says so in one line and runs the CUDA parts (a GPU is present) or the interpreter.
+runs the CUDA parts (a GPU is present) or the interpreter, and the run report
+(backends/report.py, `runs_here`) says so once per load.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from gimlet.errors import UnsupportedOpError, UserError
 
 KIND = "tensorrt"
 SCRIPT = "trt/build_engine.py"
+NO_GPU = "no CUDA GPU here"
 
 
 def lower_segment(
@@ -150,18 +152,32 @@ class TensorRTBackend:
             return f"{what}; CUDA parts too, for machines without TensorRT"
         return f"{what}; no CUDA parts ({artefact.get('cuda_skipped', 'not built')}): without TensorRT it runs on the interpreter"
 
-    def load(self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any) -> Executor:
+    def runs_here(self, artefact: Mapping[str, Any]) -> tuple[str, str]:
+        """(the executor kind that runs this artefact here, why it is not TensorRT): the
+        decision `load` and FallbackExecutor make, for the run report (backends/report.py)."""
         missing = tensorrt_missing()
         if missing is None:
+            return KIND, ""
+        if artefact.get("cuda") is None:
+            skipped = artefact.get("cuda_skipped", "not built")
+            return "interpreter", f"{missing}, and the bundle has no CUDA parts ({skipped})"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "interpreter", missing if missing == NO_GPU else f"{missing}, and {NO_GPU}"
+        return "cuda", f"{missing}: ran its CUDA parts"
+
+    def load(self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any) -> Executor:
+        # says nothing: the run report (backends/report.py) says once per load what runs
+        # each segment and why, where this runs in every worker
+        if tensorrt_missing() is None:
             return TensorRTExecutor(host, bundle)
         import torch
 
         if torch.cuda.is_available():
             from gimlet.backends.nvidia.backend import CudaExecutor
 
-            print(f"gimlet: {missing}: TensorRT segments run their CUDA parts", file=sys.stderr)
             return FallbackExecutor(host, CudaExecutor(host, weights, bundle))
-        print(f"gimlet: {missing}: TensorRT segments run on the interpreter", file=sys.stderr)
         return FallbackExecutor(host, None)
 
 
@@ -174,7 +190,7 @@ def tensorrt_missing() -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return "no CUDA GPU here"
+        return NO_GPU
     return None
 
 
