@@ -79,6 +79,7 @@ class InterpreterExecutor:
     ):
         self.before_op = before_op
         self.on_span = on_span  # compiled backends report their kernels' time spans here
+        self.handler = handler  # comm ops may go to it directly (backends/parts.py)
         self.interp = Interpreter(module)
         self.interp.register_implementations(GmlFunctions(weights))
         self.interp.register_implementations(_DistComm(handler))

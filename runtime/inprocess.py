@@ -27,8 +27,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -137,10 +137,16 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
 # -- value placement --------------------------------------------------------------------
 
 
-def _torch() -> Any:
-    import torch
+_TORCH: Any = None
 
-    return torch
+
+def _torch() -> Any:
+    global _TORCH
+    if _TORCH is None:  # imported on first use: the module loads without torch
+        import torch
+
+        _TORCH = torch
+    return _TORCH
 
 
 def host_tensor(t: Any) -> Any:
@@ -164,12 +170,15 @@ def to_host(value: Any) -> Any:
     torch = _torch()
     if not isinstance(value, torch.Tensor):
         return value
-    t = host_tensor(value.detach())
-    if t.dtype == torch.bfloat16:
+    if not value.is_cpu:
+        value = host_tensor(value.detach())
+    elif value.requires_grad:
+        value = value.detach()
+    if value.dtype is torch.bfloat16:
         from gimlet.dtypes import torch_to_numpy
 
-        return torch_to_numpy(t)
-    return t.numpy()
+        return torch_to_numpy(value)
+    return value.numpy()
 
 
 def to_device(value: Any, device: str) -> Any:
@@ -199,14 +208,25 @@ def _mover(device: str | None) -> Callable[[Any], Any]:
 # -- the runner -------------------------------------------------------------------------
 
 
+class Remote(Protocol):
+    """Where the channels go whose other end is a worker process (runtime/launch.py,
+    when the caller runs the host's share of a multi-process bundle)."""
+
+    def send(self, channel: int, value: Any) -> None: ...
+    def take(self, channel: int) -> Any: ...
+
+
 class _Mailbox:
     """The comm handler of an in-process run: a send leaves its value under its channel,
-    the matching receive takes it, moved to where the receiver wants it."""
+    the matching receive takes it, moved to where the receiver wants it. Channels whose
+    other end runs elsewhere go to `remote`."""
 
     def __init__(self) -> None:
         self.values: dict[int, Any] = {}
         self.movers: dict[int, Callable[[Any], Any]] = {}
         self.channel: dict[int, int] = {}  # id(op) -> channel, read once per op
+        self.remote: Remote | None = None
+        self.remote_channels: set[int] = set()
 
     def _ch(self, op: Any) -> int:
         ch = self.channel.get(id(op))
@@ -215,12 +235,20 @@ class _Mailbox:
         return ch
 
     def send(self, op: Any, value: Any) -> None:
-        self.values[self._ch(op)] = value
+        ch = self._ch(op)
+        if ch in self.remote_channels:
+            assert self.remote is not None
+            self.remote.send(ch, value)
+        else:
+            self.values[ch] = value
 
     def post_recv(self, op: Any) -> Any:
         return self._ch(op)
 
     def wait_recv(self, pending: Any, op: Any) -> Any:
+        if pending in self.remote_channels:
+            assert self.remote is not None
+            return self.movers[pending](self.remote.take(pending))
         try:
             value = self.values.pop(pending)
         except KeyError:
@@ -228,19 +256,22 @@ class _Mailbox:
         return self.movers[pending](value)
 
 
+Call = Callable[[list[Any]], Sequence[Any]]
+
+
 @dataclass
 class _Step:
-    """One top-level op of the program: a segment (through its executor) or a host op."""
+    """One top-level op of the program: a segment (through its executor) or a host op.
+    Values live in a list by position (`ins`, `outs`): no dict keyed by SSA values, which
+    xdsl hashes in Python, on the request path."""
 
     op: Any
-    args: list[Any]  # SSA values read
-    results: list[Any]  # SSA values written
+    call: Call  # its (moved) input values -> its results
+    ins: list[int]
+    outs: list[int]
     segment: int | None = None  # index, for segments
     device: str = ""
-    executor: Any = None
-    artefact: dict[str, Any] = field(default_factory=dict)
     move: Callable[[Any], Any] | None = None  # applied to each input (None: as is)
-    gpu: Any = None  # a torch.cuda.device context for segments on a GPU
 
 
 class InProcess:
@@ -249,37 +280,62 @@ class InProcess:
 
     `stats=True` records, per device, the segments' wall time and a trace span per
     segment and per compiled part, in the multi-process runtime's format (for
-    `gimletc run --trace` and the summary table)."""
+    `gimletc run --trace` and the summary table).
 
-    def __init__(self, bundle: Bundle, *, stats: bool = False, module: Any = None):
-        from xdsl.dialects import func
+    `devices` (default: all) are the devices whose segments run here; the top-level ops
+    (the host's) always do. Channels to a device not run here go through `remote`, and
+    exceptions of the `passthrough` types it raises propagate as they are (they name a
+    worker's failure, not this process's)."""
 
-        from gimlet import backends
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        stats: bool = False,
+        module: Any = None,
+        devices: Sequence[str] | None = None,
+        remote: Remote | None = None,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ):
         from gimlet.artifacts import load_weights
-        from gimlet.backends.interpreter import InterpreterExecutor
-        from gimlet.dialects import comm, gml
-        from gimlet.ir import main_func
 
         self.bundle = bundle
-        segments = bundle.manifest["segments"]
         self.module = module if module is not None else parse_program(bundle)
-        problem = sequential_order_problem(self.module)
-        if problem:
-            raise BundleError(f"this bundle cannot run in one process: {problem}")
+        here = set(bundle.devices if devices is None else devices) | {bundle.host}
+        if devices is None:
+            problem = sequential_order_problem(self.module)
+            if problem:
+                raise BundleError(f"this bundle cannot run in one process: {problem}")
         weights: dict[str, np.ndarray] = {}
-        for rel in dict.fromkeys(bundle.manifest["weights"].values()):
-            weights.update(load_weights(bundle.file(rel)))
+        for dev, rel in bundle.manifest["weights"].items():
+            if dev in here:
+                weights.update(load_weights(bundle.file(rel)))
         self.weights = weights
         self.mailbox = _Mailbox()
+        self.mailbox.remote = remote
+        self.passthrough = passthrough
         self.lock = threading.Lock()
         self.stats_on = stats
         self.stats: dict[str, dict[str, Any]] = {}
         self.kernel_s = 0.0  # time in compiled parts during the last call
-        self.device = bundle.host  # where the current step runs, for messages
-        self.segment: int | None = None
+        self.at: _Step | None = None  # the step running, for messages
         self.op: Any = None
         self.op_what = ""
         self.faults = _faults(bundle)
+        self._plan(here)
+        self._sig = _Signature(bundle)
+
+    def _plan(self, here: set[str]) -> None:
+        """The steps this process runs, each with its executor's call worked out."""
+        from xdsl.dialects import func
+
+        from gimlet import backends
+        from gimlet.backends.interpreter import InterpreterExecutor
+        from gimlet.dialects import comm, gml
+        from gimlet.ir import main_func
+
+        bundle, weights = self.bundle, self.weights
+        segments = bundle.manifest["segments"]
         self.host = InterpreterExecutor(
             self.module, weights, self.mailbox, self._before_op, self._on_span
         )
@@ -288,13 +344,21 @@ class InProcess:
         executors: dict[tuple[str, str], Any] = {}
         receivers: dict[int, str | None] = {}  # channel -> where its receiver wants tensors
         fn = main_func(self.module)
-        self.args = list(fn.args)
+        slots: dict[Any, int] = {v: i for i, v in enumerate(fn.args)}
+
+        def slot(v: Any) -> int:
+            if v not in slots:
+                slots[v] = len(slots)
+            return slots[v]
+
         self.steps: list[_Step] = []
         index = -1
         for op in fn.body.block.ops:
             if isinstance(op, gml.SegmentOp):
                 index += 1
                 device = op.device.data
+                if device not in here:
+                    continue
                 art = segments[index]["artefact"]
                 gpu = _gpu_context(device, gpus)
                 key = (device, art["kind"])
@@ -309,31 +373,83 @@ class InProcess:
                 for o in op.body.block.ops:
                     if isinstance(o, comm.RecvOp | comm.IRecvOp):
                         receivers[o.channel.value.data] = dev
-                step = _Step(op, list(op.inputs), list(op.outputs), index, device, ex, art, gpu=gpu)
-                step.move = _mover(dev)
+                ins = [slots[v] for v in op.inputs]
+                outs = [slot(v) for v in op.outputs]
+                step = _Step(op, _unset, ins, outs, index, device, _mover(dev))
+                step.call = self._segment_call(step, ex, art, gpu)
                 self.steps.append(step)
             elif isinstance(op, func.ReturnOp):
-                self.returns = list(op.operands)
+                self.returns = [slots[v] for v in op.operands]
             else:
-                step = _Step(op, list(op.operands), list(op.results), device=bundle.host)
-                if not isinstance(op, comm.SendOp | comm.ISendOp):
-                    step.move = to_host  # host ops (size arithmetic) take numpy
-                self.steps.append(step)
+                from gimlet.backends.parts import comm_step
+
+                call = comm_step(op, self.mailbox, self._before_op) or self._host_call(op)
+                # host ops (size arithmetic) take numpy; a send passes its value as it is
+                move = None if isinstance(op, comm.SendOp | comm.ISendOp) else to_host
+                ins, outs = [slots[v] for v in op.operands], [slot(v) for v in op.results]
+                self.steps.append(_Step(op, call, ins, outs, device=bundle.host, move=move))
+        self._blank: list[Any] = [None] * len(slots)
+        self._n_args = len(fn.args)
         movers = {c["id"]: _mover(receivers.get(c["id"])) for c in bundle.manifest["channels"]}
         for ch in _returned_channels(fn):
             # received by the host only to be returned: left where it was made (a GPU
             # output stays there); the outputs go to the caller's device in one move
             movers[ch] = _keep
         self.mailbox.movers.update(movers)
+        self.mailbox.remote_channels = {
+            c["id"] for c in bundle.manifest["channels"] if (c["from"] in here) != (c["to"] in here)
+        }
         self.executors = executors
-        self._sig = _Signature(bundle)
+
+    def _host_call(self, op: Any) -> Call:
+        host = self.host
+
+        def call(args: list[Any]) -> Sequence[Any]:
+            return host.run_op(op, args)
+
+        return call
+
+    def _segment_call(self, step: _Step, ex: Any, art: dict[str, Any], gpu: Any) -> Call:
+        """How a segment runs: its executor's prepared call when it offers one (prepared
+        on the first call, so a library that fails to load fails a call, named), else
+        run_segment; under the GPU's context; timed when stats are on. Without either,
+        the step then calls the prepared function directly."""
+        op, index = step.op, step.segment
+        assert index is not None
+        prepared: list[Call] = []
+
+        def run(args: list[Any]) -> Sequence[Any]:
+            if not prepared:
+                prepare = getattr(ex, "prepare", None)
+                if prepare is not None:
+                    prepared.append(prepare(op, index, art))
+                else:
+                    prepared.append(lambda a: ex.run_segment(op, a, index, art))
+                if gpu is None and not self.stats_on:
+                    step.call = prepared[0]
+            return prepared[0](args)
+
+        call: Call = run
+        if gpu is not None:
+
+            def call(args: list[Any]) -> Sequence[Any]:
+                with gpu:
+                    return run(args)
+
+        if self.stats_on:
+            untimed = call
+
+            def call(args: list[Any]) -> Sequence[Any]:
+                return self._timed(index, gpu, untimed, args)
+
+        return call
 
     # -- hooks the executors call
 
     def _before_op(self, op: Any, what: str = "") -> None:
         self.op, self.op_what = op, what
         if self.faults:
-            fault = self.faults.get(self.device)
+            fault = self.faults.get(self.at.device if self.at is not None else self.bundle.host)
             if fault is not None:  # counted first: a raised fault fires once
                 fault.count += 1
                 fault.check(fault.count - 1, op.name)
@@ -344,9 +460,10 @@ class InProcess:
             self._device_stats()["events"].append(_span(name, start, end, 0))
 
     def _device_stats(self) -> dict[str, Any]:
-        s = self.stats.get(self.device)
+        device = self.at.device if self.at is not None else self.bundle.host
+        s = self.stats.get(device)
         if s is None:
-            s = self.stats[self.device] = {"device": self.device, "segments": {}, "events": []}
+            s = self.stats[device] = {"device": device, "segments": {}, "events": []}
         return s
 
     # -- a call
@@ -357,61 +474,53 @@ class InProcess:
 
     def _run(self, inputs: Sequence[Any]) -> list[Any]:
         self._sig.check(inputs)
-        env: dict[Any, Any] = dict(zip(self.args, inputs, strict=True))
-        mailbox = self.mailbox
-        mailbox.values.clear()  # what a failed call left behind
+        values = self._blank.copy()
+        values[: self._n_args] = inputs
+        if self.mailbox.values:
+            self.mailbox.values.clear()  # what a failed call left behind
         self.kernel_s = 0.0
         try:
             for step in self.steps:
-                self.device, self.segment, self.op = step.device, step.segment, step.op
+                self.at = step
                 move = step.move
-                args = (
-                    [env[v] for v in step.args]
-                    if move is None
-                    else [move(env[v]) for v in step.args]
-                )
-                if step.segment is None:
-                    outs = self.host.run_op(step.op, args)
-                elif self.stats_on:
-                    outs = self._timed(step, args)
-                elif step.gpu is None:
-                    outs = step.executor.run_segment(step.op, args, step.segment, step.artefact)
+                if move is None:
+                    outs = step.call([values[i] for i in step.ins])
                 else:
-                    with step.gpu:
-                        outs = step.executor.run_segment(step.op, args, step.segment, step.artefact)
-                env.update(zip(step.results, outs, strict=True))
+                    outs = step.call([move(values[i]) for i in step.ins])
+                for i, v in zip(step.outs, outs, strict=True):
+                    values[i] = v
+        except self.passthrough:
+            raise
         except UserError as e:
             raise InProcessError(self._where(e)) from e
         except Exception as e:  # noqa: BLE001 - named with where it happened
             raise InProcessError(self._where(e, type(e).__name__)) from e
         finally:
-            self.device, self.segment, self.op = self.bundle.host, None, None
-        return outputs_like([env[v] for v in self.returns], inputs)
+            self.at, self.op = None, None
+        return outputs_like([values[i] for i in self.returns], inputs)
 
-    def _timed(self, step: _Step, args: list[Any]) -> list[Any]:
+    def _timed(self, index: int, gpu: Any, call: Call, args: list[Any]) -> Sequence[Any]:
         stats = self._device_stats()
         seg = stats["segments"].setdefault(
-            step.segment,
-            {
-                "ops": self.bundle.manifest["segments"][step.segment]["ops"],
-                "bytes_in": 0,
-                "bytes_out": 0,
-            },
+            index,
+            {"ops": self.bundle.manifest["segments"][index]["ops"], "bytes_in": 0, "bytes_out": 0},
         )
         start = time.time()
-        with step.gpu or contextlib.nullcontext():
-            outs = step.executor.run_segment(step.op, args, step.segment, step.artefact)
-            if step.gpu is not None:
-                _torch().cuda.synchronize()  # the span is the GPU's time too
+        outs = call(args)
+        if gpu is not None:
+            _torch().cuda.synchronize()  # the span is the GPU's time too
         end = time.time()
         seg["wall_s"] = seg.get("wall_s", 0.0) + end - start
-        stats["events"].append(_span(f"segment {step.segment}", start, end, 0))
+        stats["events"].append(_span(f"segment {index}", start, end, 0))
         return list(outs)
 
     def _where(self, e: BaseException, kind: str = "") -> str:
         from gimlet.runtime.worker import describe_op
 
-        where = self.device + (f" segment {self.segment}" if self.segment is not None else "")
+        at = self.at
+        where = at.device if at is not None else self.bundle.host
+        if at is not None and at.segment is not None:
+            where += f" segment {at.segment}"
         if self.op is not None:
             where += f" at {describe_op(self.op)}{self.op_what}"
         detail = f"{kind}: {e}" if kind else str(e)
@@ -428,8 +537,20 @@ def _keep(value: Any) -> Any:
     return value
 
 
+def _unset(args: list[Any]) -> Sequence[Any]:
+    raise AssertionError("a step without its call")
+
+
+def any_differs(shape: Sequence[int], fixed: list[tuple[int, int]]) -> bool:
+    """Whether `shape` differs from a signature in one of its `fixed` (dim, size) pairs."""
+    for i, d in fixed:  # noqa: SIM110 - a generator costs a microsecond per call here
+        if shape[i] != d:
+            return True
+    return False
+
+
 def _returned_channels(fn: Any) -> list[int]:
-    """Channels the host receives at top level only to return the value."""
+    """Channels the host receives at top level only to be returned."""
     from xdsl.dialects import func
 
     from gimlet.dialects import comm
@@ -471,16 +592,15 @@ def outputs_like(values: list[Any], inputs: Sequence[Any]) -> list[Any]:
         if isinstance(x, torch.Tensor) and x.is_cuda:
             cuda = x.device
             break
-    ids = {id(x) for x in inputs}
     out = []
     for v in values:
         if type(v) is np.ndarray:
-            if v.base is not None or not v.flags.writeable or id(v) in ids:
+            if v.base is not None or not v.flags.writeable or any(v is x for x in inputs):
                 v = v.copy()
-            t = torch.from_numpy(v) if v.dtype.kind != "V" and v.dtype != _BF16 else _wrap(v)
+            t = torch.from_numpy(v) if v.dtype.kind != "V" else _wrap(v)  # bf16 is "V"
         elif isinstance(v, torch.Tensor):
             t = v if cuda is not None else host_tensor(v)
-            if id(v) in ids:
+            if any(v is x for x in inputs):
                 t = t.clone()
         else:
             t = _wrap(np.array(v))
@@ -498,11 +618,15 @@ def _wrap(a: np.ndarray) -> Any:
 
 class _Signature:
     """The input check of `runtime.bundle.check_inputs`, on torch tensors too (a CUDA
-    tensor is checked where it is, not copied to the host for it)."""
+    tensor is checked where it is, not copied to the host for it). Per input: its dtype
+    name, rank and the dims the signature fixes, worked out once."""
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
-        self.sig = [(s["dtype"], tuple(s["shape"])) for s in bundle.manifest["inputs"]]
+        self.sig = [
+            (s["dtype"], len(s["shape"]), [(i, d) for i, d in enumerate(s["shape"]) if d != -1])
+            for s in bundle.manifest["inputs"]
+        ]
         self.names: dict[Any, str] = {}
 
     def _dtype(self, x: Any) -> str:
@@ -520,13 +644,12 @@ class _Signature:
         return name
 
     def check(self, inputs: Sequence[Any]) -> None:
-        sig = self.sig
-        if len(inputs) == len(sig):
-            for (dtype, shape), x in zip(sig, inputs, strict=True):
-                xs = tuple(x.shape)
-                if len(xs) != len(shape) or self._dtype(x) != dtype:
+        if len(inputs) == len(self.sig):
+            for (dtype, rank, fixed), x in zip(self.sig, inputs, strict=True):
+                xs = x.shape
+                if len(xs) != rank or self._dtype(x) != dtype:
                     break
-                if any(d != -1 and d != n for d, n in zip(shape, xs, strict=True)):
+                if any_differs(xs, fixed):
                     break
             else:
                 return

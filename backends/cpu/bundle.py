@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,31 @@ class CpuExecutor:
             return [_from_abi(o, v) for o, v in zip(outs, part.outputs, strict=True)]
 
         return run_parts(segment, inputs, index, items, self.interp, "C++", run_part)
+
+    def prepare(
+        self, segment: gml.SegmentOp, index: int, artefact: dict[str, Any]
+    ) -> Callable[[Sequence[Any]], list[Any]]:
+        """run_segment for a request path: the walk and the ABI conversions decided once."""
+        from gimlet.backends.parts import prepare_parts
+
+        items = self._plan(segment, index, artefact)
+        libs = self.libs[index]
+        parts = [p for p in items if isinstance(p, Part) and p.compiled]
+        # which values are sizes (carriers across the ABI), per part
+        sizes_in = [[isinstance(v.type, IndexType) for v in p.inputs] for p in parts]
+        sizes_out = [any(isinstance(v.type, IndexType) for v in p.outputs) for p in parts]
+
+        def run_part(k: int, part: Part, values: list[Any]) -> list[Any]:
+            args = [
+                np.empty(int(x), np.bool_) if c else np.asarray(x)
+                for x, c in zip(values, sizes_in[k], strict=True)
+            ]
+            outs = libs[k](args, self.weights)  # read per call: the caller may swap them
+            if not sizes_out[k]:
+                return outs
+            return [_from_abi(o, v) for o, v in zip(outs, part.outputs, strict=True)]
+
+        return prepare_parts(segment, index, items, self.interp, "C++", run_part)
 
     def run_op(self, op: Operation, inputs: Sequence[Any]) -> list[Any]:
         return list(self.interp.run_op(op, inputs))
