@@ -161,8 +161,9 @@ def write_bundle(
     """Write a bundle atomically and return its manifest; each device's weight file holds
     only what it reads. Each segment is compiled by the backend registered for its
     device's kind (gimlet.backends; `backends` maps a device kind to an option name, e.g.
-    {"cpu": "interpreter"}, to pick another). A segment the backend cannot lower stays on
-    the interpreter, its manifest entry saying why ("fallback")."""
+    {"cpu": "interpreter"}, to pick another, over a device's `backend =` in a .cluster
+    file). A segment the backend cannot lower stays on the interpreter, its manifest
+    entry saying why ("fallback")."""
     from gimlet.ir import main_func
 
     manifest = describe(module)
@@ -172,13 +173,14 @@ def write_bundle(
     segments = [op for op in main_func(module).body.block.ops if isinstance(op, gml.SegmentOp)]
     for op in segments:
         per_device[op.device.data] |= _params(op)
+    chosen = _device_backends(module, backends or {})
 
     def fill(tmp: str) -> None:
         files: dict[str, str] = {}
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(ir_text)
         files[IR_FILE] = sha256(os.path.join(tmp, IR_FILE))
-        _compile_segments(tmp, segments, manifest, backends or {}, weights)
+        _compile_segments(tmp, segments, manifest, chosen, weights)
         read = manifest_reader(f"{out_dir}/{MANIFEST_FILE}")
         for seg in manifest["segments"]:
             art = seg["artefact"]
@@ -188,8 +190,11 @@ def write_bundle(
         manifest["weights"] = {}
         for dev, names in per_device.items():
             rel = f"{WEIGHTS_DIR}/{dev}.safetensors"
-            save_weights(os.path.join(tmp, rel), {n: np.asarray(weights[n]) for n in sorted(names)})
-            files[rel] = sha256(os.path.join(tmp, rel))
+            device_weights = {n: np.asarray(weights[n]) for n in sorted(names)}
+            # hashed as it is written: reading hundreds of MB back would double the cost
+            digest = save_weights(os.path.join(tmp, rel), device_weights, digest=True)
+            assert digest is not None
+            files[rel] = digest
             manifest["weights"][dev] = rel
         manifest["files"] = files
         with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
@@ -200,19 +205,31 @@ def write_bundle(
     return manifest
 
 
+def _device_backends(module: ModuleOp, choices: Mapping[str, str]) -> dict[str, str]:
+    """Device name -> backend option: `choices` (`--backend KIND=OPTION`) for its kind, else
+    the device's `backend =` in its .cluster file; devices with neither are left out."""
+    from gimlet.placement.backend_ops import restrict
+    from gimlet.placement.target import module_cluster
+
+    devices = restrict(module_cluster(module), choices).devices
+    return {name: d.backend for name, d in devices.items() if d.backend}
+
+
 def _compile_segments(
     bundle_dir: str,
     segments: list[gml.SegmentOp],
     manifest: dict[str, Any],
-    choices: Mapping[str, str],
+    chosen: Mapping[str, str],
     weights: Mapping[str, Any],
 ) -> None:
-    """Each segment's artefact entry, from the backend its device kind selects. Backends
-    get the weights as options["weights"] (TensorRT's ONNX models embed them)."""
+    """Each segment's artefact entry, from the backend chosen for its device (`chosen`:
+    device name -> option) or else its kind's default. Backends get the weights as
+    options["weights"] (TensorRT's ONNX models embed them)."""
     devices = {d["name"]: d for d in manifest["cluster"]["devices"]}
     for op, seg in zip(segments, manifest["segments"], strict=True):
         device = devices[seg["device"]]
-        backend = select_backend(device["kind"], choices)
+        option = chosen.get(device["name"])
+        backend = select_backend(device["kind"], {device["kind"]: option} if option else {})
         try:
             seg["artefact"] = backend.compile_segment(
                 op, seg["index"], bundle_dir, device, {"weights": weights}

@@ -256,7 +256,7 @@ KINDS_AND_PRESETS = (
 )
 FIELDS = (
     "peak_flops, mem_bandwidth, mem_capacity, launch_overhead, dtypes, ops, power, price, "
-    "host, model"
+    "host, model, backend"
 )
 DTYPES = "dtypes: f64, f32, f16, bf16, i64, i32, i16, i8, u8, i1"
 

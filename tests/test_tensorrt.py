@@ -599,6 +599,26 @@ def test_pinning_what_tensorrt_cannot_run_names_the_line(tmp_path: Path) -> None
     )
 
 
+def test_a_cluster_file_s_backend_narrows_placement_as_the_flag_does(tmp_path: Path) -> None:
+    """`backend = tensorrt` on gpu0 in the .cluster file: as --backend nvidia=tensorrt,
+    the message names where the choice was made; --backend nvidia=cuda overrides it."""
+    from gimlet.frontend import import_model
+    from gimlet.passes.place import Place
+
+    path = tmp_path / "trt.cluster"
+    path.write_text(CLUSTER.replace("host = cpu0,", "host = cpu0, backend = tensorrt,"))
+    module, _ = import_model(_F64().eval(), (torch.randn(4, 16),))
+    run_pipeline(module, DEFAULT_PIPELINE)
+    with pytest.raises(UserError) as e:
+        run_pipeline(module.clone(), [Place(target=str(path), pins="gml.cumsum=gpu0")])
+    assert str(e.value).endswith(
+        "gml.cumsum has no device to run on: pinned to gpu0, but gpu0 does not support "
+        f"gml.cumsum on f64 with backend = tensorrt at {path}:3 (TensorRT 10.1: onnx-tensorrt "
+        "docs/operators.md @ 96e7811 (ONNX-TensorRT 10.1 GA))"
+    )
+    run_pipeline(module, [Place(target=str(path), pins="gml.cumsum=gpu0", backends="nvidia=cuda")])
+
+
 def test_docs_and_placement_table_are_generated_from_the_code() -> None:
     from gimlet.backends.tensorrt.docs import main
 

@@ -155,18 +155,32 @@ def parse_choices(spec: str) -> dict[str, str]:
     return out
 
 
+# The backend options (`--backend KIND=OPTION`, `backend =` in a .cluster file) per device
+# kind, default first: gimlet.backends.serving(kind)'s, which placement may not import
+# (tests/test_cluster_backend.py keeps the two equal).
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "nvidia": ("cuda", "tensorrt", "interpreter"),
+    "amd": ("interpreter",),
+    "cpu": ("cxx", "interpreter"),
+    "accelerator": ("interpreter",),
+}
+
+
 def restrict(cluster: Cluster, choices: Mapping[str, str]) -> Cluster:
-    """`cluster` with each device whose kind's chosen backend is narrower than the device
-    limited to what that backend runs (`Device.backend` names the option)."""
+    """`cluster` with each device's backend chosen: `choices[kind]` (`--backend`) over the
+    device's own (`backend =` in its .cluster file); a device whose backend is narrower
+    than the device is limited to what that backend runs."""
     devices: dict[str, Device] = {}
     for name, d in cluster.devices.items():
-        option = choices.get(d.kind, "")
-        narrowing = NARROWED.get((d.kind, option))
+        if d.kind in choices:
+            option = choices[d.kind]
+            d = replace(d, backend=option, backend_from=f"--backend {d.kind}={option}")
+        narrowing = NARROWED.get((d.kind, d.backend))
         if narrowing is not None:
             runs = frozenset(narrowing.op_dtypes)
             ops = runs if ALL_OPS in d.ops else d.ops & runs
             dtypes = d.dtypes & frozenset().union(*narrowing.op_dtypes.values())
-            d = replace(d, ops=ops, dtypes=dtypes, backend=option)
+            d = replace(d, ops=ops, dtypes=dtypes)
         devices[name] = d
     return Cluster(devices, list(cluster.links), cluster.name)
 
@@ -193,6 +207,7 @@ def unsupported(device: Device, op: Operation) -> str | None:
 
 
 def _via(device: Device) -> str:
-    if not device.backend or (device.kind, device.backend) not in NARROWED:
+    narrowing = NARROWED.get((device.kind, device.backend))
+    if narrowing is None:
         return ""
-    return f" with --backend {device.kind}={device.backend} ({NARROWED[(device.kind, device.backend)].label})"
+    return f" with {device.backend_from or 'backend ' + device.backend} ({narrowing.label})"

@@ -30,9 +30,11 @@ class Device:
     price_per_hour: float | None = None
     host: str | None = None  # the CPU it hangs off; host bounces go through it
     model: str = ""  # preset or part name, for --explain
-    # the backend option (`--backend KIND=OPTION`) that narrowed ops/dtypes to what it
-    # runs, e.g. "tensorrt" (placement/backend_ops.py); "" for the device itself
+    # the backend option chosen for this device, e.g. "tensorrt": `backend =` in a .cluster
+    # file, or `--backend KIND=OPTION` (which wins); "" for its kind's default. A narrower
+    # backend narrows ops/dtypes to what it runs (placement/backend_ops.py: restrict).
     backend: str = ""
+    backend_from: str = ""  # where it was chosen, for messages: "--backend nvidia=tensorrt"
 
     def supports_op(self, op_name: str) -> bool:
         return ALL_OPS in self.ops or op_name in self.ops

@@ -8,7 +8,7 @@ this code. Syntax, units and rules: docs/cluster-language.md.
 
     cluster "h100-and-friends"
     device cpu0 : cpu
-    device gpu0 : h100 { host = cpu0 }
+    device gpu0 : h100 { host = cpu0, backend = tensorrt }
     link gpu0 <-> cpu0 : pcie { bandwidth = 55 GB/s, latency = 12 us }
 """
 
@@ -97,6 +97,7 @@ DEVICE_FIELDS = {
     "price": "price",
     "host": "device",
     "model": "string",
+    "backend": "backend",
 }
 LINK_FIELDS = {"bandwidth": "bandwidth", "latency": "time"}
 REQUIRED = ("peak_flops", "mem_bandwidth", "mem_capacity")
@@ -216,6 +217,23 @@ class _Reader:
             raise self.error(tok, f"unknown op '{tok}'{hint}; ops are gml op names or *")
         return name
 
+    def backend(self, value: _Value, kind: str) -> tuple[str, str]:
+        """`backend = OPTION`: (the option, where it was chosen) for a device of `kind`."""
+        from gimlet.placement.backend_ops import BACKEND_OPTIONS
+
+        options = BACKEND_OPTIONS.get(kind, ("interpreter",))
+        if not _is(value, "NAME"):
+            raise self.error(value, f"backend expects a backend name such as {options[0]}")
+        assert isinstance(value, Token)
+        if value not in options:
+            hint = _did_you_mean(str(value), options)
+            raise self.error(
+                value,
+                f"unknown backend '{value}' for {kind} devices{hint}; "
+                f"backends for {kind}: {', '.join(options)}",
+            )
+        return str(value), f"backend = {value} at {self.filename}:{value.line}"
+
     def peak_flops(self, value: _Value) -> dict[str, float]:
         if not (isinstance(value, Tree) and value.data == "dict"):
             raise self.error(value, "peak_flops expects a map such as { bf16: 989 TFLOPS }")
@@ -294,6 +312,9 @@ class _Reader:
                 if not _is(value, "NAME"):
                     raise self.error(value, f"{field} expects a device name such as cpu0")
                 attrs["host"] = str(value)
+            elif dim == "backend":
+                device_kind = base.kind if base is not None else kind.lower()
+                attrs["backend"], attrs["backend_from"] = self.backend(value, device_kind)
             elif dim == "string":
                 if not _is(value, "STRING"):
                     raise self.error(value, f'{field} expects a "string"')
