@@ -11,6 +11,7 @@ numpy reference interpreter runs only when asked: `backend="interpreter"`, or
 from __future__ import annotations
 
 import builtins
+import os
 import shutil
 import tempfile
 import warnings
@@ -26,8 +27,6 @@ from xdsl.dialects.builtin import ModuleOp
 from gimlet.artifacts import IR_FILE, WEIGHTS_FILE, save_weights, write_atomically
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
 from gimlet.errors import UserError
-from gimlet.frontend.importer import import_program
-from gimlet.frontend.load import decompose, load_program
 from gimlet.ir import print_ir, verify
 from gimlet.pass_manager import DEFAULT_PIPELINE, Instrumentation, run_pipeline
 
@@ -154,6 +153,7 @@ def compile(
     backend: str | Mapping[str, str] | None = None,
     processes: str = "auto",
     pin: str = "",
+    cache: bool | None = None,
 ) -> Compiled:
     """Compile an nn.Module (with example inputs), an ExportedProgram, a .pt2 path or
     a `path/model.py:factory` spec. Every pass's output IR is kept in `.dumps`.
@@ -162,8 +162,18 @@ def compile(
     or a .cluster file): placed, compiled by each device kind's backend (`backend`:
     "interpreter" for the reference interpreter everywhere, or {"cpu": "cxx", ...}) and
     run by `gimlet.load(..., processes=processes)`, in this process unless the cluster
-    needs worker processes. `pin` pins ops to devices ("fc1=gpu0,...")."""
-    module, weights = import_program(decompose(load_program(model, example_inputs, dynamic_shapes)))
+    needs worker processes. `pin` pins ops to devices ("fc1=gpu0,...").
+
+    `cache`: whether to go through the export cache (docs/architecture.md), as `gimletc
+    compile` does. By default a .pt2 path or a factory spec does and an nn.Module does
+    not: a live module's forward may read what its key cannot see (a closure, a global
+    changed since); cache=True takes that risk, cache=False never reads the cache."""
+    from gimlet.frontend.load import frontend
+
+    use_cache = isinstance(model, str | os.PathLike) if cache is None else cache
+    fe = frontend(model, example_inputs, dynamic_shapes, cache=use_cache, note=_note)
+    fe.commit()
+    module, weights = fe.module, fe.weights
     verify(module, after="import")
     instr = Instrumentation(keep_dumps=True)
     run_pipeline(module, pipeline, instr)
@@ -177,6 +187,10 @@ def compile(
         processes=processes,
         pin=pin,
     )
+
+
+def _note(message: str) -> None:
+    warnings.warn(f"gimlet: {message}", stacklevel=3)
 
 
 # --- runtime hook: run a `gimletc compile --target` bundle

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +18,11 @@ from xdsl.dialects.builtin import ModuleOp
 from models import FAMILIES
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+# The export cache must neither read nor fill the user's ~/.cache, and each process (an
+# xdist worker) gets its own.
+os.environ["GIMLET_CACHE_DIR"] = tempfile.mkdtemp(prefix="gimlet-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GIMLET_CACHE_DIR"], True)
 
 
 @dataclass

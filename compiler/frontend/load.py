@@ -3,6 +3,7 @@
 Accepts an ExportedProgram, a `.pt2` file from `torch.export.save`, an
 `nn.Module` with example inputs, or `path/model.py:factory` where the factory
 returns `(module, example_inputs)` or `(module, example_inputs, dynamic_shapes)`.
+`frontend()` does all of it through the export cache (cache.py) and times each phase.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -20,7 +24,6 @@ from torch.export import ExportedProgram
 from xdsl.dialects.builtin import ModuleOp
 
 from gimlet.errors import UserError
-from gimlet.frontend.importer import import_program
 
 aten = torch.ops.aten
 
@@ -30,6 +33,12 @@ KEEP_WHOLE = (aten.scaled_dot_product_attention.default,)
 
 def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...], Any]:
     """`path/model.py:factory` -> (module, example_inputs, dynamic_shapes or None)."""
+    return _load_factory(spec)[:3]
+
+
+def _load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...], Any, ModuleType]:
+    """load_factory, plus the Python module the factory lives in (the export cache's key
+    hashes its source and what it imports)."""
     path, _, name = spec.rpartition(":")
     if not path and not os.path.exists(spec):
         raise UserError(f"{spec}: no such file or directory")
@@ -62,7 +71,7 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...], Any]:
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{path}: {name}() returned {type(model).__name__}, not a torch.nn.Module")
     inputs = tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
-    return model, inputs, made[2] if len(made) == 3 else None
+    return model, inputs, made[2] if len(made) == 3 else None, module
 
 
 def _public_callables(module: Any) -> str:
@@ -127,5 +136,281 @@ def load_program(
 def import_model(
     model: Any, example_inputs: Sequence[Any] | None = None, dynamic_shapes: Any = None
 ) -> tuple[ModuleOp, dict[str, np.ndarray]]:
+    from gimlet.frontend.importer import import_program
+
     ep = decompose(load_program(model, example_inputs, dynamic_shapes))
     return import_program(ep)
+
+
+# --- the frontend as the CLI and the API run it: through the export cache
+
+
+@dataclass
+class Imported:
+    """What the frontend hands the pass pipeline: the imported module (not yet through any
+    pass), its weights, the example inputs to keep beside the output (one array per
+    program input, or None), and the wall time of each phase in seconds."""
+
+    module: ModuleOp
+    weights: dict[str, np.ndarray]
+    example_inputs: list[np.ndarray] | None
+    phases: dict[str, float] = field(default_factory=dict)
+    cached: str | None = None  # the export cache entry this came from, on a hit
+    _entry: Any = None
+    _store: Callable[[str | None], str | None] | None = None
+
+    def link_weights(self, dst: str) -> bool:
+        """On a hit, hard-link the cached weights file (a previous compile's output) to
+        `dst` instead of writing the weights; False when there is none to link."""
+        if self._entry is None:
+            return False
+        from gimlet.frontend.cache import link_weights
+
+        return link_weights(self._entry, dst)
+
+    def commit(self, weights_file: str | None = None) -> None:
+        """On a miss, store the export cache entry; `weights_file` (the output just
+        written, holding exactly `weights`) is hard-linked into it."""
+        if self._store is not None:
+            start = time.perf_counter()
+            self._store(weights_file)
+            self._store = None
+            self.phases["cache store"] = time.perf_counter() - start
+
+
+def frontend(
+    model: Any,
+    example_inputs: Sequence[Any] | None = None,
+    dynamic_shapes: Any = None,
+    *,
+    cache: bool = True,
+    note: Callable[[str], None] | None = None,
+) -> Imported:
+    """load_program + decompose + import_program, through the export cache (cache.py)
+    unless `cache` is False or the model is an ExportedProgram already. `note` receives
+    one line about a cache entry that could not be used. A miss is stored by
+    `Imported.commit()`, which the caller runs once its output is written."""
+    phases: dict[str, float] = {}
+    clock = _Clock(phases)
+    inputs: Sequence[Any] | None = example_inputs
+    modules_before = set(sys.modules)  # what is imported during this call is fresh
+    started = time.time()
+    if isinstance(model, ExportedProgram):
+        return _import(model, phases, clock, None)
+    if isinstance(model, str | os.PathLike) and os.fspath(model).endswith(".pt2"):
+        return _pt2(os.fspath(model), phases, clock, cache, note)
+    roots: list[ModuleType] = []
+    factory = None
+    if isinstance(model, str | os.PathLike):
+        spec = os.fspath(model)
+        model, inputs, dyn, factory_module = _load_factory(spec)
+        dynamic_shapes = dyn if dynamic_shapes is None else dynamic_shapes
+        roots.append(factory_module)
+        factory = spec.rpartition(":")[2]
+        clock("factory")
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"cannot compile a {type(model).__name__}")
+    if inputs is None:
+        raise UserError("compiling an nn.Module needs example_inputs")
+    inputs = tuple(inputs)
+    model = model.eval()
+    if not cache:
+        return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+    from gimlet.frontend import cache as c
+
+    structure, tensors = c.model_state(model)
+    files, packages = c.source_closure([*roots, *_class_modules(model)])
+    imported_now = [m for n, m in list(sys.modules.items()) if n not in modules_before]
+    fresh = [f for f in map(c.module_file, [*roots, *imported_now]) if f]  # roots: run anew
+    edited = c.edited_since_import(files, fresh, started)
+    if edited is not None:
+        if note:
+            note(f"not using the export cache: {edited} changed after this process imported it")
+        return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+    parts = {
+        **c.environment(),
+        "factory": factory,
+        "source": files,
+        "packages": packages,
+        "model": c.key_of({"structure": structure}),
+        "weights": c.hash_tensors(tensors),
+        **c.input_specs(inputs, dynamic_shapes),
+    }
+    key = c.key_of(parts)
+    clock("cache key")
+    entry, replace = _lookup(key, note)
+    if entry is not None:
+        names = entry.meta.get("from_model", [])
+        if all(n in tensors for n in names):
+            from gimlet.dtypes import torch_to_numpy
+
+            weights = {n: torch_to_numpy(tensors[n]) for n in names}
+            weights.update(entry.extra)
+            hit = _from_entry(entry, weights, _example_arrays(inputs), phases, clock, note)
+            if hit is not None:
+                return hit
+        replace = True
+    imported = _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+    from_model = [n for n, a in imported.weights.items() if _same_memory(a, tensors.get(n))]
+    extra = {n: a for n, a in imported.weights.items() if n not in set(from_model)}
+    ir = _print(imported.module)
+    clock("cache print")
+
+    def store(weights_file: str | None) -> str | None:
+        return c.store(key, parts, ir, extra, None, weights_file, None, replace, from_model)
+
+    imported._store = store
+    return imported
+
+
+class _Clock:
+    """Adds the time since the previous call to phases[name]."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+def _import(
+    ep: ExportedProgram, phases: dict[str, float], clock: _Clock, inputs: Sequence[Any] | None
+) -> Imported:
+    from gimlet.frontend.importer import import_program
+
+    clock("export")
+    ep = decompose(ep)
+    clock("decompositions")
+    module, weights = import_program(ep)
+    clock("import")
+    example = _example_arrays(inputs if inputs is not None else _ep_inputs(ep))
+    return Imported(module, weights, _fit(example, module), phases)
+
+
+def _ep_inputs(ep: ExportedProgram) -> Sequence[Any] | None:
+    """The example inputs a program was exported with (a .pt2 archive keeps them)."""
+    example = getattr(ep, "example_inputs", None)
+    if not example:
+        return None
+    args, kwargs = example
+    return None if kwargs else args
+
+
+def _example_arrays(inputs: Sequence[Any] | None) -> list[np.ndarray] | None:
+    """Example inputs as arrays, when every one is a tensor; else None (nothing kept)."""
+    from gimlet.dtypes import torch_to_numpy
+
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        return None
+    return [torch_to_numpy(t) for t in inputs]
+
+
+def _fit(example: list[np.ndarray] | None, module: ModuleOp) -> list[np.ndarray] | None:
+    """The example inputs, one per program input (None when they do not line up)."""
+    from gimlet.ir import input_names
+
+    if example is None or len(example) != len(input_names(module)):
+        return None
+    return example
+
+
+def _class_modules(model: torch.nn.Module) -> list[ModuleType]:
+    names = {type(m).__module__ for m in model.modules()}
+    return [sys.modules[n] for n in sorted(names) if n in sys.modules]
+
+
+def _same_memory(a: np.ndarray, t: torch.Tensor | None) -> bool:
+    """Whether the imported weight `a` is the live tensor `t` itself (same bytes in
+    place), so that a cache hit can take it from the model instead of from the cache."""
+    if t is None or t.device.type != "cpu" or not t.is_contiguous():
+        return False
+    return bool(
+        a.__array_interface__["data"][0] == t.data_ptr()
+        and tuple(a.shape) == tuple(t.shape)
+        and a.dtype.itemsize == t.element_size()
+    )
+
+
+def _print(module: ModuleOp) -> str:
+    from gimlet.ir import print_ir
+
+    return print_ir(module)
+
+
+def _lookup(key: str, note: Callable[[str], None] | None) -> tuple[Any, bool]:
+    """(the entry, or None; whether a corrupt entry is in the way of storing a new one)."""
+    from gimlet.frontend.cache import CorruptEntry, cache_dir, lookup
+
+    try:
+        return lookup(key), False
+    except CorruptEntry as e:
+        if note:
+            note(f"ignoring a corrupt export cache entry {os.path.join(cache_dir(), key)}: {e}")
+        return None, True
+
+
+def _from_entry(
+    entry: Any,
+    weights: dict[str, np.ndarray],
+    example: list[np.ndarray] | None,
+    phases: dict[str, float],
+    clock: _Clock,
+    note: Callable[[str], None] | None,
+) -> Imported | None:
+    """The cached import, parsed; None (after a note) when its IR does not parse."""
+    from gimlet.ir import parse
+
+    try:
+        module = parse(entry.ir, os.path.join(entry.path, "imported.mlir"))
+    except UserError as e:
+        if note:
+            note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
+        return None
+    clock("cache load")
+    return Imported(module, weights, _fit(example, module), phases, entry.path, entry)
+
+
+def _pt2(
+    path: str,
+    phases: dict[str, float],
+    clock: _Clock,
+    cache: bool,
+    note: Callable[[str], None] | None,
+) -> Imported:
+    """A .pt2 archive: keyed by its bytes; the entry holds all weights and the inputs."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    if not cache:
+        return _import(load_program(path), phases, clock, None)
+    from gimlet.frontend import cache as c
+
+    parts = {**c.environment(), "pt2": c.hash_file(path)}
+    key = c.key_of(parts)
+    clock("cache key")
+    entry, replace = _lookup(key, note)
+    if entry is not None and entry.weights_file is not None:
+        from gimlet.artifacts import read_safetensors
+
+        try:
+            weights = read_safetensors(entry.weights_file)
+        except (OSError, ValueError) as e:
+            if note:
+                note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
+        else:
+            hit = _from_entry(entry, weights, entry.inputs, phases, clock, note)
+            if hit is not None:
+                return hit
+        replace = True
+    imported = _import(load_program(path), phases, clock, None)
+    ir = _print(imported.module)
+    clock("cache print")
+    inputs, weights = imported.example_inputs, imported.weights
+
+    def store(weights_file: str | None) -> str | None:
+        return c.store(key, parts, ir, {}, inputs, weights_file, weights, replace, [])
+
+    imported._store = store
+    return imported

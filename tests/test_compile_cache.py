@@ -1,0 +1,297 @@
+"""The export cache (gimlet.frontend.cache) and the fast weights writer.
+
+A hit must give what a fresh export gives (same IR, same weights), and a stale entry must
+never be used: changed weights, source, input shapes, dynamic dims or torch version are
+misses. Each test gets its own cache directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import gimlet
+from gimlet.artifacts import read_safetensors, save_weights
+from gimlet.cli import main
+from gimlet.frontend import cache
+from gimlet.frontend.load import frontend
+
+FACTORY = """
+import numpy as np
+import torch
+from torch import nn
+
+from helper import scale
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        # torch.tensor in forward becomes a lifted constant: not a parameter of the model
+        return scale(self.fc(x)) + torch.tensor([1.0, 2.0, 3.0])
+
+
+def model():
+    net = Net()
+    w = np.load(__file__.replace("net.py", "w.npy"))
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.from_numpy(w))
+        net.fc.bias.zero_()
+    return net, (torch.ones(2, 4),)
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's tree: net.py (the factory), helper.py (imported by it), w.npy (weights)."""
+    monkeypatch.setenv("GIMLET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "helper", raising=False)  # another test's helper.py
+    (tmp_path / "net.py").write_text(FACTORY)
+    (tmp_path / "helper.py").write_text("def scale(x):\n    return x * 2.0\n")
+    np.save(tmp_path / "w.npy", np.arange(12, dtype=np.float32).reshape(3, 4) / 10)
+    return tmp_path
+
+
+def compile_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:
+    assert main(["compile", "net.py:model", "-o", "out", *args]) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def entries(project: Path) -> list[str]:
+    root = project / "cache"
+    return sorted(p for p in os.listdir(root) if not p.startswith(".")) if root.is_dir() else []
+
+
+def hit_line(project: Path) -> str:
+    (entry,) = entries(project)
+    return (
+        f"gimletc: export cache: reusing the export of net.py:model from "
+        f"{project / 'cache' / entry} (--no-cache exports again)\n"
+    )
+
+
+def test_repeat_compile_hits_and_writes_the_same_output(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, err = compile_cli(capsys)
+    assert "export cache" not in err
+    ir = (project / "out" / "model.mlir").read_text()
+    weights = load_file(str(project / "out" / "weights.safetensors"))
+    assert sorted(weights) == ["fc.bias", "fc.weight", "lifted_tensor_0"]
+    (entry,) = entries(project)
+    meta = json.loads((project / "cache" / entry / "meta.json").read_text())
+    assert meta["from_model"] == ["fc.weight", "fc.bias"]  # the constant is in the entry
+    out2, err2 = compile_cli(capsys)
+    assert err2 == hit_line(project)
+    assert out2 == out
+    assert (project / "out" / "model.mlir").read_text() == ir
+    again = load_file(str(project / "out" / "weights.safetensors"))
+    assert sorted(again) == sorted(weights)
+    for name in weights:
+        np.testing.assert_array_equal(again[name], weights[name])
+    # the hit linked the weights the first compile wrote instead of writing them again
+    assert os.stat(project / "out" / "weights.safetensors").st_nlink == 2
+
+
+def test_changed_weights_source_or_helper_are_misses(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compile_cli(capsys)
+    np.save(project / "w.npy", np.ones((3, 4), dtype=np.float32))  # a data file the factory reads
+    assert "export cache" not in compile_cli(capsys)[1]
+    (project / "net.py").write_text(FACTORY + "# an edit\n")
+    assert "export cache" not in compile_cli(capsys)[1]
+    assert "gimletc: export cache: reusing" in compile_cli(capsys)[1]
+    assert len(entries(project)) == 3
+    # helper.py is imported (not executed anew like the factory's file): edited after this
+    # process imported it, the module in memory is not what the file says; no cache
+    (project / "helper.py").write_text("def scale(x):\n    return x * 3.0\n")
+    assert compile_cli(capsys)[1] == (
+        f"gimletc: note: not using the export cache: {project / 'helper.py'} changed after "
+        "this process imported it\n"
+    )
+    del sys.modules["helper"]  # as a new process would, import the new helper.py
+    assert "export cache" not in compile_cli(capsys)[1]
+    assert "3.0" in (project / "out" / "model.mlir").read_text()  # nothing stale reused
+    assert "gimletc: export cache: reusing" in compile_cli(capsys)[1]
+    assert len(entries(project)) == 4
+
+
+def test_torch_version_input_shape_and_dynamic_dims_are_in_the_key(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    x = torch.randn(2, 4)
+
+    def cached(*args: Any) -> str | None:
+        fe = frontend(net, *args)
+        fe.commit()
+        return fe.cached
+
+    assert cached((x,)) is None
+    first = cached((x,))
+    assert first is not None
+    assert cached((torch.randn(5, 4),)) is None  # input shape
+    assert cache.input_specs((x.double(),), None) != cache.input_specs((x,), None)  # dtype
+    batch = torch.export.Dim("batch", min=1, max=64)
+    assert cached((x,), ({0: batch},)) is None  # a dynamic dim
+    assert cached((x,), ({0: torch.export.Dim("batch", min=1, max=32)},)) is None  # its bounds
+    assert cached((x,), ({0: batch},)) is not None
+    with torch.no_grad():
+        net[0].weight[0, 0] += 1.0  # one weight of 12
+    assert cached((x,)) is None
+    monkeypatch.setattr(torch, "__version__", "9.9.9+monkeypatched")
+    assert cached((x,)) is None
+
+
+def test_hit_gives_what_a_fresh_export_gives(project: Path) -> None:
+    fresh = gimlet.compile("net.py:model", cache=False)
+    assert entries(project) == []  # cache=False neither reads nor writes
+    gimlet.compile("net.py:model")
+    hit = gimlet.compile("net.py:model")
+    assert hit.ir == fresh.ir
+    assert sorted(hit.weights) == sorted(fresh.weights)
+    for name, w in fresh.weights.items():
+        np.testing.assert_array_equal(hit.weights[name], w)
+    x = torch.ones(2, 4)
+    np.testing.assert_allclose(hit.reference(x)[0].numpy(), fresh.reference(x)[0].numpy())
+
+
+def test_an_nn_module_uses_the_cache_only_when_asked(project: Path) -> None:
+    net = torch.nn.Linear(4, 3)
+    gimlet.compile(net, (torch.ones(1, 4),))
+    assert entries(project) == []
+    gimlet.compile(net, (torch.ones(1, 4),), cache=True)
+    assert len(entries(project)) == 1
+
+
+def test_no_cache_bypasses_it(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    compile_cli(capsys, "--no-cache")
+    assert entries(project) == []
+    compile_cli(capsys)
+    _, err = compile_cli(capsys, "--no-cache")
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("meta.json", "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"),
+        ("imported.mlir", "imported.mlir does not match its checksum"),
+        (
+            "extra.safetensors",
+            "ValueError: {entry}/extra.safetensors: shorter than a safetensors header",
+        ),
+    ],
+)
+def test_a_corrupt_entry_is_a_miss_with_a_note(
+    project: Path, capsys: pytest.CaptureFixture[str], damage: str, why: str
+) -> None:
+    compile_cli(capsys)
+    ir = (project / "out" / "model.mlir").read_text()
+    (entry,) = entries(project)
+    path = project / "cache" / entry
+    (path / damage).write_text("")
+    _, err = compile_cli(capsys)
+    assert err == (
+        f"gimletc: note: ignoring a corrupt export cache entry {path}: {why.format(entry=path)}\n"
+    )
+    assert (project / "out" / "model.mlir").read_text() == ir
+    _, err = compile_cli(capsys)  # the fresh export replaced it
+    assert err == hit_line(project)
+
+
+def test_pt2_files_are_keyed_by_their_bytes(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    ep = torch.export.export(net, (torch.randn(2, 4),))
+    torch.export.save(ep, "m.pt2")
+    assert main(["compile", "m.pt2", "-o", "out"]) == 0
+    ir = (project / "out" / "model.mlir").read_text()
+    weights = load_file(str(project / "out" / "weights.safetensors"))
+    inputs = np.load(project / "out" / "inputs.npz")["input"]
+    capsys.readouterr()
+    os.remove(project / "out" / "weights.safetensors")  # the entry keeps its own link
+    assert main(["compile", "m.pt2", "-o", "out"]) == 0
+    (entry,) = entries(project)
+    assert capsys.readouterr().err == (
+        f"gimletc: export cache: reusing the export of m.pt2 from {project / 'cache' / entry} "
+        "(--no-cache exports again)\n"
+    )
+    assert (project / "out" / "model.mlir").read_text() == ir
+    np.testing.assert_array_equal(np.load(project / "out" / "inputs.npz")["input"], inputs)
+    again = load_file(str(project / "out" / "weights.safetensors"))
+    for name, w in weights.items():
+        np.testing.assert_array_equal(again[name], w)
+    with torch.no_grad():
+        net[0].bias += 1
+    torch.export.save(torch.export.export(net, (torch.randn(2, 4),)), "m.pt2")
+    assert main(["compile", "m.pt2", "-o", "out"]) == 0
+    assert "export cache" not in capsys.readouterr().err
+
+
+def test_key_parts_name_the_model_source_and_packages(project: Path) -> None:
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=11, n_positions=8)
+    model = transformers.GPT2Model(config)
+    structure, tensors = cache.model_state(model)
+    assert "wte.weight" in tensors
+    files, packages = cache.source_closure([__import__("net")])
+    assert sorted(os.path.basename(f) for f in files) == ["helper.py", "net.py"]
+    assert {"numpy", "torch"} <= set(packages)
+    _, packages = cache.source_closure([__import__(type(model).__module__, fromlist=["_"])])
+    assert packages["transformers"] == transformers.__version__
+    other = transformers.GPT2Model(
+        transformers.GPT2Config(
+            n_layer=1, n_embd=8, n_head=2, vocab_size=11, n_positions=8, layer_norm_epsilon=1e-3
+        )
+    )
+    # same weights' shapes, another config value: the structure differs
+    assert cache.key_of({"s": cache.model_state(other)[0]}) != cache.key_of({"s": structure})
+
+
+def test_safetensors_writer_round_trips_every_dtype(tmp_path: Path) -> None:
+    weights = {
+        "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "scalar": np.array(3.5, dtype=np.float32),
+        "bf16": np.arange(5, dtype=np.float32).astype(ml_dtypes.bfloat16),
+        "f16": np.zeros((0, 4), dtype=np.float16),
+        "i64": np.arange(3, dtype=np.int64),
+        "bool": np.array([True, False, True]),
+        "u8": np.arange(3, dtype=np.uint8),
+        "strided": np.arange(12, dtype=np.float32).reshape(3, 4).T,
+        "torch": torch.arange(4, dtype=torch.int32),
+    }
+    weights["tied"] = weights["f32"]
+    path = str(tmp_path / "w.safetensors")
+    digest = save_weights(path, weights, digest=True)
+    import hashlib
+
+    assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from safetensors.torch import load_file as load_torch
+
+    reference = load_torch(path)  # safetensors' own reader accepts it
+    ours = read_safetensors(path)
+    for name, value in weights.items():
+        expected = value.numpy() if isinstance(value, torch.Tensor) else value
+        assert ours[name].dtype == expected.dtype, name
+        assert ours[name].shape == expected.shape, name
+        np.testing.assert_array_equal(ours[name], expected)
+        assert tuple(reference[name].shape) == expected.shape
