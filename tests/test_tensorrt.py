@@ -318,7 +318,8 @@ def test_plan_sets_precision_and_one_profile_per_dynamic_input() -> None:
     x, y = entry["inputs"]
     assert (x["min"], x["opt"], x["max"]) == ([1, 8], [64, 8], [2048, 8])
     assert "min" not in y  # static: no profile entry
-    assert "no torch.export Dim bounds" in plan["defaults"]["why"]
+    assert x["from"] == "defaults" and plan["defaults"]["inputs"] == ["seg3.part0:in0"]
+    assert "without torch.export Dim bounds" in plan["defaults"]["why"] and plan["dims"] == {}
     script = trtexec_script(plan)
     assert script.splitlines()[-1] == (
         "trtexec --onnx=seg3.part0.onnx --saveEngine=seg3.part0.engine --minShapes=in0:1x8 "

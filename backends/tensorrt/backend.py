@@ -41,17 +41,18 @@ NO_GPU = "no CUDA GPU here"
 
 
 def lower_segment(
-    segment: gml.SegmentOp, index: int, weights: Mapping[str, np.ndarray]
+    segment: gml.SegmentOp, index: int, weights: Mapping[str, np.ndarray], cut: Any = None
 ) -> list[Any]:
     """Each compiled part as a checked OnnxPart; UnsupportedOpError lists every op that
-    does not lower or that TensorRT cannot run, with its source line."""
+    does not lower or that TensorRT cannot run, with its source line. `cut`: the
+    segment's compiled_parts, when the caller already cut it."""
     import onnx
 
     from .lower import lower, verify
     from .support import refusals
 
     parts, problems = [], []
-    for k, fn in enumerate(part_functions(segment, index)):
+    for k, fn in enumerate(part_functions(segment, index, cut)):
         try:
             part = lower(fn, weights, f"seg{index}.part{k}")
         except UnsupportedOpError as e:
@@ -76,6 +77,24 @@ def lower_segment(
     return parts
 
 
+def _profiles(segment: gml.SegmentOp, cut: list[Any]) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Per compiled part, its inputs' min/opt/max shapes from the program's Dim bounds
+    (profile.py), and those bounds."""
+    from xdsl.dialects.builtin import ModuleOp
+
+    from gimlet.ir import main_func
+
+    from .profile import profiles, symbol_ranges
+
+    module = segment.get_toplevel_object()
+    if not isinstance(module, ModuleOp):  # a segment outside a module: no bounds
+        return [[None] * len(p.inputs) for p in cut], {}
+    ranges = symbol_ranges(module)
+    fn = main_func(module)
+    found = iter(profiles(fn, ranges, [v for p in cut for v in p.inputs]))  # one evaluation
+    return [[next(found) for _ in p.inputs] for p in cut], ranges
+
+
 class TensorRTBackend:
     name = KIND
     option = "tensorrt"
@@ -98,14 +117,15 @@ class TensorRTBackend:
                 "cannot lower to TensorRT:\nthe ONNX models embed the weights, and the bundle "
                 "writer passed none (options['weights'])"
             )
-        parts = lower_segment(segment, index, weights)
+        _, cut = compiled_parts(segment)
+        parts = lower_segment(segment, index, weights, cut)
         out = Path(bundle_dir, "trt")
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for k, part in enumerate(parts):
             onnx_name, data_name = part.save(out / f"seg{index}.part{k}.onnx")
             written.append((f"trt/{onnx_name}", f"trt/{data_name}", part))
-        plan = make_plan(index, written)
+        plan = make_plan(index, written, *_profiles(segment, cut))
         plan_file, sh_file = f"trt/seg{index}.plan.json", f"trt/seg{index}.trtexec.sh"
         Path(bundle_dir, plan_file).write_text(json.dumps(plan, indent=2) + "\n")
         Path(bundle_dir, sh_file).write_text(trtexec_script(plan))

@@ -17,7 +17,7 @@ from gimlet.dialects.gml import GML
 
 from .lower import IR_VERSION, OPSET
 from .ops import CONVERTERS
-from .plan import DEFAULT_RANGE
+from .profile import DEFAULT_RANGE
 from .support import (
     GML_DTYPES,
     KEYED_BY_BOTH,
@@ -72,9 +72,23 @@ def markdown() -> str:
         "| `trt/seg<N>.trtexec.sh` | the same builds with `trtexec` |",
         "| `cuda/...` | the CUDA backend's parts for the same segment, when nvcc was present at compile time |",
         "",
-        "The IR has no torch.export `Dim` bounds (a dynamic dim is `?`), so every dynamic dim's",
-        f"profile is min {DEFAULT_RANGE[0]}, opt {DEFAULT_RANGE[1]}, max {DEFAULT_RANGE[2]}; the plan says so and",
-        "can be edited.",
+        "Each dynamic input's profile comes from the model's torch.export `Dim` bounds. The",
+        "importer keeps them in the IR: the module's `gml.dims` gives each symbol its `min`,",
+        "`max` (absent when unbounded) and `example` (the size exported with), and each input's",
+        "`gml.dims` names the symbols of its `?` dims:",
+        "",
+        "```",
+        "builtin.module attributes {gml.dims = {s77 = {min = 1 : i64, max = 1024 : i64, example = 4 : i64}}} {",
+        '  func.func @main(%x: tensor<?x32xf32> {gml.name = "x", gml.dims = ["s77"]}) -> tensor<?x10xf32> {',
+        "```",
+        "",
+        "A part's inputs are values inside the program (`2*seq`, a size carrier, ...), so the",
+        "program's shapes are evaluated with every symbol at its min, at its opt and at its max",
+        "(`backends/tensorrt/profile.py`); a part input's shapes there are its min/opt/max. opt",
+        "is the example size when it lies within the bounds; a symbol without a max gets",
+        f"{DEFAULT_RANGE[2]}. The plan lists the symbols' ranges (`dims`) and, under `defaults`,",
+        f"any input whose sizes could not be followed, which gets min {DEFAULT_RANGE[0]}, opt",
+        f"{DEFAULT_RANGE[1]}, max {DEFAULT_RANGE[2]} per dynamic dim. The plan can be edited.",
         "",
         "## At run time",
         "",

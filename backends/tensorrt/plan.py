@@ -2,25 +2,29 @@
 
 Precision: `fp16`/`bf16` are set when the part's tensors have those element types (a
 weakly typed network then may run them in 16 bits; f32 parts keep f32, TF32 off).
-Profiles: every input with a dynamic dim gets min/opt/max. gimlet's IR carries no
-torch.export `Dim` bounds (a dynamic dim is `?`), so each dynamic dim takes `DEFAULT_RANGE`;
-the plan states that, and a user edits the ranges in the plan to fit the sizes served.
+Profiles: every input with a dynamic dim gets min/opt/max. They come from the model's
+torch.export Dim bounds, which the importer keeps in the IR, evaluated through the
+program to each part's inputs (profile.py); the plan's `dims` lists each symbol's range.
+A dim without known bounds (IR written by hand, a size the evaluation cannot follow)
+takes `DEFAULT_RANGE`, and the plan's `defaults` says which inputs did; a user edits the
+ranges in the plan to fit the sizes served.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .lower import OPSET, OnnxPart, Port
+from .profile import DEFAULT_RANGE, DimRange, Profile
 from .support import SOURCE, TENSORRT_VERSION
 
 FORMAT = 1
-DEFAULT_RANGE = (1, 64, 2048)  # min, opt, max of a dynamic dim without known bounds
 DEFAULT_WHY = (
-    "the IR carries no torch.export Dim bounds, so every dynamic dim gets min 1, opt 64, "
-    "max 2048; edit min/opt/max below to the sizes you serve (related sizes, e.g. a carrier "
-    "of 2*seq, must stay consistent at opt)"
+    "a dynamic dim without torch.export Dim bounds (IR without gml.dims, or a size gimlet "
+    "could not follow to this part) gets min 1, opt 64, max 2048; edit min/opt/max below to "
+    "the sizes you serve (related sizes, e.g. a carrier of 2*seq, must stay consistent at opt)"
 )
 
 
@@ -39,22 +43,35 @@ def precision(part: OnnxPart) -> list[str]:
     return flags
 
 
-def _profile(port: Port) -> dict[str, Any]:
+def _profile(port: Port, profile: Profile | None) -> dict[str, Any]:
     entry = port.to_json()
-    if -1 in port.shape:
-        lo, opt, hi = DEFAULT_RANGE
-        entry["min"] = [lo if d == -1 else d for d in port.shape]
-        entry["opt"] = [opt if d == -1 else d for d in port.shape]
-        entry["max"] = [hi if d == -1 else d for d in port.shape]
+    if -1 not in port.shape:
+        return entry
+    if profile is not None:
+        entry["min"], entry["opt"], entry["max"] = (list(s) for s in profile)
+        entry["from"] = "torch.export"
+        return entry
+    lo, opt, hi = DEFAULT_RANGE
+    entry["min"] = [lo if d == -1 else d for d in port.shape]
+    entry["opt"] = [opt if d == -1 else d for d in port.shape]
+    entry["max"] = [hi if d == -1 else d for d in port.shape]
+    entry["from"] = "defaults"
     return entry
 
 
-def make_plan(index: int, parts: list[tuple[str, str, OnnxPart]]) -> dict[str, Any]:
+def make_plan(
+    index: int,
+    parts: list[tuple[str, str, OnnxPart]],
+    profiles: Sequence[Sequence[Profile | None]] | None = None,
+    dims: Mapping[str, DimRange] | None = None,
+) -> dict[str, Any]:
     """The plan of segment `index`: (onnx file, data file, lowered part) per part, paths
-    relative to the bundle."""
-    entries = []
-    for onnx_file, data_file, part in parts:
+    relative to the bundle; `profiles[k][i]`: the min/opt/max shapes of part k's input i
+    (profile.profiles), None for the defaults; `dims`: the symbols' ranges they came from."""
+    entries: list[dict[str, Any]] = []
+    for k, (onnx_file, data_file, part) in enumerate(parts):
         stem = onnx_file.rsplit("/", 1)[-1].removesuffix(".onnx")
+        known = profiles[k] if profiles is not None else [None] * len(part.inputs)
         entries.append(
             {
                 "onnx": onnx_file,
@@ -62,7 +79,7 @@ def make_plan(index: int, parts: list[tuple[str, str, OnnxPart]]) -> dict[str, A
                 "engine": f"{stem}.engine",
                 "precision": precision(part),
                 "tf32": False,
-                "inputs": [_profile(p) for p in part.inputs],
+                "inputs": [_profile(p, pr) for p, pr in zip(part.inputs, known, strict=True)],
                 "outputs": [p.to_json() for p in part.outputs],
             }
         )
@@ -71,11 +88,18 @@ def make_plan(index: int, parts: list[tuple[str, str, OnnxPart]]) -> dict[str, A
         "segment": index,
         "opset": OPSET,
         "operator_matrix": f"TensorRT {TENSORRT_VERSION}: {SOURCE}",
+        "dims": {name: r.to_json() for name, r in (dims or {}).items()},
         "defaults": {
             "min": DEFAULT_RANGE[0],
             "opt": DEFAULT_RANGE[1],
             "max": DEFAULT_RANGE[2],
             "why": DEFAULT_WHY,
+            "inputs": [
+                f"{e['engine'].removesuffix('.engine')}:{i['name']}"
+                for e in entries
+                for i in e["inputs"]
+                if i.get("from") == "defaults"
+            ],
         },
         "parts": entries,
     }
@@ -106,13 +130,19 @@ def trtexec_command(part: dict[str, Any]) -> list[str]:
 
 
 def trtexec_script(plan: dict[str, Any]) -> str:
+    dims = ", ".join(
+        f"{n} {r['min']}..{r['max']} (opt {r['opt']})" for n, r in plan["dims"].items()
+    )
     lines = [
         "#!/bin/sh",
         f"# Segment {plan['segment']}: the TensorRT engines of build_engine.py, built with trtexec.",
-        "# Dynamic dims use the plan's ranges: " + plan["defaults"]["why"] + ".",
-        'cd "$(dirname "$0")" || exit 1',
-        "set -e",
+        f"# Dynamic dims from torch.export's bounds: {dims or 'none'}.",
     ]
+    if plan["defaults"]["inputs"]:
+        lines.append(
+            f"# Defaults for {', '.join(plan['defaults']['inputs'])}: {plan['defaults']['why']}."
+        )
+    lines += ['cd "$(dirname "$0")" || exit 1', "set -e"]
     for part in plan["parts"]:
         lines.append(" ".join(shlex.quote(a) for a in trtexec_command(part)))
     return "\n".join(lines) + "\n"

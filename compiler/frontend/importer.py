@@ -216,14 +216,55 @@ def import_program(ep: ExportedProgram) -> tuple[ModuleOp, dict[str, np.ndarray]
     imp.run()
 
     fn = func.FuncOp("main", (arg_types, result_types), Region(block))
-    fn.arg_attrs = _arg_names(user_inputs)  # type: ignore[assignment]
-    return ModuleOp([fn]), imp.weights
+    inputs = [placeholders[n] for n in user_inputs]
+    fn.arg_attrs = _arg_attrs(inputs)  # type: ignore[assignment]
+    module = ModuleOp([fn])
+    bounds = _dim_bounds(ep, inputs)
+    if bounds:
+        module.attributes[DIMS_ATTR] = bounds
+    return module, imp.weights
 
 
-def _arg_names(names: Sequence[str]) -> Any:
+# The dynamic dims' torch.export bounds, kept for backends that need ranges (TensorRT's
+# optimization profiles, backends/tensorrt/profile.py): each input's `gml.dims` names its
+# `?` dims in order, and the module's `gml.dims` gives each name {min, max, example}
+# (max left out when unbounded; example: the size the model was exported with).
+DIMS_ATTR = "gml.dims"
+
+
+def _arg_attrs(nodes: Sequence[torch.fx.Node]) -> Any:
     from xdsl.dialects.builtin import ArrayAttr
 
-    return ArrayAttr([DictionaryAttr({"gml.name": StringAttr(n)}) for n in names])
+    attrs = []
+    for node in nodes:
+        entry: dict[str, Attribute] = {"gml.name": StringAttr(node.name)}
+        dyn = [d.node.expr for d in node.meta["val"].shape if isinstance(d, torch.SymInt)]
+        if dyn:  # "" for a dim torch gave as an expression rather than a symbol
+            names = [str(e) if isinstance(e, sympy.Symbol) else "" for e in dyn]
+            entry[DIMS_ATTR] = ArrayAttr([StringAttr(n) for n in names])
+        attrs.append(DictionaryAttr(entry))
+    return ArrayAttr(attrs)
+
+
+def _dim_bounds(ep: ExportedProgram, nodes: Sequence[torch.fx.Node]) -> DictionaryAttr | None:
+    from torch.utils._sympy.numbers import int_oo
+    from xdsl.dialects.builtin import IntegerAttr, i64
+
+    out: dict[str, Attribute] = {}
+    for node in nodes:
+        for d in node.meta["val"].shape:
+            if not isinstance(d, torch.SymInt) or not isinstance(d.node.expr, sympy.Symbol):
+                continue
+            r = ep.range_constraints.get(d.node.expr)
+            if r is None or str(d.node.expr) in out:
+                continue
+            entry: dict[str, Attribute] = {"min": IntegerAttr(int(r.lower), i64)}
+            if r.upper not in (int_oo, sympy.oo):
+                entry["max"] = IntegerAttr(int(r.upper), i64)
+            if isinstance(d.node.hint, int):  # none where the program was saved and loaded
+                entry["example"] = IntegerAttr(d.node.hint, i64)
+            out[str(d.node.expr)] = DictionaryAttr(entry)
+    return DictionaryAttr(out) if out else None
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
