@@ -93,13 +93,13 @@ def _ensure_cost_module() -> bool:
 HAVE_COST = _ensure_cost_module()
 
 from gimlet.placement.cluster import Cluster  # noqa: E402
+from gimlet.placement.dp import build_model, free_dp  # noqa: E402
 from gimlet.placement.presets import target  # noqa: E402
 from gimlet.placement.solvers import (  # noqa: E402
     Problem,
-    _dp_free,
-    _fits,
     dp,
     evaluate,
+    fits,
     greedy,
     milp,
     route_matrices,
@@ -364,11 +364,12 @@ def best_time(name: str, p: Problem, repeats: int) -> tuple[list[int] | None, fl
 
 
 def dp_path(p: Problem) -> str:
-    """Which recurrence `dp` uses on p: `free` (node-by-node) or `staged` (contiguous stages)."""
+    """Which recurrence `dp` uses on p: `free` (node by node) or `labelled` (over resource
+    states: memory where it binds, device loads for throughput)."""
     if p.objective == "throughput":
-        return "staged"
-    free = _dp_free(p)
-    return "free" if free is not None and _fits(p, free) else "staged"
+        return "labelled"
+    free = free_dp(build_model(p))
+    return "free" if free is not None and fits(p, free) else "labelled"
 
 
 def gap(obj: float, ref: float) -> float:

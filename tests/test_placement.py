@@ -20,7 +20,8 @@ from gimlet.interpreter import run
 from gimlet.ir import main_func, parse, print_ir
 from gimlet.pass_manager import run_pipeline, verify_program
 from gimlet.placement.cluster import Cluster, Device, Link
-from gimlet.placement.solvers import Problem, dp, evaluate, greedy, is_free, milp
+from gimlet.placement.dp import dp
+from gimlet.placement.solvers import Problem, evaluate, greedy, is_free, milp
 
 G = 1e9
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -412,272 +411,18 @@ def greedy(p: Problem) -> list[int]:
     return assign
 
 
-def _cut_bytes(p: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """Per position i, over the values produced before i and read at or after i: how many
-    transfers a device switch at i costs and how many bytes, each weighted by how often
-    that value moves per request."""
-    n = len(p.nodes)
-    count, nbytes_live = np.zeros(n + 1), np.zeros(n + 1)
-    for u, consumers, nbytes in p.edges:
-        last = consumers[-1]
-        runs = p.runs_of(u, consumers)
-        count[u + 1] += runs
-        count[last + 1] -= runs
-        nbytes_live[u + 1] += runs * nbytes
-        nbytes_live[last + 1] -= runs * nbytes
-    return np.cumsum(count)[: n + 1], np.cumsum(nbytes_live)[: n + 1]
-
-
 def dp(p: Problem) -> list[int]:
-    """Dynamic programming over the program order (transformers are chains of blocks).
+    """Dynamic programming over the program order: see compiler/placement/dp.py."""
+    from gimlet.placement.dp import dp as solve_dp
 
-    Two recurrences over positions, both charging a device switch at position i the
-    transfer of everything live across i (exact for chains, an estimate with skip edges):
-    - free: state = device of node i, O(n * D^2); optimal for chains when memory is not
-      binding and for sum objectives (latency, energy, cost);
-    - staged: contiguous stages, each device at most once, with weights checked per stage;
-      used for throughput (a pipeline's bottleneck).
-    When the free answer overflows a device, memory gets a price (Lagrangian relaxation:
-    raise the price of bytes on overflowing devices until the free recurrence fits) and the
-    better of that and the staged answer is kept.
-    """
-    if p.objective == "throughput":
-        return _dp_staged(p)
-    assign = _dp_free(p)
-    if assign is not None and _fits(p, assign):
-        return assign
-    candidates = [a for a in (_dp_priced(p), _try_staged(p)) if a is not None]
-    if not candidates:
-        raise UserError("no placement fits: " + _overflow_hint(p))
-    return min(candidates, key=lambda a: evaluate(p, a).objective)
+    return solve_dp(p)
 
 
-def _try_staged(p: Problem) -> list[int] | None:
-    try:
-        return _dp_staged(p)
-    except UserError:
-        return None
-
-
-def _dp_priced(p: Problem, rounds: int = 40) -> list[int] | None:
-    """Free DP with a per-byte price on each device's memory, raised where it overflows."""
-    D = len(p.devices)
-    scale = float(np.nanmax(np.where(np.isfinite(p.time), p.time, np.nan)) or 1.0)
-    per_byte = scale / max(float(p.weights.max()), 1.0)
-    price = np.zeros(D)
-    best: list[int] | None = None
-    best_obj = INF
-    for _ in range(rounds):
-        extra = p.weights[:, None] * price[None, :]
-        assign = _dp_free(p, extra)
-        if assign is None:
-            return best
-        used = np.zeros(D)
-        np.add.at(used, np.asarray(assign), p.weights)
-        over = used > p.capacity
-        if not over.any():
-            obj = evaluate(p, assign).objective
-            if obj < best_obj:
-                best, best_obj = assign, obj
-            price *= 0.7  # fits: try a little less pressure
-        else:
-            price[over] = np.maximum(price[over] * 2, per_byte)
-    return best
-
-
-def _fits(p: Problem, assign: Sequence[int]) -> bool:
+def fits(p: Problem, assign: Sequence[int]) -> bool:
+    """Every device's weights within its room (capacity less activations)."""
     used = np.zeros(len(p.devices))
     np.add.at(used, np.asarray(assign), p.weights)
     return bool((used <= p.capacity).all())
-
-
-def _switch_costs(p: Problem, count: float, live: float) -> np.ndarray:
-    """[e, d]: cost of `count` transfers of `live` bytes in all from e to d (0 on the diagonal)."""
-    t = p.lat * count + live * p.inv_bw
-    if p.objective in ("energy", "cost"):
-        t = t * p.weight_of[None, :]
-    return t
-
-
-def _with_host_io(p: Problem) -> np.ndarray:
-    """Per-node cost plus moving graph inputs from, and outputs to, the host: node-local
-    terms the position recurrences would otherwise miss (first consumer pays for an input)."""
-    cost = _unit_cost(p).copy()
-    scale = p.weight_of if p.objective in ("energy", "cost") else np.ones(len(p.devices))
-    for consumers, nbytes in p.inputs:
-        cost[consumers[0]] += [
-            p.transfer(p.host, d, nbytes) * scale[d] for d in range(len(p.devices))
-        ]
-    for u, nbytes in p.outputs:
-        cost[u] += [p.transfer(d, p.host, nbytes) * scale[d] for d in range(len(p.devices))]
-    return cost
-
-
-def _dp_free(p: Problem, extra: np.ndarray | None = None) -> list[int] | None:
-    n, D = p.time.shape
-    unit = _with_host_io(p) if extra is None else _with_host_io(p) + extra
-    count, live = _cut_bytes(p)
-    best = unit[0].copy()
-    back = np.zeros((n, D), dtype=int)
-    for i in range(1, n):
-        total = best[:, None] + _switch_costs(p, count[i], live[i])  # [e, d]
-        back[i] = np.argmin(total, axis=0)
-        best = total[back[i], np.arange(D)] + unit[i]
-    if not np.isfinite(best).any():
-        return None
-    assign = [0] * n
-    assign[-1] = int(np.argmin(best))
-    for i in range(n - 1, 0, -1):
-        assign[i - 1] = int(back[i, assign[i]])
-    return assign
-
-
-def _dp_staged(p: Problem) -> list[int]:
-    """Contiguous stages, one device each (each device at most once).
-
-    dp over (end position, device, set of devices used); a stage [i, j) on device d costs
-    its compute plus moving everything live across position i from the previous device.
-    Latency/energy/cost add stage costs (sliding-window minimum keeps it O(n * D^2 * 2^D));
-    throughput takes the maximum (binary search on the bottleneck with a reachability DP).
-    """
-    n, D = p.time.shape
-    unit = _with_host_io(p)
-    count, live = _cut_bytes(p)
-    finite = np.isfinite(unit)
-    prefix = np.vstack([np.zeros(D), np.cumsum(np.where(finite, unit, 0.0), axis=0)])
-    bad = np.vstack([np.zeros(D, dtype=int), np.cumsum(~finite, axis=0)])
-    wprefix = np.concatenate([[0.0], np.cumsum(p.weights)])
-    # lo[d][j]: the earliest stage start for a stage on d ending at j (memory + capability).
-    lo = np.zeros((D, n + 1), dtype=int)
-    for d in range(D):
-        start = 0
-        for j in range(n + 1):
-            while start < j and (
-                wprefix[j] - wprefix[start] > p.capacity[d] or bad[j, d] - bad[start, d] > 0
-            ):
-                start += 1
-            lo[d, j] = start
-
-    def cut(i: int, e: int, d: int) -> float:
-        if e < 0 or i == 0:
-            return 0.0
-        if e == d:
-            return 0.0
-        t = p.lat[e, d] * count[i] + live[i] * p.inv_bw[e, d]
-        return float(t * (p.weight_of[d] if p.objective in ("energy", "cost") else 1.0))
-
-    if p.objective == "throughput":
-        return _dp_bottleneck(p, unit, prefix, lo, cut)
-
-    full = 1 << D
-    # best[j][S][d]: min cost of a placement of [0, j) whose last stage is on d, devices used S.
-    best = np.full((n + 1, full, D), INF)
-    back: dict[tuple[int, int, int], tuple[int, int]] = {}
-    for S in range(1, full):  # increasing S: every subset S \ {d} is finished first
-        for d in range(D):
-            if not S >> d & 1:
-                continue
-            prev = S & ~(1 << d)
-            window: deque[tuple[int, float, int]] = deque()  # (i, value, e), increasing value
-            nxt = 0
-            for j in range(1, n + 1):
-                while nxt < j:  # candidate stage starts i < j, in increasing order
-                    i = nxt
-                    nxt += 1
-                    cands = [(0.0, -1)] if (i == 0 and prev == 0) else []
-                    if i > 0 and prev:
-                        cands += [
-                            (best[i, prev, e] + cut(i, e, d), e)
-                            for e in range(D)
-                            if prev >> e & 1 and math.isfinite(best[i, prev, e])
-                        ]
-                    if not cands:
-                        continue
-                    value, e = min(cands)
-                    value -= prefix[i, d]
-                    while window and window[-1][1] >= value:
-                        window.pop()
-                    window.append((i, value, e))
-                while window and window[0][0] < lo[d, j]:
-                    window.popleft()
-                if window:
-                    i, value, e = window[0]
-                    best[j, S, d] = value + prefix[j, d]
-                    back[(j, S, d)] = (i, e)
-    S_best, d_best = min(
-        ((S, d) for S in range(1, full) for d in range(D)), key=lambda sd: best[n, sd[0], sd[1]]
-    )
-    if not math.isfinite(best[n, S_best, d_best]):
-        raise UserError("no placement fits: " + _overflow_hint(p))
-    return _unwind(back, n, S_best, d_best)
-
-
-def _unwind(back: dict[tuple[int, int, int], tuple[int, int]], n: int, S: int, d: int) -> list[int]:
-    assign = [0] * n
-    j = n
-    while j > 0:
-        i, e = back[(j, S, d)]
-        assign[i:j] = [d] * (j - i)
-        S &= ~(1 << d)
-        j, d = i, e
-    return assign
-
-
-def _dp_bottleneck(
-    p: Problem,
-    unit: np.ndarray,
-    prefix: np.ndarray,
-    lo: np.ndarray,
-    cut: Callable[[int, int, int], float],
-) -> list[int]:
-    n, D = unit.shape
-
-    # Furthest stage end allowed by memory/capability for a stage on d starting at i.
-    mem_end = np.array(
-        [np.searchsorted(lo[d], np.arange(n + 1), side="right") - 1 for d in range(D)]
-    )
-
-    def feasible(T: float) -> dict[tuple[int, int, int], tuple[int, int]] | None:
-        """Is every stage <= T possible? A sweep over stage starts in increasing order, so
-        each (devices used, device) marks every end position at most once: O(n * D * 2^D)."""
-        reach: dict[tuple[int, int, int], tuple[int, int]] = {}
-        starts: list[list[tuple[int, int]]] = [[] for _ in range(n + 1)]
-        starts[0].append((0, -1))
-        covered: dict[tuple[int, int], int] = {}
-        for i in range(n):
-            for S, e in starts[i]:
-                for d in range(D):
-                    if S >> d & 1:
-                        continue
-                    budget = prefix[i, d] + T - cut(i, e, d)
-                    end = min(
-                        int(np.searchsorted(prefix[:, d], budget, side="right")) - 1,
-                        int(mem_end[d, i]),
-                    )
-                    key = (S | 1 << d, d)
-                    for j in range(max(covered.get(key, 0) + 1, i + 1), end + 1):
-                        reach[(j, *key)] = (i, e)
-                        starts[j].append(key)
-                    covered[key] = max(covered.get(key, 0), end)
-        return reach if starts[n] else None
-
-    finite_total = prefix[n][np.isfinite(prefix[n])]
-    hi = float(finite_total.max() if finite_total.size else 1.0) * 2 + 1.0
-    if feasible(hi) is None:
-        raise UserError("no placement fits: " + _overflow_hint(p))
-    # The bottleneck is at least the largest single op and the work spread over all devices.
-    best_each = np.where(np.isfinite(unit), unit, INF).min(axis=1)
-    lo_t = max(float(best_each.max()), float(best_each.sum()) / D)
-    while hi - lo_t > 1e-3 * hi:  # 0.1% is far below the cost model's own error
-        mid = (lo_t + hi) / 2
-        if feasible(mid) is None:
-            lo_t = mid
-        else:
-            hi = mid
-    reach = feasible(hi)
-    assert reach is not None
-    end = next(k for k in reach if k[0] == n)
-    return _unwind(reach, n, end[1], end[2])
 
 
 def fmt_bytes(b: float) -> str:
@@ -687,7 +432,7 @@ def fmt_bytes(b: float) -> str:
     return f"{int(b)} B"
 
 
-def _overflow_hint(p: Problem) -> str:
+def overflow_hint(p: Problem) -> str:
     """Name the device that must overflow when pins/capabilities force weights onto it."""
     forced = np.zeros(len(p.devices))
     for i in range(len(p.nodes)):
@@ -795,6 +540,6 @@ def milp(p: Problem, time_limit: float = 60.0) -> list[int]:
         options={"time_limit": time_limit, "disp": False},
     )
     if res.x is None:
-        raise UserError("no placement fits: " + _overflow_hint(p))
+        raise UserError("no placement fits: " + overflow_hint(p))
     sol = res.x[:xs].reshape(n, D)
     return [int(np.argmax(sol[i])) for i in range(n)]

@@ -1,0 +1,481 @@
+"""The `dp` placement solver: dynamic programming over the program order.
+
+Transformers are chains of blocks, so placement is a path through positions 0..n-1 with
+a device per position. A device switch at position i pays for moving everything live
+across i (every value produced before i and read at or after i) from the old device to
+the new one: exact for chains, an estimate where a value skips ahead (`evaluate`, the
+exact model, scores every answer, and a local search repairs what the estimate missed).
+
+Three recurrences, one per kind of problem:
+
+- free (`free_dp`): state = device of node i, O(n * D^2). Optimal for chains under a sum
+  objective (latency, energy, cost) when memory does not bind.
+- labelled (`labelled_dp`): state = (device of node i, resource usage), a DP over resource
+  states with dominance pruning. A label carries its exact usage of each tracked resource
+  (weight bytes on a device whose memory binds; for throughput, each device's busy seconds)
+  and its cost; labels whose usage falls in the same grid cell (cap / K per resource) are
+  merged, keeping the cheapest (epsilon-dominance), and labels over a capacity are dropped,
+  so every answer it returns fits. K is set from a work budget (K * n * D^2 cells), so small
+  graphs get a fine grid (near exact) and 10k-node graphs still finish in seconds.
+  Memory: cost = the objective, resources = bytes on each device that overflows in the free
+  answer (more are added if the answer overflows another). Throughput: the objective is the
+  busiest device, so the resources are every device's busy seconds but one (whose load is
+  the label's cost), capped by an incumbent's bottleneck; the answer minimises
+  max(cost, loads). Grids are refined around the best answer for a few rounds.
+- a local search (`polish`) with the exact model: single-node moves, then moves of runs of
+  same-device nodes, kept while they improve the objective and fit.
+
+The MILP (solvers.milp) is the exact reference; benchmarks/placement_solvers.py reports
+the gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gimlet.errors import UserError
+from gimlet.placement.solvers import INF, Problem, evaluate, fits, overflow_hint
+
+# Cells (label slots x transitions) the labelled DP may touch per node and in all: the grid
+# is as fine as this allows. 4e7 in all is ~2 s of numpy on the 2-core box.
+_CELLS_TOTAL = 2e7
+_CELLS_MAX_PER_NODE = 1 << 15
+_ROUNDS = 12  # trust-region steps per starting answer, at most
+_IMPROVE_UNTIL_S = 2.5  # CPU seconds into `dp`: no trust-region step may end later
+_POLISH_UNTIL_S = 3.5  # and the local search stops here (it only ever improves)
+
+
+# ------------------------------------------------------------------ model ---
+
+
+@dataclass
+class Model:
+    """The position model: what each node and each device switch costs, and who pays.
+
+    node[i, d, z]  seconds device z is busy because node i runs on d: its compute (z = d;
+                   inf where d cannot run it), graph inputs it is the first reader of
+                   (received on d), its graph outputs (received by the host), and, with a
+                   guess, values that skip ahead (received by their readers' devices)
+    sw[i, e, d]    switching from e (node i-1) to d (node i): what is live across i, received
+                   by d
+    Seconds are in objective units (x the device's W or $/s for energy and cost), so a sum
+    objective is node.sum(z) plus switches and throughput is the busiest z.
+    """
+
+    node: np.ndarray
+    sw: np.ndarray
+
+    @property
+    def unit(self) -> np.ndarray:
+        """[n, D] what a node on d costs in all (the sum objectives)."""
+        return self.node.sum(axis=2)
+
+
+def build_model(p: Problem, guess: Sequence[int] | None = None) -> Model:
+    """The position model of p. Without a guess, a value is charged at every device switch
+    while it is live (exact for chains). With `guess` (an assignment), a value read by a
+    node other than the next one is charged by first-order terms around the guess (see
+    `_linearise`), which are exact for the guess itself and for moving any one node."""
+    n, D = p.time.shape
+    weight = p.weight_of.astype(float) if p.objective in ("energy", "cost") else np.ones(D)
+    node = np.zeros((n, D, D))
+    diag = np.arange(D)
+    node[:, diag, diag] = p.time * weight[None, :]
+    for consumers, nbytes in p.inputs:
+        runs = p.runs_of(-1, consumers)
+        for d in range(D):
+            node[consumers[0], d, d] += p.transfer(p.host, d, nbytes) * runs * weight[d]
+    for u, nbytes in p.outputs:
+        runs = p.runs_of(u, [u])
+        for d in range(D):
+            node[u, d, p.host] += p.transfer(d, p.host, nbytes) * runs * weight[p.host]
+    if guess is None:
+        count, live = cut_bytes(p)
+    else:
+        count, live = np.zeros(n + 1), np.zeros(n + 1)
+        for u, consumers, nbytes in p.edges:
+            runs = p.runs_of(u, consumers)
+            if consumers[0] == u + 1:  # the next node: a switch there moves it, exactly
+                count[u + 1] += runs
+                live[u + 1] += runs * nbytes
+            skips = [c for c in consumers if c != u + 1]
+            if skips:
+                nxt = guess[u + 1] if consumers[0] == u + 1 else -1
+                transfer = np.array(
+                    [
+                        [p.transfer(x, y, nbytes) * runs * weight[y] for y in range(D)]
+                        for x in range(D)
+                    ]
+                )
+                _linearise(node, transfer, guess, u, nxt, skips)
+    sw = p.lat[None] * count[:n, None, None] + p.inv_bw[None] * live[:n, None, None]
+    sw *= weight[None, None, :]
+    sw[0] = 0.0
+    return Model(node, sw)
+
+
+def _linearise(
+    node: np.ndarray,
+    transfer: np.ndarray,
+    guess: Sequence[int],
+    u: int,
+    nxt: int,
+    skips: list[int],
+) -> None:
+    """First-order terms, around `guess`, of moving u's value to the readers that skip ahead.
+
+    Exactly, that costs transfer[x, y] for each distinct device y of those readers other
+    than u's own device x and the next node's (the switch there pays). Linearised: u on x
+    pays for reaching the devices the guess gives the readers; reader c on y pays the change
+    from its guessed device to y with the other readers where guessed. At the guess the
+    terms add up to the exact cost, device by device, and a single node's move is exact.
+    Each term is charged to the device that receives the value."""
+    readers = [guess[c] for c in skips]
+    where = set(readers) - {nxt}
+    for x in range(node.shape[1]):  # the producer
+        for y in where - {x}:
+            node[u, x, y] += transfer[x, y]
+    src = guess[u]
+    for k, c in enumerate(skips):
+        others = set(readers[:k] + readers[k + 1 :]) | {src, nxt}
+        mine = readers[k]
+        if mine not in others:  # the guess counted c's own device: take it back
+            node[c, :, mine] -= transfer[src, mine]
+        for y in range(node.shape[1]):
+            if y not in others:
+                node[c, y, y] += transfer[src, y]
+
+
+def cut_bytes(p: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Per position i, over the values produced before i and read at or after i: how many
+    transfers a device switch at i costs and how many bytes, each weighted by how often
+    that value moves per request."""
+    n = len(p.nodes)
+    count, nbytes_live = np.zeros(n + 1), np.zeros(n + 1)
+    for u, consumers, nbytes in p.edges:
+        last = consumers[-1]
+        runs = p.runs_of(u, consumers)
+        count[u + 1] += runs
+        count[last + 1] -= runs
+        nbytes_live[u + 1] += runs * nbytes
+        nbytes_live[last + 1] -= runs * nbytes
+    return np.cumsum(count)[: n + 1], np.cumsum(nbytes_live)[: n + 1]
+
+
+def model_loads(m: Model, assign: Sequence[int]) -> np.ndarray:
+    """[D] busy seconds per device under the position model (what the recurrences see)."""
+    a = np.asarray(assign)
+    n, D = m.node.shape[:2]
+    loads = m.node[np.arange(n), a].sum(axis=0)
+    np.add.at(loads, a[1:], m.sw[np.arange(1, n), a[:-1], a[1:]])
+    return loads
+
+
+# ------------------------------------------------------------------- free ---
+
+
+def free_dp(m: Model, extra: np.ndarray | None = None) -> list[int] | None:
+    """Minimum of sum(node + extra) + switches, node by node; None if nothing can run."""
+    n, D = m.node.shape[:2]
+    unit = m.unit if extra is None else m.unit + extra
+    best = unit[0].copy()
+    back = np.zeros((n, D), dtype=np.int8)
+    cols = np.arange(D)
+    for i in range(1, n):
+        total = best[:, None] + m.sw[i]  # [e, d]
+        arg = np.argmin(total, axis=0)
+        back[i] = arg
+        best = total[arg, cols] + unit[i]
+    if not np.isfinite(best).any():
+        return None
+    assign = [0] * n
+    assign[-1] = int(np.argmin(best))
+    for i in range(n - 1, 0, -1):
+        assign[i - 1] = int(back[i, assign[i]])
+    return assign
+
+
+# --------------------------------------------------------------- labelled ---
+
+
+@dataclass
+class Resource:
+    """A tracked quantity: weight bytes (`mem`) or busy seconds (`load`) of one device."""
+
+    device: int
+    kind: str  # "mem" or "load"
+    cap: float
+    cells: int = 1
+
+
+def labelled_dp(
+    p: Problem, m: Model, resources: list[Resource], cost_device: int = -1, cost_cap: float = INF
+) -> list[int] | None:
+    """DP over (device, resource cell) with exact usage per label; None if nothing fits.
+
+    Sum objectives: cost = the objective; every resource is memory. Throughput
+    (cost_device >= 0): cost = busy seconds of cost_device (at most cost_cap), resources
+    include other devices' busy seconds, and the answer minimises max(cost, loads)."""
+    n, D = m.node.shape[:2]
+    R = len(resources)
+    throughput = cost_device >= 0
+    _size_grid(resources, n, D * D if throughput else D)
+    sizes = np.array([r.cells for r in resources], dtype=np.int64)
+    strides = np.concatenate([[1], np.cumprod(sizes)[:-1]]).astype(np.int64)
+    K = int(np.prod(sizes))
+    cap = np.array([r.cap for r in resources])
+    cell = cap / sizes  # usage u falls in cell floor(u / cell)
+    # which device's load / memory each resource is
+    load_of = np.zeros((D, R))
+    mem_of = np.zeros((D, R))
+    for k, r in enumerate(resources):
+        (mem_of if r.kind == "mem" else load_of)[r.device, k] = 1.0
+    cost_of = np.zeros(D)
+    if throughput:
+        cost_of[cost_device] = 1.0
+    else:
+        cost_of[:] = 1.0
+
+    back = np.zeros((n, D, K), dtype=np.int32 if D * K >= 1 << 15 else np.int16)
+    # the label a candidate extends, as e * K + cell: [e, d, K]
+    src_by_e = np.broadcast_to((np.arange(D)[:, None] * K + np.arange(K))[:, None, :], (D, D, K))
+    cost_add, res_add = _step_adds(p, m, 0, load_of, mem_of, cost_of)
+    usage0 = res_add[0]  # [d, R] (no previous device: sw[0] is 0)
+    ok = np.isfinite(cost_add[0]) & (usage0 <= cap).all(axis=1)
+    coords = np.clip((np.where(ok[:, None], usage0, 0.0) / cell).astype(np.int64), 0, sizes - 1)
+    cost = np.full((D, K), INF)
+    usage = np.zeros((D, K, R))
+    for first in np.flatnonzero(ok):
+        cost[first, coords[first] @ strides] = cost_add[0, first]
+        usage[first, coords[first] @ strides] = usage0[first]
+    dest_by_e = np.broadcast_to(np.arange(D)[None, :, None], (D, D, K)).ravel()
+    dest_one = np.broadcast_to(np.arange(D)[:, None], (D, K)).ravel()
+    cols = np.arange(K)[None, :]
+    for i in range(1, n):
+        cost_add, res_add = _step_adds(p, m, i, load_of, mem_of, cost_of)
+        total = cost[:, None, :] + cost_add[:, :, None]  # [e, d, K]
+        if throughput:  # loads depend on the previous device (switch costs)
+            flat_c = total.ravel()
+            flat_u = (usage[:, None, :, :] + res_add[:, :, None, :]).reshape(-1, R)
+            src, dest = src_by_e.ravel(), dest_by_e
+        else:  # memory does not: pick the best previous device per cell first
+            e_best = np.argmin(total, axis=0)  # [d, K]
+            flat_c = np.take_along_axis(total, e_best[None], axis=0).ravel()
+            flat_u = (usage[e_best, cols] + res_add[0][:, None, :]).reshape(-1, R)
+            src, dest = (e_best * K + cols).ravel(), dest_one
+        valid = (flat_c <= cost_cap) & (flat_u <= cap).all(axis=1)
+        idx = np.flatnonzero(valid)
+        if idx.size == 0:
+            return None
+        c = flat_c[idx]
+        u = flat_u[idx]
+        coords = np.clip((u / cell).astype(np.int64), 0, sizes - 1)
+        key = dest[idx] * K + coords @ strides
+        best = np.full(D * K, INF)
+        np.minimum.at(best, key, c)
+        win = c <= best[key]
+        chosen = np.full(D * K, -1, dtype=np.int64)
+        chosen[key[win]] = idx[win]  # ties: any one of the cheapest
+        filled = np.flatnonzero(chosen >= 0)
+        cost = best.reshape(D, K)
+        new_usage = np.zeros((D * K, R))
+        new_usage[filled] = flat_u[chosen[filled]]
+        usage = new_usage.reshape(D, K, R)
+        back[i].reshape(-1)[filled] = src[chosen[filled]]
+    final = np.maximum(cost, (usage * load_of.sum(axis=0)).max(axis=2)) if throughput else cost
+    end = int(np.argmin(final))
+    if not math.isfinite(final.ravel()[end]):
+        return None
+    d, k = divmod(end, K)
+    assign = [0] * n
+    for i in range(n - 1, -1, -1):
+        assign[i] = d
+        if i:
+            d, k = divmod(int(back[i, d, k]), K)
+    return assign
+
+
+def _size_grid(resources: list[Resource], n: int, transitions: int) -> None:
+    """Cells per resource from the work budget: as many as n nodes x transitions allow."""
+    per_node = min(_CELLS_MAX_PER_NODE, _CELLS_TOTAL / max(n, 1)) / transitions
+    per_resource = max(4, int(per_node ** (1 / max(len(resources), 1))))
+    for r in resources:
+        r.cells = per_resource
+
+
+def _step_adds(
+    p: Problem, m: Model, i: int, load_of: np.ndarray, mem_of: np.ndarray, cost_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """([e, d] cost added, [e, d, R] resources added) by node i on d after e."""
+    D = m.node.shape[1]
+    busy = m.node[i][None, :, :] + m.sw[i][:, :, None] * np.eye(D)[None, :, :]  # [e, d, z]
+    runs = np.isfinite(p.time[i])  # [d]
+    busy = np.where(runs[None, :, None], busy, 0.0)
+    cost = np.where(runs[None, :], busy @ cost_of, INF)
+    res = busy @ load_of + (p.weights[i] * mem_of)[None, :, :]
+    res = np.where(runs[None, :, None], res, INF)
+    return cost, res
+
+
+# ------------------------------------------------------------------ polish ---
+
+
+def polish(p: Problem, assign: list[int], seconds: float) -> list[int]:
+    """Local search with the exact model: move one node, or a run of nodes that share a
+    device, to another device while that lowers the objective and everything fits; for at
+    most `seconds` of CPU."""
+    deadline = time.process_time() + seconds
+    n, D = p.time.shape
+    best = list(assign)
+    best_obj = evaluate(p, best).objective
+    improved = True
+    while improved and time.process_time() < deadline:
+        improved = False
+        for lo, hi in _runs(best) + [(i, i + 1) for i in range(n)]:
+            if time.process_time() > deadline:
+                break
+            here = best[lo]
+            for d in range(D):
+                if d == here or not np.isfinite(p.time[lo:hi, d]).all():
+                    continue
+                trial = best[:lo] + [d] * (hi - lo) + best[hi:]
+                if not fits(p, trial):
+                    continue
+                obj = evaluate(p, trial).objective
+                if obj < best_obj * (1 - 1e-12):
+                    best, best_obj, improved = trial, obj, True
+                    break
+    return best
+
+
+def _runs(assign: Sequence[int]) -> list[tuple[int, int]]:
+    """Maximal [lo, hi) stretches on one device."""
+    runs, lo = [], 0
+    for i in range(1, len(assign) + 1):
+        if i == len(assign) or assign[i] != assign[lo]:
+            runs.append((lo, i))
+            lo = i
+    return runs
+
+
+# ------------------------------------------------------------------- entry ---
+
+
+def dp(p: Problem) -> list[int]:
+    """The DP solver: solve the position model; improve that answer, greedy's and each
+    one-device answer by re-solving the model linearised around it (a trust region keeps
+    steps where the linearisation holds); polish the best with single-node and run moves.
+    The improvement and polish phases stop at fixed CPU-time marks, so a 10k-node graph
+    stays within seconds whatever the objective."""
+    if not p.nodes:
+        return []
+    from gimlet.placement.solvers import greedy
+
+    t0 = time.process_time()
+    starts = [_solve_model(p, build_model(p))]
+    with contextlib.suppress(UserError):  # greedy can paint itself into a corner (memory)
+        starts.append(greedy(p))
+    n, D = p.time.shape
+    for d in range(D):  # everything on d, where d can run it
+        on_d = [d if np.isfinite(p.time[i, d]) else int(np.argmin(p.time[i])) for i in range(n)]
+        if fits(p, on_d):
+            starts.append(on_d)
+    results = []
+    for k, start in enumerate(starts):
+        left = _IMPROVE_UNTIL_S - (time.process_time() - t0)
+        results.append(_improve(p, start, left / (len(starts) - k)))
+    best = min(results, key=lambda a: evaluate(p, a).objective)
+    return polish(p, best, _POLISH_UNTIL_S - (time.process_time() - t0))
+
+
+def _improve(p: Problem, best: list[int], seconds: float) -> list[int]:
+    """Trust-region steps: re-solve the model linearised around the answer, with a price
+    rho on moving a node away from it; a step that does not improve raises rho. No step
+    starts that the last one's time says would end after `seconds` of CPU."""
+    t0 = time.process_time()
+    best_obj = evaluate(p, best).objective
+    rho = 0.0
+    step = best_obj / len(p.nodes)
+    D = len(p.devices)
+    last = 0.0
+    for _ in range(_ROUNDS):
+        began = time.process_time()
+        if began - t0 + last > seconds:
+            break
+        m = build_model(p, best)
+        if rho:
+            away = np.ones((len(best), D))
+            away[np.arange(len(best)), best] = 0.0
+            m.node[:, np.arange(D), np.arange(D)] += rho * away
+        assign = _solve_model(p, m)
+        last = time.process_time() - began
+        if assign == best:
+            break
+        obj = evaluate(p, assign).objective
+        if obj < best_obj * (1 - 1e-9) and fits(p, assign):
+            best, best_obj, rho = assign, obj, rho / 4
+        else:
+            rho = max(rho * 4, step * 1e-3)
+    return best
+
+
+def _solve_model(p: Problem, m: Model) -> list[int]:
+    if p.objective == "throughput":
+        return _throughput(p, m)
+    assign = free_dp(m)
+    if assign is None:
+        raise UserError("no placement fits: " + overflow_hint(p))
+    return assign if fits(p, assign) else _memory(p, m, assign)
+
+
+def _overflowing(p: Problem, assign: Sequence[int]) -> list[int]:
+    used = np.zeros(len(p.devices))
+    np.add.at(used, np.asarray(assign), p.weights)
+    return [int(d) for d in np.flatnonzero(used > p.capacity)]
+
+
+def _memory(p: Problem, m: Model, free: list[int]) -> list[int]:
+    """Track the bytes of every device that overflows until an answer fits."""
+    tracked = _overflowing(p, free)
+    while True:
+        res = [Resource(d, "mem", float(p.capacity[d])) for d in tracked]
+        assign = labelled_dp(p, m, res)
+        if assign is None:
+            raise UserError("no placement fits: " + overflow_hint(p))
+        more = [d for d in _overflowing(p, assign) if d not in tracked]
+        if not more:
+            return assign
+        tracked += more
+
+
+def _throughput(p: Problem, m: Model) -> list[int]:
+    """Bottleneck: labels on every device's load but the busiest one's (the label's cost)."""
+    D = len(p.devices)
+    start = free_dp(m)
+    if start is None:
+        raise UserError("no placement fits: " + overflow_hint(p))
+    mem = _overflowing(p, start)
+    if mem:
+        start = _memory(p, m, start)
+    best = start
+    best_model = float(model_loads(m, best).max())
+    for _ in range(3):
+        loads = model_loads(m, best)
+        cost_device = int(np.argmax(loads))
+        cap = float(loads.max()) * (1 + 1e-9)
+        res = [Resource(d, "load", cap) for d in range(D) if d != cost_device]
+        res += [Resource(d, "mem", float(p.capacity[d])) for d in mem]
+        found = labelled_dp(p, m, res, cost_device, cap)
+        if found is None:
+            break
+        found_model = float(model_loads(m, found).max())
+        if found_model >= best_model * (1 - 1e-6):
+            break
+        best, best_model = found, found_model
+    return best
