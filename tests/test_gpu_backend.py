@@ -667,6 +667,42 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
     np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
+def _odd_width_linear(bias: bool, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    """x [8, 16] @ W^T with 37 columns: rows of 37 halves are not 16-byte aligned."""
+    from gimlet.frontend import import_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 37, bias=bias).eval().to(dtype)
+    x = torch.randn(8, 16).to(dtype)
+    module, weights = import_model(model, (x,), None)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights, x
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_odd_width_product_goes_through_a_padded_buffer(bias: bool) -> None:
+    module, _, _ = _odd_width_linear(bias, torch.float16)
+    src = lower(main_func(module)).source
+    assert ", 40, 0, 1, 1.0f)) return e;" in src  # ldc 37 -> 40 halves (80 bytes)
+    assert ("gml::copy_pitched<gml::f16>" in src) == (not bias)  # else the bias kernel reads it
+
+
+@needs_gpu
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_odd_width_product_matches_interpreter(bias: bool, dtype: torch.dtype, cache: Any) -> None:
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    module, weights, x = _odd_width_linear(bias, dtype)
+    low = lower(main_func(module))
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    (got,) = f(x.cuda())
+    (ref,) = run(module, [torch_to_numpy(x)], weights)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else LOW_TOL["f16"]
+    np.testing.assert_allclose(got.float().cpu().numpy(), np.asarray(ref, np.float32), **tol)
+
+
 def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
     from gimlet.backends.nvidia import build
 

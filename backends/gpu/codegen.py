@@ -950,15 +950,39 @@ class _Lowering:
                 f"({N}, {K}, {gemv_x}, {w}, {', '.join(ptrs)});"
             )
         self.emit("} else {")
+        # cuBLAS's fast Hopper kernels need 16-byte aligned rows: a product with an odd
+        # width (GPT-2's 50257-token head) goes to a padded buffer, and is read from there
+        # by the consumers' kernel or copied out (without it: an sm75 kernel, 6x slower)
+        esize = 2 if ct in HALF else 4
+        pad_to = 16 // esize
+        n_static = shape_of(b.type)[1]
+        padded = n_static > 0 and n_static % pad_to != 0
+        ldm = -(-n_static // pad_to) * pad_to if padded else None
+        product = self.ptr(y)
+        if padded:
+            assert ldm is not None
+            pad = Scratch(
+                f"padded{self.step}",
+                lambda env, ldm=ldm: (
+                    _numel(env.shapes[a][:-1]) * ldm * esize
+                    if _numel(env.shapes[a][:-1]) > 4
+                    else 0
+                ),
+            )
+            self.scratch.append((pad, self.step))
+            product = self.ptr(pad, ct)
         self.emit(
             f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {N}, {K}, "
-            f"{x}, {K}, 0, {w}, {K}, 0, {self.ptr(y)}, {N}, 0, 1, 1.0f)) return e;"
+            f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
         )
         if chain:  # the consumers as one kernel over the product, flat index i
+            # a padded product's rows are `ld` apart
+            read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
+            pitch = "int64_t cols, int64_t ld, " if padded else ""
             flat = [
-                f"__global__ void KERNEL(int64_t total, const {ct}* __restrict__ mm, {', '.join(args)}) {{",
+                f"__global__ void KERNEL(int64_t total, {pitch}const {ct}* __restrict__ mm, {', '.join(args)}) {{",
                 "  GML_FOR(i, total) {",
-                f"    const {_vt(y)} acc = gml::load(mm + i);",
+                f"    const {_vt(y)} acc = gml::load({read});",
                 *body,
                 f"    gml::store(out + i, {val[last]});",
                 "  }",
@@ -967,7 +991,13 @@ class _Lowering:
             total = self.slot(lambda env: _numel(env.shapes[y]))
             self.emit(
                 f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
-                f"{THREADS}, 0, stream>>>(P[{total}], {self.ptr(y, const=True)}, {', '.join(ptrs)});"
+                f"{THREADS}, 0, stream>>>(P[{total}], {f'{N}, {ldm}, ' if padded else ''}{product}, "
+                f"{', '.join(ptrs)});"
+            )
+        elif padded:
+            self.emit(
+                f"  gml::copy_pitched<{ct}><<<gml::blocks_for({M} * {N}, {THREADS}), {THREADS}, 0, "
+                f"stream>>>({M}, {N}, {ldm}, {product}, {self.ptr(y)});"
             )
         for group, _ in chain:
             self.done.add(group)
@@ -981,9 +1011,13 @@ class _Lowering:
 
     def _decode_attention(self, op: gml.SdpaOp, env: Env) -> bool:
         """Whether this bucket runs `op` as the fused decode kernel (few query rows)."""
-        sq, sk, sv = env.shapes[op.query], env.shapes[op.key], env.shapes[op.value]
+        sq, sk = env.shapes[op.query], env.shapes[op.key]
         m = (sq[-3] // sk[-3]) * sq[-2]
-        return m <= 8 and sq[-1] <= 128 and m * sv[-1] <= 512  # the kernel's shared arrays
+        chunks = _decode_split(_numel(sq[:-3]) * sk[-3], sk[-2])[1]
+        # head dims are the kernel's template parameters (static, <= 128: its arrays are
+        # sized by them); 8 query rows and 512 chunk weights fit its shared memory
+        d, dv = shape_of(op.query.type)[-1], shape_of(op.value.type)[-1]
+        return m <= 8 and 0 < d <= 128 and 0 < dv <= 128 and chunks <= 512
 
     def _kv_pieces(self, op: gml.SdpaOp, kv: SSAValue) -> list[SSAValue]:
         """The pieces the fused decode kernel reads `kv` from: a two-piece concat along
@@ -1055,13 +1089,14 @@ class _Lowering:
         chunk, chunks = f"P[{split}]", f"P[{split + 1}]"
         self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
         self.emit(
-            f"  gml::attention_decode_split<{ct}><<<dim3(unsigned({B}), unsigned({chunks})), "
-            f"gml::ATTN_SPLIT_THREADS, 0, stream>>>({M}, {D}, {DV}, {chunk}, {qp}, {pieces(k)}, "
+            f"  gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
+            f"{max(shape_of(v.type)[-1], 1)}><<<dim3(unsigned({B}), unsigned({chunks})), "
+            f"gml::ATTN_SPLIT_THREADS, 0, stream>>>({M}, {chunk}, {qp}, {pieces(k)}, "
             f"{pieces(v)}, {part_ptr}, {alpha}, {bias});"
         )
         self.emit(
-            f"  gml::attention_combine<{ct}><<<gml::blocks_for({B} * {M} * {DV}, {THREADS}), "
-            f"{THREADS}, 0, stream>>>({B}, {chunks}, {M}, {DV}, {part_ptr}, {yp});"
+            f"  gml::attention_combine<{ct}><<<unsigned({B}), gml::ATTN_COMBINE_THREADS, 0, "
+            f"stream>>>({chunks}, {M}, {DV}, {part_ptr}, {yp});"
         )
         self.emit("} else {")
         # operands as cuBLAS reads them: in place through strides where this bucket folds

@@ -501,6 +501,13 @@ __global__ void arange(int64_t n, double start, double step, T* __restrict__ y) 
   GML_FOR(i, n) store(y + i, start + double(i) * step);
 }
 
+// y (rows x n, contiguous) = x whose rows are `ld` elements apart (a padded GEMM result)
+template <class T>
+__global__ void copy_pitched(int64_t rows, int64_t n, int64_t ld, const T* __restrict__ x,
+                             T* __restrict__ y) {
+  GML_FOR(i, rows * n) y[i] = x[(i / n) * ld + i % n];
+}
+
 // y (contiguous, `R` dims) = x read through strides (permute, expand, slice, concat)
 template <class T, int R>
 __global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
@@ -548,9 +555,11 @@ struct LnRows {
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       float s = 0.f;
+#pragma unroll 8
       for (int64_t j = lane; j < k; j += GML_WARP) s += float(load(x + r * k + j));
       mean[r] = warp_sum(s) / float(k);
       float v = 0.f;
+#pragma unroll 8
       for (int64_t j = lane; j < k; j += GML_WARP) {
         const float d = float(load(x + r * k + j)) - mean[r];
         v += d * d;
@@ -585,22 +594,43 @@ GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w,
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
   if (col >= n) return -1;
-  rows.template prepare<M>(k);
   const T* wr = w + col * k;
   constexpr int V = 16 / sizeof(T);
   if (k % V == 0) {
-    for (int64_t j = int64_t(lane) * V; j < k; j += int64_t(GML_WARP) * V) {
-      T wv[V];
-      *reinterpret_cast<uint4*>(wv) = *reinterpret_cast<const uint4*>(wr + j);
+    // U 16-byte weight loads per lane in flight before any arithmetic (a loop of one load
+    // each waits out the memory latency U times); the first batch is issued before the
+    // rows' layer norm statistics, which then overlap it
+    constexpr int U = 8;
+    constexpr int64_t STEP = int64_t(GML_WARP) * V;
+    uint4 wv[U];
+    int64_t j0 = int64_t(lane) * V;
+    auto fetch = [&]() {
 #pragma unroll
-      for (int r = 0; r < M; ++r) {
-        float xv[V];
-        rows.chunk(r, k, j, xv);
+      for (int u = 0; u < U; ++u)
+        if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
+    };
+    fetch();
+    rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
+    while (j0 < k) {
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[r] += float(load(&wv[e])) * xv[e];
+      for (int u = 0; u < U; ++u) {
+        const int64_t j = j0 + u * STEP;
+        if (j < k) {
+          const T* wt = reinterpret_cast<const T*>(&wv[u]);
+#pragma unroll
+          for (int r = 0; r < M; ++r) {
+            float xv[V];
+            rows.chunk(r, k, j, xv);
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
+          }
+        }
       }
+      j0 += U * STEP;
+      fetch();
     }
   } else {
+    rows.template prepare<M>(k);
     for (int64_t j = lane; j < k; j += GML_WARP) {
       const float wv = float(load(wr + j));
 #pragma unroll
@@ -654,53 +684,59 @@ constexpr int ATTN_MAX_COLS = 512;  // m * dv: the V phase's per-warp partial su
 
 // Flash-decoding: the keys split into chunks, one block per (batch, kv head, chunk), so
 // a 512-token cache keeps ~100 SMs busy instead of one per head. Block (b, c) leaves
-// unnormalised partials for its m query rows: P_c @ V_c, the chunk's max score and its
-// sum of exp(score - max), laid out [b][c][row][dv + 2]; attention_combine rescales
-// and sums them. K and V come through piece_row. `bias` as in softmax_rows (rows
-// numbered across blocks).
+// unnormalised partials for its m <= 8 query rows: P_c @ V_c, the chunk's max score and
+// its sum of exp(score - max), laid out [b][c][row][DV + 2]; attention_combine rescales
+// and sums them. K and V come through piece_row; `bias` as in softmax_rows (rows
+// numbered across blocks). The head dims D and DV are template parameters, so every
+// per-thread array is a fixed size in registers (no spills) and all loads of a row are
+// issued before the arithmetic that waits for them.
 constexpr int ATTN_SPLIT_THREADS = 128;  // 4 warps: a chunk is at most 256 keys
 constexpr int ATTN_CHUNK_MAX = 256;
 
-template <class T, class Bias>
+template <class T, int D, int DV, class Bias>
 __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
-    attention_decode_split(int64_t m, int64_t d, int64_t dv, int64_t chunk,
-                           const T* __restrict__ q, Pieces<T, 2> k, Pieces<T, 2> v,
-                           float* __restrict__ part, float scale, Bias bias) {
+    attention_decode_split(int64_t m, int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
+                           Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias) {
   constexpr int WARPS = ATTN_SPLIT_THREADS / GML_WARP;
+  constexpr int V = 16 / sizeof(T), PIECES = (D + V - 1) / V;  // 16-byte loads of a K row
+  constexpr int CPL = (DV + GML_WARP - 1) / GML_WARP;          // V columns per lane
   const int64_t b = blockIdx.x, c = blockIdx.y, chunks = gridDim.y;
   const int64_t n = k.size[0] + k.size[1], lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-  const int64_t width = dv + 2;
-  q += b * m * d;
+  constexpr int64_t width = DV + 2;
+  q += b * m * D;
   part += (b * chunks + c) * m * width;
-  __shared__ float qs[8 * 128];
+  __shared__ float qs[8 * D];
   __shared__ float s[8][ATTN_CHUNK_MAX];
-  __shared__ float partial[WARPS][ATTN_MAX_COLS];
-  for (int64_t i = threadIdx.x; i < m * d; i += blockDim.x) qs[i] = float(load(q + i));
+  __shared__ float partial[WARPS][8 * DV];
+  for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
   __syncthreads();
-  // scores: a thread per key, its row in 16-byte loads, q broadcast from shared memory
-  constexpr int V = 16 / sizeof(T);
+  // scores: a thread per key, its whole row loaded first, q from shared memory
   for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
-    const T* kr = piece_row(k, b, j, d);
-    float dot[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int64_t e0 = 0; e0 < d; e0 += V) {
-      T kv[V];
-      if (d % V == 0) {
-        *reinterpret_cast<uint4*>(kv) = *reinterpret_cast<const uint4*>(kr + e0);
+    const T* kr = piece_row(k, b, j, D);
+    uint4 row[PIECES];
+#pragma unroll
+    for (int p = 0; p < PIECES; ++p) {
+      if constexpr (D % V == 0) {
+        row[p] = *reinterpret_cast<const uint4*>(kr + p * V);
       } else {
+        T* t = reinterpret_cast<T*>(&row[p]);
 #pragma unroll
-        for (int e = 0; e < V; ++e) kv[e] = e0 + e < d ? kr[e0 + e] : T{};
-      }
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const float kf = e0 + e < d ? float(load(&kv[e])) : 0.f;
-#pragma unroll
-        for (int r = 0; r < 8; ++r)
-          if (r < m) dot[r] += qs[r * d + (e0 + e < d ? e0 + e : 0)] * kf;
+        for (int e = 0; e < V; ++e) t[e] = p * V + e < D ? kr[p * V + e] : T{};
       }
     }
+    // rows one at a time (not unrolled: q stays in shared memory, not in registers)
+#pragma unroll 1
+    for (int r = 0; r < m; ++r) {
+      float dot = 0.f;
 #pragma unroll
-    for (int r = 0; r < 8; ++r)
-      if (r < m) s[r][j - lo] = dot[r] * scale + bias(b * m + r, j);
+      for (int p = 0; p < PIECES; ++p) {
+        const T* t = reinterpret_cast<const T*>(&row[p]);
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          if (p * V + e < D) dot += qs[r * D + p * V + e] * float(load(&t[e]));
+      }
+      s[r][j - lo] = dot * scale + bias(b * m + r, j);
+    }
   }
   __syncthreads();
   // per row: the chunk's max, exp(score - max) in place, and their sum
@@ -717,76 +753,103 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
     }
     sum = block_reduce<float, false>(sum);
     if (threadIdx.x == 0) {
-      part[r * width + dv] = mx;
-      part[r * width + dv + 1] = sum;
+      part[r * width + DV] = mx;
+      part[r * width + DV + 1] = sum;
     }
   }
   __syncthreads();
-  // P_c @ V_c: warp w takes keys lo + w, lo + w + WARPS, ...; lanes span the m*dv outputs
+  // P_c @ V_c: warp w takes keys lo + w, lo + w + WARPS, ... four at a time; lane l owns
+  // columns l, l + 32, ... of every row
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
-  const int64_t cols = m * dv;
-  constexpr int PER = ATTN_MAX_COLS / GML_WARP;
-  int sr[PER], sc[PER];
-  float acc[PER];
+  float acc[8][CPL];
 #pragma unroll
-  for (int t = 0; t < PER; ++t) {
-    const int rc = lane + t * GML_WARP;
-    sr[t] = rc < cols ? rc / int(dv) : -1;
-    sc[t] = rc < cols ? rc % int(dv) : 0;
-    acc[t] = 0.f;
-  }
-  const int used = int((cols + GML_WARP - 1) / GML_WARP);
-  int64_t j = lo + warp;
-  for (; j + WARPS < hi; j += 2 * WARPS) {
-    const T* v0 = piece_row(v, b, j, dv);
-    const T* v1 = piece_row(v, b, j + WARPS, dv);
+  for (int r = 0; r < 8; ++r)
 #pragma unroll
-    for (int t = 0; t < PER; ++t)
-      if (t < used && sr[t] >= 0)
-        acc[t] += s[sr[t]][j - lo] * float(load(v0 + sc[t])) +
-                  s[sr[t]][j - lo + WARPS] * float(load(v1 + sc[t]));
-  }
-  for (; j < hi; j += WARPS) {
-    const T* vr = piece_row(v, b, j, dv);
+    for (int t = 0; t < CPL; ++t) acc[r][t] = 0.f;
+  for (int64_t j = lo + warp; j < hi; j += 4 * WARPS) {
+    float vv[4][CPL];
 #pragma unroll
-    for (int t = 0; t < PER; ++t)
-      if (t < used && sr[t] >= 0) acc[t] += s[sr[t]][j - lo] * float(load(vr + sc[t]));
+    for (int u = 0; u < 4; ++u) {
+      const int64_t jj = j + u * WARPS;
+      const T* vr = jj < hi ? piece_row(v, b, jj, DV) : nullptr;
+#pragma unroll
+      for (int t = 0; t < CPL; ++t) {
+        const int col = lane + t * GML_WARP;
+        vv[u][t] = vr && col < DV ? float(load(vr + col)) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t o = j + u * WARPS - lo;
+      if (j + u * WARPS < hi) {
+#pragma unroll
+        for (int r = 0; r < 8; ++r)
+          if (r < m) {
+            const float pr = s[r][o];
+#pragma unroll
+            for (int t = 0; t < CPL; ++t) acc[r][t] += pr * vv[u][t];
+          }
+      }
+    }
   }
 #pragma unroll
-  for (int t = 0; t < PER; ++t) {
-    const int64_t rc = lane + int64_t(t) * GML_WARP;
-    if (rc < cols) partial[warp][rc] = acc[t];
-  }
+  for (int r = 0; r < 8; ++r)
+    if (r < m)
+#pragma unroll
+      for (int t = 0; t < CPL; ++t) {
+        const int col = lane + t * GML_WARP;
+        if (col < DV) partial[warp][r * DV + col] = acc[r][t];
+      }
   __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < cols; rc += blockDim.x) {
+  for (int64_t rc = threadIdx.x; rc < m * DV; rc += blockDim.x) {
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
-    part[(rc / dv) * width + rc % dv] = t;
+    part[(rc / DV) * width + rc % DV] = t;
   }
 }
 
 // y[b, row, :] from the chunks' partials: each rescaled by exp(max_c - max), summed,
-// divided by the rescaled sum (NaN where every score of the row is -inf, as softmax)
+// divided by the rescaled sum (NaN where every score of the row is -inf, as softmax).
+// One block per batch block: warp r finds row r's weights (lanes over chunks, loads side
+// by side), then the threads sum the chunks' columns with those weights.
+constexpr int ATTN_COMBINE_THREADS = 256;
+constexpr int ATTN_MAX_CHUNKS = 512;  // 8 rows x 512 chunks of weights in shared memory
+
 template <class T>
-__global__ void attention_combine(int64_t blocks, int64_t chunks, int64_t m, int64_t dv,
-                                  const float* __restrict__ part, T* __restrict__ y) {
+__global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
+    attention_combine(int64_t chunks, int64_t m, int64_t dv, const float* __restrict__ part,
+                      T* __restrict__ y) {
+  __shared__ float w[8 * ATTN_MAX_CHUNKS];
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t width = dv + 2, stride = m * width;
-  GML_FOR(e, blocks * m * dv) {
-    const int64_t col = e % dv, r = (e / dv) % m, b = e / (dv * m);
-    const float* base = part + b * chunks * stride + r * width;
+  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  part += blockIdx.x * chunks * stride;
+  y += blockIdx.x * m * dv;
+  for (int64_t r = warp; r < m; r += ATTN_COMBINE_THREADS / GML_WARP) {
     float mx = ninf;
-    for (int64_t c = 0; c < chunks; ++c) mx = maxnan(base[c * stride + dv], mx);
-    float total = 0.f, acc = 0.f;
-    if (mx != ninf)
-      for (int64_t c = 0; c < chunks; ++c) {
-        const float* pc = base + c * stride;
-        const float w = pc[dv] == ninf ? 0.f : expf(pc[dv] - mx);
-        total += w * pc[dv + 1];
-        acc += w * pc[col];
-      }
-    store(y + e, total > 0.f ? acc / total : std::numeric_limits<float>::quiet_NaN());
+    for (int64_t c = lane; c < chunks; c += GML_WARP)
+      mx = maxnan(part[c * stride + r * width + dv], mx);
+    mx = warp_max(mx);
+    float total = 0.f;
+    for (int64_t c = lane; c < chunks; c += GML_WARP) {
+      const float* pc = part + c * stride + r * width;
+      const float e = mx == ninf || pc[dv] == ninf ? 0.f : expf(pc[dv] - mx);
+      w[r * chunks + c] = e;
+      total += e * pc[dv + 1];
+    }
+    total = warp_sum(total);
+    const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
+  }
+  __syncthreads();
+  for (int64_t rc = threadIdx.x; rc < m * dv; rc += blockDim.x) {
+    const int64_t r = rc / dv, col = rc % dv;
+    const float* pc = part + r * width + col;
+    float acc = 0.f;
+#pragma unroll 8
+    for (int64_t c = 0; c < chunks; ++c) acc += w[r * chunks + c] * pc[c * stride];
+    store(y + rc, acc);
   }
 }
 
