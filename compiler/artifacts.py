@@ -25,6 +25,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -148,6 +149,38 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         raw = data[begin:end] if data is not None else np.zeros(0, np.uint8)
         out[name] = raw.view(dtype).reshape(shape)
     return out
+
+
+class WeightsWriter:
+    """Writes weights on a thread into a file beside `out_dir`, so that the write (mostly
+    the kernel copying into the page cache, the GIL released) overlaps the passes;
+    `move_to` waits for it and renames the file into the output being assembled."""
+
+    def __init__(self, out_dir: str, weights: Mapping[str, np.ndarray]) -> None:
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
+        self.path = os.path.join(parent, f".gimlet-weights-{os.getpid()}-{id(self):x}")
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, args=(weights,), daemon=True)
+        self.thread.start()
+
+    def _write(self, weights: Mapping[str, np.ndarray]) -> None:
+        try:
+            save_weights(self.path, weights)
+        except BaseException as e:  # re-raised in the caller's thread by move_to
+            self.error = e
+
+    def move_to(self, dst: str) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        os.replace(self.path, dst)
+
+    def discard(self) -> None:
+        """Wait for the thread and remove its file if it was not moved (a failed compile)."""
+        self.thread.join()
+        if os.path.exists(self.path):
+            os.remove(self.path)
 
 
 def load_weights(path: str) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -20,6 +20,7 @@ from gimlet.artifacts import (
     INPUTS_FILE,
     IR_FILE,
     WEIGHTS_FILE,
+    WeightsWriter,
     format_outputs,
     load_weights,
     read_inputs,
@@ -346,7 +347,25 @@ def _compile_rest(args: argparse.Namespace, fe: Any, start: float) -> int:
         phases[name] = phases.get(name, 0.0) + now - clock
         clock = now
 
-    module, weights, example = fe.module, fe.weights, fe.example_inputs
+    # the weights are written while the passes run (a cache hit links the file it kept)
+    writer = None
+    if not args.target and not fe.has_weights_file:
+        writer = WeightsWriter(args.output, fe.weights)
+    try:
+        return _passes_and_output(args, fe, writer, lap, start)
+    finally:
+        if writer is not None:
+            writer.discard()
+
+
+def _passes_and_output(
+    args: argparse.Namespace,
+    fe: Any,
+    writer: WeightsWriter | None,
+    lap: Callable[[str], None],
+    start: float,
+) -> int:
+    module, weights, example, phases = fe.module, fe.weights, fe.example_inputs, fe.phases
     with step("running passes"):
         verify_program(module, after="import")
         run_pipeline(module, _pipeline(args), _instrumentation(args))
@@ -358,7 +377,9 @@ def _compile_rest(args: argparse.Namespace, fe: Any, start: float) -> int:
         with open(os.path.join(tmp, IR_FILE), "w") as f:
             f.write(text)
         path = os.path.join(tmp, WEIGHTS_FILE)
-        if not fe.link_weights(path):  # a cache hit links the weights it kept
+        if writer is not None:
+            writer.move_to(path)
+        elif not fe.link_weights(path):
             save_weights(path, weights)
         if example is not None:  # `gimletc run OUT/` runs on these without --inputs
             save_inputs(os.path.join(tmp, INPUTS_FILE), input_names(module), example)

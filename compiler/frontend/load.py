@@ -159,6 +159,11 @@ class Imported:
     _entry: Any = None
     _store: Callable[[str | None], str | None] | None = None
 
+    @property
+    def has_weights_file(self) -> bool:
+        """Whether a hit has the weights file of an earlier compile to link."""
+        return self._entry is not None and self._entry.weights_file is not None
+
     def link_weights(self, dst: str) -> bool:
         """On a hit, hard-link the cached weights file (a previous compile's output) to
         `dst` instead of writing the weights; False when there is none to link."""
