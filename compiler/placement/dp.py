@@ -44,8 +44,8 @@ from gimlet.placement.solvers import INF, Problem, evaluate, fits, overflow_hint
 
 # Cells (label slots x transitions) the labelled DP may touch per node and in all: the grid
 # is as fine as this allows. 4e7 in all is ~2 s of numpy on the 2-core box.
-_CELLS_TOTAL = 2e7
-_CELLS_MAX_PER_NODE = 1 << 15
+_CELLS_TOTAL = 1e7
+_CELLS_MAX_PER_NODE = 1 << 14
 _ROUNDS = 12  # trust-region steps per starting answer, at most
 _IMPROVE_UNTIL_S = 2.5  # CPU seconds into `dp`: no trust-region step may end later
 _POLISH_UNTIL_S = 3.5  # and the local search stops here (it only ever improves)
