@@ -961,14 +961,12 @@ class _Lowering:
         product = self.ptr(y)
         if padded:
             assert ldm is not None
-            pad = Scratch(
-                f"padded{self.step}",
-                lambda env, ldm=ldm: (
-                    _numel(env.shapes[a][:-1]) * ldm * esize
-                    if _numel(env.shapes[a][:-1]) > 4
-                    else 0
-                ),
-            )
+
+            def pad_bytes(env: Env, ldm: int = ldm) -> int:  # rows x ldm, on the GEMM path
+                rows = _numel(env.shapes[a][:-1])
+                return rows * ldm * esize if rows > 4 else 0
+
+            pad = Scratch(f"padded{self.step}", pad_bytes)
             self.scratch.append((pad, self.step))
             product = self.ptr(pad, ct)
         self.emit(
