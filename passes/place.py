@@ -64,3 +64,5 @@ class Place(ModulePass):
         if self.repeat:
             op.attributes["gml.repeat"] = StringAttr(self.repeat)
         op.attributes["gml.modelled_latency_s"] = FloatAttr(score.latency, f64)
+        if self.pins:  # --explain names the pin that decided a segment's device
+            op.attributes["gml.pins"] = StringAttr(self.pins)

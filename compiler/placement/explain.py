@@ -19,7 +19,14 @@ from gimlet.ir import main_func
 from gimlet.placement.backend_ops import unsupported
 from gimlet.placement.cluster import Cluster, Device
 from gimlet.placement.cost import op_cost, op_time, value_bytes, weight_bytes
-from gimlet.placement.solvers import parse_repeat, repeat_factors
+from gimlet.placement.solvers import (
+    is_free,
+    params_read,
+    parse_pins,
+    parse_repeat,
+    pin_matches,
+    repeat_factors,
+)
 
 
 @dataclass
@@ -143,13 +150,13 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
                 recv,
                 send,
                 alternatives,
-                _why(dev.name, alternatives, recv),
             )
         )
     for o in fn.body.block.ops:  # host-side receives of the results
         if isinstance(o, comm.RecvOp | comm.IRecvOp):
             nbytes = value_bytes(_transferred(o), dim_hint)
             latency += cluster.transfer_time(o.peer.data, cluster.default_host(), nbytes)
+    _decide(module, cluster, segments, reports, dim_hint)
     best = min(single, key=lambda d: single[d])
     target = module.attributes.get("gml.target")
     placement = module.attributes.get("gml.placement")
@@ -185,20 +192,168 @@ def _transferred(o: Operation) -> SSAValue:
     return wait.value
 
 
-def _why(device: str, alternatives: dict[str, float], recv: list[Transfer]) -> str:
-    ranked = sorted(alternatives.items(), key=lambda kv: kv[1])
-    if len(ranked) < 2:
-        return "only device"
-    fastest, runner = ranked[0], ranked[1]
-    if fastest[0] == device:
-        if runner[1] == float("inf"):
-            return f"only {device} can run these ops"
-        return f"fastest for these ops ({_fmt_s(fastest[1])} vs {_fmt_s(runner[1])} on {runner[0]})"
-    moved = sum(t.seconds for t in recv)
-    return (
-        f"{fastest[0]} would compute it in {_fmt_s(fastest[1])} vs {_fmt_s(alternatives[device])} here, "
-        f"but keeping data local (or memory/pins) wins; inbound transfers cost {_fmt_s(moved)}"
+def _decide(
+    module: ModuleOp,
+    cluster: Cluster,
+    segments: list[gml.SegmentOp],
+    reports: list[SegmentReport],
+    dim_hint: int,
+) -> None:
+    """Fill each report's `why`: the constraint or comparison that put the segment where it is.
+
+    In order: pins (module attribute gml.pins, what `--pin` gave place); devices that cannot
+    run its ops; then, for every device that would compute its ops faster, why not there:
+    memory (that device's weights plus these would not fit in its room, the capacity less
+    twice the largest activation, as placement counts it) or the modelled change of the
+    objective if the whole segment moved there (its transfers re-routed)."""
+    spec = module.attributes.get("gml.pins")
+    pins = parse_pins(spec.data) if isinstance(spec, StringAttr) else []
+    placement = module.attributes.get("gml.placement")
+    objective = placement.data.split("/")[-1] if isinstance(placement, StringAttr) else "latency"
+    ops = [[o for o in _compute_ops(seg) if not is_free(o)] for seg in segments]
+    weights = [sum(weight_bytes(w) for o in seg_ops for w in params_read(o)) for seg_ops in ops]
+    act = max(
+        (value_bytes(r, dim_hint) for seg_ops in ops for o in seg_ops for r in o.results),
+        default=0,
     )
+    used = dict.fromkeys(cluster.devices, 0.0)
+    busy = dict.fromkeys(cluster.devices, 0.0)
+    for r, w in zip(reports, weights, strict=True):
+        used[r.device] += w
+        busy[r.device] += r.compute_s + sum(t.seconds for t in r.recv)
+    for k, (seg, r) in enumerate(zip(segments, reports, strict=True)):
+        r.why = _why(
+            cluster, seg, r, ops[k], weights[k], pins, objective, used, busy, act, dim_hint
+        )
+
+
+def _why(
+    cluster: Cluster,
+    seg: gml.SegmentOp,
+    r: SegmentReport,
+    ops: list[Operation],
+    weights: float,
+    pins: list[tuple[str, str]],
+    objective: str,
+    used: dict[str, float],
+    busy: dict[str, float],
+    act: float,
+    dim_hint: int,
+) -> str:
+    here = r.device
+    pinned: dict[str, int] = {}
+    for o in ops:
+        last = [f"{pat}={dev}" for pat, dev in pins if pin_matches(pat, o)]
+        if last and last[-1].endswith("=" + here):  # the last matching pin is the one applied
+            pinned[last[-1]] = pinned.get(last[-1], 0) + 1
+    quoted = " and ".join(f"--pin '{spec}'" for spec in pinned)
+    if pinned and sum(pinned.values()) == len(ops):
+        return f"pinned by {quoted}"
+    if pinned:  # the segment cannot move as a whole; its other ops were placed beside them
+        rest = sorted({o.name for o in ops if not any(pin_matches(p, o) for p, _ in pins)})
+        return (
+            f"{sum(pinned.values())} of {len(ops)} ops pinned by {quoted}; "
+            f"the others ({', '.join(rest)}) were placed with them"
+        )
+    alts = r.alternatives_s
+    others = [d for d in cluster.devices if d != here]
+    if others and all(alts[d] == float("inf") for d in others):
+        lacks = "; ".join(_cannot(cluster.devices[d], ops, dim_hint) for d in others)
+        return f"only {here} can run these ops ({lacks})"
+    faster = sorted((d for d in others if alts[d] < alts[here]), key=lambda d: alts[d])
+    if not faster:
+        runner = min(others, key=lambda d: alts[d]) if others else here
+        if runner == here:
+            return "only device"
+        return f"fastest for these ops ({_fmt_s(alts[here])} vs {_fmt_s(alts[runner])} on {runner})"
+    reasons: list[str] = []
+    for f in faster:
+        room = cluster.devices[f].mem_capacity - 2 * act
+        lead = f"{f} computes them in {_fmt_s(alts[f])} vs {_fmt_s(alts[here])} here"
+        if used[f] + weights > room:
+            cap = cluster.devices[f].mem_capacity
+            note = (
+                f" (its {_fmt_b(cap)} less {_fmt_b(2 * act)} kept for activations)" if act else ""
+            )
+            reasons.append(
+                f"{lead}, but memory: {f} would need {_fmt_b(used[f] + weights)} of "
+                f"{_fmt_b(room)}{note}"
+            )
+            continue
+        delta = _moved(cluster, seg, r, f, dim_hint)
+        compute = alts[f] - alts[here]
+        reasons.append(lead + ", " + _verdict(cluster, objective, busy, delta, compute))
+    return "; ".join(reasons)
+
+
+def _cannot(dev: Device, ops: list[Operation], dim_hint: int) -> str:
+    for o in ops:
+        missing = unsupported(dev, o)
+        if missing:
+            return f"{dev.name} does not support {missing}"
+        dtype = op_cost(o, dim_hint).dtype
+        if dtype not in dev.dtypes:
+            return f"{dev.name} does not support {dtype}"
+    return f"{dev.name} cannot run them"
+
+
+def _moved(
+    cluster: Cluster, seg: gml.SegmentOp, r: SegmentReport, f: str, dim_hint: int
+) -> dict[str, float]:
+    """Per device, the change in busy seconds (compute plus receiving) if segment r moved
+    from its device to f, every transfer it takes part in re-routed (and values it shares
+    with segments on its old device now crossing)."""
+    here = r.device
+    tt = cluster.transfer_time
+    delta = dict.fromkeys(cluster.devices, 0.0)
+    delta[here] -= r.compute_s
+    delta[f] += r.alternatives_s[f]
+    for t in r.recv:  # values it receives: now received by f, or already there
+        delta[here] -= t.seconds
+        delta[f] += tt(t.peer, f, t.bytes) if t.peer != f else 0.0
+    for t in r.send:  # values it sends: now from f; f's own copy was a receive
+        if t.peer == f:
+            delta[f] -= tt(here, f, t.bytes)
+        else:
+            delta[t.peer] += tt(f, t.peer, t.bytes) - tt(here, t.peer, t.bytes)
+    for v in seg.inputs:  # values from segments on its old device: now cross to f
+        if isinstance(v.type, TensorType):
+            delta[f] += tt(here, f, value_bytes(v, dim_hint))
+    for res in seg.results:  # values its old device's other segments read: now cross back
+        if res.uses and isinstance(res.type, TensorType):
+            delta[here] += tt(f, here, value_bytes(res, dim_hint))
+    return delta
+
+
+def _verdict(
+    cluster: Cluster,
+    objective: str,
+    busy: dict[str, float],
+    delta: dict[str, float],
+    compute: float,
+) -> str:
+    """The modelled change of the objective for a move (compute changes by `compute`), in words."""
+    if objective == "throughput":
+        before = max(busy.values())
+        after = max(busy[d] + delta[d] for d in busy)
+        change = after - before
+        what = f"the busiest device would take {_fmt_s(after)} vs {_fmt_s(before)} now"
+    elif objective in ("energy", "cost"):
+        attr = "power_w" if objective == "energy" else "price_per_hour"
+        scale = 1.0 if objective == "energy" else 1 / 3600
+        change = sum(delta[d] * (getattr(cluster.devices[d], attr) or 0.0) * scale for d in delta)
+        what = f"{objective} per request {change:+.3g} {'J' if objective == 'energy' else '$'}"
+    else:
+        change = sum(delta.values())
+        moves = change - compute
+        what = f"{_fmt_s(abs(moves))} {'more' if moves >= 0 else 'less'} in transfers, latency {_signed(change)}"
+    if change >= 0:
+        return f"but moving them there costs more: {what}"
+    return f"and moving them there would gain ({what}): the solver missed it"
+
+
+def _signed(s: float) -> str:
+    return ("+" if s >= 0 else "-") + _fmt_s(abs(s))
 
 
 def _fmt_s(s: float) -> str:

@@ -268,6 +268,11 @@ def _pin_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(r"\.".join(parts) + r"(?:\..*)?")
 
 
+def pin_matches(pattern: str, op: Operation) -> bool:
+    """Does `--pin PATTERN=...` select op (by module path or op name)?"""
+    return bool(_pin_regex(pattern).fullmatch(module_path(op.location) or "")) or op.name == pattern
+
+
 def _apply_pins(
     nodes: list[Operation],
     devices: list[str],
@@ -280,11 +285,10 @@ def _apply_pins(
             raise UserError(
                 f"--pin {pattern}={device}: unknown device; devices: {', '.join(devices)}"
             )
-        rx, j = _pin_regex(pattern), devices.index(device)
+        j = devices.index(device)
         hit = False
         for i, op in enumerate(nodes):
-            path = module_path(op.location) or ""
-            if rx.fullmatch(path) or op.name == pattern:
+            if pin_matches(pattern, op):
                 if not math.isfinite(time[i, j]):
                     reason = why.get((i, j), f"{device} cannot run it")
                     raise UserError(_no_home(op, f"pinned to {device}, but {reason}"))
