@@ -295,3 +295,30 @@ def test_safetensors_writer_round_trips_every_dtype(tmp_path: Path) -> None:
         assert ours[name].shape == expected.shape, name
         np.testing.assert_array_equal(ours[name], expected)
         assert tuple(reference[name].shape) == expected.shape
+
+
+def test_a_model_whose_key_cannot_be_computed_compiles_without_the_cache(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(tensors: Any) -> str:
+        raise RuntimeError("no bytes for a meta tensor")
+
+    monkeypatch.setattr(cache, "hash_tensors", boom)
+    _, err = compile_cli(capsys)
+    assert err == (
+        "gimletc: note: not using the export cache: cannot compute its key "
+        "(RuntimeError: no bytes for a meta tensor)\n"
+    )
+    assert entries(project) == []
+    assert (project / "out" / "weights.safetensors").is_file()
+
+
+def test_numpy_attributes_are_described_by_their_values() -> None:
+    class Table(torch.nn.Module):
+        def __init__(self, table: np.ndarray) -> None:
+            super().__init__()
+            self.table = table  # a forward reading it bakes its values into the graph
+
+    a = cache.model_state(Table(np.zeros(1000)))[0]
+    b = cache.model_state(Table(np.r_[np.zeros(999), 1.0]))[0]
+    assert cache.key_of({"s": a}) != cache.key_of({"s": b})

@@ -226,6 +226,9 @@ def describe(
             return ["tensor", str(v.dtype), list(v.shape)]
         if isinstance(v, torch.dtype | torch.device | torch.Size):
             return str(v)
+        if isinstance(v, np.ndarray):  # its repr elides values: hash them
+            data = np.ascontiguousarray(v).tobytes() if v.dtype != object else repr(v).encode()
+            return ["ndarray", str(v.dtype), list(v.shape), hashlib.sha256(data).hexdigest()]
         if inspect.isclass(v) or callable(v) and hasattr(v, "__qualname__"):
             return f"{getattr(v, '__module__', '?')}.{v.__qualname__}"
         if depth > 6:
@@ -245,7 +248,10 @@ def describe(
             out = [type(v).__qualname__, walk(v.to_dict(), where, depth + 1)]
         else:
             cls = type(v)
-            text = repr(v) if cls.__repr__ is not object.__repr__ else ""
+            try:
+                text = repr(v) if cls.__repr__ is not object.__repr__ else ""
+            except Exception:  # a repr that fails describes nothing
+                text = "?"
             attrs = vars(v) if hasattr(v, "__dict__") else {}
             out = [f"{cls.__module__}.{cls.__qualname__}", text, walk(attrs, where, depth + 1)]
         memo[id(v)] = out
@@ -419,7 +425,7 @@ def lookup(key: str) -> Entry | None:
         return entry
     except CorruptEntry:
         raise
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except Exception as e:  # whatever a damaged file makes the readers raise
         raise CorruptEntry(f"{type(e).__name__}: {e}") from e
 
 
@@ -484,7 +490,7 @@ def store(
         except OSError:  # another compile stored the same key first: keep theirs
             return final if os.path.isdir(final) else None
         return final
-    except OSError:
+    except Exception:  # a full disk, a dtype safetensors lacks: the compile goes on
         return None
     finally:
         if os.path.isdir(tmp):

@@ -223,24 +223,22 @@ def frontend(
         return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
     from gimlet.frontend import cache as c
 
-    structure, tensors = c.model_state(model)
-    files, packages = c.source_closure([*roots, *_class_modules(model)])
-    imported_now = [m for n, m in list(sys.modules.items()) if n not in modules_before]
-    fresh = [f for f in map(c.module_file, [*roots, *imported_now]) if f]  # roots: run anew
-    edited = c.edited_since_import(files, fresh, started)
-    if edited is not None:
-        if note:
-            note(f"not using the export cache: {edited} changed after this process imported it")
+    parts: dict[str, Any] | None = None
+    tensors: dict[str, torch.Tensor] = {}
+    edited = None
+    try:
+        parts, tensors = _key_parts(c, model, roots, factory, inputs, dynamic_shapes)
+    except Exception as e:  # an exotic tensor or attribute: compile without the cache
+        edited = f"cannot compute its key ({type(e).__name__}: {e})"
+    if parts is not None:
+        imported_now = [m for n, m in list(sys.modules.items()) if n not in modules_before]
+        fresh = [f for f in map(c.module_file, [*roots, *imported_now]) if f]  # roots: run anew
+        path = c.edited_since_import(parts["source"], fresh, started)
+        edited = f"{path} changed after this process imported it" if path else None
+    if parts is None or edited is not None:
+        if note and edited:
+            note(f"not using the export cache: {edited}")
         return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
-    parts = {
-        **c.environment(),
-        "factory": factory,
-        "source": files,
-        "packages": packages,
-        "model": c.key_of({"structure": structure}),
-        "weights": c.hash_tensors(tensors),
-        **c.input_specs(inputs, dynamic_shapes),
-    }
     key = c.key_of(parts)
     clock("cache key")
     entry, replace = _lookup(key, note)
@@ -266,6 +264,29 @@ def frontend(
 
     imported._store = store
     return imported
+
+
+def _key_parts(
+    c: ModuleType,
+    model: torch.nn.Module,
+    roots: list[ModuleType],
+    factory: str | None,
+    inputs: Sequence[Any],
+    dynamic_shapes: Any,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(what the cache key of a live model is made of, the tensors whose bytes it hashed)."""
+    structure, tensors = c.model_state(model)
+    files, packages = c.source_closure([*roots, *_class_modules(model)])
+    parts = {
+        **c.environment(),
+        "factory": factory,
+        "source": files,
+        "packages": packages,
+        "model": c.key_of({"structure": structure}),
+        "weights": c.hash_tensors(tensors),
+        **c.input_specs(inputs, dynamic_shapes),
+    }
+    return parts, tensors
 
 
 class _Clock:
@@ -370,7 +391,7 @@ def _from_entry(
 
     try:
         module = parse(entry.ir, os.path.join(entry.path, "imported.mlir"))
-    except UserError as e:
+    except Exception as e:  # a VerificationError, or worse: never a crash
         if note:
             note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
         return None
