@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
-from gimlet.runtime.control import LocalSlot
+from gimlet.runtime.control import ABORTED, LocalSlot
 
 
 class CommError(RuntimeError):
@@ -109,6 +109,9 @@ class Channels:
     on_transfer: Callable[[int, float, float, int, str], None] = lambda *a: None
     sends: list[tuple[int, list[Any], list[torch.Tensor], float]] = field(default_factory=list)
     received: dict[int, np.ndarray] = field(default_factory=dict)  # reused when free
+    # the worker's control socket: a shared-memory wait also wakes when the caller goes
+    # away (or says stop), so a worker never outlives its caller by a receive timeout
+    abort_fd: int | None = None
 
     def _timeout(self) -> datetime.timedelta:
         return datetime.timedelta(seconds=self.timeout_s)
@@ -204,9 +207,11 @@ class Channels:
         spec = p.spec
         what = f"channel {spec.id}"
         if spec.local is not None:
-            value = spec.local.take(self.timeout_s)
-            if value is None:
+            value = spec.local.take(self.timeout_s, self.abort_fd)
+            if value is None or value is ABORTED:
                 name = self.names[spec.src] if spec.src < len(self.names) else f"rank {spec.src}"
+                if value is ABORTED:
+                    raise CommError(f"the caller went away during the wait for {what}", "peer")
                 raise CommError(
                     f"timed out after {self.timeout_s:g}s waiting for {what} from {name}",
                     "timeout",

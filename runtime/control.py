@@ -23,6 +23,7 @@ when it died without a report.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import pickle
@@ -230,12 +231,19 @@ class LocalSlot:
         os.eventfd_write(self.eventfd, 1)
         return int(a.nbytes)
 
-    def take(self, timeout_s: float) -> Any:
+    def take(self, timeout_s: float, abort_fd: int | None = None) -> Any:
         """Wait (up to timeout_s) for the message; a view of it (valid until the next
-        request), or an int for an index. None on timeout."""
-        ready, _, _ = select.select([self.eventfd], [], [], timeout_s)
-        if not ready:
-            return None
+        request), or an int for an index. None on timeout; ABORTED when `abort_fd` (the
+        worker's control socket: the caller went away or says stop) became readable
+        first."""
+        fds = [self.eventfd] if abort_fd is None else [self.eventfd, abort_fd]
+        ready, _, _ = select.select(fds, [], [], timeout_s)
+        if self.eventfd in ready:
+            return self.take_ready()
+        return ABORTED if ready else None
+
+    def take_ready(self) -> Any:
+        """The message, once the eventfd says it is there (see `take`)."""
         os.eventfd_read(self.eventfd)
         code, ndim, *dims = _HEADER.unpack_from(self.map, 0)
         name = _DTYPES[code]
@@ -243,6 +251,18 @@ class LocalSlot:
             return int(np.ndarray((), np.int64, buffer=self.map, offset=HEADER_BYTES))
         dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
         return np.ndarray(tuple(dims[:ndim]), dtype, buffer=self.map, offset=HEADER_BYTES)
+
+    def close(self) -> None:
+        """Unmap and close this end's descriptors (the caller's, when it is the host)."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        for fd in (self.memfd, self.eventfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+ABORTED = object()  # LocalSlot.take: the control socket woke the wait, not the message
 
 
 def _itemsize(dtype: str) -> int:

@@ -128,7 +128,7 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
     if requested == "one":
         return "one", "asked for"
     if len(cpus) > 1:
-        return "per-device", f"{len(cpus)} CPU devices ({', '.join(cpus)}): one worker each"
+        return "per-device", f"{len(cpus)} CPU devices ({', '.join(cpus)}): one process each"
     if len(gpus) > 1:
         return "per-device", f"{len(gpus)} GPUs ({', '.join(gpus)}): one worker each, NCCL between"
     return "one", f"every segment can run in the caller's process: {where}"
@@ -257,6 +257,25 @@ class _Mailbox:
 
 
 Call = Callable[[list[Any]], Sequence[Any]]
+
+
+def segment_call(ex: Any, op: Any, index: int, artefact: dict[str, Any]) -> Call:
+    """A segment's run through its executor: the executor's prepared function when it
+    offers `prepare` (worked out on the first call, so a library that fails to load
+    fails that call, named), else its run_segment."""
+    prepared: list[Call] = []
+
+    def call(args: list[Any]) -> Sequence[Any]:
+        if not prepared:
+            prepare = getattr(ex, "prepare", None)
+            if prepare is not None:
+                prepared.append(prepare(op, index, artefact))
+            else:
+                prepared.append(lambda a: ex.run_segment(op, a, index, artefact))
+        return prepared[0](args)
+
+    call.prepared = prepared  # type: ignore[attr-defined]
+    return call
 
 
 @dataclass
@@ -410,25 +429,19 @@ class InProcess:
         return call
 
     def _segment_call(self, step: _Step, ex: Any, art: dict[str, Any], gpu: Any) -> Call:
-        """How a segment runs: its executor's prepared call when it offers one (prepared
-        on the first call, so a library that fails to load fails a call, named), else
-        run_segment; under the GPU's context; timed when stats are on. Without either,
-        the step then calls the prepared function directly."""
-        op, index = step.op, step.segment
+        """`segment_call`, under the GPU's context, timed when stats are on; without
+        either, the step calls the prepared function directly after the first call."""
+        index = step.segment
         assert index is not None
-        prepared: list[Call] = []
+        run = segment_call(ex, step.op, index, art)
+        if gpu is None and not self.stats_on:
 
-        def run(args: list[Any]) -> Sequence[Any]:
-            if not prepared:
-                prepare = getattr(ex, "prepare", None)
-                if prepare is not None:
-                    prepared.append(prepare(op, index, art))
-                else:
-                    prepared.append(lambda a: ex.run_segment(op, a, index, art))
-                if gpu is None and not self.stats_on:
-                    step.call = prepared[0]
-            return prepared[0](args)
+            def first(args: list[Any]) -> Sequence[Any]:
+                outs = run(args)
+                step.call = run.prepared[0]  # type: ignore[attr-defined]
+                return outs
 
+            return first
         call: Call = run
         if gpu is not None:
 

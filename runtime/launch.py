@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -116,7 +117,13 @@ class Session:
 
     `stats=True` asks every worker for its per-segment times and trace events with each
     answer (`totals()` sums them over the requests); `deadline_s` bounds a whole request
-    once every worker is up (by default only the workers' receive timeouts do)."""
+    once every worker is up (by default only the workers' receive timeouts do).
+
+    `host_in_caller=True` (what `gimlet.load` asks for; see `can_host_in_caller`) runs
+    the host device's share of the program in the caller's process (`call`, torch
+    tensors in and out): the caller is the host rank, its channels to the workers are
+    their shared-memory slots, and a two-device bundle costs one hop to a worker and
+    one back instead of four (to the host worker, between the workers twice, back)."""
 
     def __init__(
         self,
@@ -126,13 +133,17 @@ class Session:
         *,
         stats: bool = False,
         deadline_s: float | None = None,
+        host_in_caller: bool = False,
+        module: Any = None,
     ):
         self.bundle, self.timeout_s, self.env = bundle, timeout_s, env
         self.stats, self.deadline_s = stats, deadline_s
         # after the host answers, the others have a receive timeout to finish
         self.late_s = timeout_s if timeout_s is not None else _default_timeout()
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []  # one per rank in self.ranks
         self.socks: list[socket.socket] = []
+        self.sock_of: dict[int, socket.socket] = {}
+        self.rank_of: dict[int, int] = {}  # socket fileno -> rank
         self.selector: selectors.BaseSelector | None = None
         self.status: StatusPage | None = None
         self.arena: Arena | None = None  # the inputs, written here
@@ -142,6 +153,18 @@ class Session:
         self.ready: set[int] = set()  # ranks that said they are up (start-up is over)
         self.host_rank = bundle.devices.index(bundle.host)
         self._totals: list[dict[str, Any]] = []
+        self.local: Any = None  # the host's share (an InProcess), when host_in_caller
+        self.slots: dict[int, LocalSlot] = {}  # the caller's ends of the host's channels
+        self.last: RunResult | None = None  # the last `call`
+        self._req: _Request | None = None
+        if host_in_caller and not stats and can_host_in_caller(bundle, env):
+            from gimlet.runtime.inprocess import InProcess
+
+            self.local = InProcess(
+                bundle, module=module, devices=[bundle.host], remote=self, passthrough=(RunError,)
+            )
+        n = len(bundle.devices)
+        self.ranks = [r for r in range(n) if self.local is None or r != self.host_rank]
 
     # -- start and stop
 
@@ -170,12 +193,20 @@ class Session:
             GIMLET_LOCAL_CHANNELS=LocalSlot.encode(slots),
         )
         fds = [fd for memfd, eventfd, _ in slots.values() for fd in (memfd, eventfd)]
+        if self.local is not None:  # the caller keeps its ends of the host's channels
+            host = self.bundle.host
+            for c in self.bundle.manifest["channels"]:
+                if host in (c["from"], c["to"]):
+                    memfd, eventfd, capacity = slots[c["id"]]
+                    self.slots[c["id"]] = LocalSlot(os.dup(memfd), os.dup(eventfd), capacity)
         if self.timeout_s is not None:
             base["GIMLET_RECV_TIMEOUT"] = str(self.timeout_s)
         try:
-            for rank in range(n):
+            for rank in self.ranks:
                 mine, theirs = socket.socketpair()
                 self.socks.append(mine)
+                self.sock_of[rank] = mine
+                self.rank_of[mine.fileno()] = rank
                 self.selector.register(mine, selectors.EVENT_READ, rank)
                 with (
                     theirs,
@@ -218,10 +249,13 @@ class Session:
         self.procs = []
         for sock in self.socks:
             sock.close()
-        self.socks = []
+        self.socks, self.sock_of, self.rank_of = [], {}, {}
         if self.selector is not None:
             self.selector.close()
             self.selector = None
+        for slot in self.slots.values():
+            slot.close()
+        self.slots = {}
         self.arena = self.outputs = None
         if self.log_dir:
             shutil.rmtree(self.log_dir, ignore_errors=True)
@@ -232,6 +266,13 @@ class Session:
     def __call__(self, inputs: list[np.ndarray]) -> RunResult:
         inputs = [np.asarray(x) for x in inputs]
         check_inputs(self.bundle, inputs)
+        if self.local is not None:  # numpy in and out, as with a host worker
+            from gimlet.runtime.inprocess import to_host
+
+            outputs = [np.array(to_host(t)) for t in self.call(*inputs)]
+            assert self.last is not None
+            self.last.outputs = outputs
+            return self.last
         start = time.time()
         self._ensure_started()
         self.k += 1
@@ -240,9 +281,9 @@ class Session:
         self.arena, fresh = grow(self.arena, need)
         meta = self.arena.write(inputs, offsets)
         # the others first: they wake while the host reads its inputs
-        order = [r for r in range(len(self.socks)) if r != self.host_rank] + [self.host_rank]
+        order = [r for r in self.ranks if r != self.host_rank] + [self.host_rank]
         for rank in order:
-            sock = self.socks[rank]
+            sock = self.sock_of[rank]
             try:
                 if rank == self.host_rank:
                     fds = [self.arena.fd] if fresh and self.arena.fd is not None else []
@@ -253,7 +294,9 @@ class Session:
                 pass  # it died: the wait below finds its closed socket and says so
         if fresh:
             self.arena.sent()
-        answers = self._wait(k, start)
+        req = self._req = _Request(k, start if len(self.ready) == len(self.ranks) else _NEVER)
+        req.pending = set(self.ranks)
+        answers = self._wait(req)
         size, where = answers[self.host_rank][0]
         fds = answers[self.host_rank][1]
         if fds:
@@ -274,83 +317,165 @@ class Session:
         pids = [p.pid for p in self.procs]
         return RunResult(outputs, stats, pids, time.time() - start, kernel_s)
 
+    def call(self, *inputs: Any) -> list[Any]:
+        """A request with the host's share in this process (host_in_caller): torch
+        tensors (or arrays) in, torch tensors out, on the inputs' device. `.last` says
+        what it cost."""
+        local = self.local
+        assert local is not None, "call() needs host_in_caller"
+        local._sig.check(inputs)  # bad inputs: refused before anything starts
+        start = time.time()
+        self._ensure_started()
+        self.k += 1
+        k = self.k
+        for rank in self.ranks:
+            with contextlib.suppress(OSError):  # a dead worker: its closed socket says so
+                send_msg(self.sock_of[rank], ("run", k, None, False))
+        req = self._req = _Request(k, start if len(self.ready) == len(self.ranks) else _NEVER)
+        req.pending = set(self.ranks)
+        try:
+            outputs = local(*inputs)
+        except RunError:
+            raise  # a worker's failure, diagnosed (and the workers stopped) by take()
+        except BaseException as e:
+            # the host's share failed here (or was interrupted): the workers wait for it
+            # mid-request, so they go too; the next call starts new ones
+            pids = [p.pid for p in self.procs]
+            _kill_all(self.procs)
+            self.close()
+            if isinstance(e, Exception):
+                raise RunError(str(e), pids) from e
+            raise
+        req.host_at = time.time()
+        answers = self._wait(req)
+        kernel_s = local.kernel_s + sum(a[4] for a in answers.values())
+        self.last = RunResult([], [], [p.pid for p in self.procs], time.time() - start, kernel_s)
+        return outputs
+
+    # -- the host's channels to the workers (host_in_caller), for the InProcess
+
+    def send(self, channel: int, value: Any) -> None:
+        self.slots[channel].put(value)
+
+    def take(self, channel: int) -> Any:
+        """The value on a channel from a worker: a blocking wait on its eventfd and every
+        worker's socket (a report or a death wakes it too), with the receive timeout and
+        the request's deadline; a failure is diagnosed and raised as a RunError."""
+        slot, req = self.slots[channel], self._req
+        assert req is not None
+        since = time.time()
+        efd = slot.eventfd
+        while True:
+            limit = self._limit(req)
+            if len(self.ready) == len(self.ranks):  # the receive timeout, once all are up
+                limit = min(limit, max(since, req.start) + self.late_s)
+            fds = [efd, *(self.sock_of[r].fileno() for r in req.pending)]
+            timeout = None if limit == _NEVER else max(limit - time.time(), 0.0)
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if efd in ready:
+                return slot.take_ready()
+            for fd in ready:
+                self._on_message(req, self.rank_of[fd])
+            if req.failed_at is not None:
+                self._wait(req)  # the others' reports, then the diagnosis (raises)
+            if not ready and time.time() >= limit:
+                if req.deadline_hit(self.deadline_s, time.time()):
+                    req.why = f"request {req.k} did not finish within {self.deadline_s:g}s"
+                else:
+                    src = next(c["from"] for c in self.bundle.manifest["channels"]
+                               if c["id"] == channel)  # fmt: skip
+                    req.why = (
+                        f"{self.bundle.host} (in the caller) timed out after "
+                        f"{self.late_s:g}s waiting for channel {channel} from {src}"
+                    )
+                self._fail(req)
+
+    # -- waiting for the workers
+
     def totals(self) -> list[dict[str, Any]]:
         """Every rank's stats summed over the requests since the workers started."""
         return self._totals
 
-    def _wait(self, k: int, start: float) -> dict[int, tuple[Any, list[int], Any, float, float]]:
-        """Every rank's answer to request k: {rank: (outputs, fds, stats, seconds, seconds
-        in compiled parts)}.
+    def _limit(self, req: _Request) -> float:
+        """When the request's wait ends: the first failure leaves the others GRACE_S to
+        report, after the host answered the others have the receive timeout to finish,
+        and `deadline_s` bounds the request from when every worker is up."""
+        limits = [_NEVER]
+        if req.failed_at is not None:
+            limits.append(req.failed_at + GRACE_S)
+        if req.host_at is not None:
+            limits.append(req.host_at + self.late_s)
+        if self.deadline_s is not None and req.start != _NEVER:
+            limits.append(req.start + self.deadline_s)
+        return min(limits)
 
-        Blocks in select() with a deadline: the first failure (a report, or a socket
-        closed by a dying worker) leaves the others GRACE_S to report; after the host has
-        answered, the others have the receive timeout to finish; `deadline_s` bounds the
-        request from when every worker is up."""
+    def _on_message(self, req: _Request, rank: int) -> None:
+        """Read one message from `rank`'s socket into the request's state."""
         assert self.selector is not None
-        n = len(self.procs)
-        pending = set(range(n))
-        answers: dict[int, tuple[Any, list[int], Any, float, float]] = {}
-        reports: dict[int, dict[str, Any]] = {}
-        failed_at: float | None = None
-        host_at: float | None = None
-        late = self.late_s
-        why = ""
-        if len(self.ready) < n:
-            start = float("inf")  # the deadline starts when the last worker is up
-        while pending:
-            now = time.time()
-            limits = []
-            if failed_at is not None:
-                limits.append(failed_at + GRACE_S)
-            if host_at is not None:
-                limits.append(host_at + late)
-            if self.deadline_s is not None and start != float("inf"):
-                limits.append(start + self.deadline_s)
-            timeout = max(min(limits) - now, 0.0) if limits else None
+        sock = self.sock_of[rank]
+        try:
+            msg, fds = recv_msg(sock)
+        except (EOFError, OSError):  # it died: its socket closed
+            self.selector.unregister(sock)
+            req.pending.discard(rank)
+            req.failed_at = req.failed_at or time.time()
+            return
+        if msg[0] == "ready":
+            self.ready.add(rank)
+            if len(self.ready) == len(self.ranks):  # start-up is over: the deadline starts
+                req.start = time.time()
+        elif msg[0] == "done" and msg[1] == req.k:
+            req.answers[rank] = (msg[2], fds, msg[3], msg[4], msg[5])
+            req.pending.discard(rank)
+            if rank == self.host_rank:
+                req.host_at = time.time()
+        elif msg[0] == "error":
+            req.reports[rank] = msg[1]
+            req.pending.discard(rank)
+            req.failed_at = req.failed_at or time.time()
+
+    def _wait(self, req: _Request) -> dict[int, tuple[Any, list[int], Any, float, float]]:
+        """Every worker's answer to the request: {rank: (outputs, fds, stats, seconds,
+        seconds in compiled parts)}. Blocks in select() until they all answered, or a
+        limit (`_limit`) passed; then diagnoses and raises."""
+        assert self.selector is not None
+        while req.pending:
+            limit = self._limit(req)
+            timeout = None if limit == _NEVER else max(limit - time.time(), 0.0)
             events = self.selector.select(timeout)
-            if not events and limits and time.time() >= min(limits):
-                if failed_at is None:
-                    why = (
-                        f"request {k} did not finish within {self.deadline_s:g}s"
-                        if host_at is None
-                        else f"did not finish request {k} within {late:g}s of the outputs"
+            if not events and time.time() >= limit:
+                if req.failed_at is None:
+                    req.why = (
+                        f"request {req.k} did not finish within {self.deadline_s:g}s"
+                        if req.host_at is None
+                        else f"did not finish request {req.k} within {self.late_s:g}s of the "
+                        "outputs"
                     )
                 break
             for key, _ in events:
-                rank = key.data
-                try:
-                    msg, fds = recv_msg(self.socks[rank])
-                except (EOFError, OSError):  # it died: its socket closed
-                    self.selector.unregister(self.socks[rank])
-                    pending.discard(rank)
-                    failed_at = failed_at or time.time()
-                    continue
-                if msg[0] == "ready":
-                    self.ready.add(rank)
-                    if len(self.ready) == n:
-                        start = time.time()
-                elif msg[0] == "done" and msg[1] == k:
-                    answers[rank] = (msg[2], fds, msg[3], msg[4], msg[5])
-                    pending.discard(rank)
-                    if rank == self.host_rank:
-                        host_at = time.time()
-                elif msg[0] == "error":
-                    reports[rank] = msg[1]
-                    pending.discard(rank)
-                    failed_at = failed_at or time.time()
-        if failed_at is None and not why:
-            return answers
+                self._on_message(req, key.data)
+        if req.failed_at is None and not req.why:
+            return req.answers
+        self._fail(req)
+
+    def _fail(self, req: _Request) -> NoReturn:
+        """Diagnose the request's failure, kill every worker, raise one RunError."""
+        n = len(self.bundle.devices)
         pids = [p.pid for p in self.procs]
         statuses = [self._status(rank) for rank in range(n)]
+        answers: dict[int, Any] = dict(req.answers)
+        if self.local is not None:
+            answers[self.host_rank] = None  # the caller: it is here, not a worker
+        procs = dict(zip(self.ranks, self.procs, strict=True))
         # exit codes before ours: a worker whose socket closed is exiting, give it a moment
-        for rank, p in enumerate(self.procs):
-            if rank not in reports and rank not in answers and rank not in pending:
+        for rank, p in procs.items():
+            if rank not in req.reports and rank not in answers and rank not in req.pending:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=GRACE_S)
-        codes = [p.poll() for p in self.procs]
+        codes = [procs[r].poll() if r in procs else 0 for r in range(n)]
         _kill_all(self.procs)
-        message = _diagnose(self.bundle, reports, codes, statuses, why, answers)
-        message += _log_tail(self.log_dir, codes, reports)
+        message = _diagnose(self.bundle, req.reports, codes, statuses, req.why, answers)
+        message += _log_tail(self.log_dir, codes, req.reports)
         self.close()
         raise RunError(message, pids)
 
@@ -364,6 +489,40 @@ class Session:
             return ""
         where = f" in segment {st['segment']}" if st.get("segment") is not None else ""
         return where + (f" at {st['op']}" if st.get("op") else "")
+
+
+_NEVER = float("inf")
+
+
+@dataclass
+class _Request:
+    """What the caller knows about one request while it waits."""
+
+    k: int
+    start: float  # when the deadline started (_NEVER until every worker is up)
+    pending: set[int] = field(default_factory=set)  # ranks yet to answer
+    answers: dict[int, tuple[Any, list[int], Any, float, float]] = field(default_factory=dict)
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failed_at: float | None = None
+    host_at: float | None = None  # when the host answered (the caller, host_in_caller)
+    why: str = ""
+
+    def deadline_hit(self, deadline_s: float | None, now: float) -> bool:
+        return deadline_s is not None and self.start != _NEVER and now >= self.start + deadline_s
+
+
+def can_host_in_caller(bundle: Bundle, env: dict[str, str] | None = None) -> bool:
+    """Whether the caller can be the host rank: some other device runs a segment (else
+    there is no worker to talk to, and asking for workers means wanting one), and every
+    channel goes through shared memory (none through torch.distributed, which the
+    caller does not join: not NCCL's, and GIMLET_TRANSPORT is not gloo)."""
+    merged = dict(os.environ)
+    merged.update(env or {})
+    if merged.get("GIMLET_TRANSPORT") == "gloo":
+        return False
+    if any(c.get("backend") == "nccl" for c in bundle.manifest["channels"]):
+        return False
+    return any(s["device"] != bundle.host for s in bundle.manifest["segments"])
 
 
 def _local_slots(bundle: Bundle, env: dict[str, str]) -> dict[int, tuple[int, int, int]]:

@@ -4,10 +4,11 @@ can, else on one worker process per device.
 processes="auto" (the default) runs the bundle in the caller's process (runtime/
 inprocess.py) when all its segments can run there: one device, or the host CPU with one
 GPU of this machine; bundles spread over several CPU devices or several GPUs get their
-worker processes (runtime/launch.py). "one" and "per-device" force either; `.processes`
-and `.reason` say what was chosen and why, and `.report` what runs each segment here
-(backends/report.py); a segment that falls back at load (e.g. TensorRT not installed) is
-said once on stderr.
+worker processes (runtime/launch.py): the caller runs the host's share itself when its
+channels to the others are shared memory, the other devices each get a worker. "one"
+and "per-device" force either; `.processes` and `.reason` say what was chosen and why,
+and `.report` what runs each segment here (backends/report.py); a segment that falls
+back at load (e.g. TensorRT not installed) is said once on stderr.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Loaded:
             check_cluster(self.bundle, target)
         self.inprocess: InProcess | None = None
         self.session: Session | None = None
-        self._last: tuple[list[Any], float, float] | RunResult | None = None
+        self._last: tuple[list[Any], float, float, list[int]] | RunResult | None = None
         module = parse_program(self.bundle) if processes != "per-device" else None
         problem = sequential_order_problem(module) if module is not None else None
         self.processes, self.reason = choose_processes(self.bundle, processes, problem)
@@ -61,18 +62,32 @@ class Loaded:
         if self.processes == "one":
             self.inprocess = InProcess(self.bundle, module=module)
         else:
-            self.session = Session(self.bundle, timeout_s, deadline_s=deadline_s)
+            self.session = Session(
+                self.bundle, timeout_s, deadline_s=deadline_s, host_in_caller=True, module=module
+            )
             self._finalizer = weakref.finalize(self, self.session.close)
+            if self.session.local is not None:
+                others = [self.bundle.devices[r] for r in self.session.ranks]
+                self.reason += (
+                    f"; the host {self.bundle.host} in this process, {', '.join(others)} on "
+                    + ("workers" if len(others) > 1 else "a worker")
+                )
 
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
         if self.inprocess is not None:
             start = time.perf_counter()
             outs = self.inprocess(*inputs)
-            self._last = (outs, time.perf_counter() - start, self.inprocess.kernel_s)
+            self._last = (outs, time.perf_counter() - start, self.inprocess.kernel_s, [])
             return tuple(outs)
         from gimlet.runtime.inprocess import to_host
 
         assert self.session is not None
+        if self.session.local is not None:  # the host's share here, the rest on workers
+            outs = self.session.call(*inputs)
+            last = self.session.last
+            assert last is not None
+            self._last = (outs, last.wall_s, last.kernel_s, last.pids)
+            return tuple(outs)
         self._last = result = self.session([to_host(x) for x in inputs])
         return tuple(_place(result.outputs, inputs))
 
@@ -80,8 +95,8 @@ class Loaded:
     def last(self) -> RunResult | None:
         """The last call: outputs, per-rank stats (multi-process), worker pids, wall time."""
         if isinstance(self._last, tuple):
-            outs, wall, kernel_s = self._last
-            return RunResult([np.asarray(o.cpu()) for o in outs], [], [], wall, kernel_s)
+            outs, wall, kernel_s, pids = self._last
+            return RunResult([np.asarray(o.cpu()) for o in outs], [], pids, wall, kernel_s)
         return self._last
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,14 +86,14 @@ class _Fault:
 
 @dataclass
 class _Step:
-    """A top-level op this device runs: one of its segments, or (host) a top-level op."""
+    """A top-level op this device runs: one of its segments, or (host) a top-level op.
+    Values live in a list by position (`ins`, `outs`), not a dict keyed by SSA values."""
 
     op: Any
-    args: list[Any]
-    results: list[Any]
+    call: Callable[[list[Any]], Sequence[Any]]
+    ins: list[int]
+    outs: list[int]
     segment: int | None = None
-    executor: Any = None
-    artefact: Any = None
     ops: int = 0
     name: str = ""
 
@@ -101,9 +101,9 @@ class _Step:
 @dataclass
 class _Plan:
     host: bool
-    args: list[Any]  # the program's inputs (the host's)
     steps: list[_Step]
-    returns: list[Any]
+    returns: list[int]  # the host's outputs
+    size: int  # values in the program
 
 
 class Worker:
@@ -122,10 +122,12 @@ class Worker:
         self.count = 0
         self.fault = _Fault(self.device)
         self.events: list[dict[str, Any]] = []
+        self.want_stats = True  # trace spans and per-segment stats (the launcher may not ask)
         self.kernel_s = 0.0  # time in compiled parts this request (the rest is overhead)
         self.stats: dict[int, dict[str, Any]] = {}  # per segment, summed over iterations
         self.executors: dict[str, Any] = {}
         self.plan: _Plan | None = None
+        self.channel_of: dict[int, int] = {}  # id(comm op) -> its channel, read once
         ranks = {d: i for i, d in enumerate(bundle.devices)}
         self.cuda = cuda_device(bundle, self.device)
         self.nccl = self.cuda is not None and any(
@@ -168,10 +170,13 @@ class Worker:
 
     def _on_span(self, name: str, start: float, end: float) -> None:
         """A compiled kernel's run inside the current segment (nested under its span)."""
-        self.events.append(_span(name, "compute", start, end, 0, {}))
         self.kernel_s += end - start
+        if self.want_stats:
+            self.events.append(_span(name, "compute", start, end, 0, {}))
 
     def _on_transfer(self, channel: int, start: float, end: float, nbytes: int, d: str) -> None:
+        if not self.want_stats:
+            return
         spec = self.channels.specs[channel]
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
         name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
@@ -182,11 +187,17 @@ class Worker:
 
     # -- comm handler (called by executors)
 
+    def _ch(self, op: Any) -> int:
+        ch = self.channel_of.get(id(op))
+        if ch is None:
+            ch = self.channel_of[id(op)] = op.channel.value.data
+        return ch
+
     def send(self, op: Any, value: Any) -> None:
-        self.channels.send(op.channel.value.data, value)
+        self.channels.send(self._ch(op), value)
 
     def post_recv(self, op: Any) -> Any:
-        return self.channels.post_recv(op.channel.value.data)
+        return self.channels.post_recv(self._ch(op))
 
     def wait_recv(self, pending: Any, op: Any) -> Any:
         return self.channels.wait_recv(pending)
@@ -197,26 +208,32 @@ class Worker:
         """One pass over the program; executors (and their loaded libraries) persist
         across calls, so repeated runs measure the steady state."""
         plan = self.plan if self.plan is not None else self._plan(module, weights)
-        host_exec = self.executors["interpreter"]
-        env: dict[Any, Any] = dict(zip(plan.args, inputs, strict=False)) if plan.host else {}
+        values: list[Any] = [None] * plan.size
+        if plan.host:
+            values[: len(inputs)] = inputs
         for step in plan.steps:
-            args = [env[v] for v in step.args]
+            args = [values[i] for i in step.ins]
             index = step.segment
             if index is None:
-                outs = host_exec.run_op(step.op, args)
+                outs = step.call(args)
+            elif not self.want_stats:
+                self.segment = index
+                outs = step.call(args)
+                self.segment = None
             else:
                 self.segment = index
                 stats = self.stats.get(index)
                 if stats is None:
                     stats = self.stats[index] = {"ops": step.ops, "bytes_in": 0, "bytes_out": 0}
                 start = time.time()
-                outs = step.executor.run_segment(step.op, args, index, step.artefact)
+                outs = step.call(args)
                 end = time.time()
                 stats["wall_s"] = stats.get("wall_s", 0.0) + end - start
                 self.events.append(_span(step.name, "compute", start, end, 0, {}))
                 self.segment = None
-            env.update(zip(step.results, outs, strict=True))
-        results = [env[v] for v in plan.returns] if plan.host else []
+            for i, v in zip(step.outs, outs, strict=True):
+                values[i] = v
+        results = [values[i] for i in plan.returns] if plan.host else []
         self._finish()
         return results
 
@@ -227,8 +244,10 @@ class Worker:
 
         from gimlet import backends
         from gimlet.backends.interpreter import InterpreterExecutor
+        from gimlet.backends.parts import comm_step
         from gimlet.dialects import gml
         from gimlet.ir import main_func
+        from gimlet.runtime.inprocess import segment_call
 
         host = self.device == self.bundle.host
         seg_info = self.bundle.manifest["segments"]
@@ -236,7 +255,15 @@ class Worker:
             module, weights, self, self._before_op, self._on_span
         )
         fn = main_func(module)
-        plan = _Plan(host, list(fn.args), [], [])
+        slots: dict[Any, int] = {v: i for i, v in enumerate(fn.args)}
+
+        def slot(v: Any) -> int:
+            if v not in slots:
+                slots[v] = len(slots)
+            return slots[v]
+
+        steps: list[_Step] = []
+        returns: list[int] = []
         index = -1
         for op in fn.body.block.ops:
             if isinstance(op, gml.SegmentOp):
@@ -253,23 +280,41 @@ class Worker:
                     self.segment = index
                     self.executors[kind] = backends.get(kind).load(host_exec, weights, self.bundle)
                     self.segment = None
-                plan.steps.append(
-                    _Step(op, list(op.inputs), list(op.outputs), index, self.executors[kind], art,
-                          seg_info[index]["ops"], f"segment {index}")
-                )  # fmt: skip
+                call = segment_call(self.executors[kind], op, index, art)
+                ins, outs = [slot(v) for v in op.inputs], [slot(v) for v in op.outputs]
+                steps.append(
+                    _Step(op, call, ins, outs, index, seg_info[index]["ops"], f"segment {index}")
+                )
             elif not host:
                 continue
             elif isinstance(op, func.ReturnOp):
-                plan.returns = list(op.arguments)
+                returns = [slots[v] for v in op.arguments]
                 break
             else:
-                plan.steps.append(_Step(op, list(op.operands), list(op.results)))
-        self.plan = plan
-        return plan
+                call = comm_step(op, self, self._before_op) or _host_call(host_exec, op)
+                steps.append(_Step(op, call, [slots[v] for v in op.operands],
+                                   [slot(v) for v in op.results]))  # fmt: skip
+        self.plan = _Plan(host, steps, returns, len(slots))
+        return self.plan
 
     def _finish(self) -> None:
         self.op_desc = "end of program (waiting for sends)"
         self.channels.finish()
+
+
+def _host_call(host_exec: Any, op: Any) -> Callable[[list[Any]], Sequence[Any]]:
+    def call(args: list[Any]) -> Sequence[Any]:
+        return host_exec.run_op(op, args)
+
+    return call
+
+
+def all_local(bundle: Any) -> bool:
+    """Whether the launcher gave every channel a shared-memory slot."""
+    from gimlet.runtime.control import LocalSlot
+
+    slots = LocalSlot.parse(os.environ.get("GIMLET_LOCAL_CHANNELS", ""))
+    return all(c["id"] in slots for c in bundle.manifest["channels"])
 
 
 def cuda_available_for(bundle: Any) -> bool:
@@ -392,18 +437,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # every rank takes the same backend string: NCCL communicators are made lazily, per
         # pair, on the first CUDA transfer, so CPU ranks never touch CUDA
         nccl = cuda_available_for(bundle)
-        dist.init_process_group(
-            "cpu:gloo,cuda:nccl" if nccl else "gloo",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(seconds=timeout),
-        )
+        # no process group when every channel is shared memory (the launcher's workers of
+        # a CPU bundle; then the caller may be the host rank, outside any group): every
+        # rank sees the same channel list, so they all decide alike
+        use_group = control is None or not all_local(bundle)
+        if use_group:
+            dist.init_process_group(
+                "cpu:gloo,cuda:nccl" if nccl else "gloo",
+                rank=rank,
+                world_size=world,
+                timeout=datetime.timedelta(seconds=timeout),
+            )
         if control is not None:
             from gimlet.runtime.control import send_msg
 
+            worker.channels.abort_fd = control.fileno()
             send_msg(control, ("ready",))  # start-up is over: the caller's deadline starts
             _serve(worker, module, weights, control)
-            dist.destroy_process_group()
+            if use_group:
+                dist.destroy_process_group()
             return 0
         group = dist.new_group(backend="gloo") if nccl else None
         iteration_s = []
@@ -486,6 +538,7 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
             assert arena_in is not None
             inputs = arena_in.views(meta)
         worker.events, worker.stats, worker.kernel_s = [], {}, 0.0
+        worker.want_stats = bool(want_stats)
         start = time.perf_counter()
         outputs = worker.run(module, weights, inputs)
         seconds = time.perf_counter() - start

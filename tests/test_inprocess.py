@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -149,7 +150,10 @@ def test_auto_runs_one_device_bundles_in_process_and_says_why(bundles: dict[str,
         assert run.reason == "every segment can run in the caller's process: gpu0, cpu0"
     with gimlet.load(str(bundles["mlp2"])) as run:
         assert run.processes == "per-device"
-        assert run.reason == "2 CPU devices (cpu0, cpu1): one worker each"
+        assert run.reason == (
+            "2 CPU devices (cpu0, cpu1): one process each; the host cpu0 in this process, "
+            "cpu1 on a worker"
+        )
     with pytest.raises(gimlet.errors.UserError, match=r"processes='two': expected 'auto'"):
         gimlet.load(str(bundles["mlp"]), processes="two")
 
@@ -340,17 +344,103 @@ def test_workers_get_requests_without_files_and_a_dead_worker_is_replaced(
     with gimlet.load(str(bundles["mlp2"])) as run:
         run(x)
         assert run.session is not None
-        # the session's only files are the workers' logs: requests, outputs, status and
-        # errors go through sockets and shared memory
-        assert sorted(os.listdir(run.session.log_dir)) == ["log-0.txt", "log-1.txt"]
+        # the caller is the host (cpu0), cpu1 its one worker, whose log is the session's
+        # only file: requests, outputs, status and errors go through sockets and shared
+        # memory
+        assert sorted(os.listdir(run.session.log_dir)) == ["log-1.txt"]
         first = run.last.pids if run.last else []
-        os.kill(first[1], 9)  # between calls: the next call starts new workers
-        run.session.procs[1].wait()
+        assert len(first) == 1
+        os.kill(first[0], 9)  # between calls: the next call starts a new worker
+        run.session.procs[0].wait()
         (y,) = run(x)
         assert run.last is not None and run.last.pids != first
         torch.testing.assert_close(y, module(x).detach(), rtol=1e-4, atol=1e-5)
         pids = run.last.pids
     assert _gone(first) and _gone(pids)
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        # cpu1 runs: irecv, wait, its C++ part (step 2), isend, wait; cpu0 (the caller):
+        # isend, then its segment's irecv, wait, C++ part (step 3), then a wait.
+        # A worker raises, or dies, while the caller (the host) waits for its channel:
+        ("cpu1:raise@2", r"worker cpu1 segment 0 at gml\.\w+ .*\(first op of C\+\+ part "
+         r"seg0\.part0\): RuntimeError: injected fault before gml\.\w+"),
+        ("cpu1:exit@2", r"worker cpu1 \(rank 1\) died with exit code 1 in segment 0 at "
+         r"gml\.\w+ .*\(first op of C\+\+ part seg0\.part0\)"),
+        # the host's own share, in the caller, raises: the worker waiting for it goes too
+        ("cpu0:raise@3", r"cpu0 segment 1 at gml\.\w+ .*\(first op of C\+\+ part "
+         r"seg1\.part0\): RuntimeError: injected fault before gml\.\w+"),
+    ],
+)  # fmt: skip
+def test_caller_as_host_faults_name_device_segment_and_op_and_the_next_call_works(
+    bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch, fault: str, said: str
+) -> None:
+    module, x = _mlp()
+    monkeypatch.setenv("GIMLET_FAULT", fault)  # the workers inherit it when they start
+    with gimlet.load(str(bundles["mlp2"])) as run:
+        assert run.session is not None and run.session.local is not None
+        with pytest.raises(RunError) as info:
+            run(x)
+        assert re.match(said, str(info.value)), str(info.value)
+        assert info.value.pids and _gone(info.value.pids)
+        monkeypatch.delenv("GIMLET_FAULT")  # the next workers start without it
+        (y,) = run(x)
+        torch.testing.assert_close(y, module(x).detach(), rtol=1e-4, atol=1e-5)
+        pids = run.last.pids if run.last else []
+    assert _gone(pids)
+
+
+def test_caller_as_host_a_hung_worker_misses_the_deadline(
+    bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    _, x = _mlp()
+    monkeypatch.setenv("GIMLET_FAULT", "cpu1:sleep=60@2")
+    with gimlet.load(str(bundles["mlp2"]), deadline_s=3) as run:
+        start = time.time()
+        with pytest.raises(RunError) as info:
+            run(x)
+        assert time.time() - start < 30  # start-up plus the deadline, not the sleep
+    msg = str(info.value)
+    assert re.match(
+        r"worker cpu1 \(rank 1\) was in segment 0 at gml\.\w+ .*\(first op of C\+\+ part "
+        r"seg0\.part0\) and request 1 did not finish within 3s",
+        msg,
+    ), msg
+    assert _gone(info.value.pids)
+
+
+CALLER = """import os
+import gimlet
+import torch
+x = torch.zeros(2, 32)
+os.environ["GIMLET_FAULT"] = "cpu0:sleep=600@0"  # before its send: the worker waits
+run = gimlet.load({bundle!r})
+run.session._ensure_started()
+print(run.session.procs[0].pid, flush=True)
+run(x)
+"""
+
+
+def test_a_worker_whose_caller_dies_mid_request_exits(bundles: dict[str, Path]) -> None:
+    import subprocess
+    import time
+
+    code = CALLER.format(bundle=str(bundles["mlp2"]))
+    caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert caller.stdout is not None
+    worker = int(caller.stdout.readline())
+    time.sleep(1.0)  # the worker is starting, or waiting for the caller's channel
+    caller.kill()
+    caller.wait()
+    # it notices (its control socket closed) at once, wherever it is: not after 60 s
+    deadline = time.time() + 30
+    while not _gone([worker]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _gone([worker])
 
 
 def test_a_hung_worker_misses_the_deadline_naming_where_it_was(bundles: dict[str, Path]) -> None:
@@ -454,7 +544,7 @@ def test_compile_explain_says_how_load_runs_the_bundle(tmp_path: Path, capsys: A
     report = json.loads(out)
     assert report["runtime"] == {
         "processes": "per-device",
-        "why": "2 CPU devices (cpu0, cpu1): one worker each",
+        "why": "2 CPU devices (cpu0, cpu1): one process each",
     }
 
 
