@@ -27,8 +27,9 @@ What a factory reads outside Python source (environment variables, data files ot
 than weights) is not in the key: compile with --no-cache when that changes the graph.
 
 Entries live in $GIMLET_CACHE_DIR (default ~/.cache/gimlet/export), one directory per
-key, written into a temporary sibling and renamed into place, so a reader sees a whole
-entry or none. An entry that cannot be read (a truncated file, a wrong checksum, a
+key (for a live model, `<hash of all but the weights>/<weights hash>`: when no entry
+shares the first part, the weights are hashed while torch.export runs), written into a
+temporary sibling and renamed into place, so a reader sees a whole entry or none. An entry that cannot be read (a truncated file, a wrong checksum, a
 format from another gimlet) is reported in one note and treated as a miss; it is
 replaced by the fresh export. Entries can be deleted at any time.
 """
@@ -45,7 +46,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -397,6 +398,22 @@ class Entry:
         return path if ok else None
 
 
+def has_entries(base: str) -> bool:
+    """Whether any entry shares everything but the weights with `base` (a live model's
+    entries are `base/weights-hash`): when none does, the compile is a miss whatever the
+    weights, and they are hashed while torch.export runs instead of before."""
+    return os.path.isdir(os.path.join(cache_dir(), base))
+
+
+def hash_in_background(tensors: Mapping[str, torch.Tensor]) -> Future[str]:
+    """hash_tensors on a thread (hashlib releases the GIL, torch.export mostly holds it)."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(hash_tensors, tensors)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def lookup(key: str) -> Entry | None:
     """The entry for `key`, None when there is none; CorruptEntry when there is one that
     cannot be read."""
@@ -448,8 +465,8 @@ def store(
     `replace`: a corrupt entry is in the way and goes."""
     from gimlet.artifacts import write_safetensors
 
-    root = cache_dir()
-    final = os.path.join(root, key)
+    final = os.path.join(cache_dir(), key)
+    root = os.path.dirname(final)  # a live model's entries are base/weights-hash
     try:
         os.makedirs(root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)

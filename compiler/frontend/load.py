@@ -229,7 +229,7 @@ def frontend(
     try:
         parts, tensors = _key_parts(c, model, roots, factory, inputs, dynamic_shapes)
     except Exception as e:  # an exotic tensor or attribute: compile without the cache
-        edited = f"cannot compute its key ({type(e).__name__}: {e})"
+        edited = f"cannot compute its key ({_why(e)})"
     if parts is not None:
         imported_now = [m for n, m in list(sys.modules.items()) if n not in modules_before]
         fresh = [f for f in map(c.module_file, [*roots, *imported_now]) if f]  # roots: run anew
@@ -239,9 +239,21 @@ def frontend(
         if note and edited:
             note(f"not using the export cache: {edited}")
         return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
-    key = c.key_of(parts)
-    clock("cache key")
-    entry, replace = _lookup(key, note)
+    base = c.key_of(parts)
+    hashing = None
+    entry, replace = None, False
+    if c.has_entries(base):  # the weights decide: hash them now
+        try:
+            key = f"{base}/{c.hash_tensors(tensors)}"
+        except Exception as e:  # an exotic tensor: compile without the cache
+            if note:
+                note(f"not using the export cache: cannot hash the weights ({_why(e)})")
+            return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+        clock("cache key")
+        entry, replace = _lookup(key, note)
+    else:  # a miss whatever the weights: hash them while torch.export runs
+        hashing = c.hash_in_background(tensors)
+        clock("cache key")
     if entry is not None:
         names = entry.meta.get("from_model", [])
         if all(n in tensors for n in names):
@@ -257,6 +269,13 @@ def frontend(
     from_model = [n for n, a in imported.weights.items() if _same_memory(a, tensors.get(n))]
     extra = {n: a for n, a in imported.weights.items() if n not in set(from_model)}
     ir = _print(imported.module)
+    if hashing is not None:
+        try:
+            key = f"{base}/{hashing.result()}"
+        except Exception as e:
+            if note:
+                note(f"not using the export cache: cannot hash the weights ({_why(e)})")
+            return imported
     clock("cache print")
 
     def store(weights_file: str | None) -> str | None:
@@ -274,7 +293,8 @@ def _key_parts(
     inputs: Sequence[Any],
     dynamic_shapes: Any,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(what the cache key of a live model is made of, the tensors whose bytes it hashed)."""
+    """(what the cache key of a live model is made of but the weights, the tensors whose
+    bytes make the rest)."""
     structure, tensors = c.model_state(model)
     files, packages = c.source_closure([*roots, *_class_modules(model)])
     parts = {
@@ -283,10 +303,13 @@ def _key_parts(
         "source": files,
         "packages": packages,
         "model": c.key_of({"structure": structure}),
-        "weights": c.hash_tensors(tensors),
         **c.input_specs(inputs, dynamic_shapes),
     }
     return parts, tensors
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 class _Clock:
