@@ -682,8 +682,10 @@ def _odd_width_linear(bias: bool, dtype: torch.dtype) -> tuple[Any, Any, Any]:
 @pytest.mark.parametrize("bias", [False, True])
 def test_odd_width_product_goes_through_a_padded_buffer(bias: bool) -> None:
     module, _, _ = _odd_width_linear(bias, torch.float16)
-    src = lower(main_func(module)).source
-    assert ", 40, 0, 1, 1.0f)) return e;" in src  # ldc 37 -> 40 halves (80 bytes)
+    low = lower(main_func(module))
+    src = low.source
+    assert [w.rows for w in low.weights if w.transposed] == [40]  # zero rows 37..39
+    assert ", 40, 0, 1, 1.0f)) return e;" in src  # n and ldc 37 -> 40 halves (80 bytes)
     assert ("gml::copy_pitched<gml::f16>" in src) == (not bias)  # else the bias kernel reads it
 
 
@@ -701,6 +703,55 @@ def test_odd_width_product_matches_interpreter(bias: bool, dtype: torch.dtype, c
     (ref,) = run(module, [torch_to_numpy(x)], weights)
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else LOW_TOL["f16"]
     np.testing.assert_allclose(got.float().cpu().numpy(), np.asarray(ref, np.float32), **tol)
+
+
+class _Mlp(torch.nn.Module):
+    def __init__(self, approximate: str) -> None:
+        super().__init__()
+        self.fc, self.out, self.approximate = (
+            torch.nn.Linear(16, 64),
+            torch.nn.Linear(64, 16),
+            approximate,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(torch.nn.functional.gelu(self.fc(x), approximate=self.approximate))
+
+
+def _mlp(approximate: str) -> tuple[Any, Any, Any]:
+    from gimlet.frontend import import_model
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 16)
+    module, weights = import_model(_Mlp(approximate).eval(), (x,), None)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights, x
+
+
+def test_bias_gelu_and_residual_go_into_the_gemm_epilogue() -> None:
+    """fc: bias + tanh GELU; out: bias + residual: two cuBLASLt calls, no kernel between;
+    exact (erf) GELU is not what cuBLASLt computes, so it stays a kernel."""
+    src = lower(main_func(_mlp("tanh")[0])).source
+    calls = [ln.strip() for ln in src.splitlines() if "ctx->gemm_epilogue(" in ln]
+    assert len(calls) == 2 and "ctx->gemm(" not in src
+    assert calls[0].endswith("true, nullptr)) return e;")  # gelu, no residual
+    assert calls[1].endswith(", false, reinterpret_cast<const float*>(A + P[3]))) return e;")
+    erf = lower(main_func(_mlp("none")[0])).source
+    assert erf.count("ctx->gemm_epilogue(") == 1 and erf.count("ctx->gemm(") == 1
+
+
+@needs_gpu
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gemm_epilogue_matches_interpreter(approximate: str, cache: Any) -> None:
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    module, weights, x = _mlp(approximate)
+    low = lower(main_func(module))
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    (got,) = f(x.cuda())
+    (ref,) = run(module, [x.numpy()], weights)
+    np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:

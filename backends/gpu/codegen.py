@@ -143,6 +143,9 @@ class Scratch:
 class Weight:
     value: SSAValue
     transposed: bool  # upload the last two dims swapped (a Linear weight as n x k)
+    rows: int = (
+        0  # upload with this many rows (zeros below the weight's own): 16-byte aligned GEMMs
+    )
 
 
 @dataclass
@@ -273,7 +276,7 @@ class _Lowering:
         self.slots: list[Slot] = []
         self.free = load_time_values(fn)
         self.weights: list[Weight] = []
-        self.weight_index: dict[tuple[SSAValue, bool], int] = {}
+        self.weight_index: dict[tuple[SSAValue, bool, int], int] = {}
         self.views: list[tuple[SSAValue, SSAValue, ViewRule]] = []
         self.offset_slot: dict[Any, int] = {}
         self.defined_at: dict[SSAValue, int] = {}  # results written before their op's step
@@ -295,11 +298,11 @@ class _Lowering:
             self.slots.append(partial(_nth, f, i))
         return first
 
-    def weight(self, v: SSAValue, transposed: bool = False) -> int:
-        key = (v, transposed)
+    def weight(self, v: SSAValue, transposed: bool = False, rows: int = 0) -> int:
+        key = (v, transposed, rows)
         if key not in self.weight_index:
             self.weight_index[key] = len(self.weights)
-            self.weights.append(Weight(v, transposed))
+            self.weights.append(Weight(v, transposed, rows))
         return self.weight_index[key]
 
     def ptr(self, v: SSAValue | Scratch, ct: str | None = None, const: bool = False) -> str:
@@ -864,7 +867,16 @@ class _Lowering:
             lambda env: [_numel(env.shapes[a][:-1]), env.shapes[a][-1], env.shapes[b][1]], 3
         )
         M, K, N = (f"P[{p + i}]" for i in range(3))
-        w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True)}])"
+        # cuBLAS's Hopper kernels want every dim 16-byte aligned: a weight with an odd
+        # number of outputs (GPT-2's 50257-token head) is uploaded with zero rows up to the
+        # next multiple, multiplied at that width into a padded buffer, and read from there
+        # by the consumers' kernel or copied out (unpadded, cuBLAS picks an sm75 kernel:
+        # 424 us for that head at T=512 on the H200)
+        esize = 2 if ct in HALF else 4
+        n_static = shape_of(b.type)[1]
+        padded = n_static > 0 and n_static % (16 // esize) != 0
+        ldm = -(-n_static // (16 // esize)) * (16 // esize) if padded else 0
+        w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True, rows=ldm)}])"
         x = self.ptr(a, const=True)
         ln_src = a.owner.input if isinstance(a.owner, gml.ReshapeOp) else a
         ln = ln_src.owner if isinstance(ln_src.owner, gml.LayerNormOp) else None
@@ -950,17 +962,18 @@ class _Lowering:
                 f"({N}, {K}, {gemv_x}, {w}, {', '.join(ptrs)});"
             )
         self.emit("} else {")
-        # cuBLAS's fast Hopper kernels need 16-byte aligned rows: a product with an odd
-        # width (GPT-2's 50257-token head) goes to a padded buffer, and is read from there
-        # by the consumers' kernel or copied out (without it: an sm75 kernel, 6x slower)
-        esize = 2 if ct in HALF else 4
-        pad_to = 16 // esize
-        n_static = shape_of(b.type)[1]
-        padded = n_static > 0 and n_static % pad_to != 0
-        ldm = -(-n_static // pad_to) * pad_to if padded else None
+        fused = None if padded else self._vendor_epilogue(op, chain)
+        if fused is not None:  # one cuBLASLt call: bias, GELU and residual in its epilogue
+            bias, gelu, resid = fused
+            out = chain[-1][0].results[0]
+            self.emit(
+                f"  if (int e = ctx->gemm_epilogue(ctx, stream, {dt}, {M}, {N}, {K}, {x}, {w}, "
+                f"{self.ptr(out)}, {N}, {self.ptr(bias, const=True) if bias else 'nullptr'}, "
+                f"{'true' if gelu else 'false'}, "
+                f"{self.ptr(resid, const=True) if resid else 'nullptr'})) return e;"
+            )
         product = self.ptr(y)
-        if padded:
-            assert ldm is not None
+        if padded and fused is None:
 
             def pad_bytes(env: Env, ldm: int = ldm) -> int:  # rows x ldm, on the GEMM path
                 rows = _numel(env.shapes[a][:-1])
@@ -969,11 +982,12 @@ class _Lowering:
             pad = Scratch(f"padded{self.step}", pad_bytes)
             self.scratch.append((pad, self.step))
             product = self.ptr(pad, ct)
-        self.emit(
-            f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {N}, {K}, "
-            f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
-        )
-        if chain:  # the consumers as one kernel over the product, flat index i
+        if fused is None:
+            self.emit(
+                f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm or N}, {K}, "
+                f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
+            )
+        if chain and fused is None:  # the consumers as one kernel over the product, flat i
             # a padded product's rows are `ld` apart
             read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
             pitch = "int64_t cols, int64_t ld, " if padded else ""
@@ -994,8 +1008,9 @@ class _Lowering:
             )
         elif padded:
             self.emit(
-                f"  gml::copy_pitched<{ct}><<<gml::blocks_for({M} * {N}, {THREADS}), {THREADS}, 0, "
-                f"stream>>>({M}, {N}, {ldm}, {product}, {self.ptr(y)});"
+                f"  gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
+                f"unsigned({M} < 65535 ? {M} : 65535)), {THREADS}, 0, stream>>>"
+                f"({M}, {N}, {ldm}, {product}, {self.ptr(y)});"
             )
         for group, _ in chain:
             self.done.add(group)
@@ -1006,6 +1021,56 @@ class _Lowering:
                 self.done.add(via)
                 self.defined_at[via.result] = self.step
         self.emit("}")
+
+    def _vendor_epilogue(
+        self, mm: gml.MatmulOp, chain: list[tuple[Operation, gml.ReshapeOp | None]]
+    ) -> tuple[SSAValue | None, bool, SSAValue | None] | None:
+        """(bias, gelu, residual) when the consumers of x @ W^T are exactly what a
+        cuBLASLt epilogue computes: + bias (a weight of n elements), then tanh GELU, or
+        + a residual of the product's shape (which the vendor adds before an activation,
+        so not both); each member the sole step from the last. None otherwise."""
+        y = mm.result
+        ct, n = _ct(y), shape_of(y.type)[-1]
+        cur: SSAValue = y
+        bias: SSAValue | None = None
+        resid: SSAValue | None = None
+        gelu = False
+        for group, via in chain:
+            if via is not None:
+                if via.input is not cur:
+                    return None
+                cur = via.result
+            members, yielded, results = self._group(group)
+            for m in members:
+                if isinstance(m, gml.AddOp) and cur in (m.lhs, m.rhs):
+                    other = m.rhs if m.lhs is cur else m.lhs
+                    if _ct(other) != ct or other is cur:
+                        return None
+                    if bias is None and resid is None and not gelu and other in self.free:
+                        if shape_of(other.type) != (n,):
+                            return None
+                        bias = other
+                    elif (
+                        resid is None
+                        and not gelu
+                        and shape_of(other.type) == shape_of(m.result.type)
+                    ):
+                        resid = other
+                    else:
+                        return None
+                elif isinstance(m, gml.GeluOp) and m.approximate.data == "tanh":
+                    if gelu or resid is not None:
+                        return None
+                    gelu = True
+                else:
+                    return None
+                cur = m.results[0]
+            if list(yielded) != [cur]:
+                return None
+            cur = results[0]
+        if not chain:
+            return None
+        return bias, gelu, resid
 
     def _decode_attention(self, op: gml.SdpaOp, env: Env) -> bool:
         """Whether this bucket runs `op` as the fused decode kernel (few query rows)."""

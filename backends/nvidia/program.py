@@ -135,6 +135,10 @@ class CudaFunction:
             arr = values[w.value]
             if w.transposed:
                 arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))
+            if w.rows > arr.shape[-2]:  # zero rows up to an aligned GEMM width
+                pad = [(0, 0)] * arr.ndim
+                pad[-2] = (0, w.rows - arr.shape[-2])
+                arr = np.pad(arr, pad)
             self.weight_tensors.append(numpy_to_torch(np.ascontiguousarray(arr)).to(self.device))
         self.W = (_P * max(len(self.weight_tensors), 1))(
             *[t.data_ptr() for t in self.weight_tensors]

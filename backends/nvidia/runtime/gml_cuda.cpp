@@ -7,6 +7,7 @@
 //
 // Built on the machine that runs it (backends/nvidia/build.py), against the CUDA
 // toolkit and the cuBLAS headers there; generated segments never include cuBLAS.
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -26,6 +27,7 @@ struct Program {
   cudaStream_t stream = nullptr;
   cudaEvent_t ready = nullptr, done = nullptr;
   cublasHandle_t blas = nullptr;
+  cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
   gml::Ctx ctx{};
   bool graphs = true;
@@ -70,6 +72,55 @@ int gemm(const gml::Ctx* ctx, cudaStream_t stream, gml::DType ab, gml::DType c, 
   return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
 }
 
+// cuBLASLt with a fused epilogue, in column-major terms D^T (n x m) = W^T(k x n)^T X^T
+// (k x m): bias per row of D^T, R as C with beta = 1. The descriptors are built per call:
+// under graph capture that is once per shape bucket.
+int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_t m, int64_t n,
+                  int64_t k, const void* x, const void* w, void* d, int64_t ldd, const void* bias,
+                  bool gelu, const void* r) {
+  auto* p = static_cast<Program*>(ctx->state);
+  if (m == 0 || n == 0) return 0;
+  const cudaDataType_t dt = cuda_type(t);
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const cublasLtEpilogue_t ep = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                                     : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+  const size_t ws = kWorkspace;
+  cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  if (s == CUBLAS_STATUS_SUCCESS && bias)
+    s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&la, dt, k, n, k);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&lb, dt, k, m, k);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&lc, dt, n, m, ldd);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatmulPreferenceCreate(&pref);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                             sizeof ws);
+  cublasLtMatmulHeuristicResult_t best{};
+  int found = 0;
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulAlgoGetHeuristic(p->lt, op, la, lb, lc, lc, pref, 1, &best, &found);
+  if (s == CUBLAS_STATUS_SUCCESS && found == 0) s = CUBLAS_STATUS_NOT_SUPPORTED;
+  const float alpha = 1.f, beta = r ? 1.f : 0.f;
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmul(p->lt, op, &alpha, w, la, x, lb, &beta, r ? r : d, lc, d, lc, &best.algo,
+                       p->workspace, ws, stream);
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (lc) cublasLtMatrixLayoutDestroy(lc);
+  if (lb) cublasLtMatrixLayoutDestroy(lb);
+  if (la) cublasLtMatrixLayoutDestroy(la);
+  if (op) cublasLtMatmulDescDestroy(op);
+  return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
+}
+
 int fail(Program* p, const char* what, int code) {
   snprintf(p->error, sizeof p->error, "%s: %s", what,
            code >= 1000 ? "cuBLAS error" : cudaGetErrorString(cudaError_t(code)));
@@ -91,6 +142,7 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
       cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
       cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtCreate(&p->lt) != CUBLAS_STATUS_SUCCESS ||
       cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
       // default math: tensor cores for 16-bit operands; FP32 stays FP32 (TF32 is opt-in).
       // (PEDANTIC_MATH also steers 16-bit GEMMs to old sm75 kernels: 6x slower on H200.)
@@ -99,6 +151,7 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
     return nullptr;
   }
   p->ctx.gemm = gemm;
+  p->ctx.gemm_epilogue = gemm_epilogue;
   p->ctx.state = p;
   return p;
 }
@@ -108,6 +161,7 @@ void gml_cuda_destroy(void* program) {
   if (!p) return;
   cudaStreamSynchronize(p->stream);
   cublasDestroy(p->blas);
+  if (p->lt) cublasLtDestroy(p->lt);
   cudaFree(p->workspace);
   cudaEventDestroy(p->ready);
   cudaEventDestroy(p->done);

@@ -61,6 +61,13 @@ struct Ctx {
               int64_t n, int64_t k, const void* a, int64_t lda, int64_t stride_a, const void* b,
               int64_t ldb, int64_t stride_b, void* c_ptr, int64_t ldc, int64_t stride_c,
               int64_t batch, float alpha);
+  // Row-major D = act(X @ W^T + bias) + R (X m x k, W n x k as a Linear stores it,
+  // D and R with rows ldd apart) in one vendor GEMM with a fused epilogue: bias (n
+  // elements) and R may be null, gelu is the tanh approximation (cuBLASLt's GELU), and
+  // R only comes without gelu (the vendor adds it before the activation).
+  int (*gemm_epilogue)(const Ctx* ctx, gmlStream_t stream, DType t, int64_t m, int64_t n, int64_t k,
+                       const void* x, const void* w, void* d, int64_t ldd, const void* bias,
+                       bool gelu, const void* r);
   void* state;  // the runtime's handles (BLAS handle, workspace)
 };
 
@@ -502,10 +509,14 @@ __global__ void arange(int64_t n, double start, double step, T* __restrict__ y) 
 }
 
 // y (rows x n, contiguous) = x whose rows are `ld` elements apart (a padded GEMM result)
+// (a row per blockIdx.y: no division per element)
 template <class T>
 __global__ void copy_pitched(int64_t rows, int64_t n, int64_t ld, const T* __restrict__ x,
                              T* __restrict__ y) {
-  GML_FOR(i, rows * n) y[i] = x[(i / n) * ld + i % n];
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n;
+         c += int64_t(gridDim.x) * blockDim.x)
+      y[r * n + c] = x[r * ld + c];
 }
 
 // y (contiguous, `R` dims) = x read through strides (permute, expand, slice, concat)
