@@ -134,7 +134,13 @@ def grow(arena: Arena | None, need: int) -> tuple[Arena, bool]:
 
 
 class StatusPage:
-    """One STATUS_BYTES slot per rank in shared memory: the line a worker wrote last."""
+    """One STATUS_BYTES slot per rank in shared memory: the line a worker wrote last (what
+    it is about to run), and in the slot's last 8 bytes the seconds its compiled parts
+    took so far in the current request (read by a caller that does not wait for the
+    worker's answer before it returns)."""
+
+    LINE = STATUS_BYTES - 8
+    _KERNEL = struct.Struct("<d")
 
     def __init__(self, ranks: int, fd: int | None = None):
         self.arena = Arena(max(ranks, 1) * STATUS_BYTES, fd)
@@ -144,13 +150,27 @@ class StatusPage:
         assert self.arena.fd is not None
         return self.arena.fd
 
+    @classmethod
+    def padded(cls, line: bytes) -> bytes:
+        """`line` as a slot holds it (a worker pads each line once, not per write)."""
+        return line.ljust(cls.LINE, b" ")[: cls.LINE]
+
     def write(self, rank: int, line: bytes) -> None:
         off = rank * STATUS_BYTES
-        self.arena.map[off : off + STATUS_BYTES] = line.ljust(STATUS_BYTES, b" ")[:STATUS_BYTES]
+        if len(line) != self.LINE:
+            line = self.padded(line)
+        self.arena.map[off : off + self.LINE] = line
 
     def read(self, rank: int) -> bytes:
         off = rank * STATUS_BYTES
-        return bytes(self.arena.map[off : off + STATUS_BYTES]).rstrip(b" \0")
+        return bytes(self.arena.map[off : off + self.LINE]).rstrip(b" \0")
+
+    def set_kernel(self, rank: int, seconds: float) -> None:
+        self._KERNEL.pack_into(self.arena.map, rank * STATUS_BYTES + self.LINE, seconds)
+
+    def kernel(self, rank: int) -> float:
+        (seconds,) = self._KERNEL.unpack_from(self.arena.map, rank * STATUS_BYTES + self.LINE)
+        return float(seconds)
 
 
 # -- channels between two workers of this host (runtime/channels.py uses them)

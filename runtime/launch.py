@@ -325,6 +325,7 @@ class Session:
         assert local is not None, "call() needs host_in_caller"
         local._sig.check(inputs)  # bad inputs: refused before anything starts
         start = time.time()
+        self._settle()
         self._ensure_started()
         self.k += 1
         k = self.k
@@ -347,10 +348,24 @@ class Session:
                 raise RunError(str(e), pids) from e
             raise
         req.host_at = time.time()
-        answers = self._wait(req)
-        kernel_s = local.kernel_s + sum(a[4] for a in answers.values())
+        # the workers' answers are collected when the next request starts (`_settle`):
+        # every value for the host is here, so waiting for them would only add a wake-up;
+        # their compiled parts' time is in the status page already
+        assert self.status is not None
+        kernel_s = local.kernel_s + sum(self.status.kernel(r) for r in self.ranks)
         self.last = RunResult([], [], [p.pid for p in self.procs], time.time() - start, kernel_s)
         return outputs
+
+    def _settle(self) -> None:
+        """Collect the last request's answers (a request starts only when every worker
+        finished the last: each channel's slot holds one message). They are usually
+        there already. A worker that failed or died after it sent the host everything
+        it had to send did not fail that request: it is replaced, not reported."""
+        req = self._req
+        if req is None or not req.pending or not self.procs:
+            return
+        with contextlib.suppress(RunError):  # _fail stopped them: new ones will start
+            self._wait(req)
 
     # -- the host's channels to the workers (host_in_caller), for the InProcess
 
@@ -369,7 +384,9 @@ class Session:
             limit = self._limit(req)
             if len(self.ready) == len(self.ranks):  # the receive timeout, once all are up
                 limit = min(limit, max(since, req.start) + self.late_s)
-            fds = [efd, *(self.sock_of[r].fileno() for r in req.pending)]
+            # every worker's socket, answered or not: one that answered before its last
+            # send can still fail in it (a report, or a death) while this waits
+            fds = [efd, *(s.fileno() for s in self.sock_of.values())]
             timeout = None if limit == _NEVER else max(limit - time.time(), 0.0)
             ready, _, _ = select.select(fds, [], [], timeout)
             if efd in ready:
