@@ -72,21 +72,24 @@ def cache_dir() -> str:
 # --- what the key is made of ------------------------------------------------------------
 
 _NOT_USER = tuple(
-    os.path.realpath(p) + os.sep
+    os.path.realpath(p).rstrip(os.sep) + os.sep
     for p in {
         *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
         sys.prefix,
         sys.base_prefix,
         sys.exec_prefix,
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # gimlet itself
     }
+    if os.path.realpath(p) != os.sep  # a prefix of / would hide every user file
 )
 
 
 def module_file(module: ModuleType) -> str | None:
-    """The module's source file when it belongs to the user's tree, else None."""
+    """The module's source file when it belongs to the user's tree, else None (the
+    standard library, site-packages, gimlet itself: gimlet_sources covers what of it
+    decides the import)."""
     path = getattr(module, "__file__", None)
-    if not path:
+    name = getattr(module, "__name__", "")
+    if not path or name == "gimlet" or name.startswith("gimlet."):
         return None
     real = os.path.realpath(path)
     if real.startswith(_NOT_USER) or not os.path.isfile(real):
@@ -403,6 +406,18 @@ def has_entries(base: str) -> bool:
     entries are `base/weights-hash`): when none does, the compile is a miss whatever the
     weights, and they are hashed while torch.export runs instead of before."""
     return os.path.isdir(os.path.join(cache_dir(), base))
+
+
+def latest_ir(base: str) -> str | None:
+    """The imported IR of the entry stored last under `base`, None if none is readable."""
+    root = os.path.join(cache_dir(), base)
+    try:
+        metas = [os.path.join(root, d, META_FILE) for d in os.listdir(root)]
+        latest = max((m for m in metas if os.path.isfile(m)), key=os.path.getmtime)
+        with open(os.path.join(os.path.dirname(latest), IR_FILE), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, ValueError):  # none yet, or one being replaced: lookup will tell
+        return None
 
 
 def hash_in_background(tensors: Mapping[str, torch.Tensor]) -> Future[str]:

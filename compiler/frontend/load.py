@@ -242,13 +242,19 @@ def frontend(
     base = c.key_of(parts)
     hashing = None
     entry, replace = None, False
-    if c.has_entries(base):  # the weights decide: hash them now
+    guess: tuple[str, ModuleOp] | None = None
+    if c.has_entries(base):  # the weights decide which entry, if any
+        # Entries that share `base` differ in their weights only, so their IR is the same:
+        # parse the latest one's while the weights are hashed on other threads.
+        hashing = c.hash_in_background(tensors)
+        guess = _parse_guess(c.latest_ir(base))
         try:
-            key = f"{base}/{c.hash_tensors(tensors)}"
+            key = f"{base}/{hashing.result()}"
         except Exception as e:  # an exotic tensor: compile without the cache
             if note:
                 note(f"not using the export cache: cannot hash the weights ({_why(e)})")
             return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+        hashing = None
         clock("cache key")
         entry, replace = _lookup(key, note)
     else:  # a miss whatever the weights: hash them while torch.export runs
@@ -261,7 +267,9 @@ def frontend(
 
             weights = {n: torch_to_numpy(tensors[n]) for n in names}
             weights.update(entry.extra)
-            hit = _from_entry(entry, weights, _example_arrays(inputs), phases, clock, note)
+            parsed = guess[1] if guess is not None and guess[0] == entry.ir else None
+            example = _example_arrays(inputs)
+            hit = _from_entry(entry, weights, example, phases, clock, note, parsed)
             if hit is not None:
                 return hit
         replace = True
@@ -408,18 +416,33 @@ def _from_entry(
     phases: dict[str, float],
     clock: _Clock,
     note: Callable[[str], None] | None,
+    module: ModuleOp | None = None,
 ) -> Imported | None:
-    """The cached import, parsed; None (after a note) when its IR does not parse."""
+    """The cached import, parsed (unless `module` is its IR, parsed already); None (after
+    a note) when its IR does not parse."""
     from gimlet.ir import parse
 
     try:
-        module = parse(entry.ir, os.path.join(entry.path, "imported.mlir"))
+        if module is None:
+            module = parse(entry.ir, os.path.join(entry.path, "imported.mlir"))
     except Exception as e:  # a VerificationError, or worse: never a crash
         if note:
             note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
         return None
     clock("cache load")
     return Imported(module, weights, _fit(example, module), phases, entry.path, entry)
+
+
+def _parse_guess(text: str | None) -> tuple[str, ModuleOp] | None:
+    """(text, module) when `text` parses; a damaged entry is reported by its lookup."""
+    from gimlet.ir import parse
+
+    if text is None:
+        return None
+    try:
+        return text, parse(text)
+    except Exception:
+        return None
 
 
 def _pt2(
