@@ -135,12 +135,13 @@ def grow(arena: Arena | None, need: int) -> tuple[Arena, bool]:
 
 class StatusPage:
     """One STATUS_BYTES slot per rank in shared memory: the line a worker wrote last (what
-    it is about to run), and in the slot's last 8 bytes the seconds its compiled parts
-    took so far in the current request (read by a caller that does not wait for the
-    worker's answer before it returns)."""
+    it is about to run); then the seconds its compiled parts took so far in the current
+    request, and the last request it finished early (`set_done`), for a caller that does
+    not wait for the worker's answer before it returns."""
 
-    LINE = STATUS_BYTES - 8
+    LINE = STATUS_BYTES - 16
     _KERNEL = struct.Struct("<d")
+    _DONE = struct.Struct("<q")
 
     def __init__(self, ranks: int, fd: int | None = None):
         self.arena = Arena(max(ranks, 1) * STATUS_BYTES, fd)
@@ -171,6 +172,13 @@ class StatusPage:
     def kernel(self, rank: int) -> float:
         (seconds,) = self._KERNEL.unpack_from(self.arena.map, rank * STATUS_BYTES + self.LINE)
         return float(seconds)
+
+    def set_done(self, rank: int, k: int) -> None:
+        self._DONE.pack_into(self.arena.map, rank * STATUS_BYTES + self.LINE + 8, k)
+
+    def done(self, rank: int) -> int:
+        (k,) = self._DONE.unpack_from(self.arena.map, rank * STATUS_BYTES + self.LINE + 8)
+        return int(k)
 
 
 # -- channels between two workers of this host (runtime/channels.py uses them)

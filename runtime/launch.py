@@ -201,6 +201,9 @@ class Session:
                     self.slots[c["id"]] = LocalSlot(os.dup(memfd), os.dup(eventfd), capacity)
         if self.timeout_s is not None:
             base["GIMLET_RECV_TIMEOUT"] = str(self.timeout_s)
+        base.pop("GIMLET_EARLY_ANSWERS", None)
+        if self.local is not None:  # see _settle
+            base["GIMLET_EARLY_ANSWERS"] = "1"
         try:
             for rank in self.ranks:
                 mine, theirs = socket.socketpair()
@@ -364,8 +367,13 @@ class Session:
         req = self._req
         if req is None or not req.pending or not self.procs:
             return
-        with contextlib.suppress(RunError):  # _fail stopped them: new ones will start
-            self._wait(req)
+        assert self.status is not None
+        for rank in list(req.pending):
+            if self.status.done(rank) == req.k:  # answered in the status page
+                req.pending.discard(rank)
+        if req.pending:
+            with contextlib.suppress(RunError):  # _fail stopped them: new ones will start
+                self._wait(req)
 
     # -- the host's channels to the workers (host_in_caller), for the InProcess
 
@@ -384,8 +392,8 @@ class Session:
             limit = self._limit(req)
             if len(self.ready) == len(self.ranks):  # the receive timeout, once all are up
                 limit = min(limit, max(since, req.start) + self.late_s)
-            # every worker's socket, answered or not: one that answered before its last
-            # send can still fail in it (a report, or a death) while this waits
+            # every worker's socket: a report or a death wakes the wait (a worker that
+            # answered in the status page, before its last send, can still fail in it)
             fds = [efd, *(s.fileno() for s in self.sock_of.values())]
             timeout = None if limit == _NEVER else max(limit - time.time(), 0.0)
             ready, _, _ = select.select(fds, [], [], timeout)
