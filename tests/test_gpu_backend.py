@@ -667,6 +667,15 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
     np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture
+def vendor_paths(monkeypatch: Any) -> None:
+    """The opt-in paths not yet run on a GPU: cuBLASLt epilogues, padded weights."""
+    from gimlet.backends.gpu import codegen as cg
+
+    monkeypatch.setattr(cg, "VENDOR_EPILOGUE", True)
+    monkeypatch.setattr(cg, "PAD_WEIGHTS", True)
+
+
 def _odd_width_linear(bias: bool, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     """x [8, 16] @ W^T with 37 columns: rows of 37 halves are not 16-byte aligned."""
     from gimlet.frontend import import_model
@@ -680,7 +689,7 @@ def _odd_width_linear(bias: bool, dtype: torch.dtype) -> tuple[Any, Any, Any]:
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_odd_width_product_goes_through_a_padded_buffer(bias: bool) -> None:
+def test_odd_width_product_goes_through_a_padded_buffer(bias: bool, vendor_paths: None) -> None:
     module, _, _ = _odd_width_linear(bias, torch.float16)
     low = lower(main_func(module))
     src = low.source
@@ -692,7 +701,9 @@ def test_odd_width_product_goes_through_a_padded_buffer(bias: bool) -> None:
 @needs_gpu
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_odd_width_product_matches_interpreter(bias: bool, dtype: torch.dtype, cache: Any) -> None:
+def test_odd_width_product_matches_interpreter(
+    bias: bool, dtype: torch.dtype, cache: Any, vendor_paths: None
+) -> None:
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 
@@ -728,7 +739,7 @@ def _mlp(approximate: str) -> tuple[Any, Any, Any]:
     return module, weights, x
 
 
-def test_bias_gelu_and_residual_go_into_the_gemm_epilogue() -> None:
+def test_bias_gelu_and_residual_go_into_the_gemm_epilogue(vendor_paths: None) -> None:
     """fc: bias + tanh GELU; out: bias + residual: two cuBLASLt calls, no kernel between;
     exact (erf) GELU is not what cuBLASLt computes, so it stays a kernel."""
     src = lower(main_func(_mlp("tanh")[0])).source
@@ -742,7 +753,9 @@ def test_bias_gelu_and_residual_go_into_the_gemm_epilogue() -> None:
 
 @needs_gpu
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
-def test_gemm_epilogue_matches_interpreter(approximate: str, cache: Any) -> None:
+def test_gemm_epilogue_matches_interpreter(
+    approximate: str, cache: Any, vendor_paths: None
+) -> None:
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 

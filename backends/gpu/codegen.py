@@ -44,6 +44,12 @@ ENTRY = "gimlet_gpu_main"
 # cuBLAS attention reading q/k/v through strides (no copies); GIMLET_GPU_FOLD_ATTENTION=0
 # turns it off (to compare, or to rule it out).
 FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "1") == "1"
+# Linear layers on the GEMM path through cuBLASLt with bias/GELU/residual in its epilogue,
+# and weights with an odd number of outputs padded to an aligned width. Both opt-in:
+# written and tested here, not yet run on a GPU (the H200 run that had them did not
+# finish; see benchmarks/results/gpu_tests.md).
+VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "0") == "1"
+PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "0") == "1"
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
 HALF = ("gml::f16", "gml::bf16")
@@ -874,7 +880,7 @@ class _Lowering:
         # 424 us for that head at T=512 on the H200)
         esize = 2 if ct in HALF else 4
         n_static = shape_of(b.type)[1]
-        padded = n_static > 0 and n_static % (16 // esize) != 0
+        padded = PAD_WEIGHTS and n_static > 0 and n_static % (16 // esize) != 0
         ldm = -(-n_static // (16 // esize)) * (16 // esize) if padded else 0
         w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True, rows=ldm)}])"
         x = self.ptr(a, const=True)
@@ -962,7 +968,7 @@ class _Lowering:
                 f"({N}, {K}, {gemv_x}, {w}, {', '.join(ptrs)});"
             )
         self.emit("} else {")
-        fused = None if padded else self._vendor_epilogue(op, chain)
+        fused = None if padded or not VENDOR_EPILOGUE else self._vendor_epilogue(op, chain)
         if fused is not None:  # one cuBLASLt call: bias, GELU and residual in its epilogue
             bias, gelu, resid = fused
             out = chain[-1][0].results[0]

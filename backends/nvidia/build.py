@@ -123,11 +123,14 @@ def build_runtime() -> Path:
         f"-I{inc}",
         f"-L{lib}",
         "-lcublas",
-        # cuBLASLt (GEMMs with fused epilogues) by file: torch's wheels ship only the
-        # versioned name, which -l cannot find
-        str(min(lib.glob("libcublasLt.so*"), key=lambda f: len(f.name))),
         f"-Xlinker=-rpath,{lib}",
     ]
+    if os.environ.get("GIMLET_GPU_CUBLASLT", "0") == "1":  # see backends/gpu/codegen.py
+        # cuBLASLt by file: torch's wheels ship only the versioned name, which -l misses
+        lt = min(lib.glob("libcublasLt.so*"), key=lambda f: len(f.name), default=None)
+        if lt is None:
+            raise CudaBuildError(f"GIMLET_GPU_CUBLASLT=1 needs libcublasLt.so beside {lib}")
+        flags += ["-DGML_CUBLASLT", str(lt)]
     path, _ = _build(RUNTIME_SOURCE.read_text(), flags, ".rt", extra_key=str(inc))
     return path
 
@@ -144,11 +147,10 @@ def cublas_dirs() -> tuple[Path, Path]:
     for c in cands:
         if (c / "include" / "cublas_v2.h").exists():
             for lib in ("lib", "lib64"):
-                if any((c / lib).glob("libcublas.so*")) and any((c / lib).glob("libcublasLt.so*")):
+                if any((c / lib).glob("libcublas.so*")):
                     return c / "include", c / lib
     raise CudaBuildError(
-        "the NVIDIA backend's runtime needs cuBLAS (cublas_v2.h, libcublas.so and "
-        "libcublasLt.so), found "
+        "the NVIDIA backend's runtime needs cuBLAS (cublas_v2.h and libcublas.so), found "
         "neither in the CUDA toolkit nor in torch's nvidia-cublas wheel"
     )
 

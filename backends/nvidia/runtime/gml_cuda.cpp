@@ -7,7 +7,9 @@
 //
 // Built on the machine that runs it (backends/nvidia/build.py), against the CUDA
 // toolkit and the cuBLAS headers there; generated segments never include cuBLAS.
+#ifdef GML_CUBLASLT
 #include <cublasLt.h>
+#endif
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -27,7 +29,9 @@ struct Program {
   cudaStream_t stream = nullptr;
   cudaEvent_t ready = nullptr, done = nullptr;
   cublasHandle_t blas = nullptr;
+#ifdef GML_CUBLASLT
   cublasLtHandle_t lt = nullptr;
+#endif
   void* workspace = nullptr;
   gml::Ctx ctx{};
   bool graphs = true;
@@ -72,6 +76,7 @@ int gemm(const gml::Ctx* ctx, cudaStream_t stream, gml::DType ab, gml::DType c, 
   return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
 }
 
+#ifdef GML_CUBLASLT  // GIMLET_GPU_CUBLASLT=1 (backends/nvidia/build.py)
 // cuBLASLt with a fused epilogue, in column-major terms D^T (n x m) = W^T(k x n)^T X^T
 // (k x m): bias per row of D^T, R as C with beta = 1. The descriptors are built per call:
 // under graph capture that is once per shape bucket.
@@ -80,6 +85,8 @@ int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_
                   bool gelu, const void* r) {
   auto* p = static_cast<Program*>(ctx->state);
   if (m == 0 || n == 0) return 0;
+  // the handle on first use: segments that never call this never load cuBLASLt's state
+  if (!p->lt && cublasLtCreate(&p->lt) != CUBLAS_STATUS_SUCCESS) return 1000 + 7;
   const cudaDataType_t dt = cuda_type(t);
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
@@ -120,6 +127,7 @@ int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_
   if (op) cublasLtMatmulDescDestroy(op);
   return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
 }
+#endif
 
 int fail(Program* p, const char* what, int code) {
   snprintf(p->error, sizeof p->error, "%s: %s", what,
@@ -142,7 +150,6 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
       cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
       cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtCreate(&p->lt) != CUBLAS_STATUS_SUCCESS ||
       cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
       // default math: tensor cores for 16-bit operands; FP32 stays FP32 (TF32 is opt-in).
       // (PEDANTIC_MATH also steers 16-bit GEMMs to old sm75 kernels: 6x slower on H200.)
@@ -151,7 +158,9 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
     return nullptr;
   }
   p->ctx.gemm = gemm;
+#ifdef GML_CUBLASLT
   p->ctx.gemm_epilogue = gemm_epilogue;
+#endif
   p->ctx.state = p;
   return p;
 }
@@ -161,7 +170,9 @@ void gml_cuda_destroy(void* program) {
   if (!p) return;
   cudaStreamSynchronize(p->stream);
   cublasDestroy(p->blas);
+#ifdef GML_CUBLASLT
   if (p->lt) cublasLtDestroy(p->lt);
+#endif
   cudaFree(p->workspace);
   cudaEventDestroy(p->ready);
   cudaEventDestroy(p->done);
