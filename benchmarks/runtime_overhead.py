@@ -10,10 +10,13 @@
    noise on a shared machine cancels, and the quietest round counts, as for latency. onnxruntime, on the same model in the same run, the same way:
    `InferenceSession.run`'s wall time minus the time its profiler gives that run's
    kernels.
-2. Two worker processes: a GPT split over two CPU devices (the last layer and the head
-   on the second) through gimlet.load with one worker per device: a call's wall time
-   minus its kernels' time minus the two activation transfers (their one-way time
-   through gimlet's channels, measured in part 3 at the same sizes) is the runtime's.
+2. Two devices: a GPT split over two CPU devices (the last layer and the head on the
+   second) through gimlet.load(processes="per-device"), where the caller runs the host's
+   share (cpu0) and one worker runs cpu1; and, for comparison, the same bundle with
+   every device on a worker and the caller only supervising (`Session`'s default, what
+   `gimletc run` does). A call's wall time minus its kernels' time minus the two
+   activation transfers (their one-way time through gimlet's channels, measured in part
+   3 at the same sizes) is the runtime's.
 3. Point to point between two local processes: gimlet's channels (shared memory, as
    between the workers gimlet.load starts; gloo with static and dynamic shapes, as under
    torchrun) and raw torch.distributed gloo, same sizes, same process pair. One-way time
@@ -269,12 +272,49 @@ def two_workers(tmp: Path) -> dict[str, Any]:
     sizes = [int(np.prod(c["shape"])) * np.dtype(c["dtype"]).itemsize for c in manifest["channels"]]
     one = gimlet.load(path, processes="one")
     workers = gimlet.load(path, processes="per-device")
+    assert workers.session is not None and workers.session.local is not None
+    supervised = Supervised(path)
     torch.testing.assert_close(workers(ids)[0], one(ids)[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(supervised(ids)[0], one(ids)[0], rtol=1e-6, atol=1e-6)
     print("[runtime] two workers: timing", flush=True)
-    latency = best_median({"one process": lambda: one(ids), "2 workers": lambda: workers(ids)})
+    latency = best_median(
+        {
+            "one process": lambda: one(ids),
+            "caller + 1 worker": lambda: workers(ids),
+            "2 workers": lambda: supervised(ids),
+        }
+    )
     measured = overhead(workers, (ids,), seconds=4.0)
+    measured_supervised = overhead(supervised, (ids,), seconds=4.0)
     workers.close()
-    return {"channel_bytes": sizes, "ops": ops, "latency_s": latency, "two_workers": measured}
+    supervised.close()
+    return {
+        "channel_bytes": sizes,
+        "ops": ops,
+        "latency_s": latency,
+        "caller_and_worker": measured,
+        "two_workers": measured_supervised,
+    }
+
+
+class Supervised:
+    """Every device on a worker, the caller only supervising (Session's default, what
+    `gimletc run` does): numpy through the caller's arena, as gimlet.load did before the
+    caller ran the host's share itself."""
+
+    def __init__(self, path: str):
+        from gimlet.runtime.bundle import load_bundle
+        from gimlet.runtime.launch import Session
+
+        self.session = Session(load_bundle(path))
+        self.last: Any = None
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        self.last = self.session([x.numpy() for x in inputs])
+        return [torch.from_numpy(o) for o in self.last.outputs]
+
+    def close(self) -> None:
+        self.session.close()
 
 
 # -- 3. point to point -------------------------------------------------------------------------
@@ -452,25 +492,28 @@ def report(rows: list[dict[str, Any]], two: dict[str, Any], p2p: dict[str, Any])
     sizes = two["channel_bytes"]
     transfers = sum(p2p["shm"][str(s)] / 2 for s in sizes)
     raw = sum(p2p["raw"][str(s)] / 2 for s in sizes)
-    w = two["two_workers"]
-    left = w["overhead_s"] - transfers
+    cw, w = two["caller_and_worker"], two["two_workers"]
     lat = two["latency_s"]
     lines += [
         "",
-        "## Two worker processes",
+        "## Two devices",
         "",
         "GPT d256 L3 T=32 over two CPU devices (embeddings, h.0-1 on cpu0; h.2, ln_f, "
         f"lm_head on cpu1; ops per device {two['ops']}), "
-        "`gimlet.load(..., processes='per-device')`; the same bundle in one process for "
-        f"comparison. Channels: {', '.join(_fmt_size(s) for s in sizes)}; their one-way "
+        "`gimlet.load(..., processes='per-device')`: the caller runs the host cpu0's share, "
+        "one worker runs cpu1. For comparison the same bundle with both devices on "
+        "workers and the caller only supervising (what `gimletc run` does), and in one "
+        f"process. Channels: {', '.join(_fmt_size(s) for s in sizes)}; their one-way "
         f"time through gimlet's shared-memory channels (section below) sums to "
         f"{_us(transfers)} us (through raw gloo: {_us(raw)} us).",
         "",
-        "| one process ms | 2 workers ms | 2 workers: wall - kernels us "
-        "| minus the transfers: overhead us (goal < 150) |",
-        "| ---: | ---: | ---: | ---: |",
-        f"| {_ms(lat['one process'])} | {_ms(lat['2 workers'])} | "
-        f"{_us(w['overhead_s'])} | {_us(left)} |",
+        "| how | latency ms | wall - kernels us | minus the transfers: overhead us (goal < 150) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| one process | {_ms(lat['one process'])} | | |",
+        f"| caller (cpu0) + 1 worker (cpu1) | {_ms(lat['caller + 1 worker'])} | "
+        f"{_us(cw['overhead_s'])} | {_us(cw['overhead_s'] - transfers)} |",
+        f"| 2 workers, caller supervising | {_ms(lat['2 workers'])} | "
+        f"{_us(w['overhead_s'])} | {_us(w['overhead_s'] - transfers)} |",
         "",
         "## Point to point between two local processes",
         "",
@@ -495,19 +538,31 @@ def report(rows: list[dict[str, Any]], two: dict[str, Any], p2p: dict[str, Any])
         "## Reading it",
         "",
         "* In-process, what is left over the compiled function is the Python around it: "
-        "the input check, tensor-to-numpy views, the segment walk, wrapping the outputs. "
-        "That path is the same for every case here, yet the figure grows with the model "
-        "(GPT T=128); not pinned down (freeing the larger output is not it: keeping the "
-        "outputs alive changes nothing measurable).",
+        "the input check, tensor-to-numpy views, a walk over steps worked out at load "
+        "(values in a list by position, no dict keyed by IR values), wrapping the outputs. "
+        "It grows with the model because that Python runs right after a kernel that "
+        "evicted it from the caches: on the tiny model, writing 8 MB between calls takes "
+        "it from 5.8 to 8.7 us (measured apart from this run).",
         "* onnxruntime's kernel times come from its profiler, which must be on to give "
         "them and costs something per node: for the models with many nodes its overhead "
         "here overstates what it costs without profiling. The tiny model's figure is its "
         "fixed cost per call.",
-        "* Worker processes: each hop between processes (the caller's request, a channel, "
-        "the answer) is a wake-up of a blocked process, about 30 us on this 2-core machine "
-        "(the shm row above), and each worker runs its own Python around the kernels. With "
-        "two workers the C++ thread pools of both processes also spin briefly after each "
-        "kernel on the same 2 cores.",
+        "* 1 worker process: a request is a message to the worker, its wake-up, its run, "
+        "its answer and the caller's wake-up: two hops between processes, each 30 to 45 "
+        "us on this 2-core machine (the shm rows above), plus the worker's Python and the "
+        "copies of inputs and outputs through shared memory.",
+        "* Two devices, the caller as host: the chain is the caller's kernel, a channel "
+        "to the worker (a wake-up), the worker's kernel, a channel back (a wake-up), which "
+        "are the transfers subtracted above; the request message reaches the worker while "
+        "the caller computes, and the worker answers just before its last send (the "
+        "caller collects the answer when the next call starts). What is left is the "
+        "Python of both sides (the caller's in-process path, the worker's request loop, "
+        "the shared-memory puts and takes, the output copied out of its slot) and, on 2 "
+        "cores, more runnable threads than cores at each hand-off: the C++ pool thread of "
+        "the side that just finished a kernel spins for up to 200 us before it sleeps "
+        "(backends/cpu/src/thread_pool.cpp) while the other side wakes and starts its own. "
+        "With both devices on workers and the caller supervising, a call has four hops "
+        "instead of two (to the host worker, to cpu1 and back, the answer).",
     ]
     return "\n".join(lines) + "\n"
 
