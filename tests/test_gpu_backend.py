@@ -22,6 +22,7 @@ import torch
 
 from conftest import imported
 from gimlet.backends.gpu.codegen import lower
+from gimlet.dialects import gml as gml_ops
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
 from gimlet.errors import UnsupportedOpError
 from gimlet.interpreter import run
@@ -630,25 +631,16 @@ def test_attention_in_place_matches_interpreter(fold: bool, cache: Any, monkeypa
         np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
-@needs_gpu
-@pytest.mark.parametrize("cache_len", [5, 700])
-def test_decode_attention_splits_the_cache_and_matches_interpreter(
-    cache_len: int, cache: Any
-) -> None:
-    """Flash-decoding: a 700-token cache over 2 batches x 4 heads is 22 chunks (the last
-    one partial), 5 tokens is one; both equal the interpreter at f32 tolerance."""
+def _decode_case(cache_len: int) -> tuple[Any, Any, tuple[torch.Tensor, ...]]:
+    """GPT (d 64, 4 heads of 16) decoding one token per batch of 2 over a KV cache."""
     import sys
 
-    from gimlet.backends.gpu.codegen import _decode_split
-    from gimlet.backends.nvidia.build import build_segment
-    from gimlet.backends.nvidia.program import CudaFunction
     from gimlet.frontend import import_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from gpt import GPT
     from gpt_phases import Decode
 
-    assert _decode_split(8, 700) == (32, 22) and _decode_split(8, 5) == (32, 1)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(cache_len)
     model = Decode(GPT(vocab=512, ctx=1024, d=64, heads=4, layers=2)).eval()
@@ -659,6 +651,41 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
     )
     module, weights = import_model(model, inputs, None)
     run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights, inputs
+
+
+def test_decode_keeps_the_kv_pieces_alive_through_the_attention() -> None:
+    """The decode kernel reads the KV concat's pieces (cache, new entry) in place at the
+    attention's step: the memory plan must not hand their bytes to anything before then
+    (the H200 showed wrong batch-2 decode when it gave them to the attention's scratch)."""
+    module, _, _ = _decode_case(5)
+    fn = main_func(module)
+    low = lower(fn)
+    steps = {op: i for i, op in enumerate(fn.body.block.ops, start=1)}
+    life = {v: last for v, _, last in low.values}
+    sdpas = [op for op in fn.body.block.ops if isinstance(op, gml_ops.SdpaOp)]
+    assert len(sdpas) == 2
+    for sdpa in sdpas:
+        for kv in (sdpa.key, sdpa.value):
+            cat = kv.owner
+            assert isinstance(cat, gml_ops.ConcatOp)
+            for piece in cat.inputs:
+                assert life[piece] >= steps[sdpa]
+
+
+@needs_gpu
+@pytest.mark.parametrize("cache_len", [5, 700])
+def test_decode_attention_splits_the_cache_and_matches_interpreter(
+    cache_len: int, cache: Any
+) -> None:
+    """Flash-decoding: a 700-token cache over 2 batches x 4 heads is 22 chunks (the last
+    one partial), 5 tokens is one; both equal the interpreter at f32 tolerance."""
+    from gimlet.backends.gpu.codegen import _decode_split
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    assert _decode_split(8, 700) == (32, 22) and _decode_split(8, 5) == (32, 1)
+    module, weights, inputs = _decode_case(cache_len)
     low = lower(main_func(module))
     assert "attention_decode_split" in low.source
     f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)

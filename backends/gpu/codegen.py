@@ -1373,8 +1373,8 @@ class _Lowering:
         return [(v, first[v], last[v]) for v in first]
 
     def _attention_roots(self) -> dict[SSAValue, int]:
-        """The buffers attention reads q/k/v from when it folds their views: each chain's
-        first value, with the attention's step."""
+        """The buffers attention reads in place, with the attention's step: q/k/v where it
+        folds their views (each chain's first value), and the KV pieces decode reads."""
         steps = {op: i for i, op in enumerate(self.fn.body.block.ops, start=1)}
         out: dict[SSAValue, int] = {}
         for sdpa in {s for s in self.fold_chain.values()}:
@@ -1382,6 +1382,16 @@ class _Lowering:
                 while isinstance(v.owner, Operation) and self.fold_chain.get(v.owner) is sdpa:
                     v = v.owner.operands[0]
                 out[v] = max(out.get(v, 0), steps[sdpa])
+        # the decode kernel reads a KV concat's pieces in place, at the attention's step,
+        # not at the concat's (where their uses end): without this the plan gave a piece's
+        # bytes to the attention's own scratch, which its blocks write while others still
+        # read the step's new K/V entry (wrong decode at batch 2 on the H200)
+        for sdpa in self.fn.body.block.ops:
+            if isinstance(sdpa, gml.SdpaOp):
+                for kv in (sdpa.key, sdpa.value):
+                    pieces = self._kv_pieces(sdpa, kv)
+                    for v in pieces if len(pieces) > 1 else []:
+                        out[v] = max(out.get(v, 0), steps[sdpa])
         return out
 
 
