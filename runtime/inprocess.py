@@ -554,7 +554,7 @@ def _unset(args: list[Any]) -> Sequence[Any]:
     raise AssertionError("a step without its call")
 
 
-def any_differs(shape: Sequence[int], fixed: list[tuple[int, int]]) -> bool:
+def _any_differs(shape: Sequence[int], fixed: list[tuple[int, int]]) -> bool:
     """Whether `shape` differs from a signature in one of its `fixed` (dim, size) pairs."""
     for i, d in fixed:  # noqa: SIM110 - a generator costs a microsecond per call here
         if shape[i] != d:
@@ -662,7 +662,7 @@ class _Signature:
                 xs = x.shape
                 if len(xs) != rank or self._dtype(x) != dtype:
                     break
-                if any_differs(xs, fixed):
+                if _any_differs(xs, fixed):
                     break
             else:
                 return
