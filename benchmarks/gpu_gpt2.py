@@ -65,7 +65,7 @@ def gimlet_fn(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, floa
     import copy
 
     from gimlet import compile as gcompile
-    from gimlet.backends.gpu.codegen import lower
+    from gimlet.backends.gpu.lower import lower
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
     from gimlet.ir import main_func

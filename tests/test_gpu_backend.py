@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import imported
-from gimlet.backends.gpu.codegen import lower
+from gimlet.backends.gpu.lower import families, lower
 from gimlet.dialects import gml as gml_ops
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
 from gimlet.errors import UnsupportedOpError
@@ -597,7 +597,7 @@ def test_attention_reads_qkv_in_place_in_prefill(monkeypatch: Any) -> None:
     monkeypatch.setattr(cg, "FOLD_ATTENTION", True)  # off by default until verified on a GPU
     module, _ = _demo_gpt()
     fn = main_func(module)
-    low = cg._Lowering(fn)
+    low = cg._Lowering(fn, families)
     low.run()
     sdpa = next(op for op in fn.body.block.ops if type(op).__name__ == "SdpaOp")
     for seq, folded in ((16, True), (4, False)):

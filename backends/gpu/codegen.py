@@ -33,7 +33,7 @@ from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import IndexType, TensorType
 from xdsl.ir import Operation, SSAValue
 
-from gimlet.backends.cpu.codegen import _ARITH, _REDUCE, _scalar_expr, ctype, literal, where
+from gimlet.backends.cpu.codegen import _ARITH, _scalar_expr, ctype, literal, where
 from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import shape_of
 from gimlet.errors import UnsupportedOpError
@@ -118,6 +118,7 @@ class Env:
 
 
 Slot = Callable[[Env], int]
+MoreHandlers = Callable[["_Lowering"], dict[type[Operation], Callable[[Any], None]]]
 ViewRule = Callable[[Env], int | None]
 """A value's element offset into its source when it is a view at this bucket, else None."""
 
@@ -264,17 +265,9 @@ def load_time_values(fn: func.FuncOp) -> set[SSAValue]:
     return free
 
 
-def unsupported(fn: func.FuncOp) -> list[str]:
-    """One line per op this backend cannot lower: op, location and why."""
-    try:
-        lower(fn)
-    except UnsupportedOpError as e:
-        return [str(e)]
-    return []
-
-
 class _Lowering:
-    def __init__(self, fn: func.FuncOp):
+    def __init__(self, fn: func.FuncOp, more: MoreHandlers | None = None):
+        self.more = more  # lowerings kept in other modules (backends/gpu/lower.py)
         self.fn = fn
         self.kernels: list[str] = []
         self.kernel_names: dict[str, str] = {}
@@ -378,7 +371,7 @@ class _Lowering:
             gml.ArangeOp: self.arange,
             gml.EmbeddingOp: self.embedding,
             gml.IndexOp: self.index,
-            **_more_handlers(self),
+            **(self.more(self) if self.more else {}),
             gml.MatmulOp: self.matmul,
             gml.SdpaOp: self.sdpa,
             gml.LayerNormOp: self.layer_norm,
@@ -387,8 +380,6 @@ class _Lowering:
             gml.CumsumOp: self.cumsum,
         }
         handler = table.get(type(op))
-        if handler is None and isinstance(op, gml.ReduceOp):
-            handler = self.reduce
         if handler is None:
             raise self.refuse(op, "no GPU lowering for this op yet")
         handler(op)
@@ -680,39 +671,7 @@ class _Lowering:
             f"P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(x, const=True)}, {self.ptr(y)}",
         )
 
-    # ------------------------------------------------------------ reductions and norms
-    def reduce(self, op: gml.ReduceOp) -> None:
-        x, y = op.input, op.result
-        rank = len(shape_of(x.type))
-        dims = sorted(d % rank for d in op.dims.get_values()) if rank else []
-        dims = dims or list(range(rank))
-        if dims and dims != list(range(dims[0], dims[-1] + 1)):
-            from .tensor_ops import reduce_any_dims  # late: tensor_ops builds on this module
-
-            return reduce_any_dims(self, op)
-        kind = _REDUCE[type(op)]  # type: ignore[index]
-        lo, hi = (dims[0], dims[-1] + 1) if dims else (0, 0)
-
-        def split(env: Env) -> list[int]:
-            s = env.shapes[x]
-            return [_numel(s[:lo]), _numel(s[lo:hi]), _numel(s[hi:])]
-
-        p = self.slots_of(split, 3)
-        outer = self.slot(lambda env: split(env)[0] * split(env)[2])
-        self.comment([op])
-        ti, to = _ct(x), _ct(y)
-        if hi == rank:  # rows: one block each
-            self.emit(
-                f"gml::reduce_rows<{ti}, {to}, gml::Red::{kind}><<<unsigned(P[{p}]), {THREADS}, 0, stream>>>"
-                f"(P[{p + 1}], {self.ptr(x, const=True)}, {self.ptr(y)});"
-            )
-        else:
-            self.launch(
-                f"gml::reduce_mid<{ti}, {to}, gml::Red::{kind}>",
-                outer,
-                f"P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(x, const=True)}, {self.ptr(y)}",
-            )
-
+    # ------------------------------------------------------------ norms (reductions: tensor_ops.py)
     def softmax(self, op: gml.SoftmaxOp | gml.LogSoftmaxOp) -> None:
         x, y = op.input, op.result
         rank = len(shape_of(x.type))
@@ -1395,15 +1354,6 @@ class _Lowering:
         return out
 
 
-def _more_handlers(low: _Lowering) -> dict[type[Operation], Callable[[Any], None]]:
-    """Lowerings kept in their own modules (conv.py: convolution, batch norm, pooling;
-    tensor_ops.py: gather, pad, arg-reductions, var). Imported late: they build on this
-    module."""
-    from . import conv, tensor_ops
-
-    return {**conv.handlers(low), **tensor_ops.handlers(low)}
-
-
 def _nth(f: Callable[[Env], Sequence[int]], i: int, env: Env) -> int:
     return int(f(env)[i])
 
@@ -1469,9 +1419,11 @@ def _batch_stride(dims: Sequence[int], strides: Sequence[int]) -> int | None:
     return live[-1][1] if live else 0
 
 
-def lower(fn: func.FuncOp) -> Lowered:
-    """The GPU program for `fn`; raises UnsupportedOpError naming the first op it cannot
-    lower (the caller falls back to the interpreter for that function)."""
+def lower_with(fn: func.FuncOp, more: MoreHandlers | None = None) -> Lowered:
+    """The GPU program for `fn` with this module's lowerings and `more`'s; raises
+    UnsupportedOpError naming the first op it cannot lower (the caller falls back to the
+    interpreter for that function). Callers want backends/gpu/lower.py's `lower`, which
+    passes every op family."""
     for a in fn.body.block.args:
         if not isinstance(a.type, TensorType) or ctype(a.type.element_type) is None:
             raise UnsupportedOpError(f"GPU function input of type {a.type}")
@@ -1482,7 +1434,7 @@ def lower(fn: func.FuncOp) -> Lowered:
             for v in op.arguments:
                 if isinstance(v.type, IndexType):
                     raise UnsupportedOpError("a GPU function returning an index")
-    low = _Lowering(fn)
+    low = _Lowering(fn, more)
     low.run()
     ret = fn.body.block.last_op
     assert isinstance(ret, func.ReturnOp)
@@ -1507,7 +1459,6 @@ __all__ = [
     "Bucket",
     "Lowered",
     "load_time_values",
-    "lower",
-    "unsupported",
+    "lower_with",
     "literal",
 ]

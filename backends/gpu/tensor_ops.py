@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from xdsl.ir import Operation
 
-from gimlet.backends.cpu.codegen import literal
+from gimlet.backends.cpu.codegen import _REDUCE, literal
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import shape_of
 
-from .codegen import _BYTES, _REDUCE, THREADS, Env, Scratch, _contiguous_strides, _ct, _numel
+from .codegen import _BYTES, THREADS, Env, Scratch, _contiguous_strides, _ct, _numel
 
 if TYPE_CHECKING:
     from .codegen import _Lowering
@@ -40,6 +40,7 @@ def handlers(low: _Lowering) -> dict[type[Operation], Callable[[Any], None]]:
         gml.ArgmaxOp: partial(arg_reduce, low),
         gml.ArgminOp: partial(arg_reduce, low),
         gml.VarOp: partial(reduce_any_dims, low),
+        **{kind: partial(reduce_any_dims, low) for kind in _REDUCE},  # sum, mean, max, ...
     }
 
 

@@ -50,7 +50,7 @@ class CudaBackend:
         device: Mapping[str, str],
         options: Mapping[str, Any],
     ) -> dict[str, Any]:
-        from gimlet.backends.gpu.codegen import lower
+        from gimlet.backends.gpu.lower import lower
 
         from .build import ARCHS, GPU_INCLUDE, build_segment, nvcc_version
 
@@ -151,7 +151,7 @@ class CudaExecutor:
         self, segment: gml.SegmentOp, index: int, artefact: dict[str, Any]
     ) -> tuple[list[Any], list[Any]]:
         if index not in self.plans:
-            from gimlet.backends.gpu.codegen import lower
+            from gimlet.backends.gpu.lower import lower
 
             from .program import CudaFunction
 

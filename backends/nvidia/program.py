@@ -27,7 +27,8 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import TensorType
 from xdsl.ir import SSAValue
 
-from gimlet.backends.gpu.codegen import Lowered, load_time_values, lower
+from gimlet.backends.gpu.codegen import Lowered, load_time_values
+from gimlet.backends.gpu.lower import lower
 from gimlet.dialects import gml
 from gimlet.dtypes import numpy_to_torch, torch_dtype
 from gimlet.errors import UserError
