@@ -94,11 +94,14 @@ def _ensure_cost_module() -> bool:
 HAVE_COST = _ensure_cost_module()
 
 from gimlet.placement.cluster import Cluster  # noqa: E402
-from gimlet.placement.dp import build_model, free_dp  # noqa: E402
+from gimlet.placement.dp import (  # noqa: E402
+    build_model,
+    dp,  # noqa: E402
+    free_dp,
+)
 from gimlet.placement.presets import target  # noqa: E402
 from gimlet.placement.solvers import (  # noqa: E402
     Problem,
-    dp,
     evaluate,
     fits,
     greedy,

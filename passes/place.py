@@ -17,13 +17,13 @@ from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, f64
 from xdsl.passes import ModulePass
 
 from gimlet.placement.backend_ops import parse_choices, restrict
+from gimlet.placement.solve import solve
 from gimlet.placement.solvers import (
     build_problem,
     evaluate,
     is_host_only,
     parse_pins,
     parse_repeat,
-    solve,
 )
 from gimlet.placement.target import DEVICE_ATTR, TARGET_ATTR, resolve
 

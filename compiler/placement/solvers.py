@@ -361,16 +361,6 @@ def check_memory(p: Problem, assign: Sequence[int]) -> None:
 # ----------------------------------------------------------------- solvers ---
 
 
-def solve(p: Problem, solver: str = "dp", time_limit: float = 60.0) -> list[int]:
-    if solver not in SOLVERS:
-        raise UserError(f"unknown placement solver '{solver}'; choose from {', '.join(SOLVERS)}")
-    if not p.nodes:
-        return []
-    assign = {"greedy": greedy, "dp": dp, "milp": lambda q: milp(q, time_limit)}[solver](p)
-    check_memory(p, assign)
-    return assign
-
-
 def _unit_cost(p: Problem) -> np.ndarray:
     return p.time * (p.weight_of[None, :] if p.objective in ("energy", "cost") else 1.0)
 
@@ -413,13 +403,6 @@ def greedy(p: Problem) -> list[int]:
         used[best] += p.weights[i]
         load[best] += unit[i, best]
     return assign
-
-
-def dp(p: Problem) -> list[int]:
-    """Dynamic programming over the program order: see compiler/placement/dp.py."""
-    from gimlet.placement.dp import dp as solve_dp
-
-    return solve_dp(p)
 
 
 def fits(p: Problem, assign: Sequence[int]) -> bool:
