@@ -97,3 +97,24 @@ class Backend(Protocol):
     def load(
         self, host: HostExecutor, weights: Mapping[str, np.ndarray], bundle: Any
     ) -> Executor: ...
+
+
+def segment_call(
+    ex: Any, op: Any, index: int, artefact: dict[str, Any]
+) -> Callable[[list[Any]], Sequence[Any]]:
+    """A segment's run through its executor: the executor's prepared function when it
+    offers `prepare` (worked out on the first call, so a library that fails to load
+    fails that call, named), else its run_segment."""
+    prepared: list[Callable[[list[Any]], Sequence[Any]]] = []
+
+    def call(args: list[Any]) -> Sequence[Any]:
+        if not prepared:
+            prepare = getattr(ex, "prepare", None)
+            if prepare is not None:
+                prepared.append(prepare(op, index, artefact))
+            else:
+                prepared.append(lambda a: ex.run_segment(op, a, index, artefact))
+        return prepared[0](args)
+
+    call.prepared = prepared  # type: ignore[attr-defined]
+    return call

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import ml_dtypes
 import numpy as np
 
+from gimlet.backends.base import segment_call
 from gimlet.errors import UserError
 from gimlet.runtime.bundle import GPU_KINDS, Bundle, BundleError
 
@@ -257,25 +258,6 @@ class _Mailbox:
 
 
 Call = Callable[[list[Any]], Sequence[Any]]
-
-
-def segment_call(ex: Any, op: Any, index: int, artefact: dict[str, Any]) -> Call:
-    """A segment's run through its executor: the executor's prepared function when it
-    offers `prepare` (worked out on the first call, so a library that fails to load
-    fails that call, named), else its run_segment."""
-    prepared: list[Call] = []
-
-    def call(args: list[Any]) -> Sequence[Any]:
-        if not prepared:
-            prepare = getattr(ex, "prepare", None)
-            if prepare is not None:
-                prepared.append(prepare(op, index, artefact))
-            else:
-                prepared.append(lambda a: ex.run_segment(op, a, index, artefact))
-        return prepared[0](args)
-
-    call.prepared = prepared  # type: ignore[attr-defined]
-    return call
 
 
 @dataclass

@@ -255,11 +255,11 @@ class Worker:
         from xdsl.dialects import func
 
         from gimlet import backends
+        from gimlet.backends.base import segment_call
         from gimlet.backends.interpreter import InterpreterExecutor
         from gimlet.backends.parts import comm_step
         from gimlet.dialects import gml
         from gimlet.ir import main_func
-        from gimlet.runtime.inprocess import segment_call
 
         host = self.device == self.bundle.host
         seg_info = self.bundle.manifest["segments"]
