@@ -50,7 +50,11 @@ def bundles() -> Any:
         "mlp2": ("examples/mlp.py:model", two, "fc1=cpu1"),
         "gpt2": ("examples/gpt.py:model", two, "h.1=cpu1,ln_f=cpu1,lm_head=cpu1"),
         "cnn3": ("tests/models.py:cnn", THREE, "conv2=cpu1,bn2=cpu1,head=cpu2"),
-        "llama3": ("tests/models.py:llama_block", THREE, "norm1=cpu0,q=cpu1,k=cpu1,v=cpu1,down=cpu2"),
+        "llama3": (
+            "tests/models.py:llama_block",
+            THREE,
+            "norm1=cpu0,q=cpu1,k=cpu1,v=cpu1,down=cpu2",
+        ),
     }
     out = {"two.cluster": d / "two.cluster"}
     cwd = os.getcwd()
