@@ -462,8 +462,12 @@ def _runtime_choice(out: str, manifest: dict[str, Any], module: ModuleOp) -> tup
 
 def _processes_line(runtime: tuple[str, str]) -> str:
     processes, why = runtime
-    how = "in one process" if processes == "one" else "on one worker process per device"
-    return f"gimlet.load and gimletc run run this bundle {how} ({why})"
+    if processes == "one":
+        return f"gimlet.load and gimletc run run this bundle in one process ({why})"
+    return (
+        f"gimletc run runs this bundle on one worker process per device ({why}); gimlet.load "
+        "keeps the host's share in the calling process when every channel is shared memory"
+    )
 
 
 def _read(path: str) -> str:
