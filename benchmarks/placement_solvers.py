@@ -143,9 +143,10 @@ INPUT_BYTES = (1e2, 1e4)  # the graph input (token ids) arriving at the host, lo
 # printed when the data shows the symptom again.
 CAUSES = {
     "host_io": (
-        "DP charges host inputs/outputs as node-local costs (first consumer / producer), but an "
-        "input read by consumers on several devices is charged once only: where `dp gap w/o "
-        "host I/O` is ~0 and the gap is not, that approximation is the cause."
+        "the ablation without graph inputs/outputs closes the gap, but inputs and outputs are "
+        "not the cause: gpt's one 8-byte input and its output sit on the host in both answers "
+        "and the DP's model scores them exactly; removing them unties the pipeline's ends from "
+        "the host, which moves the DP off the fixed point below (see docs/placement.md)."
     ),
     "fixed_point": (
         "dp's position model charges a value that skips ahead at every device switch while it "
