@@ -6,6 +6,7 @@ real worker processes (gloo on localhost), so runs are kept to 2-3 CPU workers.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -407,9 +408,11 @@ def test_segment_the_backend_cannot_lower_falls_back_with_a_note(
     manifest = json.loads((out / "manifest.json").read_text())
     kinds = [s["artefact"]["kind"] for s in manifest["segments"]]
     assert kinds == ["interpreter", "cpu-cxx"]
-    sys.path.insert(0, str(tmp_path))
-    import net
-
+    # by path under its own name: another test's net.py may already be sys.modules["net"]
+    spec = importlib.util.spec_from_file_location("conv1d_net", tmp_path / "net.py")
+    assert spec is not None and spec.loader is not None
+    net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(net)
     module, (x,) = net.model()
     result = launch(str(out), [x.numpy()])
     np.testing.assert_allclose(result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
