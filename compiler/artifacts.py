@@ -39,6 +39,12 @@ WEIGHTS_FILE = "weights.safetensors"
 INPUTS_FILE = "inputs.npz"
 
 
+def sha256_file(path: str) -> str:
+    """The file's sha256, read in 1 MiB pieces (bundle manifests, the export cache's key)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def save_weights(path: str, weights: Mapping[str, np.ndarray], digest: bool = False) -> str | None:
     """Write the weights as safetensors at disk speed (write_safetensors); with
     `digest`, return the file's sha256. Tied weights (one buffer under two names) are

@@ -11,7 +11,6 @@ should not need to parse IR (slow) to do so. Workers still parse the IR to execu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gimlet import backends
+from gimlet.artifacts import sha256_file
 from gimlet.backends.base import FieldReader
 from gimlet.errors import UserError
 
@@ -37,12 +37,7 @@ def is_bundle(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST_FILE))
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = sha256_file  # the name the bundle writer and reader use
 
 
 def device_info(cluster: Any) -> list[dict[str, str]]:

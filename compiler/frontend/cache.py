@@ -54,6 +54,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gimlet.artifacts import sha256_file
+
 FORMAT = 1
 META_FILE = "meta.json"
 IR_FILE = "imported.mlir"
@@ -95,14 +97,6 @@ def module_file(module: ModuleType) -> str | None:
     if real.startswith(_NOT_USER) or not os.path.isfile(real):
         return None
     return real
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _process_start() -> float:
@@ -164,7 +158,7 @@ def source_closure(roots: Iterable[ModuleType]) -> tuple[dict[str, str], dict[st
             if top not in sys.stdlib_module_names and top not in ("builtins", "gimlet"):
                 packages[top] = _version(top)
             continue
-        files[path] = _sha256_file(path)
+        files[path] = sha256_file(path)
         for value in list(vars(module).values()):
             if inspect.ismodule(value):
                 stack.append(value)
@@ -201,7 +195,7 @@ def gimlet_sources() -> str:
     paths += [os.path.join(root, f) for f in ("dtypes.py", "errors.py", "ir.py", "version.py")]
     for p in paths:
         h.update(p.encode())
-        h.update(_sha256_file(p).encode())
+        h.update(sha256_file(p).encode())
     return h.hexdigest()
 
 
