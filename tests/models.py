@@ -184,6 +184,20 @@ def hf_vit() -> Any:
     return _hf(cfg, "ViTModel"), (torch.randn(1, 3, 16, 16),), None
 
 
+def gpt_bf16() -> Any:
+    """A small GPT in bf16, static shapes (bf16 through the C++ backend and channels)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(vocab=97, ctx=64, d=32, heads=4, layers=2).to(torch.bfloat16), (
+        torch.randint(0, 97, (1, 12)),
+    )
+
+
 FAMILIES: dict[str, Factory] = {
     "mlp": mlp,
     "cnn": cnn,
@@ -194,3 +208,18 @@ FAMILIES: dict[str, Factory] = {
     "hf_bert": hf_bert,
     "hf_vit": hf_vit,
 }
+
+
+def family_with_bundle_weights(name: str, bundle: Any) -> tuple[nn.Module, tuple[Any, ...]]:
+    """FAMILIES[name]'s module holding the (randomly initialised) weights a bundle at
+    `bundle` (a Path) was compiled with, in eval mode, and its example inputs."""
+    from gimlet.artifacts import load_weights
+
+    module, inputs, _ = FAMILIES[name]()
+    state = {}
+    for f in (bundle / "weights").iterdir():
+        state.update({k: torch.from_numpy(v) for k, v in load_weights(str(f)).items()})
+    missing = set(module.state_dict()) - set(state)
+    assert all(k.endswith("num_batches_tracked") for k in missing), missing
+    module.load_state_dict(state, strict=False)
+    return module.eval(), inputs

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import gimlet
+import models
 from gimlet.cli import main as gimletc
 from gimlet.runtime.bundle import BundleError
 from gimlet.runtime.inprocess import InProcessError
@@ -55,21 +56,6 @@ def model():
     return Drop(), (torch.randn(3, 4),)
 """
 
-BF16 = f"""import sys
-
-import torch
-
-sys.path.insert(0, {str(ROOT / "examples")!r})
-from gpt import GPT
-
-
-def model():
-    torch.manual_seed(0)
-    return GPT(vocab=97, ctx=64, d=32, heads=4, layers=2).to(torch.bfloat16), (
-        torch.randint(0, 97, (1, 12)),
-    )
-"""
-
 
 def _compile(out: Path, model: str, target: str, *flags: str) -> Path:
     cwd = os.getcwd()
@@ -86,7 +72,6 @@ def bundles() -> Any:
     d = Path(tempfile.mkdtemp(prefix="gimlet-inproc-"))
     (d / "two.cluster").write_text(TWO)
     (d / "ident.py").write_text(IDENTITY)
-    (d / "gpt_bf16.py").write_text(BF16)
     two = str(d / "two.cluster")
     out = {
         "mlp": _compile(d / "mlp", "examples/mlp.py:model", "cpu"),
@@ -107,8 +92,7 @@ def bundles() -> Any:
             "nvidia=interpreter",
         ),
         "ident": _compile(d / "ident", f"{d}/ident.py:model", "cpu"),
-        "bf16": _compile(d / "bf16", f"{d}/gpt_bf16.py:model", "cpu"),
-        "dir": d,
+        "bf16": _compile(d / "bf16", "tests/models.py:gpt_bf16", "cpu"),
     }
     yield out
     shutil.rmtree(d, ignore_errors=True)
@@ -121,21 +105,6 @@ def _mlp() -> tuple[torch.nn.Module, torch.Tensor]:
     module = model()[0].eval()
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((5, 32)).astype("f4"))
     return module, x
-
-
-def _family(name: str, bundle: Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    """The family's module with the weights the bundle holds, and its example inputs."""
-    from gimlet.artifacts import load_weights
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import models
-
-    module, inputs, _ = models.FAMILIES[name]()
-    state = {}
-    for f in (bundle / "weights").iterdir():
-        state.update({k: torch.from_numpy(v) for k, v in load_weights(str(f)).items()})
-    module.load_state_dict(state, strict=False)
-    return module.eval(), inputs
 
 
 # -- which path, and the same numbers on every path
@@ -168,7 +137,7 @@ def test_in_process_equals_workers_equals_torch(
         module, x = _mlp()
         inputs: tuple[torch.Tensor, ...] = (x,)
     else:
-        module, inputs = _family(family, bundles[bundle])
+        module, inputs = models.family_with_bundle_weights(family, bundles[bundle])
     with torch.no_grad():
         want = module(*inputs)
     with gimlet.load(str(bundles[bundle]), processes="one") as one:
@@ -252,16 +221,13 @@ def test_two_cpu_bundle_forced_into_one_process(bundles: dict[str, Path]) -> Non
 
 
 def test_dynamic_shapes_and_bf16_in_process(bundles: dict[str, Path]) -> None:
-    module, inputs = _family("gpt", bundles["gpt"])
+    module, inputs = models.family_with_bundle_weights("gpt", bundles["gpt"])
     with gimlet.load(str(bundles["gpt"])) as run:
         for seq in (12, 5, 31):
             ids = torch.randint(0, 97, (2, seq))
             with torch.no_grad():
                 torch.testing.assert_close(run(ids)[0], module(ids), rtol=1e-4, atol=1e-5)
-    sys.path.insert(0, str(bundles["dir"]))
-    import gpt_bf16
-
-    model, (ids,) = gpt_bf16.model()
+    model, (ids,) = models.gpt_bf16()
     with gimlet.load(str(bundles["bf16"])) as run:
         (got,) = run(ids)
     assert got.dtype == torch.bfloat16

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+import models
 from gimlet.cli import main as gimletc
 from gimlet.runtime.bundle import BundleError
 from gimlet.runtime.launch import RunError, launch
@@ -300,23 +301,6 @@ def test_bad_inputs_rejected_before_workers(bundles: dict[str, Path]) -> None:
     assert time.time() - start < 1.0  # no worker was started
 
 
-def _family(name: str, bundle: Path) -> Any:
-    """The family's module with the (randomly initialised) weights the bundle holds."""
-    from gimlet.artifacts import load_weights
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import models
-
-    module, inputs, _ = models.FAMILIES[name]()
-    state = {}
-    for f in (bundle / "weights").iterdir():
-        state.update({k: torch.from_numpy(v) for k, v in load_weights(str(f)).items()})
-    missing = set(module.state_dict()) - set(state)
-    assert all(k.endswith("num_batches_tracked") for k in missing), missing
-    module.load_state_dict(state, strict=False)
-    return module.eval(), inputs
-
-
 @pytest.mark.parametrize(("bundle", "family"), [("cnn3", "cnn"), ("llama3", "llama_block")])
 def test_families_on_three_cpu_workers_run_as_cxx(
     bundles: dict[str, Path], bundle: str, family: str
@@ -325,7 +309,7 @@ def test_families_on_three_cpu_workers_run_as_cxx(
     kinds = {(s["device"], s["artefact"]["kind"]) for s in manifest["segments"]}
     assert {d for d, _ in kinds} == {"cpu0", "cpu1", "cpu2"}  # really split three ways
     assert {k for _, k in kinds} == {"cpu-cxx"}
-    module, inputs = _family(family, bundles[bundle])
+    module, inputs = models.family_with_bundle_weights(family, bundles[bundle])
     result = launch(str(bundles[bundle]), [x.numpy() for x in inputs])
     with torch.no_grad():
         want = module(*inputs).numpy()
@@ -572,36 +556,16 @@ def test_unreadable_manifest_fails_the_cli_with_one_line(
     assert len(err) == 1 and err[0].startswith(f"gimletc: error: {copy}/manifest.json: unreadable")
 
 
-GPT_BF16 = f"""import sys
-
-import torch
-
-sys.path.insert(0, {str(ROOT / "examples")!r})
-from gpt import GPT
-
-
-def model():
-    torch.manual_seed(0)
-    return GPT(vocab=97, ctx=64, d=32, heads=4, layers=2).to(torch.bfloat16), (
-        torch.randint(0, 97, (1, 12)),
-    )
-"""
-
-
 def test_bf16_model_split_over_two_cpu_workers_as_cxx(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
-    (tmp_path / "gpt_bf16.py").write_text(GPT_BF16)
     out = tmp_path / "b"
-    argv = ["compile", f"{tmp_path}/gpt_bf16.py:model", "-o", str(out), "--target"]
+    argv = ["compile", f"{ROOT}/tests/models.py:gpt_bf16", "-o", str(out), "--target"]
     assert gimletc([*argv, str(bundles["two.cluster"]), "--pin", "h.1=cpu1,lm_head=cpu1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s["artefact"]["kind"] for s in manifest["segments"]} == {"cpu-cxx"}
     assert any(c["dtype"] == "bfloat16" for c in manifest["channels"])  # bf16 on the wire
-    sys.path.insert(0, str(tmp_path))
-    import gpt_bf16
-
-    module, (ids,) = gpt_bf16.model()
+    module, (ids,) = models.gpt_bf16()
     from gimlet.runtime import load
 
     with load(str(out)) as run:
