@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from xdsl.ir import SSAValue
 
 from gimlet.artifacts import IR_FILE
 from gimlet.backends.base import Executor, FieldReader, HostExecutor
-from gimlet.backends.parts import compiled_parts, part_functions
+from gimlet.backends.parts import compiled_parts, part_functions, run_parts
 from gimlet.dialects import gml
 from gimlet.errors import UnsupportedOpError, UserError
 
@@ -179,18 +179,29 @@ class CudaExecutor:
     def run_segment(
         self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
     ) -> list[Any]:
-        from gimlet.backends.parts import run_parts
-
         items, programs = self._plan(segment, index, artefact)
+        calls = [lambda xs, f=f: f(*xs) for f in programs]
+        return run_gpu_parts(segment, inputs, index, items, self.host, "CUDA", calls)
 
-        def run_part(k: int, part: Any, values: list[Any]) -> list[Any]:
-            # not synchronised: the GPU work stays asynchronous (a trace span is launch time)
-            outs = programs[k](
-                *[_to_device(x, v) for x, v in zip(values, part.inputs, strict=True)]
-            )
-            return [_from_device(o, v) for o, v in zip(outs, part.outputs, strict=True)]
 
-        return run_parts(segment, inputs, index, items, self.host, "CUDA", run_part, _host)
+def run_gpu_parts(
+    segment: gml.SegmentOp,
+    inputs: Sequence[Any],
+    index: int,
+    items: Sequence[Any],
+    host: HostExecutor,
+    label: str,
+    calls: Sequence[Callable[[list[Any]], Sequence[Any]]],
+) -> list[Any]:
+    """run_parts for a GPU executor (CUDA programs, TensorRT engines): part k is calls[k]
+    on its inputs as CUDA tensors; sizes cross as carrier tensors; host ops get numpy."""
+
+    def run_part(k: int, part: Any, values: list[Any]) -> list[Any]:
+        # not synchronised: the GPU work stays asynchronous (a trace span is launch time)
+        outs = calls[k]([_to_device(x, v) for x, v in zip(values, part.inputs, strict=True)])
+        return [_from_device(o, v) for o, v in zip(outs, part.outputs, strict=True)]
+
+    return run_parts(segment, inputs, index, items, host, label, run_part, _host)
 
 
 def _to_device(value: Any, v: SSAValue) -> Any:

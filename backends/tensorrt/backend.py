@@ -280,16 +280,10 @@ class TensorRTExecutor:
     def run_segment(
         self, segment: gml.SegmentOp, inputs: Sequence[Any], index: int, artefact: dict[str, Any]
     ) -> list[Any]:
-        from gimlet.backends.nvidia.backend import _from_device, _host, _to_device
-        from gimlet.backends.parts import run_parts
+        from gimlet.backends.nvidia.backend import run_gpu_parts
 
         items, engines = self._plan(segment, index, artefact)
-
-        def run_part(k: int, part: Any, values: list[Any]) -> list[Any]:
-            outs = engines[k]([_to_device(x, v) for x, v in zip(values, part.inputs, strict=True)])
-            return [_from_device(o, v) for o, v in zip(outs, part.outputs, strict=True)]
-
-        return run_parts(segment, inputs, index, items, self.host, "TensorRT", run_part, _host)
+        return run_gpu_parts(segment, inputs, index, items, self.host, "TensorRT", engines)
 
 
 def cache_dir() -> Path:
