@@ -691,8 +691,6 @@ GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t w
   return j < n0 ? kv.p[0] + (b * n0 + j) * width : kv.p[1] + (b * kv.size[1] + j - n0) * width;
 }
 
-constexpr int ATTN_MAX_COLS = 512;  // m * dv: the V phase's per-warp partial sums
-
 // Flash-decoding: the keys split into chunks, one block per (batch, kv head, chunk), so
 // a 512-token cache keeps ~100 SMs busy instead of one per head. Block (b, c) leaves
 // unnormalised partials for its m <= 8 query rows: P_c @ V_c, the chunk's max score and
