@@ -937,46 +937,46 @@ class _Lowering:
                 f"{'true' if gelu else 'false'}, "
                 f"{self.ptr(resid, const=True) if resid else 'nullptr'})) return e;"
             )
-        product = self.ptr(y)
-        if padded and fused is None:
+        else:  # cuBLAS, then the consumers as one kernel over the product (flat index i)
+            product = self.ptr(y)
+            if padded:
 
-            def pad_bytes(env: Env, ldm: int = ldm) -> int:  # rows x ldm, on the GEMM path
-                rows = _numel(env.shapes[a][:-1])
-                return rows * ldm * esize if rows > 4 else 0
+                def pad_bytes(env: Env, ldm: int = ldm) -> int:  # rows x ldm, on the GEMM path
+                    rows = _numel(env.shapes[a][:-1])
+                    return rows * ldm * esize if rows > 4 else 0
 
-            pad = Scratch(f"padded{self.step}", pad_bytes)
-            self.scratch.append((pad, self.step))
-            product = self.ptr(pad, ct)
-        if fused is None:
+                pad = Scratch(f"padded{self.step}", pad_bytes)
+                self.scratch.append((pad, self.step))
+                product = self.ptr(pad, ct)
             self.emit(
                 f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm or N}, {K}, "
                 f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
             )
-        if chain and fused is None:  # the consumers as one kernel over the product, flat i
-            # a padded product's rows are `ld` apart
-            read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
-            pitch = "int64_t cols, int64_t ld, " if padded else ""
-            flat = [
-                f"__global__ void KERNEL(int64_t total, {pitch}const {ct}* __restrict__ mm, {', '.join(args)}) {{",
-                "  GML_FOR(i, total) {",
-                f"    const {_vt(y)} acc = gml::load({read});",
-                *body,
-                f"    gml::store(out + i, {val[last]});",
-                "  }",
-                "}",
-            ]
-            total = self.slot(lambda env: _numel(env.shapes[y]))
-            self.emit(
-                f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
-                f"{THREADS}, 0, stream>>>(P[{total}], {f'{N}, {ldm}, ' if padded else ''}{product}, "
-                f"{', '.join(ptrs)});"
-            )
-        elif padded:
-            self.emit(
-                f"  gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
-                f"unsigned({M} < 65535 ? {M} : 65535)), {THREADS}, 0, stream>>>"
-                f"({M}, {N}, {ldm}, {product}, {self.ptr(y)});"
-            )
+            if chain:
+                # a padded product's rows are `ld` apart
+                read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
+                pitch = "int64_t cols, int64_t ld, " if padded else ""
+                flat = [
+                    f"__global__ void KERNEL(int64_t total, {pitch}const {ct}* __restrict__ mm, {', '.join(args)}) {{",
+                    "  GML_FOR(i, total) {",
+                    f"    const {_vt(y)} acc = gml::load({read});",
+                    *body,
+                    f"    gml::store(out + i, {val[last]});",
+                    "  }",
+                    "}",
+                ]
+                total = self.slot(lambda env: _numel(env.shapes[y]))
+                self.emit(
+                    f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
+                    f"{THREADS}, 0, stream>>>(P[{total}], {f'{N}, {ldm}, ' if padded else ''}{product}, "
+                    f"{', '.join(ptrs)});"
+                )
+            elif padded:
+                self.emit(
+                    f"  gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
+                    f"unsigned({M} < 65535 ? {M} : 65535)), {THREADS}, 0, stream>>>"
+                    f"({M}, {N}, {ldm}, {product}, {self.ptr(y)});"
+                )
         for group, _ in chain:
             self.done.add(group)
             for r in group.results:
