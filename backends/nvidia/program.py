@@ -27,7 +27,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import TensorType
 from xdsl.ir import SSAValue
 
-from gimlet.backends.gpu.codegen import Lowered, load_time_values
+from gimlet.backends.gpu.codegen import Lowered, Weight, load_time_values
 from gimlet.backends.gpu.lower import lower
 from gimlet.dialects import gml
 from gimlet.dtypes import numpy_to_torch, torch_dtype
@@ -86,6 +86,19 @@ def evaluate_load_time(
     return values
 
 
+def upload_layout(arr: np.ndarray, w: Weight) -> np.ndarray:
+    """A weight as the generated code reads it: transposed for the GEMM/GEMV paths, and
+    with zero rows up to `w.rows` where an odd output width is padded to an aligned one
+    (only 2-D-or-more weights on the GEMM path have rows to pad; biases and norms never)."""
+    if w.transposed:
+        arr = np.swapaxes(arr, -1, -2)
+    if w.rows and arr.ndim >= 2 and w.rows > arr.shape[-2]:
+        pad = [(0, 0)] * arr.ndim
+        pad[-2] = (0, w.rows - arr.shape[-2])
+        arr = np.pad(arr, pad)
+    return np.ascontiguousarray(arr)
+
+
 @dataclass
 class _Bucket:
     handle: int
@@ -133,14 +146,8 @@ class CudaFunction:
         values = evaluate_load_time(fn, weights)
         self.weight_tensors = []
         for w in self.low.weights:
-            arr = values[w.value]
-            if w.transposed:
-                arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2))
-            if w.rows > arr.shape[-2]:  # zero rows up to an aligned GEMM width
-                pad = [(0, 0)] * arr.ndim
-                pad[-2] = (0, w.rows - arr.shape[-2])
-                arr = np.pad(arr, pad)
-            self.weight_tensors.append(numpy_to_torch(np.ascontiguousarray(arr)).to(self.device))
+            arr = upload_layout(values[w.value], w)
+            self.weight_tensors.append(numpy_to_torch(arr).to(self.device))
         self.W = (_P * max(len(self.weight_tensors), 1))(
             *[t.data_ptr() for t in self.weight_tensors]
         )
@@ -220,7 +227,7 @@ class CudaFunction:
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)
         if handle:
-            for b in self.buckets.values():
+            for b in getattr(self, "buckets", {}).values():  # none if __init__ failed
                 runtime().gml_cuda_bucket_free(b.handle)
             runtime().gml_cuda_destroy(handle)
             self.handle = None
