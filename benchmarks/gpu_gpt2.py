@@ -60,11 +60,22 @@ def first_output(x: Any) -> torch.Tensor:
     return x[0] if isinstance(x, list | tuple) else x
 
 
-def gimlet_fn(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, float, dict[str, Any]]:
+# gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
+# "gimlet-lt" = cuBLASLt epilogues + odd-width weights padded
+VARIANTS: dict[str, dict[str, bool]] = {
+    "gimlet": {},
+    "gimlet-lt": {"VENDOR_EPILOGUE": True, "PAD_WEIGHTS": True},
+}
+
+
+def gimlet_fn(
+    module: torch.nn.Module, args: tuple[Any, ...], switches: dict[str, bool] | None = None
+) -> tuple[Any, float, dict[str, Any]]:
     """Compile with gimlet's NVIDIA backend in this process; (callable, seconds, info)."""
     import copy
 
     from gimlet import compile as gcompile
+    from gimlet.backends.gpu import codegen
     from gimlet.backends.gpu.lower import lower
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
@@ -73,14 +84,21 @@ def gimlet_fn(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, floa
     t0 = time.perf_counter()
     compiled = gcompile(copy.deepcopy(module).cpu(), tuple(a.cpu() for a in args))
     fn = main_func(compiled.module)
-    low = lower(fn)
+    saved = {k: getattr(codegen, k) for k in switches or {}}
+    try:
+        for k, v in (switches or {}).items():
+            setattr(codegen, k, v)
+        low = lower(fn)
+    finally:
+        for k, v in saved.items():
+            setattr(codegen, k, v)
     lib, _ = build_segment(low.source)
     seconds = time.perf_counter() - t0
     f = CudaFunction(fn, lib, compiled.weights, lowered=low)
     bucket = f.bucket(tuple(tuple(a.shape) for a in args))
     info = {
         "kernels": low.source.count("<<<"),
-        "gemm_calls": low.source.count("ctx->gemm("),
+        "gemm_calls": low.source.count("ctx->gemm(") + low.source.count("ctx->gemm_epilogue("),
         "plan_bytes": bucket.plan_bytes,
         "weight_bytes": f.weight_bytes(),
     }
@@ -116,19 +134,21 @@ def measure(
                 "max_abs_err": float((out.float() - ref.float()).abs().max()),
             }
         torch._dynamo.reset()
-        g, secs, info = gimlet_fn(module, args)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = first_output(g(*args))
-        torch.cuda.synchronize()
-        rows["gimlet"] = {
-            "ms": timed(g, args, iters),
-            "compile_s": secs,
-            "max_abs_err": float((out.float() - ref.float()).abs().max()),
-            "peak_bytes_after_load": torch.cuda.max_memory_allocated() - base,
-            **info,
-        }
+        for variant, switches in VARIANTS.items():
+            g, secs, info = gimlet_fn(module, args, switches)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            out = first_output(g(*args))
+            torch.cuda.synchronize()
+            rows[variant] = {
+                "ms": timed(g, args, iters),
+                "compile_s": secs,
+                "max_abs_err": float((out.float() - ref.float()).abs().max()),
+                "peak_bytes_after_load": torch.cuda.max_memory_allocated() - base,
+                **info,
+            }
+            del g
     for r in rows.values():
         r["median_ms"] = statistics.median(r["ms"])
         r["min_ms"] = min(r["ms"])
@@ -138,9 +158,10 @@ def measure(
 
 
 def profile(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-    """gimlet's kernels one by one (graphs off, so the profiler sees each launch)."""
+    """gimlet's kernels one by one (graphs off, so the profiler sees each launch), for the
+    last variant asked for."""
     os.environ["GIMLET_CUDA_GRAPHS"] = "0"
-    g, _, _ = gimlet_fn(module, args)
+    g, _, _ = gimlet_fn(module, args, list(VARIANTS.values())[-1])
     for _ in range(5):
         g(*args)
     torch.cuda.synchronize()
@@ -163,7 +184,15 @@ def main() -> None:
         action="store_true",
         help="only gimlet, each kernel's GPU time (torch.profiler)",
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        choices=list(VARIANTS),
+        help="gimlet's variants to run (repeatable; default all)",
+    )
     args = ap.parse_args()
+    for v in set(VARIANTS) - set(args.variant or VARIANTS):
+        del VARIANTS[v]
     iters = 50 if args.quick else 200
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -219,12 +248,13 @@ def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
         "",
     ]
     for case, rows in cases.items():
-        g = rows["gimlet"]
-        lines.append(
-            f"- {case}: torch eager peak {rows['torch eager']['peak_bytes'] / 2**20:.1f} MiB of activations; "
-            f"gimlet weights {g['weight_bytes'] / 2**20:.1f} MiB, memory plan (arena) {g['plan_bytes'] / 2**20:.2f} MiB, "
-            f"{g['kernels']} kernel launches + {g['gemm_calls']} GEMM calls in the program."
-        )
+        for variant in VARIANTS:
+            g = rows[variant]
+            lines.append(
+                f"- {case}, {variant}: torch eager peak {rows['torch eager']['peak_bytes'] / 2**20:.1f} MiB of activations; "
+                f"weights {g['weight_bytes'] / 2**20:.1f} MiB, memory plan (arena) {g['plan_bytes'] / 2**20:.2f} MiB, "
+                f"{g['kernels']} kernel launches + {g['gemm_calls']} GEMM calls in the program."
+            )
     text = "\n".join(lines) + "\n"
     (RESULTS / "gpu_gpt2.md").write_text(text)
     print(text)

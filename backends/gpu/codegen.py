@@ -44,10 +44,9 @@ ENTRY = "gimlet_gpu_main"
 # cuBLAS attention reading q/k/v through strides (no copies); GIMLET_GPU_FOLD_ATTENTION=0
 # turns it off (to compare, or to rule it out).
 FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "1") == "1"
-# Linear layers on the GEMM path through cuBLASLt with bias/GELU/residual in its epilogue,
-# and weights with an odd number of outputs padded to an aligned width. Both opt-in:
-# written and tested here, not yet run on a GPU (the H200 run that had them did not
-# finish; see benchmarks/results/gpu_tests.md).
+# Linear layers on the GEMM path through cuBLASLt with bias/GELU/residual in its epilogue
+# (the runtime library always has it), and weights with an odd number of outputs padded
+# to an aligned width. Both opt-in until measured on the H200 (gpu_tests.md run 8).
 VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "0") == "1"
 PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "0") == "1"
 HEADER = "gimlet/gpu/gml_gpu.cuh"

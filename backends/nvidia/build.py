@@ -125,12 +125,12 @@ def build_runtime() -> Path:
         "-lcublas",
         f"-Xlinker=-rpath,{lib}",
     ]
-    if os.environ.get("GIMLET_GPU_CUBLASLT", "0") == "1":  # see backends/gpu/codegen.py
-        # cuBLASLt by file: torch's wheels ship only the versioned name, which -l misses
-        lt = min(lib.glob("libcublasLt.so*"), key=lambda f: len(f.name), default=None)
-        if lt is None:
-            raise CudaBuildError(f"GIMLET_GPU_CUBLASLT=1 needs libcublasLt.so beside {lib}")
-        flags += ["-DGML_CUBLASLT", str(lt)]
+    # cuBLASLt by file (GEMMs with fused epilogues): torch's wheels ship only the versioned
+    # name, which -l misses; libcublas itself depends on it, so it is always there
+    lt = min(lib.glob("libcublasLt.so*"), key=lambda f: len(f.name), default=None)
+    if lt is None:
+        raise CudaBuildError(f"the NVIDIA backend's runtime needs libcublasLt.so beside {lib}")
+    flags.append(str(lt))
     path, _ = _build(RUNTIME_SOURCE.read_text(), flags, ".rt", extra_key=str(inc))
     return path
 

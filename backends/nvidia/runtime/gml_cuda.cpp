@@ -7,9 +7,7 @@
 //
 // Built on the machine that runs it (backends/nvidia/build.py), against the CUDA
 // toolkit and the cuBLAS headers there; generated segments never include cuBLAS.
-#ifdef GML_CUBLASLT
 #include <cublasLt.h>
-#endif
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -29,9 +27,7 @@ struct Program {
   cudaStream_t stream = nullptr;
   cudaEvent_t ready = nullptr, done = nullptr;
   cublasHandle_t blas = nullptr;
-#ifdef GML_CUBLASLT
   cublasLtHandle_t lt = nullptr;
-#endif
   void* workspace = nullptr;
   gml::Ctx ctx{};
   bool graphs = true;
@@ -76,7 +72,6 @@ int gemm(const gml::Ctx* ctx, cudaStream_t stream, gml::DType ab, gml::DType c, 
   return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
 }
 
-#ifdef GML_CUBLASLT  // GIMLET_GPU_CUBLASLT=1 (backends/nvidia/build.py)
 // cuBLASLt with a fused epilogue, in column-major terms D^T (n x m) = W^T(k x n)^T X^T
 // (k x m): bias per row of D^T, R as C with beta = 1. The descriptors are built per call:
 // under graph capture that is once per shape bucket.
@@ -127,7 +122,6 @@ int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_
   if (op) cublasLtMatmulDescDestroy(op);
   return s == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + int(s);
 }
-#endif
 
 int fail(Program* p, const char* what, int code) {
   snprintf(p->error, sizeof p->error, "%s: %s", what,
@@ -158,9 +152,7 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
     return nullptr;
   }
   p->ctx.gemm = gemm;
-#ifdef GML_CUBLASLT
   p->ctx.gemm_epilogue = gemm_epilogue;
-#endif
   p->ctx.state = p;
   return p;
 }
@@ -170,9 +162,7 @@ void gml_cuda_destroy(void* program) {
   if (!p) return;
   cudaStreamSynchronize(p->stream);
   cublasDestroy(p->blas);
-#ifdef GML_CUBLASLT
   if (p->lt) cublasLtDestroy(p->lt);
-#endif
   cudaFree(p->workspace);
   cudaEventDestroy(p->ready);
   cudaEventDestroy(p->done);
