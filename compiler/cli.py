@@ -321,7 +321,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with step(f"exporting {args.model}"):
-        fe = frontend(args.model, cache=not args.no_cache, note=_note)
+        fe = frontend(
+            args.model,
+            cache=not args.no_cache,
+            note=_note,
+            output_key=_output_key(args),
+            out_dir=None if args.target else args.output,
+        )
     if fe.cached:
         print(
             f"gimletc: export cache: reusing the export of {args.model} from {fe.cached} "
@@ -347,9 +353,10 @@ def _compile_rest(args: argparse.Namespace, fe: Any, start: float) -> int:
         phases[name] = phases.get(name, 0.0) + now - clock
         clock = now
 
-    # the weights are written while the passes run (a cache hit links the file it kept)
-    writer = None
-    if not args.target and not fe.has_weights_file:
+    # the weights are written while the passes run, or since before torch.export (a miss:
+    # fe.writer); a cache hit links the file it kept
+    writer = fe.writer
+    if writer is None and not args.target and not fe.has_weights_file:
         writer = WeightsWriter(args.output, fe.weights)
     try:
         return _passes_and_output(args, fe, writer, lap, start)
@@ -365,13 +372,21 @@ def _passes_and_output(
     lap: Callable[[str], None],
     start: float,
 ) -> int:
-    module, weights, example, phases = fe.module, fe.weights, fe.example_inputs, fe.phases
-    with step("running passes"):
-        verify_program(module, after="import")
-        run_pipeline(module, _pipeline(args), _instrumentation(args))
-    lap("passes")
-    text = print_ir(module, not args.no_locations)
-    lap("print")
+    weights, example, phases = fe.weights, fe.example_inputs, fe.phases
+    if fe.output is not None:  # the export cache kept this pipeline's final IR: no passes
+        text, names, module = fe.output.ir, fe.output.inputs, None
+    else:
+        module = fe.module
+        with step("running passes"):
+            verify_program(module, after="import")
+            run_pipeline(module, _pipeline(args), _instrumentation(args))
+        lap("passes")
+        text = print_ir(module, not args.no_locations)
+        names = input_names(module)
+        lap("print")
+
+    def n_ops() -> int:
+        return fe.output.ops if module is None else sum(1 for _ in module.walk())
 
     def fill(tmp: str) -> None:
         with open(os.path.join(tmp, IR_FILE), "w") as f:
@@ -382,11 +397,12 @@ def _passes_and_output(
         elif not fe.link_weights(path):
             save_weights(path, weights)
         if example is not None:  # `gimletc run OUT/` runs on these without --inputs
-            save_inputs(os.path.join(tmp, INPUTS_FILE), input_names(module), example)
+            save_inputs(os.path.join(tmp, INPUTS_FILE), names, example)
 
     if args.target:  # --- runtime hook: a placed program becomes a bundle (gimlet.bundle)
         from gimlet.bundle import write_bundle
 
+        assert module is not None  # _output_key gives bundles none
         manifest = write_bundle(args.output, module, text, weights, _backend_choices(args))
         lap("write")
         fe.commit()
@@ -396,18 +412,22 @@ def _passes_and_output(
     else:
         write_atomically(args.output, fill)
         lap("write")
-        fe.commit(os.path.join(os.path.abspath(args.output), WEIGHTS_FILE))
+        from gimlet.frontend.cache import Output
+
+        fe.commit(
+            os.path.join(os.path.abspath(args.output), WEIGHTS_FILE), Output(text, n_ops(), names)
+        )
         runtime = None
-    _explain(args, module, runtime)
+    if module is not None:
+        _explain(args, module, runtime)
     if args.timing:
         total = time.perf_counter() - start
         times = " ".join(f"{k.replace(' ', '-')}={v:.3f}" for k, v in phases.items())
         print(f"gimletc: phase times (s): {times} total={total:.3f}", file=sys.stderr)
-    n_ops = sum(1 for _ in module.walk())
     what = "a bundle (manifest.json, per-device weights)" if args.target else WEIGHTS_FILE
     also = f" and {INPUTS_FILE} (example inputs)" if example is not None and not args.target else ""
     print(
-        f"gimletc: wrote {os.path.join(args.output, IR_FILE)} ({n_ops} ops), {what} "
+        f"gimletc: wrote {os.path.join(args.output, IR_FILE)} ({n_ops()} ops), {what} "
         f"({len(weights)} tensors){also}"
     )
     return 0
@@ -415,6 +435,18 @@ def _passes_and_output(
 
 def _note(message: str) -> None:
     print(f"gimletc: note: {message}", file=sys.stderr)
+
+
+def _output_key(args: argparse.Namespace) -> str | None:
+    """The export cache's key for this compile's final IR (cache.output_key), None when it
+    must run the passes: a bundle (placement, backends), or IR printed or dumped per pass."""
+    if args.no_cache or args.target or args.dump_dir or args.print_ir_after_all:
+        return None
+    if args.print_ir_before or args.print_ir_after:
+        return None
+    from gimlet.frontend.cache import output_key
+
+    return output_key(args.pass_pipeline, not args.no_locations)
 
 
 def _backend_choices(args: argparse.Namespace) -> dict[str, str]:

@@ -19,7 +19,7 @@ import torch
 from safetensors.numpy import load_file
 
 import gimlet
-from gimlet.artifacts import read_safetensors, save_weights
+from gimlet.artifacts import WeightsWriter, read_safetensors, save_weights
 from gimlet.cli import main
 from gimlet.frontend import cache
 from gimlet.frontend.load import frontend
@@ -327,3 +327,200 @@ def test_numpy_attributes_are_described_by_their_values() -> None:
     a = cache.model_state(Table(np.zeros(1000)))[0]
     b = cache.model_state(Table(np.r_[np.zeros(999), 1.0]))[0]
     assert cache.key_of({"s": a}) != cache.key_of({"s": b})
+
+
+# --- the final IR kept in an entry (cache.Output) ------------------------------------------
+
+
+def no_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make parsing IR or running a pass fail the test: a reused final IR needs neither."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed IR or ran passes")
+
+    monkeypatch.setattr("gimlet.cli.run_pipeline", fail)
+    monkeypatch.setattr("gimlet.ir.parse", fail)
+
+
+def outputs(project: Path) -> list[Path]:
+    return sorted((project / "cache").glob("**/output-*.json"))
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the process had started after every file was saved: in a shared checkout a
+    gimlet file edited during the test session would otherwise turn the final IR off."""
+    monkeypatch.setattr(cache, "_process_start", lambda: float("inf"))
+
+
+def test_a_repeat_compile_reuses_the_final_ir_without_parsing_or_passes(
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    settled: None,
+) -> None:
+    out, _ = compile_cli(capsys)
+    ir = (project / "out" / "model.mlir").read_text()
+    inputs = np.load(project / "out" / "inputs.npz")["x"]
+    assert len(outputs(project)) == 1
+    with monkeypatch.context() as m:
+        no_passes(m)
+        out2, err2 = compile_cli(capsys)
+    assert err2 == hit_line(project)
+    assert (
+        out2
+        == out
+        == "gimletc: wrote out/model.mlir (14 ops), weights.safetensors (3 tensors) and inputs.npz (example inputs)\n"
+    )
+    assert (project / "out" / "model.mlir").read_text() == ir
+    np.testing.assert_array_equal(np.load(project / "out" / "inputs.npz")["x"], inputs)
+    assert os.stat(project / "out" / "weights.safetensors").st_nlink == 2
+    # another pipeline option is another final IR: the passes run once for it, then not
+    compile_cli(capsys, "--no-locations")
+    plain = (project / "out" / "model.mlir").read_text()
+    assert "loc(" in ir and "loc(" not in plain
+    assert len(outputs(project)) == 2
+    with monkeypatch.context() as m:
+        no_passes(m)
+        compile_cli(capsys, "--no-locations")
+    assert (project / "out" / "model.mlir").read_text() == plain
+
+
+def test_the_final_ir_is_keyed_by_pipeline_and_gimlet_sources(
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    settled: None,
+) -> None:
+    import gimlet.cli
+
+    runs: list[str] = []
+    real = gimlet.cli.run_pipeline
+
+    def counted(module: Any, pipeline: Any, instr: Any) -> None:
+        runs.append("ran")
+        real(module, pipeline, instr)
+
+    monkeypatch.setattr(gimlet.cli, "run_pipeline", counted)
+    compile_cli(capsys)
+    compile_cli(capsys)
+    assert len(runs) == 1
+    compile_cli(capsys, "--pass-pipeline", "infer-shapes")  # another pipeline
+    assert len(runs) == 2
+    compile_cli(capsys, "--dump-dir", "dumps")  # dumps per pass: asked for the passes
+    assert len(runs) == 3 and os.listdir(project / "dumps")
+    assert cache.output_key("a", True) != cache.output_key("a", False)
+    monkeypatch.setattr(cache, "gimlet_tree", lambda: "an edited gimlet")  # any source
+    compile_cli(capsys)
+    assert len(runs) == 4
+    compile_cli(capsys)
+    assert len(runs) == 4
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (
+            lambda text: "{",
+            "{name}: JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
+        (lambda text: text.replace("gml.", "gml.x"), "{name} does not match its checksum"),
+    ],
+)
+def test_a_corrupt_final_ir_is_a_note_and_the_passes_run_again(
+    project: Path, capsys: pytest.CaptureFixture[str], damage: Any, why: str, settled: None
+) -> None:
+    compile_cli(capsys)
+    ir = (project / "out" / "model.mlir").read_text()
+    (path,) = outputs(project)
+    path.write_text(damage(path.read_text()))
+    _, err = compile_cli(capsys)
+    assert err == (
+        f"gimletc: note: ignoring a corrupt export cache entry {path.parent}: "
+        f"{why.format(name=path.name)}\n" + hit_line(project)
+    )
+    assert (project / "out" / "model.mlir").read_text() == ir
+    assert cache.read_output(str(path.parent), path.stem.removeprefix("output-")) is not None
+    assert compile_cli(capsys)[1] == hit_line(project)  # the hit wrote it anew
+
+
+# --- weights written while torch.export runs (WeightsWriter's `ahead`) ----------------------
+
+
+def written(tmp_path: Path, ahead: dict[str, Any], weights: dict[str, Any]) -> tuple[bool, Path]:
+    """Write ahead, settle, move; (whether the bytes written ahead became the file, it)."""
+    writer = WeightsWriter(str(tmp_path / "out"), ahead=ahead)
+    writer.settle(weights)
+    path = tmp_path / "w.safetensors"
+    writer.move_to(str(path))
+    ours, reference = read_safetensors(str(path)), load_file(str(path))
+    assert sorted(ours) == sorted(reference) == sorted(weights)
+    for name, value in weights.items():
+        expected = value.numpy() if isinstance(value, torch.Tensor) else value
+        np.testing.assert_array_equal(ours[name], expected)
+        np.testing.assert_array_equal(reference[name], expected)
+    return writer.reused_ahead, path
+
+
+def model_tensors() -> dict[str, torch.Tensor]:
+    return {
+        "w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "ids": torch.arange(5, dtype=torch.int64),
+        "half": torch.ones(6, dtype=torch.bfloat16),
+    }
+
+
+def views(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    from gimlet.dtypes import torch_to_numpy
+
+    return {n: torch_to_numpy(t) for n, t in tensors.items()}
+
+
+def test_weights_written_ahead_become_the_file_when_the_import_names_them(
+    tmp_path: Path,
+) -> None:
+    tensors = model_tensors()
+    assert written(tmp_path, tensors, views(tensors))[0]
+    # a lifted constant is appended (8-byte data so far: its alignment holds)
+    assert written(tmp_path, tensors, {**views(tensors), "c": np.arange(3, dtype=np.float32)})[0]
+
+
+def test_weights_written_ahead_are_rewritten_when_the_import_differs(tmp_path: Path) -> None:
+    tensors = model_tensors()
+    copied = {**views(tensors), "w": views(tensors)["w"].copy()}  # other memory
+    assert not written(tmp_path, tensors, copied)[0]
+    dropped = {n: a for n, a in views(tensors).items() if n != "ids"}
+    assert not written(tmp_path, tensors, dropped)[0]
+    odd = {"b": torch.ones(3, dtype=torch.uint8)}  # 3 bytes: an f32 after it is misaligned
+    assert not written(tmp_path, odd, {**views(odd), "c": np.ones(2, dtype=np.float32)})[0]
+    many = {f"constant_{'x' * 200}_{i}": np.ones(1, dtype=np.int8) for i in range(100)}
+    assert not written(tmp_path, tensors, {**views(tensors), **many})[0]  # header overflows
+
+
+def test_a_weights_writer_discarded_before_it_settles_leaves_nothing(tmp_path: Path) -> None:
+    writer = WeightsWriter(str(tmp_path / "out"), ahead=model_tensors())
+    writer.discard()
+    assert not writer.thread.is_alive()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_missed_compile_writes_the_weights_while_torch_exports(project: Path) -> None:
+    fe = frontend("net.py:model", out_dir=str(project / "out"))
+    assert fe.writer is not None
+    fe.writer.move_to(str(project / "w.safetensors"))
+    assert fe.writer.reused_ahead  # fc.weight and fc.bias, then the lifted constant
+    again = load_file(str(project / "w.safetensors"))
+    assert sorted(again) == ["fc.bias", "fc.weight", "lifted_tensor_0"]
+    for name, w in fe.weights.items():
+        np.testing.assert_array_equal(again[name], w)
+
+
+def test_no_final_ir_is_kept_or_used_when_gimlet_changed_after_the_process_started(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the code running may not be what gimlet's files now say: their hash must not name it
+    monkeypatch.setattr(cache, "_process_start", lambda: 0.0)
+    assert cache.output_key("a", True) is None
+    compile_cli(capsys)
+    assert "gimletc: export cache: reusing" in compile_cli(capsys)[1]  # the import still
+    assert outputs(project) == []

@@ -402,15 +402,25 @@ def has_entries(base: str) -> bool:
     return os.path.isdir(os.path.join(cache_dir(), base))
 
 
-def latest_ir(base: str) -> str | None:
-    """The imported IR of the entry stored last under `base`, None if none is readable."""
+def latest_entry(base: str) -> str | None:
+    """The path of the entry stored last under `base`, None if there is none."""
     root = os.path.join(cache_dir(), base)
     try:
         metas = [os.path.join(root, d, META_FILE) for d in os.listdir(root)]
-        latest = max((m for m in metas if os.path.isfile(m)), key=os.path.getmtime)
-        with open(os.path.join(os.path.dirname(latest), IR_FILE), encoding="utf-8") as f:
-            return f.read()
+        return os.path.dirname(max((m for m in metas if os.path.isfile(m)), key=os.path.getmtime))
     except (OSError, ValueError):  # none yet, or one being replaced: lookup will tell
+        return None
+
+
+def latest_ir(base: str) -> str | None:
+    """The imported IR of the entry stored last under `base`, None if none is readable."""
+    latest = latest_entry(base)
+    try:
+        if latest is None:
+            return None
+        with open(os.path.join(latest, IR_FILE), encoding="utf-8") as f:
+            return f.read()
+    except OSError:
         return None
 
 
@@ -465,13 +475,15 @@ def store(
     all_weights: Mapping[str, np.ndarray] | None,
     replace: bool = False,
     from_model: Sequence[str] = (),
+    outputs: Mapping[str, Output] | None = None,
 ) -> str | None:
     """Write an entry atomically; its path, or None when it could not be written (a
     read-only cache directory must not fail a compile). `weights_file` (a compile's
     output) is hard-linked into it; `all_weights`, when given, must be in the entry
     (a .pt2 import has no live model to take them from) and are written if the link
     cannot be made. `from_model` names the weights a hit takes from the live model;
-    `replace`: a corrupt entry is in the way and goes."""
+    `outputs`: final IR by output key (write_output); `replace`: a corrupt entry is in
+    the way and goes."""
     from gimlet.artifacts import write_safetensors
 
     final = os.path.join(cache_dir(), key)
@@ -507,6 +519,8 @@ def store(
             if has_weights
             else None,
         }
+        for okey, output in (outputs or {}).items():
+            write_output(tmp, okey, output)
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
         if replace and os.path.isdir(final):
@@ -538,6 +552,128 @@ def link_weights(entry: Entry, dst: str) -> bool:
     """Put the entry's full weights file at `dst` (a hard link: no bytes written)."""
     src = entry.weights_file
     return src is not None and _link(src, dst)
+
+
+# --- the final IR of a compile ----------------------------------------------------------
+#
+# A `gimletc compile` hit still parsed the cached import, verified it, ran the passes and
+# printed the result (~0.3 s for GPT-2 small, more than half of what gimlet spent on a
+# repeat compile). An entry also keeps what that came to, `output-<output key>.json`,
+# one per pass pipeline: the output key is a hash of the pipeline, whether locations are
+# printed, every source file of gimlet (any pass, dialect or printer may change the
+# text) and the versions of the packages the passes run on. Together with the entry's
+# key (everything the import depends on) that is everything the final IR depends on;
+# passes read no environment and no weight values.
+
+
+@dataclass
+class Output:
+    """The final IR of a compile, with what the CLI reports about it."""
+
+    ir: str
+    ops: int  # operations in it, for the CLI's summary line
+    inputs: list[str]  # the program's input names, for the example inputs file
+
+
+def gimlet_tree() -> str | None:
+    """A hash of every Python source of the gimlet package (all its folders: the
+    package maps them from several top-level directories); None when one of them changed
+    after this process started, so that the code running may not be what the files say
+    (a final IR made by it must not be stored under their hash, nor one stored under it
+    be taken for its output)."""
+    import importlib.util
+
+    started = _process_start()
+    h = hashlib.sha256()
+    roots = []
+    for name in ("gimlet", "gimlet.dialects", "gimlet.passes", "gimlet.backends", "gimlet.runtime"):
+        spec = importlib.util.find_spec(name)  # finds a subpackage without importing it
+        roots += list(spec.submodule_search_locations or []) if spec else []
+    seen: set[str] = set()
+    for root in sorted(roots):
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
+            for f in sorted(files):
+                path = os.path.realpath(os.path.join(folder, f))
+                if f.endswith(".py") and path not in seen:
+                    seen.add(path)
+                    if os.path.getmtime(path) > started:
+                        return None
+                    h.update(path.encode())
+                    h.update(sha256_file(path).encode())
+    return h.hexdigest()
+
+
+def output_key(pipeline: str, locations: bool) -> str | None:
+    """The key of a compile's final IR within an entry; None when gimlet's sources changed
+    while this process ran (then the passes run and nothing is kept). In-process changes
+    to gimlet's code (a test replacing a pass's method) are not in it: such a caller
+    compiles with --no-cache."""
+    tree = gimlet_tree()
+    if tree is None:
+        return None
+    return key_of(
+        {
+            "format": FORMAT,
+            "pipeline": pipeline,
+            "locations": locations,
+            "gimlet": tree,
+            "packages": {p: _version(p) for p in ("xdsl", "numpy", "ml_dtypes", "sympy")},
+        }
+    )
+
+
+def _output_file(entry_path: str, okey: str) -> str:
+    return os.path.join(entry_path, f"output-{okey}.json")
+
+
+def has_output(entry_path: str | None, okey: str) -> bool:
+    return entry_path is not None and os.path.isfile(_output_file(entry_path, okey))
+
+
+def read_output(entry_path: str, okey: str) -> Output | None:
+    """The entry's final IR for `okey`; None when it has none; CorruptEntry when it cannot
+    be read."""
+    path = _output_file(entry_path, okey)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        out = Output(data["ir"], int(data["ops"]), [str(n) for n in data["inputs"]])
+    except Exception as e:  # whatever a damaged file makes the reader raise
+        raise CorruptEntry(f"{os.path.basename(path)}: {type(e).__name__}: {e}") from e
+    if data.get("key") != okey or hashlib.sha256(out.ir.encode()).hexdigest() != data.get(
+        "ir_sha256"
+    ):
+        raise CorruptEntry(f"{os.path.basename(path)} does not match its checksum")
+    return out
+
+
+def write_output(entry_path: str, okey: str, output: Output) -> bool:
+    """Add the final IR for `okey` to an entry, atomically (a temporary file renamed into
+    place); False when it cannot be written (a read-only cache)."""
+    data = {
+        "key": okey,
+        "ir_sha256": hashlib.sha256(output.ir.encode()).hexdigest(),
+        "ops": output.ops,
+        "inputs": output.inputs,
+        "ir": output.ir,
+    }
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=entry_path)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, _output_file(entry_path, okey))
+        return True
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 Note = Callable[[str], None]

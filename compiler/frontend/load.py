@@ -8,12 +8,14 @@ returns `(module, example_inputs)` or `(module, example_inputs, dynamic_shapes)`
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -23,6 +25,7 @@ import torch
 from torch.export import ExportedProgram
 from xdsl.dialects.builtin import ModuleOp
 
+from gimlet.artifacts import WeightsWriter
 from gimlet.errors import UserError
 
 aten = torch.ops.aten
@@ -149,15 +152,29 @@ def import_model(
 class Imported:
     """What the frontend hands the pass pipeline: the imported module (not yet through any
     pass), its weights, the example inputs to keep beside the output (one array per
-    program input, or None), and the wall time of each phase in seconds."""
+    program input, or None), and the wall time of each phase in seconds.
 
-    module: ModuleOp
+    On a hit whose entry holds the final IR for the caller's output key, `output` is that
+    IR and the import is not parsed unless `module` is read."""
+
+    _module: ModuleOp | None
     weights: dict[str, np.ndarray]
     example_inputs: list[np.ndarray] | None
     phases: dict[str, float] = field(default_factory=dict)
     cached: str | None = None  # the export cache entry this came from, on a hit
     _entry: Any = None
-    _store: Callable[[str | None], str | None] | None = None
+    # stores the entry on a miss, or the final IR in the entry of a hit; None when done
+    _store: Callable[[str | None, Any], Any] | None = None
+    output: Any = None  # cache.Output: the final IR of an earlier identical compile
+    writer: WeightsWriter | None = None  # writing `weights` since before torch.export
+
+    @property
+    def module(self) -> ModuleOp:
+        if self._module is None:
+            from gimlet.ir import parse
+
+            self._module = parse(self._entry.ir, os.path.join(self._entry.path, "imported.mlir"))
+        return self._module
 
     @property
     def has_weights_file(self) -> bool:
@@ -173,12 +190,14 @@ class Imported:
 
         return link_weights(self._entry, dst)
 
-    def commit(self, weights_file: str | None = None) -> None:
+    def commit(self, weights_file: str | None = None, output: Any = None) -> None:
         """On a miss, store the export cache entry; `weights_file` (the output just
-        written, holding exactly `weights`) is hard-linked into it."""
+        written, holding exactly `weights`) is hard-linked into it. `output` (a
+        cache.Output: the final IR for the output key given to frontend()) is kept in the
+        entry, a hit's included, for the next compile with that pipeline."""
         if self._store is not None:
             start = time.perf_counter()
-            self._store(weights_file)
+            self._store(weights_file, output)
             self._store = None
             self.phases["cache store"] = time.perf_counter() - start
 
@@ -190,11 +209,48 @@ def frontend(
     *,
     cache: bool = True,
     note: Callable[[str], None] | None = None,
+    output_key: str | None = None,
+    out_dir: str | None = None,
 ) -> Imported:
     """load_program + decompose + import_program, through the export cache (cache.py)
     unless `cache` is False or the model is an ExportedProgram already. `note` receives
     one line about a cache entry that could not be used. A miss is stored by
-    `Imported.commit()`, which the caller runs once its output is written."""
+    `Imported.commit()`, which the caller runs once its output is written.
+
+    `output_key` (cache.output_key): the caller's pass pipeline; a hit then returns the
+    final IR an earlier compile with it kept (Imported.output), if any. `out_dir`: where
+    the caller will write the weights; when torch.export has to run, a WeightsWriter
+    starts writing the model's tensors beside it first (Imported.writer)."""
+    with _collector_frozen():
+        return _frontend(model, example_inputs, dynamic_shapes, cache, note, output_key, out_dir)
+
+
+@contextmanager
+def _collector_frozen() -> Iterator[None]:
+    """Keep the objects that exist now, and the model once the factory made it, out of the
+    cyclic collector until the frontend is done: torch.export's garbage triggers full
+    collections that rescan them all (~0.1-0.3 s each after building GPT-2 small, several
+    per export, one of them often in gimlet's cache print or parse). Left alone when the
+    caller froze objects itself."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _frontend(
+    model: Any,
+    example_inputs: Sequence[Any] | None,
+    dynamic_shapes: Any,
+    cache: bool,
+    note: Callable[[str], None] | None,
+    output_key: str | None,
+    out_dir: str | None,
+) -> Imported:
     phases: dict[str, float] = {}
     clock = _Clock(phases)
     inputs: Sequence[Any] | None = example_inputs
@@ -203,7 +259,7 @@ def frontend(
     if isinstance(model, ExportedProgram):
         return _import(model, phases, clock, None)
     if isinstance(model, str | os.PathLike) and os.fspath(model).endswith(".pt2"):
-        return _pt2(os.fspath(model), phases, clock, cache, note)
+        return _pt2(os.fspath(model), phases, clock, cache, note, output_key)
     roots: list[ModuleType] = []
     factory = None
     if isinstance(model, str | os.PathLike):
@@ -212,6 +268,8 @@ def frontend(
         dynamic_shapes = dyn if dynamic_shapes is None else dynamic_shapes
         roots.append(factory_module)
         factory = spec.rpartition(":")[2]
+        if gc.get_freeze_count():  # frozen by _collector_frozen: the model joins them
+            gc.freeze()
         clock("factory")
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"cannot compile a {type(model).__name__}")
@@ -219,8 +277,12 @@ def frontend(
         raise UserError("compiling an nn.Module needs example_inputs")
     inputs = tuple(inputs)
     model = model.eval()
+
+    def exported() -> Imported:
+        return _exported(model, inputs, dynamic_shapes, phases, clock, out_dir)
+
     if not cache:
-        return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+        return exported()
     from gimlet.frontend import cache as c
 
     parts: dict[str, Any] | None = None
@@ -238,22 +300,24 @@ def frontend(
     if parts is None or edited is not None:
         if note and edited:
             note(f"not using the export cache: {edited}")
-        return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+        return exported()
     base = c.key_of(parts)
     hashing = None
     entry, replace = None, False
     guess: tuple[str, ModuleOp] | None = None
     if c.has_entries(base):  # the weights decide which entry, if any
-        # Entries that share `base` differ in their weights only, so their IR is the same:
-        # parse the latest one's while the weights are hashed on other threads.
         hashing = c.hash_in_background(tensors)
-        guess = _parse_guess(c.latest_ir(base))
+        # Entries that share `base` differ in their weights only, so their IR is the same:
+        # parse the latest one's while the weights are hashed on other threads, unless it
+        # holds the final IR for this pipeline (then nothing needs parsing).
+        if output_key is None or not c.has_output(c.latest_entry(base), output_key):
+            guess = _parse_guess(c.latest_ir(base))
         try:
             key = f"{base}/{hashing.result()}"
         except Exception as e:  # an exotic tensor: compile without the cache
             if note:
                 note(f"not using the export cache: cannot hash the weights ({_why(e)})")
-            return _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+            return exported()
         hashing = None
         clock("cache key")
         entry, replace = _lookup(key, note)
@@ -269,11 +333,11 @@ def frontend(
             weights.update(entry.extra)
             parsed = guess[1] if guess is not None and guess[0] == entry.ir else None
             example = _example_arrays(inputs)
-            hit = _from_entry(entry, weights, example, phases, clock, note, parsed)
+            hit = _from_entry(entry, weights, example, phases, clock, note, parsed, output_key)
             if hit is not None:
                 return hit
         replace = True
-    imported = _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+    imported = exported()
     from_model = [n for n, a in imported.weights.items() if _same_memory(a, tensors.get(n))]
     extra = {n: a for n, a in imported.weights.items() if n not in set(from_model)}
     ir = _print(imported.module)
@@ -286,10 +350,43 @@ def frontend(
             return imported
     clock("cache print")
 
-    def store(weights_file: str | None) -> str | None:
-        return c.store(key, parts, ir, extra, None, weights_file, None, replace, from_model)
+    def store(weights_file: str | None, output: Any) -> str | None:
+        outputs = {output_key: output} if output_key and output is not None else None
+        return c.store(
+            key, parts, ir, extra, None, weights_file, None, replace, from_model, outputs
+        )
 
     imported._store = store
+    return imported
+
+
+def _exported(
+    model: torch.nn.Module,
+    inputs: Sequence[Any],
+    dynamic_shapes: Any,
+    phases: dict[str, float],
+    clock: _Clock,
+    out_dir: str | None,
+) -> Imported:
+    """torch.export, decompositions and the import; with `out_dir`, the model's tensors
+    are written beside it meanwhile, on a thread (WeightsWriter's `ahead`): the second
+    core is mostly idle while torch.export holds the GIL, and 650 MB take 0.1-1.5 s to
+    write here, more than all of gimlet's own work."""
+    writer = None
+    if out_dir is not None:
+        ahead: dict[str, torch.Tensor] = dict(model.state_dict(keep_vars=True))
+        for name, b in model.named_buffers(remove_duplicate=False):  # non-persistent too
+            ahead.setdefault(name, b)
+        writer = WeightsWriter(out_dir, ahead=ahead)
+    try:
+        imported = _import(export(model, inputs, dynamic_shapes), phases, clock, inputs)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.settle(imported.weights)
+        imported.writer = writer
     return imported
 
 
@@ -417,11 +514,25 @@ def _from_entry(
     clock: _Clock,
     note: Callable[[str], None] | None,
     module: ModuleOp | None = None,
+    output_key: str | None = None,
 ) -> Imported | None:
-    """The cached import, parsed (unless `module` is its IR, parsed already); None (after
-    a note) when its IR does not parse."""
+    """The cached import: its final IR for `output_key` when the entry has it (nothing
+    parsed), else its IR parsed (unless `module` is that, parsed already); None (after a
+    note) when its IR does not parse."""
+    from gimlet.frontend import cache as c
     from gimlet.ir import parse
 
+    output = None
+    if output_key is not None:
+        try:
+            output = c.read_output(entry.path, output_key)
+        except c.CorruptEntry as e:  # the passes run again and replace it
+            if note:
+                note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
+    if output is not None:
+        clock("cache load")
+        fit = example if example is not None and len(example) == len(output.inputs) else None
+        return Imported(None, weights, fit, phases, entry.path, entry, output=output)
     try:
         if module is None:
             module = parse(entry.ir, os.path.join(entry.path, "imported.mlir"))
@@ -430,7 +541,15 @@ def _from_entry(
             note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
         return None
     clock("cache load")
-    return Imported(module, weights, _fit(example, module), phases, entry.path, entry)
+    hit = Imported(module, weights, _fit(example, module), phases, entry.path, entry)
+    if output_key is not None:  # keep this pipeline's final IR in the entry
+
+        def store(weights_file: str | None, out: Any) -> None:
+            if out is not None:
+                c.write_output(entry.path, output_key, out)
+
+        hit._store = store
+    return hit
 
 
 def _parse_guess(text: str | None) -> tuple[str, ModuleOp] | None:
@@ -451,6 +570,7 @@ def _pt2(
     clock: _Clock,
     cache: bool,
     note: Callable[[str], None] | None,
+    output_key: str | None = None,
 ) -> Imported:
     """A .pt2 archive: keyed by its bytes; the entry holds all weights and the inputs."""
     if not os.path.isfile(path):
@@ -472,7 +592,7 @@ def _pt2(
             if note:
                 note(f"ignoring a corrupt export cache entry {entry.path}: {e}")
         else:
-            hit = _from_entry(entry, weights, entry.inputs, phases, clock, note)
+            hit = _from_entry(entry, weights, entry.inputs, phases, clock, note, None, output_key)
             if hit is not None:
                 return hit
         replace = True
@@ -481,8 +601,9 @@ def _pt2(
     clock("cache print")
     inputs, weights = imported.example_inputs, imported.weights
 
-    def store(weights_file: str | None) -> str | None:
-        return c.store(key, parts, ir, {}, inputs, weights_file, weights, replace, [])
+    def store(weights_file: str | None, output: Any) -> str | None:
+        outputs = {output_key: output} if output_key and output is not None else None
+        return c.store(key, parts, ir, {}, inputs, weights_file, weights, replace, [], outputs)
 
     imported._store = store
     return imported
