@@ -31,6 +31,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -245,6 +246,7 @@ class WeightsWriter:
         self.path = os.path.join(parent, f".gimlet-weights-{os.getpid()}-{id(self):x}")
         self.error: BaseException | None = None
         self.reused_ahead = False  # whether the bytes written ahead became the file
+        self.seconds = 0.0  # spent writing on the thread (waiting for settle() excluded)
         self._weights = weights
         self._known = threading.Event()  # set once _weights is what the file must hold
         self._cancelled = False
@@ -265,7 +267,9 @@ class WeightsWriter:
             self._known.wait()
             if not self.reused_ahead and not self._cancelled:
                 assert self._weights is not None
+                start = time.perf_counter()
                 save_weights(self.path, self._weights)
+                self.seconds += time.perf_counter() - start
         except BaseException as e:  # re-raised in the caller's thread by move_to
             self.error = e
 
@@ -284,7 +288,9 @@ class WeightsWriter:
             size = sum(a.nbytes for a in arrays.values())
             _allocate(fd, 8 + room + size)
             os.lseek(fd, 8 + room, os.SEEK_SET)
+            start = time.perf_counter()
             _write_all(fd, [_data(arrays[n]) for n in order])
+            self.seconds += time.perf_counter() - start
             self._known.wait()
             if self._cancelled or self._weights is None:
                 return False
@@ -298,8 +304,10 @@ class WeightsWriter:
             head = _header({**arrays, **extras}, order + extra_order, size=room)
             if head is None:
                 return False
+            start = time.perf_counter()
             _write_all(fd, [_data(extras[n]) for n in extra_order])
             os.pwrite(fd, head, 0)  # a regular file's pwrite of a few KB is never short
+            self.seconds += time.perf_counter() - start
             return True
         finally:
             os.close(fd)

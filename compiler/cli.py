@@ -412,6 +412,8 @@ def _passes_and_output(
     else:
         write_atomically(args.output, fill)
         lap("write")
+        if writer is not None and writer.reused_ahead:  # on a thread, during torch.export
+            phases["weights ahead"] = writer.seconds
         from gimlet.frontend.cache import Output
 
         fe.commit(

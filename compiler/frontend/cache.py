@@ -5,7 +5,9 @@ An entry holds what the import produced: the gml IR text (before any pass), the 
 the live model cannot give back (lifted constants; all of them for a .pt2 file), the
 example inputs of a .pt2 file and, once a CLI compile has written its output, a hard link
 to that output's weights.safetensors, so that the next compile links it instead of
-writing the weights again.
+writing the weights again, and that compile's final IR under an output key (see "the
+final IR of a compile" below), so that the next one with the same pipeline parses nothing
+and runs no pass.
 
 Its key is a sha256 over everything the imported IR depends on:
   - the model's source: for `file.py:factory`, the factory's name and every file of the

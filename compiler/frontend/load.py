@@ -340,7 +340,12 @@ def _frontend(
     imported = exported()
     from_model = [n for n, a in imported.weights.items() if _same_memory(a, tensors.get(n))]
     extra = {n: a for n, a in imported.weights.items() if n not in set(from_model)}
-    ir = _print(imported.module)
+    try:
+        ir = _print(imported.module)
+    except BaseException:  # gimlet's bug: still, leave no weights file behind
+        if imported.writer is not None:
+            imported.writer.discard()
+        raise
     if hashing is not None:
         try:
             key = f"{base}/{hashing.result()}"
