@@ -811,6 +811,18 @@ def test_gemm_epilogue_matches_interpreter(
     np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_runtime_links_libraries_as_options_never_as_inputs(tmp_path: Path) -> None:
+    """nvcc compiles every bare input after `-x cu` as CUDA source: a library path there
+    made the runtime's build run for ever on the H200."""
+    from gimlet.backends.nvidia.build import runtime_flags
+
+    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcublasLt.so.13.1.0.3"):
+        (tmp_path / name).touch()
+    flags = runtime_flags(tmp_path / "include", tmp_path)
+    assert all(f.startswith("-") for f in flags)
+    assert "-Xlinker=-l:libcublasLt.so.13" in flags
+
+
 def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
     from gimlet.backends.nvidia import build
 

@@ -83,6 +83,9 @@ def segment_flags() -> list[str]:
     ]
 
 
+NVCC_TIMEOUT_S = 900  # a build that hangs is an error that names the command, not a stall
+
+
 def _build(source: str, flags: list[str], suffix: str, extra_key: str = "") -> tuple[Path, bool]:
     key = hashlib.sha256(
         "\0".join([source, _headers(), extra_key, *flags, nvcc_version()]).encode()
@@ -97,7 +100,13 @@ def _build(source: str, flags: list[str], suffix: str, extra_key: str = "") -> t
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)
     os.close(fd)
     cmd = [nvcc(), "-x", "cu", str(cu), "-o", tmp, f"-I{GPU_INCLUDE}", *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NVCC_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        os.unlink(tmp)
+        raise CudaBuildError(
+            f"nvcc ran over {NVCC_TIMEOUT_S} s building {cu}: {' '.join(cmd)}"
+        ) from e
     if proc.returncode != 0:
         os.unlink(tmp)
         raise CudaBuildError(_describe_failure(cu, source, proc.stderr, cmd))
@@ -113,7 +122,20 @@ def build_segment(source: str) -> tuple[Path, bool]:
 def build_runtime() -> Path:
     """The runtime library for this machine (needs the CUDA and cuBLAS headers)."""
     inc, lib = cublas_dirs()
-    flags = [
+    path, _ = _build(RUNTIME_SOURCE.read_text(), runtime_flags(inc, lib), ".rt", str(inc))
+    return path
+
+
+def runtime_flags(inc: Path, lib: Path) -> list[str]:
+    """nvcc's flags for the runtime library. Every library goes to the host linker as an
+    option: _build's `-x cu` makes nvcc read any bare input file as CUDA source (a
+    750 MB libcublasLt.so among them ran for ever on the H200, gpu_tests.md runs 6, 8)."""
+    # cuBLASLt (GEMMs with fused epilogues) by file name: torch's wheels ship only the
+    # versioned name, which -l misses; libcublas itself depends on it, so it is there
+    lt = min(lib.glob("libcublasLt.so*"), key=lambda f: len(f.name), default=None)
+    if lt is None:
+        raise CudaBuildError(f"the NVIDIA backend's runtime needs libcublasLt.so beside {lib}")
+    return [
         "-std=c++17",
         "-O2",
         "--expt-relaxed-constexpr",
@@ -123,16 +145,9 @@ def build_runtime() -> Path:
         f"-I{inc}",
         f"-L{lib}",
         "-lcublas",
+        f"-Xlinker=-l:{lt.name}",
         f"-Xlinker=-rpath,{lib}",
     ]
-    # cuBLASLt by file (GEMMs with fused epilogues): torch's wheels ship only the versioned
-    # name, which -l misses; libcublas itself depends on it, so it is always there
-    lt = min(lib.glob("libcublasLt.so*"), key=lambda f: len(f.name), default=None)
-    if lt is None:
-        raise CudaBuildError(f"the NVIDIA backend's runtime needs libcublasLt.so beside {lib}")
-    flags.append(str(lt))
-    path, _ = _build(RUNTIME_SOURCE.read_text(), flags, ".rt", extra_key=str(inc))
-    return path
 
 
 def cublas_dirs() -> tuple[Path, Path]:
