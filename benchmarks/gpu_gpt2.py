@@ -61,10 +61,9 @@ def first_output(x: Any) -> torch.Tensor:
 
 
 # gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
-# "gimlet-lt" = cuBLASLt epilogues + odd-width weights padded
+# "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded)
 VARIANTS: dict[str, dict[str, bool]] = {
     "gimlet": {},
-    "gimlet-lt": {"VENDOR_EPILOGUE": True, "PAD_WEIGHTS": True},
 }
 
 

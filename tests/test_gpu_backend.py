@@ -696,20 +696,21 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
 
 @pytest.fixture
 def vendor_paths(monkeypatch: Any) -> None:
-    """The opt-in paths not yet run on a GPU: cuBLASLt epilogues, padded weights."""
+    """cuBLASLt epilogues and padded weights on, whatever GIMLET_GPU_CUBLASLT and
+    GIMLET_GPU_PAD_WEIGHTS say (both default on)."""
     from gimlet.backends.gpu import codegen as cg
 
     monkeypatch.setattr(cg, "VENDOR_EPILOGUE", True)
     monkeypatch.setattr(cg, "PAD_WEIGHTS", True)
 
 
-def _odd_width_linear(bias: bool, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    """x [8, 16] @ W^T with 37 columns: rows of 37 halves are not 16-byte aligned."""
+def _odd_width_linear(bias: bool, dtype: torch.dtype, rows: int = 8) -> tuple[Any, Any, Any]:
+    """x [rows, 16] @ W^T with 37 columns: rows of 37 halves are not 16-byte aligned."""
     from gimlet.frontend import import_model
 
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 37, bias=bias).eval().to(dtype)
-    x = torch.randn(8, 16).to(dtype)
+    x = torch.randn(rows, 16).to(dtype)
     module, weights = import_model(model, (x,), None)
     run_pipeline(module, DEFAULT_PIPELINE)
     return module, weights, x
@@ -758,6 +759,45 @@ def test_odd_width_product_matches_interpreter(
     (ref,) = run(module, [torch_to_numpy(x)], weights)
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else LOW_TOL["f16"]
     np.testing.assert_allclose(got.float().cpu().numpy(), np.asarray(ref, np.float32), **tol)
+
+
+@pytest.fixture
+def small_padded_scratch(monkeypatch: Any) -> None:
+    """64-row chunks for a padded head's product (the least the lowering takes)."""
+    from gimlet.backends.gpu import codegen as cg
+
+    monkeypatch.setattr(cg, "PADDED_SCRATCH_BYTES", 1)
+
+
+def test_padded_head_goes_through_a_scratch_of_a_few_rows(
+    vendor_paths: None, small_padded_scratch: None
+) -> None:
+    """A head with no consumers multiplies 64 rows at a time into a 64 x 40 scratch (not
+    150 x 40 beside the 150 x 37 logits), each chunk copied out unpadded."""
+    module, _, _ = _odd_width_linear(False, torch.float16, rows=150)
+    low = lower(main_func(module))
+    assert "for (int64_t r0 = 0; r0 < P[0]; r0 += 64) {" in low.source
+    plan = low.bucket(((150, 16),))
+    up = lambda n: -(-n // 256) * 256  # noqa: E731 - the plan's alignment
+    # the logits, the 64-row scratch, x: all live at the head's step
+    assert plan.plan_bytes == up(150 * 37 * 2) + up(64 * 40 * 2) + up(150 * 16 * 2)
+
+
+@needs_gpu
+def test_padded_head_in_chunks_matches_interpreter(
+    cache: Any, vendor_paths: None, small_padded_scratch: None
+) -> None:
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    module, weights, x = _odd_width_linear(False, torch.float16, rows=150)
+    low = lower(main_func(module))
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    (got,) = f(x.cuda())
+    (ref,) = run(module, [torch_to_numpy(x)], weights)
+    np.testing.assert_allclose(
+        got.float().cpu().numpy(), np.asarray(ref, np.float32), **LOW_TOL["f16"]
+    )
 
 
 class _Mlp(torch.nn.Module):

@@ -46,9 +46,11 @@ ENTRY = "gimlet_gpu_main"
 FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "1") == "1"
 # Linear layers on the GEMM path through cuBLASLt with bias/GELU/residual in its epilogue
 # (the runtime library always has it), and weights with an odd number of outputs padded
-# to an aligned width. Both opt-in until measured on the H200 (gpu_tests.md run 8).
-VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "0") == "1"
-PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "0") == "1"
+# to an aligned width: on by default since the H200 ran them (gpu_tests.md run 9; GPT-2
+# prefill 1.56 -> 1.10 ms, gpu_gpt2.md run F); "0" turns either off.
+VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "1") == "1"
+PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "1") == "1"
+PADDED_SCRATCH_BYTES = 16 << 20  # a padded head's product goes through this much at a time
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
 HALF = ("gml::f16", "gml::bf16")
@@ -938,19 +940,37 @@ class _Lowering:
             )
         else:  # cuBLAS, then the consumers as one kernel over the product (flat index i)
             product = self.ptr(y)
+            # a padded product with no consumers (a model's head) goes CHUNK rows at a
+            # time through a scratch of CHUNK x ldm, copied out unpadded after each GEMM:
+            # the whole padded product beside the logits would double the arena
+            chunk = max(64, PADDED_SCRATCH_BYTES // max(ldm * esize, 1) // 64 * 64)
             if padded:
 
-                def pad_bytes(env: Env, ldm: int = ldm) -> int:  # rows x ldm, on the GEMM path
+                def pad_bytes(env: Env, ldm: int = ldm, whole: bool = bool(chain)) -> int:
                     rows = _numel(env.shapes[a][:-1])
-                    return rows * ldm * esize if rows > 4 else 0
+                    return (rows if whole else min(rows, chunk)) * ldm * esize if rows > 4 else 0
 
                 pad = Scratch(f"padded{self.step}", pad_bytes)
                 self.scratch.append((pad, self.step))
                 product = self.ptr(pad, ct)
-            self.emit(
-                f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm or N}, {K}, "
-                f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
-            )
+            if padded and not chain:
+                self.emit(f"  for (int64_t r0 = 0; r0 < {M}; r0 += {chunk}) {{")
+                self.emit(f"    const int64_t mr = {M} - r0 < {chunk} ? {M} - r0 : {chunk};")
+                self.emit(
+                    f"    if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, mr, {ldm}, {K}, "
+                    f"{x} + r0 * {K}, {K}, 0, {w}, {K}, 0, {product}, {ldm}, 0, 1, 1.0f)) return e;"
+                )
+                self.emit(
+                    f"    gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
+                    f"unsigned(mr < 65535 ? mr : 65535)), {THREADS}, 0, stream>>>"
+                    f"(mr, {N}, {ldm}, {product}, {self.ptr(y)} + r0 * {N});"
+                )
+                self.emit("  }")
+            else:
+                self.emit(
+                    f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm or N}, {K}, "
+                    f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
+                )
             if chain:
                 # a padded product's rows are `ld` apart
                 read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
@@ -969,12 +989,6 @@ class _Lowering:
                     f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
                     f"{THREADS}, 0, stream>>>(P[{total}], {f'{N}, {ldm}, ' if padded else ''}{product}, "
                     f"{', '.join(ptrs)});"
-                )
-            elif padded:
-                self.emit(
-                    f"  gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
-                    f"unsigned({M} < 65535 ? {M} : 65535)), {THREADS}, 0, stream>>>"
-                    f"({M}, {N}, {ldm}, {product}, {self.ptr(y)});"
                 )
         for group, _ in chain:
             self.done.add(group)
