@@ -879,3 +879,123 @@ def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
         "nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit package) or set CUDA_HOME; or compile "
         "with --backend nvidia=interpreter"
     )
+
+
+# ------------------------------------------------------------------ flash attention (prefill)
+
+
+@pytest.fixture
+def flash(monkeypatch: Any) -> None:
+    """The opt-in flash-attention prefill kernel (gml::attention_prefill), not yet run on
+    a GPU: GIMLET_GPU_FLASH=1."""
+    from gimlet.backends.gpu import codegen as cg
+
+    monkeypatch.setattr(cg, "FLASH_PREFILL", True)
+
+
+class _MaskedAttention(torch.nn.Module):
+    """Self-attention under a boolean mask [T, T]: 4 heads of 16."""
+
+    def __init__(self, d: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.qkv, self.heads = torch.nn.Linear(d, 3 * d), heads
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (
+            z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            for z in self.qkv(x).split(d, dim=2)
+        )
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return y.transpose(1, 2).reshape(b, t, d)
+
+
+def _flash_case(name: str, dtype: torch.dtype) -> tuple[Any, Any, tuple[torch.Tensor, ...]]:
+    """Prefill at T=100 (a partial 64-row block and key tile): "gpt" (causal, head dim 64,
+    q/k/v read in place from the fused projection), "llama" (grouped-query: 4 heads over
+    2 kv heads of 32, batch 2), "mask" (a boolean mask, every row seeing some key)."""
+    import sys
+
+    from gimlet.frontend import import_model
+    from models import LlamaBlock
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpt import GPT
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model: torch.nn.Module
+    if name == "gpt":
+        model = GPT(vocab=97, ctx=128, d=128, heads=2, layers=2)
+        inputs: tuple[torch.Tensor, ...] = (torch.randint(0, 97, (1, 100), generator=gen),)
+    elif name == "llama":
+        model = LlamaBlock(d=128, heads=4, kv_heads=2)
+        inputs = (torch.randn(2, 100, 128, generator=gen).to(dtype),)
+    else:
+        model = _MaskedAttention()
+        mask = (torch.rand(100, 100, generator=gen) < 0.7) | torch.eye(100, dtype=torch.bool)
+        inputs = (torch.randn(2, 100, 64, generator=gen).to(dtype), mask)
+    module, weights = import_model(model.eval().to(dtype), inputs, None)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights, inputs
+
+
+def _sdpa_sections(src: str) -> list[str]:
+    """The generated lines of each attention: from its comment to the next op's."""
+    return [s.split("\n  // gml.")[0] for s in src.split("// gml.sdpa")[1:]]
+
+
+def test_flash_prefill_replaces_the_attention_gemms(flash: None) -> None:
+    """With the switch on, f16 prefill attention is one gml::attention_prefill launch per
+    layer (no cuBLAS call, no scores or probabilities scratch); f32 keeps cuBLAS."""
+    from gimlet.backends.gpu.codegen import Env
+
+    module, _, _ = _flash_case("gpt", torch.float16)
+    low = lower(main_func(module))
+    sections = _sdpa_sections(low.source)
+    assert len(sections) == 2
+    for s in sections:
+        assert "gml::attention_prefill<gml::f16, 64, 64><<<" in s
+        assert "gml::Causal{" in s and "ctx->gemm(" not in s
+    env = Env(*low.evaluator.evaluate([(1, 100)]))
+    scratch = [s for s, _ in low.scratch if s.name.startswith(("scores", "probs"))]
+    assert len(scratch) == 4 and all(s.nbytes(env) == 0 for s in scratch)
+    f32, _, _ = _flash_case("gpt", torch.float32)
+    for s in _sdpa_sections(lower(main_func(f32)).source):
+        assert "attention_prefill" not in s and s.count("ctx->gemm(") == 2
+
+
+@needs_nvcc
+def test_flash_prefill_builds_for_sm90(flash: None, cache: Any) -> None:
+    """f16 causal over strided q/k/v, bf16 under a mask, bf16 grouped-query: all build."""
+    from gimlet.backends.nvidia.build import build_segment
+
+    for name, dtype, bias in (
+        ("gpt", torch.float16, "gml::Causal{"),
+        ("mask", torch.bfloat16, "gml::Masked<bool, 3>{"),
+        ("llama", torch.bfloat16, "gml::Causal{"),
+    ):
+        low = lower(main_func(_flash_case(name, dtype)[0]))
+        (s,) = _sdpa_sections(low.source)[:1]
+        assert "gml::attention_prefill<" in s and bias in s, s
+        assert build_segment(low.source)[0].stat().st_size > 0
+
+
+@needs_gpu
+@pytest.mark.parametrize("tag", sorted(LOW))
+@pytest.mark.parametrize("name", ["gpt", "llama", "mask"])
+def test_flash_prefill_matches_interpreter(name: str, tag: str, flash: None, cache: Any) -> None:
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    module, weights, inputs = _flash_case(name, LOW[tag])
+    low = lower(main_func(module))
+    assert "gml::attention_prefill<" in low.source
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    got = f(*[x.cuda() for x in inputs])
+    ref = run(module, [torch_to_numpy(x) for x in inputs], weights)
+    for g, r in zip(got, ref, strict=True):
+        assert g.dtype == LOW[tag]
+        np.testing.assert_allclose(
+            g.float().cpu().numpy(), np.asarray(r).astype(np.float32), **LOW_TOL[tag]
+        )

@@ -898,6 +898,8 @@ __global__ void softmax_warp_rows(int64_t rows, int64_t n, const T* __restrict__
 
 }  // namespace gml
 
-// Kernels of the lowerings kept in their own modules (backends/gpu/conv.py, tensor_ops.py).
+// Kernels of the lowerings kept in their own modules (backends/gpu/conv.py, tensor_ops.py),
+// and flash attention for prefill (codegen.py's sdpa).
+#include "gimlet/gpu/attention.cuh"
 #include "gimlet/gpu/conv.cuh"
 #include "gimlet/gpu/tensor_ops.cuh"
