@@ -166,6 +166,33 @@ def test_family_on_gpu_matches_interpreter(
         assert torch.equal(g, a)
 
 
+def test_static_sizes_leave_out_the_branches_no_bucket_takes(lowered: dict[str, Any]) -> None:
+    """A function without dynamic dims has one bucket: its Linear layers get either the
+    GEMV for its row count or the GEMM path, never both (nvcc compiled all four GEMV row
+    counts for a prefill otherwise: three quarters of GPT-2's build). The gpt family's
+    sequence is dynamic, so it keeps every branch."""
+    src = lowered["gpt"][1].source
+    assert all(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (1, 2, 3, 4))
+    assert "ctx->gemm" in src
+    many = lower(main_func(_odd_width_linear(True, torch.float16, rows=8)[0])).source
+    assert "GEMV_THREADS, 0, stream>>>" not in many and "ctx->gemm(" in many
+    one = lower(main_func(_odd_width_linear(True, torch.float16, rows=1)[0])).source
+    assert "if (P[0] == 1) k0<1><<<g, gml::GEMV_THREADS" in one
+    assert "<2><<<" not in one and "ctx->gemm" not in one and "copy_pitched" not in one
+    # attention at T=100 (static): the prefill path with the one softmax for 100 keys
+    (attn,) = _sdpa_sections(lower(main_func(_flash_case("mask", torch.float32)[0])).source)
+    assert "attention_decode_split" not in attn and attn.count("ctx->gemm(") == 2
+    assert attn.count("softmax") == 1 and "gml::softmax_warp_rows<float, float, 4><<<" in attn
+    # and one query row (static): flash-decoding only
+    x, mask = torch.randn(2, 1, 64), torch.ones(1, 1, dtype=torch.bool)
+    from gimlet.frontend import import_model
+
+    step, _ = import_model(_MaskedAttention().eval(), (x, mask), None)
+    run_pipeline(step, DEFAULT_PIPELINE)
+    (attn,) = _sdpa_sections(lower(main_func(step)).source)
+    assert "attention_decode_split" in attn and "ctx->gemm" not in attn and "softmax" not in attn
+
+
 @needs_gpu
 def test_dynamic_sizes_get_one_bucket_each(lowered: dict[str, Any], built: dict[str, Path]) -> None:
     from gimlet.backends.nvidia.program import CudaFunction

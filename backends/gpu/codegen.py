@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -35,7 +36,7 @@ from xdsl.ir import Operation, SSAValue
 
 from gimlet.backends.cpu.codegen import _ARITH, _scalar_expr, ctype, literal, where
 from gimlet.dialects import comm, gml
-from gimlet.dialects.shapes import shape_of
+from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError
 
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
@@ -44,6 +45,10 @@ ENTRY = "gimlet_gpu_main"
 # cuBLAS attention reading q/k/v through strides (no copies); GIMLET_GPU_FOLD_ATTENTION=0
 # turns it off (to compare, or to rule it out).
 FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "1") == "1"
+# Prefill attention in f16/bf16 as one flash-attention kernel (gml::attention_prefill,
+# tensor cores, no scores in memory) instead of two cuBLAS GEMMs around a softmax; opt-in
+# until it has run on a GPU.
+FLASH_PREFILL = os.environ.get("GIMLET_GPU_FLASH", "0") == "1"
 # Linear layers on the GEMM path through cuBLASLt with bias/GELU/residual in its epilogue
 # (the runtime library always has it), and weights with an odd number of outputs padded
 # to an aligned width: on by default since the H200 ran them (gpu_tests.md run 9; GPT-2
@@ -285,6 +290,14 @@ class _Lowering:
         self.fold_out: dict[gml.SdpaOp, gml.PermuteOp] = {}  # output permutes it writes
         self.step = 0
         self.scratch: list[tuple[Scratch, int]] = []
+        # the one bucket of a function without dynamic dims: a branch on a size that
+        # bucket never takes is left out of the source (nvcc then never compiles the
+        # templates it would instantiate: the GEMV's four row counts in a prefill took
+        # three quarters of GPT-2's build)
+        args = [shape_of(a.type) for a in fn.body.block.args]
+        self.static: Env | None = None
+        if all(DYN not in s for s in args):
+            self.static = Env(*ShapeEvaluator(fn).evaluate(args))
 
     # ------------------------------------------------------------ helpers
     def slot(self, f: Slot) -> int:
@@ -326,6 +339,24 @@ class _Lowering:
 
     def emit(self, line: str) -> None:
         self.body.append("  " + line)
+
+    def never(self, taken: Callable[[Env], bool]) -> bool:
+        """Whether no bucket takes a branch (`taken` false at the one static bucket)."""
+        return self.static is not None and not taken(self.static)
+
+    @contextmanager
+    def dead_if(self, dead: bool) -> Iterator[None]:
+        """Code emitted (and kernels defined) inside is dropped when `dead`; its slots,
+        weights and scratch stay, so every bucket's parameter table keeps its layout."""
+        if not dead:
+            yield
+            return
+        body, kernels, names = self.body, self.kernels, dict(self.kernel_names)
+        self.body, self.kernels = [], list(kernels)
+        try:
+            yield
+        finally:
+            self.body, self.kernels, self.kernel_names = body, kernels, names
 
     def kernel(self, text: str) -> str:
         """A generated kernel's name; identical kernels (every layer's) are emitted once."""
@@ -918,78 +949,87 @@ class _Lowering:
         ]
         name = self.kernel("\n".join(lines))
         self.comment([op, *(m for g, _ in chain for m in self._group(g)[0])])
+
+        def rows_of(env: Env) -> int:
+            return _numel(env.shapes[a][:-1])
+
         self.emit(f"if ({M} <= 4) {{  // decode: a few rows against a weight read once")
         self.emit(
             f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS);  // a warp a column"
         )
-        for rows in (1, 2, 3, 4):
+        static_rows = rows_of(self.static) if self.static is not None else None
+        live = [r for r in (1, 2, 3, 4) if static_rows in (None, r)]
+        for i, rows in enumerate(live):
             self.emit(
-                f"  {'' if rows == 1 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, gml::GEMV_THREADS, 0, stream>>>"
+                f"  {'' if i == 0 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, gml::GEMV_THREADS, 0, stream>>>"
                 f"({N}, {K}, {gemv_x}, {w}, {', '.join(ptrs)});"
             )
         self.emit("} else {")
-        fused = None if padded or not VENDOR_EPILOGUE else self._vendor_epilogue(op, chain)
-        if fused is not None:  # one cuBLASLt call: bias, GELU and residual in its epilogue
-            bias, gelu, resid = fused
-            out = chain[-1][0].results[0]
-            self.emit(
-                f"  if (int e = ctx->gemm_epilogue(ctx, stream, {dt}, {M}, {N}, {K}, {x}, {w}, "
-                f"{self.ptr(out)}, {N}, {self.ptr(bias, const=True) if bias else 'nullptr'}, "
-                f"{'true' if gelu else 'false'}, "
-                f"{self.ptr(resid, const=True) if resid else 'nullptr'})) return e;"
-            )
-        else:  # cuBLAS, then the consumers as one kernel over the product (flat index i)
-            product = self.ptr(y)
-            # a padded product with no consumers (a model's head) goes CHUNK rows at a
-            # time through a scratch of CHUNK x ldm, copied out unpadded after each GEMM:
-            # the whole padded product beside the logits would double the arena
-            chunk = max(64, PADDED_SCRATCH_BYTES // max(ldm * esize, 1) // 64 * 64)
-            if padded:
+        with self.dead_if(self.never(lambda env: rows_of(env) > 4)):  # the GEMM path
+            fused = None if padded or not VENDOR_EPILOGUE else self._vendor_epilogue(op, chain)
+            if fused is not None:  # one cuBLASLt call: bias, GELU and residual in its epilogue
+                bias, gelu, resid = fused
+                out = chain[-1][0].results[0]
+                self.emit(
+                    f"  if (int e = ctx->gemm_epilogue(ctx, stream, {dt}, {M}, {N}, {K}, {x}, {w}, "
+                    f"{self.ptr(out)}, {N}, {self.ptr(bias, const=True) if bias else 'nullptr'}, "
+                    f"{'true' if gelu else 'false'}, "
+                    f"{self.ptr(resid, const=True) if resid else 'nullptr'})) return e;"
+                )
+            else:  # cuBLAS, then the consumers as one kernel over the product (flat index i)
+                product = self.ptr(y)
+                # a padded product with no consumers (a model's head) goes CHUNK rows at a
+                # time through a scratch of CHUNK x ldm, copied out unpadded after each GEMM:
+                # the whole padded product beside the logits would double the arena
+                chunk = max(64, PADDED_SCRATCH_BYTES // max(ldm * esize, 1) // 64 * 64)
+                if padded:
 
-                def pad_bytes(env: Env, ldm: int = ldm, whole: bool = bool(chain)) -> int:
-                    rows = _numel(env.shapes[a][:-1])
-                    return (rows if whole else min(rows, chunk)) * ldm * esize if rows > 4 else 0
+                    def pad_bytes(env: Env, ldm: int = ldm, whole: bool = bool(chain)) -> int:
+                        rows = _numel(env.shapes[a][:-1])
+                        return (
+                            (rows if whole else min(rows, chunk)) * ldm * esize if rows > 4 else 0
+                        )
 
-                pad = Scratch(f"padded{self.step}", pad_bytes)
-                self.scratch.append((pad, self.step))
-                product = self.ptr(pad, ct)
-            if padded and not chain:
-                self.emit(f"  for (int64_t r0 = 0; r0 < {M}; r0 += {chunk}) {{")
-                self.emit(f"    const int64_t mr = {M} - r0 < {chunk} ? {M} - r0 : {chunk};")
-                self.emit(
-                    f"    if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, mr, {ldm}, {K}, "
-                    f"{x} + r0 * {K}, {K}, 0, {w}, {K}, 0, {product}, {ldm}, 0, 1, 1.0f)) return e;"
-                )
-                self.emit(
-                    f"    gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
-                    f"unsigned(mr < 65535 ? mr : 65535)), {THREADS}, 0, stream>>>"
-                    f"(mr, {N}, {ldm}, {product}, {self.ptr(y)} + r0 * {N});"
-                )
-                self.emit("  }")
-            else:
-                self.emit(
-                    f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm or N}, {K}, "
-                    f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
-                )
-            if chain:
-                # a padded product's rows are `ld` apart
-                read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
-                pitch = "int64_t cols, int64_t ld, " if padded else ""
-                flat = [
-                    f"__global__ void KERNEL(int64_t total, {pitch}const {ct}* __restrict__ mm, {', '.join(args)}) {{",
-                    "  GML_FOR(i, total) {",
-                    f"    const {_vt(y)} acc = gml::load({read});",
-                    *body,
-                    f"    gml::store(out + i, {val[last]});",
-                    "  }",
-                    "}",
-                ]
-                total = self.slot(lambda env: _numel(env.shapes[y]))
-                self.emit(
-                    f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
-                    f"{THREADS}, 0, stream>>>(P[{total}], {f'{N}, {ldm}, ' if padded else ''}{product}, "
-                    f"{', '.join(ptrs)});"
-                )
+                    pad = Scratch(f"padded{self.step}", pad_bytes)
+                    self.scratch.append((pad, self.step))
+                    product = self.ptr(pad, ct)
+                if padded and not chain:
+                    self.emit(f"  for (int64_t r0 = 0; r0 < {M}; r0 += {chunk}) {{")
+                    self.emit(f"    const int64_t mr = {M} - r0 < {chunk} ? {M} - r0 : {chunk};")
+                    self.emit(
+                        f"    if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, mr, {ldm}, {K}, "
+                        f"{x} + r0 * {K}, {K}, 0, {w}, {K}, 0, {product}, {ldm}, 0, 1, 1.0f)) return e;"
+                    )
+                    self.emit(
+                        f"    gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
+                        f"unsigned(mr < 65535 ? mr : 65535)), {THREADS}, 0, stream>>>"
+                        f"(mr, {N}, {ldm}, {product}, {self.ptr(y)} + r0 * {N});"
+                    )
+                    self.emit("  }")
+                else:
+                    self.emit(
+                        f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm or N}, {K}, "
+                        f"{x}, {K}, 0, {w}, {K}, 0, {product}, {ldm or N}, 0, 1, 1.0f)) return e;"
+                    )
+                if chain:
+                    # a padded product's rows are `ld` apart
+                    read = "mm + i" if not padded else "mm + (i / cols) * ld + i % cols"
+                    pitch = "int64_t cols, int64_t ld, " if padded else ""
+                    flat = [
+                        f"__global__ void KERNEL(int64_t total, {pitch}const {ct}* __restrict__ mm, {', '.join(args)}) {{",
+                        "  GML_FOR(i, total) {",
+                        f"    const {_vt(y)} acc = gml::load({read});",
+                        *body,
+                        f"    gml::store(out + i, {val[last]});",
+                        "  }",
+                        "}",
+                    ]
+                    total = self.slot(lambda env: _numel(env.shapes[y]))
+                    self.emit(
+                        f"  if (P[{total}] > 0) {self.kernel(chr(10).join(flat))}<<<gml::blocks_for(P[{total}], {THREADS}), "
+                        f"{THREADS}, 0, stream>>>(P[{total}], {f'{N}, {ldm}, ' if padded else ''}{product}, "
+                        f"{', '.join(ptrs)});"
+                    )
         for group, _ in chain:
             self.done.add(group)
             for r in group.results:
@@ -1060,6 +1100,13 @@ class _Lowering:
         d, dv = shape_of(op.query.type)[-1], shape_of(op.value.type)[-1]
         return m <= 8 and 0 < d <= 128 and 0 < dv <= 128 and chunks <= 512
 
+    def _flash_prefill(self, op: gml.SdpaOp) -> bool:
+        """Whether `op`'s prefill buckets run gml::attention_prefill: f16/bf16, head dims
+        static multiples of 16 up to 128 (the kernel's template parameters)."""
+        d, dv = shape_of(op.query.type)[-1], shape_of(op.value.type)[-1]
+        dims_ok = all(0 < x <= 128 and x % 16 == 0 for x in (d, dv))
+        return FLASH_PREFILL and _ct(op.result) in HALF and dims_ok
+
     def _kv_pieces(self, op: gml.SdpaOp, kv: SSAValue) -> list[SSAValue]:
         """The pieces the fused decode kernel reads `kv` from: a two-piece concat along
         the sequence (a KV cache and the new entry) is read in place, never built."""
@@ -1095,8 +1142,10 @@ class _Lowering:
         fused = self.slot(lambda env: int(self._decode_attention(op, env)))
         split = self.slots_of(lambda env: list(_decode_split(dims(env)[0], dims(env)[2])), 2)
 
+        flash = self._flash_prefill(op)  # then no bucket materialises scores or probs
+
         def unfused(nbytes: Callable[[Env], int]) -> Callable[[Env], int]:
-            return lambda env: 0 if self._decode_attention(op, env) else nbytes(env)
+            return lambda env: 0 if flash or self._decode_attention(op, env) else nbytes(env)
 
         def split_bytes(env: Env) -> int:  # [batch, chunk, row, dv + 2] floats
             if not self._decode_attention(op, env):
@@ -1128,17 +1177,19 @@ class _Lowering:
 
         self.comment([op])
         chunk, chunks = f"P[{split}]", f"P[{split + 1}]"
+        decode = partial(self._decode_attention, op)
         self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
-        self.emit(
-            f"  gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
-            f"{max(shape_of(v.type)[-1], 1)}><<<dim3(unsigned({B}), unsigned({chunks})), "
-            f"gml::ATTN_SPLIT_THREADS, 0, stream>>>({M}, {chunk}, {qp}, {pieces(k)}, "
-            f"{pieces(v)}, {part_ptr}, {alpha}, {bias});"
-        )
-        self.emit(
-            f"  gml::attention_combine<{ct}><<<unsigned({B}), gml::ATTN_COMBINE_THREADS, 0, "
-            f"stream>>>({chunks}, {M}, {DV}, {part_ptr}, {yp});"
-        )
+        with self.dead_if(self.never(decode)):
+            self.emit(
+                f"  gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
+                f"{max(shape_of(v.type)[-1], 1)}><<<dim3(unsigned({B}), unsigned({chunks})), "
+                f"gml::ATTN_SPLIT_THREADS, 0, stream>>>({M}, {chunk}, {qp}, {pieces(k)}, "
+                f"{pieces(v)}, {part_ptr}, {alpha}, {bias});"
+            )
+            self.emit(
+                f"  gml::attention_combine<{ct}><<<unsigned({B}), gml::ATTN_COMBINE_THREADS, 0, "
+                f"stream>>>({chunks}, {M}, {DV}, {part_ptr}, {yp});"
+            )
         self.emit("} else {")
         # operands as cuBLAS reads them: in place through strides where this bucket folds
         # their views (attention_fold), else the contiguous copies
@@ -1159,30 +1210,57 @@ class _Lowering:
                 self.ptr(base_v)  # its offset is needed by the plan
             lay[name] = (f"reinterpret_cast<{q_}{ct}*>(A + P[{o}])", f"P[{ld}]", f"P[{bs}]")
         (qp2, qld, qbs), (kp, kld, kbs), (vp, vld, vbs), (yp2, yld, ybs) = (lay[n] for n in "qkvy")
-        self.emit(
-            f"  if (int e = ctx->gemm(ctx, stream, {dt}, gml::DType::F32, true, {M}, {N}, {D}, "
-            f"{qp2}, {qld}, {qbs}, {kp}, {kld}, {kbs}, {s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
-        )
-        # rows of up to 1024 scores: a warp each, in registers; longer: a block each
-        self.emit(f"  if ({N} <= 1024) {{")
-        for row in (4, 8, 16, 32):
-            cond = f"{N} <= {32 * row}"
-            self.emit(
-                f"    {'' if row == 4 else 'else '}if ({cond}) gml::softmax_warp_rows<float, {ct}, {row}>"
-                f"<<<unsigned(({B} * {M} + gml::GEMV_COLS - 1) / gml::GEMV_COLS), gml::GEMV_THREADS, 0, stream>>>"
-                f"({B} * {M}, {N}, {s_ptr}, {p_ptr}, 1.0f, {bias});"
-            )
-        self.emit("  } else {")
-        self.emit(
-            f"    gml::softmax_rows<float, {ct}, false><<<unsigned({B} * {M}), {THREADS}, 0, stream>>>"
-            f"({N}, {s_ptr}, {p_ptr}, 1.0f, {bias});"
-        )
-        self.emit("  }")
-        self.emit(
-            f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {DV}, {N}, "
-            f"{p_ptr}, {N}, {M} * {N}, {vp}, {vld}, {vbs}, {yp2}, {yld}, {ybs}, {B}, 1.0f)) return e;"
-        )
+        with self.dead_if(self.never(lambda env: not decode(env))):
+            if flash:  # a block per 64 query rows of a (batch, kv head), the keys in tiles
+                per = "gml::ATTN_PREFILL_ROWS"
+                self.emit(
+                    f"  if ({M} > 0 && {B} > 0) gml::attention_prefill<{ct}, {shape_of(q.type)[-1]}, "
+                    f"{shape_of(v.type)[-1]}><<<dim3(unsigned(({M} + {per} - 1) / {per}), "
+                    f"unsigned({B})), gml::ATTN_PREFILL_THREADS, 0, stream>>>({M}, {N}, {qp2}, {qld}, "
+                    f"{qbs}, {kp}, {kld}, {kbs}, {vp}, {vld}, {vbs}, {yp2}, {yld}, {ybs}, {alpha}, {bias});"
+                )
+            else:
+                self.emit(
+                    f"  if (int e = ctx->gemm(ctx, stream, {dt}, gml::DType::F32, true, {M}, {N}, {D}, "
+                    f"{qp2}, {qld}, {qbs}, {kp}, {kld}, {kbs}, {s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
+                )
+                self.softmax_scores(
+                    N, f"{B} * {M}", s_ptr, p_ptr, ct, bias, lambda env: dims(env)[2]
+                )
+                self.emit(
+                    f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {DV}, {N}, "
+                    f"{p_ptr}, {N}, {M} * {N}, {vp}, {vld}, {vbs}, {yp2}, {yld}, {ybs}, {B}, 1.0f)) return e;"
+                )
         self.emit("}")
+
+    def softmax_scores(
+        self, n: str, rows: str, s: str, p: str, ct: str, bias: str, keys: Callable[[Env], int]
+    ) -> None:
+        """Attention's softmax over `rows` rows of `n` f32 scores into `p`: a warp a row,
+        in registers, up to 1024 keys; a block a row beyond. Only the variant the static
+        bucket needs where there is one (each is a template instantiation for nvcc)."""
+        static_n = keys(self.static) if self.static is not None else None
+        variants = [
+            (
+                f"{n} <= {32 * r}",
+                f"gml::softmax_warp_rows<float, {ct}, {r}>"
+                f"<<<unsigned(({rows} + gml::GEMV_COLS - 1) / gml::GEMV_COLS), gml::GEMV_THREADS, 0, stream>>>"
+                f"({rows}, {n}, {s}, {p}, 1.0f, {bias});",
+                32 * r,
+            )
+            for r in (4, 8, 16, 32)
+        ]
+        wide = (
+            f"gml::softmax_rows<float, {ct}, false><<<unsigned({rows}), {THREADS}, 0, stream>>>"
+            f"({n}, {s}, {p}, 1.0f, {bias});"
+        )
+        if static_n is not None:  # the one that bucket takes
+            fits = [launch for _, launch, most in variants if static_n <= most]
+            self.emit(f"  {fits[0] if fits else wide}")
+            return
+        for i, (cond, launch, _) in enumerate(variants):
+            self.emit(f"  {'if' if i == 0 else 'else if'} ({cond}) {launch}")
+        self.emit(f"  else {wide}")
 
     # ------------------------------------------------------------ attention operands in place
     def plan_attention_operands(self) -> None:
