@@ -61,11 +61,11 @@ def first_output(x: Any) -> torch.Tensor:
 
 
 # gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
-# "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded)
-# "gimlet-flash" = with the flash-attention prefill kernel (GIMLET_GPU_FLASH=1)
+# "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
+# prefill); "gimlet-cublas-attn" = prefill attention as two cuBLAS GEMMs and a softmax
 VARIANTS: dict[str, dict[str, bool]] = {
     "gimlet": {},
-    "gimlet-flash": {"FLASH_PREFILL": True},
+    "gimlet-cublas-attn": {"FLASH_PREFILL": False},
 }
 
 

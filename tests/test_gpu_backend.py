@@ -913,8 +913,8 @@ def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
 
 @pytest.fixture
 def flash(monkeypatch: Any) -> None:
-    """The opt-in flash-attention prefill kernel (gml::attention_prefill), not yet run on
-    a GPU: GIMLET_GPU_FLASH=1."""
+    """The flash-attention prefill kernel (gml::attention_prefill) on, whatever
+    GIMLET_GPU_FLASH says (default on)."""
     from gimlet.backends.gpu import codegen as cg
 
     monkeypatch.setattr(cg, "FLASH_PREFILL", True)

@@ -46,9 +46,9 @@ ENTRY = "gimlet_gpu_main"
 # turns it off (to compare, or to rule it out).
 FOLD_ATTENTION = os.environ.get("GIMLET_GPU_FOLD_ATTENTION", "1") == "1"
 # Prefill attention in f16/bf16 as one flash-attention kernel (gml::attention_prefill,
-# tensor cores, no scores in memory) instead of two cuBLAS GEMMs around a softmax; opt-in
-# until it has run on a GPU.
-FLASH_PREFILL = os.environ.get("GIMLET_GPU_FLASH", "0") == "1"
+# tensor cores, no scores in memory) instead of two cuBLAS GEMMs around a softmax; on
+# since the H200 ran it (gpu_tests.md run 10; GPT-2 prefill -0.125 ms, gpu_gpt2.md run G).
+FLASH_PREFILL = os.environ.get("GIMLET_GPU_FLASH", "1") == "1"
 # Linear layers on the GEMM path through cuBLASLt with bias/GELU/residual in its epilogue
 # (the runtime library always has it), and weights with an odd number of outputs padded
 # to an aligned width: on by default since the H200 ran them (gpu_tests.md run 9; GPT-2
