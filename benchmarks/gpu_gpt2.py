@@ -18,10 +18,8 @@ Writes benchmarks/results/gpu_gpt2.{md,json} (and copies them to $OUT when set).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -35,8 +33,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from gpt import GPT  # noqa: E402
 from gpt_phases import Decode  # noqa: E402
+from results_io import save  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 CTX = 512
 
 
@@ -227,8 +225,6 @@ def main() -> None:
 
 
 def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_gpt2.json").write_text(json.dumps({"meta": meta, "cases": cases}, indent=2))
     lines = [
         "# GPT-2 small on one GPU: gimlet vs torch (fp16, batch 1)",
         "",
@@ -263,12 +259,8 @@ def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
                 f"after the first variant), {g['lower_s']:.2f} s lowering, {g['nvcc_s']:.1f} s nvcc."
             )
     text = "\n".join(lines) + "\n"
-    (RESULTS / "gpu_gpt2.md").write_text(text)
+    save("gpu_gpt2", {"meta": meta, "cases": cases}, text)
     print(text)
-    out = os.environ.get("OUT")
-    if out:
-        for f in ("gpu_gpt2.md", "gpu_gpt2.json"):
-            shutil.copy(RESULTS / f, Path(out) / f)
 
 
 if __name__ == "__main__":

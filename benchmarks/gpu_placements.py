@@ -21,9 +21,6 @@ Writes benchmarks/results/gpu_placements.{md,json} (and copies them to $OUT when
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -34,7 +31,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-RESULTS = ROOT / "benchmarks" / "results"
+
+from results_io import save  # noqa: E402
+
 TARGET = "h200+cpu"
 LAYERS = 8
 ALL = ["wte", "wpe", f"h.0-{LAYERS - 1}", "ln_f", "lm_head"]
@@ -152,8 +151,6 @@ def main() -> None:
 
 
 def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_placements.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# CPU+GPU placements: measured vs the cost model",
         "",
@@ -178,12 +175,8 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
             "(cost.py's H100 figure from torch in graph replay: 3.4 us).",
         ]
     text = "\n".join(lines) + "\n"
-    (RESULTS / "gpu_placements.md").write_text(text)
+    save("gpu_placements", {"meta": meta, "rows": rows}, text)
     print(text)
-    out = os.environ.get("OUT")
-    if out:
-        for f in ("gpu_placements.md", "gpu_placements.json"):
-            shutil.copy(RESULTS / f, Path(out) / f)
 
 
 if __name__ == "__main__":
