@@ -6,7 +6,7 @@ across i (every value produced before i and read at or after i) from the old dev
 the new one: exact for chains, an estimate where a value skips ahead (`evaluate`, the
 exact model, scores every answer, and a local search repairs what the estimate missed).
 
-Three recurrences, one per kind of problem:
+Two recurrences, one per kind of problem, then improvement and a local search:
 
 - free (`free_dp`): state = device of node i, O(n * D^2). Optimal for chains under a sum
   objective (latency, energy, cost) when memory does not bind.
@@ -22,6 +22,11 @@ Three recurrences, one per kind of problem:
   busiest device, so the resources are every device's busy seconds but one (whose load is
   the label's cost), capped by an incumbent's bottleneck; the answer minimises
   max(cost, loads). Grids are refined around the best answer for a few rounds.
+- both take a context into the state where the model has one (skips.py): the dearest
+  values that skip ahead, tracked exactly, which the position model over-charges in an
+  answer that leaves a device and comes back while they are live. Solved with contexts,
+  the model gives one more starting answer.
+- improvement (`_improve`): trust-region steps on the model linearised around an answer.
 - a local search (`polish`) with the exact model: single-node moves, then moves of runs of
   same-device nodes, kept while they improve the objective and fit.
 
@@ -32,6 +37,7 @@ the gaps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -40,12 +46,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from gimlet.errors import UserError
+from gimlet.placement.skips import Contexts, no_contexts, track_skips
 from gimlet.placement.solvers import INF, Problem, evaluate, fits, overflow_hint
 
 # Cells (label slots x transitions) the labelled DP may touch per node and in all: the grid
 # is as fine as this allows. 4e7 in all is ~2 s of numpy on the 2-core box.
 _CELLS_TOTAL = 1e7
 _CELLS_MAX_PER_NODE = 1 << 14
+_MIN_CELLS = 4  # per resource: the grid is never coarser
+_CONTEXTS = 32  # contexts per position at most (skips.py)
 _ROUNDS = 12  # trust-region steps per starting answer, at most
 _IMPROVE_UNTIL_S = 2.5  # CPU seconds into `dp`: no trust-region step may end later
 _POLISH_UNTIL_S = 3.5  # and the local search stops here (it only ever improves)
@@ -64,12 +73,15 @@ class Model:
                    guess, values that skip ahead (received by their readers' devices)
     sw[i, e, d]    switching from e (node i-1) to d (node i): what is live across i, received
                    by d
+    ctx            values that skip ahead tracked exactly in the state (skips.py): the state
+                   at i is (device, context) and ctx.extra[i][c, d] is received by d
     Seconds are in objective units (x the device's W or $/s for energy and cost), so a sum
     objective is node.sum(z) plus switches and throughput is the busiest z.
     """
 
     node: np.ndarray
     sw: np.ndarray
+    ctx: Contexts
 
     @property
     def unit(self) -> np.ndarray:
@@ -77,12 +89,17 @@ class Model:
         return self.node.sum(axis=2)
 
 
-def build_model(p: Problem, guess: Sequence[int] | None = None) -> Model:
-    """The position model of p. Without a guess, a value is charged at every device switch
-    while it is live (exact for chains). With `guess` (an assignment), a value read by a
-    node other than the next one is charged by first-order terms around the guess (see
-    `_linearise`), which are exact for the guess itself and for moving any one node."""
+def build_model(
+    p: Problem, guess: Sequence[int] | None = None, ctx: Contexts | None = None
+) -> Model:
+    """The position model of p. Values in `ctx` are charged exactly through the state.
+    Without a guess, any other value is charged at every device switch while it is live
+    (exact for chains). With `guess` (an assignment), such a value read by a node other than
+    the next one is charged by first-order terms around the guess (see `_linearise`), which
+    are exact for the guess itself and for moving any one node."""
     n, D = p.time.shape
+    if ctx is None:
+        ctx = no_contexts(n, D)
     weight = p.weight_of.astype(float) if p.objective in ("energy", "cost") else np.ones(D)
     node = np.zeros((n, D, D))
     diag = np.arange(D)
@@ -96,10 +113,12 @@ def build_model(p: Problem, guess: Sequence[int] | None = None) -> Model:
         for d in range(D):
             node[u, d, p.host] += p.transfer(d, p.host, nbytes) * runs * weight[p.host]
     if guess is None:
-        count, live = cut_bytes(p)
+        count, live = cut_bytes(p, ctx.tracked)
     else:
         count, live = np.zeros(n + 1), np.zeros(n + 1)
-        for u, consumers, nbytes in p.edges:
+        for k, (u, consumers, nbytes) in enumerate(p.edges):
+            if k in ctx.tracked:
+                continue
             runs = p.runs_of(u, consumers)
             if consumers[0] == u + 1:  # the next node: a switch there moves it, exactly
                 count[u + 1] += runs
@@ -117,7 +136,7 @@ def build_model(p: Problem, guess: Sequence[int] | None = None) -> Model:
     sw = p.lat[None] * count[:n, None, None] + p.inv_bw[None] * live[:n, None, None]
     sw *= weight[None, None, :]
     sw[0] = 0.0
-    return Model(node, sw)
+    return Model(node, sw, ctx)
 
 
 def _linearise(
@@ -152,13 +171,15 @@ def _linearise(
                 node[c, y, y] += transfer[src, y]
 
 
-def cut_bytes(p: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """Per position i, over the values produced before i and read at or after i: how many
-    transfers a device switch at i costs and how many bytes, each weighted by how often
-    that value moves per request."""
+def cut_bytes(p: Problem, skip: frozenset[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """Per position i, over the values produced before i and read at or after i (but the
+    edges in `skip`): how many transfers a device switch at i costs and how many bytes, each
+    weighted by how often that value moves per request."""
     n = len(p.nodes)
     count, nbytes_live = np.zeros(n + 1), np.zeros(n + 1)
-    for u, consumers, nbytes in p.edges:
+    for k, (u, consumers, nbytes) in enumerate(p.edges):
+        if k in skip:
+            continue
         last = consumers[-1]
         runs = p.runs_of(u, consumers)
         count[u + 1] += runs
@@ -174,31 +195,65 @@ def model_loads(m: Model, assign: Sequence[int]) -> np.ndarray:
     n, D = m.node.shape[:2]
     loads = m.node[np.arange(n), a].sum(axis=0)
     np.add.at(loads, a[1:], m.sw[np.arange(1, n), a[:-1], a[1:]])
-    return loads
+    return loads + m.ctx.walk(a)
 
 
 # ------------------------------------------------------------------- free ---
 
 
 def free_dp(m: Model, extra: np.ndarray | None = None) -> list[int] | None:
-    """Minimum of sum(node + extra) + switches, node by node; None if nothing can run."""
+    """Minimum of sum(node + extra) + switches over (device, context) states, node by node;
+    None if nothing can run."""
     n, D = m.node.shape[:2]
+    ctx = m.ctx
     unit = m.unit if extra is None else m.unit + extra
-    best = unit[0].copy()
-    back = np.zeros((n, D), dtype=np.int8)
-    cols = np.arange(D)
+    devs = np.arange(D)
+    best = _scatter_min(  # [D, size[0]]
+        D, ctx.size[0], ctx.step[0], (ctx.extra[0] + unit[0])[0][None, :], devs[None, :]
+    )[0]
+    back: list[np.ndarray] = []
     for i in range(1, n):
-        total = best[:, None] + m.sw[i]  # [e, d]
-        arg = np.argmin(total, axis=0)
-        back[i] = arg
-        best = total[arg, cols] + unit[i]
+        prev = ctx.size[i - 1]
+        if prev == 1 and ctx.size[i] == 1:  # no context: the state is the device
+            total = best[:, 0, None] + m.sw[i]  # [e, d]
+            arg = np.argmin(total, axis=0)
+            best = (total[arg, devs] + unit[i])[:, None]
+            back.append(arg[:, None])
+            continue
+        total = best[:, :, None] + m.sw[i][:, None, :]  # [e, c, d]
+        arg = np.argmin(total, axis=0)  # [c, d]
+        val = total.min(axis=0) + ctx.extra[i] + unit[i][None, :]
+        src = arg * prev + np.arange(prev)[:, None]  # the (e, c) each candidate extends
+        best, win = _scatter_min(D, ctx.size[i], ctx.step[i], val, src)
+        back.append(win)
     if not np.isfinite(best).any():
         return None
+    end = int(np.argmin(best))
+    d, c = divmod(end, ctx.size[-1])
     assign = [0] * n
-    assign[-1] = int(np.argmin(best))
+    assign[-1] = d
     for i in range(n - 1, 0, -1):
-        assign[i - 1] = int(back[i, assign[i]])
+        d, c = divmod(int(back[i - 1][d, c]), ctx.size[i - 1])
+        assign[i - 1] = d
     return assign
+
+
+def _scatter_min(
+    D: int, size: int, step: np.ndarray, val: np.ndarray, src: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates val[c, d] (from src[c, d]) into states (d, step[c, d]): ([D, size] the
+    cheapest, [D, size] which candidate it was)."""
+    key = (np.arange(D)[None, :] * size + step).ravel()
+    flat = val.ravel()
+    best = np.full(D * size, INF)
+    if size == 1 and step.shape[0] == 1:  # one candidate per state: no collisions
+        best[key] = flat
+        return best.reshape(D, size), src.reshape(D, size)
+    np.minimum.at(best, key, flat)
+    win = np.zeros(D * size, dtype=np.int64)
+    hit = flat <= best[key]
+    win[key[hit]] = src.ravel()[hit]
+    return best.reshape(D, size), win.reshape(D, size)
 
 
 # --------------------------------------------------------------- labelled ---
@@ -217,15 +272,17 @@ class Resource:
 def labelled_dp(
     p: Problem, m: Model, resources: list[Resource], cost_device: int = -1, cost_cap: float = INF
 ) -> list[int] | None:
-    """DP over (device, resource cell) with exact usage per label; None if nothing fits.
+    """DP over (device, context, resource cell) with exact usage per label; None if nothing
+    fits.
 
     Sum objectives: cost = the objective; every resource is memory. Throughput
     (cost_device >= 0): cost = busy seconds of cost_device (at most cost_cap), resources
     include other devices' busy seconds, and the answer minimises max(cost, loads)."""
     n, D = m.node.shape[:2]
+    ctx = m.ctx
     R = len(resources)
     throughput = cost_device >= 0
-    _size_grid(resources, n, D * D if throughput else D)
+    _size_grid(resources, n, (D * D if throughput else D) * ctx.widest)
     sizes = np.array([r.cells for r in resources], dtype=np.int64)
     strides = np.concatenate([[1], np.cumprod(sizes)[:-1]]).astype(np.int64)
     K = int(np.prod(sizes))
@@ -242,84 +299,95 @@ def labelled_dp(
     else:
         cost_of[:] = 1.0
 
-    back = np.zeros((n, D, K), dtype=np.int32 if D * K >= 1 << 15 else np.int16)
-    # the label a candidate extends, as e * K + cell: [e, d, K]
-    src_by_e = np.broadcast_to((np.arange(D)[:, None] * K + np.arange(K))[:, None, :], (D, D, K))
-    cost_add, res_add = _step_adds(p, m, 0, load_of, mem_of, cost_of)
-    usage0 = res_add[0]  # [d, R] (no previous device: sw[0] is 0)
-    ok = np.isfinite(cost_add[0]) & (usage0 <= cap).all(axis=1)
-    coords = np.clip((np.where(ok[:, None], usage0, 0.0) / cell).astype(np.int64), 0, sizes - 1)
-    cost = np.full((D, K), INF)
-    usage = np.zeros((D, K, R))
-    for first in np.flatnonzero(ok):
-        cost[first, coords[first] @ strides] = cost_add[0, first]
-        usage[first, coords[first] @ strides] = usage0[first]
-    dest_by_e = np.broadcast_to(np.arange(D)[None, :, None], (D, D, K)).ravel()
-    dest_one = np.broadcast_to(np.arange(D)[:, None], (D, K)).ravel()
-    cols = np.arange(K)[None, :]
-    for i in range(1, n):
-        cost_add, res_add = _step_adds(p, m, i, load_of, mem_of, cost_of)
-        total = cost[:, None, :] + cost_add[:, :, None]  # [e, d, K]
+    # A label is (d, c, k): device of node i, context c, cell k; flat d * (C * K) + c * K + k.
+    # Before node 0 there is one label: no device, context 0, usage 0, cost 0.
+    cost = np.zeros((1, 1, 1))  # [e, c, k]
+    usage = np.zeros((1, 1, 1, R))
+    back: list[np.ndarray] = []
+    for i in range(n):
+        E, prev, Kp = cost.shape  # the labels at i - 1: one before node 0
+        size = ctx.size[i]
+        cost_add, res_add = _step_adds(p, m, i, load_of, mem_of, cost_of)  # [e, d, c](, R)
+        cost_add, res_add = cost_add[:E], res_add[:E]
+        total = cost[:, None] + cost_add[..., None]  # [e, d, c, k]
+        block = prev * Kp  # labels per device at i - 1
         if throughput:  # loads depend on the previous device (switch costs)
             flat_c = total.ravel()
-            flat_u = (usage[:, None, :, :] + res_add[:, :, None, :]).reshape(-1, R)
-            src, dest = src_by_e.ravel(), dest_by_e
-        else:  # memory does not: pick the best previous device per cell first
-            e_best = np.argmin(total, axis=0)  # [d, K]
-            flat_c = np.take_along_axis(total, e_best[None], axis=0).ravel()
-            flat_u = (usage[e_best, cols] + res_add[0][:, None, :]).reshape(-1, R)
-            src, dest = (e_best * K + cols).ravel(), dest_one
+            flat_u = (usage[:, None] + res_add[:, :, :, None, :]).reshape(-1, R)
+        else:  # memory does not: pick the best previous device per (c, k) first
+            e_best = np.argmin(total, axis=0).reshape(D, block)  # [d, (c, k)]
+            flat_c = total.min(axis=0).ravel()
+            flat_u = usage.reshape(E, block, R)[e_best, np.arange(block)]
+            flat_u = (flat_u.reshape(D, prev, Kp, R) + res_add[0][:, :, None, :]).reshape(-1, R)
         valid = (flat_c <= cost_cap) & (flat_u <= cap).all(axis=1)
         idx = np.flatnonzero(valid)
         if idx.size == 0:
             return None
         c = flat_c[idx]
         u = flat_u[idx]
+        d_idx = idx // block % D
+        state = d_idx  # (d, context at i), flat; with one context, the device
+        if size > 1:
+            state = d_idx * size + ctx.step[i][idx // Kp % prev, d_idx]
         coords = np.clip((u / cell).astype(np.int64), 0, sizes - 1)
-        key = dest[idx] * K + coords @ strides
-        best = np.full(D * K, INF)
+        key = state * K + coords @ strides
+        best = np.full(D * size * K, INF)
         np.minimum.at(best, key, c)
         win = c <= best[key]
-        chosen = np.full(D * K, -1, dtype=np.int64)
+        chosen = np.full(D * size * K, -1, dtype=np.int64)
         chosen[key[win]] = idx[win]  # ties: any one of the cheapest
         filled = np.flatnonzero(chosen >= 0)
-        cost = best.reshape(D, K)
-        new_usage = np.zeros((D * K, R))
-        new_usage[filled] = flat_u[chosen[filled]]
-        usage = new_usage.reshape(D, K, R)
-        back[i].reshape(-1)[filled] = src[chosen[filled]]
-    final = np.maximum(cost, (usage * load_of.sum(axis=0)).max(axis=2)) if throughput else cost
+        pick = chosen[filled]
+        cost = best.reshape(D, size, K)
+        new_usage = np.zeros((D * size * K, R))
+        new_usage[filled] = flat_u[pick]
+        usage = new_usage.reshape(D, size, K, R)
+        # the label each one extends, as e * block + c * Kp + k at i - 1
+        e_src = pick // (D * block) if throughput else e_best.ravel()[pick]
+        step_back = np.zeros(D * size * K, dtype=np.int32)
+        step_back[filled] = e_src * block + pick % block
+        back.append(step_back)
+    final = np.maximum(cost, (usage * load_of.sum(axis=0)).max(axis=3)) if throughput else cost
     end = int(np.argmin(final))
     if not math.isfinite(final.ravel()[end]):
         return None
-    d, k = divmod(end, K)
     assign = [0] * n
     for i in range(n - 1, -1, -1):
-        assign[i] = d
-        if i:
-            d, k = divmod(int(back[i, d, k]), K)
+        assign[i] = end // (ctx.size[i] * K)
+        end = int(back[i][end])
     return assign
+
+
+def _cells_per_node(n: int) -> float:
+    return min(_CELLS_MAX_PER_NODE, _CELLS_TOTAL / max(n, 1))
 
 
 def _size_grid(resources: list[Resource], n: int, transitions: int) -> None:
     """Cells per resource from the work budget: as many as n nodes x transitions allow."""
-    per_node = min(_CELLS_MAX_PER_NODE, _CELLS_TOTAL / max(n, 1)) / transitions
-    per_resource = max(4, int(per_node ** (1 / max(len(resources), 1))))
+    per_node = _cells_per_node(n) / transitions
+    per_resource = max(_MIN_CELLS, int(per_node ** (1 / max(len(resources), 1))))
     for r in resources:
         r.cells = per_resource
+
+
+@functools.cache
+def _eye(D: int) -> np.ndarray:
+    return np.eye(D)
 
 
 def _step_adds(
     p: Problem, m: Model, i: int, load_of: np.ndarray, mem_of: np.ndarray, cost_of: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """([e, d] cost added, [e, d, R] resources added) by node i on d after e."""
+    """([e, d, c] cost added, [e, d, c, R] resources added) by node i on d after e, from
+    context c."""
     D = m.node.shape[1]
-    busy = m.node[i][None, :, :] + m.sw[i][:, :, None] * np.eye(D)[None, :, :]  # [e, d, z]
-    runs = np.isfinite(p.time[i])  # [d]
-    busy = np.where(runs[None, :, None], busy, 0.0)
-    cost = np.where(runs[None, :], busy @ cost_of, INF)
-    res = busy @ load_of + (p.weights[i] * mem_of)[None, :, :]
-    res = np.where(runs[None, :, None], res, INF)
+    recv = m.sw[i][:, :, None] + m.ctx.extra[i].T[None, :, :]  # [e, d, c] received by d
+    busy = m.node[i][None, :, None, :] + recv[..., None] * _eye(D)[None, :, None, :]  # [e,d,c,z]
+    runs = np.isfinite(p.time[i])[None, :, None]  # [d]
+    busy = np.where(runs[..., None], busy, 0.0)
+    cost = np.where(runs, busy @ cost_of, INF)
+    res = busy @ load_of + (p.weights[i] * mem_of)[None, :, None, :]
+    res = np.where(runs[..., None], res, INF)
     return cost, res
 
 
@@ -368,9 +436,10 @@ def _runs(assign: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def dp(p: Problem) -> list[int]:
-    """The DP solver: solve the position model; improve that answer, greedy's and each
-    one-device answer by re-solving the model linearised around it (a trust region keeps
-    steps where the linearisation holds); polish the best with single-node and run moves.
+    """The DP solver: solve the position model, and again with the dearest values that skip
+    ahead tracked exactly; improve those answers, greedy's and each one-device answer by
+    re-solving the model linearised around it (a trust region keeps steps where the
+    linearisation holds); polish the best with single-node and run moves.
     The improvement and polish phases stop at fixed CPU-time marks, so a 10k-node graph
     stays within seconds whatever the objective."""
     if not p.nodes:
@@ -379,6 +448,9 @@ def dp(p: Problem) -> list[int]:
 
     t0 = time.process_time()
     starts = [_solve_model(p, build_model(p))]
+    tracked = _tracked_answer(p)
+    if tracked is not None and tracked != starts[0]:
+        starts.append(tracked)
     with contextlib.suppress(UserError):  # greedy can paint itself into a corner (memory)
         starts.append(greedy(p))
     n, D = p.time.shape
@@ -423,6 +495,31 @@ def _improve(p: Problem, best: list[int], seconds: float) -> list[int]:
         else:
             rho = max(rho * 4, step * 1e-3)
     return best
+
+
+def _context_limit(p: Problem) -> int:
+    """Contexts per position the first solve may track: at most _CONTEXTS, and for
+    throughput (the labelled recurrence) never so many that they, not the work budget, set
+    the grid (the loads of all devices but one) to its floor."""
+    n, D = p.time.shape
+    if p.objective != "throughput":
+        return _CONTEXTS  # the free recurrence: a context costs D^2 steps per node, no grid
+    room = _cells_per_node(n) / (D * D * _MIN_CELLS ** (D - 1))
+    return int(min(_CONTEXTS, room))
+
+
+def _tracked_answer(p: Problem) -> list[int] | None:
+    """The model's answer with the dearest values that skip ahead tracked exactly (skips.py),
+    or None where that buys nothing: no value tracked, or memory binds (there resolution in
+    bytes decides what packs, and contexts would coarsen the labelled recurrence's grid)."""
+    ctx = track_skips(p, _context_limit(p))
+    if not ctx.tracked:
+        return None
+    m = build_model(p, ctx=ctx)
+    if p.objective == "throughput":
+        return _throughput(p, m)
+    assign = free_dp(m)
+    return assign if assign is not None and fits(p, assign) else None
 
 
 def _solve_model(p: Problem, m: Model) -> list[int]:
