@@ -6,6 +6,21 @@ the process group's NCCL backend when this worker has CUDA; shape headers and `i
 values stay on gloo. Without CUDA every channel is gloo, so a GPU cluster's bundle still
 runs (slowly, on the interpreter) on a CPU-only host.
 
+Device-resident NCCL channels: a send takes the executor's CUDA tensor as it is, and a
+receive whose consumer runs on a GPU executor (`ChannelSpec.device_values`, set by the
+worker from the executor of the segment holding the receive) returns the CUDA tensor the
+payload landed in: no host staging on either side. Ordering is by streams, never by the
+host: NCCL works on its own stream, which waits for the current stream when a transfer is
+posted (so the sender's producer kernels come first), and `work.wait()` makes the current
+stream wait for the transfer; the CUDA executor orders its own stream after the caller's
+current stream with an event (backends/nvidia/runtime/gml_cuda.cpp: gml_cuda_run), so
+its kernels read the payload only once it is there. Buffers come from torch's caching
+allocator on the current stream and are held here while in flight (a receive's by its
+`Pending` until its wait, a send's until `finish()`); after the wait, freeing one and
+any reuse of its memory queue behind the transfer on the current stream, so no
+`record_stream` is needed. Only a receive consumed on the host (the interpreter, the C++
+backend, top-level ops) is copied to host memory.
+
 Why the shapes travel too: a channel's type may have `?` dims (batch, sequence), so the
 receiver cannot size its buffer from the IR. Each transfer is a header (the sizes, int64)
 on tag 2*channel and the payload on tag 2*channel+1; fully static types skip the header.
@@ -66,6 +81,9 @@ class ChannelSpec:
     shape: list[int]  # -1 for `?`
     cuda: torch.device | None = None  # set when the payload goes through NCCL
     local: LocalSlot | None = None  # set when it goes through shared memory (same host)
+    # the receiving worker consumes this channel on a GPU executor: an NCCL payload is
+    # returned as the CUDA tensor it landed in (else copied to a host numpy array)
+    device_values: bool = False
 
 
 _TORCH_DTYPES = {
@@ -120,9 +138,10 @@ class Channels:
         try:
             if nccl:
                 # NCCL's wait(timeout) polls in millisecond sleeps; a plain wait only orders
-                # the current stream after the transfer, and the copy to the host that
-                # follows blocks until the data is there. The process group's watchdog
-                # (same timeout) aborts a transfer that never completes.
+                # the current stream after the transfer: a host copy that follows blocks
+                # until the data is there, a GPU consumer's kernels queue behind it. The
+                # process group's watchdog (same timeout) aborts a transfer that never
+                # completes.
                 work.wait()
                 return
             work.wait(timeout=self._timeout())
@@ -158,7 +177,9 @@ class Channels:
             return
         t = _to_tensor(value)
         if spec.cuda is not None:
-            t = t.to(spec.cuda)  # a GPU executor's tensor is there already: no copy
+            # a GPU executor's tensor is there already: no copy, no host synchronisation
+            # (isend orders NCCL's stream after the current one, where it was produced)
+            t = t.to(spec.cuda)
         elif t.device.type != "cpu":
             t = t.cpu()  # gloo moves host memory
         tensors, works = [t], []
@@ -229,6 +250,11 @@ class Channels:
         self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")
         if spec.dtype == "index":
             return int(p.payload.item())
+        if spec.cuda is not None and spec.device_values:
+            # a GPU executor consumes it: stay on the device (the wait above ordered the
+            # current stream, which that executor follows, after the transfer; so the
+            # trace span ends when the wait is queued, not when the bytes are there)
+            return p.payload
         if spec.cuda is not None:  # to host memory this channel already owns, if free
             host = self._buffer(dataclasses.replace(spec, cuda=None), list(p.payload.shape))
             p.payload = host.copy_(p.payload)
@@ -245,7 +271,12 @@ class Channels:
                 what = f"the send on channel {channel} to complete"
                 self._wait(w, what, spec.dst, nccl=spec.cuda is not None and w is works[-1])
         if any(self.specs[c].cuda is not None for c, *_ in self.sends):
-            torch.cuda.synchronize()  # an NCCL wait only orders streams; the host must too
+            # An NCCL wait only orders streams. Memory does not need the host to wait
+            # (after it, reuse of a sent buffer queues behind the send), but a request
+            # should end when its transfers have: the launcher's next request, the
+            # request's time and an asynchronous CUDA error then belong to it. One
+            # device synchronisation per request that sent through NCCL.
+            torch.cuda.synchronize()
         self.sends.clear()
 
 

@@ -189,7 +189,10 @@ class Worker:
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
         name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
         via = "nccl" if spec.cuda is not None else "shm" if spec.local is not None else "gloo"
-        self.events.append(_span(name, "transfer", start, end, 1, {"bytes": nbytes, "via": via}))
+        args: dict[str, Any] = {"bytes": nbytes, "via": via}
+        if spec.cuda is not None and d == "in":
+            args["on_device"] = spec.device_values  # no copy to the host after it
+        self.events.append(_span(name, "transfer", start, end, 1, args))
         if self.segment is not None:
             self.stats[self.segment][f"bytes_{d}"] += nbytes
 
@@ -276,6 +279,8 @@ class Worker:
 
         steps: list[_Step] = []
         returns: list[int] = []
+        # channel -> whether each receive of it here runs on a GPU executor
+        on_gpu: dict[int, list[bool]] = {}
         index = -1
         for op in fn.body.block.ops:
             if isinstance(op, gml.SegmentOp):
@@ -292,6 +297,9 @@ class Worker:
                     self.segment = index
                     self.executors[kind] = backends.get(kind).load(host_exec, weights, self.bundle)
                     self.segment = None
+                gpu = getattr(self.executors[kind], "tensor_device", None) == "cuda"
+                for ch in _received(op):
+                    on_gpu.setdefault(ch, []).append(gpu)
                 call = segment_call(self.executors[kind], op, index, art)
                 ins, outs = [slot(v) for v in op.inputs], [slot(v) for v in op.outputs]
                 steps.append(
@@ -303,10 +311,17 @@ class Worker:
                 returns = [slots[v] for v in op.arguments]
                 break
             else:
+                for ch in _received(op):
+                    on_gpu.setdefault(ch, []).append(False)
                 call = comm_step(op, self, self._before_op) or _host_call(host_exec, op)
                 steps.append(_Step(op, call, [slots[v] for v in op.operands],
                                    [slot(v) for v in op.results]))  # fmt: skip
         self.plan = _Plan(host, steps, returns, len(slots))
+        # an NCCL payload whose every consumer here is a GPU executor (CUDA, TensorRT)
+        # stays in device memory; the interpreter and the C++ backend take host arrays
+        for ch, gpus in on_gpu.items():
+            spec = self.channels.specs[ch]
+            spec.device_values = spec.cuda is not None and all(gpus)
         if not host:
             self.final_send = _final_send([st.op for st in steps])
             if self.final_send is not None and self.channels.specs[self.final_send].local is None:
@@ -335,6 +350,13 @@ def _final_send(segments: list[Any]) -> int | None:
             else:
                 last = None
     return last
+
+
+def _received(op: Any) -> list[int]:
+    """The channels `op` receives from: itself a receive, or a segment holding some."""
+    from gimlet.dialects import comm
+
+    return [o.channel.value.data for o in op.walk() if isinstance(o, comm.RecvOp | comm.IRecvOp)]
 
 
 def _host_call(host_exec: Any, op: Any) -> Callable[[list[Any]], Sequence[Any]]:
@@ -366,18 +388,21 @@ def cuda_available_for(bundle: Any) -> bool:
 def cuda_device(bundle: Any, device: str) -> Any:
     """The CUDA device a GPU device's worker uses for NCCL transfers, or None (a CPU device,
     no CUDA here, or GIMLET_TRANSPORT=gloo). GPU devices take the local GPUs in manifest
-    order, so every rank of one host agrees without talking."""
+    order, so every rank of one host agrees without talking. The worker's GPU segments
+    run on that GPU too (it becomes the current device), whichever the transport."""
     from gimlet.runtime.bundle import GPU_KINDS
 
-    if os.environ.get("GIMLET_TRANSPORT") == "gloo":
+    gpus = [d["name"] for d in bundle.manifest["cluster"]["devices"] if d["kind"] in GPU_KINDS]
+    if device not in gpus:
         return None
     import torch
 
-    gpus = [d["name"] for d in bundle.manifest["cluster"]["devices"] if d["kind"] in GPU_KINDS]
-    if device not in gpus or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return None
     index = gpus.index(device) % torch.cuda.device_count()
     torch.cuda.set_device(index)
+    if os.environ.get("GIMLET_TRANSPORT") == "gloo":
+        return None
     return torch.device("cuda", index)
 
 
