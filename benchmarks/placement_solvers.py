@@ -155,7 +155,9 @@ CAUSES = {
         "is live (then, linearised around an answer, at its readers); where the MILP's answer "
         "revisits a device between stages, long-lived values make that answer look dearer "
         "than it is to the model, and the trust-region steps from dp's starting answers stop at "
-        "a fixed point of the linearisation before reaching it."
+        "a fixed point of the linearisation before reaching it. dp's tracked start "
+        "(compiler/placement/skips.py) charges such values exactly, but only as many as its "
+        "contexts cap allows (for throughput at 10k nodes, none)."
     ),
     "greedy": (
         "greedy is myopic: it puts a node where the node plus its incoming transfers is "
@@ -648,7 +650,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Objectives in modelled seconds. `dp path`: the DP's recurrence (free = node by node,",
         "labelled = over resource states). `dp gap w/o host I/O`: the same problem with no graph",
-        "inputs/outputs (which `dp` does not model), shown where the DP misses 1%.",
+        "inputs/outputs (an ablation), shown where the DP misses 1%.",
         "",
     ]
     body = [

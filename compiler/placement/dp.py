@@ -304,11 +304,15 @@ def labelled_dp(
     cost = np.zeros((1, 1, 1))  # [e, c, k]
     usage = np.zeros((1, 1, 1, R))
     back: list[np.ndarray] = []
+    whole = ctx.widest == 1  # no contexts: every node's adds at once
+    if whole:
+        adds = _step_adds(p, m, np.arange(n), load_of, mem_of, cost_of)
     for i in range(n):
         E, prev, Kp = cost.shape  # the labels at i - 1: one before node 0
         size = ctx.size[i]
-        cost_add, res_add = _step_adds(p, m, i, load_of, mem_of, cost_of)  # [e, d, c](, R)
-        cost_add, res_add = cost_add[:E], res_add[:E]
+        step = adds if whole else _step_adds(p, m, np.array([i]), load_of, mem_of, cost_of)
+        row = i if whole else 0
+        cost_add, res_add = step[0][row, :E], step[1][row, :E]  # [e, d, c](, R)
         total = cost[:, None] + cost_add[..., None]  # [e, d, c, k]
         block = prev * Kp  # labels per device at i - 1
         if throughput:  # loads depend on the previous device (switch costs)
@@ -376,17 +380,23 @@ def _eye(D: int) -> np.ndarray:
 
 
 def _step_adds(
-    p: Problem, m: Model, i: int, load_of: np.ndarray, mem_of: np.ndarray, cost_of: np.ndarray
+    p: Problem,
+    m: Model,
+    at: np.ndarray,
+    load_of: np.ndarray,
+    mem_of: np.ndarray,
+    cost_of: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """([e, d, c] cost added, [e, d, c, R] resources added) by node i on d after e, from
-    context c."""
+    """([k, e, d, c] cost added, [k, e, d, c, R] resources added) by node at[k] on d after e,
+    from context c (the positions in `at` have as many contexts before them)."""
     D = m.node.shape[1]
-    recv = m.sw[i][:, :, None] + m.ctx.extra[i].T[None, :, :]  # [e, d, c] received by d
-    busy = m.node[i][None, :, None, :] + recv[..., None] * _eye(D)[None, :, None, :]  # [e,d,c,z]
-    runs = np.isfinite(p.time[i])[None, :, None]  # [d]
+    extra = np.stack([m.ctx.extra[i] for i in at]).transpose(0, 2, 1)  # [k, d, c]
+    recv = m.sw[at][:, :, :, None] + extra[:, None]  # [k, e, d, c] received by d
+    busy = m.node[at][:, None, :, None, :] + recv[..., None] * _eye(D)[:, None, :]  # [k,e,d,c,z]
+    runs = np.isfinite(p.time[at])[:, None, :, None]  # [k, 1, d, 1]
     busy = np.where(runs[..., None], busy, 0.0)
     cost = np.where(runs, busy @ cost_of, INF)
-    res = busy @ load_of + (p.weights[i] * mem_of)[None, :, None, :]
+    res = busy @ load_of + (p.weights[at, None, None] * mem_of)[:, None, :, None, :]
     res = np.where(runs[..., None], res, INF)
     return cost, res
 
@@ -447,10 +457,13 @@ def dp(p: Problem) -> list[int]:
     from gimlet.placement.solvers import greedy
 
     t0 = time.process_time()
-    starts = [_solve_model(p, build_model(p))]
-    tracked = _tracked_answer(p)
-    if tracked is not None and tracked != starts[0]:
-        starts.append(tracked)
+    m = build_model(p)
+    free = None if p.objective == "throughput" else free_dp(m)
+    starts = [_solve_model(p, m, free)]
+    if free is None or fits(p, free):  # where memory binds, contexts would coarsen the grid
+        tracked = _tracked_answer(p)
+        if tracked is not None and tracked != starts[0]:
+            starts.append(tracked)
     with contextlib.suppress(UserError):  # greedy can paint itself into a corner (memory)
         starts.append(greedy(p))
     n, D = p.time.shape
@@ -510,8 +523,9 @@ def _context_limit(p: Problem) -> int:
 
 def _tracked_answer(p: Problem) -> list[int] | None:
     """The model's answer with the dearest values that skip ahead tracked exactly (skips.py),
-    or None where that buys nothing: no value tracked, or memory binds (there resolution in
-    bytes decides what packs, and contexts would coarsen the labelled recurrence's grid)."""
+    or None where that buys nothing: no value tracked, or (sum objectives) memory binds:
+    there resolution in bytes decides what packs, and contexts would coarsen the labelled
+    recurrence's grid."""
     ctx = track_skips(p, _context_limit(p))
     if not ctx.tracked:
         return None
@@ -522,10 +536,11 @@ def _tracked_answer(p: Problem) -> list[int] | None:
     return assign if assign is not None and fits(p, assign) else None
 
 
-def _solve_model(p: Problem, m: Model) -> list[int]:
+def _solve_model(p: Problem, m: Model, free: list[int] | None = None) -> list[int]:
+    """The model's answer; `free`, if given, is free_dp(m) already."""
     if p.objective == "throughput":
         return _throughput(p, m)
-    assign = free_dp(m)
+    assign = free or free_dp(m)
     if assign is None:
         raise UserError("no placement fits: " + overflow_hint(p))
     return assign if fits(p, assign) else _memory(p, m, assign)

@@ -19,6 +19,7 @@ cap holds, and the rest stay with the position model (or its linearisation).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ class Contexts:
     extra: list[np.ndarray]
     tracked: frozenset[int]
 
-    @property
+    @functools.cached_property
     def widest(self) -> int:
         return max(self.size, default=1)
 
