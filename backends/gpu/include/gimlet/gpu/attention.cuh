@@ -6,7 +6,13 @@
 
 #include "gimlet/gpu/gml_gpu.cuh"
 
-#ifdef GML_HIP
+#if defined(GML_HIP) && !__has_include(<rocwmma/rocwmma.hpp>)
+// ROCm without rocWMMA (5.2, Debian's): the rest of the header still compiles; a segment
+// that launches this kernel stops at its static_assert below (GIMLET_GPU_FLASH=0 lowers
+// attention to BLAS GEMMs instead)
+#define GML_NO_TENSOR_CORES 1
+#define GML_SYNCWARP() __builtin_amdgcn_wave_barrier()
+#elif defined(GML_HIP)
 // rocWMMA (ROCm 5.4+) mirrors nvcuda::wmma's API; gfx90a/gfx94x/gfx11 have 16x16x16
 // f16/bf16 products with f32 accumulation.
 #include <rocwmma/rocwmma.hpp>
@@ -18,6 +24,19 @@
 #define GML_SYNCWARP() __syncwarp()
 #endif
 
+#ifdef GML_NO_TENSOR_CORES
+namespace gml {
+constexpr int ATTN_PREFILL_ROWS = 64;
+constexpr int ATTN_PREFILL_THREADS = ATTN_PREFILL_ROWS / 16 * GML_WARP;
+template <class T, int D, int DV, class Bias>
+__global__ void attention_prefill(int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t,
+                                  int64_t, const T*, int64_t, int64_t, T*, int64_t, int64_t, float,
+                                  Bias) {
+  static_assert(sizeof(T) == 0,
+                "flash attention on ROCm needs rocWMMA (ROCm 5.4+); GIMLET_GPU_FLASH=0 avoids it");
+}
+}  // namespace gml
+#else
 namespace gml {
 
 // ---------------------------------------------------------------- tensor-core fragments
@@ -463,3 +482,4 @@ __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
 }
 
 }  // namespace gml
+#endif  // GML_NO_TENSOR_CORES

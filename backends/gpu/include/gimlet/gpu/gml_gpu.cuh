@@ -11,12 +11,12 @@
 #include <stdint.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
 // ---------------------------------------------------------------- portability
 #ifdef GML_HIP
-#include <hip/hip_bf16.h>
 #include <hip/hip_fp16.h>
 #include <hip/hip_runtime.h>
 #define GML_WARP 64
@@ -85,7 +85,25 @@ struct is_half<bf16> : std::true_type {};
 template <>
 struct is_half<f16> : std::true_type {};
 
+#ifdef GML_HIP
+// bf16 by its bits (ROCm 5.x has no hip_bf16.h): the high half of a float, rounded to
+// nearest even; a NaN stays a (quiet) NaN
+GML_HD float f32(bf16 x) {
+  const uint32_t u = uint32_t(x.bits) << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+GML_HD uint16_t bf16_bits(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#else
 GML_HD float f32(bf16 x) { return __bfloat162float(__ushort_as_bfloat16(x.bits)); }
+GML_HD uint16_t bf16_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16(x)); }
+#endif
 GML_HD float f32(f16 x) { return __half2float(__ushort_as_half(x.bits)); }
 template <class T>
 GML_HD T f32(T x) {
@@ -94,7 +112,7 @@ GML_HD T f32(T x) {
 template <class H>
 GML_HD H to_half(float x) {
   if constexpr (std::is_same_v<H, bf16>)
-    return bf16{__bfloat16_as_ushort(__float2bfloat16(x))};
+    return bf16{bf16_bits(x)};
   else
     return f16{__half_as_ushort(__float2half(x))};
 }
