@@ -16,6 +16,7 @@ one line and runs the segment on the interpreter.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +64,9 @@ class CudaBackend:
                 problems.append(str(e))
         if problems:
             raise UnsupportedOpError("\n".join(["cannot lower to CUDA:", *problems]))
-        with ThreadPoolExecutor(2) as pool:  # nvcc runs outside the GIL
+        # one nvcc per core (they run outside the GIL): a segment cut at comm ops has a
+        # library per part, and a GPU host has many cores
+        with ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 2))) as pool:
             libs = list(pool.map(lambda low: build_segment(low.source)[0], lowered))
         out = Path(bundle_dir, "cuda")
         out.mkdir(parents=True, exist_ok=True)
