@@ -115,7 +115,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--predict-only", action="store_true", help="no GPU: predictions only")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=list(PLACEMENTS),
+        help="placements to run (repeatable; default all; 'gpu0 only' is always run: the "
+        "launch-overhead fit needs it)",
+    )
     args = ap.parse_args()
+    for name in set(PLACEMENTS) - set(args.only or PLACEMENTS) - {"gpu0 only"}:
+        del PLACEMENTS[name]
     import gimlet
 
     model, inputs = model_and_inputs()
