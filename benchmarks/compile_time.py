@@ -41,11 +41,8 @@ given next to wall time: on a shared machine it moves less with the load.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -54,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import results_io  # benchmarks/results_io.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,23 +70,7 @@ def log(msg: str) -> None:
 def machine_info(device: str) -> dict[str, Any]:
     import torch
 
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": importlib.metadata.version("transformers"),
-        "gimlet": importlib.metadata.version("gimlet"),
-        "loadavg_start": os.getloadavg()[0],
-    }
+    info = results_io.machine_info("transformers")
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -39,14 +39,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import functools
 import gc
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import pstats
 import subprocess
 import sys
@@ -58,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import results_io  # benchmarks/results_io.py: this script's folder is on sys.path
 import torch
 from torch.export import ExportedProgram
 from xdsl.dialects.builtin import ModuleOp
@@ -118,23 +116,7 @@ def fmt_s(seconds: float) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "xdsl": importlib.metadata.version("xdsl"),
-        "gimlet": importlib.metadata.version("gimlet"),
-        "loadavg_start": os.getloadavg()[0],
-    }
+    return results_io.machine_info("xdsl")
 
 
 # ------------------------------------------------------------------ gimlet's stages ---

@@ -1,10 +1,14 @@
 """Where a benchmark's results go: benchmarks/results/STEM.{json,md}, and copies in $OUT
-(the device tool's folder that comes back from a GPU machine) when it is set."""
+(the device tool's folder that comes back from a GPU machine) when it is set; and the
+machine they were measured on."""
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,3 +24,27 @@ def save(stem: str, data: Any, markdown: str) -> None:
     if out:
         for suffix in (".json", ".md"):
             shutil.copy(RESULTS / f"{stem}{suffix}", Path(out) / f"{stem}{suffix}")
+
+
+def machine_info(*packages: str) -> dict[str, Any]:
+    """The date, CPU, Python, torch, gimlet and `packages`' versions, and the load average
+    at the start (a shared machine's results move with it)."""
+    import torch
+
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **{p: importlib.metadata.version(p) for p in packages},
+        "gimlet": importlib.metadata.version("gimlet"),
+        "loadavg_start": os.getloadavg()[0],
+    }
