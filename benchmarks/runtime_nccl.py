@@ -33,6 +33,7 @@ from statistics import median
 from typing import Any
 
 import numpy as np
+from p2p import channel_step, raw_step, round_trip  # this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [4, 64 << 10, 4 << 20, 64 << 20, 256 << 20]
@@ -140,56 +141,6 @@ def faults(d: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _round_trip(step: Any, reps: int, group: Any) -> float:
-    """Median seconds of `step()` (rank 0 -> 1 and back), from a synchronised start on
-    both ranks to the GPU's end of it: a device wait only orders streams, so the clock
-    stops at a device synchronisation, as raw NCCL's does."""
-    import torch
-    import torch.distributed as dist
-
-    rts = []
-    for _ in range(reps + 3):
-        torch.cuda.synchronize()
-        dist.barrier(group=group)
-        t = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        rts.append(time.perf_counter() - t)
-    return median(rts[3:])
-
-
-def _raw_step(rank: int, buf: Any) -> Any:
-    import torch.distributed as dist
-
-    def step() -> None:
-        if rank == 0:
-            dist.send(buf, 1)
-            dist.recv(buf, 1)
-        else:
-            dist.recv(buf, 0)
-            dist.send(buf, 0)
-
-    return step
-
-
-def _channel_step(ch: Any, rank: int, x: Any, got: list[Any]) -> Any:
-    """gimlet's channels 0 (rank 0 -> 1) and 1 (back), as a worker uses them: send, post,
-    wait, finish at the end of the program; rank 0 keeps the last value it got back."""
-
-    def step() -> None:
-        got.clear()  # the previous value is dropped, as a worker's program drops it
-        if rank == 0:
-            ch.send(0, x)
-            y = ch.wait_recv(ch.post_recv(1))
-        else:
-            y = ch.wait_recv(ch.post_recv(0))
-            ch.send(1, y)
-        ch.finish()
-        got.append(y)
-
-    return step
-
-
 def _p2p_rank(rank: int, port: int, out: str) -> None:
     import datetime
 
@@ -215,7 +166,7 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
         reps = 50 if size <= 4 << 20 else 10
         # distinct values, exact in f32, so a round trip that moved the wrong bytes shows
         x = torch.arange(n, dtype=torch.float32, device=dev).remainder_(65521)
-        res["raw_nccl"][size] = _round_trip(_raw_step(rank, x.clone()), reps, ctrl)
+        res["raw_nccl"][size] = round_trip(raw_step(rank, x.clone()), reps, ctrl, cuda=True)
         # (column, the channels' CUDA device, a receiver on a GPU executor, the value sent)
         variants = [
             ("gimlet_nccl_device", dev, True, x),
@@ -229,7 +180,7 @@ def _p2p_rank(rank: int, port: int, out: str) -> None:
             }
             ch = Channels(specs, 120.0, ["gpu0", "gpu1"])
             got: list[Any] = []
-            res[name][size] = _round_trip(_channel_step(ch, rank, value, got), reps, ctrl)
+            res[name][size] = round_trip(channel_step(ch, rank, value, got), reps, ctrl, cuda=True)
             if rank == 0:  # what came back: where it is, and that it is what was sent
                 y = got[0]
                 on_device = isinstance(y, torch.Tensor) and y.device == dev

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from p2p import channel_step, raw_step, round_trip  # this script's folder is on sys.path
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,46 +321,6 @@ class Supervised:
 # -- 3. point to point -------------------------------------------------------------------------
 
 
-def raw_round_trip(rank: int, buf: torch.Tensor, reps: int) -> float:
-    """Median seconds of rank 0 sending `buf` to rank 1 and back with torch.distributed."""
-    import torch.distributed as dist
-
-    peer = 1 - rank
-    rts = []
-    for _ in range(reps + 3):
-        dist.barrier()
-        t = time.perf_counter()
-        if rank == 0:
-            dist.send(buf, peer)
-            dist.recv(buf, peer)
-        else:
-            dist.recv(buf, peer)
-            dist.send(buf, peer)
-        rts.append(time.perf_counter() - t)
-    return median(rts[3:])
-
-
-def channel_round_trip(ch: Any, rank: int, x: np.ndarray, reps: int) -> float:
-    """The same through gimlet's channels 0 (rank 0 -> 1) and 1 (back), as a worker uses
-    them: send, post, wait, finish at the end of the program, values dropped after it."""
-    import torch.distributed as dist
-
-    rts = []
-    for _ in range(reps + 3):
-        dist.barrier()
-        t = time.perf_counter()
-        if rank == 0:
-            ch.send(0, x)
-            y = ch.wait_recv(ch.post_recv(1))
-        else:
-            y = ch.wait_recv(ch.post_recv(0))
-            ch.send(1, y)
-        ch.finish()
-        rts.append(time.perf_counter() - t)
-        del y  # as a worker's program drops its values: the buffer can be reused
-    return median(rts[3:])
-
-
 def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
     import datetime
 
@@ -381,7 +342,7 @@ def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
     for size in sizes:
         n = max(size // 4, 1)
         reps = 200 if size <= 1 << 16 else 50 if size <= 1 << 20 else 8
-        results["raw"][size] = raw_round_trip(rank, torch.zeros(n, dtype=torch.float32), reps)
+        results["raw"][size] = round_trip(raw_step(rank, torch.zeros(n, dtype=torch.float32)), reps)
         for kind, shape in (("static", [n]), ("dynamic", [-1]), ("shm", [-1])):
             specs = {
                 0: ChannelSpec(0, 0, 1, "float32", shape),
@@ -390,7 +351,9 @@ def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
             if kind == "shm":
                 specs[0].local, specs[1].local = slots[0], slots[1]
             ch = Channels(specs, 60.0, ["a", "b"])
-            results[kind][size] = channel_round_trip(ch, rank, np.zeros(n, np.float32), reps)
+            results[kind][size] = round_trip(
+                channel_step(ch, rank, np.zeros(n, np.float32), []), reps
+            )
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
