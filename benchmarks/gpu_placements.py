@@ -69,19 +69,20 @@ def placed(compiled: Any, pins: str) -> Any:
 
 def predict(module: Any) -> dict[str, Any]:
     """Modelled makespan, per-device busy time, and the gpu0 roofline without launches."""
-    from gimlet.placement.cost import op_cost
+    from xdsl.ir import Operation
+
+    from gimlet.placement.cost import launch_overhead, op_cost, op_time
     from gimlet.placement.schedule import device_programs_with_compute, simulate
     from gimlet.placement.target import resolve
 
     cluster = resolve(TARGET)
     timeline = simulate(module, cluster)
-    roofline, n_ops = 0.0, 0
+    roofline, n_ops, gpu = 0.0, 0, cluster.devices["gpu0"]
     for item in device_programs_with_compute(module, cluster.default_host()).get("gpu0", []):
-        if hasattr(item, "dialect_name"):  # an op, not a transfer event
+        if isinstance(item, Operation):  # not a transfer event
             cost = op_cost(item)
-            if not cost.free:
-                dev = cluster.devices["gpu0"]
-                roofline += _no_launch(cost, dev)
+            if not cost.free:  # the calibrated roofline, without the per-op overhead
+                roofline += op_time(cost, gpu) - launch_overhead(gpu)
                 n_ops += 1
     return {
         "predicted_ms": timeline.makespan * 1e3,
@@ -89,14 +90,6 @@ def predict(module: Any) -> dict[str, Any]:
         "gpu0_roofline_ms": roofline * 1e3,
         "gpu0_ops": n_ops,
     }
-
-
-def _no_launch(cost: Any, device: Any) -> float:
-    """The calibrated roofline of one op without its launch overhead."""
-    from gimlet.placement.cost import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY
-
-    peak = device.flops_for(cost.dtype) * COMPUTE_EFFICIENCY.get(cost.kind, 1.0)
-    return max(cost.flops / peak, cost.bytes / (device.mem_bandwidth * MEMORY_EFFICIENCY))
 
 
 def measure(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> float:

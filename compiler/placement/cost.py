@@ -284,13 +284,15 @@ def op_time(cost: OpCost, device: Device, calibrated: bool = True) -> float:
     """
     if cost.free:
         return 0.0
-    peak, bandwidth, launch = (
-        device.flops_for(cost.dtype),
-        device.mem_bandwidth,
-        device.launch_overhead,
-    )
+    peak, bandwidth = device.flops_for(cost.dtype), device.mem_bandwidth
     if calibrated:
         peak *= COMPUTE_EFFICIENCY.get(cost.kind, 1.0)
         bandwidth *= MEMORY_EFFICIENCY
-        launch = MEASURED_LAUNCH_OVERHEAD.get(device.model, launch)
-    return max(cost.flops / peak, cost.bytes / bandwidth) + launch
+    return max(cost.flops / peak, cost.bytes / bandwidth) + launch_overhead(device, calibrated)
+
+
+def launch_overhead(device: Device, calibrated: bool = True) -> float:
+    """Seconds op_time adds per op on `device`: its measured figure where there is one."""
+    if calibrated:
+        return MEASURED_LAUNCH_OVERHEAD.get(device.model, device.launch_overhead)
+    return device.launch_overhead
