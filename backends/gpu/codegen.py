@@ -294,10 +294,11 @@ class _Lowering:
         # bucket never takes is left out of the source (nvcc then never compiles the
         # templates it would instantiate: the GEMV's four row counts in a prefill took
         # three quarters of GPT-2's build)
+        self.evaluator = ShapeEvaluator(fn)  # every bucket's shapes (Lowered.bucket)
         args = [shape_of(a.type) for a in fn.body.block.args]
         self.static: Env | None = None
         if all(DYN not in s for s in args):
-            self.static = Env(*ShapeEvaluator(fn).evaluate(args))
+            self.static = Env(*self.evaluator.evaluate(args))
 
     # ------------------------------------------------------------ helpers
     def slot(self, f: Slot) -> int:
@@ -1540,7 +1541,7 @@ def lower_with(fn: func.FuncOp, more: MoreHandlers | None = None) -> Lowered:
         values=low.values(),
         scratch=low.scratch,
         views=low.views,
-        evaluator=ShapeEvaluator(fn),
+        evaluator=low.evaluator,
     )
 
 
