@@ -162,9 +162,9 @@ def measure(
 
 def profile(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
     """gimlet's kernels one by one (graphs off, so the profiler sees each launch), for the
-    last variant asked for."""
+    first variant asked for (the defaults unless --variant says)."""
     os.environ["GIMLET_CUDA_GRAPHS"] = "0"
-    g, _, _ = gimlet_fn(module, args, list(VARIANTS.values())[-1])
+    g, _, _ = gimlet_fn(module, args, list(VARIANTS.values())[0])
     for _ in range(5):
         g(*args)
     torch.cuda.synchronize()
@@ -173,6 +173,22 @@ def profile(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             g(*args)
         torch.cuda.synchronize()
     print(f"{name}: gimlet kernels over 10 calls (graphs off)")
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    )
+    # the same for torch.compile's kernels (default mode: reduce-overhead runs these in a
+    # graph), to set gimlet's kernel by kernel beside the baseline's
+    torch._dynamo.reset()
+    c = torch.compile(module)
+    with torch.no_grad():
+        for _ in range(5):
+            c(*args)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                c(*args)
+            torch.cuda.synchronize()
+    print(f"{name}: torch.compile (default) kernels over 10 calls")
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
     )
@@ -185,7 +201,7 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="only gimlet, each kernel's GPU time (torch.profiler)",
+        help="each kernel's GPU time (torch.profiler): gimlet's, then torch.compile's",
     )
     ap.add_argument(
         "--variant",
