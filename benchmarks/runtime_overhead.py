@@ -361,17 +361,15 @@ def _p2p_rank(rank: int, port: int, out: str, sizes: list[int]) -> None:
 
 
 def point_to_point(tmp: Path, sizes: list[int]) -> dict[str, dict[str, float]]:
-    from gimlet.runtime.control import HEADER_BYTES, LocalSlot
+    from gimlet.runtime.control import LocalSlot
     from gimlet.runtime.launch import _free_port
 
     out = tmp / "p2p.json"
     port = _free_port()
     slots = {}
     for ch in (0, 1):  # the shared-memory slots gimlet.load's launcher would make
-        memfd = os.memfd_create(f"p2p{ch}")
-        os.ftruncate(memfd, HEADER_BYTES + max(sizes))
-        slots[ch] = (memfd, os.eventfd(0), max(sizes))
-    fds = [fd for m, e, _ in slots.values() for fd in (m, e)]
+        slots[ch] = LocalSlot.create(f"p2p{ch}", max(sizes))
+    fds = [fd for m, e, *_ in slots.values() for fd in (m, e)]
     env = dict(os.environ, OMP_NUM_THREADS="1", GIMLET_LOCAL_CHANNELS=LocalSlot.encode(slots))
     procs = [
         subprocess.Popen(

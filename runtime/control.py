@@ -204,36 +204,54 @@ MAX_RANK = 8
 
 class LocalSlot:
     """One channel's shared memory (a memfd) and wake-up (an eventfd), as the launcher
-    passed them: `LocalSlot.parse(os.environ["GIMLET_LOCAL_CHANNELS"])` in a worker."""
+    passed them: `LocalSlot.parse(os.environ["GIMLET_LOCAL_CHANNELS"])` in a worker.
 
-    def __init__(self, memfd: int, eventfd: int, capacity: int):
+    The memory is a ring of `entries` messages (one per micro-batch of a request: see
+    runtime/pipeline.py). Both ends count the messages they moved, so the k-th message
+    goes to entry k mod entries on either side; a request has at most `entries` messages
+    per channel and the next request starts only when every worker finished this one,
+    so a message is never overwritten before it was read. The eventfd counts messages
+    written and not yet taken (a read returns them all: `ready` keeps the rest)."""
+
+    def __init__(self, memfd: int, eventfd: int, capacity: int, entries: int = 1):
         self.memfd, self.eventfd, self.capacity = memfd, eventfd, capacity
+        self.entries = entries
+        self.stride = _stride(capacity)
+        self.sent = self.taken = 0  # messages this end moved, since the slot was made
+        self.ready = 0  # written, counted off the eventfd, not yet taken
         self._map: mmap.mmap | None = None
 
     @property
     def map(self) -> mmap.mmap:
         if self._map is None:  # mapped by the endpoints only, on first use
-            self._map = mmap.mmap(self.memfd, HEADER_BYTES + self.capacity)
+            self._map = mmap.mmap(self.memfd, self.stride * self.entries)
         return self._map
 
     @staticmethod
     def capacity_for(dtype: str, shape: list[int]) -> int:
-        """Bytes a slot needs: the static size, or (a `?` dim) 1 GiB of sparse memory."""
+        """Bytes a message needs: the static size, or (a `?` dim) 1 GiB of sparse memory."""
         if -1 in shape:
             return 1 << 30
         item = 8 if dtype == "index" else _itemsize(dtype)
         return max(int(np.prod(shape)) * item, 8)
 
     @staticmethod
-    def encode(slots: dict[int, tuple[int, int, int]]) -> str:
-        return ",".join(f"{ch}:{m}:{e}:{c}" for ch, (m, e, c) in slots.items())
+    def create(name: str, capacity: int, entries: int = 1) -> tuple[int, int, int, int]:
+        """A new slot's (memfd, eventfd, capacity, entries), to pass to a worker."""
+        memfd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(memfd, _stride(capacity) * entries)  # sparse: pages come on first write
+        return memfd, os.eventfd(0, os.EFD_CLOEXEC), capacity, entries
+
+    @staticmethod
+    def encode(slots: dict[int, tuple[int, int, int, int]]) -> str:
+        return ",".join(f"{ch}:{m}:{e}:{c}:{n}" for ch, (m, e, c, n) in slots.items())
 
     @staticmethod
     def parse(text: str) -> dict[int, LocalSlot]:
         out = {}
         for item in filter(None, text.split(",")):
-            ch, m, e, c = (int(v) for v in item.split(":"))
-            out[ch] = LocalSlot(m, e, c)
+            ch, m, e, c, n = (int(v) for v in item.split(":"))
+            out[ch] = LocalSlot(m, e, c, n)
         return out
 
     def put(self, value: Any) -> int:
@@ -253,17 +271,21 @@ class LocalSlot:
                 f"a {a.dtype.name} {list(a.shape)} value does not fit the channel's "
                 f"{self.capacity}-byte shared-memory slot"
             )
+        base = (self.sent % self.entries) * self.stride
         dims = list(a.shape) + [0] * (MAX_RANK - a.ndim)
-        _HEADER.pack_into(self.map, 0, code, a.ndim, *dims)
-        np.copyto(np.ndarray(a.shape, a.dtype, buffer=self.map, offset=HEADER_BYTES), a)
+        _HEADER.pack_into(self.map, base, code, a.ndim, *dims)
+        np.copyto(np.ndarray(a.shape, a.dtype, buffer=self.map, offset=base + HEADER_BYTES), a)
+        self.sent += 1
         os.eventfd_write(self.eventfd, 1)
         return int(a.nbytes)
 
     def take(self, timeout_s: float, abort_fd: int | None = None) -> Any:
-        """Wait (up to timeout_s) for the message; a view of it (valid until the next
+        """Wait (up to timeout_s) for the next message; a view of it (valid until the next
         request), or an int for an index. None on timeout; ABORTED when `abort_fd` (the
         worker's control socket: the caller went away or says stop) became readable
         first."""
+        if self.ready:
+            return self._next()
         fds = [self.eventfd] if abort_fd is None else [self.eventfd, abort_fd]
         ready, _, _ = select.select(fds, [], [], timeout_s)
         if self.eventfd in ready:
@@ -271,14 +293,21 @@ class LocalSlot:
         return ABORTED if ready else None
 
     def take_ready(self) -> Any:
-        """The message, once the eventfd says it is there (see `take`)."""
-        os.eventfd_read(self.eventfd)
-        code, ndim, *dims = _HEADER.unpack_from(self.map, 0)
+        """The next message, once the eventfd says one is there (see `take`)."""
+        self.ready += os.eventfd_read(self.eventfd)
+        return self._next()
+
+    def _next(self) -> Any:
+        self.ready -= 1
+        base = (self.taken % self.entries) * self.stride
+        self.taken += 1
+        code, ndim, *dims = _HEADER.unpack_from(self.map, base)
         name = _DTYPES[code]
         if name == "index":
-            return int(np.ndarray((), np.int64, buffer=self.map, offset=HEADER_BYTES))
+            return int(np.ndarray((), np.int64, buffer=self.map, offset=base + HEADER_BYTES))
         dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
-        return np.ndarray(tuple(dims[:ndim]), dtype, buffer=self.map, offset=HEADER_BYTES)
+        shape = tuple(dims[:ndim])
+        return np.ndarray(shape, dtype, buffer=self.map, offset=base + HEADER_BYTES)
 
     def close(self) -> None:
         """Unmap and close this end's descriptors (the caller's, when it is the host)."""
@@ -288,6 +317,11 @@ class LocalSlot:
         for fd in (self.memfd, self.eventfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _stride(capacity: int) -> int:
+    """Bytes of one ring entry: the header, then the payload, 64-byte aligned."""
+    return HEADER_BYTES + -(-capacity // 64) * 64
 
 
 ABORTED = object()  # LocalSlot.take: the control socket woke the wait, not the message

@@ -33,7 +33,6 @@ import numpy as np
 from gimlet.errors import UserError
 from gimlet.runtime.bundle import Bundle, check_cluster, check_inputs, load_bundle
 from gimlet.runtime.control import (
-    HEADER_BYTES,
     Arena,
     LocalSlot,
     StatusPage,
@@ -41,6 +40,7 @@ from gimlet.runtime.control import (
     recv_msg,
     send_msg,
 )
+from gimlet.runtime.pipeline import check_split
 
 GRACE_S = 0.5  # after the first failure, how long to wait for the others' reports
 STOP_S = 5.0  # how long close() lets workers stop on their own before killing them
@@ -135,8 +135,12 @@ class Session:
         deadline_s: float | None = None,
         host_in_caller: bool = False,
         module: Any = None,
+        micro_batches: int = 1,
     ):
         self.bundle, self.timeout_s, self.env = bundle, timeout_s, env
+        self.micro_batches = micro_batches
+        if micro_batches != 1:
+            self._check_pipeline(module)
         self.stats, self.deadline_s = stats, deadline_s
         # after the host answers, the others have a receive timeout to finish
         self.late_s = timeout_s if timeout_s is not None else _default_timeout()
@@ -157,7 +161,10 @@ class Session:
         self.slots: dict[int, LocalSlot] = {}  # the caller's ends of the host's channels
         self.last: RunResult | None = None  # the last `call`
         self._req: _Request | None = None
-        if host_in_caller and not stats and can_host_in_caller(bundle, env):
+        # a pipelined request keeps every device on a worker: the caller would be the
+        # host rank, which sends the first micro-batches and receives the last ones
+        pipelined = micro_batches > 1
+        if host_in_caller and not stats and not pipelined and can_host_in_caller(bundle, env):
             from gimlet.runtime.inprocess import InProcess
 
             self.local = InProcess(
@@ -165,6 +172,21 @@ class Session:
             )
         n = len(bundle.devices)
         self.ranks = [r for r in range(n) if self.local is None or r != self.host_rank]
+
+    def _check_pipeline(self, module: Any) -> None:
+        """Refuse, before any worker starts, a pipelined session whose program or outputs
+        cannot be cut into micro-batches (runtime/pipeline.py)."""
+        from gimlet.ir import main_func
+        from gimlet.runtime.inprocess import parse_program
+        from gimlet.runtime.pipeline import PipelineError, check_split, stages
+
+        check_split([[self.micro_batches]], self.micro_batches)  # at least 1
+        stages(main_func(module or parse_program(self.bundle)), self.bundle.host)
+        for i, out in enumerate(self.bundle.manifest["outputs"]):
+            if not out["shape"]:
+                raise PipelineError(
+                    f"output {i} is a scalar: micro-batches join outputs along their first dim"
+                )
 
     # -- start and stop
 
@@ -184,7 +206,7 @@ class Session:
         ]
         base = dict(os.environ)
         base.update(self.env or {})
-        slots = _local_slots(self.bundle, base)
+        slots = _local_slots(self.bundle, base, self.micro_batches)
         base.update(
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(_free_port()),
@@ -192,13 +214,15 @@ class Session:
             GIMLET_STATUS_FD=str(self.status.fd),
             GIMLET_LOCAL_CHANNELS=LocalSlot.encode(slots),
         )
-        fds = [fd for memfd, eventfd, _ in slots.values() for fd in (memfd, eventfd)]
+        fds = [fd for memfd, eventfd, *_ in slots.values() for fd in (memfd, eventfd)]
         if self.local is not None:  # the caller keeps its ends of the host's channels
             host = self.bundle.host
             for c in self.bundle.manifest["channels"]:
                 if host in (c["from"], c["to"]):
-                    memfd, eventfd, capacity = slots[c["id"]]
-                    self.slots[c["id"]] = LocalSlot(os.dup(memfd), os.dup(eventfd), capacity)
+                    memfd, eventfd, capacity, entries = slots[c["id"]]
+                    self.slots[c["id"]] = LocalSlot(
+                        os.dup(memfd), os.dup(eventfd), capacity, entries
+                    )
         if self.timeout_s is not None:
             base["GIMLET_RECV_TIMEOUT"] = str(self.timeout_s)
         base.pop("GIMLET_EARLY_ANSWERS", None)
@@ -268,7 +292,12 @@ class Session:
 
     def __call__(self, inputs: list[np.ndarray]) -> RunResult:
         inputs = [np.asarray(x) for x in inputs]
-        check_inputs(self.bundle, inputs)
+        m = self.micro_batches
+        if m > 1:  # each micro-batch must fit the signature the bundle was compiled for
+            check_split([x.shape for x in inputs], m)
+            check_inputs(self.bundle, [x[: x.shape[0] // m] for x in inputs])
+        else:
+            check_inputs(self.bundle, inputs)
         if self.local is not None:  # numpy in and out, as with a host worker
             from gimlet.runtime.inprocess import to_host
 
@@ -290,9 +319,9 @@ class Session:
             try:
                 if rank == self.host_rank:
                     fds = [self.arena.fd] if fresh and self.arena.fd is not None else []
-                    send_msg(sock, ("run", k, (self.arena.size, meta), self.stats), fds)
+                    send_msg(sock, ("run", k, (self.arena.size, meta), self.stats, m), fds)
                 else:
-                    send_msg(sock, ("run", k, None, self.stats))
+                    send_msg(sock, ("run", k, None, self.stats, m))
             except OSError:
                 pass  # it died: the wait below finds its closed socket and says so
         if fresh:
@@ -396,9 +425,9 @@ class Session:
             # answered in the status page, before its last send, can still fail in it)
             fds = [efd, *(s.fileno() for s in self.sock_of.values())]
             timeout = None if limit == _NEVER else max(limit - time.time(), 0.0)
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready, _, _ = select.select(fds, [], [], timeout) if not slot.ready else ([efd], 0, 0)
             if efd in ready:
-                return slot.take_ready()
+                return slot.take(0.0) if slot.ready else slot.take_ready()
             for fd in ready:
                 self._on_message(req, self.rank_of[fd])
             if req.failed_at is not None:
@@ -550,10 +579,13 @@ def can_host_in_caller(bundle: Bundle, env: dict[str, str] | None = None) -> boo
     return any(s["device"] != bundle.host for s in bundle.manifest["segments"])
 
 
-def _local_slots(bundle: Bundle, env: dict[str, str]) -> dict[int, tuple[int, int, int]]:
-    """A shared-memory slot (memfd, eventfd, capacity) for every channel that is not
-    NCCL's: the workers are on this host, so they need not go through gloo's sockets
-    (runtime/channels.py). GIMLET_TRANSPORT=gloo keeps every channel on gloo."""
+def _local_slots(
+    bundle: Bundle, env: dict[str, str], entries: int = 1
+) -> dict[int, tuple[int, int, int, int]]:
+    """A shared-memory slot (memfd, eventfd, capacity, entries) for every channel that is
+    not NCCL's: the workers are on this host, so they need not go through gloo's sockets
+    (runtime/channels.py). `entries`: messages a slot holds (a request's micro-batches).
+    GIMLET_TRANSPORT=gloo keeps every channel on gloo."""
     if env.get("GIMLET_TRANSPORT") == "gloo":
         return {}
     slots = {}
@@ -561,9 +593,7 @@ def _local_slots(bundle: Bundle, env: dict[str, str]) -> dict[int, tuple[int, in
         if c.get("backend") == "nccl":
             continue  # NCCL where the workers have CUDA, gloo where they do not
         capacity = LocalSlot.capacity_for(c["dtype"], c["shape"])
-        memfd = os.memfd_create(f"gimlet-ch{c['id']}", os.MFD_CLOEXEC)
-        os.ftruncate(memfd, HEADER_BYTES + capacity)  # sparse: pages come on first write
-        slots[c["id"]] = (memfd, os.eventfd(0, os.EFD_CLOEXEC), capacity)
+        slots[c["id"]] = LocalSlot.create(f"gimlet-ch{c['id']}", capacity, entries)
     return slots
 
 

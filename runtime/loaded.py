@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gimlet.backends.report import format_report, run_report
+from gimlet.errors import UserError
 from gimlet.runtime.bundle import check_cluster, load_bundle
 from gimlet.runtime.launch import RunResult, Session
 
@@ -40,6 +41,7 @@ class Loaded:
         target: str | None = None,
         timeout_s: float | None = None,
         deadline_s: float | None = None,
+        micro_batches: int = 1,
     ):
         from gimlet.runtime.inprocess import (
             InProcess,
@@ -54,16 +56,30 @@ class Loaded:
         self.inprocess: InProcess | None = None
         self.session: Session | None = None
         self._last: tuple[list[Any], float, float, list[int]] | RunResult | None = None
+        if micro_batches > 1:  # a pipeline needs a process per device (runtime/pipeline.py)
+            if processes == "one":
+                raise UserError(
+                    f"micro_batches={micro_batches} pipelines the devices on worker "
+                    'processes: processes="one" cannot'
+                )
+            processes = "per-device"
         module = parse_program(self.bundle) if processes != "per-device" else None
         problem = sequential_order_problem(module) if module is not None else None
         self.processes, self.reason = choose_processes(self.bundle, processes, problem)
+        if micro_batches > 1:
+            self.reason = f"{micro_batches} micro-batches pipelined over one worker per device"
         self.report = run_report(self.bundle.manifest)  # what runs each segment here
         sys.stderr.write(format_report([r for r in self.report if r.when == "load"], "gimlet"))
         if self.processes == "one":
             self.inprocess = InProcess(self.bundle, module=module)
         else:
             self.session = Session(
-                self.bundle, timeout_s, deadline_s=deadline_s, host_in_caller=True, module=module
+                self.bundle,
+                timeout_s,
+                deadline_s=deadline_s,
+                host_in_caller=True,
+                module=module,
+                micro_batches=micro_batches,
             )
             self._finalizer = weakref.finalize(self, self.session.close)
             if self.session.local is not None:

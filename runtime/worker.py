@@ -96,6 +96,7 @@ class _Step:
     segment: int | None = None
     ops: int = 0
     name: str = ""
+    stage: int = 0  # micro-batch pipelining's wavefront stage (runtime/pipeline.py)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class _Plan:
     steps: list[_Step]
     returns: list[int]  # the host's outputs
     size: int  # values in the program
+    depth: int = -1  # the last step's stage; -1 until a pipelined request needs it
 
 
 class Worker:
@@ -132,6 +134,7 @@ class Worker:
         # waits after it): the answer can go out just before it (see `_serve`)
         self.final_send: int | None = None
         self.early_done: Callable[[], None] | None = None
+        self.micro: int | None = None  # the micro-batch running (pipelined requests)
         ranks = {d: i for i, d in enumerate(bundle.devices)}
         self.cuda = cuda_device(bundle, self.device)
         self.nccl = self.cuda is not None and any(
@@ -219,38 +222,77 @@ class Worker:
 
     # -- the program
 
-    def run(self, module: Any, weights: dict[str, np.ndarray], inputs: Sequence[Any]) -> list[Any]:
+    def run(
+        self,
+        module: Any,
+        weights: dict[str, np.ndarray],
+        inputs: Sequence[Any],
+        micro_batches: int = 1,
+    ) -> list[Any]:
         """One pass over the program; executors (and their loaded libraries) persist
-        across calls, so repeated runs measure the steady state."""
+        across calls, so repeated runs measure the steady state. `micro_batches` > 1:
+        the inputs cut into that many pieces, run as a pipeline (runtime/pipeline.py)."""
         plan = self.plan if self.plan is not None else self._plan(module, weights)
+        if micro_batches > 1:
+            return self._run_pipelined(plan, module, inputs, micro_batches)
         values: list[Any] = [None] * plan.size
         if plan.host:
             values[: len(inputs)] = inputs
         for step in plan.steps:
-            args = [values[i] for i in step.ins]
-            index = step.segment
-            if index is None:
-                outs = step.call(args)
-            elif not self.want_stats:
-                self.segment = index
-                outs = step.call(args)
-                self.segment = None
-            else:
-                self.segment = index
-                stats = self.stats.get(index)
-                if stats is None:
-                    stats = self.stats[index] = {"ops": step.ops, "bytes_in": 0, "bytes_out": 0}
-                start = time.time()
-                outs = step.call(args)
-                end = time.time()
-                stats["wall_s"] = stats.get("wall_s", 0.0) + end - start
-                self.events.append(_span(step.name, "compute", start, end, 0, {}))
-                self.segment = None
-            for i, v in zip(step.outs, outs, strict=True):
-                values[i] = v
+            self._step(step, values)
         results = [values[i] for i in plan.returns] if plan.host else []
         self._finish()
         return results
+
+    def _run_pipelined(self, plan: _Plan, module: Any, inputs: Sequence[Any], m: int) -> list[Any]:
+        """The wavefront: at step s, each op at stage d runs micro-batch s - d."""
+        from gimlet.ir import main_func
+        from gimlet.runtime.pipeline import join, split, stages
+
+        if plan.depth < 0:  # stages worked out on the first pipelined request
+            stage_of = stages(main_func(module), self.bundle.host)
+            for st in plan.steps:
+                st.stage = stage_of[st.op]
+            plan.depth = max((st.stage for st in plan.steps), default=0)
+        values: list[list[Any]] = [[None] * plan.size for _ in range(m)]
+        if plan.host:
+            for j, piece in enumerate(split(inputs, m)):
+                values[j][: len(piece)] = piece
+        for s in range(m + plan.depth):
+            for step in plan.steps:
+                j = s - step.stage
+                if 0 <= j < m:
+                    self.micro = j
+                    self._step(step, values[j])
+        self.micro = None
+        results = join([[v[i] for i in plan.returns] for v in values]) if plan.host else []
+        self._finish()
+        return results
+
+    def _step(self, step: _Step, values: list[Any]) -> None:
+        """Run one step on one (micro-)batch's values."""
+        args = [values[i] for i in step.ins]
+        index = step.segment
+        if index is None:
+            outs = step.call(args)
+        elif not self.want_stats:
+            self.segment = index
+            outs = step.call(args)
+            self.segment = None
+        else:
+            self.segment = index
+            stats = self.stats.get(index)
+            if stats is None:
+                stats = self.stats[index] = {"ops": step.ops, "bytes_in": 0, "bytes_out": 0}
+            start = time.time()
+            outs = step.call(args)
+            end = time.time()
+            stats["wall_s"] = stats.get("wall_s", 0.0) + end - start
+            args_ = {} if self.micro is None else {"micro_batch": self.micro}
+            self.events.append(_span(step.name, "compute", start, end, 0, args_))
+            self.segment = None
+        for i, v in zip(step.outs, outs, strict=True):
+            values[i] = v
 
     def _plan(self, module: Any, weights: dict[str, np.ndarray]) -> _Plan:
         """What this device runs, in order (its segments; on the host also the top-level
@@ -590,7 +632,8 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
             return  # the launcher closed its end, or died
         if msg[0] != "run":
             return
-        _, k, request, want_stats = msg
+        _, k, request, want_stats = msg[:4]
+        micro = msg[4] if len(msg) > 4 else 1  # micro-batches (runtime/pipeline.py)
         inputs: list[Any] = []
         if host:
             size, meta = request
@@ -605,7 +648,7 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
             worker.status.set_kernel(worker.rank, 0.0)
         start = time.perf_counter()
         answered: list[bool] = []
-        if early_answers and not want_stats and worker.final_send is not None:
+        if early_answers and not want_stats and worker.final_send is not None and micro == 1:
             # the answer goes into the status page just before the last send (nothing
             # but that send is left to do), not over the socket: a caller that starts
             # the next request right away finds it there, even when this worker loses
@@ -616,7 +659,7 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
                 answered.append(True)
 
             worker.early_done = early
-        outputs = worker.run(module, weights, inputs)
+        outputs = worker.run(module, weights, inputs, micro)
         seconds = time.perf_counter() - start
         worker.early_done = None
         del inputs

@@ -1,0 +1,160 @@
+"""Micro-batch pipelining (runtime/pipeline.py): the wavefront's stages, the shared-memory
+ring that holds a message per micro-batch, and pipelined requests on real workers that
+equal torch on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from gimlet.cli import main as gimletc
+from gimlet.runtime.control import LocalSlot
+from gimlet.runtime.pipeline import PipelineError, check_split, join, split, stages
+
+ROOT = Path(__file__).resolve().parents[1]
+THREE = str(ROOT / "examples" / "three_cpus.cluster")
+
+
+def _example(name: str) -> Any:
+    sys.path.insert(0, str(ROOT / "examples"))
+    return __import__(name).model()
+
+
+@pytest.fixture(scope="module")
+def bundles() -> Any:
+    d = Path(tempfile.mkdtemp(prefix="gimlet-pipeline-"))
+    specs = {
+        # cpu0 (host) -> cpu1 -> cpu2 -> cpu0: a three-stage pipeline
+        "mlp3": ("examples/mlp.py:model", "fc1=cpu1,fc2=cpu2"),
+        "gpt3": ("examples/gpt.py:model", "h.0=cpu1,h.1=cpu2,ln_f=cpu2,lm_head=cpu2"),
+    }
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        for name, (model, pins) in specs.items():
+            argv = ["compile", model, "-o", str(d / name), "--target", THREE, "--pin", pins]
+            assert gimletc(argv) == 0
+    finally:
+        os.chdir(cwd)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _program(path: Path) -> Any:
+    from gimlet.ir import main_func
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.inprocess import parse_program
+
+    bundle = load_bundle(str(path))
+    return bundle, main_func(parse_program(bundle))
+
+
+def test_stages_count_the_hops_from_the_inputs(bundles: Path) -> None:
+    bundle, fn = _program(bundles / "mlp3")
+    stage = stages(fn, bundle.host)
+    segs = [(op.device.data, stage[op]) for op in fn.body.block.ops if hasattr(op, "device")]
+    assert segs == [("cpu1", 1), ("cpu2", 2)]
+    # the host receives the output from cpu2: one hop further
+    assert max(stage.values()) == 3
+
+
+def test_a_pair_of_devices_gets_one_lag() -> None:
+    # cpu0 sends ch0 (read by cpu1 at once) and ch1 (read by cpu1 after it hears from
+    # cpu2): both of cpu1's receives from cpu0 are set to the larger lag, so cpu1 meets
+    # them in program order at matching steps
+    from gimlet.ir import main_func, parse
+
+    fn = main_func(parse((ROOT / "tests" / "data" / "pipeline_lag.mlir").read_text()))
+    stage = stages(fn, "cpu0")
+    by_device = [(op.device.data, stage[op]) for op in fn.body.block.ops if hasattr(op, "device")]
+    assert by_device == [("cpu1", 2), ("cpu2", 1), ("cpu1", 2)]  # the first cpu1 raised
+    # the host's posted receives take their waits' stage: one past cpu1's
+    posts = [stage[op] for op in fn.body.block.ops if op.name == "comm.irecv"]
+    assert posts == [3, 3]
+
+
+def test_split_and_join() -> None:
+    x = np.arange(12).reshape(6, 2)
+    pieces = split([x, torch.arange(6)], 3)
+    assert [p[0].shape for p in pieces] == [(2, 2)] * 3
+    assert [p[1].tolist() for p in pieces] == [[0, 1], [2, 3], [4, 5]]
+    np.testing.assert_array_equal(join([[p[0]] for p in pieces])[0], x)
+    with pytest.raises(PipelineError, match="input 0 has 6 rows in its first dim, which 4 micro"):
+        check_split([(6, 2)], 4)
+    with pytest.raises(PipelineError, match="^input 1 is a scalar: micro-batches cut every"):
+        check_split([(4,), ()], 2)
+
+
+def test_shared_memory_ring_holds_a_message_per_micro_batch() -> None:
+    memfd, efd, cap, n = LocalSlot.create("t", 64, entries=3)
+    writer, reader = LocalSlot(memfd, efd, cap, n), LocalSlot(os.dup(memfd), os.dup(efd), cap, n)
+    try:
+        for request in range(2):  # the second request wraps around the ring
+            for j in range(3):  # all written before any is read
+                writer.put(np.full(4, 10 * request + j, dtype=np.float32))
+            got = [float(reader.take(1.0)[0]) for _ in range(3)]
+            assert got == [10.0 * request + j for j in range(3)]
+        assert reader.take(0.01) is None  # nothing more
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_pipelined_mlp_on_three_workers_equals_torch(bundles: Path) -> None:
+    from gimlet.runtime import load
+
+    module = _example("mlp")[0].eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((24, 32)).astype("f4"))
+    with load(str(bundles / "mlp3"), micro_batches=4) as run:
+        assert run.reason == "4 micro-batches pipelined over one worker per device"
+        for _ in range(2):  # the ring is reused by the next request
+            (out,) = run(x)
+            with torch.no_grad():
+                np.testing.assert_allclose(out.numpy(), module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_pipelined_gpt_traces_each_micro_batch(bundles: Path) -> None:
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.launch import Session
+
+    model, (ids,), _ = _example("gpt")
+    batch = torch.randint(0, 512, (3, 16), generator=torch.Generator().manual_seed(1))
+    session = Session(load_bundle(str(bundles / "gpt3")), stats=True, micro_batches=3)
+    try:
+        result = session([batch.numpy()])
+    finally:
+        session.close()
+    with torch.no_grad():
+        want = model.eval()(batch).numpy()
+    np.testing.assert_allclose(result.outputs[0], want, rtol=1e-4, atol=1e-5)
+    # every device ran its segment once per micro-batch, in order
+    for st in result.stats:
+        runs = [
+            e["args"]["micro_batch"]
+            for e in st["events"]
+            if e["cat"] == "compute" and e["name"].startswith("segment")
+        ]
+        assert runs == [0, 1, 2], (st["device"], runs)
+
+
+def test_bad_micro_batches_are_refused_before_workers_start(bundles: Path) -> None:
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.launch import Session
+
+    session = Session(load_bundle(str(bundles / "mlp3")), micro_batches=4)
+    with pytest.raises(PipelineError) as e:
+        session([np.zeros((10, 32), np.float32)])
+    assert str(e.value) == (
+        "input 0 has 10 rows in its first dim, which 4 micro-batches do not divide"
+    )
+    assert session.procs == []
+    with pytest.raises(PipelineError, match="^micro-batches must be at least 1, not 0$"):
+        Session(load_bundle(str(bundles / "mlp3")), micro_batches=0)
