@@ -299,6 +299,15 @@ def _parser() -> argparse.ArgumentParser:
         "device ('per-device'), or let gimlet choose ('auto', the default: one process unless "
         "the bundle spans several CPU devices or several GPUs)",
     )
+    r.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        metavar="M",
+        help="bundles: cut every input into M pieces along its first dim (the bundle was "
+        "compiled for one piece) and pipeline them through the devices, one worker each: "
+        "while one device runs micro-batch j, the next runs j-1 (default 1: no pipeline)",
+    )
     return p
 
 

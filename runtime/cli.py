@@ -24,11 +24,21 @@ def run_bundle(args: argparse.Namespace) -> int:
     if args.target:
         check_cluster(bundle, args.target)
     inputs = read_inputs(args.inputs, [s["name"] for s in bundle.manifest["inputs"]])
-    check_inputs(bundle, inputs)
+    micro = getattr(args, "micro_batches", None) or 1
     requested = getattr(args, "processes", None) or "auto"
+    if micro > 1:  # a pipeline: one worker per device (runtime/pipeline.py)
+        if requested == "one":
+            raise UserError(
+                "--micro-batches pipelines the devices on workers: not with --processes one"
+            )
+        requested = "per-device"
+    else:
+        check_inputs(bundle, inputs)
     module = parse_program(bundle) if requested != "per-device" else None
     problem = sequential_order_problem(module) if module is not None else None
     processes, reason = choose_processes(bundle, requested, problem)
+    if micro > 1:
+        reason = f"{micro} micro-batches pipelined"
     n = len(bundle.devices)
     # what runs each segment here, and why where it is not what gimletc compile chose
     sys.stderr.write(format_report(run_report(bundle.manifest), "gimletc"))
@@ -40,9 +50,8 @@ def run_bundle(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"gimletc: running on {n} worker process{'es' if n > 1 else ''} ({reason})\n"
         )
-        result = launch(
-            args.source, inputs, timeout_s=getattr(args, "recv_timeout", None), target=None
-        )
+        timeout = getattr(args, "recv_timeout", None)
+        result = launch(args.source, inputs, timeout_s=timeout, target=None, micro_batches=micro)
         outputs, stats, wall = result.outputs, result.stats, result.wall_s
         how = f"{n} worker{'' if n == 1 else 's'}"
     if args.output:

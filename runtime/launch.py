@@ -86,20 +86,21 @@ def launch(
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
     iterations: int = 1,
+    micro_batches: int = 1,
 ) -> RunResult:
     """Check the bundle, start the workers, run, stop them; the host's outputs and every
     rank's stats (per segment, trace events, `iterations_s`), or a RunError.
 
     `iterations` > 1 runs that many requests in the same workers (each rank's
     per-request seconds are in `stats[rank]["iterations_s"]`): how benchmarks separate
-    steady-state latency from process start-up."""
+    steady-state latency from process start-up. `micro_batches`: see runtime/pipeline.py."""
     bundle = load_bundle(bundle_path)
     if target:
         check_cluster(bundle, target)
     inputs = [np.asarray(x) for x in inputs]
-    check_inputs(bundle, inputs)
     start = time.time()
-    session = Session(bundle, timeout_s, env, stats=True)
+    session = Session(bundle, timeout_s, env, stats=True, micro_batches=micro_batches)
+    session.check(inputs)
     try:
         for _ in range(max(iterations, 1)):
             result = session(inputs)
@@ -172,6 +173,16 @@ class Session:
             )
         n = len(bundle.devices)
         self.ranks = [r for r in range(n) if self.local is None or r != self.host_rank]
+
+    def check(self, inputs: list[np.ndarray]) -> None:
+        """Refuse inputs that do not fit the signature (each micro-batch's, when
+        pipelined), before any worker starts."""
+        m = self.micro_batches
+        if m > 1:  # each micro-batch must fit the signature the bundle was compiled for
+            check_split([x.shape for x in inputs], m)
+            check_inputs(self.bundle, [x[: x.shape[0] // m] for x in inputs])
+        else:
+            check_inputs(self.bundle, inputs)
 
     def _check_pipeline(self, module: Any) -> None:
         """Refuse, before any worker starts, a pipelined session whose program or outputs
@@ -292,12 +303,8 @@ class Session:
 
     def __call__(self, inputs: list[np.ndarray]) -> RunResult:
         inputs = [np.asarray(x) for x in inputs]
+        self.check(inputs)
         m = self.micro_batches
-        if m > 1:  # each micro-batch must fit the signature the bundle was compiled for
-            check_split([x.shape for x in inputs], m)
-            check_inputs(self.bundle, [x[: x.shape[0] // m] for x in inputs])
-        else:
-            check_inputs(self.bundle, inputs)
         if self.local is not None:  # numpy in and out, as with a host worker
             from gimlet.runtime.inprocess import to_host
 

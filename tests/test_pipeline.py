@@ -158,3 +158,21 @@ def test_bad_micro_batches_are_refused_before_workers_start(bundles: Path) -> No
     assert session.procs == []
     with pytest.raises(PipelineError, match="^micro-batches must be at least 1, not 0$"):
         Session(load_bundle(str(bundles / "mlp3")), micro_batches=0)
+
+
+def test_gimletc_run_micro_batches(
+    bundles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = _example("mlp")[0].eval()
+    x = np.random.default_rng(2).standard_normal((8, 32)).astype("f4")
+    np.savez(tmp_path / "in.npz", x=x)
+    out = tmp_path / "out.npz"
+    argv = ["run", str(bundles / "mlp3"), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]
+    assert gimletc([*argv, "--micro-batches", "2"]) == 0
+    assert "(2 micro-batches pipelined)" in capsys.readouterr().err
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
+    assert gimletc([*argv, "--micro-batches", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "error: input 0 has 8 rows in its first dim, which 3 micro-batches do not divide" in err
