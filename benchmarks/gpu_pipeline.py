@@ -1,0 +1,219 @@
+"""Two GPUs as a pipeline: a model split over gpu0 and gpu1, a request's batch cut into
+micro-batches (runtime/pipeline.py), against one GPU, all in one run (issue 11's goal:
+>= 1.8x one GPU's throughput at batch >= 8).
+
+The model is a GPT prefill in fp16 that returns the last position's logits (the next
+token): `--d`, `--layers`, `--heads`, T=`--seq`, vocab 50257. It is compiled twice for a
+host CPU and two H200s (NVLink between them) with a dynamic batch dim: everything on gpu0,
+and layers split in half between gpu0 and gpu1 (the activations cross through NCCL,
+device to device). Each runner is called through `gimlet.load` with host tensors in and
+out (so the host<->GPU copies count), and the median wall time of a whole request gives
+the throughput in sequences per second:
+
+* one GPU, the whole batch in one call (in the caller's process: the strongest baseline);
+* one GPU, the same micro-batches (a worker per device; no second GPU to overlap with);
+* two GPUs, the whole batch in one call (split, no pipeline: each GPU waits for the other);
+* two GPUs, micro-batches pipelined.
+
+`--prepare DIR` compiles the bundles (nvcc must be there) and saves the inputs and torch's
+outputs; `--run DIR` measures (on the 2x H200 machine). Writes
+benchmarks/results/gpu_pipeline.{md,json} (and copies them to $OUT when set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from results_io import machine_info, save  # noqa: E402
+
+CLUSTER = """cluster "cpu-and-two-h200"
+device cpu0 : cpu
+device gpu0 : h200 { host = cpu0 }
+device gpu1 : h200 { host = cpu0 }
+link gpu0 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
+link gpu1 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
+link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
+"""
+CONFIG = {"d": 1024, "heads": 16, "layers": 24, "seq": 512, "vocab": 50257}
+
+
+class NextToken(torch.nn.Module):
+    """GPT prefill, the last position's logits only (what generation needs)."""
+
+    def __init__(self, gpt: Any):
+        super().__init__()
+        self.wte, self.wpe, self.h, self.ln_f, self.lm_head = (
+            gpt.wte,
+            gpt.wpe,
+            gpt.h,
+            gpt.ln_f,
+            gpt.lm_head,
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.wte(ids) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x[:, -1]))
+
+
+def model() -> Any:
+    """`gimletc compile` factory: the configured model in fp16, the batch dim dynamic."""
+    from gpt import GPT
+
+    c = json.loads((Path(__file__).parent / ".gpu_pipeline_config.json").read_text())
+    torch.manual_seed(0)
+    gpt = GPT(vocab=c["vocab"], ctx=c["seq"], d=c["d"], heads=c["heads"], layers=c["layers"])
+    net = NextToken(gpt).half().eval()
+    batch = torch.export.Dim("batch", min=1, max=256)
+    return net, (torch.randint(0, c["vocab"], (2, c["seq"])),), ({0: batch},)
+
+
+def prepare(out: Path, c: dict[str, Any], batch: int) -> None:
+    from gimlet.cli import main as gimletc
+
+    out.mkdir(parents=True, exist_ok=True)
+    (Path(__file__).parent / ".gpu_pipeline_config.json").write_text(json.dumps(c))
+    (out / "gpus.cluster").write_text(CLUSTER)
+    half = c["layers"] // 2
+    pins = {
+        "one_gpu": f"wte=gpu0,wpe=gpu0,h.0-{c['layers'] - 1}=gpu0,ln_f=gpu0,lm_head=gpu0",
+        "two_gpus": f"wte=gpu0,wpe=gpu0,h.0-{half - 1}=gpu0,h.{half}-{c['layers'] - 1}=gpu1,"
+        "ln_f=gpu1,lm_head=gpu1",
+    }
+    for name, pin in pins.items():
+        t0 = time.perf_counter()
+        argv = ["compile", f"{Path(__file__).resolve()}:model", "-o", str(out / name)]
+        assert gimletc([*argv, "--target", str(out / "gpus.cluster"), "--pin", pin]) == 0
+        kinds = [
+            (s["device"], s["artefact"]["kind"])
+            for s in json.loads((out / name / "manifest.json").read_text())["segments"]
+        ]
+        print(f"[pipeline] {name}: {time.perf_counter() - t0:.1f} s, segments {kinds}", flush=True)
+    net, _, _ = model()
+    ids = torch.randint(
+        0, c["vocab"], (batch, c["seq"]), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        want = net.cuda()(ids.cuda()).float().cpu().numpy() if torch.cuda.is_available() else None
+    np.savez(out / "io.npz", ids=ids.numpy(), **({"want": want} if want is not None else {}))
+    (out / "config.json").write_text(json.dumps(dict(c, batch=batch)))
+
+
+def timed(run: Any, ids: torch.Tensor, iters: int) -> tuple[float, np.ndarray]:
+    """Median ms of whole requests (host tensors in and out), after warm-up; the output."""
+    for _ in range(3):
+        (out,) = run(ids)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        (out,) = run(ids)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), out.float().numpy()
+
+
+def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
+    from gimlet.runtime import load
+
+    c = json.loads((d / "config.json").read_text())
+    io = np.load(d / "io.npz")
+    ids = torch.from_numpy(io["ids"])
+    rows: dict[str, Any] = {}
+
+    def row(name: str, bundle: str, **kw: Any) -> None:
+        print(f"[pipeline] {name} ...", flush=True)
+        with load(str(d / bundle), **kw) as run:
+            ms, out = timed(run, ids, iters)
+            how = run.reason
+        err = float(np.max(np.abs(out - io["want"]))) if "want" in io else None
+        rows[name] = {
+            "ms": ms,
+            "seq_per_s": c["batch"] / ms * 1e3,
+            "max_abs_err": err,
+            "how": how,
+            **kw,
+        }
+        print(f"[pipeline] {name}: {ms:.2f} ms, err {err}", flush=True)
+
+    row("one GPU, whole batch", "one_gpu")
+    row("two GPUs, whole batch (split, no pipeline)", "two_gpus")
+    for m in micro:
+        row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
+        row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
+    base = rows["one GPU, whole batch"]["seq_per_s"]
+    for name, r in rows.items():
+        r["vs_one_gpu"] = r["seq_per_s"] / base
+        m = r.get("micro_batches")
+        if m and name.startswith("two"):
+            r["vs_one_gpu_same_micro"] = (
+                r["seq_per_s"] / rows[f"one GPU, {m} micro-batches"]["seq_per_s"]
+            )
+    return {"config": c, "rows": rows}
+
+
+def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    c = result["config"]
+    lines = [
+        "# Two GPUs as a pipeline: micro-batches vs one GPU",
+        "",
+        f"Machine: {meta['gpu']} x2, torch {meta['torch']}. Command: `{meta['command']}`. "
+        f"Model: GPT d={c['d']} heads={c['heads']} layers={c['layers']}, T={c['seq']}, "
+        f"fp16, last position's logits (vocab {c['vocab']}); batch {c['batch']}. Median of "
+        f"{meta['iters']} whole requests through `gimlet.load`, host tensors in and out.",
+        "",
+        "| runner | ms per request | sequences/s | vs one GPU (whole batch) | vs one GPU (same "
+        "micro-batches) | max abs err vs torch | how it ran |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, r in result["rows"].items():
+        same = r.get("vs_one_gpu_same_micro")
+        err = r["max_abs_err"]
+        lines.append(
+            f"| {name} | {r['ms']:.2f} | {r['seq_per_s']:.0f} | {r['vs_one_gpu']:.2f}x | "
+            f"{f'{same:.2f}x' if same else ''} | {f'{err:.1e}' if err is not None else ''} | "
+            f"{r['how']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prepare", metavar="DIR", help="compile the bundles into DIR")
+    ap.add_argument("--run", metavar="DIR", help="measure the bundles in DIR (2 GPUs)")
+    ap.add_argument("--batch", type=int, default=16, help="sequences per request")
+    ap.add_argument("--micro", default="8,16", help="micro-batch counts to try")
+    ap.add_argument("--iters", type=int, default=10)
+    for k, v in CONFIG.items():
+        ap.add_argument(f"--{k}", type=int, default=v)
+    args = ap.parse_args()
+    if args.prepare:
+        prepare(Path(args.prepare), {k: getattr(args, k) for k in CONFIG}, args.batch)
+    if args.run:
+        micro = [int(m) for m in args.micro.split(",")]
+        result = measure(Path(args.run), micro, args.iters)
+        meta = {
+            "gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "command": " ".join(["python benchmarks/gpu_pipeline.py", *sys.argv[1:]]),
+            "iters": args.iters,
+            "machine": machine_info(),
+        }
+        save("gpu_pipeline", dict(result, meta=meta), markdown(result, meta))
+        print(markdown(result, meta))
+
+
+if __name__ == "__main__":
+    main()
