@@ -1002,9 +1002,8 @@ class _Lowering:
                         f"{x} + r0 * {K}, {K}, 0, {w}, {K}, 0, {product}, {ldm}, 0, 1, 1.0f)) return e;"
                     )
                     self.emit(
-                        f"    gml::copy_pitched<{ct}><<<dim3(gml::blocks_for({N}, {THREADS}), "
-                        f"unsigned(mr < 65535 ? mr : 65535)), {THREADS}, 0, stream>>>"
-                        f"(mr, {N}, {ldm}, {product}, {self.ptr(y)} + r0 * {N});"
+                        f"    gml::copy_pitched<{ct}><<<gml::copy_pitched_blocks<{ct}>(mr * {N}, {THREADS}), "
+                        f"{THREADS}, 0, stream>>>(mr, {N}, {ldm}, {product}, {self.ptr(y)} + r0 * {N});"
                     )
                     self.emit("  }")
                 else:

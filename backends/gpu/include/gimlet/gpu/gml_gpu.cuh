@@ -5,7 +5,8 @@
 //
 // Conventions: tensors are contiguous, row-major, in one arena per segment (offsets
 // from the memory plan); f16/bf16 are stored as 16-bit values and computed in float,
-// each op rounding its result as torch does; all index arithmetic is int64_t.
+// each op rounding its result as torch does; index arithmetic is int64_t, or 32-bit where
+// a kernel checks that its sizes fit.
 #pragma once
 
 #include <stdint.h>
@@ -526,15 +527,47 @@ __global__ void arange(int64_t n, double start, double step, T* __restrict__ y) 
   GML_FOR(i, n) store(y + i, start + double(i) * step);
 }
 
-// y (rows x n, contiguous) = x whose rows are `ld` elements apart (a padded GEMM result)
-// (a row per blockIdx.y: no division per element)
+// y (rows x n, contiguous) = x whose rows are `ld` elements apart (a padded GEMM result
+// read by an op that wants it unpadded). A thread writes one 16-byte piece of y (its
+// elements may straddle two rows of x: the loads are scalar but a warp's are adjacent, so
+// coalesced), with 32-bit index math where x's span fits; an unaligned y, or rows shorter
+// than a piece, take an element at a time.
+template <class T>
+inline unsigned copy_pitched_blocks(int64_t total, int threads) {
+  return blocks_for((total + int64_t(16 / sizeof(T)) - 1) / int64_t(16 / sizeof(T)), threads);
+}
 template <class T>
 __global__ void copy_pitched(int64_t rows, int64_t n, int64_t ld, const T* __restrict__ x,
                              T* __restrict__ y) {
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
-    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n;
-         c += int64_t(gridDim.x) * blockDim.x)
-      y[r * n + c] = x[r * ld + c];
+  constexpr int V = 16 / sizeof(T);
+  const int64_t total = rows * n;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  if (n >= V && rows * ld < (int64_t(1) << 31) && reinterpret_cast<uintptr_t>(y) % 16 == 0) {
+    const uint32_t cols = uint32_t(n), pitch = uint32_t(ld), count = uint32_t(total);
+    for (int64_t p = first; p * V < total; p += step) {
+      const uint32_t e = uint32_t(p) * V;
+      uint32_t r = e / cols, c = e - r * cols;
+      alignas(16) T v[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        v[k] = e + k < count ? x[r * pitch + c] : T{};
+        if (++c == cols) {  // n >= V: a piece crosses at most one row end
+          c = 0;
+          ++r;
+        }
+      }
+      if (e + V <= count) {
+        *reinterpret_cast<uint4*>(y + e) = *reinterpret_cast<const uint4*>(v);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k)  // unrolled: v stays in registers
+          if (e + k < count) y[e + k] = v[k];
+      }
+    }
+    return;
+  }
+  for (int64_t i = first; i < total; i += step) y[i] = x[(i / n) * ld + i % n];
 }
 
 // y (contiguous, `R` dims) = x read through strides (permute, expand, slice, concat)
