@@ -733,26 +733,43 @@ def vendor_paths(monkeypatch: Any) -> None:
     monkeypatch.setattr(cg, "PAD_WEIGHTS", True)
 
 
-def _odd_width_linear(bias: bool, dtype: torch.dtype, rows: int = 8) -> tuple[Any, Any, Any]:
-    """x [rows, 16] @ W^T with 37 columns: rows of 37 halves are not 16-byte aligned."""
+class _LogSoftmaxHead(torch.nn.Module):
+    """A head whose logits only a log_softmax reads (no elementwise consumer, no return)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(16, 37, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(x), dim=-1)
+
+
+def _odd_width_linear(
+    bias: bool, dtype: torch.dtype, rows: int = 8, log_softmax: bool = False
+) -> tuple[Any, Any, Any]:
+    """x [rows, 16] @ W^T with 37 columns: rows of 37 halves are not 16-byte aligned (with
+    `log_softmax`, the product feeds one instead of being the result)."""
     from gimlet.frontend import import_model
 
     torch.manual_seed(0)
-    model = torch.nn.Linear(16, 37, bias=bias).eval().to(dtype)
+    model = _LogSoftmaxHead() if log_softmax else torch.nn.Linear(16, 37, bias=bias)
     x = torch.randn(rows, 16).to(dtype)
-    module, weights = import_model(model, (x,), None)
+    module, weights = import_model(model.eval().to(dtype), (x,), None)
     run_pipeline(module, DEFAULT_PIPELINE)
     return module, weights, x
 
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_odd_width_product_goes_through_a_padded_buffer(bias: bool, vendor_paths: None) -> None:
+    """n and ldc 37 -> 40 halves (80 bytes). Without a bias the product is the result and
+    the GEMM writes it in place, padded; with one the bias kernel reads a padded scratch."""
     module, _, _ = _odd_width_linear(bias, torch.float16)
     low = lower(main_func(module))
     src = low.source
     assert [w.rows for w in low.weights if w.transposed] == [40]  # zero rows 37..39
-    assert ", 40, 0, 1, 1.0f)) return e;" in src  # n and ldc 37 -> 40 halves (80 bytes)
-    assert ("gml::copy_pitched<gml::f16>" in src) == (not bias)  # else the bias kernel reads it
+    assert src.count(", 40, 0, 1, 1.0f)) return e;") == 1
+    assert "gml::copy_pitched" not in src
+    assert bool(low.scratch) == bias and bool(low.pitches) == (not bias)
 
 
 def test_weights_upload_transposed_and_padded_only_where_the_gemm_wants_rows() -> None:
@@ -798,18 +815,152 @@ def small_padded_scratch(monkeypatch: Any) -> None:
     monkeypatch.setattr(cg, "PADDED_SCRATCH_BYTES", 1)
 
 
+def _up(n: int) -> int:
+    return -(-n // 256) * 256  # the memory plan's alignment
+
+
 def test_padded_head_goes_through_a_scratch_of_a_few_rows(
     vendor_paths: None, small_padded_scratch: None
 ) -> None:
-    """A head with no consumers multiplies 64 rows at a time into a 64 x 40 scratch (not
-    150 x 40 beside the 150 x 37 logits), each chunk copied out unpadded."""
-    module, _, _ = _odd_width_linear(False, torch.float16, rows=150)
+    """A head read unpadded by an op that is no elementwise consumer (a log_softmax)
+    multiplies 64 rows at a time into a 64 x 40 scratch (not 150 x 40 beside the 150 x 37
+    logits), each chunk copied out unpadded."""
+    module, _, _ = _odd_width_linear(False, torch.float16, rows=150, log_softmax=True)
     low = lower(main_func(module))
     assert "for (int64_t r0 = 0; r0 < P[0]; r0 += 64) {" in low.source
+    assert low.source.count("gml::copy_pitched<gml::f16>") == 1 and not low.pitches
+    from gimlet.backends.gpu.codegen import Env
+
+    (pad,) = [s for s, _ in low.scratch]
+    assert pad.nbytes(Env(*low.evaluator.evaluate([(150, 16)]))) == 64 * 40 * 2
     plan = low.bucket(((150, 16),))
-    up = lambda n: -(-n // 256) * 256  # noqa: E731 - the plan's alignment
-    # the logits, the 64-row scratch, x: all live at the head's step
-    assert plan.plan_bytes == up(150 * 37 * 2) + up(64 * 40 * 2) + up(150 * 16 * 2)
+    # the peak is at the log_softmax, logits and its result (x and the scratch before it)
+    assert plan.plan_bytes == 2 * _up(150 * 37 * 2) and plan.output_pitches == [0]
+
+
+def test_padded_head_result_is_written_in_place_with_its_pitch(vendor_paths: None) -> None:
+    """A head only the return reads: ONE GEMM of n = ldc = 40 into the result's own arena
+    slot (no scratch, no chunks, no copy_pitched); the plan sizes that slot 150 x 40 and
+    records the pitch, so the caller gets a [150, 37] view with strides (40, 1)."""
+    module, _, _ = _odd_width_linear(False, torch.float16, rows=150)
+    low = lower(main_func(module))
+    src = low.source
+    (call,) = [ln.strip() for ln in src.splitlines() if "ctx->gemm(" in ln]
+    assert call.endswith(
+        "true, P[0], 40, P[1], reinterpret_cast<const gml::f16*>(A + P[3]), P[1], 0, "
+        "static_cast<const gml::f16*>(W[0]), P[1], 0, reinterpret_cast<gml::f16*>(A + P[4]), "
+        "40, 0, 1, 1.0f)) return e;"
+    )
+    assert "copy_pitched" not in src and "r0 +=" not in src and not low.scratch
+    plan = low.bucket(((150, 16),))
+    assert plan.params[4] == plan.output_offsets[0]  # the GEMM writes the result's slot
+    assert plan.output_pitches == [40] and plan.output_shapes == [(150, 37)]
+    assert plan.output_strides(0) == (40, 1) and plan.output_elements(0) == 150 * 40
+    # the logits padded, and x: live together at the head's step
+    assert plan.plan_bytes == _up(150 * 40 * 2) + _up(150 * 16 * 2)
+
+
+def _odd_vocab_gpt(dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    """examples/gpt.py's GPT with a 1001-token vocabulary (rows of 1001 are 16-byte
+    aligned in neither f16 nor f32) and a dynamic sequence."""
+    import sys
+
+    from gimlet.frontend import import_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(vocab=1001, ctx=128, d=128, heads=2, layers=2).eval().to(dtype)
+    seq = torch.export.Dim("seq", min=2, max=128)
+    module, weights = import_model(model, (torch.randint(0, 1001, (1, 16)),), ({1: seq},))
+    run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights, model
+
+
+@pytest.mark.parametrize(("dtype", "ldm"), [(torch.float32, 1004), (torch.float16, 1008)])
+def test_gpt_head_writes_its_logits_padded_through_the_reshape(
+    dtype: torch.dtype, ldm: int, vendor_paths: None
+) -> None:
+    """GPT's head is x[T, d] @ W reshaped to [1, T, 1001] and returned: its GEMM (ldc =
+    ldm) writes the result's slot in place; buckets of more than 4 tokens return the
+    logits with rows ldm apart, decode buckets (the GEMV) contiguous ones."""
+    module, _, _ = _odd_vocab_gpt(dtype)
+    low = lower(main_func(module))
+    head = low.source.split("// gml.matmul lm_head")[1].split("\n  // gml.")[0]
+    assert head.count("ctx->gemm(") == 1 and f", {ldm}, 0, 1, 1.0f)) return e;" in head
+    assert "copy_pitched" not in low.source
+    assert not [s for s, _ in low.scratch if s.name.startswith("padded")]
+    for seq, pitch in ((64, ldm), (3, 0)):
+        plan = low.bucket(((1, seq),))
+        assert plan.output_shapes == [(1, seq, 1001)] and plan.output_pitches == [pitch]
+        strides = (seq * ldm, ldm, 1) if pitch else (seq * 1001, 1001, 1)
+        assert plan.output_strides(0) == strides
+        assert plan.output_elements(0) == seq * (pitch or 1001)
+
+
+@needs_nvcc
+def test_padded_heads_build_for_sm90(vendor_paths: None, cache: Any) -> None:
+    """The in-place head (GPT, f16) and the chunked one (a log_softmax reads it) build."""
+    from gimlet.backends.nvidia.build import build_segment
+
+    for module in (
+        _odd_vocab_gpt(torch.float16)[0],
+        _odd_width_linear(False, torch.bfloat16, rows=150, log_softmax=True)[0],
+    ):
+        assert build_segment(lower(main_func(module)).source)[0].stat().st_size > 0
+
+
+def test_runtime_takes_strided_outputs() -> None:
+    """What the runtime does with a padded head's output (a strided view) when a host or a
+    channel takes it: each gives the logical values, contiguous (here on CPU tensors, which
+    take the same paths as the GPU's after their copy out)."""
+    from gimlet.dtypes import torch_to_numpy
+    from gimlet.runtime.channels import _to_tensor
+    from gimlet.runtime.inprocess import to_host
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        base = torch.arange(5 * 8, dtype=torch.float32).to(dtype)
+        view = base.as_strided((1, 5, 7), (40, 8, 1))
+        want = view.float().numpy().copy()
+        for got in (to_host(view), torch_to_numpy(view), _to_tensor(view)):
+            arr = got.float().numpy() if isinstance(got, torch.Tensor) else got
+            assert np.array_equal(np.asarray(arr, np.float32), want)
+        assert _to_tensor(view).is_contiguous()
+
+
+@needs_gpu
+@pytest.mark.parametrize("tag", ["f32", "f16"])
+def test_gpt_head_returns_padded_logits_matching_torch(
+    tag: str, cache: Any, vendor_paths: None
+) -> None:
+    """GPT with a 1001-token vocabulary against torch (the same model in the same dtype
+    on the GPU): prefill buckets return [1, T, 1001] views with rows ldm apart, a decode
+    bucket a contiguous tensor; both match torch, and the host copy (the in-process
+    runtime's to_host) is contiguous and equal."""
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+    from gimlet.runtime.inprocess import to_host
+
+    dtype = {"f32": torch.float32, "f16": torch.float16}[tag]
+    ldm = {"f32": 1004, "f16": 1008}[tag]
+    tol = {"rtol": 1e-4, "atol": 1e-5} if tag == "f32" else LOW_TOL["f16"]
+    module, weights, model = _odd_vocab_gpt(dtype)
+    low = lower(main_func(module))
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    model = model.cuda()
+    for seq in (64, 100, 3, 64):  # the GEMM, another bucket, the GEMV, a graph replay
+        ids = torch.randint(0, 1001, (1, seq), generator=torch.Generator().manual_seed(seq))
+        (got,) = f(ids.cuda())
+        with torch.no_grad():
+            want = model(ids.cuda()).float().cpu().numpy()
+        assert got.shape == (1, seq, 1001) and got.dtype == dtype
+        assert got.stride() == ((seq * ldm, ldm, 1) if seq > 4 else (seq * 1001, 1001, 1))
+        np.testing.assert_allclose(got.float().cpu().numpy(), want, **tol)
+        host = to_host(got)
+        assert host.flags.c_contiguous and host.shape == (1, seq, 1001)
+        assert np.array_equal(host, got.cpu().numpy())
+        assert torch.equal(got.contiguous(), got)
 
 
 @needs_gpu
@@ -819,7 +970,7 @@ def test_padded_head_in_chunks_matches_interpreter(
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 
-    module, weights, x = _odd_width_linear(False, torch.float16, rows=150)
+    module, weights, x = _odd_width_linear(False, torch.float16, rows=150, log_softmax=True)
     low = lower(main_func(module))
     f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
     (got,) = f(x.cuda())
@@ -899,8 +1050,8 @@ def test_generated_code_compiles_for_rocm(
     lowered: dict[str, Any], tmp_path: Path, monkeypatch: Any
 ) -> None:
     """The generated files stay in the part of CUDA that HIP compiles: every family's
-    segment, and GPT in f16 and bf16 (cuBLAS attention: flash attention's fragments need
-    rocWMMA, which ROCm 5.2 lacks), build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
+    segment, GPT in f16 and bf16 (cuBLAS attention: flash attention's fragments need
+    rocWMMA, which ROCm 5.2 lacks) and a padded head copied out in chunks build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
     from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
@@ -909,6 +1060,9 @@ def test_generated_code_compiles_for_rocm(
     for tag in ("f16", "bf16"):
         module, _, _ = _flash_case("gpt", LOW[tag])
         sources[f"gpt-{tag}"] = lower(main_func(module)).source
+    # a padded head copied out in chunks
+    head = _odd_width_linear(False, torch.bfloat16, rows=150, log_softmax=True)[0]
+    sources["head-bf16"] = lower(main_func(head)).source
     env = {**os.environ, "HIP_PLATFORM": "amd"}
     for name, src in sources.items():
         cu = tmp_path / f"{name}.cu"

@@ -55,7 +55,7 @@ FLASH_PREFILL = os.environ.get("GIMLET_GPU_FLASH", "1") == "1"
 # prefill 1.56 -> 1.10 ms, gpu_gpt2.md run F); "0" turns either off.
 VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "1") == "1"
 PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "1") == "1"
-PADDED_SCRATCH_BYTES = 16 << 20  # a padded head's product goes through this much at a time
+PADDED_SCRATCH_BYTES = 16 << 20  # a padded product copied out unpadded: this much at a time
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
 HALF = ("gml::f16", "gml::bf16")
@@ -170,10 +170,28 @@ class Bucket:
     input_offsets: list[int]
     output_offsets: list[int]
     output_shapes: list[Shape]
+    # per output: elements from one row (last dim) to the next where the arena holds it
+    # padded (a model's head written by one GEMM at an aligned width), else 0: contiguous
+    output_pitches: list[int] = field(default_factory=list)
 
     @property
     def plan_bytes(self) -> int:
         return self.arena_bytes
+
+    def output_elements(self, i: int) -> int:
+        """Elements output `i` spans in the arena (its padding included)."""
+        shape, pitch = self.output_shapes[i], self.pitch(i)
+        return _numel(shape[:-1]) * pitch if pitch else _numel(shape)
+
+    def output_strides(self, i: int) -> tuple[int, ...]:
+        """Output `i`'s strides in elements: contiguous, or rows `pitch` apart."""
+        shape, pitch = self.output_shapes[i], self.pitch(i)
+        if not pitch:
+            return tuple(_contiguous_strides(shape))
+        return (*(s * pitch for s in _contiguous_strides(shape[:-1])), 1)
+
+    def pitch(self, i: int) -> int:
+        return self.output_pitches[i] if i < len(self.output_pitches) else 0
 
 
 @dataclass
@@ -188,6 +206,10 @@ class Lowered:
     scratch: list[tuple[Scratch, int]]
     views: list[tuple[SSAValue, SSAValue, ViewRule]]  # in program order
     evaluator: ShapeEvaluator
+    # values the arena holds with rows further apart than their last dim (a padded head
+    # GEMM writes the function's result in place): the pitch in elements at a bucket, 0
+    # where that bucket writes them contiguous
+    pitches: dict[SSAValue, Callable[[Env], int]] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -209,8 +231,9 @@ class Lowered:
             if v in alias:
                 span = life[alias[v][0]]
                 span[0], span[1] = min(span[0], first), max(span[1], last)
+        pitch = {v: f(env) for v, f in self.pitches.items()}
         keys: list[Any] = list(life)
-        bufs = [Buffer(max(_nbytes(v, env), 1), *life[v]) for v in life]
+        bufs = [Buffer(max(_nbytes(v, env, pitch.get(v, 0)), 1), *life[v]) for v in life]
         for s, step in self.scratch:
             keys.append(s)
             bufs.append(Buffer(max(s.nbytes(env), 1), step, step))
@@ -227,6 +250,7 @@ class Lowered:
             input_offsets=[env.offsets[a] for a in self.fn.body.block.args],
             output_offsets=[env.offsets[v] for v in ret.arguments],
             output_shapes=[shapes[v] for v in ret.arguments],
+            output_pitches=[pitch.get(alias.get(v, (v, 0))[0], 0) for v in ret.arguments],
         )
 
 
@@ -290,6 +314,7 @@ class _Lowering:
         self.fold_out: dict[gml.SdpaOp, gml.PermuteOp] = {}  # output permutes it writes
         self.step = 0
         self.scratch: list[tuple[Scratch, int]] = []
+        self.pitches: dict[SSAValue, Callable[[Env], int]] = {}  # Lowered.pitches
         # the one bucket of a function without dynamic dims: a branch on a size that
         # bucket never takes is left out of the source (nvcc then never compiles the
         # templates it would instantiate: the GEMV's four row counts in a prefill took
@@ -867,9 +892,11 @@ class _Lowering:
         M, K, N = (f"P[{p + i}]" for i in range(3))
         # cuBLAS's Hopper kernels want every dim 16-byte aligned: a weight with an odd
         # number of outputs (GPT-2's 50257-token head) is uploaded with zero rows up to the
-        # next multiple, multiplied at that width into a padded buffer, and read from there
-        # by the consumers' kernel or copied out (unpadded, cuBLAS picks an sm75 kernel:
-        # 424 us for that head at T=512 on the H200)
+        # next multiple and multiplied at that width (unpadded, cuBLAS picks an sm75
+        # kernel: 424 us for that head at T=512 on the H200). The padded product is the
+        # function's result itself where only the return reads it (the caller gets a view
+        # whose rows are ldm apart, as torch.compile returns it); otherwise it goes to a
+        # scratch that the consumers' kernel reads, or that is copied out unpadded
         esize = 2 if ct in HALF else 4
         n_static = shape_of(b.type)[1]
         padded = PAD_WEIGHTS and n_static > 0 and n_static % (16 // esize) != 0
@@ -977,11 +1004,20 @@ class _Lowering:
                     f"{'true' if gelu else 'false'}, "
                     f"{self.ptr(resid, const=True) if resid else 'nullptr'})) return e;"
                 )
+            elif padded and not chain and self._only_returned(y):
+                # one GEMM at the aligned width straight into the result's arena slot,
+                # which the plan sizes rows x ldm (Lowered.pitches); no scratch, no copy
+                self.pitches[y] = partial(_pitch_above_gemv, a, ldm)
+                self.emit(
+                    f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, true, {M}, {ldm}, {K}, "
+                    f"{x}, {K}, 0, {w}, {K}, 0, {self.ptr(y)}, {ldm}, 0, 1, 1.0f)) return e;"
+                )
             else:  # cuBLAS, then the consumers as one kernel over the product (flat index i)
                 product = self.ptr(y)
-                # a padded product with no consumers (a model's head) goes CHUNK rows at a
-                # time through a scratch of CHUNK x ldm, copied out unpadded after each GEMM:
-                # the whole padded product beside the logits would double the arena
+                # a padded product read unpadded by an op that is no elementwise consumer
+                # (a softmax or slice of a head's logits) goes CHUNK rows at a time through
+                # a scratch of CHUNK x ldm, copied out unpadded after each GEMM: the whole
+                # padded product beside the logits would double the arena
                 chunk = max(64, PADDED_SCRATCH_BYTES // max(ldm * esize, 1) // 64 * 64)
                 if padded:
 
@@ -1039,6 +1075,21 @@ class _Lowering:
                 self.done.add(via)
                 self.defined_at[via.result] = self.step
         self.emit("}")
+
+    def _only_returned(self, y: SSAValue) -> bool:
+        """Whether the function's return is all that reads `y`, itself or through
+        reshapes that keep its last dim (each a view of y's rows, wherever they are)."""
+        n = shape_of(y.type)[-1]
+
+        def returned(op: Operation) -> bool:
+            return isinstance(op, func.ReturnOp) or (
+                isinstance(op, gml.ReshapeOp)
+                and op.parent_op() is self.fn
+                and shape_of(op.result.type)[-1:] == (n,)
+                and self._only_returned(op.result)
+            )
+
+        return bool(y.uses) and all(returned(u.operation) for u in y.uses)
 
     def _vendor_epilogue(
         self, mm: gml.MatmulOp, chain: list[tuple[Operation, gml.ReshapeOp | None]]
@@ -1453,6 +1504,12 @@ def _offset(key: Any, env: Env) -> int:
     return env.offsets[key]
 
 
+def _pitch_above_gemv(a: SSAValue, ldm: int, env: Env) -> int:
+    """A padded head's row pitch at a bucket: ldm where its GEMM runs (more than 4 rows
+    of `a`), 0 where the GEMV writes it contiguous."""
+    return ldm if _numel(env.shapes[a][:-1]) > 4 else 0
+
+
 def _last_dim(v: SSAValue, env: Env) -> int:
     return env.shapes[v][-1]
 
@@ -1474,8 +1531,10 @@ def _itemsize(v: SSAValue) -> int:
     return _BYTES.get(ct) or int("".join(c for c in ct if c.isdigit()) or 8) // 8
 
 
-def _nbytes(v: SSAValue, env: Env) -> int:
-    return _numel(env.shapes[v]) * _itemsize(v)
+def _nbytes(v: SSAValue, env: Env, pitch: int = 0) -> int:
+    """`v`'s bytes in the arena: its elements, or its rows `pitch` elements apart."""
+    s = env.shapes[v]
+    return (_numel(s[:-1]) * pitch if pitch else _numel(s)) * _itemsize(v)
 
 
 def _view_strides(old: Shape, stride: Sequence[int], new: Shape) -> list[int] | None:
@@ -1541,6 +1600,7 @@ def lower_with(fn: func.FuncOp, more: MoreHandlers | None = None) -> Lowered:
         scratch=low.scratch,
         views=low.views,
         evaluator=low.evaluator,
+        pitches=low.pitches,
     )
 
 

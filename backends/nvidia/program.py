@@ -6,7 +6,10 @@ shapes) computes the parameter table and memory plan, allocates the arena and le
 runtime library capture a CUDA graph on the first call. A call is then: allocate the
 outputs, one ctypes call (inputs -> arena, graph replay, arena -> outputs, ordered with
 the caller's current stream by events). Tensors in and out are torch tensors on the
-device; nothing is synchronised, as with any torch CUDA op.
+device; nothing is synchronised, as with any torch CUDA op. An output the arena holds
+padded (a head with an odd vocabulary, written by one GEMM at an aligned width) comes
+back as it is there: a strided view whose rows are the padded width apart, as
+torch.compile returns such logits; `.contiguous()` (or any copy to the host) unpads it.
 
 Device memory comes from torch's caching allocator (weights, arenas, outputs), so
 gimlet and torch share one pool and a caller's tensors go in without copies.
@@ -108,6 +111,9 @@ class _Bucket:
     out_offsets: Any
     out_bytes: Any
     out_shapes: list[tuple[int, ...]]
+    # per output: (elements, strides) of a padded one (a head's logits, rows ldm apart in
+    # the arena, copied as they are: the caller gets a strided view), else None
+    out_pitched: list[tuple[int, tuple[int, ...]] | None]
     plan_bytes: int
 
 
@@ -179,10 +185,12 @@ class CudaFunction:
                     [int(np.prod(s)) * n for s, n in zip(shapes, itemsize, strict=True)]
                 ),
                 out_offsets=_int64s(plan.output_offsets),
-                out_bytes=_int64s(
-                    [int(np.prod(s)) * n for s, n in zip(plan.output_shapes, out_size, strict=True)]
-                ),
+                out_bytes=_int64s([plan.output_elements(i) * n for i, n in enumerate(out_size)]),
                 out_shapes=plan.output_shapes,
+                out_pitched=[
+                    (plan.output_elements(i), plan.output_strides(i)) if plan.pitch(i) else None
+                    for i in range(len(out_size))
+                ],
                 plan_bytes=plan.plan_bytes,
             )
             self.buckets[shapes] = b
@@ -202,7 +210,9 @@ class CudaFunction:
         b = self.bucket(tuple(tuple(x.shape) for x in xs))
         outs = [
             torch.empty(s, dtype=d, device=self.device)
-            for s, d in zip(b.out_shapes, self.out_dtypes, strict=True)
+            if p is None
+            else torch.empty(p[0], dtype=d, device=self.device).as_strided(s, p[1])
+            for s, d, p in zip(b.out_shapes, self.out_dtypes, b.out_pitched, strict=True)
         ]
         in_ptrs = (_P * max(len(xs), 1))(*[x.data_ptr() for x in xs])
         out_ptrs = (_P * max(len(outs), 1))(*[o.data_ptr() for o in outs])

@@ -219,6 +219,8 @@ int gml_cuda_run(void* program, void* bucket, void* const* weights, void* caller
     e = cudaGraphLaunch(b->exec, p->stream);
     if (e != cudaSuccess) return fail(p, "launching the graph", int(e));
   }
+  // out_bytes of a padded output (a head's logits, rows ldm apart) include the padding:
+  // the caller's tensor has that layout (program.py returns it as a strided view)
   for (int i = 0; i < n_out && e == cudaSuccess; ++i)
     if (out_bytes[i])
       e = cudaMemcpyAsync(out_ptrs[i], b->arena + out_offsets[i], size_t(out_bytes[i]),

@@ -4,9 +4,10 @@
 // same generated files with hipcc and -DGML_HIP.
 //
 // Conventions: tensors are contiguous, row-major, in one arena per segment (offsets
-// from the memory plan); f16/bf16 are stored as 16-bit values and computed in float,
-// each op rounding its result as torch does; index arithmetic is int64_t, or 32-bit where
-// a kernel checks that its sizes fit.
+// from the memory plan; only a padded head's result has rows further apart, written by
+// cuBLAS); f16/bf16 are stored as 16-bit values and computed in float, each op rounding
+// its result as torch does; index arithmetic is int64_t, or 32-bit where a kernel checks
+// that its sizes fit.
 #pragma once
 
 #include <stdint.h>
