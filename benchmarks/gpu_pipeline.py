@@ -148,6 +148,18 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
         }
         print(f"[pipeline] {name}: {ms:.2f} ms, err {err}", flush=True)
 
+    # torch eager on one GPU, the whole batch: what the model costs without gimlet
+    eager = model()[0].cuda()
+    with torch.no_grad():
+        ms, out = timed(lambda x: (eager(x.cuda()).cpu(),), ids, iters)
+    rows["torch eager, one GPU, whole batch"] = {
+        "ms": ms,
+        "seq_per_s": c["batch"] / ms * 1e3,
+        "max_abs_err": float(np.max(np.abs(out - io["want"]))) if "want" in io else None,
+        "how": "torch eager in this process",
+    }
+    eager.cpu()  # its GPU memory back for the runners
+    torch.cuda.empty_cache()
     row("one GPU, whole batch", "one_gpu")
     row("two GPUs, whole batch (split, no pipeline)", "two_gpus")
     for m in micro:
@@ -162,6 +174,35 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
                 r["seq_per_s"] / rows[f"one GPU, {m} micro-batches"]["seq_per_s"]
             )
     return {"config": c, "rows": rows}
+
+
+def profile(d: Path) -> None:
+    """gimlet's kernels on one GPU for the whole batch (graphs off, so the profiler sees
+    each launch), then torch eager's, each over 3 calls."""
+    import os
+
+    from gimlet.runtime import load
+
+    os.environ["GIMLET_CUDA_GRAPHS"] = "0"
+    ids = torch.from_numpy(np.load(d / "io.npz")["ids"])
+    net, _, _ = model()
+    net = net.cuda()
+    runners = {"gimlet": load(str(d / "one_gpu")), "torch eager": lambda x: net(x.cuda())}
+    for name, run in runners.items():
+        with torch.no_grad():
+            for _ in range(2):
+                run(ids)
+            torch.cuda.synchronize()
+            acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+            with torch.profiler.profile(activities=acts) as prof:
+                for _ in range(3):
+                    run(ids)
+                torch.cuda.synchronize()
+        print(f"[pipeline] {name}: kernels over 3 whole-batch calls")
+        table = prof.key_averages().table(
+            sort_by="cuda_time_total", row_limit=30, max_name_column_width=80
+        )
+        print(table, flush=True)
 
 
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -196,11 +237,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="sequences per request")
     ap.add_argument("--micro", default="8,16", help="micro-batch counts to try")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--profile", metavar="DIR", help="per-kernel GPU time, gimlet and eager")
     for k, v in CONFIG.items():
         ap.add_argument(f"--{k}", type=int, default=v)
     args = ap.parse_args()
     if args.prepare:
         prepare(Path(args.prepare), {k: getattr(args, k) for k in CONFIG}, args.batch)
+    if args.profile:
+        profile(Path(args.profile))
     if args.run:
         micro = [int(m) for m in args.micro.split(",")]
         result = measure(Path(args.run), micro, args.iters)
