@@ -71,22 +71,30 @@ class NextToken(torch.nn.Module):
 
 
 def model() -> Any:
-    """`gimletc compile` factory: the configured model in fp16, the batch dim dynamic."""
+    """`gimletc compile` factory: the configured model in fp16, the batch dim dynamic unless
+    the configuration says static."""
     from gpt import GPT
 
     c = json.loads((Path(__file__).parent / ".gpu_pipeline_config.json").read_text())
     torch.manual_seed(0)
     gpt = GPT(vocab=c["vocab"], ctx=c["seq"], d=c["d"], heads=c["heads"], layers=c["layers"])
     net = NextToken(gpt).half().eval()
+    ids = torch.randint(0, c["vocab"], (c.get("compile_batch", 2), c["seq"]))
+    if c.get("static"):  # one bundle per batch shape: the static buckets' code
+        return net, (ids,)
     batch = torch.export.Dim("batch", min=1, max=256)
-    return net, (torch.randint(0, c["vocab"], (2, c["seq"])),), ({0: batch},)
+    return net, (ids,), ({0: batch},)
 
 
-def prepare(out: Path, c: dict[str, Any], batch: int) -> None:
+def bundle_name(placement: str, c: dict[str, Any], batch: int) -> str:
+    """A bundle's directory: per placement, and per batch when compiled static."""
+    return f"{placement}_b{batch}" if c.get("static") else placement
+
+
+def prepare(out: Path, c: dict[str, Any], batch: int, micro: list[int]) -> None:
     from gimlet.cli import main as gimletc
 
     out.mkdir(parents=True, exist_ok=True)
-    (Path(__file__).parent / ".gpu_pipeline_config.json").write_text(json.dumps(c))
     (out / "gpus.cluster").write_text(CLUSTER)
     half = c["layers"] // 2
     pins = {
@@ -94,15 +102,19 @@ def prepare(out: Path, c: dict[str, Any], batch: int) -> None:
         "two_gpus": f"wte=gpu0,wpe=gpu0,h.0-{half - 1}=gpu0,h.{half}-{c['layers'] - 1}=gpu1,"
         "ln_f=gpu1,lm_head=gpu1",
     }
-    for name, pin in pins.items():
-        t0 = time.perf_counter()
-        argv = ["compile", f"{Path(__file__).resolve()}:model", "-o", str(out / name)]
-        assert gimletc([*argv, "--target", str(out / "gpus.cluster"), "--pin", pin]) == 0
-        kinds = [
-            (s["device"], s["artefact"]["kind"])
-            for s in json.loads((out / name / "manifest.json").read_text())["segments"]
-        ]
-        print(f"[pipeline] {name}: {time.perf_counter() - t0:.1f} s, segments {kinds}", flush=True)
+    batches = [batch] + [batch // m for m in micro] if c.get("static") else [2]
+    for placement, pin in pins.items():
+        for b in dict.fromkeys(batches):
+            name = bundle_name(placement, c, b)
+            config = dict(c, compile_batch=b)
+            (Path(__file__).parent / ".gpu_pipeline_config.json").write_text(json.dumps(config))
+            t0 = time.perf_counter()
+            argv = ["compile", f"{Path(__file__).resolve()}:model", "-o", str(out / name)]
+            argv += ["--target", str(out / "gpus.cluster"), "--pin", pin, "--no-cache"]
+            assert gimletc(argv) == 0
+            manifest = json.loads((out / name / "manifest.json").read_text())
+            kinds = [(s["device"], s["artefact"]["kind"]) for s in manifest["segments"]]
+            print(f"[pipeline] {name}: {time.perf_counter() - t0:.1f} s, {kinds}", flush=True)
     net, _, _ = model()
     ids = torch.randint(
         0, c["vocab"], (batch, c["seq"]), generator=torch.Generator().manual_seed(1)
@@ -133,8 +145,9 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
     ids = torch.from_numpy(io["ids"])
     rows: dict[str, Any] = {}
 
-    def row(name: str, bundle: str, **kw: Any) -> None:
+    def row(name: str, placement: str, **kw: Any) -> None:
         print(f"[pipeline] {name} ...", flush=True)
+        bundle = bundle_name(placement, c, c["batch"] // kw.get("micro_batches", 1))
         with load(str(d / bundle), **kw) as run:
             ms, out = timed(run, ids, iters)
             how = run.reason
@@ -187,7 +200,9 @@ def profile(d: Path) -> None:
     ids = torch.from_numpy(np.load(d / "io.npz")["ids"])
     net, _, _ = model()
     net = net.cuda()
-    runners = {"gimlet": load(str(d / "one_gpu")), "torch eager": lambda x: net(x.cuda())}
+    c = json.loads((d / "config.json").read_text())
+    one = load(str(d / bundle_name("one_gpu", c, c["batch"])))
+    runners = {"gimlet": one, "torch eager": lambda x: net(x.cuda())}
     for name, run in runners.items():
         with torch.no_grad():
             for _ in range(2):
@@ -213,7 +228,12 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Machine: {meta['gpu']} x2, torch {meta['torch']}. Command: `{meta['command']}`. "
         f"Model: GPT d={c['d']} heads={c['heads']} layers={c['layers']}, T={c['seq']}, "
         f"fp16, last position's logits (vocab {c['vocab']}); batch {c['batch']}. Median of "
-        f"{meta['iters']} whole requests through `gimlet.load`, host tensors in and out.",
+        f"{meta['iters']} whole requests through `gimlet.load`, host tensors in and out. "
+        + (
+            "Bundles: one per placement and batch shape (static shapes)."
+            if c.get("static")
+            else "Bundles: one per placement, the batch dim dynamic (one bucket per shape)."
+        ),
         "",
         "| runner | ms per request | sequences/s | vs one GPU (whole batch) | vs one GPU (same "
         "micro-batches) | max abs err vs torch | how it ran |",
@@ -238,11 +258,17 @@ def main() -> None:
     ap.add_argument("--micro", default="8,16", help="micro-batch counts to try")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", metavar="DIR", help="per-kernel GPU time, gimlet and eager")
+    ap.add_argument(
+        "--static",
+        action="store_true",
+        help="compile a bundle per batch shape (default: one bundle, the batch dim dynamic)",
+    )
     for k, v in CONFIG.items():
         ap.add_argument(f"--{k}", type=int, default=v)
     args = ap.parse_args()
     if args.prepare:
-        prepare(Path(args.prepare), {k: getattr(args, k) for k in CONFIG}, args.batch)
+        config = dict({k: getattr(args, k) for k in CONFIG}, static=args.static)
+        prepare(Path(args.prepare), config, args.batch, [int(m) for m in args.micro.split(",")])
     if args.profile:
         profile(Path(args.profile))
     if args.run:
