@@ -600,6 +600,99 @@ def test_low_precision_family_on_gpu(name: str, tag: str, cache: Any) -> None:
         )
 
 
+# ------------------------------------------------------------------ layer norm
+
+# row widths -> the kernel that normalizes them: a warp a row in registers up to 1024
+# elements, a block a row in registers up to 8192, the three-pass block kernel beyond;
+# 777 is no multiple of 16 bytes (element loads), 10001 takes the long-row kernel
+LN_WIDTHS = {
+    64: "layer_norm_reg<{t}, 128>",
+    768: "layer_norm_reg<{t}, 1024>",
+    777: "layer_norm_reg<{t}, 1024>",
+    1000: "layer_norm_reg<{t}, 1024>",
+    4096: "layer_norm_reg<{t}, 4096>",
+    5000: "layer_norm_reg<{t}, 8192>",
+    10001: "layer_norm_rows<{t}>",
+}
+LN_ROWS = 37  # not a whole number of 4-row blocks
+
+
+class _Norms(torch.nn.Module):
+    """One nn.LayerNorm per width (random weight and bias; the 768-wide one has none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norms = torch.nn.ModuleList(
+            torch.nn.LayerNorm(n, elementwise_affine=n != 768) for n in LN_WIDTHS
+        )
+        for norm in self.norms:
+            if norm.weight is not None:
+                torch.nn.init.normal_(norm.weight)
+                torch.nn.init.normal_(norm.bias)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(norm(x) for norm, x in zip(self.norms, xs, strict=True))
+
+
+def _norms(dtype: torch.dtype) -> tuple[Any, Any, Any, tuple[torch.Tensor, ...]]:
+    from gimlet.frontend import import_model
+
+    torch.manual_seed(0)
+    model = _Norms().eval().to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    xs = tuple(3 + 2 * torch.randn(LN_ROWS, n, generator=gen).to(dtype) for n in LN_WIDTHS)
+    module, weights = import_model(model, xs, None)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights, model, xs
+
+
+_CT = {torch.float32: "float", torch.float16: "gml::f16", torch.bfloat16: "gml::bf16"}
+
+
+def test_layer_norm_keeps_rows_in_registers_up_to_8192() -> None:
+    module, _, _, _ = _norms(torch.float16)
+    src = lower(main_func(module)).source
+    launches = [ln for ln in src.splitlines() if "gml::layer_norm_" in ln]
+    assert len(launches) == len(LN_WIDTHS)
+    for line, kernel in zip(launches, LN_WIDTHS.values(), strict=True):
+        assert kernel.format(t="gml::f16") + "<<<" in line, line
+    assert "layer_norm_reg<gml::f16, 1024><<<gml::layer_norm_blocks<1024>(P[" in src
+    assert "nullptr, nullptr" in launches[1]  # no weight, no bias
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_layer_norm_variants_build_for_sm90(dtype: torch.dtype, cache: Any) -> None:
+    from gimlet.backends.nvidia.build import build_segment
+
+    src = lower(main_func(_norms(dtype)[0])).source
+    assert f"layer_norm_reg<{_CT[dtype]}, 8192>" in src
+    assert build_segment(src)[0].stat().st_size > 0
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_layer_norm_rows_match_torch(dtype: torch.dtype, cache: Any) -> None:
+    """Every width against torch's layer norm in f32 over the same inputs, rounded to the
+    dtype (the kernels sum in f32 too): f32 at 1e-4 / 1e-5, f16 and bf16 as LOW_TOL."""
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    module, weights, model, xs = _norms(dtype)
+    low = lower(main_func(module))
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    got = f(*[x.cuda() for x in xs])
+    tag = {torch.float16: "f16", torch.bfloat16: "bf16"}.get(dtype)
+    tol = LOW_TOL[tag] if tag else {"rtol": 1e-4, "atol": 1e-5}
+    for g, x, norm in zip(got, xs, model.norms, strict=True):
+        w, b = (None, None) if norm.weight is None else (norm.weight.float(), norm.bias.float())
+        want = torch.nn.functional.layer_norm(x.float(), x.shape[-1:], w, b, norm.eps)
+        assert g.dtype == dtype and g.shape == x.shape
+        np.testing.assert_allclose(
+            g.float().cpu().numpy(), want.to(dtype).float().numpy(), err_msg=str(x.shape), **tol
+        )
+
+
 # ------------------------------------------------------------------ attention in place
 
 
@@ -1051,7 +1144,8 @@ def test_generated_code_compiles_for_rocm(
 ) -> None:
     """The generated files stay in the part of CUDA that HIP compiles: every family's
     segment, GPT in f16 and bf16 (cuBLAS attention: flash attention's fragments need
-    rocWMMA, which ROCm 5.2 lacks) and a padded head copied out in chunks build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
+    rocWMMA, which ROCm 5.2 lacks), every layer norm width and a padded head copied out
+    in chunks build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
     from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
@@ -1060,7 +1154,8 @@ def test_generated_code_compiles_for_rocm(
     for tag in ("f16", "bf16"):
         module, _, _ = _flash_case("gpt", LOW[tag])
         sources[f"gpt-{tag}"] = lower(main_func(module)).source
-    # a padded head copied out in chunks
+    # every layer norm kernel (a warp a row is 64 lanes there), and a chunked padded head
+    sources["norms-f16"] = lower(main_func(_norms(torch.float16)[0])).source
     head = _odd_width_linear(False, torch.bfloat16, rows=150, log_softmax=True)[0]
     sources["head-bf16"] = lower(main_func(head)).source
     env = {**os.environ, "HIP_PLATFORM": "amd"}

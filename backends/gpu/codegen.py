@@ -55,6 +55,10 @@ FLASH_PREFILL = os.environ.get("GIMLET_GPU_FLASH", "1") == "1"
 # prefill 1.56 -> 1.10 ms, gpu_gpt2.md run F); "0" turns either off.
 VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "1") == "1"
 PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "1") == "1"
+# layer norm keeps a row in registers up to this many elements (a warp a row up to 1024
+# on NVIDIA, 2048 on AMD: 32 a lane; a block a row beyond); the variant is the smallest
+# that holds the row
+LN_ROWS = (128, 256, 512, 1024, 2048, 4096, 8192)
 PADDED_SCRATCH_BYTES = 16 << 20  # a padded product copied out unpadded: this much at a time
 HEADER = "gimlet/gpu/gml_gpu.cuh"
 THREADS = 256
@@ -752,15 +756,31 @@ class _Lowering:
             return [_numel(s[len(s) - nd :]), _numel(s[: len(s) - nd])]
 
         p = self.slots_of(split, 2)
+        n, rows = f"P[{p}]", f"P[{p + 1}]"
         w = self.ptr(op.weight, const=True) if op.weight else "nullptr"
         b = self.ptr(op.bias, const=True) if op.bias else "nullptr"
+        args = f"{self.ptr(x, const=True)}, {w}, {b}, {self.ptr(y)}, {op.eps.value.data!r}f"
         self.comment([op])
         mm = self._normalized_by(op)
-        # where the GEMV normalizes its rows itself (decode), this kernel is not needed
-        cond = f"if (P[{self.slot(lambda env: _numel(env.shapes[x][:-1]))}] > 4) " if mm else ""
+        # where the GEMV normalizes its rows itself (decode: up to 4 rows; nd is 1 there, so
+        # they are its rows), this kernel is not needed; no launch for no rows either
+        cond = f"if ({rows} > {4 if mm else 0})"
+        # a row in registers (one read of x) up to LN_ROWS[-1] elements of a static width,
+        # the smallest variant that holds it (each is a template instantiation for nvcc)
+        ct = _ct(x)
+        width = shape_of(x.type)[len(shape_of(x.type)) - nd :]
+        row = next(
+            (r for r in LN_ROWS if ct in _DTYPE and DYN not in width and _numel(width) <= r), None
+        )
+        if row is None:
+            self.emit(
+                f"{cond} gml::layer_norm_rows<{ct}><<<unsigned({rows}), {THREADS}, 0, stream>>>"
+                f"({n}, {args});"
+            )
+            return
         self.emit(
-            f"{cond}gml::layer_norm_rows<{_ct(x)}><<<unsigned(P[{p + 1}]), {THREADS}, 0, stream>>>"
-            f"(P[{p}], {self.ptr(x, const=True)}, {w}, {b}, {self.ptr(y)}, {op.eps.value.data!r}f);"
+            f"{cond} gml::layer_norm_reg<{ct}, {row}><<<gml::layer_norm_blocks<{row}>({rows}), "
+            f"gml::LN_THREADS, 0, stream>>>({rows}, {n}, {args});"
         )
 
     def _normalized_by(self, ln: gml.LayerNormOp) -> gml.MatmulOp | None:
