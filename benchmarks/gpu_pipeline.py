@@ -115,7 +115,7 @@ def prepare(out: Path, c: dict[str, Any], batch: int, micro: list[int]) -> None:
             manifest = json.loads((out / name / "manifest.json").read_text())
             kinds = [(s["device"], s["artefact"]["kind"]) for s in manifest["segments"]]
             print(f"[pipeline] {name}: {time.perf_counter() - t0:.1f} s, {kinds}", flush=True)
-    net, _, _ = model()
+    net = model()[0]
     ids = torch.randint(
         0, c["vocab"], (batch, c["seq"]), generator=torch.Generator().manual_seed(1)
     )
@@ -198,7 +198,7 @@ def profile(d: Path) -> None:
 
     os.environ["GIMLET_CUDA_GRAPHS"] = "0"
     ids = torch.from_numpy(np.load(d / "io.npz")["ids"])
-    net, _, _ = model()
+    net = model()[0]
     net = net.cuda()
     c = json.loads((d / "config.json").read_text())
     one = load(str(d / bundle_name("one_gpu", c, c["batch"])))
