@@ -41,6 +41,26 @@ copy and a system call instead of gloo's TCP round trips. A slot holds one messa
 channel carries one value per request, and the launcher starts a request only when every
 worker has finished the last one. Slots of dynamic-shape channels are sparse (pages
 are backed only when written), sized for the largest message they may carry.
+
+Host channels (shared memory, gloo) and GPUs: copies go through runtime/staging.py
+(copy streams per GPU, pinned buffers per channel). A receive consumed on a GPU executor
+here (`device_values`, decided as for NCCL) returns a CUDA tensor: the slot's bytes go
+into a pinned buffer (a gloo payload lands in one directly) and are uploaded on the
+GPU's upload stream, the current stream waiting for that copy only. A CUDA tensor sent
+to a host channel is downloaded on the download stream into a pinned buffer. For shared
+memory, the wait for that copy and the put into the slot happen on a sender thread, so
+the worker goes on launching GPU work; `finish()` joins it and fails the request, naming
+the channel, when a put failed. Gloo sends copy into pinned memory of their own (held by
+the send until `finish()`) and wait for that copy before `isend` (posting from a second
+thread would need the process group to be thread-safe, which is not relied on).
+
+Why the slot is not registered with CUDA (cudaHostRegister) and uploaded from in place:
+a dynamic-shape slot is 1 GiB of sparse memory that registration would pin whole (or
+re-register per message, which costs about what the memcpy saves), and the slot's entry
+may be rewritten by its sender as soon as this worker finished the request, while a DMA
+reading it in place could still be queued: the receiver would have to hold the entry
+until its copy completed, a change to the slot's protocol. One memcpy into a buffer this
+worker owns keeps the protocol as it is.
 """
 
 from __future__ import annotations
@@ -50,6 +70,7 @@ import datetime
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +80,7 @@ import torch
 import torch.distributed as dist
 
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
+from gimlet.runtime import staging
 from gimlet.runtime.control import ABORTED, LocalSlot
 
 
@@ -82,7 +104,8 @@ class ChannelSpec:
     cuda: torch.device | None = None  # set when the payload goes through NCCL
     local: LocalSlot | None = None  # set when it goes through shared memory (same host)
     # the receiving worker consumes this channel on a GPU executor: an NCCL payload is
-    # returned as the CUDA tensor it landed in (else copied to a host numpy array)
+    # returned as the CUDA tensor it landed in, a host channel's is uploaded to the
+    # worker's GPU (`Channels.gpu`) on a copy stream (else a host numpy array)
     device_values: bool = False
 
 
@@ -111,6 +134,7 @@ class Pending:
     payload: torch.Tensor | None = None
     payload_work: Any = None
     posted_at: float = 0.0
+    staged: staging.Buffer | None = None  # the pinned buffer a gloo payload lands in
 
 
 @dataclass
@@ -130,6 +154,12 @@ class Channels:
     # the worker's control socket: a shared-memory wait also wakes when the caller goes
     # away (or says stop), so a worker never outlives its caller by a receive timeout
     abort_fd: int | None = None
+    # the GPU that device-value receives of host channels go to (set by the worker)
+    gpu: torch.device | None = None
+    # whether copies are timed for the trace now (the worker's want_stats)
+    timed: Callable[[], bool] = lambda: False
+    deferred: list[tuple[int, Future[None]]] = field(default_factory=list)  # sender thread
+    _sender: ThreadPoolExecutor | None = None
 
     def _timeout(self) -> datetime.timedelta:
         return datetime.timedelta(seconds=self.timeout_s)
@@ -170,6 +200,9 @@ class Channels:
 
     def send(self, channel: int, value: Any) -> None:
         spec = self.specs[channel]
+        if spec.cuda is None and isinstance(value, torch.Tensor) and value.is_cuda:
+            self._send_from_gpu(spec, value.detach())
+            return
         if spec.local is not None:
             start = time.time()
             nbytes = spec.local.put(value)
@@ -180,8 +213,28 @@ class Channels:
             # a GPU executor's tensor is there already: no copy, no host synchronisation
             # (isend orders NCCL's stream after the current one, where it was produced)
             t = t.to(spec.cuda)
-        elif t.device.type != "cpu":
-            t = t.cpu()  # gloo moves host memory
+        self._isend(spec, t)
+
+    def _send_from_gpu(self, spec: ChannelSpec, t: torch.Tensor) -> None:
+        """A CUDA tensor to a host channel: downloaded on one of the GPU's copy streams."""
+        st = staging.for_device(t.device)
+        channel, timed, label = spec.id, self.timed(), f"ch{spec.id}"
+        start = time.time()
+        if spec.local is None:  # gloo: its own pinned memory, held by the send
+            self._isend(spec, st.download_owned(t, channel, timed=timed, label=label))
+            return
+        staged = st.download(t, channel, timed=timed, label=label)
+        self.on_transfer(channel, start, time.time(), t.numel() * t.element_size(), "out")
+        if self._sender is None:
+            # the thread's CUDA calls go to this GPU (not a fresh context on GPU 0)
+            self._sender = ThreadPoolExecutor(
+                1, "gimlet-send", initializer=torch.cuda.set_device, initargs=(t.device,)
+            )
+        self.deferred.append((channel, self._sender.submit(_put_staged, spec.local, staged)))
+
+    def _isend(self, spec: ChannelSpec, t: torch.Tensor) -> None:
+        """A host tensor (or, for NCCL, a CUDA one) posted with its header, if any."""
+        channel = spec.id
         tensors, works = [t], []
         if -1 in spec.shape:
             header = torch.tensor(list(t.shape), dtype=torch.int64)
@@ -201,11 +254,25 @@ class Channels:
             p.header = torch.empty(len(spec.shape), dtype=torch.int64)
             p.header_work = dist.irecv(p.header, spec.src, tag=2 * channel)
         else:
-            p.payload = self._buffer(spec, spec.shape)
+            p.payload = self._landing(p, spec.shape)
             p.payload_work = self._post(
                 dist.irecv, p.payload, spec.src, 2 * channel + 1, f"channel {channel}"
             )
         return p
+
+    def _uploads(self, spec: ChannelSpec) -> bool:
+        """Whether a receive on this host channel goes on to this worker's GPU."""
+        return spec.device_values and spec.cuda is None and self.gpu is not None
+
+    def _landing(self, p: Pending, shape: list[int]) -> torch.Tensor:
+        """Where a gloo payload lands: a pinned buffer when it goes on to the GPU."""
+        spec = p.spec
+        if self._uploads(spec) and spec.dtype != "index":
+            assert self.gpu is not None
+            st = staging.for_device(self.gpu)
+            p.staged, t = st.receive_buffer(spec.id, _TORCH_DTYPES[spec.dtype], shape)
+            return t  # type: ignore[no-any-return]
+        return self._buffer(spec, shape)
 
     def _buffer(self, spec: ChannelSpec, shape: list[int]) -> torch.Tensor:
         """Where a payload lands: device memory for NCCL (the caching allocator reuses it),
@@ -239,17 +306,28 @@ class Channels:
                 )
             nbytes = 8 if isinstance(value, int) else int(value.nbytes)
             self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")
+            if self._uploads(spec) and not isinstance(value, int):
+                assert self.gpu is not None  # the slot's bytes, copied into a pinned buffer
+                st = staging.for_device(self.gpu)
+                return st.upload(value, spec.id, timed=self.timed(), label=f"ch{spec.id}")
             return value
         if p.payload is None:
             self._wait(p.header_work, what, spec.src)
             assert p.header is not None
-            p.payload = self._buffer(spec, p.header.tolist())
+            p.payload = self._landing(p, p.header.tolist())
             p.payload_work = self._post(dist.irecv, p.payload, spec.src, 2 * spec.id + 1, what)
         self._wait(p.payload_work, what, spec.src, nccl=spec.cuda is not None)
         nbytes = p.payload.numel() * p.payload.element_size()
         self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")
         if spec.dtype == "index":
             return int(p.payload.item())
+        if p.staged is not None:  # landed in pinned memory: on to the GPU
+            assert self.gpu is not None
+            st = staging.for_device(self.gpu)
+            buf, p.staged = p.staged, None
+            return st.upload_received(
+                buf, p.payload, spec.id, timed=self.timed(), label=f"ch{spec.id}"
+            )
         if spec.cuda is not None and spec.device_values:
             # a GPU executor consumes it: stay on the device (the wait above ordered the
             # current stream, which that executor follows, after the transfer; so the
@@ -265,6 +343,7 @@ class Channels:
 
     def finish(self) -> None:
         """Wait for every outstanding send (the buffered semantics' end of program)."""
+        self._join_deferred()
         for channel, works, _tensors, _start in self.sends:
             for w in works:
                 spec = self.specs[channel]
@@ -278,6 +357,27 @@ class Channels:
             # device synchronisation per request that sent through NCCL.
             torch.cuda.synchronize()
         self.sends.clear()
+
+    def _join_deferred(self) -> None:
+        """Wait for the sender thread's puts; the first that failed fails the request."""
+        failed: tuple[int, BaseException] | None = None
+        for channel, fut in self.deferred:
+            error = fut.exception()  # waits for it
+            if error is not None and failed is None:
+                failed = (channel, error)
+        self.deferred.clear()
+        if failed is not None:
+            channel, error = failed
+            what = f"{type(error).__name__}: {error}"
+            raise RuntimeError(f"the send on channel {channel} failed: {what}") from error
+
+
+def _put_staged(slot: LocalSlot, staged: staging.Staged) -> None:
+    """On the sender thread: wait for the download's copy only, then put it in the slot."""
+    try:
+        slot.put(torch_to_numpy(staged.wait()))
+    finally:
+        staged.release()
 
 
 def _to_tensor(value: Any) -> torch.Tensor:

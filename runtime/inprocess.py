@@ -11,8 +11,10 @@ Each segment still runs through the executor its artefact kind registers
 (`CudaFunction`: values stay on the GPU), the interpreter. An executor says where it
 wants tensors by an optional `tensor_device` attribute ("cuda": the GPU its device maps
 to; absent or None means host numpy arrays), and a hand-off moves a value only when
-its receiver wants it elsewhere: one `.to()` between the host and a GPU (through pinned
-memory, asynchronously, for large tensors), nothing between two parts on one device.
+its receiver wants it elsewhere: one copy between the host and a GPU, on a copy
+stream through a pinned buffer of the channel (runtime/staging.py: an upload does not
+block the host, and the GPU waits for it only where the value is used), nothing between
+two parts on one device.
 
 Values in and out are torch tensors. Host tensors cross as numpy views (no copy; bf16
 through its bits); outputs come back on the device of the inputs, as torch would return
@@ -37,9 +39,6 @@ from gimlet.backends.base import segment_call
 from gimlet.errors import UserError
 from gimlet.runtime.bundle import GPU_KINDS, Bundle, BundleError
 
-# At or above this many bytes, host<->GPU copies go through pinned memory and do not
-# block the host; below it a plain copy is cheaper than pinning a staging buffer.
-PINNED_BYTES = 1 << 20
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
@@ -150,21 +149,18 @@ def _torch() -> Any:
     return _TORCH
 
 
-def host_tensor(t: Any) -> Any:
-    """A torch tensor in host memory: itself, or a copy out of the GPU (through pinned
-    memory, one stream sync, when large)."""
+def host_tensor(t: Any, key: Any = None, *, timed: bool = False, label: str = "") -> Any:
+    """A torch tensor in host memory: itself, or a copy out of the GPU (on its copy
+    stream into pinned memory the caller keeps; the host waits for that copy only).
+    `key`, `timed`, `label`: the copy in the trace (runtime/staging.py)."""
     if t.device.type == "cpu":
         return t
-    if t.numel() * t.element_size() < PINNED_BYTES:
-        return t.cpu()
-    torch = _torch()
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    host.copy_(t, non_blocking=True)
-    torch.cuda.current_stream(t.device).synchronize()
-    return host
+    from gimlet.runtime.staging import for_device
+
+    return for_device(t.device).download_owned(t, key, timed=timed, label=label)
 
 
-def to_host(value: Any) -> Any:
+def to_host(value: Any, key: Any = None, *, timed: bool = False, label: str = "") -> Any:
     """A value as host code takes it: torch tensors become numpy arrays (no copy for host
     tensors, bf16 through its bits; a GPU tensor is copied out); anything else (arrays,
     sizes, comm tokens) is passed as it is."""
@@ -172,7 +168,7 @@ def to_host(value: Any) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
     if not value.is_cpu:
-        value = host_tensor(value.detach())
+        value = host_tensor(value.detach(), key, timed=timed, label=label)
     elif value.requires_grad:
         value = value.detach()
     if value.dtype is torch.bfloat16:
@@ -182,9 +178,13 @@ def to_host(value: Any) -> Any:
     return value.numpy()
 
 
-def to_device(value: Any, device: str) -> Any:
+def to_device(
+    value: Any, device: str, key: Any = None, *, timed: bool = False, label: str = ""
+) -> Any:
     """A value as an executor on `device` (a torch device string) takes it: a torch tensor
-    there (no copy when it already is); anything else but arrays is passed as it is."""
+    there (no copy when it already is); anything else but arrays is passed as it is. From
+    the host, the copy goes through `key`'s pinned buffers on a copy stream of the GPU (the
+    current stream waits for it, the host does not); `timed`, `label`: for the trace."""
     torch = _torch()
     if isinstance(value, np.ndarray):
         from gimlet.dtypes import numpy_to_torch
@@ -194,16 +194,23 @@ def to_device(value: Any, device: str) -> Any:
         return value
     if value.device == torch.device(device):
         return value
-    if value.device.type == "cpu" and value.numel() * value.element_size() >= PINNED_BYTES:
-        value = value.pin_memory()  # the DMA reads it while the host goes on
-        return value.to(device, non_blocking=True)
+    if value.device.type == "cpu" and torch.device(device).type == "cuda":
+        from gimlet.runtime.staging import for_device
+
+        return for_device(device).upload(value, key, timed=timed, label=label)
     return value.to(device)
 
 
-def _mover(device: str | None) -> Callable[[Any], Any]:
+def _mover(
+    device: str | None, key: Any = None, timed: bool = False, label: str = ""
+) -> Callable[[Any], Any]:
+    """A hand-off to where a receiver wants its values; `key` names its pinned buffers
+    and, with `timed`, `label` its copies in the trace."""
     if device is None:
-        return to_host
-    return lambda v: to_device(v, device)
+        if not timed:  # the key only names a timed copy (host buffers are the caller's)
+            return to_host
+        return lambda v: to_host(v, key, timed=timed, label=label)
+    return lambda v: to_device(v, device, key, timed=timed, label=label)
 
 
 # -- the runner -------------------------------------------------------------------------
@@ -323,6 +330,7 @@ class InProcess:
         self.op: Any = None
         self.op_what = ""
         self.faults = _faults(bundle)
+        self.gpu_names: dict[int, str] = {}  # CUDA device index -> the device run there
         self._plan(here)
         self._sig = _Signature(bundle)
 
@@ -362,6 +370,8 @@ class InProcess:
                     continue
                 art = segments[index]["artefact"]
                 gpu = _gpu_context(device, gpus)
+                if gpu is not None:
+                    self.gpu_names[gpu.idx] = device  # whose copy streams, for the trace
                 key = (device, art["kind"])
                 if key not in executors:
                     with gpu or contextlib.nullcontext():
@@ -376,7 +386,8 @@ class InProcess:
                         receivers[o.channel.value.data] = dev
                 ins = [slots[v] for v in op.inputs]
                 outs = [slot(v) for v in op.outputs]
-                step = _Step(op, _unset, ins, outs, index, device, _mover(dev))
+                mover = _mover(dev, ("segment", index), self.stats_on, f"segment {index} input")
+                step = _Step(op, _unset, ins, outs, index, device, mover)
                 step.call = self._segment_call(step, ex, art, gpu)
                 self.steps.append(step)
             elif isinstance(op, func.ReturnOp):
@@ -391,7 +402,12 @@ class InProcess:
                 self.steps.append(_Step(op, call, ins, outs, device=bundle.host, move=move))
         self._blank: list[Any] = [None] * len(slots)
         self._n_args = len(fn.args)
-        movers = {c["id"]: _mover(receivers.get(c["id"])) for c in bundle.manifest["channels"]}
+        movers = {
+            c["id"]: _mover(
+                receivers.get(c["id"]), ("channel", c["id"]), self.stats_on, f"ch{c['id']}"
+            )
+            for c in bundle.manifest["channels"]
+        }
         for ch in _returned_channels(fn):
             # received by the host only to be returned: left where it was made (a GPU
             # output stays there); the outputs go to the caller's device in one move
@@ -523,9 +539,29 @@ class InProcess:
 
     def take_stats(self) -> list[dict[str, Any]]:
         """The recorded stats, one entry per device that ran something, then cleared."""
+        if self.stats_on and self.gpu_names:
+            self._copy_spans()
         out = [self.stats[d] for d in self.bundle.devices if d in self.stats]
         self.stats = {}
         return out
+
+    def _copy_spans(self) -> None:
+        """The timed host<->GPU copies (runtime/staging.py) on each GPU's copy-stream
+        tracks, in host time."""
+        from gimlet.runtime.staging import drain_all
+        from gimlet.runtime.trace import COPY_TIDS
+
+        for index, spans in drain_all().items():
+            device = self.gpu_names.get(index)
+            if device is None:
+                continue
+            stats = self.stats.setdefault(device, {"device": device, "segments": {}, "events": []})
+            for sp in spans:
+                if sp.direction in ("h2d", "d2h"):
+                    tid = COPY_TIDS[sp.direction]
+                    ev = _span(f"{sp.label} {sp.direction.upper()}", sp.start, sp.end, tid)
+                    ev.update(cat="copy", args={"bytes": sp.nbytes, "stream": "copy"})
+                    stats["events"].append(ev)
 
 
 def _keep(value: Any) -> Any:
@@ -588,7 +624,7 @@ def outputs_like(values: list[Any], inputs: Sequence[Any]) -> list[Any]:
             cuda = x.device
             break
     out = []
-    for v in values:
+    for k, v in enumerate(values):
         if type(v) is np.ndarray:
             if v.base is not None or not v.flags.writeable or any(v is x for x in inputs):
                 v = v.copy()
@@ -600,7 +636,7 @@ def outputs_like(values: list[Any], inputs: Sequence[Any]) -> list[Any]:
         else:
             t = _wrap(np.array(v))
         if cuda is not None and t.device != cuda:
-            t = to_device(t, str(cuda))
+            t = to_device(t, str(cuda), ("output", k))
         out.append(t)
     return out
 

@@ -2,13 +2,21 @@
 
 Why wall-clock timestamps: workers are separate processes on one host, so time.time()
 is the one clock they share; the merge shifts everything to start at 0. One process
-(pid) per device, tid 0 for compute spans (segments), tid 1 for transfers (channels).
+(pid) per device, tid 0 for compute spans (segments), tid 1 for transfers (channels);
+a GPU device also has tids 2 and 3, its copy streams (host->GPU and GPU->host copies,
+runtime/staging.py), and tid 4, its compiled parts as the GPU ran them (in a worker):
+in GPU time (CUDA events) converted to the host clock, so a copy overlapping a kernel
+shows.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+COPY_TIDS = {"h2d": 2, "d2h": 3}  # a GPU's copy streams, by direction
+GPU_TID = 4  # compiled GPU parts, GPU time
+TRACKS = {0: "compute", 1: "transfers", 2: "copy stream H2D", 3: "copy stream D2H", 4: "gpu"}
 
 
 def chrome_trace(stats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -24,7 +32,10 @@ def chrome_trace(stats: list[dict[str, Any]]) -> dict[str, Any]:
                 "args": {"name": s["device"]},
             }
         )
-        for tid, label in ((0, "compute"), (1, "transfers")):
+        used = {0, 1} | {e.get("tid", 0) for e in s["events"]}
+        for tid, label in TRACKS.items():
+            if tid not in used:
+                continue
             events.append(
                 {"name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": {"name": label}}
             )

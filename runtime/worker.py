@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from gimlet.errors import describe_location
+from gimlet.runtime.trace import COPY_TIDS, GPU_TID
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -186,14 +187,22 @@ class Worker:
             self.events.append(_span(name, "compute", start, end, 0, {}))
 
     def _on_transfer(self, channel: int, start: float, end: float, nbytes: int, d: str) -> None:
+        """A transfer ("in": post to completion, "out": issue), or a host<->GPU copy of
+        the channel's value on a copy stream ("h2d", "d2h": GPU time, runtime/staging.py)."""
         if not self.want_stats:
             return
         spec = self.channels.specs[channel]
+        if d in ("h2d", "d2h"):  # counted in bytes by the transfer itself
+            copy = {"bytes": nbytes, "stream": "copy"}
+            self.events.append(
+                _span(f"ch{channel} {d.upper()}", "copy", start, end, COPY_TIDS[d], copy)
+            )
+            return
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
         name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
         via = "nccl" if spec.cuda is not None else "shm" if spec.local is not None else "gloo"
         args: dict[str, Any] = {"bytes": nbytes, "via": via}
-        if spec.cuda is not None and d == "in":
+        if d == "in" and (spec.cuda is not None or spec.device_values):
             args["on_device"] = spec.device_values  # no copy to the host after it
         self.events.append(_span(name, "transfer", start, end, 1, args))
         if self.segment is not None:
@@ -308,8 +317,9 @@ class Worker:
 
         host = self.device == self.bundle.host
         seg_info = self.bundle.manifest["segments"]
+        before_op, on_span = self._gpu_timed_hooks() or (self._before_op, self._on_span)
         host_exec = self.executors["interpreter"] = InterpreterExecutor(
-            module, weights, self, self._before_op, self._on_span
+            module, weights, self, before_op, on_span
         )
         fn = main_func(module)
         slots: dict[Any, int] = {v: i for i, v in enumerate(fn.args)}
@@ -323,6 +333,7 @@ class Worker:
         returns: list[int] = []
         # channel -> whether each receive of it here runs on a GPU executor
         on_gpu: dict[int, list[bool]] = {}
+        any_gpu = False  # some segment here runs on a GPU executor
         index = -1
         for op in fn.body.block.ops:
             if isinstance(op, gml.SegmentOp):
@@ -340,6 +351,7 @@ class Worker:
                     self.executors[kind] = backends.get(kind).load(host_exec, weights, self.bundle)
                     self.segment = None
                 gpu = getattr(self.executors[kind], "tensor_device", None) == "cuda"
+                any_gpu = any_gpu or gpu
                 for ch in _received(op):
                     on_gpu.setdefault(ch, []).append(gpu)
                 call = segment_call(self.executors[kind], op, index, art)
@@ -359,11 +371,19 @@ class Worker:
                 steps.append(_Step(op, call, [slots[v] for v in op.operands],
                                    [slot(v) for v in op.results]))  # fmt: skip
         self.plan = _Plan(host, steps, returns, len(slots))
-        # an NCCL payload whose every consumer here is a GPU executor (CUDA, TensorRT)
-        # stays in device memory; the interpreter and the C++ backend take host arrays
+        # a payload whose every consumer here is a GPU executor (CUDA, TensorRT) is
+        # handed over in device memory: an NCCL one where it landed, a host channel's
+        # uploaded on a copy stream of the GPU (runtime/staging.py); the interpreter and
+        # the C++ backend take host arrays
+        import torch
+
+        if any_gpu and torch.cuda.is_available():
+            self.channels.gpu = torch.device("cuda", torch.cuda.current_device())
+        self.channels.timed = lambda: self.want_stats
+        staged = self.channels.gpu is not None
         for ch, gpus in on_gpu.items():
             spec = self.channels.specs[ch]
-            spec.device_values = spec.cuda is not None and all(gpus)
+            spec.device_values = all(gpus) and (spec.cuda is not None or staged)
         if not host:
             self.final_send = _final_send([st.op for st in steps])
             if self.final_send is not None and self.channels.specs[self.final_send].local is None:
@@ -373,6 +393,51 @@ class Worker:
     def _finish(self) -> None:
         self.op_desc = "end of program (waiting for sends)"
         self.channels.finish()
+        if self.want_stats:
+            self._gpu_spans()
+
+    def _gpu_timed_hooks(self) -> tuple[Callable[..., None], Callable[..., None]] | None:
+        """On a GPU worker: the progress and span hooks, also timing each compiled part
+        on the GPU when stats are wanted (CUDA events on the current stream around its
+        launch, which the part's own stream follows and rejoins), for the trace's "gpu"
+        track; a part's host span is only its launch. None elsewhere."""
+        import torch
+
+        from gimlet.runtime.bundle import GPU_KINDS
+
+        if not torch.cuda.is_available():
+            return None
+        kinds = {d["name"]: d["kind"] for d in self.bundle.manifest["cluster"]["devices"]}
+        if kinds.get(self.device) not in GPU_KINDS:
+            return None
+        from gimlet.runtime import staging
+
+        before_op, on_span = self._before_op, self._on_span
+        begun: list[Any] = []
+
+        def before(op: Any, what: str = "") -> None:
+            before_op(op, what)
+            if what and self.want_stats:  # only a compiled part says what (backends/parts.py)
+                begun.append(staging.for_device(torch.device("cuda")).begin())
+
+        def span(name: str, start: float, end: float) -> None:
+            on_span(name, start, end)
+            if begun:
+                staging.for_device(torch.device("cuda")).end(begun.pop(), name)
+
+        return before, span
+
+    def _gpu_spans(self) -> None:
+        """The request's timed GPU spans (runtime/staging.py), in host time: copies on the
+        copy-stream tracks, compiled parts on the gpu track."""
+        from gimlet.runtime import staging
+
+        for spans in staging.drain_all().values():
+            for s in spans:
+                if s.direction == "gpu":
+                    self.events.append(_span(s.label, "compute", s.start, s.end, GPU_TID, {}))
+                elif s.key in self.channels.specs:
+                    self._on_transfer(s.key, s.start, s.end, s.nbytes, s.direction)
 
 
 def _final_send(segments: list[Any]) -> int | None:

@@ -702,7 +702,7 @@ def test_cuda_bundle_in_process_keeps_gpu_tensors_on_the_gpu(cuda_bundle: Path) 
         xg = x.cuda()
         (dev,) = run(xg)  # GPU tensors in: GPU tensors out, no copy back to the host
         assert dev.device == xg.device
-        big = torch.randn(16384, 32, device="cuda")  # 2 MiB, over PINNED_BYTES: pinned path
+        big = torch.randn(16384, 32, device="cuda")  # 2 MiB: a larger pinned buffer
         (bo,) = run(big.cpu())
     torch.testing.assert_close(host, want, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(dev.cpu(), want, rtol=1e-3, atol=1e-3)

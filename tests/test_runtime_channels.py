@@ -168,6 +168,9 @@ def _worker(monkeypatch: pytest.MonkeyPatch, rank: int, gpu1_kind: str) -> Any:
         {"id": 2, "from": "gpu1", "to": "cpu0", "backend": "gloo"},
     ]
     manifest = {
+        "cluster": {
+            "devices": [{"name": d, "kind": d[:3].replace("gpu", "nvidia")} for d in devices]
+        },
         "channels": [dict(c, dtype="float32", shape=[4]) for c in channels],
         "segments": [
             {"artefact": {"kind": "cuda"}, "ops": 3},
@@ -194,6 +197,22 @@ def test_worker_keeps_nccl_receives_on_the_device_for_a_gpu_executor(
     specs = _worker(monkeypatch, 2, "cuda").channels.specs
     assert specs[1].cuda == STAND_IN and specs[1].device_values  # consumed by CUDA code
     assert not specs[0].device_values and not specs[2].device_values  # gloo channels
+
+
+def test_worker_uploads_host_channel_receives_for_a_gpu_executor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gloo/shared-memory receive consumed by CUDA code comes back as a CUDA tensor
+    (uploaded on the GPU's copy stream, runtime/staging.py) once CUDA is there."""
+    w = _worker(monkeypatch, 1, "cuda")  # gpu0 receives channel 0 (gloo) in CUDA code
+    assert not w.channels.specs[0].device_values and w.channels.gpu is None  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    w = _worker(monkeypatch, 1, "cuda")
+    assert w.channels.specs[0].cuda is None and w.channels.specs[0].device_values
+    assert w.channels.gpu == torch.device("cuda", 0)
+    w = _worker(monkeypatch, 0, "cuda")  # the host receives channel 2 on the interpreter
+    assert not w.channels.specs[2].device_values and w.channels.gpu is None
 
 
 def test_worker_stages_nccl_receives_for_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
