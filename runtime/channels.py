@@ -204,6 +204,8 @@ class Channels:
             self._send_from_gpu(spec, value.detach())
             return
         if spec.local is not None:
+            if self.deferred:  # this channel's earlier messages go into the slot first
+                self._join_deferred(channel)
             start = time.time()
             nbytes = spec.local.put(value)
             self.on_transfer(channel, start, time.time(), nbytes, "out")
@@ -358,14 +360,19 @@ class Channels:
             torch.cuda.synchronize()
         self.sends.clear()
 
-    def _join_deferred(self) -> None:
-        """Wait for the sender thread's puts; the first that failed fails the request."""
+    def _join_deferred(self, only: int | None = None) -> None:
+        """Wait for the sender thread's puts (of channel `only`, else all); the first
+        that failed fails the request."""
         failed: tuple[int, BaseException] | None = None
+        rest = []
         for channel, fut in self.deferred:
+            if only is not None and channel != only:
+                rest.append((channel, fut))
+                continue
             error = fut.exception()  # waits for it
             if error is not None and failed is None:
                 failed = (channel, error)
-        self.deferred.clear()
+        self.deferred[:] = rest
         if failed is not None:
             channel, error = failed
             what = f"{type(error).__name__}: {error}"
