@@ -234,7 +234,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "command": "python benchmarks/gpu_gpt2.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/gpu_gpt2.py", *sys.argv[1:]]),
         "iters": iters,
     }
     write(cases, meta)
