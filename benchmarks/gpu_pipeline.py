@@ -91,7 +91,9 @@ def bundle_name(placement: str, c: dict[str, Any], batch: int) -> str:
     return f"{placement}_b{batch}" if c.get("static") else placement
 
 
-def prepare(out: Path, c: dict[str, Any], batch: int, micro: list[int]) -> None:
+def prepare(
+    out: Path, c: dict[str, Any], batch: int, micro: list[int], only: str | None = None
+) -> None:
     from gimlet.cli import main as gimletc
 
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,8 @@ def prepare(out: Path, c: dict[str, Any], batch: int, micro: list[int]) -> None:
     }
     batches = [batch] + [batch // m for m in micro] if c.get("static") else [2]
     for placement, pin in pins.items():
+        if only and placement != only:
+            continue
         for b in dict.fromkeys(batches):
             name = bundle_name(placement, c, b)
             config = dict(c, compile_batch=b)
@@ -259,6 +263,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", metavar="DIR", help="per-kernel GPU time, gimlet and eager")
     ap.add_argument(
+        "--placement", choices=["one_gpu", "two_gpus"], help="--prepare only this placement"
+    )
+    ap.add_argument(
         "--static",
         action="store_true",
         help="compile a bundle per batch shape (default: one bundle, the batch dim dynamic)",
@@ -268,7 +275,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.prepare:
         config = dict({k: getattr(args, k) for k in CONFIG}, static=args.static)
-        prepare(Path(args.prepare), config, args.batch, [int(m) for m in args.micro.split(",")])
+        micro = [int(m) for m in args.micro.split(",")]
+        prepare(Path(args.prepare), config, args.batch, micro, args.placement)
     if args.profile:
         profile(Path(args.profile))
     if args.run:
