@@ -38,10 +38,18 @@ void ThreadPool::run(int64_t n, const std::function<void(int64_t)>& fn) {
     return;
   }
   std::lock_guard<std::mutex> lock(submit_);  // one job at a time (callers may be threads)
+  // Close the last job before touching fn_/n_: the slot goes to an odd ("closed")
+  // generation first. Otherwise a worker that read the last job's exhausted slot
+  // (gen, n_old) and then this job's larger n_ could claim (gen, n_old) before the new
+  // generation is out: it ran this job's chunks from n_old on a second time and counted
+  // them, so run() could return while a chunk still ran on the caller's dead frame
+  // (tests/test_cpu_thread_pool.py). Now such a claim's compare-exchange fails: the
+  // slot changed before n_ did.
+  const uint64_t gen = (slot_.load(std::memory_order_relaxed) >> 32) + 2;  // even: open
+  slot_.store((gen - 1) << 32, std::memory_order_seq_cst);
   fn_ = &fn;
   n_ = n;
   done_.store(0, std::memory_order_relaxed);
-  const uint64_t gen = (slot_.load(std::memory_order_relaxed) >> 32) + 1;
   slot_.store(gen << 32, std::memory_order_release);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     wake_.fetch_add(1, std::memory_order_seq_cst);
@@ -72,12 +80,14 @@ void ThreadPool::loop() {
   for (;;) {
     uint64_t gen = slot_.load(std::memory_order_acquire) >> 32;
     const auto start = std::chrono::steady_clock::now();
-    for (int spins = 0; gen == seen; ++spins) {
+    // wait for an open (even) generation newer than the last one worked on
+    for (int spins = 0; gen == seen || (gen & 1); ++spins) {
       if ((spins & 255) == 255 &&
           std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
         const int32_t ticket = wake_.load(std::memory_order_seq_cst);
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
-        if ((slot_.load(std::memory_order_seq_cst) >> 32) == seen)
+        const uint64_t now = slot_.load(std::memory_order_seq_cst) >> 32;
+        if (now == seen || (now & 1))  // run() wakes sleepers after it opens the job
           syscall(SYS_futex, &wake_, FUTEX_WAIT_PRIVATE, ticket, nullptr, nullptr, 0);
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
       }

@@ -41,7 +41,7 @@ class ThreadPool {
   std::mutex submit_;
   std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
   std::atomic<int64_t> n_{0};
-  std::atomic<uint64_t> slot_{0};  // job generation << 32 | next chunk to claim
+  std::atomic<uint64_t> slot_{0};  // job generation << 32 | next chunk (odd gen: closed)
   std::atomic<int64_t> done_{0};
   std::atomic<int32_t> wake_{0};  // futex word: bumped to wake sleeping workers
   std::atomic<int> sleepers_{0};
