@@ -13,6 +13,13 @@ launch, so launch = (measured - roofline) / n_ops is the per-kernel overhead gim
 backend really pays (cost.py's MEASURED_LAUNCH_OVERHEAD has the H100's from torch; this is
 the H200's from gimlet).
 
+Each placement runs in its own Python subprocess (this script with `--child`), so a
+crash in one (a segfault in a backend's native code, say) is reported with the
+placement's name, its exit signal and the tail of its stderr, which holds faulthandler's
+Python traceback of every thread and a native backtrace, and the other placements still
+run. `--in-process` runs them all in this process instead, one after another, as a
+caller would (the gpu0-only placement's CUDA libraries then stay loaded for the rest).
+
 `--predict-only` (any machine): the predictions alone.
 Run on the GPU machine: python benchmarks/gpu_placements.py
 Writes benchmarks/results/gpu_placements.{md,json} (and copies them to $OUT when set).
@@ -21,9 +28,18 @@ Writes benchmarks/results/gpu_placements.{md,json} (and copies them to $OUT when
 from __future__ import annotations
 
 import argparse
+import ctypes
+import faulthandler
+import json
+import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from results_io import save  # noqa: E402
+from results_io import machine_info, save  # noqa: E402
 
 TARGET = "h200+cpu"
 LAYERS = 8
@@ -43,6 +59,8 @@ PLACEMENTS = {
     "split cpu0/gpu0": "wte=cpu0,wpe=cpu0,h.0-3=cpu0,h.4-7=gpu0,ln_f=gpu0,lm_head=gpu0",
     "solver": "",
 }
+ROW = "[gpu_placements:row] "  # a child's result line on stdout: this prefix, then JSON
+TAIL_LINES = 100  # of a failed child's stderr, printed and kept in the row
 
 
 def model_and_inputs() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
@@ -104,6 +122,126 @@ def measure(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> floa
     return statistics.median(times)
 
 
+def run_placement(
+    name: str,
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    args: Any,
+    emit: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Compile `name`'s placement, predict it and (unless --predict-only) call it in this
+    process. `emit(row)` gets the row once predicted and again once measured, so a
+    crash while measuring still leaves the prediction."""
+    import gimlet
+
+    pins = PLACEMENTS[name]
+    with torch.no_grad():
+        ref = model(*inputs)
+        compiled = gimlet.compile(model, inputs, target=TARGET, pin=pins)
+        row = predict(placed(compiled, pins))
+        emit(row)
+        if not args.predict_only:
+            (out,) = compiled(*inputs)
+            row["max_abs_err"] = float((out.float() - ref.float()).abs().max())
+            row["measured_ms"] = measure(compiled, inputs, args.iters)
+            row["ratio"] = row["measured_ms"] / row["predicted_ms"]
+            row["how"] = compiled.loaded().reason
+            emit(row)
+        compiled.close()
+    return row
+
+
+def run_child(name: str, args: Any) -> dict[str, Any]:
+    """`name`'s placement in a subprocess (this script with --child): its row, or what
+    it predicted before it failed plus how it failed and its stderr's tail."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name]
+    cmd += ["--iters", str(args.iters)] + (["--predict-only"] if args.predict_only else [])
+    with tempfile.TemporaryFile("w+") as err:
+        try:
+            proc = subprocess.run(
+                cmd, stdout=subprocess.PIPE, stderr=err, text=True, timeout=args.timeout
+            )
+            rc, out = proc.returncode, proc.stdout
+        except subprocess.TimeoutExpired as e:
+            rc = None
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
+        err.seek(0)
+        log = err.read()
+    found = [json.loads(line[len(ROW) :]) for line in out.splitlines() if line.startswith(ROW)]
+    row: dict[str, Any] = found[-1] if found else {}
+    if rc == 0 and found:
+        return row
+    if rc is None:
+        row["error"] = f"ran past --timeout {args.timeout:g} s (killed)"
+    elif rc < 0:
+        row["error"] = f"crashed: {signal.Signals(-rc).name}"
+    else:
+        row["error"] = f"exited with status {rc}"
+    tail = log.splitlines()[-TAIL_LINES:]
+    row["stderr_tail"] = "\n".join(tail)
+    print(f"[gpu_placements] {name}: {row['error']}; the child's stderr ends:", file=sys.stderr)
+    print("\n".join("    " + line for line in tail), file=sys.stderr, flush=True)
+    return row
+
+
+# A native backtrace on a fatal signal, for a child: faulthandler prints the Python
+# traceback of every thread, then hands the signal to this handler (installed first),
+# which prints the C/C++ frames (library+offset: `addr2line -e LIB OFFSET` names them).
+NATIVE_TRACE = r"""
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
+static void on_fatal(int sig) {
+  static const char msg[] = "\nnative backtrace (gpu_placements child):\n";
+  void* frames[64];
+  int n = backtrace(frames, 64);
+  (void)!write(2, msg, sizeof msg - 1);
+  backtrace_symbols_fd(frames, n, 2);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+void install(void) {
+  void* warm[1];
+  backtrace(warm, 1); /* loads the unwinder now, not inside the handler */
+  const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+  for (unsigned i = 0; i < sizeof sigs / sizeof *sigs; ++i) signal(sigs[i], on_fatal);
+}
+"""
+
+
+def install_crash_reports() -> None:
+    """The native backtrace handler (when a C compiler is here), then faulthandler."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc:
+        tmp = tempfile.mkdtemp(prefix="gpu-placements-trace-")
+        src, lib = Path(tmp, "trace.c"), Path(tmp, "trace.so")
+        src.write_text(NATIVE_TRACE)
+        proc = subprocess.run(
+            [cc, "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)], capture_output=True
+        )
+        if proc.returncode == 0:
+            ctypes.CDLL(str(lib)).install()
+        shutil.rmtree(tmp, ignore_errors=True)  # the loaded library stays mapped
+    faulthandler.enable(all_threads=True)
+
+
+def cpu_backend_info() -> dict[str, Any]:
+    """What the C++ CPU backend builds with here: its figures mean little without BLAS."""
+    from gimlet.backends.cpu.build import compiler, compiler_version, native_flags
+
+    flags = native_flags()
+    return {
+        "cxx": compiler_version(compiler()),
+        "blas": "none: naive loops (no scipy-openblas64)"
+        if "-DGML_NO_BLAS" in flags
+        else "OpenBLAS (scipy-openblas64)",
+        "onednn": "-DGML_DNNL" in flags,
+        "threads": os.environ.get("GIMLET_CPU_THREADS")
+        or os.environ.get("OMP_NUM_THREADS")
+        or len(os.sched_getaffinity(0)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--predict-only", action="store_true", help="no GPU: predictions only")
@@ -115,39 +253,53 @@ def main() -> None:
         help="placements to run (repeatable; default all; 'gpu0 only' is always run: the "
         "launch-overhead fit needs it)",
     )
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every placement in this process, one after another (default: one "
+        "subprocess each, so a crash is reported and the others still run)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds a placement's subprocess may take (compile, C++/CUDA builds, calls)",
+    )
+    ap.add_argument("--child", choices=list(PLACEMENTS), help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
-    for name in set(PLACEMENTS) - set(args.only or PLACEMENTS) - {"gpu0 only"}:
-        del PLACEMENTS[name]
-    import gimlet
+    if args.child:  # one placement, its rows on stdout for the parent
+        install_crash_reports()
 
-    model, inputs = model_and_inputs()
+        def emit(row: dict[str, Any]) -> None:
+            print(ROW + json.dumps(row), flush=True)
+
+        run_placement(args.child, *model_and_inputs(), args, emit)
+        return
+    names = [n for n in PLACEMENTS if n == "gpu0 only" or n in (args.only or PLACEMENTS)]
+    model_inputs = model_and_inputs() if args.in_process else None
     rows: dict[str, Any] = {}
-    with torch.no_grad():
-        ref = model(*inputs)
-        for name, pins in PLACEMENTS.items():
-            print(f"[gpu_placements] {name} ...", flush=True)
-            compiled = gimlet.compile(model, inputs, target=TARGET, pin=pins)
-            row = predict(placed(compiled, pins))
-            if not args.predict_only:
-                (out,) = compiled(*inputs)
-                row["max_abs_err"] = float((out.float() - ref.float()).abs().max())
-                row["measured_ms"] = measure(compiled, inputs, args.iters)
-                row["ratio"] = row["measured_ms"] / row["predicted_ms"]
-                row["how"] = compiled.loaded().reason
-            compiled.close()
-            rows[name] = row
-            print(f"[gpu_placements] {name}: {row}", flush=True)
+    for name in names:
+        print(f"[gpu_placements] {name} ...", flush=True)
+        if model_inputs is not None:
+            rows[name] = run_placement(name, *model_inputs, args, lambda row: None)
+        else:
+            rows[name] = run_child(name, args)
+        shown = {k: v for k, v in rows[name].items() if k != "stderr_tail"}
+        print(f"[gpu_placements] {name}: {shown}", flush=True)
     gpu = rows["gpu0 only"]
     if "measured_ms" in gpu:
         gpu["fitted_launch_us"] = (
             (gpu["measured_ms"] - gpu["gpu0_roofline_ms"]) / max(gpu["gpu0_ops"], 1) * 1e3
         )
+    command = " ".join(["python benchmarks/gpu_placements.py", *sys.argv[1:]])
     meta = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
-        "command": "python benchmarks/gpu_placements.py"
-        + (" --predict-only" if args.predict_only else ""),
+        "command": command,
         "model": f"GPT d=512 h=8 L={LAYERS} vocab=8192 f32, batch 1, T=128; target {TARGET}",
+        "how": "in one process" if args.in_process else "one subprocess per placement",
+        "machine": machine_info(),
+        "cpu_backend": cpu_backend_info(),
     }
     write(rows, meta)
 
@@ -164,10 +316,25 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
     ]
     for name, r in rows.items():
         m, err = r.get("measured_ms"), r.get("max_abs_err")
-        measured = "|  |  |" if m is None else f"| {m:.3f} | {r['ratio']:.2f}x |"
-        lines.append(
-            f"| {name} | {r['predicted_ms']:.3f} {measured} {'' if err is None else f'{err:.1e}'} |"
-        )
+        pred = f"{r['predicted_ms']:.3f}" if "predicted_ms" in r else ""
+        if "error" in r:  # the child failed: say how where the measurement would be
+            measured = f"| {r['error']} |  |"
+        else:
+            measured = "|  |  |" if m is None else f"| {m:.3f} | {r['ratio']:.2f}x |"
+        lines.append(f"| {name} | {pred} {measured} {'' if err is None else f'{err:.1e}'} |")
+    failed = [n for n, r in rows.items() if "error" in r]
+    if failed:
+        lines += [
+            "",
+            f"Failed: {', '.join(failed)}; each row's stderr_tail in the json has the child's "
+            "last stderr lines (faulthandler's tracebacks, the native backtrace).",
+        ]
+    cpu = meta.get("cpu_backend")
+    if cpu:
+        lines += [
+            "",
+            f"C++ CPU backend here: {cpu['cxx']}; BLAS {cpu['blas']}; {cpu['threads']} threads.",
+        ]
     gpu = rows["gpu0 only"]
     if "fitted_launch_us" in gpu:
         lines += [
