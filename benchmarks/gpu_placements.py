@@ -32,6 +32,7 @@ import ctypes
 import faulthandler
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -225,6 +226,17 @@ def install_crash_reports() -> None:
     faulthandler.enable(all_threads=True)
 
 
+def machine() -> dict[str, Any]:
+    """results_io's machine_info; it reads gimlet's version from its installed metadata,
+    which a checkout on PYTHONPATH lacks: then the rest without it."""
+    import importlib.metadata
+
+    try:
+        return machine_info()
+    except importlib.metadata.PackageNotFoundError as e:
+        return {"nproc": len(os.sched_getaffinity(0)), "note": f"no metadata: {e}"}
+
+
 def cpu_backend_info() -> dict[str, Any]:
     """What the C++ CPU backend builds with here: its figures mean little without BLAS."""
     from gimlet.backends.cpu.build import compiler, compiler_version, native_flags
@@ -291,14 +303,14 @@ def main() -> None:
         gpu["fitted_launch_us"] = (
             (gpu["measured_ms"] - gpu["gpu0_roofline_ms"]) / max(gpu["gpu0_ops"], 1) * 1e3
         )
-    command = " ".join(["python benchmarks/gpu_placements.py", *sys.argv[1:]])
+    command = "python benchmarks/gpu_placements.py " + shlex.join(sys.argv[1:])
     meta = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "command": command,
         "model": f"GPT d=512 h=8 L={LAYERS} vocab=8192 f32, batch 1, T=128; target {TARGET}",
         "how": "in one process" if args.in_process else "one subprocess per placement",
-        "machine": machine_info(),
+        "machine": machine(),
         "cpu_backend": cpu_backend_info(),
     }
     write(rows, meta)
