@@ -303,7 +303,7 @@ def main() -> None:
         gpu["fitted_launch_us"] = (
             (gpu["measured_ms"] - gpu["gpu0_roofline_ms"]) / max(gpu["gpu0_ops"], 1) * 1e3
         )
-    command = "python benchmarks/gpu_placements.py " + shlex.join(sys.argv[1:])
+    command = f"python benchmarks/gpu_placements.py {shlex.join(sys.argv[1:])}".rstrip()
     meta = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
