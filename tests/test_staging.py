@@ -372,6 +372,11 @@ class TwoChains(nn.Module):
 def model():
     torch.manual_seed(0)
     return TwoChains(), (torch.randn(2048, 1024), torch.randn(2048, 1024))
+
+
+def micro():
+    torch.manual_seed(0)  # the same weights, compiled for a quarter of the rows
+    return TwoChains(), (torch.randn(512, 1024), torch.randn(512, 1024))
 """
 
 
@@ -397,6 +402,7 @@ def gpu_bundles() -> Any:
         # fc1 on the host CPU (C++), fc2 on the GPU (CUDA): host -> GPU -> host
         "mixed": _compile(d / "mixed", "examples/mlp.py:model", "--pin", "fc1=cpu0,fc2=gpu0"),
         "two": _compile(d / "two", f"{d}/two_chains.py:model"),
+        "two_micro": _compile(d / "two_micro", f"{d}/two_chains.py:micro"),
     }
     shutil.rmtree(d, ignore_errors=True)
 
@@ -457,10 +463,12 @@ def _overlap_ms(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 @cuda
 def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, Path]) -> None:
-    """gpu0 receives x and y from the host and sends a and b back. x's chain is
-    launched before y is received, and a is sent before y's chain is launched, so y's
-    upload can run during x's chain and a's download during y's chain: the trace's
-    copy tracks (tids 2, 3, GPU time) overlap the gpu track (tid 4)."""
+    """gpu0 receives x and y from the host and sends a and b back, a request as 4
+    pipelined micro-batches (runtime/pipeline.py): micro-batch j + 1's inputs arrive
+    while j's chains compute, its uploads run on the copy stream beside them, and j's
+    downloads beside j + 1's chains: the trace's copy tracks (tids 2, 3, GPU time)
+    overlap the gpu track (tid 4). (One request of one batch has no such overlap: each
+    chain needs its input first, and the outputs come after it.)"""
     from gimlet.runtime.bundle import load_bundle
     from gimlet.runtime.inprocess import InProcess
     from gimlet.runtime.launch import launch
@@ -477,8 +485,9 @@ def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, P
     with torch.no_grad():
         want = [t.numpy() for t in net(torch.from_numpy(x), torch.from_numpy(y))]
     tol = {"rtol": 1e-3, "atol": 1e-4}  # 24 f32 GEMMs + tanh per chain
-    # three requests (the stats hold every request's events: warm ones too)
-    result = launch(str(bundle), [x, y], iterations=3)
+    # two requests (the stats hold every request's events: warm ones too)
+    micro = str(gpu_bundles["two_micro"])
+    result = launch(micro, [x, y], iterations=2, micro_batches=4)
     for got, w in zip(result.outputs, want, strict=True):
         np.testing.assert_allclose(got, w, **tol)
     (gpu,) = [s for s in result.stats if s["device"] == "gpu0"]
@@ -486,7 +495,7 @@ def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, P
     parts = [e for e in gpu["events"] if e["tid"] == 4]
     names = sorted({e["name"] for e in copies})
     assert names == ["ch0 H2D", "ch1 H2D", "ch2 D2H", "ch3 D2H"], names
-    assert all(e["cat"] == "copy" and e["args"]["bytes"] == 2048 * 1024 * 4 for e in copies)
+    assert all(e["cat"] == "copy" and e["args"]["bytes"] == 512 * 1024 * 4 for e in copies)
     assert {e["tid"] for e in copies if "H2D" in e["name"]} == {2}
     assert {e["tid"] for e in copies if "D2H" in e["name"]} == {3}
     assert parts and all(e["name"].startswith("seg0.part") for e in parts)
