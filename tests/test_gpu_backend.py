@@ -685,7 +685,11 @@ def test_layer_norm_rows_match_torch(dtype: torch.dtype, cache: Any) -> None:
     tag = {torch.float16: "f16", torch.bfloat16: "bf16"}.get(dtype)
     tol = LOW_TOL[tag] if tag else {"rtol": 1e-4, "atol": 1e-5}
     for g, x, norm in zip(got, xs, model.norms, strict=True):
-        w, b = (None, None) if norm.weight is None else (norm.weight.float(), norm.bias.float())
+        w, b = (
+            (None, None)
+            if norm.weight is None
+            else (norm.weight.detach().float(), norm.bias.detach().float())
+        )
         want = torch.nn.functional.layer_norm(x.float(), x.shape[-1:], w, b, norm.eps)
         assert g.dtype == dtype and g.shape == x.shape
         np.testing.assert_allclose(
