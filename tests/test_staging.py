@@ -464,8 +464,7 @@ def _overlap_ms(a: dict[str, Any], b: dict[str, Any]) -> float:
 @cuda
 @pytest.mark.xfail(
     reason="on the H200 (runs of bcdbc15 and 0e431e8) no copy span overlapped a GPU part, "
-    "with one batch or with 4 pipelined micro-batches: the host issues each upload only "
-    "after the GPU finished the part before it; not explained yet",
+    "with one batch or with 4 pipelined micro-batches; the cause is not found yet",
     strict=False,
 )
 def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, Path]) -> None:
