@@ -172,9 +172,11 @@ def test_static_sizes_leave_out_the_branches_no_bucket_takes(lowered: dict[str, 
     """A function without dynamic dims has one bucket: its Linear layers get either the
     GEMV for its row count or the GEMM path, never both (nvcc compiled all four GEMV row
     counts for a prefill otherwise: three quarters of GPT-2's build). The gpt family's
-    sequence is dynamic, so it keeps every branch."""
+    sequence is dynamic over a batch of 2, so it keeps the GEMM and the GEMV for the row
+    counts 2 x seq can be (2 and 4, never 1 or 3)."""
     src = lowered["gpt"][1].source
-    assert all(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (1, 2, 3, 4))
+    assert all(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (2, 4))
+    assert not any(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (1, 3))
     assert "ctx->gemm" in src
     many = lower(main_func(_odd_width_linear(True, torch.float16, rows=8)[0])).source
     assert "GEMV_THREADS, 0, stream>>>" not in many and "ctx->gemm(" in many
@@ -434,6 +436,41 @@ OP_CASES: dict[str, OpCase] = {
             ]
         ],
     ),
+    # x @ W1 + x @ W2 over dynamic rows: both products have x's rows at every bucket, so
+    # the add is W1's epilogue (the GEMV's for 3 rows, cuBLASLt's residual for 7)
+    "linear_dyn_residual": OpCase(
+        _func(
+            "%x: tensor<?x16xf32>",
+            """
+  %w1 = gml.param "w1" : tensor<16x32xf32>
+  %w2 = gml.param "w2" : tensor<16x32xf32>
+  %r = gml.matmul %x, %w2 : (tensor<?x16xf32>, tensor<16x32xf32>) -> tensor<?x32xf32>
+  %m = gml.matmul %x, %w1 : (tensor<?x16xf32>, tensor<16x32xf32>) -> tensor<?x32xf32>
+  %r0 = gml.add %m, %r : (tensor<?x32xf32>, tensor<?x32xf32>) -> tensor<?x32xf32>""",
+            "tensor<?x32xf32>",
+        ),
+        [[_normal(3, 16)], [_normal(7, 16)]],
+        {"w1": _normal(16, 32), "w2": _normal(16, 32)},
+    ),
+    # x @ W + b with b's rows another dynamic dim: either may be 1 and broadcast (5 rows
+    # + 1, 1 row + 4), so the add stays a kernel of its own over the broadcast
+    "linear_dyn_broadcast": OpCase(
+        _func(
+            "%x: tensor<?x16xf32>, %b: tensor<?x32xf32>",
+            """
+  %w = gml.param "w" : tensor<16x32xf32>
+  %m = gml.matmul %x, %w : (tensor<?x16xf32>, tensor<16x32xf32>) -> tensor<?x32xf32>
+  %r0 = gml.add %m, %b : (tensor<?x32xf32>, tensor<?x32xf32>) -> tensor<?x32xf32>""",
+            "tensor<?x32xf32>",
+        ),
+        [
+            [_normal(5, 16), _normal(1, 32)],
+            [_normal(3, 16), _normal(3, 32)],
+            [_normal(1, 16), _normal(4, 32)],
+            [_normal(2, 16), _normal(1, 32)],
+        ],
+        {"w": _normal(16, 32)},
+    ),
 }
 
 
@@ -465,6 +502,15 @@ def test_op_cases_lower_to_their_kernels(op_lowered: dict[str, Any]) -> None:
     assert src["var_reductions"].count("gml::permute_copy<") == 5
     assert "gml::arg_rows<float, true>" in src["argmax_argmin"]
     assert "gml::arg_mid<int32_t, true>" in src["argmax_argmin"]
+    # dynamic rows: the residual add proven to walk W1's product is in its epilogue, the
+    # add of an unrelated dynamic dim is not
+    assert src["linear_dyn_residual"].count("ctx->gemm_epilogue(") == 1
+    assert (
+        "  // gml.matmul (no location)\n  // gml.add (no location)\n  if (P[5] <= 4)"
+        in (src["linear_dyn_residual"])
+    )
+    assert "ctx->gemm_epilogue(" not in src["linear_dyn_broadcast"]
+    assert "  // gml.add (no location)\n  if (P[14] > 0) k1<<<" in src["linear_dyn_broadcast"]
     for name, text in src.items():
         assert "// gml." in text, name
         assert "cuda" not in text.replace("gml_gpu.cuh", ""), name
@@ -733,8 +779,10 @@ def test_attention_reads_qkv_in_place_in_prefill(monkeypatch: Any) -> None:
     shapes, ints = cg.ShapeEvaluator(fn).evaluate([(1, 16)])
     fold = low.attention_fold(sdpa, cg.Env(shapes, ints, offsets=dict.fromkeys(shapes, 0)))
     assert fold is not None
+    # (byte offset, leading dim, head stride, outer batch stride = 4 heads x 16)
     assert {k: v[1:] for k, v in fold.items()} == {
-        "q": (0, 192, 16), "k": (256, 192, 16), "v": (512, 192, 16), "y": (0, 64, 16),
+        "q": (0, 192, 16, 64), "k": (256, 192, 16, 64), "v": (512, 192, 16, 64),
+        "y": (0, 64, 16, 64),
     }  # fmt: skip
 
 
@@ -1308,3 +1356,144 @@ def test_flash_prefill_matches_interpreter(name: str, tag: str, flash: None, cac
         np.testing.assert_allclose(
             g.float().cpu().numpy(), np.asarray(r).astype(np.float32), **LOW_TOL[tag]
         )
+
+
+# ------------------------------------------------------------------ dynamic batch
+# A dynamic dim (torch.export Dim) keeps what the static path fuses: symdims.py proves
+# that the consumers of x @ W walk the product's elements at every bucket (bias, GELU and
+# residual in cuBLASLt's epilogue or the GEMV), and the flash kernel reads q/k/v in place
+# from the fused qkv projection at any batch (a head stride and an outer batch stride).
+
+
+def _dyn_gpt(dtype: torch.dtype, dims: str) -> tuple[Any, Any]:
+    """GPT (d 64, 4 heads of 16, 2 layers) over 2 x 64 tokens: "static", a dynamic
+    "batch", or "both" batch and sequence dynamic."""
+    import sys
+
+    from gimlet.frontend import import_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(vocab=97, ctx=64, d=64, heads=4, layers=2).eval().to(dtype)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    dyn = {
+        "static": None,
+        "batch": ({0: batch},),
+        "both": ({0: batch, 1: torch.export.Dim("seq", min=2, max=64)},),
+    }[dims]
+    module, weights = import_model(model, (torch.randint(0, 97, (2, 64)),), dyn)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    return module, weights
+
+
+def _copy_flags(low: Any, shape: tuple[int, ...]) -> list[int]:
+    """Per copy_strided launch: 1 where the bucket runs it, 0 where it is skipped."""
+    import re
+
+    params = low.bucket([shape]).params
+    return [params[int(i)] for i in re.findall(r"if \(P\[(\d+)\]\) gml::copy_strided", low.source)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_dynamic_batch_gpt_is_the_static_program(
+    dtype: torch.dtype, vendor_paths: None, flash: None
+) -> None:
+    """At T=64 over a dynamic batch the program is the static batch's, line for line: per
+    layer bias into the qkv GEMM's epilogue, bias + residual into proj's and out's, bias +
+    tanh GELU into fc's; no GEMV (64 x batch rows are never 1..4), no decode attention, no
+    elementwise kernel between the GEMMs. The attention copies (slice, permute) run in no
+    f16 bucket (the flash kernel reads q/k/v in place); f32's cuBLAS walks its batches
+    with one stride, so it reads them in place at batch 1 only."""
+    static = lower(main_func(_dyn_gpt(dtype, "static")[0])).source
+    low = lower(main_func(_dyn_gpt(dtype, "batch")[0]))
+    src = low.source
+    assert src == static
+    assert src.count("ctx->gemm_epilogue(") == 8
+    assert src.count("true, nullptr)) return e;") == 2  # fc: + bias, GELU
+    assert src.count("ctx->gemm(") == (1 if dtype == torch.float16 else 5)  # head (+ attention)
+    assert "g, gml::GEMV_THREADS" not in src and "attention_decode_split" not in src
+    assert "first_along_broadcast(ix" not in src
+    # arange, 2 embeddings and their add; a layer: 2 layer norms, 7 copies (3 slices, 4
+    # permutes: each skipped where attention reads in place), the flash kernel or the
+    # softmax between cuBLAS's two GEMMs; the final layer norm
+    assert sum("<<<" in ln for ln in src.splitlines()) == 4 + 2 * 10 + 1
+    for batch in (1, 3):  # every bucket checks what _epilogue proved (no assertion fires)
+        flags = _copy_flags(low, (batch, 64))
+        assert len(flags) == 14
+        folded = dtype == torch.float16 or batch == 1
+        assert flags == [0 if folded else 1] * 14
+
+
+def test_flash_reads_qkv_in_place_at_any_batch(flash: None) -> None:
+    """f16 GPT at batch 3: attention_prefill's block b (= batch x 4 heads + head) finds row
+    t of its q/k/v at offset + (b % 4) x head stride + (b / 4) x outer stride + t x ld in
+    the qkv projection's [3 x 64, 192] product, and writes its output rows straight into
+    the [3, 64, 4, 16] tensor the proj layer reads: checked element by element against
+    numpy's slice/view/transpose."""
+    from gimlet.backends.gpu import codegen as cg
+
+    module, _ = _dyn_gpt(torch.float16, "batch")
+    fn = main_func(module)
+    low = cg._Lowering(fn, families)
+    low.run()
+    sdpa = next(op for op in fn.body.block.ops if isinstance(op, gml_ops.SdpaOp))
+    b, t, h, d = 3, 64, 4, 16
+    shapes, ints = low.evaluator.evaluate([(b, t)])
+    fold = low.attention_fold(sdpa, cg.Env(shapes, ints, offsets=dict.fromkeys(shapes, 0)))
+    assert fold is not None
+    qkv = np.arange(b * t * 3 * h * d).reshape(b, t, 3, h, d)
+    want = {n: qkv[:, :, i].transpose(0, 2, 1, 3) for i, n in enumerate("qkv")}
+    # y [b, h, t, d] lands in the output permute's [b, t, h, d]
+    want["y"] = np.arange(b * t * h * d).reshape(b, t, h, d).transpose(0, 2, 1, 3)
+    blocks, rows, cols = np.ix_(np.arange(b * h), np.arange(t), np.arange(d))
+    for name, (_, off, ld, head, outer) in fold.items():
+        at = off // 2 + blocks % h * head + blocks // h * outer + rows * ld + cols
+        np.testing.assert_array_equal(at, want[name].reshape(b * h, t, d), err_msg=name)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_dynamic_gpt_builds_for_sm90(
+    dtype: torch.dtype, vendor_paths: None, flash: None, cache: Any
+) -> None:
+    """Batch and sequence dynamic: the fused GEMVs for 1..4 rows beside the cuBLASLt
+    epilogues, and the flash kernel over two batch strides (f16), build."""
+    from gimlet.backends.nvidia.build import build_segment
+
+    src = lower(main_func(_dyn_gpt(dtype, "both")[0])).source
+    assert src.count("ctx->gemm_epilogue(") == 8
+    assert all(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (1, 2, 3, 4))
+    assert ("gml::AttnBatch{" in src) == (dtype == torch.float16)
+    assert build_segment(src)[0].stat().st_size > 0
+
+
+@needs_gpu
+@pytest.mark.parametrize("tag", ["f32", "f16"])
+@pytest.mark.parametrize("dims", ["batch", "both"])
+def test_dynamic_gpt_on_gpu_matches_interpreter(
+    dims: str, tag: str, vendor_paths: None, flash: None, cache: Any
+) -> None:
+    """A dynamic batch at T=64 (batch 1, 2, 5: the epilogues, attention in place), and
+    batch and sequence dynamic at 1 x 3 and 2 x 2 tokens (the fused GEMV for 3 and 4
+    rows) and 3 x 40 (the GEMM, a partial attention block): f32 at 1e-4 / 1e-5, f16 as
+    LOW_TOL, against the interpreter; a repeated bucket replays its graph."""
+    from gimlet.backends.nvidia.build import build_segment
+    from gimlet.backends.nvidia.program import CudaFunction
+
+    dtype = torch.float32 if tag == "f32" else LOW[tag]
+    tol = {"rtol": 1e-4, "atol": 1e-5} if tag == "f32" else LOW_TOL[tag]
+    module, weights = _dyn_gpt(dtype, dims)
+    low = lower(main_func(module))
+    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
+    shapes = [(1, 64), (2, 64), (5, 64)] if dims == "batch" else [(1, 3), (2, 2), (3, 40)]
+    for shape in [*shapes, shapes[0]]:
+        ids = np.random.default_rng(sum(shape)).integers(0, 97, shape)
+        (got,) = f(torch.as_tensor(ids).cuda())
+        (ref,) = run(module, [ids], weights)
+        assert got.dtype == dtype and tuple(got.shape) == (*shape, 97)
+        np.testing.assert_allclose(
+            got.float().cpu().numpy(), np.asarray(ref).astype(np.float32), **tol
+        )
+    assert len(f.buckets) == 3

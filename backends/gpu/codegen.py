@@ -40,6 +40,7 @@ from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError
 
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
+from .symdims import SymbolicShapes, covers, numel
 
 ENTRY = "gimlet_gpu_main"
 # cuBLAS attention reading q/k/v through strides (no copies); GIMLET_GPU_FOLD_ATTENTION=0
@@ -328,6 +329,10 @@ class _Lowering:
         self.static: Env | None = None
         if all(DYN not in s for s in args):
             self.static = Env(*self.evaluator.evaluate(args))
+        # what holds at every bucket: dynamic dims proven equal (symdims.py); the one
+        # bucket's sizes where there is one
+        known = (self.static.shapes, self.static.ints) if self.static is not None else None
+        self.sym = SymbolicShapes(fn, known)
 
     # ------------------------------------------------------------ helpers
     def slot(self, f: Slot) -> int:
@@ -515,10 +520,12 @@ class _Lowering:
             val[v] = f"x{i}"
             lines.append(f"    const {_vt(v)} x{i} = gml::load(p{i} + off[{i}]);")
         lines += self._body(members, val, "    ")
-        dom_static = _broadcast([shape_of(r.type) for r in member_results])
+        # a result smaller than the domain is stored once per element; one that is the
+        # domain at every bucket (dynamic dims proven equal: symdims.py) needs no check
+        dom = tuple(self.sym.broadcast([self.sym[r] for r in member_results]))
         for i, y in enumerate(yielded):
             store = f"gml::store(q{i} + off[{len(externals) + i}], {val[y]});"
-            if shape_of(y.type) != dom_static or any(d < 0 for d in shape_of(y.type)):
+            if self.sym[y] != dom:
                 store = f"if (gml::first_along_broadcast(ix, i, {len(externals) + i})) {store}"
             lines.append(f"    {store}")
         lines += ["  }", "}"]
@@ -855,11 +862,12 @@ class _Lowering:
     def _epilogue(self, mm: gml.MatmulOp) -> list[tuple[Operation, gml.ReshapeOp | None]]:
         """The elementwise ops or fusions that consume the matmul result one after the
         other (each the sole reader of the last, possibly through a reshape), which the
-        GEMV can apply before it stores: static domains of the matmul's size, every other
-        operand defined before the matmul. (group, reshape feeding it) pairs."""
+        GEMV or the GEMM's epilogue can apply before it stores, element i of the product
+        to element i of the group's one result: each group's domain is, at every bucket,
+        the shape of the value it reads from the chain (dynamic dims included: symdims.py
+        proves them equal, so a dynamic batch keeps the fusion), which it yields over;
+        every other operand defined before the matmul. (group, reshape feeding it) pairs."""
         y = mm.result
-        if any(d < 0 for d in shape_of(y.type)):
-            return []
         block = mm.parent_block()
         assert block is not None
         before: set[SSAValue] = set(block.args)
@@ -878,14 +886,10 @@ class _Lowering:
             if user is None or not isinstance(user, (gml.FusionOp, *gml.ELEMENTWISE)):
                 break
             members, yielded, results = self._group(user)
-            dom = _broadcast([shape_of(m.results[0].type) for m in members])
-            if (
-                any(d < 0 for d in dom)
-                or _numel(dom) != _numel(shape_of(y.type))
-                or len(results) != 1
-            ):
+            dom = self.sym.broadcast([self.sym[m.results[0]] for m in members])
+            if len(results) != 1 or not covers(self.sym[v], tuple(dom)):
                 break
-            if shape_of(yielded[0].type) != dom:
+            if self.sym[yielded[0]] != tuple(dom):
                 break
             inside = {r for m in members for r in m.results}
             ext = [e for e in self._externals(members) if e is not v]
@@ -956,8 +960,13 @@ class _Lowering:
                 externals: list[SSAValue] = externals,
                 mr: Sequence[SSAValue] = member_results,
                 rank: int = rank,
+                out: SSAValue = yielded[0],
             ) -> list[int]:
                 dom = _broadcast([env.shapes[r] for r in mr])
+                # what _epilogue proved for every bucket, checked at this one
+                assert env.shapes[out] == dom and _numel(dom) == _numel(env.shapes[y]), (
+                    f"{op.name} at {where(op)}: consumers over {dom}, product {env.shapes[y]}"
+                )
                 return index_params(rank, dom, [_strides_in(env.shapes[e], dom) for e in externals])
 
             ix = self.slots_of(params, 1 + rank * (1 + len(externals)))
@@ -1005,8 +1014,11 @@ class _Lowering:
         self.emit(
             f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS);  // a warp a column"
         )
-        static_rows = rows_of(self.static) if self.static is not None else None
-        live = [r for r in (1, 2, 3, 4) if static_rows in (None, r)]
+        # the row counts some bucket has: a multiple of the rows' static factor (GPT's 512
+        # tokens of a dynamic batch: none of 1..4, no GEMV instantiated), the one count of
+        # a static function
+        rows_form = numel(self.sym[a][:-1])
+        live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
         for i, rows in enumerate(live):
             self.emit(
                 f"  {'' if i == 0 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, gml::GEMV_THREADS, 0, stream>>>"
@@ -1139,11 +1151,7 @@ class _Lowering:
                         if shape_of(other.type) != (n,):
                             return None
                         bias = other
-                    elif (
-                        resid is None
-                        and not gelu
-                        and shape_of(other.type) == shape_of(m.result.type)
-                    ):
+                    elif resid is None and not gelu and self.sym[other] == self.sym[m.result]:
                         resid = other
                     else:
                         return None
@@ -1170,6 +1178,14 @@ class _Lowering:
         # sized by them); 8 query rows and 512 chunk weights fit its shared memory
         d, dv = shape_of(op.query.type)[-1], shape_of(op.value.type)[-1]
         return m <= 8 and 0 < d <= 128 and 0 < dv <= 128 and chunks <= 512
+
+    def _may_decode(self, op: gml.SdpaOp) -> bool:
+        """Whether some bucket with rows runs `op` as the decode kernel: its query rows per
+        kv head, (heads / kv heads) x Tq, are a multiple of their static factor, which
+        must be at most 8 (GPT's prefill at a dynamic batch: Tq static, never)."""
+        q, k = self.sym[op.query], self.sym[op.key]
+        groups = q[-3].exact_div(k[-3])
+        return groups is None or any((groups * q[-2]).can_be(m) for m in range(1, 9))
 
     def _flash_prefill(self, op: gml.SdpaOp) -> bool:
         """Whether `op`'s prefill buckets run gml::attention_prefill: f16/bf16, head dims
@@ -1250,7 +1266,7 @@ class _Lowering:
         chunk, chunks = f"P[{split}]", f"P[{split + 1}]"
         decode = partial(self._decode_attention, op)
         self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
-        with self.dead_if(self.never(decode)):
+        with self.dead_if(self.never(decode) or not self._may_decode(op)):
             self.emit(
                 f"  gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
                 f"{max(shape_of(v.type)[-1], 1)}><<<dim3(unsigned({B}), unsigned({chunks})), "
@@ -1262,9 +1278,11 @@ class _Lowering:
                 f"stream>>>({chunks}, {M}, {DV}, {part_ptr}, {yp});"
             )
         self.emit("} else {")
-        # operands as cuBLAS reads them: in place through strides where this bucket folds
-        # their views (attention_fold), else the contiguous copies
-        lay: dict[str, tuple[str, str, str]] = {}
+        # operands as cuBLAS or the flash kernel read them: in place through strides where
+        # this bucket folds their views (attention_fold), else the contiguous copies; the
+        # flash kernel walks its batches as (outer batch, head), each with its own stride
+        heads = self.slot(lambda env: env.shapes[k][-3]) if flash else -1
+        lay: dict[str, tuple[str, str, str, str]] = {}
         for name, val in (("q", q), ("k", k), ("v", v), ("y", y)):
             base_v: SSAValue = (
                 self.fold_out[op].result if name == "y" and op in self.fold_out else val
@@ -1276,19 +1294,27 @@ class _Lowering:
             o = self.slot(partial(self._operand, op, name, 0, plain))
             ld = self.slot(partial(self._operand, op, name, 1, width))
             bs = self.slot(partial(self._operand, op, name, 2, rows))
+            batch = f"P[{bs}]"
+            if flash:  # contiguous: the heads' matrices back to back, then the next batch's
+                outer = self.slot(partial(_slot_product, self.slots, (rows, heads)))
+                outer = self.slot(partial(self._operand, op, name, 3, outer))
+                batch = f"gml::AttnBatch{{P[{bs}], P[{outer}]}}"
             q_ = "" if name == "y" else "const "
             if base_v is not val:
                 self.ptr(base_v)  # its offset is needed by the plan
-            lay[name] = (f"reinterpret_cast<{q_}{ct}*>(A + P[{o}])", f"P[{ld}]", f"P[{bs}]")
-        (qp2, qld, qbs), (kp, kld, kbs), (vp, vld, vbs), (yp2, yld, ybs) = (lay[n] for n in "qkvy")
+            lay[name] = (f"reinterpret_cast<{q_}{ct}*>(A + P[{o}])", f"P[{ld}]", f"P[{bs}]", batch)
+        (qp2, qld, qbs, qb), (kp, kld, kbs, kb), (vp, vld, vbs, vb), (yp2, yld, ybs, yb) = (
+            lay[n] for n in "qkvy"
+        )
         with self.dead_if(self.never(lambda env: not decode(env))):
             if flash:  # a block per 64 query rows of a (batch, kv head), the keys in tiles
                 per = "gml::ATTN_PREFILL_ROWS"
                 self.emit(
                     f"  if ({M} > 0 && {B} > 0) gml::attention_prefill<{ct}, {shape_of(q.type)[-1]}, "
                     f"{shape_of(v.type)[-1]}><<<dim3(unsigned(({M} + {per} - 1) / {per}), "
-                    f"unsigned({B})), gml::ATTN_PREFILL_THREADS, 0, stream>>>({M}, {N}, {qp2}, {qld}, "
-                    f"{qbs}, {kp}, {kld}, {kbs}, {vp}, {vld}, {vbs}, {yp2}, {yld}, {ybs}, {alpha}, {bias});"
+                    f"unsigned({B})), gml::ATTN_PREFILL_THREADS, 0, stream>>>({M}, {N}, P[{heads}], "
+                    f"{qp2}, {qld}, {qb}, {kp}, {kld}, {kb}, {vp}, {vld}, {vb}, {yp2}, {yld}, {yb}, "
+                    f"{alpha}, {bias});"
                 )
             else:
                 self.emit(
@@ -1296,7 +1322,7 @@ class _Lowering:
                     f"{qp2}, {qld}, {qbs}, {kp}, {kld}, {kbs}, {s_ptr}, {N}, {M} * {N}, {B}, {alpha})) return e;"
                 )
                 self.softmax_scores(
-                    N, f"{B} * {M}", s_ptr, p_ptr, ct, bias, lambda env: dims(env)[2]
+                    N, f"{B} * {M}", s_ptr, p_ptr, ct, bias, lambda env: dims(env)[2], k
                 )
                 self.emit(
                     f"  if (int e = ctx->gemm(ctx, stream, {dt}, {dt}, false, {M}, {DV}, {N}, "
@@ -1305,12 +1331,24 @@ class _Lowering:
         self.emit("}")
 
     def softmax_scores(
-        self, n: str, rows: str, s: str, p: str, ct: str, bias: str, keys: Callable[[Env], int]
+        self,
+        n: str,
+        rows: str,
+        s: str,
+        p: str,
+        ct: str,
+        bias: str,
+        keys: Callable[[Env], int],
+        k: SSAValue,
     ) -> None:
         """Attention's softmax over `rows` rows of `n` f32 scores into `p`: a warp a row,
-        in registers, up to 1024 keys; a block a row beyond. Only the variant the static
-        bucket needs where there is one (each is a template instantiation for nvcc)."""
+        in registers, up to 1024 keys; a block a row beyond. Only the variant every bucket
+        needs where there is one: the static bucket's, or the one for a static number of
+        keys (k's rows: a dynamic batch); each is a template instantiation for nvcc."""
+        form = self.sym[k][-2]
         static_n = keys(self.static) if self.static is not None else None
+        if static_n is None and form.static:
+            static_n = form.coef
         variants = [
             (
                 f"{n} <= {32 * r}",
@@ -1394,24 +1432,28 @@ class _Lowering:
 
     def attention_fold(
         self, sdpa: gml.SdpaOp, env: Env
-    ) -> dict[str, tuple[SSAValue, int, int, int]] | None:
-        """Per operand (root, byte offset, leading dim, batch stride) where this bucket's
-        cuBLAS attention reads q, k, v and writes its output in place; None: copy."""
+    ) -> dict[str, tuple[SSAValue, int, int, int, int]] | None:
+        """Per operand (root, byte offset, leading dim, head stride, outer batch stride)
+        where this bucket's attention reads q, k, v and writes its output in place; None:
+        copy. cuBLAS walks the batches with one stride (then outer = heads x head stride);
+        the flash kernel with two, so that it reads a fused qkv projection in place at any
+        batch, not only at batch 1."""
         if not FOLD_ATTENTION or self._decode_attention(sdpa, env) or not self.fold_chain_of(sdpa):
             return None
         q, k = env.shapes[sdpa.query], env.shapes[sdpa.key]
         if q[-3] != k[-3]:  # grouped heads: rows (g, t) do not share one stride
             return None
-        out: dict[str, tuple[SSAValue, int, int, int]] = {}
+        two = self._flash_prefill(sdpa)
+        out: dict[str, tuple[SSAValue, int, int, int, int]] = {}
         for name, v in (("q", sdpa.query), ("k", sdpa.key), ("v", sdpa.value)):
             lay = self._layout(v, sdpa, env)
             if lay is None:
                 return None
             root, off, st = lay
-            batch = _batch_stride(env.shapes[v][:-2], st[:-2])
+            batch = _batch_strides(env.shapes[v][:-2], st[:-2], two)
             if batch is None or st[-1] != 1:
                 return None
-            out[name] = (root, off * _itemsize(v), st[-2], batch)
+            out[name] = (root, off * _itemsize(v), st[-2], *batch)
         perm = self.fold_out.get(sdpa)
         y = sdpa.result
         if perm is not None:
@@ -1419,23 +1461,24 @@ class _Lowering:
             st = [0] * len(cs)
             for j, p in enumerate(perm.dims.get_values()):
                 st[p] = cs[j]
-            batch = _batch_stride(env.shapes[y][:-2], st[:-2])
+            batch = _batch_strides(env.shapes[y][:-2], st[:-2], two)
             if batch is None or st[-1] != 1:
                 return None
-            out["y"] = (perm.result, 0, st[-2], batch)
+            out["y"] = (perm.result, 0, st[-2], *batch)
         else:
             s = env.shapes[y]
-            out["y"] = (y, 0, s[-1], s[-1] * s[-2])
+            out["y"] = (y, 0, s[-1], s[-1] * s[-2], s[-1] * s[-2] * s[-3])
         return out
 
     def _operand(self, sdpa: gml.SdpaOp, name: str, i: int, default: int, env: Env) -> int:
-        """Where cuBLAS attention finds operand `name`: (byte offset, leading dim, batch
-        stride)[i], in place when this bucket folds its views, else slot `default`."""
+        """Where attention finds operand `name`: (byte offset, leading dim, head stride,
+        outer batch stride)[i], in place when this bucket folds its views, else slot
+        `default`."""
         f = self.attention_fold(sdpa, env)
         if f is None:
             return self.slots[default](env)
-        root, off, ld, batch = f[name]
-        return (env.offsets[root] + off, ld, batch)[i]
+        root, off, ld, head, outer = f[name]
+        return (env.offsets[root] + off, ld, head, outer)[i]
 
     def mask_bias(self, op: gml.SdpaOp, causal: str, n: str, tq: str) -> str:
         """A `gml::Masked` reading the mask broadcast over the scores' rows and keys."""
@@ -1587,6 +1630,26 @@ def _batch_stride(dims: Sequence[int], strides: Sequence[int]) -> int | None:
         if s0 != n1 * s1:
             return None
     return live[-1][1] if live else 0
+
+
+def _batch_strides(
+    dims: Sequence[int], strides: Sequence[int], two: bool
+) -> tuple[int, int] | None:
+    """(head stride, outer stride) walking attention's batch dims [outer.., heads]: one
+    stride for all where there is one (outer = heads x it); else, where `two`, the heads'
+    own stride and one walking the outer dims; else None."""
+    one = _batch_stride(dims, strides)
+    if one is not None:
+        return one, one * (dims[-1] if dims else 1)
+    if not two or not dims:
+        return None
+    outer = _batch_stride(dims[:-1], strides[:-1])
+    return None if outer is None else (strides[-1], outer)
+
+
+def _slot_product(slots: list[Slot], which: Sequence[int], env: Env) -> int:
+    """The product of these slots' values at a bucket."""
+    return math.prod(slots[i](env) for i in which)
 
 
 def lower_with(fn: func.FuncOp, more: MoreHandlers | None = None) -> Lowered:

@@ -24,14 +24,26 @@
 #define GML_SYNCWARP() __syncwarp()
 #endif
 
+namespace gml {
+// Where batch b of an attention operand starts (elements): b = o * heads + h walks the
+// outer batch dims (o) and the heads (h), each with its stride. Two strides, not one, let
+// the kernel read q/k/v in place from a fused qkv projection at any batch: [B, T, 3, H, D]
+// read as [B, H, T, D] has heads d apart and batches T * 3 * H * d apart, which no one
+// stride walks once B > 1 (and writes its output [B, H, T, Dv] as [B, T, H, Dv]).
+struct AttnBatch {
+  int64_t head, outer;
+  GML_HD int64_t at(int64_t b, int64_t heads) const { return b % heads * head + b / heads * outer; }
+};
+}  // namespace gml
+
 #ifdef GML_NO_TENSOR_CORES
 namespace gml {
 constexpr int ATTN_PREFILL_ROWS = 64;
 constexpr int ATTN_PREFILL_THREADS = ATTN_PREFILL_ROWS / 16 * GML_WARP;
 template <class T, int D, int DV, class Bias>
-__global__ void attention_prefill(int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t,
-                                  int64_t, const T*, int64_t, int64_t, T*, int64_t, int64_t, float,
-                                  Bias) {
+__global__ void attention_prefill(int64_t, int64_t, int64_t, const T*, int64_t, AttnBatch,
+                                  const T*, int64_t, AttnBatch, const T*, int64_t, AttnBatch, T*,
+                                  int64_t, AttnBatch, float, Bias) {
   static_assert(sizeof(T) == 0,
                 "flash attention on ROCm needs rocWMMA (ROCm 5.4+); GIMLET_GPU_FLASH=0 avoids it");
 }
@@ -271,10 +283,10 @@ GML_D bool aligned16(const T* p, int64_t ld) {
 
 template <class T, int D, int DV, class Bias>
 __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
-    attention_prefill(int64_t m, int64_t n, const T* __restrict__ q, int64_t ldq, int64_t bsq,
-                      const T* __restrict__ k, int64_t ldk, int64_t bsk, const T* __restrict__ v,
-                      int64_t ldv, int64_t bsv, T* __restrict__ y, int64_t ldy, int64_t bsy,
-                      float scale, Bias bias) {
+    attention_prefill(int64_t m, int64_t n, int64_t heads, const T* __restrict__ q, int64_t ldq,
+                      AttnBatch bsq, const T* __restrict__ k, int64_t ldk, AttnBatch bsk,
+                      const T* __restrict__ v, int64_t ldv, AttnBatch bsv, T* __restrict__ y,
+                      int64_t ldy, AttnBatch bsy, float scale, Bias bias) {
   static_assert(is_half<T>::value, "tensor cores take f16 or bf16");
   static_assert(D % 16 == 0 && DV % 16 == 0 && D <= 128 && DV <= 128,
                 "head dims: multiples of 16 up to 128");
@@ -299,10 +311,10 @@ __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
   // the last row blocks first: under a causal mask they have the most keys to walk, and
   // a grid of more blocks than the GPU holds at once then ends on the short ones
   const int64_t b = blockIdx.y, r0 = int64_t(gridDim.x - 1 - blockIdx.x) * ATTN_PREFILL_ROWS;
-  q += b * bsq;
-  k += b * bsk;
-  v += b * bsv;
-  y += b * bsy;
+  q += bsq.at(b, heads);
+  k += bsk.at(b, heads);
+  v += bsv.at(b, heads);
+  y += bsy.at(b, heads);
   const bool vec = aligned16(q, ldq) && aligned16(k, ldk) && aligned16(v, ldv) && aligned16(y, ldy);
   float* sw = ss[warp];
   T* pw = reinterpret_cast<T*>(sw);
