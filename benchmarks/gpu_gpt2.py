@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from gpt import GPT  # noqa: E402
 from gpt_phases import Decode  # noqa: E402
-from results_io import save  # noqa: E402
+from results_io import print_kernels, save  # noqa: E402
 
 CTX = 512
 
@@ -162,36 +162,13 @@ def measure(
 
 def profile(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
     """gimlet's kernels one by one (graphs off, so the profiler sees each launch), for the
-    first variant asked for (the defaults unless --variant says)."""
+    first variant asked for (the defaults unless --variant says), then torch.compile's
+    (default mode: reduce-overhead runs these in a graph) to set beside them."""
     os.environ["GIMLET_CUDA_GRAPHS"] = "0"
     g, _, _ = gimlet_fn(module, args, list(VARIANTS.values())[0])
-    for _ in range(5):
-        g(*args)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            g(*args)
-        torch.cuda.synchronize()
-    print(f"{name}: gimlet kernels over 10 calls (graphs off)")
-    print(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
-    )
-    # the same for torch.compile's kernels (default mode: reduce-overhead runs these in a
-    # graph), to set gimlet's kernel by kernel beside the baseline's
+    print_kernels(f"{name}: gimlet (graphs off)", g, args)
     torch._dynamo.reset()
-    c = torch.compile(module)
-    with torch.no_grad():
-        for _ in range(5):
-            c(*args)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                c(*args)
-            torch.cuda.synchronize()
-    print(f"{name}: torch.compile (default) kernels over 10 calls")
-    print(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
-    )
+    print_kernels(f"{name}: torch.compile (default)", torch.compile(module), args)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from results_io import machine_info, save  # noqa: E402
+from results_io import machine_info, print_kernels, save  # noqa: E402
 
 CLUSTER = """cluster "cpu-and-two-h200"
 device cpu0 : cpu
@@ -208,20 +208,7 @@ def profile(d: Path) -> None:
     one = load(str(d / bundle_name("one_gpu", c, c["batch"])))
     runners = {"gimlet": one, "torch eager": lambda x: net(x.cuda())}
     for name, run in runners.items():
-        with torch.no_grad():
-            for _ in range(2):
-                run(ids)
-            torch.cuda.synchronize()
-            acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
-            with torch.profiler.profile(activities=acts) as prof:
-                for _ in range(3):
-                    run(ids)
-                torch.cuda.synchronize()
-        print(f"[pipeline] {name}: kernels over 3 whole-batch calls")
-        table = prof.key_averages().table(
-            sort_by="cuda_time_total", row_limit=30, max_name_column_width=80
-        )
-        print(table, flush=True)
+        print_kernels(f"[pipeline] {name}, whole batch", run, (ids,), calls=3)
 
 
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:

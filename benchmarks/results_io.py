@@ -48,3 +48,24 @@ def machine_info(*packages: str) -> dict[str, Any]:
         "gimlet": importlib.metadata.version("gimlet"),
         "loadavg_start": os.getloadavg()[0],
     }
+
+
+def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -> None:
+    """Each CUDA kernel's GPU time over `calls` calls of fn(*args) after 5 warm-up calls
+    (torch.profiler; no autograd), printed under `title`."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(5):
+            fn(*args)
+        torch.cuda.synchronize()
+        acts = [torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(calls):
+                fn(*args)
+            torch.cuda.synchronize()
+    print(f"{title}: kernels over {calls} calls", flush=True)
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
+    )
+    print(table, flush=True)
