@@ -41,9 +41,9 @@ namespace gml {
 constexpr int ATTN_PREFILL_ROWS = 64;
 constexpr int ATTN_PREFILL_THREADS = ATTN_PREFILL_ROWS / 16 * GML_WARP;
 template <class T, int D, int DV, class Bias>
-__global__ void attention_prefill(int64_t, int64_t, int64_t, const T*, int64_t, AttnBatch,
-                                  const T*, int64_t, AttnBatch, const T*, int64_t, AttnBatch, T*,
-                                  int64_t, AttnBatch, float, Bias) {
+__global__ void attention_prefill(int64_t, int64_t, int64_t, const T*, int64_t, AttnBatch, const T*,
+                                  int64_t, AttnBatch, const T*, int64_t, AttnBatch, T*, int64_t,
+                                  AttnBatch, float, Bias) {
   static_assert(sizeof(T) == 0,
                 "flash attention on ROCm needs rocWMMA (ROCm 5.4+); GIMLET_GPU_FLASH=0 avoids it");
 }
