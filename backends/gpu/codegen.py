@@ -963,10 +963,13 @@ class _Lowering:
                 out: SSAValue = yielded[0],
             ) -> list[int]:
                 dom = _broadcast([env.shapes[r] for r in mr])
-                # what _epilogue proved for every bucket, checked at this one
-                assert env.shapes[out] == dom and _numel(dom) == _numel(env.shapes[y]), (
-                    f"{op.name} at {where(op)}: consumers over {dom}, product {env.shapes[y]}"
-                )
+                # what _epilogue proved for every bucket, checked at this one (not an
+                # assert: `python -O` would drop it, and a wrong fusion writes wrong values)
+                if env.shapes[out] != dom or _numel(dom) != _numel(env.shapes[y]):
+                    raise RuntimeError(
+                        f"internal error: {op.name} at {where(op)} fused consumers over {dom} "
+                        f"into a product of {env.shapes[y]}"
+                    )
                 return index_params(rank, dom, [_strides_in(env.shapes[e], dom) for e in externals])
 
             ix = self.slots_of(params, 1 + rank * (1 + len(externals)))
