@@ -176,3 +176,30 @@ def test_gimletc_run_micro_batches(
     assert gimletc([*argv, "--micro-batches", "3"]) == 1
     err = capsys.readouterr().err
     assert "error: input 0 has 8 rows in its first dim, which 3 micro-batches do not divide" in err
+
+
+def test_a_program_that_waits_before_it_sends_cannot_be_pipelined() -> None:
+    from gimlet.ir import main_func, parse
+
+    text = (ROOT / "tests" / "data" / "pipeline_lag.mlir").read_text()
+    send = '    %0 = comm.isend %x to "cpu1" channel 0 via "pcie" : tensor<4xf32>\n'
+    assert send in text
+    # cpu0's send of channel 0 moved after the segment on cpu1 that waits for it
+    late = text.replace(send, "").replace("    comm.wait %0\n", send + "    comm.wait %0\n")
+    with pytest.raises(PipelineError) as e:
+        stages(main_func(parse(late)), "cpu0")
+    assert str(e.value) == (
+        "cannot pipeline micro-batches: the segment on cpu1 waits for channel 0 before the "
+        "program sends it"
+    )
+
+
+def test_micro_batches_need_worker_processes(bundles: Path) -> None:
+    from gimlet.errors import UserError
+    from gimlet.runtime import load
+
+    with pytest.raises(UserError) as e:
+        load(str(bundles / "mlp3"), micro_batches=2, processes="one")
+    assert str(e.value) == (
+        'micro_batches=2 pipelines the devices on worker processes: processes="one" cannot'
+    )
