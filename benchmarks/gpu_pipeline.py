@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -47,6 +48,7 @@ link gpu1 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
 link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
 """
 CONFIG = {"d": 1024, "heads": 16, "layers": 24, "seq": 512, "vocab": 50257}
+CONFIG_ENV = "GIMLET_PIPELINE_CONFIG"  # the json model() reads: prepare sets it per bundle
 
 
 class NextToken(torch.nn.Module):
@@ -75,7 +77,7 @@ def model() -> Any:
     the configuration says static."""
     from gpt import GPT
 
-    c = json.loads((Path(__file__).parent / ".gpu_pipeline_config.json").read_text())
+    c = json.loads(Path(os.environ[CONFIG_ENV]).read_text())
     torch.manual_seed(0)
     gpt = GPT(vocab=c["vocab"], ctx=c["seq"], d=c["d"], heads=c["heads"], layers=c["layers"])
     net = NextToken(gpt).half().eval()
@@ -111,7 +113,8 @@ def prepare(
         for b in dict.fromkeys(batches):
             name = bundle_name(placement, c, b)
             config = dict(c, compile_batch=b)
-            (Path(__file__).parent / ".gpu_pipeline_config.json").write_text(json.dumps(config))
+            (out / f"{name}.json").write_text(json.dumps(config))
+            os.environ[CONFIG_ENV] = str(out / f"{name}.json")  # what model() builds
             t0 = time.perf_counter()
             argv = ["compile", f"{Path(__file__).resolve()}:model", "-o", str(out / name)]
             argv += ["--target", str(out / "gpus.cluster"), "--pin", pin, "--no-cache"]
@@ -145,6 +148,7 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
     from gimlet.runtime import load
 
     c = json.loads((d / "config.json").read_text())
+    os.environ[CONFIG_ENV] = str(d / "config.json")  # the model for torch eager's row
     io = np.load(d / "io.npz")
     ids = torch.from_numpy(io["ids"])
     rows: dict[str, Any] = {}
@@ -196,11 +200,10 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
 def profile(d: Path) -> None:
     """gimlet's kernels on one GPU for the whole batch (graphs off, so the profiler sees
     each launch), then torch eager's, each over 3 calls."""
-    import os
-
     from gimlet.runtime import load
 
     os.environ["GIMLET_CUDA_GRAPHS"] = "0"
+    os.environ[CONFIG_ENV] = str(d / "config.json")
     ids = torch.from_numpy(np.load(d / "io.npz")["ids"])
     net = model()[0]
     net = net.cuda()
