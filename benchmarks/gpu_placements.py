@@ -185,29 +185,7 @@ def run_child(name: str, args: Any) -> dict[str, Any]:
     return row
 
 
-# A native backtrace on a fatal signal, for a child: faulthandler prints the Python
-# traceback of every thread, then hands the signal to this handler (installed first),
-# which prints the C/C++ frames (library+offset: `addr2line -e LIB OFFSET` names them).
-NATIVE_TRACE = r"""
-#include <execinfo.h>
-#include <signal.h>
-#include <unistd.h>
-static void on_fatal(int sig) {
-  static const char msg[] = "\nnative backtrace (gpu_placements child):\n";
-  void* frames[64];
-  int n = backtrace(frames, 64);
-  (void)!write(2, msg, sizeof msg - 1);
-  backtrace_symbols_fd(frames, n, 2);
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-void install(void) {
-  void* warm[1];
-  backtrace(warm, 1); /* loads the unwinder now, not inside the handler */
-  const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
-  for (unsigned i = 0; i < sizeof sigs / sizeof *sigs; ++i) signal(sigs[i], on_fatal);
-}
-"""
+NATIVE_TRACE = Path(__file__).parent / "native_trace.c"  # compiled by install_crash_reports
 
 
 def install_crash_reports() -> None:
@@ -215,10 +193,9 @@ def install_crash_reports() -> None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc:
         tmp = tempfile.mkdtemp(prefix="gpu-placements-trace-")
-        src, lib = Path(tmp, "trace.c"), Path(tmp, "trace.so")
-        src.write_text(NATIVE_TRACE)
+        lib = Path(tmp, "trace.so")
         proc = subprocess.run(
-            [cc, "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)], capture_output=True
+            [cc, "-O1", "-shared", "-fPIC", str(NATIVE_TRACE), "-o", str(lib)], capture_output=True
         )
         if proc.returncode == 0:
             ctypes.CDLL(str(lib)).install()

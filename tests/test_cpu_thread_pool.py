@@ -25,58 +25,14 @@ from gimlet.backends.cpu.build import RUNTIME_ROOT
 SECONDS = 4.0  # how long the driver hammers the pool
 THREADS = 8  # more threads than this machine's cores: the interleavings come from preemption
 
-DRIVER = r"""
-#include <atomic>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-
-#include "gimlet/cpu/thread_pool.h"
-
-static std::atomic<int> hits[64];   // how often each chunk of the current job ran
-static std::atomic<int> running{0};  // chunks inside the job's function right now
-
-int main(int argc, char** argv) {
-  const double seconds = std::atof(argv[1]);
-  gml::ThreadPool& pool = gml::ThreadPool::get();
-  const auto start = std::chrono::steady_clock::now();
-  long jobs = 0;
-  auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
-  while (elapsed() < seconds) {
-    for (int rep = 0; rep < 1000; ++rep, ++jobs) {
-      const long n = (jobs & 1) ? 64 : 2;  // a larger job right after a smaller one
-      for (auto& h : hits) h.store(0);
-      pool.run(n, [](int64_t c) {
-        running.fetch_add(1);
-        hits[c].fetch_add(1);
-        running.fetch_sub(1);
-      });
-      const int still = running.load();
-      for (long c = 0; c < 64; ++c) {
-        const int ran = hits[c].load();
-        if (still || ran != (c < n ? 1 : 0)) {
-          std::printf("job %ld (%ld chunks): chunk %ld ran %d times; %d still running after "
-                      "run() returned\n", jobs, n, c, ran, still);
-          return 1;
-        }
-      }
-    }
-  }
-  std::printf("ok: %ld jobs on %d threads\n", jobs, pool.threads());
-  return 0;
-}
-"""
+DRIVER = Path(__file__).parent / "data" / "pool_stress.cpp"
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 def test_pool_runs_each_chunk_once_and_returns_after_all(tmp_path: Path) -> None:
-    src = tmp_path / "pool_stress.cpp"
-    src.write_text(DRIVER)
     exe = tmp_path / "pool_stress"
     cmd = ["g++", "-O2", "-std=c++17", "-pthread", f"-I{RUNTIME_ROOT / 'include'}"]
-    cmd += [str(src), str(RUNTIME_ROOT / "src" / "thread_pool.cpp"), "-o", str(exe)]
+    cmd += [str(DRIVER), str(RUNTIME_ROOT / "src" / "thread_pool.cpp"), "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     env = {**os.environ, "GIMLET_CPU_THREADS": str(THREADS)}
     proc = subprocess.run(
