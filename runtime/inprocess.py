@@ -52,6 +52,7 @@ def sequential_order_problem(module: Any) -> str | None:
     "segment 1 on cpu1 waits for channel 3 before the segment on cpu0 sends it"."""
     from gimlet.dialects import comm, gml
     from gimlet.ir import main_func
+    from gimlet.runtime.pipeline import received_channel
 
     sent: set[int] = set()
     senders: dict[int, str] = {}
@@ -69,15 +70,11 @@ def sequential_order_problem(module: Any) -> str | None:
             if isinstance(o, comm.SendOp | comm.ISendOp):
                 sent.add(o.channel.value.data)
                 continue
-            start = o.token.owner if isinstance(o, comm.WaitOp) else o
-            if isinstance(o, comm.RecvOp | comm.WaitOp) and isinstance(
-                start, comm.RecvOp | comm.IRecvOp
-            ):
-                ch = start.channel.value.data
-                if ch not in sent:
-                    here = f"segment {index} on {op.device.data}" if op is not o else "the host"
-                    there = senders.get(ch, "no op")
-                    return f"{here} waits for channel {ch} before {there} sends it"
+            ch = received_channel(o)
+            if ch is not None and ch not in sent:
+                here = f"segment {index} on {op.device.data}" if op is not o else "the host"
+                there = senders.get(ch, "no op")
+                return f"{here} waits for channel {ch} before {there} sends it"
     return None
 
 

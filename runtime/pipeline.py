@@ -55,7 +55,7 @@ def stages(fn: Any, host: str) -> dict[Any, int]:
                     d = max(d, stage[v.owner])
                     if isinstance(v.owner, comm.IRecvOp):
                         waited[v.owner] = op
-            received = [ch for o in op.walk() if (ch := _received(o)) is not None]
+            received = [ch for o in op.walk() if (ch := received_channel(o)) is not None]
             for ch in received:
                 if ch not in sent:
                     raise PipelineError(
@@ -87,7 +87,7 @@ def stages(fn: Any, host: str) -> dict[Any, int]:
     raise PipelineError("cannot pipeline micro-batches: the stages of this program do not settle")
 
 
-def _received(op: Any) -> int | None:
+def received_channel(op: Any) -> int | None:
     """The channel whose value `op` delivers: a blocking receive, or the wait of a posted
     one; else None."""
     from gimlet.dialects import comm
@@ -135,10 +135,14 @@ def join(outputs: Sequence[Sequence[Any]]) -> list[Any]:
     return joined
 
 
-def check_split(shapes: Sequence[Sequence[int]], m: int) -> None:
-    """Every input can be cut into m micro-batches along its first dim."""
+def check_count(m: int) -> None:
     if m < 1:
         raise PipelineError(f"micro-batches must be at least 1, not {m}")
+
+
+def check_split(shapes: Sequence[Sequence[int]], m: int) -> None:
+    """Every input can be cut into m micro-batches along its first dim."""
+    check_count(m)
     for i, shape in enumerate(shapes):
         if not shape:
             raise PipelineError(

@@ -297,8 +297,8 @@ class Worker:
             outs = step.call(args)
             end = time.time()
             stats["wall_s"] = stats.get("wall_s", 0.0) + end - start
-            args_ = {} if self.micro is None else {"micro_batch": self.micro}
-            self.events.append(_span(step.name, "compute", start, end, 0, args_))
+            span_args = {} if self.micro is None else {"micro_batch": self.micro}
+            self.events.append(_span(step.name, "compute", start, end, 0, span_args))
             self.segment = None
         for i, v in zip(step.outs, outs, strict=True):
             values[i] = v
