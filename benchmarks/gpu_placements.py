@@ -20,6 +20,12 @@ Python traceback of every thread and a native backtrace, and the other placement
 run. `--in-process` runs them all in this process instead, one after another, as a
 caller would (the gpu0-only placement's CUDA libraries then stay loaded for the rest).
 
+The C++ CPU backend's figures mean something only with BLAS (scipy-openblas64's OpenBLAS;
+without it its GEMMs are naive loops, 100x slower): the BLAS library its runtime library
+really loads (`ldd`) and OpenBLAS's build string are printed first and recorded; without
+one, every row that runs work on cpu0 is marked "no BLAS", and `--require-blas` stops
+before running anything.
+
 `--predict-only` (any machine): the predictions alone.
 Run on the GPU machine: python benchmarks/gpu_placements.py
 Writes benchmarks/results/gpu_placements.{md,json} (and copies them to $OUT when set).
@@ -214,21 +220,76 @@ def machine() -> dict[str, Any]:
         return {"nproc": len(os.sched_getaffinity(0)), "note": f"no metadata: {e}"}
 
 
+def blas_in_ldd(ldd_output: str) -> str | None:
+    """The path `ldd` resolved for a BLAS library (a dependency named *blas*), or None when
+    there is none or the loader cannot find it (then nothing but the naive loops can run)."""
+    for line in ldd_output.splitlines():
+        name, arrow, where = line.strip().partition(" => ")
+        if arrow and "blas" in name.lower() and not where.startswith("not found"):
+            return where.split(" (0x")[0].strip()
+    return None
+
+
+def runtime_blas() -> dict[str, Any]:
+    """The BLAS the C++ CPU backend's runtime library really loads here: its path as the
+    dynamic loader resolves it, and OpenBLAS's build string (version, the CPU kernels it
+    picked). `library` None: the GEMMs are naive loops. Builds (or finds in the cache) the
+    runtime library with the flags the CPU placements compile with, so they reuse it."""
+    from gimlet.backends.cpu.build import build_runtime, default_flags
+
+    lib = build_runtime(default_flags())
+    if not shutil.which("ldd"):  # cannot tell: report none rather than assume BLAS
+        return {"library": None, "config": None, "runtime": str(lib), "note": "no ldd here"}
+    ldd = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
+    path = blas_in_ldd(ldd)
+    config = None
+    if path:
+        try:  # scipy-openblas64's prefixed name for openblas_get_config
+            get_config = ctypes.CDLL(path).scipy_openblas_get_config64_
+            get_config.restype = ctypes.c_char_p
+            config = get_config().decode()
+        except (OSError, AttributeError):
+            config = "unknown build (not scipy-openblas64's OpenBLAS)"
+    return {"library": path, "config": config, "runtime": str(lib)}
+
+
 def cpu_backend_info() -> dict[str, Any]:
     """What the C++ CPU backend builds with here: its figures mean little without BLAS."""
     from gimlet.backends.cpu.build import compiler, compiler_version, native_flags
+    from gimlet.placement.target import resolve
 
-    flags = native_flags()
+    blas = runtime_blas()
+    cpu0 = resolve(TARGET).devices["cpu0"]
     return {
         "cxx": compiler_version(compiler()),
-        "blas": "none: naive loops (no scipy-openblas64)"
-        if "-DGML_NO_BLAS" in flags
-        else "OpenBLAS (scipy-openblas64)",
-        "onednn": "-DGML_DNNL" in flags,
+        "blas": f"{blas['config']} ({blas['library']})"
+        if blas["library"]
+        else "none: naive C++ loops (the runtime library links no BLAS; scipy-openblas64 "
+        "not importable?)",
+        "blas_library": blas["library"],
+        "onednn": "-DGML_DNNL" in native_flags(),
         "threads": os.environ.get("GIMLET_CPU_THREADS")
         or os.environ.get("OMP_NUM_THREADS")
         or len(os.sched_getaffinity(0)),
+        # what the model predicts cpu0 with: a preset CPU, not necessarily this one
+        "model_cpu0": f"{cpu0.model}, {cpu0.flops_for('f32') / 1e12:g} TFLOP/s f32, "
+        f"{cpu0.mem_bandwidth / 1e9:g} GB/s",
     }
+
+
+NO_BLAS = "no BLAS: naive C++ GEMM loops, not a test of the model"
+
+
+def mark_naive_cpu(rows: dict[str, Any], blas: str | None) -> list[str]:
+    """Give every row whose placement runs work on cpu0 a `naive_cpu` note when the CPU backend links
+    no BLAS (`blas` None), so no table compares naive loops with the model unmarked; the
+    names of the rows marked."""
+    if blas:
+        return []
+    marked = [n for n, r in rows.items() if r.get("busy_ms", {}).get("cpu0", 0.0) > 0]
+    for name in marked:
+        rows[name]["naive_cpu"] = NO_BLAS
+    return marked
 
 
 def main() -> None:
@@ -254,6 +315,12 @@ def main() -> None:
         default=300,
         help="seconds a placement's subprocess may take (compile, C++/CUDA builds, calls)",
     )
+    ap.add_argument(
+        "--require-blas",
+        action="store_true",
+        help="exit with status 2 before running anything when the C++ CPU backend links no "
+        "BLAS (default: run, and mark the rows that use cpu0 as naive loops)",
+    )
     ap.add_argument("--child", choices=list(PLACEMENTS), help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
     if args.child:  # one placement, its rows on stdout for the parent
@@ -264,6 +331,15 @@ def main() -> None:
 
         run_placement(args.child, *model_and_inputs(), args, emit)
         return
+    cpu_backend = cpu_backend_info()  # before any placement: a missing BLAS shows at once
+    print(f"[gpu_placements] C++ CPU backend BLAS: {cpu_backend['blas']}", flush=True)
+    if not cpu_backend["blas_library"]:
+        print(
+            f"[gpu_placements] WARNING: {NO_BLAS}: rows that use cpu0 are marked", file=sys.stderr
+        )
+        if args.require_blas:
+            print("[gpu_placements] --require-blas: no BLAS, nothing run", file=sys.stderr)
+            sys.exit(2)
     names = [n for n in PLACEMENTS if n == "gpu0 only" or n in (args.only or PLACEMENTS)]
     model_inputs = model_and_inputs() if args.in_process else None
     rows: dict[str, Any] = {}
@@ -275,6 +351,7 @@ def main() -> None:
             rows[name] = run_child(name, args)
         shown = {k: v for k, v in rows[name].items() if k != "stderr_tail"}
         print(f"[gpu_placements] {name}: {shown}", flush=True)
+    mark_naive_cpu(rows, cpu_backend["blas_library"])
     gpu = rows["gpu0 only"]
     if "measured_ms" in gpu:
         gpu["fitted_launch_us"] = (
@@ -288,7 +365,7 @@ def main() -> None:
         "model": f"GPT d=512 h=8 L={LAYERS} vocab=8192 f32, batch 1, T=128; target {TARGET}",
         "how": "in one process" if args.in_process else "one subprocess per placement",
         "machine": machine(),
-        "cpu_backend": cpu_backend_info(),
+        "cpu_backend": cpu_backend,
     }
     write(rows, meta)
 
@@ -309,7 +386,8 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
         if "error" in r:  # the child failed: say how where the measurement would be
             measured = f"| {r['error']} |  |"
         else:
-            measured = "|  |  |" if m is None else f"| {m:.3f} | {r['ratio']:.2f}x |"
+            mark = " (no BLAS)" if "naive_cpu" in r else ""
+            measured = "|  |  |" if m is None else f"| {m:.3f} | {r['ratio']:.2f}x{mark} |"
         lines.append(f"| {name} | {pred} {measured} {'' if err is None else f'{err:.1e}'} |")
     failed = [n for n, r in rows.items() if "error" in r]
     if failed:
@@ -318,11 +396,15 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
             f"Failed: {', '.join(failed)}; each row's stderr_tail in the json has the child's "
             "last stderr lines (faulthandler's tracebacks, the native backtrace).",
         ]
+    naive = [n for n, r in rows.items() if "naive_cpu" in r]
+    if naive:
+        lines += ["", f"(no BLAS) {', '.join(naive)}: {NO_BLAS}."]
     cpu = meta.get("cpu_backend")
     if cpu:
         lines += [
             "",
-            f"C++ CPU backend here: {cpu['cxx']}; BLAS {cpu['blas']}; {cpu['threads']} threads.",
+            f"C++ CPU backend here: {cpu['cxx']}; BLAS {cpu['blas']}; {cpu['threads']} threads. "
+            f"The model's cpu0: {cpu.get('model_cpu0', '?')}.",
         ]
     gpu = rows["gpu0 only"]
     if "fitted_launch_us" in gpu:

@@ -1,0 +1,117 @@
+"""benchmarks/gpu_placements.py's BLAS check, without a GPU: which BLAS the C++ CPU
+backend's runtime library loads, and the "no BLAS" mark on the rows that use cpu0 (the H200
+machine's run 2 compared naive GEMM loops with the model, 100-120x, unmarked in the table)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    saved = list(sys.path)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its `from results_io import ...`
+    try:
+        path = ROOT / "benchmarks" / "gpu_placements.py"
+        spec = importlib.util.spec_from_file_location("gpu_placements", path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+LDD_OPENBLAS = """\
+\tlinux-vdso.so.1 (0x00007f495ccc9000)
+\tlibscipy_openblas64_.so => /tmp/site/scipy_openblas64/lib/libscipy_openblas64_.so (0x00007f495b400000)
+\tlibstdc++.so.6 => /lib/x86_64-linux-gnu/libstdc++.so.6 (0x00007f4958a00000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f495cccb000)
+"""
+
+
+def test_blas_in_ldd_takes_the_resolved_path(bench: ModuleType) -> None:
+    path = "/tmp/site/scipy_openblas64/lib/libscipy_openblas64_.so"
+    assert bench.blas_in_ldd(LDD_OPENBLAS) == path
+
+
+def test_blas_in_ldd_none_when_absent_or_not_found(bench: ModuleType) -> None:
+    no_blas = "\tlibstdc++.so.6 => /lib/x86_64-linux-gnu/libstdc++.so.6 (0x00007f4958a00000)\n"
+    assert bench.blas_in_ldd(no_blas) is None
+    assert bench.blas_in_ldd("\tlibscipy_openblas64_.so => not found\n") is None
+
+
+def _rows() -> dict[str, Any]:
+    """Run 2's rows on the H200 machine (naive loops), trimmed to what the table reads."""
+    return {
+        "gpu0 only": {
+            "predicted_ms": 1.006,
+            "busy_ms": {"cpu0": 0.0, "gpu0": 0.918},
+            "measured_ms": 1.068,
+            "ratio": 1.0617,
+            "max_abs_err": 1.46e-6,
+        },
+        "cpu0 only": {
+            "predicted_ms": 3.138,
+            "busy_ms": {"cpu0": 3.138},
+            "measured_ms": 378.471,
+            "ratio": 120.60,
+            "max_abs_err": 1.55e-6,
+        },
+        "split cpu0/gpu0": {"predicted_ms": 1.898, "busy_ms": {"cpu0": 1.408, "gpu0": 0.472}},
+    }
+
+
+def test_rows_using_cpu0_are_marked_without_blas(bench: ModuleType) -> None:
+    rows = _rows()
+    assert bench.mark_naive_cpu(rows, None) == ["cpu0 only", "split cpu0/gpu0"]
+    assert rows["cpu0 only"]["naive_cpu"] == bench.NO_BLAS
+    assert "naive_cpu" not in rows["gpu0 only"]
+
+
+def test_no_row_is_marked_with_blas(bench: ModuleType) -> None:
+    rows = _rows()
+    assert bench.mark_naive_cpu(rows, "/x/libscipy_openblas64_.so") == []
+    assert not any("naive_cpu" in r for r in rows.values())
+
+
+def test_table_shows_the_mark(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved: list[str] = []
+    monkeypatch.setattr(bench, "save", lambda stem, data, text: saved.append(text))
+    rows = _rows()
+    bench.mark_naive_cpu(rows, None)
+    meta = {"gpu": "NVIDIA H200", "torch": "2.11", "model": "GPT", "command": "c"}
+    bench.write(rows, meta)
+    lines = saved[0].splitlines()
+    assert "| cpu0 only | 3.138 | 378.471 | 120.60x (no BLAS) | 1.5e-06 |" in lines
+    assert "| gpu0 only | 1.006 | 1.068 | 1.06x | 1.5e-06 |" in lines
+    assert (
+        "(no BLAS) cpu0 only, split cpu0/gpu0: no BLAS: naive C++ GEMM loops, not a test of "
+        "the model." in lines
+    )
+
+
+def test_runtime_blas_finds_the_packages_openblas(bench: ModuleType) -> None:
+    import scipy_openblas64
+
+    blas = bench.runtime_blas()
+    assert blas["library"] == str(Path(scipy_openblas64.get_lib_dir(), "libscipy_openblas64_.so"))
+    assert blas["config"].startswith("OpenBLAS 0.3.")
+
+
+def test_without_the_package_the_backend_reports_no_blas(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "scipy_openblas64", None)  # `import` raises ImportError
+    monkeypatch.setenv("GIMLET_CACHE_DIR", str(tmp_path))  # the -DGML_NO_BLAS runtime, built
+    info = bench.cpu_backend_info()
+    assert info["blas_library"] is None
+    assert info["blas"].startswith("none: naive C++ loops")
