@@ -175,13 +175,13 @@ def test_static_sizes_leave_out_the_branches_no_bucket_takes(lowered: dict[str, 
     sequence is dynamic over a batch of 2, so it keeps the GEMM and the GEMV for the row
     counts 2 x seq can be (2 and 4, never 1 or 3)."""
     src = lowered["gpt"][1].source
-    assert all(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (2, 4))
-    assert not any(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (1, 3))
+    assert all(f"<{r}>, g, gml::GEMV_THREADS" in src for r in (2, 4))
+    assert not any(f"<{r}>, g, gml::GEMV_THREADS" in src for r in (1, 3))
     assert "ctx->gemm" in src
     many = lower(main_func(_odd_width_linear(True, torch.float16, rows=8)[0])).source
-    assert "GEMV_THREADS, 0, stream>>>" not in many and "ctx->gemm(" in many
+    assert "GEMV_THREADS" not in many and "ctx->gemm(" in many
     one = lower(main_func(_odd_width_linear(True, torch.float16, rows=1)[0])).source
-    assert "if (P[0] == 1) k0<1><<<g, gml::GEMV_THREADS" in one
+    assert "if (P[0] == 1) gml::launch_pdl(k0<1>, g, gml::GEMV_THREADS, stream," in one
     assert "<2><<<" not in one and "ctx->gemm" not in one and "copy_pitched" not in one
     # attention at T=100 (static): the prefill path with the one softmax for 100 keys
     (attn,) = _sdpa_sections(lower(main_func(_flash_case("mask", torch.float32)[0])).source)
@@ -868,6 +868,51 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
     np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None:
+    """Decode's chain (GEMVs, split-KV attention, its combine) goes through
+    gml::launch_pdl, which lets a kernel start while the one before it still runs: each
+    kernel launched so must pass gml::pdl_wait before it reads the arena. So every one of
+    them is a generated GEMV (gemv_nt_acc waits once its weight loads are issued) or a
+    header kernel whose body calls pdl_wait; with PDL off they are plain <<<>>> launches."""
+    import re
+
+    from gimlet.backends.gpu import codegen as cg
+    from gimlet.backends.nvidia.build import GPU_INCLUDE
+
+    module = _decode_case(40)[0]
+    src = lower(main_func(module)).source
+    header = (GPU_INCLUDE / "gimlet" / "gpu" / "gml_gpu.cuh").read_text()
+
+    def body(text: str, name: str) -> str:
+        start = re.search(rf"\b{name}\(", text[text.index("__global__") :])
+        assert start is not None, name
+        at = text.index("__global__") + start.start()
+        return text[at : text.index("\n}\n", at)]
+
+    launched = re.findall(r"gml::launch_pdl\(((?:gml::)?\w+)", src)
+    assert sorted(set(launched)) == [
+        "gml::attention_combine",
+        "gml::attention_decode_split",
+        "k1",
+        "k2",
+        "k3",
+        "k4",
+    ], launched
+    assert "pdl_wait();" in body(header, "gemv_nt_acc")
+    for name in set(launched):
+        if name.startswith("gml::"):
+            assert "pdl_wait();" in body(header, name.removeprefix("gml::")), name
+        else:
+            definition = src[src.index(f"__global__ void {name}(") :]
+            assert "gml::gemv_nt_acc<" in definition[: definition.index("\n}\n")], name
+    monkeypatch.setattr(cg, "PDL", False)
+    plain = lower(main_func(module)).source
+    assert "launch_pdl" not in plain
+    assert plain.count("gml::GEMV_THREADS, 0, stream>>>(") == len(launched) - 2 * src.count(
+        "gml::launch_pdl(gml::attention_combine"
+    )
+
+
 @pytest.fixture
 def vendor_paths(monkeypatch: Any) -> None:
     """cuBLASLt epilogues and padded weights on, whatever GIMLET_GPU_CUBLASLT and
@@ -1464,7 +1509,7 @@ def test_dynamic_gpt_builds_for_sm90(
 
     src = lower(main_func(_dyn_gpt(dtype, "both")[0])).source
     assert src.count("ctx->gemm_epilogue(") == 8
-    assert all(f"<{r}><<<g, gml::GEMV_THREADS" in src for r in (1, 2, 3, 4))
+    assert all(f"<{r}>, g, gml::GEMV_THREADS" in src for r in (1, 2, 3, 4))
     assert ("gml::AttnBatch{" in src) == (dtype == torch.float16)
     assert build_segment(src)[0].stat().st_size > 0
 

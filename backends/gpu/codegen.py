@@ -56,6 +56,10 @@ FLASH_PREFILL = os.environ.get("GIMLET_GPU_FLASH", "1") == "1"
 # prefill 1.56 -> 1.10 ms, gpu_gpt2.md run F); "0" turns either off.
 VENDOR_EPILOGUE = os.environ.get("GIMLET_GPU_CUBLASLT", "1") == "1"
 PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "1") == "1"
+# Decode's chain (GEMVs, split-KV attention and its combine) launched with programmatic
+# dependent launch (gml::launch_pdl): each kernel starts while the one before it ends, a
+# GEMV streaming its weight meanwhile; "0" launches them with <<<>>>.
+PDL = os.environ.get("GIMLET_GPU_PDL", "1") == "1"
 # layer norm keeps a row in registers up to this many elements (a warp a row up to 1024
 # on NVIDIA, 2048 on AMD: 32 a lane; a block a row beyond); the variant is the smallest
 # that holds the row
@@ -139,6 +143,15 @@ ViewRule = Callable[[Env], int | None]
 # shared memory.
 DECODE_TARGET_BLOCKS = 264
 DECODE_CHUNK_MIN, DECODE_CHUNK_MAX = 32, 256
+
+
+def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
+    """One launch statement of a decode-chain kernel: through gml::launch_pdl (it may
+    start while the kernel before it ends; the kernel calls gml::pdl_wait before it reads
+    the arena) when PDL is on, else <<<>>>."""
+    if PDL:
+        return f"gml::launch_pdl({kernel}, {grid}, {threads}, stream, {', '.join(args)});"
+    return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
 
 
 def _decode_split(blocks: int, keys: int) -> tuple[int, int]:
@@ -1024,8 +1037,8 @@ class _Lowering:
         live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
         for i, rows in enumerate(live):
             self.emit(
-                f"  {'' if i == 0 else 'else '}if ({M} == {rows}) {name}<{rows}><<<g, gml::GEMV_THREADS, 0, stream>>>"
-                f"({N}, {K}, {gemv_x}, {w}, {', '.join(ptrs)});"
+                f"  {'' if i == 0 else 'else '}if ({M} == {rows}) "
+                + _launch(f"{name}<{rows}>", "g", "gml::GEMV_THREADS", [N, K, gemv_x, w, *ptrs])
             )
         self.emit("} else {")
         with self.dead_if(self.never(lambda env: rows_of(env) > 4)):  # the GEMM path
@@ -1270,15 +1283,28 @@ class _Lowering:
         decode = partial(self._decode_attention, op)
         self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
         with self.dead_if(self.never(decode) or not self._may_decode(op)):
+            split_kernel = (
+                f"gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
+                f"{max(shape_of(v.type)[-1], 1)}, {bias.split('{', 1)[0]}>"
+            )  # every template argument named (a function pointer deduces none): the bias's
+            # type is its initializer's name
             self.emit(
-                f"  gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
-                f"{max(shape_of(v.type)[-1], 1)}><<<dim3(unsigned({B}), unsigned({chunks})), "
-                f"gml::ATTN_SPLIT_THREADS, 0, stream>>>({M}, {chunk}, {qp}, {pieces(k)}, "
-                f"{pieces(v)}, {part_ptr}, {alpha}, {bias});"
+                "  "
+                + _launch(
+                    split_kernel,
+                    f"dim3(unsigned({B}), unsigned({chunks}))",
+                    "gml::ATTN_SPLIT_THREADS",
+                    [M, chunk, qp, pieces(k), pieces(v), part_ptr, alpha, bias],
+                )
             )
             self.emit(
-                f"  gml::attention_combine<{ct}><<<unsigned({B}), gml::ATTN_COMBINE_THREADS, 0, "
-                f"stream>>>({chunks}, {M}, {DV}, {part_ptr}, {yp});"
+                "  "
+                + _launch(
+                    f"gml::attention_combine<{ct}>",
+                    f"unsigned({B})",
+                    "gml::ATTN_COMBINE_THREADS",
+                    [chunks, M, DV, part_ptr, yp],
+                )
             )
         self.emit("} else {")
         # operands as cuBLAS or the flash kernel read them: in place through strides where

@@ -268,6 +268,48 @@ GML_D bool first_along_broadcast(const Index<R, K>& ix, int64_t i, int k) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += int64_t(gridDim.x) * blockDim.x)
 
+// ---------------------------------------------------------------- dependent launch
+// Hopper's programmatic dependent launch: a kernel started with launch_pdl may begin
+// while the kernel before it in the stream is still running, once every block of that
+// one has called pdl_trigger() (or exited). Before its pdl_wait() such a kernel may only
+// read what nothing in the segment writes (weights): pdl_wait() returns when the kernel
+// before it has completed and its writes are visible. So a decode GEMV streams its
+// weight into registers while the previous kernel finishes, and a launch's latency
+// hides behind the previous kernel instead of following it. Every thread of a kernel
+// started with launch_pdl passes pdl_wait() before it touches the arena (an early
+// return included). Both calls are no-ops before sm_90, on HIP, and in a kernel started
+// with <<<>>>.
+GML_D void pdl_wait() {
+#if !defined(GML_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+GML_D void pdl_trigger() {
+#if !defined(GML_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// kernel<<<grid, block, 0, stream>>>(args...), allowed to start early as above (CUDA);
+// a plain launch on HIP. A failed launch is left for gmlGetLastError, as <<<>>> does.
+template <class... P, class... A>
+inline void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, gmlStream_t stream,
+                       A&&... args) {
+#ifdef GML_HIP
+  hipLaunchKernelGGL(kernel, grid, block, 0, stream, P(static_cast<A&&>(args))...);
+#else
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  (void)cudaLaunchKernelEx(&cfg, kernel, P(static_cast<A&&>(args))...);
+#endif
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return unsigned(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
@@ -689,6 +731,15 @@ __global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
 // their epilogue (bias, activation, residual) and store.
 constexpr int GEMV_THREADS = 256, GEMV_COLS = GEMV_THREADS / GML_WARP;  // a warp per column
 
+// a float result as a T would hold it (a matmul's output before its epilogue, a
+// normalized GEMV row)
+template <class T>
+GML_HD float rounded_as(float x) {
+  if constexpr (is_half<T>::value)
+    return rounded<T>(x);
+  else
+    return x;
+}
 // The GEMV's rows: x as stored, or x through a layer norm over k (decode: the norm that
 // feeds a Linear is computed by each warp on the fly instead of by its own kernel; the
 // normalized value is rounded to T, as the norm's output would be).
@@ -712,41 +763,76 @@ struct LnRows {
   const T* __restrict__ b;
   float eps;
   float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
+  // two passes per row (the mean, then squared deviations from it, as torch), the
+  // warp's lanes along k; 16-byte loads where k allows, so a row's loads are in flight
+  // together (the second pass reads L1)
   template <int M>
-  GML_D void prepare(int64_t k) {  // two passes per row, the warp's lanes along k
+  GML_D void prepare(int64_t k) {
     const int lane = threadIdx.x % GML_WARP;
+    constexpr int V = 16 / sizeof(T);
+    constexpr int64_t STEP = int64_t(GML_WARP) * V;
 #pragma unroll
     for (int r = 0; r < M; ++r) {
+      const T* xr = x + r * k;
       float s = 0.f;
-#pragma unroll 8
-      for (int64_t j = lane; j < k; j += GML_WARP) s += float(load(x + r * k + j));
+      if (k % V == 0) {
+#pragma unroll 4
+        for (int64_t j = int64_t(lane) * V; j < k; j += STEP) {
+          float c[V];
+          chunk_raw(xr + j, c);
+#pragma unroll
+          for (int e = 0; e < V; ++e) s += c[e];
+        }
+      } else {
+        for (int64_t j = lane; j < k; j += GML_WARP) s += float(load(xr + j));
+      }
       mean[r] = warp_sum(s) / float(k);
       float v = 0.f;
-#pragma unroll 8
-      for (int64_t j = lane; j < k; j += GML_WARP) {
-        const float d = float(load(x + r * k + j)) - mean[r];
-        v += d * d;
+      if (k % V == 0) {
+#pragma unroll 4
+        for (int64_t j = int64_t(lane) * V; j < k; j += STEP) {
+          float c[V];
+          chunk_raw(xr + j, c);
+#pragma unroll
+          for (int e = 0; e < V; ++e) v += (c[e] - mean[r]) * (c[e] - mean[r]);
+        }
+      } else {
+        for (int64_t j = lane; j < k; j += GML_WARP) {
+          const float d = float(load(xr + j)) - mean[r];
+          v += d * d;
+        }
       }
       rstd[r] = rsqrtf(warp_sum(v) / float(k) + eps);
     }
+  }
+  GML_D static void chunk_raw(const T* p, float (&out)[16 / sizeof(T)]) {
+    T v[16 / sizeof(T)];
+    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = float(load(&v[e]));
   }
   GML_D float norm(int r, int64_t j, float v) const {
     float o = (v - mean[r]) * rstd[r];
     if (g) o *= float(load(g + j));
     if (b) o += float(load(b + j));
-    if constexpr (is_half<T>::value)
-      return rounded<T>(o);
-    else
-      return o;
+    return rounded_as<T>(o);
   }
   GML_D float at(int r, int64_t k, int64_t j) const {
     return norm(r, j, float(load(x + r * k + j)));
   }
   GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
-    T v[16 / sizeof(T)];
-    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * k + j);
+    constexpr int V = 16 / sizeof(T);
+    float gv[V], bv[V];
+    chunk_raw(x + r * k + j, out);
+    if (g) chunk_raw(g + j, gv);  // j is a multiple of V here: 16-byte aligned
+    if (b) chunk_raw(b + j, bv);
 #pragma unroll
-    for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = norm(r, j + e, float(load(&v[e])));
+    for (int e = 0; e < V; ++e) {
+      float o = (out[e] - mean[r]) * rstd[r];
+      if (g) o *= gv[e];
+      if (b) o += bv[e];
+      out[e] = rounded_as<T>(o);
+    }
   }
 };
 
@@ -754,15 +840,20 @@ template <class T, int M, class X>
 GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w, float (&acc)[M]) {
   const int64_t col = int64_t(blockIdx.x) * (blockDim.x / GML_WARP) + threadIdx.x / GML_WARP;
   const int lane = threadIdx.x % GML_WARP;
+  pdl_trigger();  // the next kernel may start: it only streams its own weight until we end
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
-  if (col >= n) return -1;
+  if (col >= n) {
+    pdl_wait();
+    return -1;
+  }
   const T* wr = w + col * k;
   constexpr int V = 16 / sizeof(T);
   if (k % V == 0) {
     // U 16-byte weight loads per lane in flight before any arithmetic (a loop of one load
     // each waits out the memory latency U times); the first batch is issued before the
-    // rows' layer norm statistics, which then overlap it
+    // previous kernel has finished (launch_pdl) and before the rows' layer norm
+    // statistics, which then overlap it
     constexpr int U = 8;
     constexpr int64_t STEP = int64_t(GML_WARP) * V;
     uint4 wv[U];
@@ -773,6 +864,7 @@ GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w,
         if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
     };
     fetch();
+    pdl_wait();  // x (and the epilogue's operands) are the previous kernels' results
     rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
     while (j0 < k) {
 #pragma unroll
@@ -793,6 +885,7 @@ GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w,
       fetch();
     }
   } else {
+    pdl_wait();
     rows.template prepare<M>(k);
     for (int64_t j = lane; j < k; j += GML_WARP) {
       const float wv = float(load(wr + j));
@@ -803,14 +896,6 @@ GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w,
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
   return lane == 0 ? col : -1;
-}
-// a float result as a T would hold it (the matmul's output rounded before its epilogue)
-template <class T>
-GML_HD float rounded_as(float x) {
-  if constexpr (is_half<T>::value)
-    return rounded<T>(x);
-  else
-    return x;
 }
 
 // concatenation along the middle axis of (outer, n, inner): each element finds its piece
@@ -869,6 +954,27 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
   __shared__ float qs[8 * D];
   __shared__ float s[8][ATTN_CHUNK_MAX];
   __shared__ float partial[WARPS][8 * DV];
+  pdl_trigger();
+  pdl_wait();  // q and the step's new K/V entry come from the kernel before
+  // P_c @ V_c below: warp w takes keys lo + w, lo + w + WARPS, ... KU at a time; lane l
+  // owns columns l, l + 32, ... of every row. The first KU rows' loads are issued now,
+  // so their latency overlaps the scores' (a 32-key chunk: all of them)
+  constexpr int KU = 8;
+  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  float vv[KU][CPL];
+  auto load_v = [&](int64_t j) {
+#pragma unroll
+    for (int u = 0; u < KU; ++u) {
+      const int64_t jj = j + u * WARPS;
+      const T* vr = jj < hi ? piece_row(v, b, jj, DV) : nullptr;
+#pragma unroll
+      for (int t = 0; t < CPL; ++t) {
+        const int col = lane + t * GML_WARP;
+        vv[u][t] = vr && col < DV ? float(load(vr + col)) : 0.f;
+      }
+    }
+  };
+  load_v(lo + warp);
   for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
   __syncthreads();
   // scores: a thread per key, its whole row loaded first, q from shared memory
@@ -919,28 +1025,16 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
     }
   }
   __syncthreads();
-  // P_c @ V_c: warp w takes keys lo + w, lo + w + WARPS, ... four at a time; lane l owns
-  // columns l, l + 32, ... of every row
-  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  // P_c @ V_c (see load_v above)
   float acc[8][CPL];
 #pragma unroll
   for (int r = 0; r < 8; ++r)
 #pragma unroll
     for (int t = 0; t < CPL; ++t) acc[r][t] = 0.f;
-  for (int64_t j = lo + warp; j < hi; j += 4 * WARPS) {
-    float vv[4][CPL];
+  for (int64_t j = lo + warp; j < hi; j += KU * WARPS) {
+    if (j != lo + warp) load_v(j);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int64_t jj = j + u * WARPS;
-      const T* vr = jj < hi ? piece_row(v, b, jj, DV) : nullptr;
-#pragma unroll
-      for (int t = 0; t < CPL; ++t) {
-        const int col = lane + t * GML_WARP;
-        vv[u][t] = vr && col < DV ? float(load(vr + col)) : 0.f;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
+    for (int u = 0; u < KU; ++u) {
       const int64_t o = j + u * WARPS - lo;
       if (j + u * WARPS < hi) {
 #pragma unroll
@@ -982,6 +1076,8 @@ __global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
     attention_combine(int64_t chunks, int64_t m, int64_t dv, const float* __restrict__ part,
                       T* __restrict__ y) {
   __shared__ float w[8 * ATTN_MAX_CHUNKS];
+  pdl_trigger();
+  pdl_wait();  // the partials are the split kernel's
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t width = dv + 2, stride = m * width;
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
