@@ -10,8 +10,11 @@ placed program, as the solver sees it) and the measured median of in-process cal
 
 Calibration: on gpu0 alone, measured = sum over ops of the calibrated roofline + n_ops x
 launch, so launch = (measured - roofline) / n_ops is the per-kernel overhead gimlet's
-backend really pays (cost.py's MEASURED_LAUNCH_OVERHEAD has the H100's from torch; this is
-the H200's from gimlet).
+backend really pays. It is reported (rows["gpu0 only"]["fitted_launch_us"] in the json, a
+line in the md, beside the figure the model used); nothing writes it into the model: the
+H200's entry of cost.py's MEASURED_LAUNCH_OVERHEAD is set by hand from it (the H100's
+there is from torch in CUDA-graph replay). The roofline excludes that entry, so the fit
+does not depend on it.
 
 Each placement runs in its own Python subprocess (this script with `--child`), so a
 crash in one (a segfault in a backend's native code, say) is reported with the
@@ -277,6 +280,14 @@ def cpu_backend_info() -> dict[str, Any]:
     }
 
 
+def model_launch_us() -> float:
+    """The per-op overhead the cost model adds on gpu0 (cost.py's measured figure)."""
+    from gimlet.placement.cost import launch_overhead
+    from gimlet.placement.target import resolve
+
+    return launch_overhead(resolve(TARGET).devices["gpu0"]) * 1e6
+
+
 NO_BLAS = "no BLAS: naive C++ GEMM loops, not a test of the model"
 
 
@@ -357,6 +368,7 @@ def main() -> None:
         gpu["fitted_launch_us"] = (
             (gpu["measured_ms"] - gpu["gpu0_roofline_ms"]) / max(gpu["gpu0_ops"], 1) * 1e3
         )
+        gpu["model_launch_us"] = model_launch_us()
     command = f"python benchmarks/gpu_placements.py {shlex.join(sys.argv[1:])}".rstrip()
     meta = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -411,8 +423,9 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
         lines += [
             "",
             f"gpu0 alone: {gpu['gpu0_ops']} ops, calibrated roofline {gpu['gpu0_roofline_ms']:.3f} ms; "
-            f"fitted per-op overhead of gimlet's backend {gpu['fitted_launch_us']:.2f} us "
-            "(cost.py's H100 figure from torch in graph replay: 3.4 us).",
+            f"fitted per-op overhead of gimlet's backend {gpu['fitted_launch_us']:.2f} us; "
+            f"the model predicted with {gpu.get('model_launch_us', float('nan')):.2f} us "
+            "(cost.py's MEASURED_LAUNCH_OVERHEAD for this GPU, set by hand from this fit).",
         ]
     text = "\n".join(lines) + "\n"
     save("gpu_placements", {"meta": meta, "rows": rows}, text)

@@ -115,3 +115,27 @@ def test_without_the_package_the_backend_reports_no_blas(
     info = bench.cpu_backend_info()
     assert info["blas_library"] is None
     assert info["blas"].startswith("none: naive C++ loops")
+
+
+def test_model_launch_is_cost_pys_h200_figure(bench: ModuleType) -> None:
+    from gimlet.placement import cost
+
+    expected = cost.MEASURED_LAUNCH_OVERHEAD["NVIDIA H200 SXM 141GB"] * 1e6
+    assert bench.model_launch_us() == pytest.approx(expected)
+
+
+def test_table_reports_the_fit_beside_the_models_figure(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[str] = []
+    monkeypatch.setattr(bench, "save", lambda stem, data, text: saved.append(text))
+    rows = _rows()
+    rows["gpu0 only"].update(
+        gpu0_ops=207, gpu0_roofline_ms=0.234, fitted_launch_us=4.03, model_launch_us=3.3
+    )
+    bench.write(rows, {"gpu": "NVIDIA H200", "torch": "2.11", "model": "GPT", "command": "c"})
+    assert saved[0].splitlines()[-1] == (
+        "gpu0 alone: 207 ops, calibrated roofline 0.234 ms; fitted per-op overhead of gimlet's "
+        "backend 4.03 us; the model predicted with 3.30 us (cost.py's "
+        "MEASURED_LAUNCH_OVERHEAD for this GPU, set by hand from this fit)."
+    )
