@@ -108,6 +108,42 @@ def test_shared_memory_ring_holds_a_message_per_micro_batch() -> None:
         reader.close()
 
 
+def test_a_slot_carries_each_dtype_layout_and_byte_order_exactly() -> None:
+    # put's fast path (a memcpy of a C-contiguous native array) and its slow one (numpy
+    # writes a strided or byte-swapped array as the header's native dtype) agree
+    import ml_dtypes
+
+    memfd, efd, cap, n = LocalSlot.create("t", 4096, entries=2)
+    writer, reader = LocalSlot(memfd, efd, cap, n), LocalSlot(os.dup(memfd), os.dup(efd), cap, n)
+    grid = np.arange(12, dtype=np.float64).reshape(3, 4)
+    values: list[Any] = [
+        grid,
+        grid.T,  # strided
+        grid.astype(">f4"),  # big-endian
+        grid[:, 1:3],
+        grid.astype(ml_dtypes.bfloat16),
+        np.array([True, False]),
+        np.zeros((0, 3), np.int8),
+        torch.arange(6, dtype=torch.float16).reshape(2, 3),
+    ]
+    try:
+        for v in values:
+            assert writer.put(v) == np.asarray(v).nbytes
+            got, want = reader.take(1.0), np.asarray(v)
+            assert got.dtype == want.dtype.newbyteorder("=") and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+        for index in (7, np.int32(3), True):
+            assert writer.put(index) == 8
+            assert reader.take(1.0) == int(index)
+        with pytest.raises(ValueError, match="^a complex64 value cannot go through a shared"):
+            writer.put(np.ones(2, np.complex64))
+        with pytest.raises(ValueError, match="does not fit the channel's 4096-byte"):
+            writer.put(np.ones(2000, np.float32))
+    finally:
+        writer.close()
+        reader.close()
+
+
 def test_pipelined_mlp_on_three_workers_equals_torch(bundles: Path) -> None:
     from gimlet.runtime import load
 
