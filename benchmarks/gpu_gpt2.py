@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from gpt import GPT  # noqa: E402
 from gpt_phases import Decode  # noqa: E402
-from results_io import print_kernels, save  # noqa: E402
+from results_io import print_kernels, save, timeline  # noqa: E402
 
 CTX = 512
 
@@ -173,6 +173,33 @@ def profile(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
     print_kernels(f"{name}: torch.compile (default)", torch.compile(module), args)
 
 
+def timelines(name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    """What the GPU does in one call, CUDA graphs on (results_io.timeline): each gimlet
+    variant asked for, then torch.compile reduce-overhead; saved as gpu_STEM_timeline."""
+    rows: dict[str, Any] = {}
+    for variant, switches in VARIANTS.items():
+        g, _, _ = gimlet_fn(module, args, switches)
+        rows[variant] = timeline(f"{name}: {variant}", g, args)
+        del g
+    torch._dynamo.reset()
+    ro = torch.compile(module, mode="reduce-overhead")
+    rows["torch.compile reduce-overhead"] = timeline(f"{name}: reduce-overhead", ro, args)
+    lines = [
+        f"# {name}: the GPU's side of one call (CUDA graphs on, torch.profiler trace)",
+        "",
+        f"Command: `python benchmarks/gpu_gpt2.py {' '.join(sys.argv[1:])}`; median of 20 calls.",
+        "",
+        "| runner | kernels+copies | GPU span us | busy us | sum of durations us | started early |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for runner, r in rows.items():
+        lines.append(
+            f"| {runner} | {r['events_per_call']} | {r['span_us']:.1f} | {r['busy_us']:.1f} | "
+            f"{r['sum_us']:.1f} | {r['started_early']} |"
+        )
+    save(f"gpu_{name}_timeline", rows, "\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
@@ -181,6 +208,11 @@ def main() -> None:
         "--profile",
         action="store_true",
         help="each kernel's GPU time (torch.profiler): gimlet's, then torch.compile's",
+    )
+    ap.add_argument(
+        "--timeline",
+        action="store_true",
+        help="what the GPU does in one call, graphs on: span, busy time, overlap",
     )
     ap.add_argument(
         "--variant",
@@ -203,11 +235,15 @@ def main() -> None:
         values = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
         if args.profile:
             return profile("decode", Decode(gpt).eval(), (token, keys, values))
+        if args.timeline:
+            return timelines("decode", Decode(gpt).eval(), (token, keys, values))
         cases["decode"] = measure("decode", Decode(gpt).eval(), (token, keys, values), iters)
     if args.only in (None, "prefill"):
         ids = torch.randint(0, 50257, (1, CTX), device=dev)
         if args.profile:
             return profile("prefill", gpt, (ids,))
+        if args.timeline:
+            return timelines("prefill", gpt, (ids,))
         cases["prefill"] = measure("prefill", gpt, (ids,), iters)
     meta = {
         "gpu": torch.cuda.get_device_name(),

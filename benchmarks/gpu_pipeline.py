@@ -184,6 +184,23 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
     row("one GPU, whole batch", "one_gpu")
     row("two GPUs, whole batch (split, no pipeline)", "two_gpus")
     for m in micro:
+        if c.get("static"):  # the micro-batches one after another in this process: what a
+            # micro-batch costs the GPU without the workers (the pipeline's best case / 2)
+            print(f"[pipeline] one GPU, {m} micro-batches in one process ...", flush=True)
+            with load(str(d / bundle_name("one_gpu", c, c["batch"] // m))) as run:
+
+                def one_by_one(x: torch.Tensor, run: Any = run, m: int = m) -> tuple[Any]:
+                    return (torch.cat([run(p)[0] for p in torch.chunk(x, m)]),)
+
+                ms, out = timed(one_by_one, ids, iters)
+                how = f"{m} calls of {run.reason}"
+            rows[f"one GPU, {m} micro-batches in one process"] = {
+                "ms": ms,
+                "seq_per_s": c["batch"] / ms * 1e3,
+                "max_abs_err": float(np.max(np.abs(out - io["want"]))) if "want" in io else None,
+                "how": how,
+            }
+            print(f"[pipeline] one GPU, {m} micro-batches in one process: {ms:.2f} ms", flush=True)
         row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
         row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
     base = rows["one GPU, whole batch"]["seq_per_s"]

@@ -69,3 +69,79 @@ def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -
         sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
     )
     print(table, flush=True)
+
+
+def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dict[str, Any]:
+    """What the GPU does during one call of fn(*args), CUDA graphs included: the kernels
+    and copies of `calls` calls (each followed by a device sync) from torch.profiler's
+    trace, cut into calls by count. Per call (median): the span from the first start to
+    the last end, the time some kernel or copy runs (their union), the sum of their
+    durations (above the union when they overlap: programmatic dependent launch), and how
+    many start before the one before them ended. Printed under `title` with each kernel's
+    mean duration; returned as a dict."""
+    import collections
+    import statistics
+    import tempfile
+
+    import torch
+
+    with torch.no_grad():
+        for _ in range(5):
+            fn(*args)
+        torch.cuda.synchronize()
+        acts = [torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(calls):
+                fn(*args)
+                torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        trace = json.loads(path.read_text())
+    events = sorted(
+        (
+            e
+            for e in trace["traceEvents"]
+            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")
+        ),
+        key=lambda e: e["ts"],
+    )
+    per = len(events) // calls
+    spans, busy, total, early = [], [], [], []
+    for c in range(calls):
+        evs = events[c * per : (c + 1) * per]
+        start, end = evs[0]["ts"], max(e["ts"] + e["dur"] for e in evs)
+        union, reach, n_early = 0.0, start, 0
+        for i, e in enumerate(evs):
+            s, t = e["ts"], e["ts"] + e["dur"]
+            if i and s < reach:
+                n_early += 1
+            union += max(0.0, t - max(s, reach))
+            reach = max(reach, t)
+        spans.append(end - start)
+        busy.append(union)
+        total.append(sum(e["dur"] for e in evs))
+        early.append(n_early)
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
+    for e in events[: per * calls]:
+        by_name[e["name"]].append(e["dur"])
+    result = {
+        "events_per_call": per,
+        "span_us": statistics.median(spans),
+        "busy_us": statistics.median(busy),
+        "sum_us": statistics.median(total),
+        "started_early": statistics.median(early),
+        "kernels": {
+            n: {"count_per_call": len(d) / calls, "mean_us": statistics.fmean(d)}
+            for n, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
+        },
+    }
+    print(
+        f"{title}: {per} kernels/copies a call; GPU span {result['span_us']:.1f} us, busy "
+        f"{result['busy_us']:.1f} us, sum of durations {result['sum_us']:.1f} us, "
+        f"{result['started_early']} started before the one before ended",
+        flush=True,
+    )
+    for n, k in list(result["kernels"].items())[:14]:
+        print(f"    {k['mean_us']:8.2f} us x {k['count_per_call']:5.1f}  {n[:110]}", flush=True)
+    return result
