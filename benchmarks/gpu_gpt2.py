@@ -101,7 +101,7 @@ def gimlet_fn(
     f = CudaFunction(fn, lib, compiled.weights, lowered=low)
     bucket = f.bucket(tuple(tuple(a.shape) for a in args))
     info = {
-        "kernels": low.source.count("<<<"),
+        "kernels": low.source.count("<<<") + low.source.count("gml::launch_pdl("),
         "gemm_calls": low.source.count("ctx->gemm(") + low.source.count("ctx->gemm_epilogue("),
         "plan_bytes": bucket.plan_bytes,
         "weight_bytes": f.weight_bytes(),
