@@ -124,7 +124,7 @@ _TORCH_DTYPES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)  # one per receive: slots make it a quarter cheaper to make
 class Pending:
     """A posted receive: header (if any) then payload, completed by `Channels.wait_recv`."""
 
@@ -295,10 +295,10 @@ class Channels:
 
     def wait_recv(self, p: Pending) -> Any:
         spec = p.spec
-        what = f"channel {spec.id}"
         if spec.local is not None:
             value = spec.local.take(self.timeout_s, self.abort_fd)
             if value is None or value is ABORTED:
+                what = f"channel {spec.id}"
                 name = self.names[spec.src] if spec.src < len(self.names) else f"rank {spec.src}"
                 if value is ABORTED:
                     raise CommError(f"the caller went away during the wait for {what}", "peer")
@@ -313,6 +313,7 @@ class Channels:
                 st = staging.for_device(self.gpu)
                 return st.upload(value, spec.id, timed=self.timed(), label=f"ch{spec.id}")
             return value
+        what = f"channel {spec.id}"
         if p.payload is None:
             self._wait(p.header_work, what, spec.src)
             assert p.header is not None

@@ -112,8 +112,16 @@ def _where(op: Any) -> str:
 
 def split(inputs: Sequence[Any], m: int) -> list[list[Any]]:
     """Each input cut into m equal pieces along its first dim (views): one list per
-    micro-batch."""
-    pieces = [np.split(x, m) if not hasattr(x, "chunk") else list(x.chunk(m)) for x in inputs]
+    micro-batch. Basic slices, not np.split (which costs 1.3 us a piece through
+    array_split's swapaxes)."""
+    check_split([np.shape(x) for x in inputs], m)
+    pieces = []
+    for x in inputs:
+        if hasattr(x, "chunk"):
+            pieces.append(list(x.chunk(m)))
+        else:
+            b = len(x) // m
+            pieces.append([x[j * b : (j + 1) * b] for j in range(m)])
     return [[p[j] for p in pieces] for j in range(m)]
 
 

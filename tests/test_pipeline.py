@@ -89,6 +89,8 @@ def test_split_and_join() -> None:
     np.testing.assert_array_equal(join([[p[0]] for p in pieces])[0], x)
     with pytest.raises(PipelineError, match="input 0 has 6 rows in its first dim, which 4 micro"):
         check_split([(6, 2)], 4)
+    with pytest.raises(PipelineError, match="^input 1 has 6 rows in its first dim, which 4 micro"):
+        split([np.zeros((8, 2)), torch.zeros(6)], 4)  # slices would drop the rest silently
     with pytest.raises(PipelineError, match="^input 1 is a scalar: micro-batches cut every"):
         check_split([(4,), ()], 2)
 
@@ -140,6 +142,33 @@ def test_a_slot_carries_each_dtype_layout_and_byte_order_exactly() -> None:
         with pytest.raises(ValueError, match="does not fit the channel's 4096-byte"):
             writer.put(np.ones(2000, np.float32))
     finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_slot_wait_ends_on_a_message_the_control_socket_or_its_timeout() -> None:
+    import socket
+    import time
+
+    from gimlet.runtime.control import ABORTED
+
+    memfd, efd, cap, n = LocalSlot.create("t", 64, entries=2)
+    writer, reader = LocalSlot(memfd, efd, cap, n), LocalSlot(os.dup(memfd), os.dup(efd), cap, n)
+    mine, theirs = socket.socketpair()
+    try:
+        start = time.monotonic()
+        assert reader.take(0.05, mine.fileno()) is None  # nothing came: the timeout
+        assert time.monotonic() - start >= 0.05
+        theirs.send(b"x")  # the caller says something (stop)
+        assert reader.take(5.0, mine.fileno()) is ABORTED
+        writer.put(np.ones(2, np.float32))  # a message beats the readable socket
+        assert reader.take(5.0, mine.fileno()).tolist() == [1.0, 1.0]
+        mine.recv(1)
+        theirs.close()  # the caller went away
+        assert reader.take(5.0, mine.fileno()) is ABORTED
+        assert reader.take(0.0) is None  # without the socket: only messages count
+    finally:
+        mine.close()
         writer.close()
         reader.close()
 
