@@ -1110,6 +1110,173 @@ __global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
   }
 }
 
+// Decode attention where the keys are few (codegen.py's DECODE_BLOCK_KEYS): one block per
+// (batch, kv head) and nothing in memory between kernels. Warp w takes keys 32w..32w+31,
+// then 32(w + W).. (rounds of 32, a key a lane): the lane loads its key's K and V rows
+// together (16-byte loads, all in flight before any arithmetic), scores it against the
+// block's query rows (shared memory), and the warp keeps each row's running max, sum of
+// exponentials and P V (online softmax: shuffles only). P V over a round is a transpose
+// reduction: each lane holds p_j V[j, :], and five butterfly steps leave lane l with the
+// sums of DV/32 columns. The warps' partials are then combined once in shared memory, and
+// the block writes y normalised (NaN where every score of a row is -inf, as softmax).
+// Replaces attention_decode_split and its combine there: GPT-2's 12 heads over 513 keys
+// are 12 blocks of 12 warps, one launch. DV 64 or 128 (codegen.py picks this kernel then).
+constexpr int ATTN_BLOCK_WARPS = 12;  // codegen.py's DECODE_BLOCK_WARPS
+
+// Element i of a row held as 16-byte words, by bit operations on the word's parts (i a
+// compile-time index after unrolling), so the words stay in registers.
+template <class T, int N>
+GML_D float element(const uint4 (&w)[N], int i) {
+  constexpr int V = 16 / sizeof(T);
+  const uint4& q = w[i / V];
+  const int part = (i % V) * int(sizeof(T)) / 4;
+  const uint32_t word = part == 0 ? q.x : part == 1 ? q.y : part == 2 ? q.z : q.w;
+  if constexpr (sizeof(T) == 4) {
+    float f;
+    memcpy(&f, &word, 4);
+    return f;
+  } else {
+    return f32(T{uint16_t(i % 2 ? word >> 16 : word & 0xffffu)});
+  }
+}
+
+// One butterfly step per bit below the first: lanes with BIT set keep the upper LEN of
+// their LEN * 2 sums, the others the lower, each adding its partner's half of the same
+// columns (templates, so every index is a constant and `a` stays in registers).
+template <int BIT, int LEN, int N>
+GML_D void butterfly_halves(float (&a)[N], int lane) {
+  if constexpr (BIT >= 1) {
+    const bool up = lane & BIT;
+#pragma unroll
+    for (int c = 0; c < LEN; ++c)
+      a[c] = (up ? a[c + LEN] : a[c]) + GML_SHFL_XOR(up ? a[c] : a[c + LEN], BIT);
+    butterfly_halves<BIT / 2, LEN / 2>(a, lane);
+  }
+}
+
+// After the steps, lane l holds columns col0 .. col0 + DV/32 - 1 of the round's sums.
+template <int DV>
+GML_D int butterfly_col0(int lane) {
+  int col = 0, half = DV / 2;
+#pragma unroll
+  for (int bit = GML_WARP / 2; bit >= 1 && half >= DV / GML_WARP; bit >>= 1, half >>= 1)
+    if (lane & bit) col += half;
+  return col;
+}
+
+template <class T, int D, int DV, class Bias>
+__global__ void __launch_bounds__(ATTN_BLOCK_WARPS* GML_WARP)
+    attention_decode_block(int64_t m, const T* __restrict__ q, Pieces<T, 2> k, Pieces<T, 2> v,
+                           T* __restrict__ y, float scale, Bias bias) {
+  static_assert(DV >= GML_WARP && DV <= 128 && (DV & (DV - 1)) == 0, "DV: 64 or 128");
+  constexpr int V = 16 / sizeof(T), KP = (D + V - 1) / V, VP = DV / V;
+  constexpr int CPL = DV / GML_WARP;  // the columns a lane owns after the reduction
+  const int64_t b = blockIdx.x, n = k.size[0] + k.size[1];
+  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  const int warps = blockDim.x / GML_WARP;
+  __shared__ float qs[8 * D];
+  __shared__ float wmax[8][ATTN_BLOCK_WARPS], wsum[8][ATTN_BLOCK_WARPS];
+  __shared__ float wacc[ATTN_BLOCK_WARPS][DV];
+  pdl_trigger();
+  pdl_wait();  // q and the step's new K/V entry come from the kernel before
+  q += b * m * D;
+  y += b * m * DV;
+  for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
+  __syncthreads();
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float mx[8], sum[8], acc[8][CPL];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    mx[r] = ninf;
+    sum[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) acc[r][c] = 0.f;
+  }
+  for (int64_t j0 = int64_t(warp) * GML_WARP; j0 < n; j0 += int64_t(warps) * GML_WARP) {
+    const int64_t j = j0 + lane;
+    uint4 kr[KP], vr[VP];
+    if (j < n) {
+      const T* kp = piece_row(k, b, j, D);
+      const T* vp = piece_row(v, b, j, DV);
+#pragma unroll
+      for (int p = 0; p < KP; ++p) {
+        if constexpr (D % V == 0) {
+          kr[p] = *reinterpret_cast<const uint4*>(kp + p * V);
+        } else {
+          T* t = reinterpret_cast<T*>(&kr[p]);
+#pragma unroll
+          for (int e = 0; e < V; ++e) t[e] = p * V + e < D ? kp[p * V + e] : T{};
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < VP; ++p) vr[p] = *reinterpret_cast<const uint4*>(vp + p * V);
+    } else {
+#pragma unroll
+      for (int p = 0; p < KP; ++p) kr[p] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int p = 0; p < VP; ++p) vr[p] = make_uint4(0, 0, 0, 0);
+    }
+    // every row's score first, so K's registers are free before V's products; the row
+    // loops are unrolled (with a break at m): the rows' registers are never indexed at
+    // run time
+    float s[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (r >= m) break;
+      float dot = 0.f;
+#pragma unroll
+      for (int e = 0; e < D; ++e) dot += qs[r * D + e] * element<T>(kr, e);
+      s[r] = j < n ? dot * scale + bias(b * m + r, j) : ninf;
+    }
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (r >= m) break;
+      const float top = maxnan(mx[r], warp_max(s[r]));
+      const float pj = top == ninf ? 0.f : expf(s[r] - top);
+      const float keep = top == ninf ? 1.f : expf(mx[r] - top);
+      mx[r] = top;
+      sum[r] = sum[r] * keep + warp_sum(pj);
+      // p_j V[j, :] halved five times across the lanes: a[0 .. CPL) are this lane's columns
+      float a[DV / 2];
+      const bool upper = lane & (GML_WARP / 2);
+#pragma unroll
+      for (int c = 0; c < DV / 2; ++c) {
+        const float lo = pj * element<T>(vr, c), hi = pj * element<T>(vr, c + DV / 2);
+        a[c] = (upper ? hi : lo) + GML_SHFL_XOR(upper ? lo : hi, GML_WARP / 2);
+      }
+      butterfly_halves<GML_WARP / 4, DV / 4>(a, lane);
+#pragma unroll
+      for (int c = 0; c < CPL; ++c) acc[r][c] = acc[r][c] * keep + a[c];
+    }
+  }
+  // the warps' partials, one row at a time: max over warps, each rescaled, summed
+  const int col0 = butterfly_col0<DV>(lane);
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    if (r >= m) break;  // m is the block's: every thread leaves at the same row
+    if (lane == 0) {
+      wmax[r][warp] = mx[r];
+      wsum[r][warp] = sum[r];
+    }
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) wacc[warp][col0 + c] = acc[r][c];
+    __syncthreads();
+    float top = ninf;
+    for (int w = 0; w < warps; ++w) top = maxnan(top, wmax[r][w]);
+    float total = 0.f;
+    for (int w = 0; w < warps; ++w)
+      total += top == ninf || wmax[r][w] == ninf ? 0.f : wsum[r][w] * expf(wmax[r][w] - top);
+    const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
+    for (int c = threadIdx.x; c < DV; c += blockDim.x) {
+      float t = 0.f;
+      for (int w = 0; w < warps; ++w)
+        if (wmax[r][w] != ninf) t += wacc[w][c] * expf(wmax[r][w] - top);
+      store(y + r * DV + c, t * inv);
+    }
+    __syncthreads();
+  }
+}
+
 // softmax over rows of up to 32 * ROW elements, one warp per row, the row in registers:
 // one read and one write (attention scores in prefill: many short rows)
 template <class T, class O, int ROW, class Bias>
