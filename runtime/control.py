@@ -101,19 +101,33 @@ class Arena:
 
     @staticmethod
     def layout(arrays: Sequence[np.ndarray]) -> tuple[list[int], int]:
+        return Arena.layout_sizes([a.nbytes for a in arrays])
+
+    @staticmethod
+    def layout_sizes(sizes: Sequence[int]) -> tuple[list[int], int]:
+        """Where arrays of these byte sizes go (aligned), and the arena size they need."""
         offsets, end = [], 0
-        for a in arrays:
+        for n in sizes:
             offsets.append(end)
-            end += -(-a.nbytes // ALIGN) * ALIGN
+            end += -(-n // ALIGN) * ALIGN
         return offsets, max(end, ALIGN)
+
+    def place(
+        self, specs: Sequence[tuple[tuple[int, ...], np.dtype[Any]]], offsets: Sequence[int]
+    ) -> tuple[list[np.ndarray], list[Any]]:
+        """Arrays of these (shape, dtype)s at `offsets`, for the writer to fill in place;
+        what the reader needs to find them: (dtype, shape, offset)."""
+        views, meta = [], []
+        for (shape, dtype), off in zip(specs, offsets, strict=True):
+            views.append(np.ndarray(shape, dtype, buffer=self.map, offset=off))
+            meta.append((dtype.name, tuple(shape), off))
+        return views, meta
 
     def write(self, arrays: Sequence[np.ndarray], offsets: Sequence[int]) -> list[Any]:
         """Copy `arrays` in; what the reader needs to find them: (dtype, shape, offset)."""
-        meta = []
-        for a, off in zip(arrays, offsets, strict=True):
-            dst = np.ndarray(a.shape, a.dtype, buffer=self.map, offset=off)
+        views, meta = self.place([(a.shape, a.dtype) for a in arrays], offsets)
+        for dst, a in zip(views, arrays, strict=True):
             np.copyto(dst, a, casting="no")
-            meta.append((a.dtype.name, a.shape, off))
         return meta
 
     def views(self, meta: Sequence[Any]) -> list[np.ndarray]:

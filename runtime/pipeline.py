@@ -21,7 +21,7 @@ program order at matching steps (NCCL matches a pair's transfers by order, not b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,19 +125,36 @@ def split(inputs: Sequence[Any], m: int) -> list[list[Any]]:
     return [[p[j] for p in pieces] for j in range(m)]
 
 
-def join(outputs: Sequence[Sequence[Any]]) -> list[Any]:
-    """The micro-batches' outputs ([micro][output]) joined along their first dim."""
-    joined: list[Any] = []
-    for i, parts in enumerate(zip(*outputs, strict=True)):
-        first = parts[0]
-        if hasattr(first, "detach"):
-            import torch
+Place = Callable[[list[tuple[tuple[int, ...], np.dtype[Any]]]], list[np.ndarray]]
+"""Where joined outputs go: given each one's (shape, dtype), arrays to fill in place."""
 
-            joined.append(torch.cat(list(parts)))
-        elif np.ndim(first) == 0:
+
+def join(outputs: Sequence[Sequence[Any]], into: Place | None = None) -> list[Any]:
+    """The micro-batches' outputs ([micro][output]) joined along their first dim. `into`,
+    given each joined output's (shape, dtype), says where they go (the host worker's
+    output arena: one copy of the outputs, not one here and one there); else new
+    arrays (torch tensors for torch parts)."""
+    columns = [list(parts) for parts in zip(*outputs, strict=True)]
+    for i, parts in enumerate(columns):
+        if not hasattr(parts[0], "detach") and np.ndim(parts[0]) == 0:
             raise PipelineError(
                 f"output {i} is a scalar: micro-batches join outputs along their first dim"
             )
+    if into is not None:
+        arrays = [[np.asarray(p) for p in parts] for parts in columns]
+        specs = [
+            ((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype) for parts in arrays
+        ]
+        dsts = into(specs)
+        for parts, dst in zip(arrays, dsts, strict=True):
+            np.concatenate(parts, out=dst)
+        return dsts
+    joined: list[Any] = []
+    for parts in columns:
+        if hasattr(parts[0], "detach"):
+            import torch
+
+            joined.append(torch.cat(parts))
         else:
             joined.append(np.concatenate([np.asarray(p) for p in parts]))
     return joined

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from gimlet.errors import describe_location
+from gimlet.runtime.pipeline import Place
 from gimlet.runtime.trace import COPY_TIDS, GPU_TID
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -237,13 +238,15 @@ class Worker:
         weights: dict[str, np.ndarray],
         inputs: Sequence[Any],
         micro_batches: int = 1,
+        into: Place | None = None,
     ) -> list[Any]:
         """One pass over the program; executors (and their loaded libraries) persist
         across calls, so repeated runs measure the steady state. `micro_batches` > 1:
-        the inputs cut into that many pieces, run as a pipeline (runtime/pipeline.py)."""
+        the inputs cut into that many pieces, run as a pipeline (runtime/pipeline.py),
+        the outputs joined where `into` says (pipeline.join)."""
         plan = self.plan if self.plan is not None else self._plan(module, weights)
         if micro_batches > 1:
-            return self._run_pipelined(plan, module, inputs, micro_batches)
+            return self._run_pipelined(plan, module, inputs, micro_batches, into)
         values: list[Any] = [None] * plan.size
         if plan.host:
             values[: len(inputs)] = inputs
@@ -253,7 +256,9 @@ class Worker:
         self._finish()
         return results
 
-    def _run_pipelined(self, plan: _Plan, module: Any, inputs: Sequence[Any], m: int) -> list[Any]:
+    def _run_pipelined(
+        self, plan: _Plan, module: Any, inputs: Sequence[Any], m: int, into: Place | None = None
+    ) -> list[Any]:
         """The wavefront: at step s, each op at stage d runs micro-batch s - d."""
         from gimlet.ir import main_func
         from gimlet.runtime.pipeline import join, split, stages
@@ -274,7 +279,7 @@ class Worker:
                     self.micro = j
                     self._step(step, values[j])
         self.micro = None
-        results = join([[v[i] for i in plan.returns] for v in values]) if plan.host else []
+        results = join([[v[i] for i in plan.returns] for v in values], into) if plan.host else []
         self._finish()
         return results
 
@@ -683,13 +688,13 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
     `("done", K, outputs, stats, seconds)`; the host's `outputs` say where in its own
     arena the outputs lie (a new arena's descriptor comes along). Blocking reads: a worker
     costs nothing while it waits, and wakes as soon as a request arrives."""
-    from gimlet.runtime.control import Arena, grow, recv_msg, send_msg
+    from gimlet.runtime.control import Arena, recv_msg, send_msg
 
     host = worker.device == worker.bundle.host
     # the caller is the host and reads answers from the status page (launch.Session)
     early_answers = os.environ.get("GIMLET_EARLY_ANSWERS") == "1" and not host
     arena_in: Arena | None = None
-    arena_out: Arena | None = None
+    out = _HostOutputs()
     while True:
         try:
             msg, fds = recv_msg(control)
@@ -724,7 +729,9 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
                 answered.append(True)
 
             worker.early_done = early
-        outputs = worker.run(module, weights, inputs, micro)
+        out.begin()
+        # a pipelined request's micro-batches are joined straight into the output arena
+        outputs = worker.run(module, weights, inputs, micro, out.place if host else None)
         seconds = time.perf_counter() - start
         worker.early_done = None
         del inputs
@@ -733,19 +740,52 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
         where = None
         new: list[int] = []
         if host:
-            arrays = [np.asarray(o) for o in outputs]
-            offsets, need = Arena.layout(arrays)
-            arena_out, fresh = grow(arena_out, need)
-            where = (arena_out.size, arena_out.write(arrays, offsets))
-            if fresh:
-                assert arena_out.fd is not None
-                new = [arena_out.fd]
+            if out.where is None:  # not joined there: copied in
+                out.write([np.asarray(o) for o in outputs])
+            where = out.where
+            if out.fresh:
+                assert out.arena is not None and out.arena.fd is not None
+                new = [out.arena.fd]
+        del outputs  # views of the arena, when joined there
         stats = None
         if want_stats:
             stats = {"device": worker.device, "segments": worker.stats, "events": worker.events}
         send_msg(control, ("done", k, where, stats, seconds, worker.kernel_s), new)
-        if new and arena_out is not None:
-            arena_out.sent()
+        if new and out.arena is not None:
+            out.arena.sent()
+
+
+class _HostOutputs:
+    """Where the host worker leaves a request's outputs for the caller: its output arena
+    (runtime/control.py), replaced by a larger one (whose descriptor goes to the caller
+    with the answer) when they outgrow it."""
+
+    def __init__(self) -> None:
+        from gimlet.runtime.control import Arena
+
+        self.arena: Arena | None = None
+        self.where: tuple[int, list[Any]] | None = None  # this request's: (size, meta)
+        self.fresh = False  # this request made a new arena
+
+    def begin(self) -> None:
+        self.where, self.fresh = None, False
+
+    def place(self, specs: list[tuple[tuple[int, ...], np.dtype[Any]]]) -> list[np.ndarray]:
+        """Arrays in the arena for outputs of these (shape, dtype)s, to fill in place."""
+        from gimlet.runtime.control import Arena, grow
+
+        sizes = [int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in specs]
+        offsets, need = Arena.layout_sizes(sizes)
+        self.arena, fresh = grow(self.arena, need)
+        self.fresh = self.fresh or fresh
+        views, meta = self.arena.place(specs, offsets)
+        self.where = (self.arena.size, meta)
+        return views
+
+    def write(self, arrays: list[np.ndarray]) -> None:
+        """`arrays` copied into the arena."""
+        for dst, a in zip(self.place([(a.shape, a.dtype) for a in arrays]), arrays, strict=True):
+            np.copyto(dst, a, casting="no")
 
 
 # how gloo words a peer that went away (its socket closed or reset mid-transfer)

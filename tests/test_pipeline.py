@@ -87,6 +87,16 @@ def test_split_and_join() -> None:
     assert [p[0].shape for p in pieces] == [(2, 2)] * 3
     assert [p[1].tolist() for p in pieces] == [[0, 1], [2, 3], [4, 5]]
     np.testing.assert_array_equal(join([[p[0]] for p in pieces])[0], x)
+    # joined where `into` says (the host worker's output arena), in one copy
+    asked = []
+
+    def into(specs: list[Any]) -> list[np.ndarray]:
+        asked.extend(specs)
+        return [np.full(shape, -1, dtype) for shape, dtype in specs]
+
+    (got,) = join([[p[0]] for p in pieces], into)
+    assert asked == [((6, 2), x.dtype)]
+    np.testing.assert_array_equal(got, x)
     with pytest.raises(PipelineError, match="input 0 has 6 rows in its first dim, which 4 micro"):
         check_split([(6, 2)], 4)
     with pytest.raises(PipelineError, match="^input 1 has 6 rows in its first dim, which 4 micro"):
@@ -184,6 +194,23 @@ def test_pipelined_mlp_on_three_workers_equals_torch(bundles: Path) -> None:
             (out,) = run(x)
             with torch.no_grad():
                 np.testing.assert_allclose(out.numpy(), module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_pipelined_outputs_outgrow_the_host_workers_arena(bundles: Path) -> None:
+    # the micro-batches' outputs are joined straight into the host worker's output
+    # arena; 2000 rows of 10 floats (80 KB) outgrow its first 64 KiB, so a new arena (and
+    # its descriptor) goes to the caller, and a smaller request after it still fits
+    from gimlet.runtime import load
+
+    module = _example("mlp")[0].eval()
+    rng = np.random.default_rng(3)
+    with load(str(bundles / "mlp3"), micro_batches=4) as run:
+        for rows in (8, 2000, 12):
+            x = torch.from_numpy(rng.standard_normal((rows, 32)).astype("f4"))
+            (out,) = run(x)
+            with torch.no_grad():
+                want = module(x).numpy()
+            np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
 
 
 def test_pipelined_gpt_traces_each_micro_batch(bundles: Path) -> None:
