@@ -221,6 +221,7 @@ _INDEX = _DTYPES.index("index")
 _NUMPY_DTYPES = [dtype_of("int64" if n == "index" else n) for n in _DTYPES]
 _CODES = {dt: code for code, dt in enumerate(_NUMPY_DTYPES) if code != _INDEX}
 _PAD = [(0,) * (MAX_RANK - n) for n in range(MAX_RANK + 1)]  # the unused dims of a header
+_SMALL = 1 << 16  # payload bytes put by a plain memcpy under the GIL (see `put`)
 
 
 class LocalSlot:
@@ -303,11 +304,12 @@ class LocalSlot:
         base = (self.sent % self.entries) * self.stride
         _HEADER.pack_into(m, base, code, a.ndim, *a.shape, *_PAD[a.ndim])
         start = base + HEADER_BYTES
-        if native and a.flags.c_contiguous:
+        if native and nbytes <= _SMALL and a.flags.c_contiguous:
             # one memcpy, no array made around the slot (an ndarray is a buffer; numpy's
-            # stubs do not say so)
+            # stubs do not say so). Only for small payloads: it holds the GIL, and a GPU
+            # worker's puts run on its sender thread while the main thread launches work
             m[start : start + nbytes] = a  # type: ignore[call-overload]
-        else:  # strided, or another byte order: numpy writes it as the header says
+        else:  # large (numpy lets go of the GIL), strided, or another byte order
             dst = np.ndarray(a.shape, _NUMPY_DTYPES[code], buffer=m, offset=start)
             np.copyto(dst, a, casting="unsafe")
         self.sent += 1

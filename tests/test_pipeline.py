@@ -121,11 +121,11 @@ def test_shared_memory_ring_holds_a_message_per_micro_batch() -> None:
 
 
 def test_a_slot_carries_each_dtype_layout_and_byte_order_exactly() -> None:
-    # put's fast path (a memcpy of a C-contiguous native array) and its slow one (numpy
-    # writes a strided or byte-swapped array as the header's native dtype) agree
+    # put's fast path (a memcpy of a small C-contiguous native array) and numpy's copy (a
+    # large, strided or byte-swapped array, written as the header's native dtype) agree
     import ml_dtypes
 
-    memfd, efd, cap, n = LocalSlot.create("t", 4096, entries=2)
+    memfd, efd, cap, n = LocalSlot.create("t", 1 << 20, entries=2)
     writer, reader = LocalSlot(memfd, efd, cap, n), LocalSlot(os.dup(memfd), os.dup(efd), cap, n)
     grid = np.arange(12, dtype=np.float64).reshape(3, 4)
     values: list[Any] = [
@@ -137,6 +137,7 @@ def test_a_slot_carries_each_dtype_layout_and_byte_order_exactly() -> None:
         np.array([True, False]),
         np.zeros((0, 3), np.int8),
         torch.arange(6, dtype=torch.float16).reshape(2, 3),
+        np.arange(100_000, dtype=np.float32).reshape(1000, 100),  # over 64 KiB: numpy's copy
     ]
     try:
         for v in values:
@@ -149,8 +150,8 @@ def test_a_slot_carries_each_dtype_layout_and_byte_order_exactly() -> None:
             assert reader.take(1.0) == int(index)
         with pytest.raises(ValueError, match="^a complex64 value cannot go through a shared"):
             writer.put(np.ones(2, np.complex64))
-        with pytest.raises(ValueError, match="does not fit the channel's 4096-byte"):
-            writer.put(np.ones(2000, np.float32))
+        with pytest.raises(ValueError, match="does not fit the channel's 1048576-byte"):
+            writer.put(np.ones(300_000, np.float32))
     finally:
         writer.close()
         reader.close()
