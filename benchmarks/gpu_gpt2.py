@@ -61,19 +61,16 @@ def first_output(x: Any) -> torch.Tensor:
 # gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
 # "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
 # prefill, decode's kernels started early); "gimlet-cublas-attn" = prefill attention as
-# two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels launched with <<<>>>;
-# "gimlet-split-attn" = decode attention as flash-decoding's split and combine kernels
-# (not one block per head)
-VARIANTS: dict[str, dict[str, Any]] = {
+# two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels launched with <<<>>>
+VARIANTS: dict[str, dict[str, bool]] = {
     "gimlet": {},
     "gimlet-cublas-attn": {"FLASH_PREFILL": False},
     "gimlet-no-pdl": {"PDL": False},
-    "gimlet-split-attn": {"DECODE_BLOCK_KEYS": 0},
 }
 
 
 def gimlet_fn(
-    module: torch.nn.Module, args: tuple[Any, ...], switches: dict[str, Any] | None = None
+    module: torch.nn.Module, args: tuple[Any, ...], switches: dict[str, bool] | None = None
 ) -> tuple[Any, float, dict[str, Any]]:
     """Compile with gimlet's NVIDIA backend in this process; (callable, seconds, info)."""
     import copy
