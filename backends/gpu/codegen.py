@@ -143,11 +143,6 @@ ViewRule = Callable[[Env], int | None]
 # shared memory.
 DECODE_TARGET_BLOCKS = 264
 DECODE_CHUNK_MIN, DECODE_CHUNK_MAX = 32, 256
-# decode attention over at most this many keys runs as one block per (batch, kv head) of
-# up to DECODE_BLOCK_WARPS warps (gml::attention_decode_block, ATTN_BLOCK_WARPS there),
-# each warp 32 keys a round: no partials, no combine kernel. Beyond, flash-decoding's
-# split over the SMs wins.
-DECODE_BLOCK_WARPS, DECODE_BLOCK_KEYS = 12, 1024
 
 
 def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
@@ -1255,14 +1250,8 @@ class _Lowering:
         def unfused(nbytes: Callable[[Env], int]) -> Callable[[Env], int]:
             return lambda env: 0 if flash or self._decode_attention(op, env) else nbytes(env)
 
-        def block_warps(env: Env) -> int:  # 0: the split kernel and its combine
-            keys, dv = env.shapes[k][-2], shape_of(v.type)[-1]
-            if not self._decode_attention(op, env) or dv not in (64, 128):
-                return 0  # (the kernel's reduction wants DV a power of two >= a warp)
-            return min(DECODE_BLOCK_WARPS, -(-keys // 32)) if keys <= DECODE_BLOCK_KEYS else 0
-
         def split_bytes(env: Env) -> int:  # [batch, chunk, row, dv + 2] floats
-            if not self._decode_attention(op, env) or block_warps(env):
+            if not self._decode_attention(op, env):
                 return 0
             b, m, n, _, dv, _ = dims(env)
             return b * _decode_split(b, n)[1] * m * (dv + 2) * 4
@@ -1292,57 +1281,31 @@ class _Lowering:
         self.comment([op])
         chunk, chunks = f"P[{split}]", f"P[{split + 1}]"
         decode = partial(self._decode_attention, op)
-        warps = self.slot(block_warps)
-        self.emit(f"if (P[{fused}]) {{  // decode: few query rows")
+        self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
         with self.dead_if(self.never(decode) or not self._may_decode(op)):
-            # one block per (batch, kv head) where the keys are few; branches no bucket
-            # takes are left out (the one static bucket takes one of the two)
-            block = shape_of(v.type)[-1] in (64, 128) and not self.never(
-                lambda env: block_warps(env) > 0
+            split_kernel = (
+                f"gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
+                f"{max(shape_of(v.type)[-1], 1)}, {bias.split('{', 1)[0]}>"
+            )  # every template argument named (a function pointer deduces none): the bias's
+            # type is its initializer's name
+            self.emit(
+                "  "
+                + _launch(
+                    split_kernel,
+                    f"dim3(unsigned({B}), unsigned({chunks}))",
+                    "gml::ATTN_SPLIT_THREADS",
+                    [M, chunk, qp, pieces(k), pieces(v), part_ptr, alpha, bias],
+                )
             )
-            ind = "    " if block else "  "
-            if block:
-                block_kernel = (
-                    f"gml::attention_decode_block<{ct}, {max(shape_of(q.type)[-1], 1)}, "
-                    f"{shape_of(v.type)[-1]}, {bias.split('{', 1)[0]}>"
+            self.emit(
+                "  "
+                + _launch(
+                    f"gml::attention_combine<{ct}>",
+                    f"unsigned({B})",
+                    "gml::ATTN_COMBINE_THREADS",
+                    [chunks, M, DV, part_ptr, yp],
                 )
-                self.emit(f"  if (P[{warps}] > 0) {{  // few keys: a block per (batch, kv head)")
-                self.emit(
-                    "    "
-                    + _launch(
-                        block_kernel,
-                        f"unsigned({B})",
-                        f"unsigned(P[{warps}]) * GML_WARP",
-                        [M, qp, pieces(k), pieces(v), yp, alpha, bias],
-                    )
-                )
-                self.emit("  } else {  // a block per (batch, kv head, key chunk), combined")
-            with self.dead_if(block and self.never(lambda env: block_warps(env) == 0)):
-                split_kernel = (
-                    f"gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
-                    f"{max(shape_of(v.type)[-1], 1)}, {bias.split('{', 1)[0]}>"
-                )  # every template argument named (a function pointer deduces none): the
-                # bias's type is its initializer's name
-                self.emit(
-                    ind
-                    + _launch(
-                        split_kernel,
-                        f"dim3(unsigned({B}), unsigned({chunks}))",
-                        "gml::ATTN_SPLIT_THREADS",
-                        [M, chunk, qp, pieces(k), pieces(v), part_ptr, alpha, bias],
-                    )
-                )
-                self.emit(
-                    ind
-                    + _launch(
-                        f"gml::attention_combine<{ct}>",
-                        f"unsigned({B})",
-                        "gml::ATTN_COMBINE_THREADS",
-                        [chunks, M, DV, part_ptr, yp],
-                    )
-                )
-            if block:
-                self.emit("  }")
+            )
         self.emit("} else {")
         # operands as cuBLAS or the flash kernel read them: in place through strides where
         # this bucket folds their views (attention_fold), else the contiguous copies; the
