@@ -211,40 +211,77 @@ def _us(s: float) -> str:
     return f"{s * 1e6:.1f}"
 
 
+def _slope(req: dict[str, Any]) -> float:
+    """What one more micro-batch costs: the request's growth from M = 16 to 64, per step."""
+    t = req["request_s"]
+    return float((t["64"] - t["16"]) / 48)
+
+
 def report(data: dict[str, Any]) -> str:
+    """The markdown; with `data["before"]` (an earlier runtime's run of this script, see
+    --before) beside each figure."""
     meta, req, py = data["meta"], data["requests"], data["python"]
+    before: dict[str, Any] = data.get("before") or {}
+    was = bool(before)
     t = {int(k): v for k, v in req["request_s"].items()}
     k = {int(m): v for m, v in req["kernels_s"].items()}
-    slope = (t[64] - t[16]) / 48
     lines = [
         "# Micro-batch pipelining: the runtime's cost per micro-batch",
         "",
         f"Host: {meta['nproc']} cores ({meta['cpu']}), load average {meta['loadavg_start']:.1f} "
-        f"at the start; {meta['date']}; commit {data['commit']}. Command: `{COMMAND}` "
+        f"at the start; {meta['date']}; {data['runtime']}. Command: `{COMMAND}` "
         "(GIMLET_CPU_THREADS=1). Model: examples/mlp.py, one row per micro-batch, fc1 on "
         "cpu1, fc2 on cpu2, the host cpu0 sending the inputs and receiving the outputs, "
         "each device on a worker, every channel a shared-memory ring.",
+    ]
+    if was:
+        lines += [
+            "",
+            f"Before: {before['runtime']}, the same script run just before this one "
+            f"({before['meta']['date']}, load average {before['meta']['loadavg_start']:.1f} at "
+            "its start).",
+        ]
+    lines += [
         "",
         "## Requests through gimlet.load(micro_batches=M)",
         "",
         f"Median request, best of {ROUNDS} rounds (the Ms take turns); compiled parts: "
         "the kernels' spans summed over the devices.",
         "",
-        "| M | request us | us per micro-batch | compiled parts us per micro-batch |",
-        "| ---: | ---: | ---: | ---: |",
     ]
-    for m in MICRO:
-        lines.append(f"| {m} | {_us(t[m])} | {_us(t[m] / m)} | {_us(k[m] / m)} |")
+    if was:
+        b = {int(m): v for m, v in before["requests"]["request_s"].items()}
+        lines += [
+            "| M | request us | us per micro-batch | before: us per micro-batch "
+            "| compiled parts us per micro-batch |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for m in MICRO:
+            lines.append(
+                f"| {m} | {_us(t[m])} | {_us(t[m] / m)} | {_us(b[m] / m)} | {_us(k[m] / m)} |"
+            )
+    else:
+        lines += [
+            "| M | request us | us per micro-batch | compiled parts us per micro-batch |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        for m in MICRO:
+            lines.append(f"| {m} | {_us(t[m])} | {_us(t[m] / m)} | {_us(k[m] / m)} |")
     cpu = req["cpu_per_micro_batch_s"]
+    slope = f"One more micro-batch (slope from 16 to 64): **{_us(_slope(req))} us**"
+    lines += ["", slope + (f" (before: {_us(_slope(before['requests']))} us)." if was else ".")]
     lines += [
-        "",
-        f"One more micro-batch (slope from 16 to 64): **{_us(slope)} us**.",
         "",
         "CPU time per micro-batch at M = 64 (user + system, /proc, over "
         f"{CPU_WINDOW} micro-batches; wall {_us(req['cpu_window_wall_per_micro_batch_s'])} "
         "us per micro-batch there): "
         + ", ".join(f"{d} {_us(s)} us" for d, s in cpu.items())
-        + f"; sum {_us(sum(cpu.values()))} us over {meta['nproc']} cores.",
+        + f"; sum {_us(sum(cpu.values()))} us over {meta['nproc']} cores"
+        + (
+            f" (before: sum {_us(sum(before['requests']['cpu_per_micro_batch_s'].values()))} us)."
+            if was
+            else "."
+        ),
         "",
         f"## Each worker's Python alone (M = {PYTHON_M})",
         "",
@@ -253,18 +290,38 @@ def report(data: dict[str, Any]) -> str:
         "runtime's Python (the wavefront loop, the prepared segment walk, the progress "
         "hook, shared-memory puts and takes).",
         "",
-        "| device | us per micro-batch | compiled parts (with ctypes) us | the rest us |",
-        "| --- | ---: | ---: | ---: |",
+        "| device | us per micro-batch | compiled parts (with ctypes) us | the rest us |"
+        + (" before: the rest us |" if was else ""),
+        "| --- | ---: | ---: | ---: |" + (" ---: |" if was else ""),
     ]
     for dev, r in py.items():
         rest = r["request_s"] - r["compiled_s"]
-        lines.append(f"| {dev} | {_us(r['request_s'])} | {_us(r['compiled_s'])} | {_us(rest)} |")
+        row = f"| {dev} | {_us(r['request_s'])} | {_us(r['compiled_s'])} | {_us(rest)} |"
+        if was:
+            old = before["python"][dev]
+            row += f" {_us(old['request_s'] - old['compiled_s'])} |"
+        lines.append(row)
+    lines += [
+        "",
+        "Reading it: a micro-batch wakes each of the three processes once (a put's eventfd "
+        "write, the receiver's select), and on 2 cores three busy processes also take turns; "
+        "the CPU time above the Python alone is those wake-ups, the system calls and cold "
+        "caches. The compiled parts' time is mostly the C++ library's ctypes call "
+        "(backends/cpu CompiledCpu.__call__: argument arrays, output copies), not the "
+        "kernels.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _commit() -> str:
+def _runtime() -> str:
+    """Which runtime ran: this checkout's commit, or the folder gimlet.runtime came from."""
     import subprocess
 
+    import gimlet.runtime
+
+    where = Path(gimlet.runtime.__file__).resolve().parents[1]
+    if where != ROOT:
+        return f"the runtime under {where}"
     out = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
@@ -273,10 +330,18 @@ def _commit() -> str:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    return out.stdout.strip() + (" (runtime/ modified)" if dirty else "")
+    return f"commit {out.stdout.strip()}" + (" (runtime/ modified)" if dirty else "")
 
 
 def main() -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="write the raw figures here (json) instead of the results")
+    p.add_argument("--label", help="what runtime this is, for --out (default: where it is)")
+    p.add_argument("--before", help="an --out file of an earlier runtime: shown beside these")
+    args = p.parse_args()
     os.environ["GIMLET_CPU_THREADS"] = "1"
     meta = machine_info()
     with tempfile.TemporaryDirectory(prefix="gimlet-pipeline-bench-") as d:
@@ -288,7 +353,17 @@ def main() -> None:
 
         devices = load_bundle(bundle).devices
         py = {dev: worker_python(bundle, rank) for rank, dev in enumerate(devices)}
-    data = {"meta": meta, "commit": _commit(), "requests": req, "python": py}
+    data: dict[str, Any] = {
+        "meta": meta,
+        "runtime": args.label or _runtime(),
+        "requests": req,
+        "python": py,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=2))
+        return
+    if args.before:
+        data["before"] = json.loads(Path(args.before).read_text())
     text = report(data)
     print(text)
     save("pipeline_overhead", data, text)
