@@ -20,7 +20,10 @@ is the runtime's, and how it grows with M is its cost per micro-batch.
 
 `python benchmarks/pipeline_overhead.py` writes benchmarks/results/pipeline_overhead.
 {json,md}; GIMLET_CPU_THREADS=1 (one C++ thread per worker: no pool thread spinning
-after a kernel on a 2-core machine that already runs three workers).
+after a kernel on a 2-core machine that already runs three workers). Before and after a
+change: run it with `gimlet` importing the older runtime (an export of that commit which
+the editable install's module mapping points at, workers included) and `--out old.json
+--label "..."`, then on this checkout with `--before old.json`.
 """
 
 from __future__ import annotations
