@@ -98,13 +98,14 @@ so no one factor fits; elementwise: memory bound anyway) keep the datasheet peak
 
 MEASURED_LAUNCH_OVERHEAD: dict[str, float] = {
     "NVIDIA H100 SXM5 80GB": 3.4e-6,
-    "NVIDIA H200 SXM 141GB": 3.3e-6,
+    "NVIDIA H200 SXM 141GB": 4.0e-6,
 }
 """Seconds per kernel by Device.model, replacing its preset `launch_overhead`. H100: the
 median, over ops under 20 us, of measured time minus the calibrated roofline, in CUDA-graph
 replay (eager torch adds host dispatch on top: 10-35 us per small op on the same machine).
 H200: from gimlet's own GPU backend, a GPT placed on gpu0 alone (207 ops): measured time
-minus the summed calibrated roofline, per op (benchmarks/results/gpu_placements.md)."""
+minus the summed calibrated roofline, per op; the median of three runs' fits, 3.27, 4.03
+and 4.32 us (benchmarks/results/gpu_placements.md, runs 1-3)."""
 
 
 @dataclass(frozen=True)
