@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from results_io import machine_info, print_kernels, save  # noqa: E402
+from results_io import RESULTS, machine_info, print_kernels, save  # noqa: E402
 
 CLUSTER = """cluster "cpu-and-two-h200"
 device cpu0 : cpu
@@ -214,9 +214,10 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
     return {"config": c, "rows": rows}
 
 
-def profile(d: Path) -> None:
-    """gimlet's kernels on one GPU for the whole batch (graphs off, so the profiler sees
-    each launch), then torch eager's, each over 3 calls."""
+def profile(d: Path, micro: list[int]) -> None:
+    """gimlet's kernels on one GPU (graphs off, so the profiler sees each launch): the whole
+    batch, then (static bundles) one micro-batch of each count asked for, then torch
+    eager's whole batch, each over 3 calls: where a micro-batch loses to the whole batch."""
     from gimlet.runtime import load
 
     os.environ["GIMLET_CUDA_GRAPHS"] = "0"
@@ -225,10 +226,47 @@ def profile(d: Path) -> None:
     net = model()[0]
     net = net.cuda()
     c = json.loads((d / "config.json").read_text())
-    one = load(str(d / bundle_name("one_gpu", c, c["batch"])))
-    runners = {"gimlet": one, "torch eager": lambda x: net(x.cuda())}
-    for name, run in runners.items():
-        print_kernels(f"[pipeline] {name}, whole batch", run, (ids,), calls=3)
+    print_kernels(
+        "[pipeline] gimlet, whole batch",
+        load(str(d / bundle_name("one_gpu", c, c["batch"]))),
+        (ids,),
+        calls=3,
+    )
+    for m in micro if c.get("static") else []:
+        one = load(str(d / bundle_name("one_gpu", c, c["batch"] // m)))
+        print_kernels(
+            f"[pipeline] gimlet, one micro-batch of {m}", one, (ids[: c["batch"] // m],), calls=3
+        )
+    print_kernels("[pipeline] torch eager, whole batch", lambda x: net(x.cuda()), (ids,), calls=3)
+
+
+def trace(d: Path, micro: int) -> None:
+    """Two requests of the two-GPU pipeline with `micro` micro-batches, every worker's
+    trace events kept (runtime/trace.py: compute, transfers, copy streams, the GPU parts
+    in GPU time): written as gpu_pipeline_trace.json (Chrome/Perfetto), with each
+    device's track totals printed."""
+    from gimlet.runtime.launch import launch
+    from gimlet.runtime.trace import TRACKS, chrome_trace
+
+    c = json.loads((d / "config.json").read_text())
+    ids = np.load(d / "io.npz")["ids"]
+    bundle = d / bundle_name("two_gpus", c, c["batch"] // micro)
+    result = launch(str(bundle), [ids], iterations=2, micro_batches=micro)
+    for s in result.stats:
+        by_tid: dict[int, list[float]] = {}
+        for e in s["events"]:
+            if e.get("ph", "X") == "X":
+                by_tid.setdefault(e.get("tid", 0), []).append(e.get("dur", 0.0))
+        tracks = ", ".join(
+            f"{TRACKS.get(t, t)}: {len(v)} spans, {sum(v) / 1e3:.2f} ms"
+            for t, v in sorted(by_tid.items())
+        )
+        print(f"[pipeline] trace {s['device']}: {tracks}", flush=True)
+    out = RESULTS / "gpu_pipeline_trace.json"
+    out.write_text(json.dumps(chrome_trace(result.stats)))
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / out.name).write_text(out.read_text())
+    print(f"[pipeline] trace of 2 requests: {out}", flush=True)
 
 
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -270,6 +308,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", metavar="DIR", help="per-kernel GPU time, gimlet and eager")
     ap.add_argument(
+        "--trace",
+        metavar="M",
+        type=int,
+        help="after --run: the two-GPU pipeline's trace with M micro-batches (2 requests)",
+    )
+    ap.add_argument(
         "--placement", choices=["one_gpu", "two_gpus"], help="--prepare only this placement"
     )
     ap.add_argument(
@@ -285,7 +329,7 @@ def main() -> None:
         micro = [int(m) for m in args.micro.split(",")]
         prepare(Path(args.prepare), config, args.batch, micro, args.placement)
     if args.profile:
-        profile(Path(args.profile))
+        profile(Path(args.profile), [int(m) for m in args.micro.split(",")])
     if args.run:
         micro = [int(m) for m in args.micro.split(",")]
         result = measure(Path(args.run), micro, args.iters)
@@ -298,6 +342,8 @@ def main() -> None:
         }
         save("gpu_pipeline", dict(result, meta=meta), markdown(result, meta))
         print(markdown(result, meta))
+        if args.trace:
+            trace(Path(args.run), args.trace)
 
 
 if __name__ == "__main__":
