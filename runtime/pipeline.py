@@ -129,26 +129,15 @@ Place = Callable[[list[tuple[tuple[int, ...], np.dtype[Any]]]], list[np.ndarray]
 """Where joined outputs go: given each one's (shape, dtype), arrays to fill in place."""
 
 
-def join(outputs: Sequence[Sequence[Any]], into: Place | None = None) -> list[Any]:
-    """The micro-batches' outputs ([micro][output]) joined along their first dim. `into`,
-    given each joined output's (shape, dtype), says where they go (the host worker's
-    output arena: one copy of the outputs, not one here and one there); else new
-    arrays (torch tensors for torch parts)."""
+def join(outputs: Sequence[Sequence[Any]]) -> list[Any]:
+    """The micro-batches' outputs ([micro][output]) joined along their first dim, as new
+    arrays (torch tensors for torch parts); the host worker uses join_micro instead."""
     columns = [list(parts) for parts in zip(*outputs, strict=True)]
     for i, parts in enumerate(columns):
         if not hasattr(parts[0], "detach") and np.ndim(parts[0]) == 0:
             raise PipelineError(
                 f"output {i} is a scalar: micro-batches join outputs along their first dim"
             )
-    if into is not None:
-        arrays = [[np.asarray(p) for p in parts] for parts in columns]
-        specs = [
-            ((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype) for parts in arrays
-        ]
-        dsts = into(specs)
-        for parts, dst in zip(arrays, dsts, strict=True):
-            np.concatenate(parts, out=dst)
-        return dsts
     joined: list[Any] = []
     for parts in columns:
         if hasattr(parts[0], "detach"):
@@ -158,6 +147,27 @@ def join(outputs: Sequence[Sequence[Any]], into: Place | None = None) -> list[An
         else:
             joined.append(np.concatenate([np.asarray(p) for p in parts]))
     return joined
+
+
+def join_micro(
+    parts: Sequence[Any], j: int, m: int, into: Place, dsts: list[np.ndarray] | None
+) -> list[np.ndarray]:
+    """Micro-batch j's outputs copied into its rows of the joined outputs, as soon as it is
+    done (the host worker, while later micro-batches still run: no join of everything
+    after the last one). The first call (j = 0) asks `into` for the joined arrays: every
+    micro-batch has micro-batch 0's shape (the split is even)."""
+    arrays = [np.asarray(p) for p in parts]
+    if dsts is None:
+        for i, a in enumerate(arrays):
+            if a.ndim == 0:
+                raise PipelineError(
+                    f"output {i} is a scalar: micro-batches join outputs along their first dim"
+                )
+        dsts = into([((len(a) * m, *a.shape[1:]), a.dtype) for a in arrays])
+    for a, dst in zip(arrays, dsts, strict=True):
+        b = len(dst) // m
+        dst[j * b : (j + 1) * b] = a
+    return dsts
 
 
 def check_count(m: int) -> None:

@@ -261,7 +261,7 @@ class Worker:
     ) -> list[Any]:
         """The wavefront: at step s, each op at stage d runs micro-batch s - d."""
         from gimlet.ir import main_func
-        from gimlet.runtime.pipeline import join, split, stages
+        from gimlet.runtime.pipeline import join, join_micro, split, stages
 
         if plan.depth < 0:  # stages worked out on the first pipelined request
             stage_of = stages(main_func(module), self.bundle.host)
@@ -272,16 +272,22 @@ class Worker:
         if plan.host:
             for j, piece in enumerate(split(inputs, m)):
                 values[j][: len(piece)] = piece
+        joined: list[Any] | None = None
         for s in range(m + plan.depth):
             for step in plan.steps:
                 j = s - step.stage
                 if 0 <= j < m:
                     self.micro = j
                     self._step(step, values[j])
+            done = s - plan.depth  # every stage has run it: its outputs go where they belong
+            if plan.host and into is not None and done >= 0:
+                joined = join_micro([values[done][i] for i in plan.returns], done, m, into, joined)
+                values[done] = []  # its buffers back as the next ones run
         self.micro = None
-        results = join([[v[i] for i in plan.returns] for v in values], into) if plan.host else []
+        if plan.host and into is None:
+            joined = join([[v[i] for i in plan.returns] for v in values])
         self._finish()
-        return results
+        return joined if plan.host and joined is not None else []
 
     def _step(self, step: _Step, values: list[Any]) -> None:
         """Run one step on one (micro-)batch's values."""

@@ -17,7 +17,14 @@ import torch
 
 from gimlet.cli import main as gimletc
 from gimlet.runtime.control import LocalSlot
-from gimlet.runtime.pipeline import PipelineError, check_split, join, split, stages
+from gimlet.runtime.pipeline import (
+    PipelineError,
+    check_split,
+    join,
+    join_micro,
+    split,
+    stages,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 THREE = str(ROOT / "examples" / "three_cpus.cluster")
@@ -87,16 +94,22 @@ def test_split_and_join() -> None:
     assert [p[0].shape for p in pieces] == [(2, 2)] * 3
     assert [p[1].tolist() for p in pieces] == [[0, 1], [2, 3], [4, 5]]
     np.testing.assert_array_equal(join([[p[0]] for p in pieces])[0], x)
-    # joined where `into` says (the host worker's output arena), in one copy
+    # joined where `into` says (the host worker's output arena), one micro-batch at a
+    # time as each is done: `into` is asked once, with the joined shape
     asked = []
 
     def into(specs: list[Any]) -> list[np.ndarray]:
         asked.extend(specs)
         return [np.full(shape, -1, dtype) for shape, dtype in specs]
 
-    (got,) = join([[p[0]] for p in pieces], into)
+    dsts = None
+    for j, p in enumerate(pieces):
+        dsts = join_micro([p[0]], j, 3, into, dsts)
+        assert dsts[0][: 2 * (j + 1)].tolist() == x[: 2 * (j + 1)].tolist()
+        assert (dsts[0][2 * (j + 1) :] == -1).all()  # later rows not written yet
     assert asked == [((6, 2), x.dtype)]
-    np.testing.assert_array_equal(got, x)
+    with pytest.raises(PipelineError, match="^output 0 is a scalar: micro-batches join"):
+        join_micro([np.float32(1.0)], 0, 2, into, None)
     with pytest.raises(PipelineError, match="input 0 has 6 rows in its first dim, which 4 micro"):
         check_split([(6, 2)], 4)
     with pytest.raises(PipelineError, match="^input 1 has 6 rows in its first dim, which 4 micro"):
