@@ -94,7 +94,12 @@ def bundle_name(placement: str, c: dict[str, Any], batch: int) -> str:
 
 
 def prepare(
-    out: Path, c: dict[str, Any], batch: int, micro: list[int], only: str | None = None
+    out: Path,
+    c: dict[str, Any],
+    batch: int,
+    micro: list[int],
+    only: str | None = None,
+    quick: bool = False,
 ) -> None:
     from gimlet.cli import main as gimletc
 
@@ -111,6 +116,8 @@ def prepare(
         if only and placement != only:
             continue
         for b in dict.fromkeys(batches):
+            if quick and (b == batch) != (placement == "one_gpu"):
+                continue  # --quick: one GPU's whole batch and two GPUs' micro-batches only
             name = bundle_name(placement, c, b)
             config = dict(c, compile_batch=b)
             (out / f"{name}.json").write_text(json.dumps(config))
@@ -144,7 +151,7 @@ def timed(run: Any, ids: torch.Tensor, iters: int) -> tuple[float, np.ndarray]:
     return statistics.median(times), out.float().numpy()
 
 
-def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
+def measure(d: Path, micro: list[int], iters: int, quick: bool = False) -> dict[str, Any]:
     from gimlet.runtime import load
 
     c = json.loads((d / "config.json").read_text())
@@ -169,6 +176,14 @@ def measure(d: Path, micro: list[int], iters: int) -> dict[str, Any]:
         }
         print(f"[pipeline] {name}: {ms:.2f} ms, err {err}", flush=True)
 
+    if quick:  # the goal's two rows only: one GPU's whole batch, two GPUs pipelined
+        row("one GPU, whole batch", "one_gpu")
+        for m in micro:
+            row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
+        base = rows["one GPU, whole batch"]["seq_per_s"]
+        for r in rows.values():
+            r["vs_one_gpu"] = r["seq_per_s"] / base
+        return {"config": c, "rows": rows}
     # torch eager on one GPU, the whole batch: what the model costs without gimlet
     eager = model()[0].cuda()
     with torch.no_grad():
@@ -317,6 +332,11 @@ def main() -> None:
         "--placement", choices=["one_gpu", "two_gpus"], help="--prepare only this placement"
     )
     ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="only one GPU's whole batch and two GPUs pipelined (prepare and run)",
+    )
+    ap.add_argument(
         "--static",
         action="store_true",
         help="compile a bundle per batch shape (default: one bundle, the batch dim dynamic)",
@@ -327,12 +347,12 @@ def main() -> None:
     if args.prepare:
         config = dict({k: getattr(args, k) for k in CONFIG}, static=args.static)
         micro = [int(m) for m in args.micro.split(",")]
-        prepare(Path(args.prepare), config, args.batch, micro, args.placement)
+        prepare(Path(args.prepare), config, args.batch, micro, args.placement, args.quick)
     if args.profile:
         profile(Path(args.profile), [int(m) for m in args.micro.split(",")])
     if args.run:
         micro = [int(m) for m in args.micro.split(",")]
-        result = measure(Path(args.run), micro, args.iters)
+        result = measure(Path(args.run), micro, args.iters, args.quick)
         meta = {
             "gpu": torch.cuda.get_device_name(),
             "torch": torch.__version__,

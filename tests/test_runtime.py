@@ -575,3 +575,23 @@ def test_bf16_model_split_over_two_cpu_workers_as_cxx(
     assert got.dtype == torch.bfloat16
     # bf16 tolerance as for the interpreter (tests/test_frontend.py)
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-2)
+
+
+def test_large_outputs_are_copied_out_in_pieces_exactly() -> None:
+    """The caller's copy of an output out of the shared arena: above COPY_CHUNK in pieces
+    on threads, any length (not a multiple of the pieces), equal and independent of the
+    arena (the next request overwrites it)."""
+    import mmap
+
+    from gimlet.runtime.launch import COPY_CHUNK, copy_out
+
+    m = mmap.mmap(-1, 3 * COPY_CHUNK)
+    n = (2 * COPY_CHUNK + 6) // 2
+    arena = np.ndarray((n // 7, 7), np.float16, buffer=m)
+    arena[...] = np.arange(arena.size, dtype=np.float32).reshape(arena.shape) % 1000
+    got = copy_out(arena)
+    want = arena.copy()
+    arena[...] = 0  # the next request
+    np.testing.assert_array_equal(got, want)
+    small = np.arange(5.0)
+    assert copy_out(small) is not small and copy_out(small).tolist() == small.tolist()
