@@ -50,9 +50,9 @@ def machine_info(*packages: str) -> dict[str, Any]:
     }
 
 
-def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -> None:
-    """Each CUDA kernel's GPU time over `calls` calls of fn(*args) after 5 warm-up calls
-    (torch.profiler; no autograd), printed under `title`."""
+def _profiled(fn: Any, args: tuple[Any, ...], calls: int, sync_each: bool) -> Any:
+    """torch.profiler (CUDA activity) over `calls` calls of fn(*args) after 5 warm-up calls,
+    no autograd; `sync_each`: a device sync after every call (so calls do not overlap)."""
     import torch
 
     with torch.no_grad():
@@ -63,7 +63,16 @@ def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -
         with torch.profiler.profile(activities=acts) as prof:
             for _ in range(calls):
                 fn(*args)
+                if sync_each:
+                    torch.cuda.synchronize()
             torch.cuda.synchronize()
+    return prof
+
+
+def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -> None:
+    """Each CUDA kernel's GPU time over `calls` calls of fn(*args) after 5 warm-up calls
+    (torch.profiler; no autograd), printed under `title`."""
+    prof = _profiled(fn, args, calls, sync_each=False)
     print(f"{title}: kernels over {calls} calls", flush=True)
     table = prof.key_averages().table(
         sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
@@ -83,17 +92,7 @@ def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dic
     import statistics
     import tempfile
 
-    import torch
-
-    with torch.no_grad():
-        for _ in range(5):
-            fn(*args)
-        torch.cuda.synchronize()
-        acts = [torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(calls):
-                fn(*args)
-                torch.cuda.synchronize()
+    prof = _profiled(fn, args, calls, sync_each=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))

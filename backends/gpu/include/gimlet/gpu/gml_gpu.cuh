@@ -768,42 +768,33 @@ struct LnRows {
   // together (the second pass reads L1)
   template <int M>
   GML_D void prepare(int64_t k) {
-    const int lane = threadIdx.x % GML_WARP;
-    constexpr int V = 16 / sizeof(T);
-    constexpr int64_t STEP = int64_t(GML_WARP) * V;
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       const T* xr = x + r * k;
-      float s = 0.f;
-      if (k % V == 0) {
-#pragma unroll 4
-        for (int64_t j = int64_t(lane) * V; j < k; j += STEP) {
-          float c[V];
-          chunk_raw(xr + j, c);
-#pragma unroll
-          for (int e = 0; e < V; ++e) s += c[e];
-        }
-      } else {
-        for (int64_t j = lane; j < k; j += GML_WARP) s += float(load(xr + j));
-      }
-      mean[r] = warp_sum(s) / float(k);
-      float v = 0.f;
-      if (k % V == 0) {
-#pragma unroll 4
-        for (int64_t j = int64_t(lane) * V; j < k; j += STEP) {
-          float c[V];
-          chunk_raw(xr + j, c);
-#pragma unroll
-          for (int e = 0; e < V; ++e) v += (c[e] - mean[r]) * (c[e] - mean[r]);
-        }
-      } else {
-        for (int64_t j = lane; j < k; j += GML_WARP) {
-          const float d = float(load(xr + j)) - mean[r];
-          v += d * d;
-        }
-      }
-      rstd[r] = rsqrtf(warp_sum(v) / float(k) + eps);
+      mean[r] = warp_sum(lane_sum(xr, k, [](float v) { return v; })) / float(k);
+      const float mu = mean[r];
+      const float var = warp_sum(lane_sum(xr, k, [mu](float v) { return (v - mu) * (v - mu); }));
+      rstd[r] = rsqrtf(var / float(k) + eps);
     }
+  }
+  // this lane's share of sum f(x[j]) over a row of k
+  template <class F>
+  GML_D static float lane_sum(const T* xr, int64_t k, F f) {
+    const int lane = threadIdx.x % GML_WARP;
+    constexpr int V = 16 / sizeof(T);
+    float s = 0.f;
+    if (k % V == 0) {
+#pragma unroll 4
+      for (int64_t j = int64_t(lane) * V; j < k; j += int64_t(GML_WARP) * V) {
+        float c[V];
+        chunk_raw(xr + j, c);
+#pragma unroll
+        for (int e = 0; e < V; ++e) s += f(c[e]);
+      }
+    } else {
+      for (int64_t j = lane; j < k; j += GML_WARP) s += f(float(load(xr + j)));
+    }
+    return s;
   }
   GML_D static void chunk_raw(const T* p, float (&out)[16 / sizeof(T)]) {
     T v[16 / sizeof(T)];
