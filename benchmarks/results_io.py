@@ -80,27 +80,18 @@ def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -
     print(table, flush=True)
 
 
-def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dict[str, Any]:
-    """What the GPU does during one call of fn(*args), CUDA graphs included: the kernels
-    and copies of `calls` calls (each followed by a device sync) from torch.profiler's
-    trace, cut into calls by count. Per call (median): the span from the first start to
-    the last end, the time some kernel or copy runs (their union), the sum of their
-    durations (above the union when they overlap: programmatic dependent launch), and how
-    many start before the one before them ended. Printed under `title` with each kernel's
-    mean duration; returned as a dict."""
+def call_timeline(trace_events: list[dict[str, Any]], calls: int) -> dict[str, Any]:
+    """timeline's arithmetic on a Chrome trace's events: the kernels and copies, in time
+    order, cut into `calls` equal runs; per call (median) the span, the union of the
+    events (busy), the sum of their durations, and how many start before the one before
+    them ended; each kernel's mean duration and count per call."""
     import collections
     import statistics
-    import tempfile
 
-    prof = _profiled(fn, args, calls, sync_each=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        trace = json.loads(path.read_text())
     events = sorted(
         (
             e
-            for e in trace["traceEvents"]
+            for e in trace_events
             if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")
         ),
         key=lambda e: e["ts"],
@@ -124,7 +115,7 @@ def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dic
     by_name: dict[str, list[float]] = collections.defaultdict(list)
     for e in events[: per * calls]:
         by_name[e["name"]].append(e["dur"])
-    result = {
+    return {
         "events_per_call": per,
         "span_us": statistics.median(spans),
         "busy_us": statistics.median(busy),
@@ -135,6 +126,25 @@ def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dic
             for n, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
         },
     }
+
+
+def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dict[str, Any]:
+    """What the GPU does during one call of fn(*args), CUDA graphs included: the kernels
+    and copies of `calls` calls (each followed by a device sync) from torch.profiler's
+    trace, cut into calls by count. Per call (median): the span from the first start to
+    the last end, the time some kernel or copy runs (their union), the sum of their
+    durations (above the union when they overlap: programmatic dependent launch), and how
+    many start before the one before them ended. Printed under `title` with each kernel's
+    mean duration; returned as a dict."""
+    import tempfile
+
+    prof = _profiled(fn, args, calls, sync_each=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        trace = json.loads(path.read_text())
+    result = call_timeline(trace["traceEvents"], calls)
+    per = result["events_per_call"]
     print(
         f"{title}: {per} kernels/copies a call; GPU span {result['span_us']:.1f} us, busy "
         f"{result['busy_us']:.1f} us, sum of durations {result['sum_us']:.1f} us, "
