@@ -38,6 +38,7 @@ import numpy as np
 from gimlet.backends.base import segment_call
 from gimlet.errors import UserError
 from gimlet.runtime.bundle import GPU_KINDS, Bundle, BundleError
+from gimlet.runtime.trace import copy_event, event
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -546,7 +547,6 @@ class InProcess:
         """The timed host<->GPU copies (runtime/staging.py) on each GPU's copy-stream
         tracks, in host time."""
         from gimlet.runtime.staging import drain_all
-        from gimlet.runtime.trace import COPY_TIDS
 
         for index, spans in drain_all().items():
             device = self.gpu_names.get(index)
@@ -555,9 +555,7 @@ class InProcess:
             stats = self.stats.setdefault(device, {"device": device, "segments": {}, "events": []})
             for sp in spans:
                 if sp.direction in ("h2d", "d2h"):
-                    tid = COPY_TIDS[sp.direction]
-                    ev = _span(f"{sp.label} {sp.direction.upper()}", sp.start, sp.end, tid)
-                    ev.update(cat="copy", args={"bytes": sp.nbytes, "stream": "copy"})
+                    ev = copy_event(sp.label, sp.direction, sp.start, sp.end, sp.nbytes)
                     stats["events"].append(ev)
 
 
@@ -720,12 +718,4 @@ def _faults(bundle: Bundle) -> dict[str, _Fault]:
 
 
 def _span(name: str, start: float, end: float, tid: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "cat": "compute",
-        "ph": "X",
-        "ts": start * 1e6,
-        "dur": max(end - start, 1e-7) * 1e6,
-        "tid": tid,
-        "args": {},
-    }
+    return event(name, "compute", start, end, tid, {})

@@ -190,15 +190,11 @@ class Session:
         cannot be cut into micro-batches (runtime/pipeline.py)."""
         from gimlet.ir import main_func
         from gimlet.runtime.inprocess import parse_program
-        from gimlet.runtime.pipeline import PipelineError, check_count, stages
+        from gimlet.runtime.pipeline import check_count, check_joinable, stages
 
         check_count(self.micro_batches)
         stages(main_func(module or parse_program(self.bundle)), self.bundle.host)
-        for i, out in enumerate(self.bundle.manifest["outputs"]):
-            if not out["shape"]:
-                raise PipelineError(
-                    f"output {i} is a scalar: micro-batches join outputs along their first dim"
-                )
+        check_joinable([out["shape"] for out in self.bundle.manifest["outputs"]])
 
     # -- start and stop
 
@@ -590,9 +586,10 @@ def copy_out(view: np.ndarray) -> np.ndarray:
     dst = np.empty_like(view)
     flat_src, flat_dst = view.reshape(-1), dst.reshape(-1)
     n = len(flat_src)
-    pieces = min(8, os.cpu_count() or 1, -(-view.nbytes // COPY_CHUNK))
+    threads = min(8, os.cpu_count() or 1)
+    pieces = min(threads, -(-view.nbytes // COPY_CHUNK))
     if _copiers is None:
-        _copiers = ThreadPoolExecutor(min(8, os.cpu_count() or 1), "gimlet-copy")
+        _copiers = ThreadPoolExecutor(threads, "gimlet-copy")
     bounds = [n * i // pieces for i in range(pieces + 1)]
     list(
         _copiers.map(

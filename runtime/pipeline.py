@@ -133,11 +133,7 @@ def join(outputs: Sequence[Sequence[Any]]) -> list[Any]:
     """The micro-batches' outputs ([micro][output]) joined along their first dim, as new
     arrays (torch tensors for torch parts); the host worker uses join_micro instead."""
     columns = [list(parts) for parts in zip(*outputs, strict=True)]
-    for i, parts in enumerate(columns):
-        if not hasattr(parts[0], "detach") and np.ndim(parts[0]) == 0:
-            raise PipelineError(
-                f"output {i} is a scalar: micro-batches join outputs along their first dim"
-            )
+    check_joinable([_shape(parts[0]) for parts in columns])
     joined: list[Any] = []
     for parts in columns:
         if hasattr(parts[0], "detach"):
@@ -158,11 +154,7 @@ def join_micro(
     micro-batch has micro-batch 0's shape (the split is even)."""
     arrays = [np.asarray(p) for p in parts]
     if dsts is None:
-        for i, a in enumerate(arrays):
-            if a.ndim == 0:
-                raise PipelineError(
-                    f"output {i} is a scalar: micro-batches join outputs along their first dim"
-                )
+        check_joinable([a.shape for a in arrays])
         dsts = into([((len(a) * m, *a.shape[1:]), a.dtype) for a in arrays])
     for a, dst in zip(arrays, dsts, strict=True):
         b = len(dst) // m
@@ -188,3 +180,16 @@ def check_split(shapes: Sequence[Sequence[int]], m: int) -> None:
                 f"input {i} has {shape[0]} rows in its first dim, which {m} micro-batches "
                 "do not divide"
             )
+
+
+def check_joinable(shapes: Sequence[Sequence[int]]) -> None:
+    """Every output can be joined from micro-batches along its first dim."""
+    for i, shape in enumerate(shapes):
+        if not shape:
+            raise PipelineError(
+                f"output {i} is a scalar: micro-batches join outputs along their first dim"
+            )
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)

@@ -19,6 +19,27 @@ GPU_TID = 4  # compiled GPU parts, GPU time
 TRACKS = {0: "compute", 1: "transfers", 2: "copy stream H2D", 3: "copy stream D2H", 4: "gpu"}
 
 
+def event(
+    name: str, cat: str, start: float, end: float, tid: int, args: dict[str, Any]
+) -> dict[str, Any]:
+    """A complete ("X") trace event from host seconds (time.time())."""
+    return {
+        "name": name,
+        "cat": cat,
+        "ph": "X",
+        "ts": start * 1e6,
+        "dur": max(end - start, 1e-7) * 1e6,
+        "tid": tid,
+        "args": args,
+    }
+
+
+def copy_event(label: str, direction: str, start: float, end: float, nbytes: int) -> dict[str, Any]:
+    """A host<->GPU copy on its copy stream's track ("h2d" or "d2h", runtime/staging.py)."""
+    args = {"bytes": nbytes, "stream": "copy"}
+    return event(f"{label} {direction.upper()}", "copy", start, end, COPY_TIDS[direction], args)
+
+
 def chrome_trace(stats: list[dict[str, Any]]) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     t0 = min((e["ts"] for s in stats for e in s["events"]), default=0.0)

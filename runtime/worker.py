@@ -36,7 +36,8 @@ import numpy as np
 
 from gimlet.errors import describe_location
 from gimlet.runtime.pipeline import Place
-from gimlet.runtime.trace import COPY_TIDS, GPU_TID
+from gimlet.runtime.trace import GPU_TID, copy_event
+from gimlet.runtime.trace import event as _span
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -194,10 +195,7 @@ class Worker:
             return
         spec = self.channels.specs[channel]
         if d in ("h2d", "d2h"):  # counted in bytes by the transfer itself
-            copy = {"bytes": nbytes, "stream": "copy"}
-            self.events.append(
-                _span(f"ch{channel} {d.upper()}", "copy", start, end, COPY_TIDS[d], copy)
-            )
+            self.events.append(copy_event(f"ch{channel}", d, start, end, nbytes))
             return
         peer = self.bundle.devices[spec.src if d == "in" else spec.dst]
         name = f"ch{channel} {'<-' if d == 'in' else '->'} {peer}"
@@ -243,7 +241,8 @@ class Worker:
         """One pass over the program; executors (and their loaded libraries) persist
         across calls, so repeated runs measure the steady state. `micro_batches` > 1:
         the inputs cut into that many pieces, run as a pipeline (runtime/pipeline.py),
-        the outputs joined where `into` says (pipeline.join)."""
+        each micro-batch's outputs put where `into` says as it is done (pipeline.join_micro;
+        without `into`, joined at the end)."""
         plan = self.plan if self.plan is not None else self._plan(module, weights)
         if micro_batches > 1:
             return self._run_pipelined(plan, module, inputs, micro_batches, into)
@@ -287,7 +286,7 @@ class Worker:
         if plan.host and into is None:
             joined = join([[v[i] for i in plan.returns] for v in values])
         self._finish()
-        return joined if plan.host and joined is not None else []
+        return joined if joined is not None else []  # (None: not the host)
 
     def _step(self, step: _Step, values: list[Any]) -> None:
         """Run one step on one (micro-)batch's values."""
@@ -522,20 +521,6 @@ def cuda_device(bundle: Any, device: str) -> Any:
     if os.environ.get("GIMLET_TRANSPORT") == "gloo":
         return None
     return torch.device("cuda", index)
-
-
-def _span(
-    name: str, cat: str, start: float, end: float, tid: int, args: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "cat": cat,
-        "ph": "X",
-        "ts": start * 1e6,
-        "dur": max(end - start, 1e-7) * 1e6,
-        "tid": tid,
-        "args": args,
-    }
 
 
 def _load_inputs(path: str, bundle: Any) -> list[np.ndarray]:
