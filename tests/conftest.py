@@ -56,3 +56,16 @@ def imported(name: str) -> Imported:
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request: Any) -> Imported:
     return imported(request.param)
+
+
+def mlp_example(rows: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """examples/mlp.py's model (eval) and `rows` rows of seeded input for it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from mlp import model
+
+    module = model()[0].eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((rows, 32)).astype("f4"))
+    return module, x

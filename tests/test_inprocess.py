@@ -26,6 +26,7 @@ import torch
 
 import gimlet
 import models
+from conftest import mlp_example
 from gimlet.cli import main as gimletc
 from gimlet.runtime.bundle import BundleError
 from gimlet.runtime.inprocess import InProcessError
@@ -99,12 +100,7 @@ def bundles() -> Any:
 
 
 def _mlp() -> tuple[torch.nn.Module, torch.Tensor]:
-    sys.path.insert(0, str(ROOT / "examples"))
-    from mlp import model
-
-    module = model()[0].eval()
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((5, 32)).astype("f4"))
-    return module, x
+    return mlp_example(5)
 
 
 # -- which path, and the same numbers on every path

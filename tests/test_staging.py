@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import mlp_example
 from gimlet.runtime import staging
 from gimlet.runtime.channels import Channels, ChannelSpec
 from gimlet.runtime.staging import DEPTH, MIN_BYTES, Ring, buffer_size
@@ -408,14 +409,7 @@ def gpu_bundles() -> Any:
 
 
 def _mlp() -> tuple[torch.nn.Module, torch.Tensor]:
-    import sys
-
-    sys.path.insert(0, str(ROOT / "examples"))
-    from mlp import model
-
-    module = model()[0].eval()
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((300, 32)).astype("f4"))
-    return module, x
+    return mlp_example(300)
 
 
 @cuda
