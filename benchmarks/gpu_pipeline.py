@@ -160,47 +160,34 @@ def measure(d: Path, micro: list[int], iters: int, quick: bool = False) -> dict[
     ids = torch.from_numpy(io["ids"])
     rows: dict[str, Any] = {}
 
+    def record(name: str, ms: float, out: np.ndarray, how: str, **kw: Any) -> None:
+        err = float(np.max(np.abs(out - io["want"]))) if "want" in io else None
+        rows[name] = {"ms": ms, "seq_per_s": c["batch"] / ms * 1e3, "max_abs_err": err}
+        rows[name].update(how=how, **kw)
+        print(f"[pipeline] {name}: {ms:.2f} ms, err {err}", flush=True)
+
     def row(name: str, placement: str, **kw: Any) -> None:
         print(f"[pipeline] {name} ...", flush=True)
         bundle = bundle_name(placement, c, c["batch"] // kw.get("micro_batches", 1))
         with load(str(d / bundle), **kw) as run:
             ms, out = timed(run, ids, iters)
             how = run.reason
-        err = float(np.max(np.abs(out - io["want"]))) if "want" in io else None
-        rows[name] = {
-            "ms": ms,
-            "seq_per_s": c["batch"] / ms * 1e3,
-            "max_abs_err": err,
-            "how": how,
-            **kw,
-        }
-        print(f"[pipeline] {name}: {ms:.2f} ms, err {err}", flush=True)
+        record(name, ms, out, how, **kw)
 
-    if quick:  # the goal's two rows only: one GPU's whole batch, two GPUs pipelined
-        row("one GPU, whole batch", "one_gpu")
-        for m in micro:
-            row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
-        base = rows["one GPU, whole batch"]["seq_per_s"]
-        for r in rows.values():
-            r["vs_one_gpu"] = r["seq_per_s"] / base
-        return {"config": c, "rows": rows}
-    # torch eager on one GPU, the whole batch: what the model costs without gimlet
-    eager = model()[0].cuda()
-    with torch.no_grad():
-        ms, out = timed(lambda x: (eager(x.cuda()).cpu(),), ids, iters)
-    rows["torch eager, one GPU, whole batch"] = {
-        "ms": ms,
-        "seq_per_s": c["batch"] / ms * 1e3,
-        "max_abs_err": float(np.max(np.abs(out - io["want"]))) if "want" in io else None,
-        "how": "torch eager in this process",
-    }
-    eager.cpu()  # its GPU memory back for the runners
-    torch.cuda.empty_cache()
+    if not quick:  # (--quick: the goal's two rows only, one GPU's whole batch and the pipeline)
+        # torch eager on one GPU, the whole batch: what the model costs without gimlet
+        eager = model()[0].cuda()
+        with torch.no_grad():
+            ms, out = timed(lambda x: (eager(x.cuda()).cpu(),), ids, iters)
+        record("torch eager, one GPU, whole batch", ms, out, "torch eager in this process")
+        eager.cpu()  # its GPU memory back for the runners
+        torch.cuda.empty_cache()
     row("one GPU, whole batch", "one_gpu")
-    row("two GPUs, whole batch (split, no pipeline)", "two_gpus")
+    if not quick:
+        row("two GPUs, whole batch (split, no pipeline)", "two_gpus")
     for m in micro:
-        if c.get("static"):  # the micro-batches one after another in this process: what a
-            # micro-batch costs the GPU without the workers (the pipeline's best case / 2)
+        if c.get("static") and not quick:  # the micro-batches one after another in this
+            # process: what a micro-batch costs the GPU without the workers
             print(f"[pipeline] one GPU, {m} micro-batches in one process ...", flush=True)
             with load(str(d / bundle_name("one_gpu", c, c["batch"] // m))) as run:
 
@@ -208,24 +195,21 @@ def measure(d: Path, micro: list[int], iters: int, quick: bool = False) -> dict[
                     return (torch.cat([run(p)[0] for p in torch.chunk(x, m)]),)
 
                 ms, out = timed(one_by_one, ids, iters)
-                how = f"{m} calls of {run.reason}"
-            rows[f"one GPU, {m} micro-batches in one process"] = {
-                "ms": ms,
-                "seq_per_s": c["batch"] / ms * 1e3,
-                "max_abs_err": float(np.max(np.abs(out - io["want"]))) if "want" in io else None,
-                "how": how,
-            }
-            print(f"[pipeline] one GPU, {m} micro-batches in one process: {ms:.2f} ms", flush=True)
-        row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
+                record(
+                    f"one GPU, {m} micro-batches in one process",
+                    ms,
+                    out,
+                    f"{m} calls of {run.reason}",
+                )
+        if not quick:
+            row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
         row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
     base = rows["one GPU, whole batch"]["seq_per_s"]
     for name, r in rows.items():
         r["vs_one_gpu"] = r["seq_per_s"] / base
-        m = r.get("micro_batches")
-        if m and name.startswith("two"):
-            r["vs_one_gpu_same_micro"] = (
-                r["seq_per_s"] / rows[f"one GPU, {m} micro-batches"]["seq_per_s"]
-            )
+        same = rows.get(f"one GPU, {r.get('micro_batches')} micro-batches")
+        if name.startswith("two") and same is not None:
+            r["vs_one_gpu_same_micro"] = r["seq_per_s"] / same["seq_per_s"]
     return {"config": c, "rows": rows}
 
 
