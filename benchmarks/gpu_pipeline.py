@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from results_io import RESULTS, machine_info, print_kernels, save  # noqa: E402
+from results_io import RESULTS, GpuClocks, machine_info, print_kernels, save  # noqa: E402
 
 CLUSTER = """cluster "cpu-and-two-h200"
 device cpu0 : cpu
@@ -139,19 +139,45 @@ def prepare(
     (out / "config.json").write_text(json.dumps(dict(c, batch=batch)))
 
 
-def timed(run: Any, ids: torch.Tensor, iters: int) -> tuple[float, np.ndarray]:
-    """Median ms of whole requests (host tensors in and out), after warm-up; the output."""
+def timed(run: Any, ids: torch.Tensor, iters: int) -> tuple[float, np.ndarray, dict[str, Any]]:
+    """Median ms of whole requests (host tensors in and out), after warm-up; the output;
+    the GPUs' clocks while the timed requests ran."""
     for _ in range(3):
         (out,) = run(ids)
     times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
+    with GpuClocks() as clocks:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            (out,) = run(ids)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), out.float().numpy(), clocks.summary()
+
+
+def alternating(
+    runs: list[Any], ids: torch.Tensor, iters: int
+) -> tuple[list[float], list[np.ndarray], dict[str, Any]]:
+    """`timed` for several runners, one request of each in turn, so that every runner
+    meets the GPUs in the same state (warm, clocked alike): the median ms of each."""
+    outs = []
+    for run in runs:
+        for _ in range(3):
+            (out,) = run(ids)
+    times: list[list[float]] = [[] for _ in runs]
+    with GpuClocks() as clocks:
+        for _ in range(iters):
+            for k, run in enumerate(runs):
+                t0 = time.perf_counter()
+                (out,) = run(ids)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    for run in runs:
         (out,) = run(ids)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), out.float().numpy()
+        outs.append(out.float().numpy())
+    return [statistics.median(t) for t in times], outs, clocks.summary()
 
 
-def measure(d: Path, micro: list[int], iters: int, quick: bool = False) -> dict[str, Any]:
+def measure(
+    d: Path, micro: list[int], iters: int, quick: bool = False, interleave: bool = False
+) -> dict[str, Any]:
     from gimlet.runtime import load
 
     c = json.loads((d / "config.json").read_text())
@@ -160,26 +186,43 @@ def measure(d: Path, micro: list[int], iters: int, quick: bool = False) -> dict[
     ids = torch.from_numpy(io["ids"])
     rows: dict[str, Any] = {}
 
-    def record(name: str, ms: float, out: np.ndarray, how: str, **kw: Any) -> None:
+    def record(
+        name: str, ms: float, out: np.ndarray, how: str, clocks: dict[str, Any], **kw: Any
+    ) -> None:
         err = float(np.max(np.abs(out - io["want"]))) if "want" in io else None
         rows[name] = {"ms": ms, "seq_per_s": c["batch"] / ms * 1e3, "max_abs_err": err}
-        rows[name].update(how=how, **kw)
-        print(f"[pipeline] {name}: {ms:.2f} ms, err {err}", flush=True)
+        rows[name].update(how=how, clocks=clocks, **kw)
+        mhz = ", ".join(f"gpu{g} {v['sm_mhz']:.0f} MHz" for g, v in clocks.items())
+        print(f"[pipeline] {name}: {ms:.2f} ms, err {err} ({mhz})", flush=True)
 
     def row(name: str, placement: str, **kw: Any) -> None:
         print(f"[pipeline] {name} ...", flush=True)
         bundle = bundle_name(placement, c, c["batch"] // kw.get("micro_batches", 1))
         with load(str(d / bundle), **kw) as run:
-            ms, out = timed(run, ids, iters)
+            ms, out, clocks = timed(run, ids, iters)
             how = run.reason
-        record(name, ms, out, how, **kw)
+        record(name, ms, out, how, clocks, **kw)
+
+    if interleave:  # the goal's two runners, a request of each in turn
+        m = micro[0]
+        one = bundle_name("one_gpu", c, c["batch"])
+        two = bundle_name("two_gpus", c, c["batch"] // m)
+        print(f"[pipeline] one GPU's whole batch and two GPUs' {m} micro-batches, "
+              "alternating ...", flush=True)  # fmt: skip
+        with load(str(d / one)) as a, load(str(d / two), micro_batches=m) as b:
+            (ms_a, ms_b), (out_a, out_b), clocks = alternating([a, b], ids, iters)
+            how_a, how_b = a.reason, b.reason
+        record("one GPU, whole batch (alternating)", ms_a, out_a, how_a, clocks)
+        record(f"two GPUs, {m} micro-batches pipelined (alternating)", ms_b, out_b, how_b,
+               clocks, micro_batches=m)  # fmt: skip
 
     if not quick:  # (--quick: the goal's two rows only, one GPU's whole batch and the pipeline)
         # torch eager on one GPU, the whole batch: what the model costs without gimlet
         eager = model()[0].cuda()
         with torch.no_grad():
-            ms, out = timed(lambda x: (eager(x.cuda()).cpu(),), ids, iters)
-        record("torch eager, one GPU, whole batch", ms, out, "torch eager in this process")
+            ms, out, clocks = timed(lambda x: (eager(x.cuda()).cpu(),), ids, iters)
+        record("torch eager, one GPU, whole batch", ms, out, "torch eager in this process",
+               clocks)  # fmt: skip
         eager.cpu()  # its GPU memory back for the runners
         torch.cuda.empty_cache()
     row("one GPU, whole batch", "one_gpu")
@@ -194,19 +237,22 @@ def measure(d: Path, micro: list[int], iters: int, quick: bool = False) -> dict[
                 def one_by_one(x: torch.Tensor, run: Any = run, m: int = m) -> tuple[Any]:
                     return (torch.cat([run(p)[0] for p in torch.chunk(x, m)]),)
 
-                ms, out = timed(one_by_one, ids, iters)
+                ms, out, clocks = timed(one_by_one, ids, iters)
                 record(
                     f"one GPU, {m} micro-batches in one process",
                     ms,
                     out,
                     f"{m} calls of {run.reason}",
+                    clocks,
                 )
         if not quick:
             row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
         row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
     base = rows["one GPU, whole batch"]["seq_per_s"]
     for name, r in rows.items():
-        r["vs_one_gpu"] = r["seq_per_s"] / base
+        # the alternating pair is compared with each other (same GPU state)
+        alt = rows.get("one GPU, whole batch (alternating)") if "alternating" in name else None
+        r["vs_one_gpu"] = r["seq_per_s"] / (alt["seq_per_s"] if alt else base)
         same = rows.get(f"one GPU, {r.get('micro_batches')} micro-batches")
         if name.startswith("two") and same is not None:
             r["vs_one_gpu_same_micro"] = r["seq_per_s"] / same["seq_per_s"]
@@ -284,8 +330,8 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         ),
         "",
         "| runner | ms per request | sequences/s | vs one GPU (whole batch) | vs one GPU (same "
-        "micro-batches) | max abs err vs torch | how it ran |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "micro-batches) | max abs err vs torch | SM clock, MHz (median per GPU) | how it ran |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for name, r in result["rows"].items():
         same = r.get("vs_one_gpu_same_micro")
@@ -293,9 +339,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['ms']:.2f} | {r['seq_per_s']:.0f} | {r['vs_one_gpu']:.2f}x | "
             f"{f'{same:.2f}x' if same else ''} | {f'{err:.1e}' if err is not None else ''} | "
-            f"{r['how']} |"
+            f"{_clocks(r.get('clocks') or {})} | {r['how']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _clocks(clocks: dict[str, Any]) -> str:
+    return ", ".join(
+        f"gpu{g} {v['sm_mhz']:.0f} (min {v['min_sm_mhz']:.0f}, {v['power_w']:.0f} W)"
+        for g, v in clocks.items()
+    )
 
 
 def main() -> None:
@@ -321,6 +374,12 @@ def main() -> None:
         help="only one GPU's whole batch and two GPUs pipelined (prepare and run)",
     )
     ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="with --run: also one GPU's whole batch and two GPUs' first --micro count, "
+        "a request of each in turn (the same GPU state for both)",
+    )
+    ap.add_argument(
         "--static",
         action="store_true",
         help="compile a bundle per batch shape (default: one bundle, the batch dim dynamic)",
@@ -336,7 +395,7 @@ def main() -> None:
         profile(Path(args.profile), [int(m) for m in args.micro.split(",")])
     if args.run:
         micro = [int(m) for m in args.micro.split(",")]
-        result = measure(Path(args.run), micro, args.iters, args.quick)
+        result = measure(Path(args.run), micro, args.iters, args.quick, args.interleave)
         meta = {
             "gpu": torch.cuda.get_device_name(),
             "torch": torch.__version__,

@@ -154,3 +154,68 @@ def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dic
     for n, k in list(result["kernels"].items())[:14]:
         print(f"    {k['mean_us']:8.2f} us x {k['count_per_call']:5.1f}  {n[:110]}", flush=True)
     return result
+
+
+SMI_QUERY = "index,clocks.sm,power.draw,temperature.gpu"
+
+
+class GpuClocks:
+    """What the GPUs' clocks, power and temperature were while a block ran: `nvidia-smi`
+    sampling every `every_ms` in the background (no CUDA call, nothing in the measured
+    process). Why: a GPU that heats up or hits its power limit lowers its clock, and a
+    row measured late in a run on a hot GPU would be compared with one measured cool.
+    `summary()` gives per GPU the median SM MHz, power W and temperature C of the samples
+    (empty where nvidia-smi is missing)."""
+
+    def __init__(self, every_ms: int = 50):
+        self.every_ms = every_ms
+        self.proc: Any = None
+        self.lines: list[str] = []
+
+    def __enter__(self) -> GpuClocks:
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            cmd = [smi, f"--query-gpu={SMI_QUERY}", "--format=csv,noheader,nounits"]
+            self.proc = subprocess.Popen(
+                [*cmd, f"-lms={self.every_ms}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            self.lines = out.splitlines()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return clock_summary(self.lines)
+
+
+def clock_summary(lines: list[str]) -> dict[str, dict[str, float]]:
+    """nvidia-smi csv lines (index, SM MHz, W, C) -> per GPU index the medians and the
+    sample count; lines that do not parse (a header, '[N/A]') are skipped."""
+    import statistics
+
+    by_gpu: dict[str, list[tuple[float, float, float]]] = {}
+    for line in lines:
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            gpu, mhz, watts, temp = parts[0], *map(float, parts[1:4])
+        except (ValueError, TypeError):
+            continue
+        by_gpu.setdefault(gpu, []).append((mhz, watts, temp))
+    return {
+        gpu: {
+            "sm_mhz": statistics.median(s[0] for s in samples),
+            "min_sm_mhz": min(s[0] for s in samples),
+            "power_w": statistics.median(s[1] for s in samples),
+            "temp_c": statistics.median(s[2] for s in samples),
+            "samples": len(samples),
+        }
+        for gpu, samples in by_gpu.items()
+    }

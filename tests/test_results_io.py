@@ -38,3 +38,23 @@ def test_call_timeline_spans_busy_time_and_early_starts() -> None:
     assert got["kernels"]["a"] == {"count_per_call": 1.0, "mean_us": 10.0}
     assert got["kernels"]["copy"]["mean_us"] == 4.5
     assert list(got["kernels"]) == ["a", "copy", "b"]  # by total time
+
+
+def test_clock_summary_medians_per_gpu_and_skips_what_does_not_parse() -> None:
+    from results_io import clock_summary
+
+    lines = [
+        "0, 1980, 450.5, 40",
+        "1, 1755, 690.0, 61",
+        "0, 1830, 700.1, 44",
+        "0, 1980, 500.0, 42",
+        "1, [N/A], 10, 10",  # a sample nvidia-smi could not read
+        "",
+    ]
+    got = clock_summary(lines)
+    assert got == {
+        "0": {"sm_mhz": 1980.0, "min_sm_mhz": 1830.0, "power_w": 500.0, "temp_c": 42.0,
+              "samples": 3},
+        "1": {"sm_mhz": 1755.0, "min_sm_mhz": 1755.0, "power_w": 690.0, "temp_c": 61.0,
+              "samples": 1},
+    }  # fmt: skip
