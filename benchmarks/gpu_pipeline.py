@@ -145,11 +145,17 @@ def timed(run: Any, ids: torch.Tensor, iters: int) -> tuple[float, np.ndarray, d
     for _ in range(3):
         (out,) = run(ids)
     times = []
+    phases: dict[str, list[float]] = {}
     with GpuClocks() as clocks:
         for _ in range(iters):
             t0 = time.perf_counter()
             (out,) = run(ids)
             times.append((time.perf_counter() - t0) * 1e3)
+            for k, v in getattr(getattr(run, "last", None), "phases", {}).items():
+                phases.setdefault(k, []).append(v * 1e3)
+    if phases:  # a multi-process request: where the caller's time went (median ms)
+        spent = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in phases.items())
+        print(f"[pipeline]   request phases (ms): {spent}", flush=True)
     return statistics.median(times), out.float().numpy(), clocks.summary()
 
 

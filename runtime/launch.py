@@ -62,6 +62,11 @@ class RunResult:
     pids: list[int] = field(default_factory=list)
     wall_s: float = 0.0
     kernel_s: float = 0.0  # time in compiled parts (every rank's): the rest is the runtime's
+    # where a multi-process request's wall time went, in the caller: "send" (inputs into
+    # the arena, the workers told), "wait" (until every worker answered; of it, the host
+    # worker's own run "host_run", and its answer's arrival "host_answered"), "copy" (the
+    # outputs out of the shared arena)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -332,7 +337,9 @@ class Session:
             self.arena.sent()
         req = self._req = _Request(k, start if len(self.ready) == len(self.ranks) else _NEVER)
         req.pending = set(self.ranks)
+        sent = time.time()
         answers = self._wait(req)
+        answered = time.time()
         size, where = answers[self.host_rank][0]
         fds = answers[self.host_rank][1]
         if fds:
@@ -341,6 +348,7 @@ class Session:
         assert self.outputs is not None
         # copies: the arena is reused by the next request, the caller keeps these
         outputs = [copy_out(v) for v in self.outputs.views(where)]
+        copied = time.time()
         stats = []
         kernel_s = 0.0
         for rank, (_, _, st, seconds, kernels) in sorted(answers.items()):
@@ -351,7 +359,14 @@ class Session:
                 _accumulate(total, st)
                 stats.append(dict(st, iterations_s=[seconds]))
         pids = [p.pid for p in self.procs]
-        return RunResult(outputs, stats, pids, time.time() - start, kernel_s)
+        phases = {
+            "send": sent - start,
+            "wait": answered - sent,
+            "host_run": answers[self.host_rank][3],
+            "host_answered": (req.host_at or answered) - sent,
+            "copy": copied - answered,
+        }
+        return RunResult(outputs, stats, pids, time.time() - start, kernel_s, phases)
 
     def call(self, *inputs: Any) -> list[Any]:
         """A request with the host's share in this process (host_in_caller): torch

@@ -146,6 +146,26 @@ def test_load_keeps_its_workers_between_calls(bundles: dict[str, Path]) -> None:
     assert _gone(pids[0])  # closed with the block
 
 
+def test_a_request_says_where_the_callers_time_went(bundles: dict[str, Path]) -> None:
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.launch import Session
+
+    module, x = _mlp_input()
+    session = Session(load_bundle(str(bundles["mlp2"])))
+    try:
+        for _ in range(2):
+            result = session([x.numpy()])
+            np.testing.assert_allclose(
+                result.outputs[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5
+            )
+            ph = result.phases  # the caller's share of the wall time, in order
+            assert list(ph) == ["send", "wait", "host_run", "host_answered", "copy"]
+            assert ph["send"] + ph["wait"] + ph["copy"] <= result.wall_s
+            assert 0 <= ph["host_answered"] <= ph["wait"] and 0 < ph["host_run"] < ph["wait"]
+    finally:
+        session.close()
+
+
 def test_failed_request_kills_the_session_and_the_next_restarts_it(
     bundles: dict[str, Path],
 ) -> None:
