@@ -15,9 +15,10 @@ from xdsl.dialects.builtin import IntegerType, TensorType
 from xdsl.ir import Attribute, SSAValue
 
 from gimlet.dialects import gml
+from gimlet.dialects.shapes import DYN
 from gimlet.dtypes import element_type_for_torch
 from gimlet.errors import UnsupportedOpError, with_location
-from gimlet.frontend.registry import Emitter, converts, meta_type
+from gimlet.frontend.registry import Emitter, as_exported_when, converts, meta_type
 
 aten = torch.ops.aten
 fx = torch.fx
@@ -516,6 +517,79 @@ def addmm(imp: Emitter, node: fx.Node) -> SSAValue:
     if beta != 1:
         bias = imp.emit(gml.MulOp(bias, imp.scalar(float(beta), out.element_type)))
     return imp.emit(gml.AddOp(prod, bias, out))
+
+
+# ----------------------------------------- ops of torch.export's training IR ---
+# Composite ops the graph holds before run_decompositions (registry.py: AS_EXPORTED says why).
+# Each emits what its decomposition is imported as, in the same order, so the IR is the
+# same whether or not the program was decomposed.
+
+
+@as_exported_when(aten.linear.default)
+def _linear_folds(node: fx.Node) -> bool:
+    """torch decomposes linear as addmm/mm over the input's rows (what `linear` below
+    emits) for a 2-d input and a contiguous one of higher rank; other inputs go through
+    matmul's expand/bmm."""
+    x = args(node)[0].meta["val"]
+    return bool(x.dim() == 2 or (x.dim() > 2 and x.is_contiguous()))
+
+
+@converts(aten.linear.default)
+def linear(imp: Emitter, node: fx.Node) -> SSAValue:
+    """x @ w.T + b as decomposed: rows = x viewed as 2-d, then permute(w), addmm (or
+    permute, view, mm without a bias: matmul's order), then the view back."""
+    xn, wn = args(node)[0], args(node)[1]
+    bias = kwarg(node, 2, "bias", None)
+    out = rtype(node)
+    x, w = imp.value(xn), imp.value(wn)
+    shape = list(xn.meta["val"].shape)
+    rows = shape[0]
+    for d in shape[1:-1]:
+        rows = rows * d
+
+    def flat(v: SSAValue) -> SSAValue:
+        if len(shape) == 2:
+            return v
+        t = TensorType(elt_of(v), [rows if isinstance(rows, int) else DYN, shape[-1]])
+        return imp.emit(gml.ReshapeOp(v, t, [] if isinstance(rows, int) else [imp.sym(rows)]))
+
+    if bias is not None:
+        x = flat(x)
+        wt = imp.emit(gml.PermuteOp(w, [1, 0]))
+    else:
+        wt = imp.emit(gml.PermuteOp(w, [1, 0]))
+        x = flat(x)
+    y = imp.emit(gml.MatmulOp(x, wt))
+    if bias is not None:
+        assert isinstance(y.type, TensorType)
+        y = imp.emit(gml.AddOp(y, imp.value(bias), y.type))
+    if len(shape) == 2:
+        return y
+    return imp.emit(gml.ReshapeOp(y, out, imp.sizes(out, node.meta["val"])))
+
+
+@converts(aten.layer_norm.default)
+def layer_norm_composite(imp: Emitter, node: fx.Node) -> SSAValue:
+    """layer_norm(x, shape, weight, bias, eps): native_layer_norm's first result."""
+    x, shape = args(node)[0], args(node)[1]
+    w, b = kwarg(node, 2, "weight", None), kwarg(node, 3, "bias", None)
+    eps = float(kwarg(node, 4, "eps", 1e-5))
+    weight = imp.value(w) if w is not None else None
+    bias = imp.value(b) if b is not None else None
+    return imp.emit(gml.LayerNormOp(imp.value(x), weight, bias, len(shape), eps))
+
+
+@as_exported_when(aten.dropout.default)
+def _dropout_off(node: fx.Node) -> bool:
+    return not kwarg(node, 2, "train", True)
+
+
+@converts(aten.dropout.default)
+def dropout(imp: Emitter, node: fx.Node) -> SSAValue:
+    """Dropout off (an eval-mode model): the input, as its decomposition (a clone)."""
+    if kwarg(node, 2, "train", True):
+        raise unsupported(imp, node, "dropout in an inference graph")
+    return imp.value(args(node)[0])
 
 
 @converts(aten._softmax.default, aten._log_softmax.default, aten.softmax.int)

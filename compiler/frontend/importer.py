@@ -143,8 +143,9 @@ class Importer:
     # -- graph walk ---------------------------------------------------------
 
     def run(self) -> None:
+        live = _live(self.ep.graph)
         for node in self.ep.graph.nodes:
-            if node.op == "call_function":
+            if node.op == "call_function" and node in live:
                 self.location = source_location(node)
                 result = self.convert(node)
                 if isinstance(result, SSAValue) and result.name_hint is None:
@@ -181,8 +182,24 @@ class Importer:
         return conv(self, node)
 
 
+def _live(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """The nodes the outputs depend on. A graph taken as exported (load.as_exported) still
+    holds the values nothing uses, which run_decompositions' retrace would have dropped;
+    the imported IR leaves them out either way. Nodes the importer would skip anyway
+    (assertions) are among the dead ones; no graph it takes mutates anything."""
+    out = next(n for n in reversed(graph.nodes) if n.op == "output")
+    live, stack = {out}, [out]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in live:
+                live.add(arg)
+                stack.append(arg)
+    return live
+
+
 def import_program(ep: ExportedProgram) -> tuple[ModuleOp, dict[str, np.ndarray]]:
-    """Import a decomposed ExportedProgram; returns the module and its weights."""
+    """Import an ExportedProgram that load.decompose returned (decomposed, or as exported
+    when every node imports as it is); returns the module and its weights."""
     user_inputs = []
     for spec in ep.graph_signature.input_specs:
         if spec.kind == InputKind.USER_INPUT:

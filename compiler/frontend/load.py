@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.export import ExportedProgram
+from torch.export.graph_signature import OutputKind
 from xdsl.dialects.builtin import ModuleOp
 
 from gimlet.artifacts import WeightsWriter
@@ -104,10 +105,47 @@ def export(
 
 
 def decompose(ep: ExportedProgram) -> ExportedProgram:
+    """`ep` as the importer takes it: as exported when every node imports as it is
+    (as_exported), else through torch's default decompositions but KEEP_WHOLE."""
+    if as_exported(ep) is None:
+        return ep
     table = torch.export.default_decompositions()
     for op in KEEP_WHOLE:
         table.pop(op, None)
     return ep.run_decompositions(table)
+
+
+def as_exported(ep: ExportedProgram) -> str | None:
+    """None when the importer can take `ep` as torch.export gave it, skipping
+    run_decompositions (registry.py says why and which ops); else the first node that
+    needs decomposing, as `name (target): why`."""
+    import operator
+
+    from gimlet.frontend import converters as _converters  # noqa: F401  (fills CONVERTERS)
+    from gimlet.frontend.registry import AS_EXPORTED, ASSERTIONS, CONVERTERS, DECOMPOSED_FIRST
+
+    if any(s.kind != OutputKind.USER_OUTPUT for s in ep.graph_signature.output_specs):
+        return "the program updates a buffer or an input"
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        target = node.target
+        if isinstance(node.meta.get("val"), torch.SymInt | int):
+            continue  # size arithmetic: the importer rebuilds it from sympy either way
+        why = None
+        if not isinstance(target, torch._ops.OpOverload):
+            why = "not an ATen op"
+        elif target._schema.is_mutable:  # an in-place op: only functionalization removes it
+            why = "mutates its input"
+        elif target in ASSERTIONS:
+            continue
+        elif target not in CONVERTERS or target in DECOMPOSED_FIRST:
+            why = "imported after decomposition"
+        elif target in AS_EXPORTED and not AS_EXPORTED[target](node):
+            why = "this form is imported after decomposition"
+        if why is not None:
+            return f"{node.name} ({target}): {why}"
+    return None
 
 
 def load_program(
