@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -340,14 +339,19 @@ class Session:
         sent = time.time()
         answers = self._wait(req)
         answered = time.time()
-        size, where = answers[self.host_rank][0]
+        size, where, handed = answers[self.host_rank][0]
         fds = answers[self.host_rank][1]
-        if fds:
-            self.outputs = Arena(size, fds[0])
-            self.outputs.sent()
-        assert self.outputs is not None
-        # copies: the arena is reused by the next request, the caller keeps these
-        outputs = [copy_out(v) for v in self.outputs.views(where)]
+        if handed:  # large outputs in an arena of their own: theirs, no copy (worker.py)
+            arena = Arena(size, fds[0])
+            arena.sent()
+            outputs = arena.views(where)  # the arrays keep its mapping alive
+        else:
+            if fds:
+                self.outputs = Arena(size, fds[0])
+                self.outputs.sent()
+            assert self.outputs is not None
+            # copies: the arena is reused by the next request, the caller keeps these
+            outputs = [np.array(v) for v in self.outputs.views(where)]
         copied = time.time()
         stats = []
         kernel_s = 0.0
@@ -584,35 +588,6 @@ class _Request:
 
     def deadline_hit(self, deadline_s: float | None, now: float) -> bool:
         return deadline_s is not None and self.start != _NEVER and now >= self.start + deadline_s
-
-
-COPY_CHUNK = 4 << 20  # outputs above this are copied out by several threads
-_copiers: ThreadPoolExecutor | None = None
-
-
-def copy_out(view: np.ndarray) -> np.ndarray:
-    """A copy of an output in the shared arena (which the next request reuses). A large one
-    (a batch's logits: 25.7 MB at batch 256) is copied in pieces by a few threads
-    (np.copyto lets go of the GIL): one thread's copy into fresh pages took milliseconds
-    at the end of every request, after the devices were done."""
-    global _copiers
-    if view.nbytes <= COPY_CHUNK:
-        return np.array(view)
-    dst = np.empty_like(view)
-    flat_src, flat_dst = view.reshape(-1), dst.reshape(-1)
-    n = len(flat_src)
-    threads = min(8, os.cpu_count() or 1)
-    pieces = min(threads, -(-view.nbytes // COPY_CHUNK))
-    if _copiers is None:
-        _copiers = ThreadPoolExecutor(threads, "gimlet-copy")
-    bounds = [n * i // pieces for i in range(pieces + 1)]
-    list(
-        _copiers.map(
-            lambda ab: np.copyto(flat_dst[ab[0] : ab[1]], flat_src[ab[0] : ab[1]]),
-            zip(bounds[:-1], bounds[1:], strict=True),
-        )
-    )
-    return dst
 
 
 def can_host_in_caller(bundle: Bundle, env: dict[str, str] | None = None) -> bool:

@@ -597,21 +597,33 @@ def test_bf16_model_split_over_two_cpu_workers_as_cxx(
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-2)
 
 
-def test_large_outputs_are_copied_out_in_pieces_exactly() -> None:
-    """The caller's copy of an output out of the shared arena: above COPY_CHUNK in pieces
-    on threads, any length (not a multiple of the pieces), equal and independent of the
-    arena (the next request overwrites it)."""
+def test_large_outputs_are_handed_to_the_caller_without_a_copy(bundles: dict[str, Path]) -> None:
+    """Outputs of GIMLET_HANDOVER_BYTES or more come in an arena of their own, which the
+    caller's arrays keep (no copy out of the reused one): each request's outputs are in
+    memory of their own, and a later request leaves an earlier one's alone. Smaller ones
+    are copied out of the reused arena."""
     import mmap
 
-    from gimlet.runtime.launch import COPY_CHUNK, copy_out
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.launch import Session
 
-    m = mmap.mmap(-1, 3 * COPY_CHUNK)
-    n = (2 * COPY_CHUNK + 6) // 2
-    arena = np.ndarray((n // 7, 7), np.float16, buffer=m)
-    arena[...] = np.arange(arena.size, dtype=np.float32).reshape(arena.shape) % 1000
-    got = copy_out(arena)
-    want = arena.copy()
-    arena[...] = 0  # the next request
-    np.testing.assert_array_equal(got, want)
-    small = np.arange(5.0)
-    assert copy_out(small) is not small and copy_out(small).tolist() == small.tolist()
+    module, _ = _mlp_input()
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((512, 32)).astype("f4") for _ in range(3)]
+    # mlp's output [512, 10] f32 is 20 KiB: handed over at 16 KiB, copied at 1 MiB
+    for limit, handed in ((16 << 10, True), (1 << 20, False)):
+        env = {"GIMLET_HANDOVER_BYTES": str(limit)}
+        session = Session(load_bundle(str(bundles["mlp2"])), env=env)
+        try:
+            got = [session([x]).outputs[0] for x in xs]
+            for x, g in zip(xs, got, strict=True):  # earlier outputs unchanged by later ones
+                want = module(torch.from_numpy(x)).detach().numpy()
+                np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+            bases = [g.base for g in got]
+            if handed:  # each request's own shared memory
+                assert all(isinstance(b, mmap.mmap) for b in bases)
+                assert len({id(b) for b in bases}) == 3
+            else:  # copies of their own
+                assert bases == [None, None, None]
+        finally:
+            session.close()
