@@ -456,11 +456,6 @@ def _overlap_ms(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 
 @cuda
-@pytest.mark.xfail(
-    reason="on the H200 (runs of bcdbc15 and 0e431e8) no copy span overlapped a GPU part, "
-    "with one batch or with 4 pipelined micro-batches; the cause is not found yet",
-    strict=False,
-)
 def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, Path]) -> None:
     """gpu0 receives x and y from the host and sends a and b back, a request as 4
     pipelined micro-batches (runtime/pipeline.py): micro-batch j + 1's inputs arrive
