@@ -52,6 +52,19 @@ IMPORTED_AS_DECOMPOSED = {
     aten.var.dim,
     aten.clamp_min.default,
     aten.clamp_max.default,
+    aten.silu.default,
+    aten.to.dtype_layout,
+    aten.to.device,
+    aten.new_ones.default,
+    aten.new_zeros.default,
+    aten.__and__.Tensor,
+    aten.__or__.Tensor,
+    aten.diff.default,
+    aten.stack.default,
+    aten.conv2d.default,
+    aten.batch_norm.default,
+    aten.max_pool2d.default,
+    aten.adaptive_avg_pool2d.default,
 }
 
 
@@ -106,11 +119,28 @@ class Vetted(nn.Module):
         self.fc_nobias = nn.Linear(8, 6, bias=False)
         self.ln = nn.LayerNorm(8)
         self.drop = nn.Dropout(0.5)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = x.shape[1]
         a, b = x.split(4, dim=2)
+        i = (m * 10).to(torch.int64)
+        image = x[:, :4].reshape(2, 2, 4, 4)
         return (
+            F.silu(x),
+            F.silu(x.to(torch.bfloat16)),
+            x.to(dtype=torch.float16, device="cpu"),
+            x.to("cpu"),
+            x.new_ones((2, 3), dtype=torch.bool) & (x[:, :3, 0] > 0) | (x[:, :3, 1] > 0),
+            x.new_zeros((3,)),
+            torch.diff(i),
+            torch.diff(i, n=2, dim=0, prepend=i[:1], append=i[:2]),
+            torch.stack([x, x], 1),
+            torch.stack([m, m, m], -1),
+            F.max_pool2d(self.bn(self.conv(image)), 2),
+            F.adaptive_avg_pool2d(image, 1),
+            F.adaptive_avg_pool2d(image[0], (2, 2)),
             self.fc(x),  # rank 3, bias: view, permute, addmm, view
             self.fc_nobias(x),  # rank 3, no bias: permute, view, mm, view
             self.fc(m),  # rank 2: permute, addmm
@@ -171,7 +201,7 @@ def test_vetted_ops_with_dynamic_dims_import_as_decomposed() -> None:
     _same_both_ways(VettedDynamic().eval(), (torch.randn(2, 5, 8), torch.randn(5, 8)), dyn)
 
 
-@pytest.mark.parametrize("name", ["mlp", "gpt", "gpt_bf16", "hf_bert"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "gpt", "gpt_bf16", "llama_block", "hf_gpt2"])
 def test_families_import_as_exported_as_they_would_decomposed(name: str) -> None:
     torch.manual_seed(0)
     model, inputs, *dyn = FAMILIES[name]() if name in FAMILIES else models.gpt_bf16()
@@ -179,8 +209,8 @@ def test_families_import_as_exported_as_they_would_decomposed(name: str) -> None
 
 
 class NeedsDecomposing(nn.Module):
-    """Ops the importer only takes decomposed: an in-place op, a buffer update, silu,
-    a vector matmul, a linear over a non-contiguous input."""
+    """Ops the importer only takes decomposed: an in-place op, a buffer update,
+    ones_like, a vector matmul, a linear over a non-contiguous input."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -192,7 +222,7 @@ class NeedsDecomposing(nn.Module):
         z = x * 2
         z.relu_()
         self.calls.add_(1)
-        return F.silu(y), x[0] @ x[0, 0], z, self.calls * 1
+        return torch.ones_like(y) + y, x[0] @ x[0, 0], z, self.calls * 1
 
 
 def _one(fn: Any) -> nn.Module:
@@ -208,14 +238,28 @@ def _one(fn: Any) -> nn.Module:
     [
         (lambda m, x: m.calls.add_(1) + x, "add_ (aten.add_.Tensor): mutates its input"),
         (lambda m, x: (x * 2).relu_(), "relu_ (aten.relu_.default): mutates its input"),
-        (lambda m, x: F.silu(x), "silu (aten.silu.default): imported after decomposition"),
+        (
+            lambda m, x: torch.ones_like(x),
+            "ones_like (aten.ones_like.default): imported after decomposition",
+        ),
+        (
+            lambda m, x: torch.diff(x > 0),
+            "diff (aten.diff.default): this form is imported after decomposition",
+        ),
         (lambda m, x: x[0] @ x[0, 0], "matmul (aten.matmul.default): imported after decomposition"),
         (
             lambda m, x: m.fc(x.transpose(0, 1)),
             "linear (aten.linear.default): this form is imported after decomposition",
         ),
     ],
-    ids=["buffer-update", "in-place", "silu", "matmul", "non-contiguous-linear"],
+    ids=[
+        "buffer-update",
+        "in-place",
+        "ones-like",
+        "bool-diff",
+        "matmul",
+        "non-contiguous-linear",
+    ],
 )
 def test_programs_that_need_decomposing_name_the_node(fn: Any, why: str) -> None:
     assert as_exported(export(_one(fn), (torch.randn(4, 4, 8),))) == why

@@ -77,7 +77,6 @@ _UNARY = {
     aten.cos.default: gml.CosOp,
     aten.erf.default: gml.ErfOp,
     aten.reciprocal.default: gml.ReciprocalOp,
-    aten.silu.default: gml.SiluOp,
     aten.logical_not.default: gml.NotOp,
 }
 
@@ -150,6 +149,8 @@ _ARITH = {
     aten.bitwise_or.Tensor: gml.OrOp,
     aten.logical_and.default: gml.AndOp,
     aten.logical_or.default: gml.OrOp,
+    aten.__and__.Tensor: gml.AndOp,  # bitwise_and.Tensor, as exported
+    aten.__or__.Tensor: gml.OrOp,
 }
 _COMPARE = {
     aten.eq.Tensor: gml.EqOp,
@@ -215,7 +216,7 @@ def where(imp: Emitter, node: fx.Node) -> SSAValue:
     )
 
 
-@converts(aten._to_copy.default, aten.to.dtype)
+@converts(aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.to.device)
 def to_copy(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.as_type(args(node)[0], rtype(node).element_type)
 
@@ -289,10 +290,16 @@ def slice_(imp: Emitter, node: fx.Node) -> SSAValue:
     x = imp.value(args(node)[0])
     dim = norm_dim(kwarg(node, 1, "dim", 0), rank_of(node))
     start, end = kwarg(node, 2, "start", None), kwarg(node, 3, "end", None)
-    t = rtype(node)
-    if x.type == t and (start in (None, 0)) and kwarg(node, 4, "step", 1) == 1:
+    return _slice_tensor(imp, x, dim, start, end, kwarg(node, 4, "step", 1), rtype(node))
+
+
+def _slice_tensor(
+    imp: Emitter, x: SSAValue, dim: int, start: Any, end: Any, step: int, t: TensorType
+) -> SSAValue:
+    """aten.slice.Tensor: nothing when it keeps all of x."""
+    if x.type == t and (start in (None, 0)) and step == 1:
         return x
-    return _slice(imp, x, dim, start, end, kwarg(node, 4, "step", 1), t)
+    return _slice(imp, x, dim, start, end, step, t)
 
 
 @converts(aten.select.int)
@@ -329,8 +336,11 @@ def cat(imp: Emitter, node: fx.Node) -> SSAValue:
     parts = [
         a for a in args(node)[0] if not (rank_of(a) == 1 != rank and a.meta["val"].shape[0] == 0)
     ]
+    return _cat(imp, parts, norm_dim(kwarg(node, 1, "dim", 0), rank), out)
+
+
+def _cat(imp: Emitter, parts: list[Any], dim: int, out: TensorType) -> SSAValue:
     inputs = [imp.as_type(a, out.element_type) for a in parts]
-    dim = norm_dim(kwarg(node, 1, "dim", 0), rank)
     if len(inputs) == 1 and inputs[0].type == out:
         return inputs[0]
     return imp.emit(gml.ConcatOp(inputs, dim, out))
@@ -407,11 +417,17 @@ def cumsum(imp: Emitter, node: fx.Node) -> SSAValue:
 # --------------------------------------------------------- constructors ---
 
 
-@converts(
-    aten.full.default, aten.full_like.default, aten.zeros_like.default, aten.ones_like.default
-)
+_FILLS = {
+    aten.zeros_like.default: 0.0,
+    aten.ones_like.default: 1.0,
+    aten.new_zeros.default: 0.0,
+    aten.new_ones.default: 1.0,
+}
+
+
+@converts(aten.full.default, aten.full_like.default, *_FILLS)
 def full(imp: Emitter, node: fx.Node) -> SSAValue:
-    fill = {aten.zeros_like.default: 0.0, aten.ones_like.default: 1.0}.get(target(node))
+    fill = _FILLS.get(target(node))
     value = fill if fill is not None else args(node)[1]
     t = rtype(node)
     return imp.emit(gml.FullOp(float(value), t, imp.sizes(t, node.meta["val"])))
@@ -568,6 +584,84 @@ def linear(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(gml.ReshapeOp(y, out, imp.sizes(out, node.meta["val"])))
 
 
+@as_exported_when(aten.diff.default)
+def _diff_numbers(node: fx.Node) -> bool:
+    """A bool diff decomposes to logical_xor, which gimlet does not convert."""
+    return bool(args(node)[0].meta["val"].dtype != torch.bool)
+
+
+@converts(aten.diff.default)
+def diff(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As decomposed: cat(prepend, x, append) along dim, then n times
+    x[1:] - x[:-1] (sliced in that order: [0, len-1) first)."""
+    xn = args(node)[0]
+    n, d = kwarg(node, 1, "n", 1), norm_dim(kwarg(node, 2, "dim", -1), rank_of(xn))
+    prepend, append = kwarg(node, 3, "prepend", None), kwarg(node, 4, "append", None)
+    dims = list(xn.meta["val"].shape)
+    elt = rtype(node).element_type
+    x = imp.value(xn)
+    if prepend is not None or append is not None:
+        parts = [a for a in (prepend, xn, append) if a is not None]
+        dims[d] = sum(a.meta["val"].shape[d] for a in parts)
+        x = _cat(imp, parts, d, _shaped(imp, elt, dims)[0])
+    for _ in range(n):
+        dims[d] = dims[d] - 1
+        t = _shaped(imp, elt, dims)[0]
+        before = _slice_tensor(imp, x, d, 0, dims[d], 1, t)
+        after = _slice_tensor(imp, x, d, 1, dims[d] + 1, 1, t)
+        x = imp.emit(gml.SubOp(after, before, t))
+    return x
+
+
+def _shaped(imp: Emitter, elt: Attribute, dims: list[Any]) -> tuple[TensorType, list[SSAValue]]:
+    """The type of a tensor of `dims` (ints and SymInts) and its dynamic sizes."""
+    t = TensorType(elt, [d if isinstance(d, int) else DYN for d in dims])
+    return t, [imp.sym(d) for d in dims if not isinstance(d, int)]
+
+
+@as_exported_when(aten.stack.default)
+def _stack_same_shapes(node: fx.Node) -> bool:
+    """torch decomposes stack as a cat of same-shaped tensors (then a view or unsqueezes);
+    one dtype, so that no cast is needed."""
+    vals = [a.meta["val"] for a in args(node)[0]]
+    return len({(tuple(v.shape), v.dtype) for v in vals}) == 1
+
+
+@converts(aten.stack.default)
+def stack(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As decomposed: inside the inputs' rank, cat along dim then view; at its end, each
+    input unsqueezed then cat."""
+    parts = list(args(node)[0])
+    dims = list(parts[0].meta["val"].shape)
+    d = kwarg(node, 1, "dim", 0) % (len(dims) + 1)
+    out = rtype(node)
+    if d == len(dims):
+        ups = []
+        for a in parts:
+            v = imp.value(a)
+            t, sizes = _shaped(imp, elt_of(v), [*dims, 1])
+            ups.append(imp.emit(gml.ReshapeOp(v, t, sizes)))
+        return ups[0] if len(ups) == 1 else imp.emit(gml.ConcatOp(ups, d, out))
+    dims[d] = dims[d] * len(parts)
+    joined = _cat(imp, parts, d, _shaped(imp, out.element_type, dims)[0])
+    return imp.emit(gml.ReshapeOp(joined, out, imp.sizes(out, node.meta["val"])))
+
+
+_LOW_FLOATS = (torch.float16, torch.bfloat16)
+
+
+@converts(aten.silu.default)
+def silu(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As decomposed: x * sigmoid(x), in f32 for f16/bf16 (cast there and back)."""
+    x = imp.value(args(node)[0])
+    low = args(node)[0].meta["val"].dtype in _LOW_FLOATS
+    if low:
+        x = imp.emit(gml.CastOp(x, element_type_for_torch(torch.float32)))
+    assert isinstance(x.type, TensorType)
+    y = imp.emit(gml.MulOp(x, imp.emit(gml.SigmoidOp(x)), x.type))
+    return imp.emit(gml.CastOp(y, rtype(node).element_type)) if low else y
+
+
 @converts(aten.layer_norm.default)
 def layer_norm_composite(imp: Emitter, node: fx.Node) -> SSAValue:
     """layer_norm(x, shape, weight, bias, eps): native_layer_norm's first result."""
@@ -627,6 +721,35 @@ def convolution(imp: Emitter, node: fx.Node) -> SSAValue:
     x, w, b, stride, padding, dilation, transposed, _, groups = args(node)
     if transposed:
         raise unsupported(imp, node, "transposed convolution")
+    return _conv(imp, node, x, w, b, stride, padding, dilation, groups)
+
+
+@as_exported_when(aten.conv2d.default)
+def _conv2d_batched(node: fx.Node) -> bool:
+    """An unbatched (CHW) conv2d decomposes with an unsqueeze around it."""
+    return rank_of(args(node)[0]) == 4
+
+
+@converts(aten.conv2d.default)
+def conv2d(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As exported: the convolution it decomposes to (not transposed)."""
+    x, w = args(node)[0], args(node)[1]
+    b, stride = kwarg(node, 2, "bias", None), kwarg(node, 3, "stride", [1])
+    padding, dilation = kwarg(node, 4, "padding", [0]), kwarg(node, 5, "dilation", [1])
+    return _conv(imp, node, x, w, b, stride, padding, dilation, kwarg(node, 6, "groups", 1))
+
+
+def _conv(
+    imp: Emitter,
+    node: fx.Node,
+    x: Any,
+    w: Any,
+    b: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+) -> SSAValue:
     n = rank_of(node) - 2
     stride, padding, dilation = (
         list(p) * (n if len(p) == 1 else 1) for p in (stride, padding, dilation)
@@ -645,6 +768,21 @@ def batch_norm(imp: Emitter, node: fx.Node) -> tuple[SSAValue, None, None]:
     return imp.emit(op), None, None
 
 
+@as_exported_when(aten.batch_norm.default)
+def _batch_norm_eval(node: fx.Node) -> bool:
+    """Eval mode with every statistic and affine tensor: what gml.batch_norm takes."""
+    x, w, b, mean, var, training = args(node)[:6]
+    return not training and all(a is not None for a in (w, b, mean, var))
+
+
+@converts(aten.batch_norm.default)
+def batch_norm_composite(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As exported: _native_batch_norm_legit_no_training's first result."""
+    x, w, b, mean, var, _training, _momentum, eps = args(node)[:8]
+    x, w, b, mean, var = (imp.value(a) for a in (x, w, b, mean, var))
+    return imp.emit(gml.BatchNormOp(x, w, b, mean, var, float(eps)))
+
+
 def _pair(v: Any) -> list[int]:
     v = list(v) if isinstance(v, list | tuple) else [v]
     return v * 2 if len(v) == 1 else v
@@ -652,19 +790,28 @@ def _pair(v: Any) -> list[int]:
 
 @converts(aten.max_pool2d_with_indices.default)
 def max_pool(imp: Emitter, node: fx.Node) -> tuple[SSAValue, None]:
+    return _max_pool(imp, node, meta_type(node.meta["val"][0])), None
+
+
+@converts(aten.max_pool2d.default)
+def max_pool_values(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As exported: max_pool2d_with_indices' first result (same arguments)."""
+    return _max_pool(imp, node, rtype(node))
+
+
+def _max_pool(imp: Emitter, node: fx.Node, t: TensorType) -> SSAValue:
     x = args(node)[0]
     k = _pair(args(node)[1])
     s = _pair(kwarg(node, 2, "stride", None) or k)
     p = _pair(kwarg(node, 3, "padding", 0))
     d = _pair(kwarg(node, 4, "dilation", 1))
     ceil = bool(kwarg(node, 5, "ceil_mode", False))
-    t = meta_type(node.meta["val"][0])
     if len(t.get_shape()) == 3:  # CHW
         x4 = imp.emit(gml.ReshapeOp(imp.value(x), TensorType(t.element_type, [1, *_shape(x)])))
         t4 = TensorType(t.element_type, [1, *t.get_shape()])
         y4 = imp.emit(gml.MaxPool2dOp(x4, k, s, p, ceil, t4, d))
-        return imp.emit(gml.ReshapeOp(y4, t)), None
-    return imp.emit(gml.MaxPool2dOp(imp.value(x), k, s, p, ceil, t, d)), None
+        return imp.emit(gml.ReshapeOp(y4, t))
+    return imp.emit(gml.MaxPool2dOp(imp.value(x), k, s, p, ceil, t, d))
 
 
 def _shape(node: Any) -> list[int]:
@@ -689,7 +836,18 @@ def avg_pool(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(make(x, rtype(node)))
 
 
-@converts(aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default)
+@converts(aten.adaptive_avg_pool2d.default)
+def adaptive_avg_pool_composite(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As decomposed: a 1x1 output is the mean over the last two dims, others
+    _adaptive_avg_pool2d."""
+    if list(args(node)[1]) != [1, 1]:
+        return adaptive_avg_pool(imp, node)
+    rank = rank_of(node)
+    x = imp.as_type(args(node)[0], rtype(node).element_type)
+    return imp.emit(gml.MeanOp(x, [-1 % rank, -2 % rank], True))
+
+
+@converts(aten._adaptive_avg_pool2d.default)
 def adaptive_avg_pool(imp: Emitter, node: fx.Node) -> SSAValue:
     x, out = imp.value(args(node)[0]), rtype(node)
     if rank_of(node) == 3:  # CHW: pooled as a batch of one
