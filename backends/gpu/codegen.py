@@ -5,7 +5,9 @@ only `gimlet/gpu/gml_gpu.cuh`): one kernel per elementwise op or `gml.fusion` gr
 generated here; library kernels of the header for reductions, softmax, layer norm,
 embedding, copies and decode-time GEMV; GEMMs and attention's two products through the
 context's BLAS (`gml::Ctx::gemm`, cuBLAS on NVIDIA). Each launch is preceded by a
-comment naming its gml ops and the user's `file.py:LINE`.
+comment naming its gml ops and the user's `file.py:LINE`. A program with many kernels
+is laid out in units (backends/gpu/units.py): each kernel with the launches that use
+it, which nvcc compiles on separate cores; the file stays one valid translation unit.
 
 The code is shape-agnostic: sizes, strides and arena offsets are read from a parameter
 table `P` that `Lowered.bucket` fills once per shape bucket (backends/gpu/shapes.py),
@@ -39,6 +41,7 @@ from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError
 
+from . import units
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
 from .symdims import SymbolicShapes, covers, numel
 
@@ -331,6 +334,7 @@ class _Lowering:
         self.fold_chain: dict[Operation, gml.SdpaOp] = {}  # views attention reads through
         self.fold_out: dict[gml.SdpaOp, gml.PermuteOp] = {}  # output permutes it writes
         self.step = 0
+        self.step_lines: list[tuple[int, int]] = []  # each lowered op's stretch of body
         self.scratch: list[tuple[Scratch, int]] = []
         self.pitches: dict[SSAValue, Callable[[Env], int]] = {}  # Lowered.pitches
         # the one bucket of a function without dynamic dims: a branch on a size that
@@ -433,7 +437,9 @@ class _Lowering:
                 continue
             if any(r in self.free for r in op.results):
                 continue
+            start = len(self.body)
             self.lower_op(op)
+            self.step_lines.append((start, len(self.body)))
 
     def lower_op(self, op: Operation) -> None:
         if isinstance(op, (gml.FusionOp, *gml.ELEMENTWISE)):
@@ -1535,15 +1541,20 @@ class _Lowering:
             f'#include "{HEADER}"',
             "",
         ]
-        entry = [
+        entry_open = [
             f'extern "C" int {ENTRY}(const gml::Ctx* ctx, char* A, void* const* W, const int64_t* P,',
             "                             gmlStream_t stream) {",
             "  (void)ctx; (void)A; (void)W; (void)P;",
-            *self.body,
-            "  return int(gmlGetLastError());",
-            "}",
         ]
-        return "\n".join([*head, *(k + "\n" for k in self.kernels), *entry]) + "\n"
+        entry_close = ["  return int(gmlGetLastError());", "}"]
+        assert sum(b - a for a, b in self.step_lines) == len(self.body)
+        return units.arrange(
+            head,
+            [(f"k{i}", k) for i, k in enumerate(self.kernels)],
+            [self.body[a:b] for a, b in self.step_lines],
+            entry_open,
+            entry_close,
+        )
 
     def values(self) -> list[tuple[SSAValue, int, int]]:
         """(value, first step, last step) of every arena value, program order."""

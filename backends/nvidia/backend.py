@@ -16,7 +16,6 @@ one line and runs the segment on the interpreter.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +52,7 @@ class CudaBackend:
     ) -> dict[str, Any]:
         from gimlet.backends.gpu.lower import lower
 
-        from .build import ARCHS, GPU_INCLUDE, build_segment, nvcc_version
+        from .build import ARCHS, GPU_INCLUDE, build_segment, nvcc_jobs, nvcc_version
 
         lowered = []
         problems = []
@@ -65,9 +64,12 @@ class CudaBackend:
         if problems:
             raise UnsupportedOpError("\n".join(["cannot lower to CUDA:", *problems]))
         # one nvcc per core (they run outside the GIL): a segment cut at comm ops has a
-        # library per part, and a GPU host has many cores
-        with ThreadPoolExecutor(max(1, min(len(lowered), os.cpu_count() or 2))) as pool:
-            libs = list(pool.map(lambda low: build_segment(low.source)[0], lowered))
+        # library per part, each built as translation units in parallel (build.py), so
+        # the parts share the cores rather than each taking all of them
+        jobs = nvcc_jobs()
+        share = max(1, jobs // max(len(lowered), 1))
+        with ThreadPoolExecutor(max(1, min(len(lowered), jobs))) as pool:
+            libs = list(pool.map(lambda low: build_segment(low.source, share)[0], lowered))
         out = Path(bundle_dir, "cuda")
         out.mkdir(parents=True, exist_ok=True)
         files: list[str] = []

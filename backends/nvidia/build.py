@@ -3,7 +3,10 @@
 Two kinds of library:
 * a segment (`build_segment`): the generated `.cu` of one function, compiled at
   `gimletc compile` time on any machine with nvcc (no GPU needed) to sm_90 machine code
-  plus compute_90 PTX, so a newer GPU JIT-compiles the PTX at load;
+  plus compute_90 PTX, so a newer GPU JIT-compiles the PTX at load; a file laid out in
+  units (backends/gpu/units.py) as up to one translation unit per core, compiled by
+  parallel nvcc processes and linked into the one library (one nvcc is serial: GPT-2
+  decode's 2.8 s was one core's);
 * the runtime (`build_runtime`): backends/nvidia/runtime/gml_cuda.cpp, compiled once per
   machine that runs segments, against that machine's CUDA and cuBLAS headers.
 
@@ -23,8 +26,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from gimlet.backends.gpu import units
 from gimlet.errors import UserError
 
 GPU_INCLUDE = Path(__file__).resolve().parents[1] / "gpu" / "include"
@@ -70,7 +76,9 @@ def _headers() -> str:
     return "".join(p.read_text() for p in sorted(GPU_INCLUDE.rglob("*.cuh")))
 
 
-def segment_flags() -> list[str]:
+def segment_flags(link: bool = True) -> list[str]:
+    """nvcc's flags for a segment: one command that compiles and links (`link`), or the
+    compilation of one of its translation units into an object."""
     gencode = [f"-gencode=arch=compute_{a},code=[sm_{a},compute_{a}]" for a in ARCHS]
     return [
         "-std=c++17",
@@ -78,7 +86,7 @@ def segment_flags() -> list[str]:
         # same cubin at -O3 and -O0). The host side is launch glue that a CUDA graph
         # captures once per bucket, and gcc at -O3 took 40% of a GPT-2 decode build
         "--expt-relaxed-constexpr",  # std::numeric_limits in device code
-        "-shared",
+        "-shared" if link else "-c",
         "-Xcompiler=-fPIC,-Wall,-O0",
         "-cudart=shared",  # the process's (torch's) libcudart, not a second static copy
         *gencode,
@@ -88,10 +96,40 @@ def segment_flags() -> list[str]:
 NVCC_TIMEOUT_S = 900  # a build that hangs is an error that names the command, not a stall
 
 
+def nvcc_jobs() -> int:
+    """How many nvcc processes may run at once: $GIMLET_NVCC_JOBS, else one per core."""
+    env = os.environ.get("GIMLET_NVCC_JOBS", "")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise UserError(f"GIMLET_NVCC_JOBS must be a positive integer, not {env!r}")
+        return int(env)
+    return os.cpu_count() or 1
+
+
+# Every nvcc this process runs takes a slot: segments built in parallel (a bundle's
+# parts, backend.py) and the translation units of each share the cores, not multiply.
+_SLOTS = threading.BoundedSemaphore(max(nvcc_jobs(), 1))
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join([*parts, _headers(), nvcc_version()]).encode()).hexdigest()
+
+
+def _nvcc(cmd: list[str], cu: Path, source: str) -> None:
+    """Run one nvcc command; a failure is a CudaBuildError naming `cu`'s line."""
+    with _SLOTS:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NVCC_TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            raise CudaBuildError(
+                f"nvcc ran over {NVCC_TIMEOUT_S} s building {cu}: {' '.join(cmd)}"
+            ) from e
+    if proc.returncode != 0:
+        raise CudaBuildError(_describe_failure(cu, source, proc.stderr, cmd))
+
+
 def _build(source: str, flags: list[str], suffix: str, extra_key: str = "") -> tuple[Path, bool]:
-    key = hashlib.sha256(
-        "\0".join([source, _headers(), extra_key, *flags, nvcc_version()]).encode()
-    ).hexdigest()
+    key = _key(source, extra_key, *flags)
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     lib = root / f"{key}{suffix}.so"
@@ -101,24 +139,70 @@ def _build(source: str, flags: list[str], suffix: str, extra_key: str = "") -> t
     cu.write_text(source)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)
     os.close(fd)
-    cmd = [nvcc(), "-x", "cu", str(cu), "-o", tmp, f"-I{GPU_INCLUDE}", *flags]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NVCC_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
+        _nvcc([nvcc(), "-x", "cu", str(cu), "-o", tmp, f"-I{GPU_INCLUDE}", *flags], cu, source)
+    except BaseException:
         os.unlink(tmp)
-        raise CudaBuildError(
-            f"nvcc ran over {NVCC_TIMEOUT_S} s building {cu}: {' '.join(cmd)}"
-        ) from e
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise CudaBuildError(_describe_failure(cu, source, proc.stderr, cmd))
+        raise
     os.replace(tmp, lib)
     return lib, False
 
 
-def build_segment(source: str) -> tuple[Path, bool]:
-    """The library of one generated segment (built now or found), and whether cached."""
-    return _build(source, segment_flags(), ".seg")
+LINK_FLAGS = ["-shared", "-cudart=shared"]  # the units' objects into one library
+# what a translation unit's `#line` directives say until the cache key, which names the
+# generated file, is known
+_SOURCE_PATH = "@GIMLET_SOURCE@"
+
+
+def segment_units(source: str, jobs: int) -> list[str]:
+    """The translation units `source` is built as with `jobs` nvcc processes: its units
+    (backends/gpu/units.py) in at most `jobs` groups, `#line`s naming _SOURCE_PATH."""
+    head, sections = units.cut(source)
+    weights = [units.weight(s.text) for s in sections]
+    return units.merge(head, sections, jobs, _SOURCE_PATH, weights)
+
+
+def segment_key(tus: list[str]) -> str:
+    """The cache key of a segment built as these translation units: every unit's text
+    (so how the file was grouped), the headers, the compile and link flags, nvcc's
+    version."""
+    return _key(*tus, *segment_flags(link=False), *LINK_FLAGS)
+
+
+def build_segment(source: str, jobs: int | None = None) -> tuple[Path, bool]:
+    """The library of one generated segment (built now or found), and whether cached.
+
+    A file cut into units (backends/gpu/units.py) becomes up to `jobs` (default
+    nvcc_jobs()) translation units, compiled by parallel nvcc processes and linked."""
+    tus = segment_units(source, nvcc_jobs() if jobs is None else jobs)
+    if len(tus) == 1:
+        return _build(source, segment_flags(), ".seg")
+    compile_flags = segment_flags(link=False)
+    key = segment_key(tus)
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    lib = root / f"{key}.seg.so"
+    cu = root / f"{key}.seg.cu"
+    if lib.exists():
+        return lib, True
+    cu.write_text(source)
+    with tempfile.TemporaryDirectory(dir=root) as work:
+        objs, cmds = [], []
+        for i, text in enumerate(tus):
+            unit = Path(work, f"unit{i}.cu")
+            unit.write_text(text.replace(_SOURCE_PATH, str(cu)))
+            objs.append(str(unit.with_suffix(".o")))
+            cmds.append(
+                [nvcc(), "-x", "cu", str(unit), "-o", objs[-1], f"-I{GPU_INCLUDE}", *compile_flags]
+            )
+        with ThreadPoolExecutor(len(cmds)) as pool:
+            # every unit runs; the first failure in file order is the one raised
+            for done in [pool.submit(_nvcc, cmd, cu, source) for cmd in cmds]:
+                done.result()
+        tmp = Path(work, "segment.so")
+        _nvcc([nvcc(), *objs, "-o", str(tmp), *LINK_FLAGS], cu, source)
+        os.replace(tmp, lib)
+    return lib, False
 
 
 def build_runtime() -> Path:
