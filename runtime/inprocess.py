@@ -608,10 +608,12 @@ def _gpu_context(device: str, gpus: list[str]) -> Any:
     return torch.cuda.device(gpus.index(device) % torch.cuda.device_count())
 
 
-def outputs_like(values: list[Any], inputs: Sequence[Any]) -> list[Any]:
+def outputs_like(values: list[Any], inputs: Sequence[Any], owned: bool = False) -> list[Any]:
     """Torch tensors on the inputs' device: the first CUDA input's, else the host. What
     the caller gets is its own: a view (of an input, a weight, a buffer an executor
-    reuses) is copied; an array the executor made (the C++ backend's) is wrapped."""
+    reuses) is copied; an array the executor made (the C++ backend's) is wrapped, and so
+    is every array when `owned` says they are the caller's already (views of an arena
+    handed over with them, launch.Session)."""
     torch = _torch()
     cuda = None
     for x in inputs:
@@ -621,7 +623,9 @@ def outputs_like(values: list[Any], inputs: Sequence[Any]) -> list[Any]:
     out = []
     for k, v in enumerate(values):
         if type(v) is np.ndarray:
-            if v.base is not None or not v.flags.writeable or any(v is x for x in inputs):
+            if not owned and (
+                v.base is not None or not v.flags.writeable or any(v is x for x in inputs)
+            ):
                 v = v.copy()
             t = torch.from_numpy(v) if v.dtype.kind != "V" else _wrap(v)  # bf16 is "V"
         elif isinstance(v, torch.Tensor):

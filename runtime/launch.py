@@ -66,6 +66,7 @@ class RunResult:
     # worker's own run "host_run", and its answer's arrival "host_answered"), "copy" (the
     # outputs out of the shared arena)
     phases: dict[str, float] = field(default_factory=dict)
+    handed: bool = False  # the outputs are views of an arena the caller now owns (worker.py)
 
 
 def _free_port() -> int:
@@ -370,7 +371,7 @@ class Session:
             "host_answered": (req.host_at or answered) - sent,
             "copy": copied - answered,
         }
-        return RunResult(outputs, stats, pids, time.time() - start, kernel_s, phases)
+        return RunResult(outputs, stats, pids, time.time() - start, kernel_s, phases, handed)
 
     def call(self, *inputs: Any) -> list[Any]:
         """A request with the host's share in this process (host_in_caller): torch

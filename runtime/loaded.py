@@ -105,7 +105,7 @@ class Loaded:
             self._last = (outs, last.wall_s, last.kernel_s, last.pids)
             return tuple(outs)
         self._last = result = self.session([to_host(x) for x in inputs])
-        return tuple(_place(result.outputs, inputs))
+        return tuple(_place(result.outputs, inputs, result.handed))
 
     @property
     def last(self) -> RunResult | None:
@@ -129,8 +129,9 @@ class Loaded:
         return f"<gimlet.Loaded {self.bundle.path}: processes={self.processes} ({self.reason})>"
 
 
-def _place(outputs: list[np.ndarray], inputs: tuple[Any, ...]) -> list[Any]:
-    """Worker outputs as torch tensors, on the device of the first CUDA input if any."""
+def _place(outputs: list[np.ndarray], inputs: tuple[Any, ...], owned: bool) -> list[Any]:
+    """Worker outputs as torch tensors, on the device of the first CUDA input if any
+    (`owned`: in memory that is theirs, not to be copied)."""
     from gimlet.runtime.inprocess import outputs_like
 
-    return outputs_like(list(outputs), inputs)
+    return outputs_like(list(outputs), inputs, owned)

@@ -597,6 +597,23 @@ def test_bf16_model_split_over_two_cpu_workers_as_cxx(
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-2)
 
 
+def test_outputs_the_caller_owns_are_wrapped_and_views_of_others_copied() -> None:
+    """gimlet.load's tensors from a session's outputs: views of an arena handed over with
+    them are wrapped as they are (a copy of a pipeline's 25.7 MB of logits cost 10 ms on
+    the H200 machine); a view of memory the runtime reuses is copied."""
+    import mmap
+
+    from gimlet.runtime.inprocess import outputs_like
+
+    m = mmap.mmap(-1, 4096)
+    view = np.ndarray((4, 8), np.float32, buffer=m)
+    view[...] = 1.5
+    (owned,) = outputs_like([view], (), owned=True)
+    (copied,) = outputs_like([view], ())
+    assert np.shares_memory(owned.numpy(), view) and not np.shares_memory(copied.numpy(), view)
+    assert owned.tolist() == copied.tolist() == view.tolist()
+
+
 def test_large_outputs_are_handed_to_the_caller_without_a_copy(bundles: dict[str, Path]) -> None:
     """Outputs of GIMLET_HANDOVER_BYTES or more come in an arena of their own, which the
     caller's arrays keep (no copy out of the reused one): each request's outputs are in
