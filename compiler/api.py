@@ -38,7 +38,7 @@ class Compiled:
 
     module: ModuleOp
     weights: dict[str, np.ndarray]
-    dumps: dict[str, str] = field(default_factory=dict)
+    dumps: Mapping[str, str] = field(default_factory=dict)
     timings: list[tuple[str, float]] = field(default_factory=list)
     target: str = "cpu"
     backend: str | Mapping[str, str] | None = None
