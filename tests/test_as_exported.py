@@ -65,6 +65,7 @@ IMPORTED_AS_DECOMPOSED = {
     aten.batch_norm.default,
     aten.max_pool2d.default,
     aten.adaptive_avg_pool2d.default,
+    aten.matmul.default,
 }
 
 
@@ -141,6 +142,9 @@ class Vetted(nn.Module):
             F.max_pool2d(self.bn(self.conv(image)), 2),
             F.adaptive_avg_pool2d(image, 1),
             F.adaptive_avg_pool2d(image[0], (2, 2)),
+            m @ m.t(),
+            x @ x.transpose(1, 2),
+            image @ image.transpose(-2, -1).contiguous(),
             self.fc(x),  # rank 3, bias: view, permute, addmm, view
             self.fc_nobias(x),  # rank 3, no bias: permute, view, mm, view
             self.fc(m),  # rank 2: permute, addmm
@@ -192,6 +196,7 @@ class VettedDynamic(Vetted):
             a * b,
             torch.arange(n) + torch.arange(1, n + 1),
             torch.softmax(x, -1),
+            x @ x.transpose(1, 2),
         )
 
 
@@ -246,7 +251,10 @@ def _one(fn: Any) -> nn.Module:
             lambda m, x: torch.diff(x > 0),
             "diff (aten.diff.default): this form is imported after decomposition",
         ),
-        (lambda m, x: x[0] @ x[0, 0], "matmul (aten.matmul.default): imported after decomposition"),
+        (
+            lambda m, x: x[0] @ x[0, 0],
+            "matmul (aten.matmul.default): this form is imported after decomposition",
+        ),
         (
             lambda m, x: m.fc(x.transpose(0, 1)),
             "linear (aten.linear.default): this form is imported after decomposition",

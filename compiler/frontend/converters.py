@@ -514,7 +514,7 @@ def var(imp: Emitter, node: fx.Node) -> SSAValue:
 # --------------------------------------------------------------- nn ops ---
 
 
-@converts(aten.mm.default, aten.bmm.default, aten.matmul.default)
+@converts(aten.mm.default, aten.bmm.default)
 def matmul(imp: Emitter, node: fx.Node) -> SSAValue:
     return imp.emit(gml.MatmulOp(imp.value(args(node)[0]), imp.value(args(node)[1])))
 
@@ -581,6 +581,47 @@ def linear(imp: Emitter, node: fx.Node) -> SSAValue:
         y = imp.emit(gml.AddOp(y, imp.value(bias), y.type))
     if len(shape) == 2:
         return y
+    return imp.emit(gml.ReshapeOp(y, out, imp.sizes(out, node.meta["val"])))
+
+
+@as_exported_when(aten.matmul.default)
+def _matmul_plain(node: fx.Node) -> bool:
+    """torch decomposes matmul case by case; taken as exported: 2-d @ 2-d (mm) and
+    operands of one rank >= 3 with the same batch dims (no broadcasting)."""
+    a, b = (x.meta["val"] for x in args(node)[:2])
+    if a.dim() == 2 == b.dim():
+        return True
+    return bool(
+        a.dim() == b.dim() >= 3
+        and all(_same_size(x, y) for x, y in zip(a.shape[:-2], b.shape[:-2], strict=True))
+    )
+
+
+def _same_size(x: Any, y: Any) -> bool:
+    """Equal without asking torch's shape environment (which would add a guard)."""
+    if isinstance(x, int) or isinstance(y, int):
+        return bool(isinstance(x, int) and isinstance(y, int) and x == y)
+    return bool(x.node.expr == y.node.expr)
+
+
+@converts(aten.matmul.default)
+def matmul_composite(imp: Emitter, node: fx.Node) -> SSAValue:
+    """As decomposed: mm for 2-d operands; batched ones each expanded (a no-op here) and
+    viewed as [batch, rows, cols], then bmm and the view back."""
+    an, bn = args(node)[0], args(node)[1]
+    a, b = imp.value(an), imp.value(bn)
+    if rank_of(an) == 2:
+        return imp.emit(gml.MatmulOp(a, b))
+    batch = 1
+    for d in an.meta["val"].shape[:-2]:
+        batch = batch * d
+    flat = []
+    for v, n in ((a, an), (b, bn)):
+        rows, cols = n.meta["val"].shape[-2:]
+        t, sizes = _shaped(imp, elt_of(v), [batch, rows, cols])
+        flat.append(imp.emit(gml.ReshapeOp(v, t, sizes)))
+    y = imp.emit(gml.MatmulOp(flat[0], flat[1]))
+    out = rtype(node)
     return imp.emit(gml.ReshapeOp(y, out, imp.sizes(out, node.meta["val"])))
 
 

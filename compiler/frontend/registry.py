@@ -60,7 +60,6 @@ ASSERTIONS = {
 # converted op torch rewrites is either here or known to import the same as decomposed.
 DECOMPOSED_FIRST = frozenset(
     {
-        aten.matmul.default,  # 1-d and broadcast operands: view/expand/bmm chains
         aten.rsub.Scalar,
         aten.ones_like.default,
         aten.zeros_like.default,
