@@ -128,7 +128,13 @@ def _nvcc(cmd: list[str], cu: Path, source: str) -> None:
         raise CudaBuildError(_describe_failure(cu, source, proc.stderr, cmd))
 
 
-def _build(source: str, flags: list[str], suffix: str, extra_key: str = "") -> tuple[Path, bool]:
+def _build(
+    source: str, flags: list[str], suffix: str, extra_key: str = "", jobs: int = 1
+) -> tuple[Path, bool]:
+    """The library of `source` built with `flags` (one nvcc command), or, for a segment
+    with `jobs` > 1, as its units on parallel processes (_build_units). The key is the
+    same either way: how many processes built a library does not change what it does, so
+    a library built on a 16-core machine is found on a 2-core one."""
     key = _key(source, extra_key, *flags)
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -137,14 +143,15 @@ def _build(source: str, flags: list[str], suffix: str, extra_key: str = "") -> t
     if lib.exists():
         return lib, True
     cu.write_text(source)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)
-    os.close(fd)
-    try:
-        _nvcc([nvcc(), "-x", "cu", str(cu), "-o", tmp, f"-I{GPU_INCLUDE}", *flags], cu, source)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    os.replace(tmp, lib)
+    with tempfile.TemporaryDirectory(dir=root) as work:
+        tmp = Path(work, lib.name)
+        tus = segment_units(source, jobs) if jobs > 1 else [source]
+        if len(tus) > 1:
+            _build_units(tus, cu, source, Path(work), tmp)
+        else:
+            cmd = [nvcc(), "-x", "cu", str(cu), "-o", str(tmp), f"-I{GPU_INCLUDE}", *flags]
+            _nvcc(cmd, cu, source)
+        os.replace(tmp, lib)
     return lib, False
 
 
@@ -162,47 +169,36 @@ def segment_units(source: str, jobs: int) -> list[str]:
     return units.merge(head, sections, jobs, _SOURCE_PATH, weights)
 
 
-def segment_key(tus: list[str]) -> str:
-    """The cache key of a segment built as these translation units: every unit's text
-    (so how the file was grouped), the headers, the compile and link flags, nvcc's
-    version."""
-    return _key(*tus, *segment_flags(link=False), *LINK_FLAGS)
+def _build_units(tus: list[str], cu: Path, source: str, work: Path, out: Path) -> None:
+    """Compile each translation unit to an object (in parallel, a slot each), then link
+    them into `out`. Errors name `cu`, the whole generated file, through `#line`."""
+    objs, cmds = [], []
+    for i, text in enumerate(tus):
+        unit = work / f"unit{i}.cu"
+        unit.write_text(text.replace(_SOURCE_PATH, str(cu)))
+        objs.append(str(unit.with_suffix(".o")))
+        flags = segment_flags(link=False)
+        cmds.append([nvcc(), "-x", "cu", str(unit), "-o", objs[-1], f"-I{GPU_INCLUDE}", *flags])
+    with ThreadPoolExecutor(len(cmds)) as pool:
+        # every unit runs; the first failure in file order is the one raised
+        for done in [pool.submit(_nvcc, cmd, cu, source) for cmd in cmds]:
+            done.result()
+    _nvcc([nvcc(), *objs, "-o", str(out), *LINK_FLAGS], cu, source)
+
+
+def segment_key(source: str) -> str:
+    """The cache key of a segment's library: its source (so every unit's text), the
+    headers, the flags and nvcc's version; not how many processes build it."""
+    return _key(source, "", *segment_flags())
 
 
 def build_segment(source: str, jobs: int | None = None) -> tuple[Path, bool]:
     """The library of one generated segment (built now or found), and whether cached.
 
-    A file cut into units (backends/gpu/units.py) becomes up to `jobs` (default
-    nvcc_jobs()) translation units, compiled by parallel nvcc processes and linked."""
-    tus = segment_units(source, nvcc_jobs() if jobs is None else jobs)
-    if len(tus) == 1:
-        return _build(source, segment_flags(), ".seg")
-    compile_flags = segment_flags(link=False)
-    key = segment_key(tus)
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    lib = root / f"{key}.seg.so"
-    cu = root / f"{key}.seg.cu"
-    if lib.exists():
-        return lib, True
-    cu.write_text(source)
-    with tempfile.TemporaryDirectory(dir=root) as work:
-        objs, cmds = [], []
-        for i, text in enumerate(tus):
-            unit = Path(work, f"unit{i}.cu")
-            unit.write_text(text.replace(_SOURCE_PATH, str(cu)))
-            objs.append(str(unit.with_suffix(".o")))
-            cmds.append(
-                [nvcc(), "-x", "cu", str(unit), "-o", objs[-1], f"-I{GPU_INCLUDE}", *compile_flags]
-            )
-        with ThreadPoolExecutor(len(cmds)) as pool:
-            # every unit runs; the first failure in file order is the one raised
-            for done in [pool.submit(_nvcc, cmd, cu, source) for cmd in cmds]:
-                done.result()
-        tmp = Path(work, "segment.so")
-        _nvcc([nvcc(), *objs, "-o", str(tmp), *LINK_FLAGS], cu, source)
-        os.replace(tmp, lib)
-    return lib, False
+    A file laid out in units (backends/gpu/units.py) is compiled as up to `jobs`
+    (default nvcc_jobs(): one per core) translation units by parallel nvcc processes,
+    then linked."""
+    return _build(source, segment_flags(), ".seg", jobs=nvcc_jobs() if jobs is None else jobs)
 
 
 def build_runtime() -> Path:
