@@ -1312,10 +1312,13 @@ class _MaskedAttention(torch.nn.Module):
         return y.transpose(1, 2).reshape(b, t, d)
 
 
-def _flash_case(name: str, dtype: torch.dtype) -> tuple[Any, Any, tuple[torch.Tensor, ...]]:
+def _flash_case(
+    name: str, dtype: torch.dtype, t: int = 100
+) -> tuple[Any, Any, tuple[torch.Tensor, ...]]:
     """Prefill at T=100 (a partial 64-row block and key tile): "gpt" (causal, head dim 64,
     q/k/v read in place from the fused projection), "llama" (grouped-query: 4 heads over
-    2 kv heads of 32, batch 2), "mask" (a boolean mask, every row seeing some key)."""
+    2 kv heads of 32, batch 2), "mask" (a boolean mask, every row seeing some key). At
+    T=300 the keys are split into chunks (few blocks: _prefill_split)."""
     import sys
 
     from gimlet.frontend import import_model
@@ -1328,15 +1331,15 @@ def _flash_case(name: str, dtype: torch.dtype) -> tuple[Any, Any, tuple[torch.Te
     gen = torch.Generator().manual_seed(1)
     model: torch.nn.Module
     if name == "gpt":
-        model = GPT(vocab=97, ctx=128, d=128, heads=2, layers=2)
-        inputs: tuple[torch.Tensor, ...] = (torch.randint(0, 97, (1, 100), generator=gen),)
+        model = GPT(vocab=97, ctx=max(128, t), d=128, heads=2, layers=2)
+        inputs: tuple[torch.Tensor, ...] = (torch.randint(0, 97, (1, t), generator=gen),)
     elif name == "llama":
         model = LlamaBlock(d=128, heads=4, kv_heads=2)
-        inputs = (torch.randn(2, 100, 128, generator=gen).to(dtype),)
+        inputs = (torch.randn(2, t, 128, generator=gen).to(dtype),)
     else:
         model = _MaskedAttention()
-        mask = (torch.rand(100, 100, generator=gen) < 0.7) | torch.eye(100, dtype=torch.bool)
-        inputs = (torch.randn(2, 100, 64, generator=gen).to(dtype), mask)
+        mask = (torch.rand(t, t, generator=gen) < 0.7) | torch.eye(t, dtype=torch.bool)
+        inputs = (torch.randn(2, t, 64, generator=gen).to(dtype), mask)
     module, weights = import_model(model.eval().to(dtype), inputs, None)
     run_pipeline(module, DEFAULT_PIPELINE)
     return module, weights, inputs
@@ -1383,14 +1386,41 @@ def test_flash_prefill_builds_for_sm90(flash: None, cache: Any) -> None:
         assert build_segment(low.source)[0].stat().st_size > 0
 
 
+def test_prefill_attention_splits_the_keys_where_its_blocks_do_not_fill_the_gpu(
+    flash: None,
+) -> None:
+    """(keys per chunk, chunks): GPT-2's prefill (12 heads x 8 row blocks of 64 for 132
+    SMs) in 4 chunks of 128 keys; a batch that fills the GPU, or 128 keys or fewer, in
+    one. Where a bucket splits, the chunks' partials are combined into y."""
+    from gimlet.backends.gpu import codegen as cg
+
+    assert cg._prefill_split(12, 512, 512) == (128, 4)
+    assert cg._prefill_split(256 * 16, 512, 512) == (512, 1)
+    assert cg._prefill_split(2, 100, 100) == (100, 1)
+    assert cg._prefill_split(2, 300, 300) == (128, 3)  # 10 blocks: 53 wanted, 128 at least
+    low = lower(main_func(_flash_case("gpt", torch.float16, 300)[0]))
+    (attn, _) = _sdpa_sections(low.source)
+    assert "gml::attention_prefill_combine<gml::f16, 64><<<" in attn
+    bucket = low.bucket([(1, 300)])
+    assert (
+        bucket.arena_bytes
+        > lower(main_func(_flash_case("gpt", torch.float16)[0])).bucket([(1, 100)]).arena_bytes
+        + 2 * 3 * 300 * (64 + 2) * 4
+    )  # room for 2 heads x 3 chunks of partials
+
+
 @needs_gpu
+@pytest.mark.parametrize("t", [100, 300])
 @pytest.mark.parametrize("tag", sorted(LOW))
 @pytest.mark.parametrize("name", ["gpt", "llama", "mask"])
-def test_flash_prefill_matches_interpreter(name: str, tag: str, flash: None, cache: Any) -> None:
+def test_flash_prefill_matches_interpreter(
+    name: str, tag: str, t: int, flash: None, cache: Any
+) -> None:
+    """At T=100 one kernel per attention; at T=300 the keys in chunks, then combined."""
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 
-    module, weights, inputs = _flash_case(name, LOW[tag])
+    module, weights, inputs = _flash_case(name, LOW[tag], t)
     low = lower(main_func(module))
     assert "gml::attention_prefill<" in low.source
     f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
@@ -1463,7 +1493,10 @@ def test_dynamic_batch_gpt_is_the_static_program(
     # arange, 2 embeddings and their add; a layer: 2 layer norms, 7 copies (3 slices, 4
     # permutes: each skipped where attention reads in place), the flash kernel or the
     # softmax between cuBLAS's two GEMMs; the final layer norm
-    assert sum("<<<" in ln for ln in src.splitlines()) == 4 + 2 * 10 + 1
+    # (and f16's combine of the flash kernel's key chunks, launched where a bucket splits)
+    assert sum("<<<" in ln for ln in src.splitlines()) == 4 + 2 * 10 + 1 + (
+        2 if dtype == torch.float16 else 0
+    )
     for batch in (1, 3):  # every bucket checks what _epilogue proved (no assertion fires)
         flags = _copy_flags(low, (batch, 64))
         assert len(flags) == 14

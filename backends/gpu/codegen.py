@@ -157,6 +157,25 @@ def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
     return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
 
 
+# Prefill attention splits the keys when its row blocks would not fill the GPU (fewer than
+# an H200's 132 SMs): chunks of a multiple of 128 keys (the kernel's key tile is 64 or
+# 32), enough of them for about 4 blocks an SM, each chunk at least 128 keys.
+PREFILL_SPLIT_BELOW, PREFILL_TARGET_BLOCKS, PREFILL_CHUNK_MIN = 132, 528, 128
+PREFILL_ROWS = 64  # gml::ATTN_PREFILL_ROWS
+
+
+def _prefill_split(batches: int, rows: int, keys: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) of gml::attention_prefill for `batches` (batch x kv head)
+    of `rows` query rows over `keys` keys; one chunk when the row blocks fill the GPU."""
+    blocks = batches * -(-rows // PREFILL_ROWS)
+    if blocks <= 0 or blocks >= PREFILL_SPLIT_BELOW or keys <= PREFILL_CHUNK_MIN:
+        return max(keys, 1), 1
+    want = -(-PREFILL_TARGET_BLOCKS // blocks)
+    chunk = -(-keys // want)
+    chunk = max(PREFILL_CHUNK_MIN, -(-chunk // PREFILL_CHUNK_MIN) * PREFILL_CHUNK_MIN)
+    return chunk, -(-keys // chunk)
+
+
 def _decode_split(blocks: int, keys: int) -> tuple[int, int]:
     """(keys per chunk, chunks) for `blocks` (batch x kv head) blocks over `keys` keys."""
     want = max(1, -(-DECODE_TARGET_BLOCKS // max(blocks, 1)))
@@ -1262,13 +1281,28 @@ class _Lowering:
             b, m, n, _, dv, _ = dims(env)
             return b * _decode_split(b, n)[1] * m * (dv + 2) * 4
 
+        def prefill_split(env: Env) -> list[int]:
+            b, m, n = dims(env)[:3]
+            return list(_prefill_split(b, m, n)) if flash else [n, 1]
+
+        def prefill_partials(env: Env) -> int:  # [batch, chunk, row, dv + 2] floats
+            if not flash or self._decode_attention(op, env):
+                return 0
+            b, m, _, _, dv, _ = dims(env)
+            chunks = prefill_split(env)[1]
+            return 0 if chunks == 1 else b * chunks * m * (dv + 2) * 4
+
         scores = Scratch(f"scores{self.step}", unfused(lambda env: _prod(dims(env)[:3]) * 4))
         half = 2 if ct in HALF else 4
         probs = Scratch(f"probs{self.step}", unfused(lambda env: _prod(dims(env)[:3]) * half))
         part = Scratch(f"part{self.step}", split_bytes)
+        fpart = Scratch(f"fpart{self.step}", prefill_partials)
         self.scratch += [(scores, self.step), (probs, self.step), (part, self.step)]
+        self.scratch += [(fpart, self.step)]
         s_ptr, p_ptr = self.ptr(scores, "float"), self.ptr(probs, ct)
         part_ptr = self.ptr(part, "float")
+        fsplit = self.slots_of(prefill_split, 2)
+        fpart_ptr = self.ptr(fpart, "float")
         alpha = f"{scale!r}f" if scale is not None else f"1.0f / sqrtf(float(P[{sc}]))"
         B, M, N, D, DV, TQ = (f"P[{p + i}]" for i in range(6))
         bias = f"gml::Causal{{{N}, {TQ}}}" if causal == "true" else "gml::NoBias{}"
@@ -1343,14 +1377,24 @@ class _Lowering:
         )
         with self.dead_if(self.never(lambda env: not decode(env))):
             if flash:  # a block per 64 query rows of a (batch, kv head), the keys in tiles
+                # (and, where those blocks would not fill the GPU, per chunk of the keys,
+                # the chunks' partials then combined: P[fsplit + 1] chunks of P[fsplit])
                 per = "gml::ATTN_PREFILL_ROWS"
+                kchunk, chunks = f"P[{fsplit}]", f"P[{fsplit + 1}]"
+                dq, dv = shape_of(q.type)[-1], shape_of(v.type)[-1]
+                self.emit(f"  if ({M} > 0 && {B} > 0) {{")
                 self.emit(
-                    f"  if ({M} > 0 && {B} > 0) gml::attention_prefill<{ct}, {shape_of(q.type)[-1]}, "
-                    f"{shape_of(v.type)[-1]}><<<dim3(unsigned(({M} + {per} - 1) / {per}), "
-                    f"unsigned({B})), gml::ATTN_PREFILL_THREADS, 0, stream>>>({M}, {N}, P[{heads}], "
-                    f"{qp2}, {qld}, {qb}, {kp}, {kld}, {kb}, {vp}, {vld}, {vb}, {yp2}, {yld}, {yb}, "
-                    f"{alpha}, {bias});"
+                    f"    gml::attention_prefill<{ct}, {dq}, {dv}><<<dim3(unsigned(({M} + {per} - 1) / {per}), "
+                    f"unsigned({B}), unsigned({chunks})), gml::ATTN_PREFILL_THREADS, 0, stream>>>({M}, {N}, "
+                    f"P[{heads}], {qp2}, {qld}, {qb}, {kp}, {kld}, {kb}, {vp}, {vld}, {vb}, {yp2}, {yld}, "
+                    f"{yb}, {alpha}, {bias}, {kchunk}, {chunks} > 1 ? {fpart_ptr} : nullptr);"
                 )
+                self.emit(
+                    f"    if ({chunks} > 1) gml::attention_prefill_combine<{ct}, {dv}><<<dim3(unsigned(({M} + 7) / 8), "
+                    f"unsigned({B})), gml::ATTN_PREFILL_COMBINE_THREADS, 0, stream>>>({M}, {chunks}, "
+                    f"P[{heads}], {fpart_ptr}, {yp2}, {yld}, {yb});"
+                )
+                self.emit("  }")
             else:
                 self.emit(
                     f"  if (int e = ctx->gemm(ctx, stream, {dt}, gml::DType::F32, true, {M}, {N}, {D}, "

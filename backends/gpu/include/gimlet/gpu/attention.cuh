@@ -43,7 +43,7 @@ constexpr int ATTN_PREFILL_THREADS = ATTN_PREFILL_ROWS / 16 * GML_WARP;
 template <class T, int D, int DV, class Bias>
 __global__ void attention_prefill(int64_t, int64_t, int64_t, const T*, int64_t, AttnBatch, const T*,
                                   int64_t, AttnBatch, const T*, int64_t, AttnBatch, T*, int64_t,
-                                  AttnBatch, float, Bias) {
+                                  AttnBatch, float, Bias, int64_t, float*) {
   static_assert(sizeof(T) == 0,
                 "flash attention on ROCm needs rocWMMA (ROCm 5.4+); GIMLET_GPU_FLASH=0 avoids it");
 }
@@ -229,7 +229,15 @@ GML_D MaskedRow<M> row_bias(const Masked<M, R>& b, int64_t row) {
 // can come straight out of a fused qkv projection. The scores never reach global memory:
 // a block owns 64 query rows (a warp per 16) and walks the keys in tiles, keeping per row
 // the running max and sum of exponentials and rescaling its f32 output accumulator when
-// the max grows (flash attention 2). Grid (ceil(M / 64), B).
+// the max grows (flash attention 2). Grid (ceil(M / 64), B, chunks).
+//
+// Few blocks (a batch of one, few heads: GPT-2's prefill has 8 row blocks x 12 heads for
+// 132 SMs) leave the GPU mostly idle while the last row block walks every key tile. Then
+// the keys are split into `chunks` ranges of `kchunk` (a multiple of the key tile) and
+// block z walks range z only, writing its rows' unnormalised output, running max and sum
+// to `partials` ([batch][chunk][row][DV + 2] floats), which attention_prefill_combine
+// weighs into y (flash decoding's split, for prefill). `partials` null: one range, y
+// written here.
 constexpr int ATTN_PREFILL_ROWS = 64;
 constexpr int ATTN_PREFILL_WARPS = ATTN_PREFILL_ROWS / 16;
 constexpr int ATTN_PREFILL_THREADS = ATTN_PREFILL_WARPS * GML_WARP;
@@ -286,7 +294,8 @@ __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
     attention_prefill(int64_t m, int64_t n, int64_t heads, const T* __restrict__ q, int64_t ldq,
                       AttnBatch bsq, const T* __restrict__ k, int64_t ldk, AttnBatch bsk,
                       const T* __restrict__ v, int64_t ldv, AttnBatch bsv, T* __restrict__ y,
-                      int64_t ldy, AttnBatch bsy, float scale, Bias bias) {
+                      int64_t ldy, AttnBatch bsy, float scale, Bias bias, int64_t kchunk,
+                      float* __restrict__ partials) {
   static_assert(is_half<T>::value, "tensor cores take f16 or bf16");
   static_assert(D % 16 == 0 && DV % 16 == 0 && D <= 128 && DV <= 128,
                 "head dims: multiples of 16 up to 128");
@@ -347,17 +356,20 @@ __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
   const float sl = scale * LOG2E;
   const int64_t rend = r0 + ATTN_PREFILL_ROWS < m ? r0 + ATTN_PREFILL_ROWS : m;
   const KeySpan span = key_span(bias, b * m + r0, b * m + rend, n);
+  // this block's keys: its chunk's range, within what the rows may see
+  const int64_t kbeg = partials ? int64_t(blockIdx.z) * kchunk : 0;
+  const int64_t kend = partials && kbeg + kchunk < span.end ? kbeg + kchunk : span.end;
 
   // Copies in flight, in commit order: (Q, K tile 0), V tile 0, then per tile K t+1
   // (issued once every warp has its scores) and V t+1 (once every warp has used V t), so
   // each load overlaps the other product and the softmax. A group may be empty.
   tile_async<T, ATTN_PREFILL_ROWS, D, LQ>(qs, q, ldq, r0, m, vec);  // Q stays for the walk
-  if (span.end > 0) tile_async<T, BN, D, LK>(ks, k, ldk, 0, n, vec);
+  if (kbeg < kend) tile_async<T, BN, D, LK>(ks, k, ldk, kbeg, n, vec);
   copy_commit();
-  if (span.end > 0) tile_async<T, BN, DV, LV>(vs, v, ldv, 0, n, vec);
+  if (kbeg < kend) tile_async<T, BN, DV, LV>(vs, v, ldv, kbeg, n, vec);
   copy_commit();
-  for (int64_t j0 = 0; j0 < span.end; j0 += BN) {
-    const bool next = j0 + BN < span.end;
+  for (int64_t j0 = kbeg; j0 < kend; j0 += BN) {
+    const bool next = j0 + BN < kend;
     copy_wait<1>();  // this tile's K (and on the first, Q); V may still be on its way
     __syncthreads();
 
@@ -456,6 +468,27 @@ __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
   // y = O / sum; a row whose every score is -inf (sum 0) gets NaN, as softmax gives
 #pragma unroll
   for (int w = 1; w < LPR; w <<= 1) sum += GML_SHFL_XOR(sum, w);
+  if (partials != nullptr) {  // this chunk's share: O unnormalised, the max and the sum
+    constexpr int64_t WIDTH = DV + 2;
+    float* pp = partials + (b * int64_t(gridDim.z) + blockIdx.z) * m * WIDTH;
+    if (part == 0 && live) {
+      pp[grow * WIDTH + DV] = mx;  // log2 units, -inf where the chunk has no visible key
+      pp[grow * WIDTH + DV + 1] = sum;
+    }
+#pragma unroll
+    for (int c0 = 0; c0 < DV; c0 += W) {
+#pragma unroll
+      for (int d = 0; d < W / 16; ++d) tc::store(sw + d * 16, o[c0 / 16 + d], LW);
+      GML_SYNCWARP();
+      for (int i = lane; i < 16 * W; i += GML_WARP) {
+        const int r = i / W, c = i % W;
+        const int64_t row = r0 + warp * 16 + r;
+        if (row < m) pp[row * WIDTH + c0 + c] = sw[r * LW + c];
+      }
+      GML_SYNCWARP();
+    }
+    return;
+  }
   if (part == 0) rowf[warp][lr] = sum > 0.f ? 1.f / sum : std::numeric_limits<float>::quiet_NaN();
   GML_SYNCWARP();
   float inv[tc::Acc::num_elements];
@@ -495,3 +528,51 @@ __global__ void __launch_bounds__(ATTN_PREFILL_THREADS)
 
 }  // namespace gml
 #endif  // GML_NO_TENSOR_CORES
+
+// (no tensor cores here: HIP without rocWMMA builds it too)
+namespace gml {
+// y[b, row] from attention_prefill's chunks: each chunk's O weighted by exp2(its max -
+// the largest), over the weighted sums (NaN where no key was visible, as softmax gives).
+// A warp per row, its lanes over the columns. Grid (ceil(M / 8), B).
+constexpr int ATTN_PREFILL_COMBINE_THREADS = 8 * GML_WARP;
+
+template <class T, int DV>
+__global__ void __launch_bounds__(ATTN_PREFILL_COMBINE_THREADS)
+    attention_prefill_combine(int64_t m, int64_t chunks, int64_t heads,
+                              const float* __restrict__ partials, T* __restrict__ y, int64_t ldy,
+                              AttnBatch bsy) {
+  constexpr int64_t WIDTH = DV + 2;
+  constexpr int CPL = (DV + GML_WARP - 1) / GML_WARP;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int warp = int(threadIdx.x) / GML_WARP, lane = int(threadIdx.x) % GML_WARP;
+  const int64_t b = blockIdx.y;
+  const int64_t row = int64_t(blockIdx.x) * (ATTN_PREFILL_COMBINE_THREADS / GML_WARP) + warp;
+  if (row >= m) return;
+  const float* p = partials + b * chunks * m * WIDTH + row * WIDTH;
+  const int64_t stride = m * WIDTH;  // the next chunk's row
+  float mx = ninf;
+  for (int64_t c = 0; c < chunks; ++c) mx = fmaxf(mx, p[c * stride + DV]);
+  float total = 0.f, acc[CPL];
+#pragma unroll
+  for (int t = 0; t < CPL; ++t) acc[t] = 0.f;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const float* pc = p + c * stride;
+    const float w = pc[DV] == ninf ? 0.f : exp2f(pc[DV] - mx);
+    total += w * pc[DV + 1];
+#pragma unroll
+    for (int t = 0; t < CPL; ++t) {
+      const int col = lane + t * GML_WARP;
+      if (col < DV) acc[t] += w * pc[col];
+    }
+  }
+  const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
+  T* yr = y + bsy.at(b, heads) + row * ldy;
+#pragma unroll
+  for (int t = 0; t < CPL; ++t) {
+    const int col = lane + t * GML_WARP;
+    if (col < DV) store(yr + col, acc[t] * inv);
+  }
+}
+
+}  // namespace gml
+
