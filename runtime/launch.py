@@ -159,6 +159,7 @@ class Session:
         self.status: StatusPage | None = None
         self.arena: Arena | None = None  # the inputs, written here
         self.outputs: Arena | None = None  # the host's outputs, mapped here
+        self.handed: dict[int, Arena] = {}  # the host's handed output arenas, by id (worker.py)
         self.log_dir = ""
         self.k = 0
         self.ready: set[int] = set()  # ranks that said they are up (start-up is over)
@@ -297,6 +298,7 @@ class Session:
             slot.close()
         self.slots = {}
         self.arena = self.outputs = None
+        self.handed = {}
         if self.log_dir:
             shutil.rmtree(self.log_dir, ignore_errors=True)
             self.log_dir = ""
@@ -321,6 +323,7 @@ class Session:
         offsets, need = Arena.layout(inputs)
         self.arena, fresh = grow(self.arena, need)
         meta = self.arena.write(inputs, offsets)
+        free, drop = self._released_outputs()
         # the others first: they wake while the host reads its inputs
         order = [r for r in self.ranks if r != self.host_rank] + [self.host_rank]
         for rank in order:
@@ -328,7 +331,8 @@ class Session:
             try:
                 if rank == self.host_rank:
                     fds = [self.arena.fd] if fresh and self.arena.fd is not None else []
-                    send_msg(sock, ("run", k, (self.arena.size, meta), self.stats, m), fds)
+                    msg = ("run", k, (self.arena.size, meta), self.stats, m, (free, drop))
+                    send_msg(sock, msg, fds)
                 else:
                     send_msg(sock, ("run", k, None, self.stats, m))
             except OSError:
@@ -342,10 +346,11 @@ class Session:
         answered = time.time()
         size, where, handed = answers[self.host_rank][0]
         fds = answers[self.host_rank][1]
-        if handed:  # large outputs in an arena of their own: theirs, no copy (worker.py)
-            arena = Arena(size, fds[0])
-            arena.sent()
-            outputs = arena.views(where)  # the arrays keep its mapping alive
+        if handed is not None:  # large outputs: views of a handed arena, no copy (worker.py)
+            if fds:
+                self.handed[handed] = Arena(size, fds[0])
+                self.handed[handed].sent()
+            outputs = self.handed[handed].views(where)  # in use while they (or views) live
         else:
             if fds:
                 self.outputs = Arena(size, fds[0])
@@ -371,7 +376,20 @@ class Session:
             "host_answered": (req.host_at or answered) - sent,
             "copy": copied - answered,
         }
-        return RunResult(outputs, stats, pids, time.time() - start, kernel_s, phases, handed)
+        return RunResult(
+            outputs, stats, pids, time.time() - start, kernel_s, phases, handed is not None
+        )
+
+    def _released_outputs(self) -> tuple[list[int], list[int]]:
+        """The handed output arenas whose arrays nobody holds any more (the host may write
+        them again), and those beyond KEEP_FREE of them, unmapped here and there."""
+        # a reference from the Arena, one from getrefcount's argument: any more are the
+        # base of an output array (or of a tensor or view made from one) still alive
+        free = [i for i, a in self.handed.items() if sys.getrefcount(a.map) <= 2]
+        drop = free[KEEP_FREE:]
+        for i in drop:
+            del self.handed[i]
+        return free[:KEEP_FREE], drop
 
     def call(self, *inputs: Any) -> list[Any]:
         """A request with the host's share in this process (host_in_caller): torch
@@ -589,6 +607,9 @@ class _Request:
 
     def deadline_hit(self, deadline_s: float | None, now: float) -> bool:
         return deadline_s is not None and self.start != _NEVER and now >= self.start + deadline_s
+
+
+KEEP_FREE = 2  # handed output arenas kept for reuse when free (a request, the next one)
 
 
 def can_host_in_caller(bundle: Bundle, env: dict[str, str] | None = None) -> bool:

@@ -696,6 +696,7 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
             return
         _, k, request, want_stats = msg[:4]
         micro = msg[4] if len(msg) > 4 else 1  # micro-batches (runtime/pipeline.py)
+        free, drop = msg[5] if len(msg) > 5 else ((), ())  # handed output arenas
         inputs: list[Any] = []
         if host:
             size, meta = request
@@ -721,7 +722,7 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
                 answered.append(True)
 
             worker.early_done = early
-        out.begin()
+        out.begin(free, drop)
         # a pipelined request's micro-batches are joined straight into the output arena
         outputs = worker.run(module, weights, inputs, micro, out.place if host else None)
         seconds = time.perf_counter() - start
@@ -735,17 +736,16 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
             if out.where is None:  # not joined there: copied in
                 out.write([np.asarray(o) for o in outputs])
             where = out.where
-            if out.fresh:
-                assert out.arena is not None and out.arena.fd is not None
-                new = [out.arena.fd]
+            fd = out.new_fd()
+            if fd is not None:
+                new = [fd]
         del outputs  # views of the arena, when joined there
         stats = None
         if want_stats:
             stats = {"device": worker.device, "segments": worker.stats, "events": worker.events}
         send_msg(control, ("done", k, where, stats, seconds, worker.kernel_s), new)
-        if new and out.arena is not None:
-            out.arena.sent()
-        out.answered()
+        if new:
+            out.sent()
 
 
 # outputs at least this large go to the caller in an arena of their own
@@ -757,24 +757,32 @@ class _HostOutputs:
     (runtime/control.py), replaced by a larger one (whose descriptor goes to the caller
     with the answer) when they outgrow it.
 
-    Outputs of HANDOVER_BYTES or more get an arena of their own, made for this request,
-    which the caller keeps as the outputs' memory (no copy out; `where`'s third field
-    says so) and this worker forgets after the answer. Why: the caller copied them out
-    of the reused arena after the devices were done, 1.7 ms for a pipeline's 25.7 MB of
-    logits on the H200 machine, on the request's critical path; this worker's first
-    writes into the new pages cost page faults instead, but a pipelined request's
-    micro-batches are joined while later ones still run (pipeline.join_micro)."""
+    Outputs of HANDOVER_BYTES or more go into a *handed* arena instead, which the caller
+    gives to its caller as the outputs' memory (views of it: no copy). Both processes keep
+    a pool of them by id: each request says which ones the caller's caller has let go of
+    (`begin(free, drop)`), and this worker writes into a free one of the size, or makes a
+    new one (its descriptor goes with the answer). Why: the caller copied them out of the
+    reused arena after the devices were done, 1.7 ms for a pipeline's 25.7 MB of logits on
+    the H200 machine; an arena per request instead cost page faults here and the unmap
+    of the last one in the caller, 2-3 ms (gpu_pipeline runs 10-12). Reused, the pages
+    are there already."""
 
     def __init__(self) -> None:
         from gimlet.runtime.control import Arena
 
         self.arena: Arena | None = None
-        # this request's: (arena size, meta, whether the arena is handed over)
-        self.where: tuple[int, list[Any], bool] | None = None
+        self.handed: dict[int, Arena] = {}  # id -> arena (the caller has it mapped too)
+        self.free: set[int] = set()  # handed arenas the caller may have written again
+        self.next_id = 0
+        # this request's: (arena size, meta, the handed arena's id or None)
+        self.where: tuple[int, list[Any], int | None] | None = None
         self.fresh = False  # this request made a new arena
 
-    def begin(self) -> None:
+    def begin(self, free: Sequence[int] = (), drop: Sequence[int] = ()) -> None:
         self.where, self.fresh = None, False
+        for i in drop:  # the caller let go of its mapping: so do we
+            self.handed.pop(i, None)
+        self.free = {i for i in free if i in self.handed}
 
     def place(self, specs: list[tuple[tuple[int, ...], np.dtype[Any]]]) -> list[np.ndarray]:
         """Arrays in the arena for outputs of these (shape, dtype)s, to fill in place."""
@@ -782,20 +790,41 @@ class _HostOutputs:
 
         sizes = [int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in specs]
         offsets, need = Arena.layout_sizes(sizes)
-        handed = need >= HANDOVER_BYTES
-        if handed:
-            self.arena, fresh = Arena(-(-need // mmap.PAGESIZE) * mmap.PAGESIZE), True
+        handed: int | None = None
+        if need >= HANDOVER_BYTES:
+            fits = [i for i in sorted(self.free) if self.handed[i].size >= need]
+            if fits:
+                handed, fresh = fits[0], False
+                self.free.discard(handed)
+            else:
+                handed, fresh = self.next_id, True
+                self.next_id += 1
+                self.handed[handed] = Arena(-(-need // mmap.PAGESIZE) * mmap.PAGESIZE)
+            arena = self.handed[handed]
         else:
             self.arena, fresh = grow(self.arena, need)
+            arena = self.arena
         self.fresh = self.fresh or fresh
-        views, meta = self.arena.place(specs, offsets)
-        self.where = (self.arena.size, meta, handed)
+        views, meta = arena.place(specs, offsets)
+        self.where = (arena.size, meta, handed)
         return views
 
-    def answered(self) -> None:
-        """After the answer went out: an arena handed over is the caller's now."""
-        if self.where is not None and self.where[2]:
-            self.arena = None
+    def new_fd(self) -> int | None:
+        """The descriptor of the arena this request made, for the answer."""
+        if not self.fresh or self.where is None:
+            return None
+        handed = self.where[2]
+        arena = self.handed[handed] if handed is not None else self.arena
+        assert arena is not None and arena.fd is not None
+        return arena.fd
+
+    def sent(self) -> None:
+        """The new arena's descriptor went to the caller: close ours."""
+        if self.fresh and self.where is not None:
+            handed = self.where[2]
+            arena = self.handed[handed] if handed is not None else self.arena
+            assert arena is not None
+            arena.sent()
 
     def write(self, arrays: list[np.ndarray]) -> None:
         """`arrays` copied into the arena."""

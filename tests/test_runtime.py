@@ -615,10 +615,11 @@ def test_outputs_the_caller_owns_are_wrapped_and_views_of_others_copied() -> Non
 
 
 def test_large_outputs_are_handed_to_the_caller_without_a_copy(bundles: dict[str, Path]) -> None:
-    """Outputs of GIMLET_HANDOVER_BYTES or more come in an arena of their own, which the
-    caller's arrays keep (no copy out of the reused one): each request's outputs are in
-    memory of their own, and a later request leaves an earlier one's alone. Smaller ones
-    are copied out of the reused arena."""
+    """Outputs of GIMLET_HANDOVER_BYTES or more come as views of a handed arena (no copy
+    out of the reused one): outputs still held are left alone by later requests, which
+    get arenas of their own; once let go, an arena is written again (at most KEEP_FREE
+    kept, the rest unmapped on both sides). Smaller ones are copied out of the reused
+    arena."""
     import mmap
 
     from gimlet.runtime.bundle import load_bundle
@@ -637,9 +638,18 @@ def test_large_outputs_are_handed_to_the_caller_without_a_copy(bundles: dict[str
                 want = module(torch.from_numpy(x)).detach().numpy()
                 np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
             bases = [g.base for g in got]
-            if handed:  # each request's own shared memory
+            if handed:  # each request's own shared memory while they are held
                 assert all(isinstance(b, mmap.mmap) for b in bases)
                 assert len({id(b) for b in bases}) == 3
+                ids = {id(b) for b in bases}
+                del got, bases, g
+                again = session([xs[0]]).outputs[0]  # 3 let go: 2 kept, 1 unmapped
+                assert id(again.base) in ids and len(session.handed) == 2
+                want = module(torch.from_numpy(xs[0])).detach().numpy()
+                np.testing.assert_allclose(again, want, rtol=1e-4, atol=1e-5)
+                other = session([xs[1]]).outputs[0]  # `again` held: the other one
+                assert other.base is not again.base and len(session.handed) == 2
+                np.testing.assert_allclose(again, want, rtol=1e-4, atol=1e-5)
             else:  # copies of their own
                 assert bases == [None, None, None]
         finally:
