@@ -1,7 +1,8 @@
 """A generated GPU program as several translation units, so nvcc builds it on several cores.
 
-One nvcc process is serial (preprocess, cicc, ptxas, host compiler: GPT-2 decode's 2.8 s
-on one core), and most of that time is the device compilation of the kernels. So the
+One nvcc process is serial (preprocess, cudafe++, cicc, ptxas, host compiler: GPT-2
+decode's 2.8 s on one core); about 1 s of it is what every process pays before its first
+kernel, the rest is compiling the kernels and their launches. So the
 generated file is cut into *units*: every kernel, generated (`k3`) or a template of the
 header (`gml::copy_strided<...>`), is defined or instantiated in exactly one unit, together
 with the launch statements that use it, wrapped in host functions (`gml_step_N`); the
@@ -31,9 +32,9 @@ UNIT_MARK = "// ==== unit"
 ENTRY_MARK = "// ==== entry"
 STEP_PARAMS = "const gml::Ctx* ctx, char* A, void* const* W, const int64_t* P, gmlStream_t stream"
 # Below this many kernels (generated ones plus distinct header templates launched) the
-# program stays one unit: each extra nvcc process costs ~0.6 s of CPU before it compiles
-# a kernel (the CUDA headers, cudafe++, the host compiler), more than a few small
-# kernels take.
+# program stays one unit: each extra nvcc process costs ~0.7 s of CPU (~1 s of wall)
+# before it compiles a kernel (the CUDA headers, cudafe++, the host compiler), while one
+# of GPT-2's kernels takes 0.05-0.4 s.
 MIN_KERNELS = 6
 
 _PDL = re.compile(r"launch_pdl\(\s*([A-Za-z_][\w:]*(?:<[^()]*?>)?)\s*,")
