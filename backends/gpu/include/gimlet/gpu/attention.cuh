@@ -575,4 +575,3 @@ __global__ void __launch_bounds__(ATTN_PREFILL_COMBINE_THREADS)
 }
 
 }  // namespace gml
-
