@@ -772,7 +772,7 @@ class _HostOutputs:
 
         self.arena: Arena | None = None
         self.handed: dict[int, Arena] = {}  # id -> arena (the caller has it mapped too)
-        self.free: set[int] = set()  # handed arenas the caller may have written again
+        self.free: set[int] = set()  # handed arenas nobody holds now: this worker may reuse them
         self.next_id = 0
         # this request's: (arena size, meta, the handed arena's id or None)
         self.where: tuple[int, list[Any], int | None] | None = None
