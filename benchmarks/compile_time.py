@@ -168,17 +168,8 @@ def torch_compile_child(model_spec: str, device: str) -> None:
 
 def torch_compile(model: str, device: str, inductor_dir: str) -> dict[str, float]:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=inductor_dir)
-    r = subprocess.run(
-        [sys.executable, __file__, "--torch-compile-child", model, "--device", device],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if r.returncode != 0:
-        raise RuntimeError(f"torch.compile run failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    argv = [__file__, "--torch-compile-child", model, "--device", device]
+    return results_io.child_json(argv, "torch.compile run", 3600, env)
 
 
 # ------------------------------------------------------------------ report ---

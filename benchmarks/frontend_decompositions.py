@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+
+import results_io  # noqa: E402  (benchmarks/results_io.py: this script's folder is on sys.path)
 
 
 def gpt2_small() -> tuple[Any, tuple[Any, ...]]:
@@ -125,16 +126,7 @@ def child(name: str, mode: str) -> None:
 
 
 def run(name: str, mode: str) -> dict[str, Any]:
-    r = subprocess.run(
-        [sys.executable, __file__, "--child", name, mode],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if r.returncode != 0:
-        raise RuntimeError(f"{name} {mode} failed:\n{r.stderr[-3000:]}")
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    return results_io.child_json([__file__, "--child", name, mode], f"{name} {mode}", 900)
 
 
 def fmt(s: float) -> str:

@@ -26,6 +26,28 @@ def save(stem: str, data: Any, markdown: str) -> None:
             shutil.copy(RESULTS / f"{stem}{suffix}", Path(out) / f"{stem}{suffix}")
 
 
+def child_json(
+    argv: list[str], what: str, timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run `python argv...` from the repository root (a fresh process: nothing imported or
+    cached by this one), and give the JSON object its last line of output printed; a
+    RuntimeError naming `what` and the end of its stderr when it fails."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, *argv],
+        cwd=RESULTS.parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed ({r.returncode}):\n{r.stderr[-4000:]}")
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
 def machine_info(*packages: str) -> dict[str, Any]:
     """The date, CPU, Python, torch, gimlet and `packages`' versions, and the load average
     at the start (a shared machine's results move with it)."""
