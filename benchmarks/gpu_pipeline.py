@@ -15,6 +15,12 @@ the throughput in sequences per second:
 * two GPUs, the whole batch in one call (split, no pipeline: each GPU waits for the other);
 * two GPUs, micro-batches pipelined.
 
+Each row also records the GPUs' SM clock and power while its requests ran (nvidia-smi,
+results_io.GpuClocks: one GPU on the whole batch runs at its power limit, at a lower
+clock than two pipelined GPUs), and a multi-process row prints where the caller's time
+went (RunResult.phases). `--interleave` adds the goal's two runners measured a request of
+each in turn.
+
 `--prepare DIR` compiles the bundles (nvcc must be there) and saves the inputs and torch's
 outputs; `--run DIR` measures (on the 2x H200 machine). Writes
 benchmarks/results/gpu_pipeline.{md,json} (and copies them to $OUT when set).
