@@ -148,43 +148,37 @@ def prepare(
 def timed(run: Any, ids: torch.Tensor, iters: int) -> tuple[float, np.ndarray, dict[str, Any]]:
     """Median ms of whole requests (host tensors in and out), after warm-up; the output;
     the GPUs' clocks while the timed requests ran."""
-    for _ in range(3):
-        (out,) = run(ids)
-    times = []
-    phases: dict[str, list[float]] = {}
-    with GpuClocks() as clocks:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            (out,) = run(ids)
-            times.append((time.perf_counter() - t0) * 1e3)
-            for k, v in getattr(getattr(run, "last", None), "phases", {}).items():
-                phases.setdefault(k, []).append(v * 1e3)
-    if phases:  # a multi-process request: where the caller's time went (median ms)
-        spent = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in phases.items())
-        print(f"[pipeline]   request phases (ms): {spent}", flush=True)
-    return statistics.median(times), out.float().numpy(), clocks.summary()
+    (ms,), (out,), clocks = alternating([run], ids, iters)
+    return ms, out, clocks
 
 
 def alternating(
     runs: list[Any], ids: torch.Tensor, iters: int
 ) -> tuple[list[float], list[np.ndarray], dict[str, Any]]:
     """`timed` for several runners, one request of each in turn, so that every runner
-    meets the GPUs in the same state (warm, clocked alike): the median ms of each."""
-    outs = []
+    meets the GPUs in the same state (warm, clocked alike): the median ms of each, its
+    last output, and the clocks. A multi-process runner's request phases (where the
+    caller's time went, RunResult.phases) are printed as medians."""
     for run in runs:
         for _ in range(3):
-            (out,) = run(ids)
+            run(ids)
     times: list[list[float]] = [[] for _ in runs]
+    phases: list[dict[str, list[float]]] = [{} for _ in runs]
+    outs: list[Any] = [None] * len(runs)
     with GpuClocks() as clocks:
         for _ in range(iters):
             for k, run in enumerate(runs):
                 t0 = time.perf_counter()
-                (out,) = run(ids)
+                (outs[k],) = run(ids)
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    for run in runs:
-        (out,) = run(ids)
-        outs.append(out.float().numpy())
-    return [statistics.median(t) for t in times], outs, clocks.summary()
+                for name, v in getattr(getattr(run, "last", None), "phases", {}).items():
+                    phases[k].setdefault(name, []).append(v * 1e3)
+    for ph in phases:
+        if ph:
+            spent = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ph.items())
+            print(f"[pipeline]   request phases (ms): {spent}", flush=True)
+    arrays = [out.float().numpy() for out in outs]
+    return [statistics.median(t) for t in times], arrays, clocks.summary()
 
 
 def measure(
