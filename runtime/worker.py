@@ -736,16 +736,16 @@ def _serve(worker: Worker, module: Any, weights: dict[str, np.ndarray], control:
             if out.where is None:  # not joined there: copied in
                 out.write([np.asarray(o) for o in outputs])
             where = out.where
-            fd = out.new_fd()
-            if fd is not None:
-                new = [fd]
+            if out.new is not None:
+                assert out.new.fd is not None
+                new = [out.new.fd]
         del outputs  # views of the arena, when joined there
         stats = None
         if want_stats:
             stats = {"device": worker.device, "segments": worker.stats, "events": worker.events}
         send_msg(control, ("done", k, where, stats, seconds, worker.kernel_s), new)
-        if new:
-            out.sent()
+        if out.new is not None:
+            out.new.sent()  # the caller has the descriptor now
 
 
 # outputs at least this large go to the caller in an arena of their own
@@ -776,10 +776,10 @@ class _HostOutputs:
         self.next_id = 0
         # this request's: (arena size, meta, the handed arena's id or None)
         self.where: tuple[int, list[Any], int | None] | None = None
-        self.fresh = False  # this request made a new arena
+        self.new: Arena | None = None  # the arena this request made (its fd goes along)
 
     def begin(self, free: Sequence[int] = (), drop: Sequence[int] = ()) -> None:
-        self.where, self.fresh = None, False
+        self.where, self.new = None, None
         for i in drop:  # the caller let go of its mapping: so do we
             self.handed.pop(i, None)
         self.free = {i for i in free if i in self.handed}
@@ -794,37 +794,20 @@ class _HostOutputs:
         if need >= HANDOVER_BYTES:
             fits = [i for i in sorted(self.free) if self.handed[i].size >= need]
             if fits:
-                handed, fresh = fits[0], False
+                handed = fits[0]
                 self.free.discard(handed)
             else:
-                handed, fresh = self.next_id, True
-                self.next_id += 1
-                self.handed[handed] = Arena(-(-need // mmap.PAGESIZE) * mmap.PAGESIZE)
+                handed, self.next_id = self.next_id, self.next_id + 1
+                self.handed[handed] = self.new = Arena(-(-need // mmap.PAGESIZE) * mmap.PAGESIZE)
             arena = self.handed[handed]
         else:
             self.arena, fresh = grow(self.arena, need)
             arena = self.arena
-        self.fresh = self.fresh or fresh
+            if fresh:
+                self.new = arena
         views, meta = arena.place(specs, offsets)
         self.where = (arena.size, meta, handed)
         return views
-
-    def new_fd(self) -> int | None:
-        """The descriptor of the arena this request made, for the answer."""
-        if not self.fresh or self.where is None:
-            return None
-        handed = self.where[2]
-        arena = self.handed[handed] if handed is not None else self.arena
-        assert arena is not None and arena.fd is not None
-        return arena.fd
-
-    def sent(self) -> None:
-        """The new arena's descriptor went to the caller: close ours."""
-        if self.fresh and self.where is not None:
-            handed = self.where[2]
-            arena = self.handed[handed] if handed is not None else self.arena
-            assert arena is not None
-            arena.sent()
 
     def write(self, arrays: list[np.ndarray]) -> None:
         """`arrays` copied into the arena."""
