@@ -61,11 +61,13 @@ def first_output(x: Any) -> torch.Tensor:
 # gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
 # "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
 # prefill, decode's kernels started early); "gimlet-cublas-attn" = prefill attention as
-# two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels launched with <<<>>>
+# two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels each launched with <<<>>>;
+# "gimlet-no-chain" = decode's kernels each its own launch, not a persistent chain
 VARIANTS: dict[str, dict[str, bool]] = {
     "gimlet": {},
     "gimlet-cublas-attn": {"FLASH_PREFILL": False},
-    "gimlet-no-pdl": {"PDL": False},
+    "gimlet-no-pdl": {"PDL": False, "CHAIN": False},
+    "gimlet-no-chain": {"CHAIN": False},
 }
 
 

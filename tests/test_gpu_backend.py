@@ -10,6 +10,7 @@ with the interpreter, which computes each op in f32 and rounds, at rtol/atol 1e-
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -505,9 +506,12 @@ def test_op_cases_lower_to_their_kernels(op_lowered: dict[str, Any]) -> None:
     # dynamic rows: the residual add proven to walk W1's product is in its epilogue, the
     # add of an unrelated dynamic dim is not
     assert src["linear_dyn_residual"].count("ctx->gemm_epilogue(") == 1
-    assert (
-        "  // gml.matmul (no location)\n  // gml.add (no location)\n  if (P[5] <= 4)"
-        in (src["linear_dyn_residual"])
+    # (both GEMVs a persistent chain at decode sizes: the steps run where it does not)
+    assert re.search(
+        r"  // gml.matmul \(no location\)\n  // gml.add \(no location\)\n"
+        r"  if \(!gml::chained\(ctx, P\[\d+\]\)\) \{  // else the chain above ran this\n"
+        r"    if \(P\[5\] <= 4\)",
+        src["linear_dyn_residual"],
     )
     assert "ctx->gemm_epilogue(" not in src["linear_dyn_broadcast"]
     assert "  // gml.add (no location)\n  if (P[14] > 0) k1<<<" in src["linear_dyn_broadcast"]
@@ -871,22 +875,20 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
 def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None:
     """Decode's chain (GEMVs, split-KV attention, its combine) goes through
     gml::launch_pdl, which lets a kernel start while the one before it still runs: each
-    kernel launched so must pass gml::pdl_wait before it reads the arena. So every one of
-    them is a generated GEMV (gemv_nt_acc waits once its weight loads are issued) or a
-    header kernel whose body calls pdl_wait; with PDL off they are plain <<<>>> launches."""
-    import re
-
+    kernel launched so must pass gml::pdl_wait before it reads the arena. Each of them runs
+    its body with the gml::Pdl sync policy (whose wait() is pdl_wait), and the body calls
+    sync.wait(): a generated GEMV through gemv_nt_acc (which waits once its weight loads
+    are issued), a header kernel itself. With PDL off they are plain <<<>>> launches."""
     from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
+    monkeypatch.setattr(cg, "CHAIN", False)
     module = _decode_case(40)[0]
     src = lower(main_func(module)).source
     header = (GPU_INCLUDE / "gimlet" / "gpu" / "gml_gpu.cuh").read_text()
 
-    def body(text: str, name: str) -> str:
-        start = re.search(rf"\b{name}\(", text[text.index("__global__") :])
-        assert start is not None, name
-        at = text.index("__global__") + start.start()
+    def body(text: str, signature: str) -> str:
+        at = text.index(signature)
         return text[at : text.index("\n}\n", at)]
 
     launched = re.findall(r"gml::launch_pdl\(((?:gml::)?\w+)", src)
@@ -898,13 +900,19 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
         "k3",
         "k4",
     ], launched
-    assert "pdl_wait();" in body(header, "gemv_nt_acc")
+    assert "GML_D void pdl_wait()" in header
+    assert "void wait() const { pdl_wait(); }" in body(header, "struct Pdl {")
+    assert "sync.wait();" in body(header, "GML_D int64_t gemv_nt_acc(")
     for name in set(launched):
         if name.startswith("gml::"):
-            assert "pdl_wait();" in body(header, name.removeprefix("gml::")), name
+            kernel = name.removeprefix("gml::")
+            wrapper = body(header, f"    {kernel}(")
+            assert "Pdl sync;" in wrapper and f"{kernel}_body<" in wrapper, name
+            assert "sync.wait();" in body(header, f"GML_D void {kernel}_body("), name
         else:
-            definition = src[src.index(f"__global__ void {name}(") :]
-            assert "gml::gemv_nt_acc<" in definition[: definition.index("\n}\n")], name
+            wrapper = body(src, f"__global__ void {name}(")
+            assert "gml::Pdl sync;" in wrapper and f"{name}_body<M>(sync, blockIdx.x" in wrapper
+            assert "gml::gemv_nt_acc<" in body(src, f"GML_D void {name}_body("), name
     monkeypatch.setattr(cg, "PDL", False)
     plain = lower(main_func(module)).source
     assert "launch_pdl" not in plain
@@ -1465,7 +1473,6 @@ def _dyn_gpt(dtype: torch.dtype, dims: str) -> tuple[Any, Any]:
 
 def _copy_flags(low: Any, shape: tuple[int, ...]) -> list[int]:
     """Per copy_strided launch: 1 where the bucket runs it, 0 where it is skipped."""
-    import re
 
     params = low.bucket([shape]).params
     return [params[int(i)] for i in re.findall(r"if \(P\[(\d+)\]\) gml::copy_strided", low.source)]

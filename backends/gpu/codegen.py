@@ -41,7 +41,7 @@ from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError
 
-from . import units
+from . import chains, units
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
 from .symdims import SymbolicShapes, covers, numel
 
@@ -63,6 +63,9 @@ PAD_WEIGHTS = os.environ.get("GIMLET_GPU_PAD_WEIGHTS", "1") == "1"
 # dependent launch (gml::launch_pdl): each kernel starts while the one before it ends, a
 # GEMV streaming its weight meanwhile; "0" launches them with <<<>>>.
 PDL = os.environ.get("GIMLET_GPU_PDL", "1") == "1"
+# Runs of those kernels as one persistent kernel, grid barriers between them (chains.py,
+# gml::launch_chain); "0" leaves each a kernel of its own.
+CHAIN = os.environ.get("GIMLET_GPU_CHAIN", "1") == "1"
 # layer norm keeps a row in registers up to this many elements (a warp a row up to 1024
 # on NVIDIA, 2048 on AMD: 32 a lane; a block a row beyond); the variant is the smallest
 # that holds the row
@@ -155,6 +158,12 @@ def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
     if PDL:
         return f"gml::launch_pdl({kernel}, {grid}, {threads}, stream, {', '.join(args)});"
     return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
+
+
+def _phase(body: str, blocks: str, args: Sequence[str]) -> str:
+    """The same kernel as a phase of a persistent chain (chains.py): `body`, the kernel's
+    device function, over `blocks` blocks, its arguments read from the device's P and W."""
+    return f"gml::chain_phase<&{body}>(sync, {blocks}, {', '.join(args)});"
 
 
 # Prefill attention splits the keys when its row blocks would not fill the GPU (fewer than
@@ -340,6 +349,7 @@ class _Lowering:
         self.more = more  # lowerings kept in other modules (backends/gpu/lower.py)
         self.fn = fn
         self.kernels: list[str] = []
+        self.bodies: list[str] = []  # per kernel: its device body (a chain calls it), or ""
         self.kernel_names: dict[str, str] = {}
         self.body: list[str] = []
         self.slots: list[Slot] = []
@@ -354,6 +364,8 @@ class _Lowering:
         self.fold_out: dict[gml.SdpaOp, gml.PermuteOp] = {}  # output permutes it writes
         self.step = 0
         self.step_lines: list[tuple[int, int]] = []  # each lowered op's stretch of body
+        self.chain_part: chains.Part | None = None  # the op being lowered: its chain phases
+        self.chain_parts: list[chains.Part | None] = []  # per step_lines entry
         self.scratch: list[tuple[Scratch, int]] = []
         self.pitches: dict[SSAValue, Callable[[Env], int]] = {}  # Lowered.pitches
         # the one bucket of a function without dynamic dims: a branch on a size that
@@ -423,19 +435,25 @@ class _Lowering:
             yield
             return
         body, kernels, names = self.body, self.kernels, dict(self.kernel_names)
-        self.body, self.kernels = [], list(kernels)
+        bodies, part = self.bodies, self.chain_part
+        self.body, self.kernels, self.bodies = [], list(kernels), list(bodies)
         try:
             yield
         finally:
             self.body, self.kernels, self.kernel_names = body, kernels, names
+            self.bodies, self.chain_part = bodies, part
 
-    def kernel(self, text: str) -> str:
-        """A generated kernel's name; identical kernels (every layer's) are emitted once."""
-        if text not in self.kernel_names:
+    def kernel(self, text: str, body: str = "") -> str:
+        """A generated kernel's name; identical kernels (every layer's) are emitted once.
+        `body`, where given, is its device function (`KERNEL_body`), which the kernel and
+        any chain (chains.py) call; it goes before every unit."""
+        key = body + text
+        if key not in self.kernel_names:
             name = f"k{len(self.kernels)}"
-            self.kernel_names[text] = name
+            self.kernel_names[key] = name
             self.kernels.append(text.replace("KERNEL", name))
-        return self.kernel_names[text]
+            self.bodies.append(body.replace("KERNEL", name))
+        return self.kernel_names[key]
 
     def comment(self, ops: Sequence[Operation]) -> None:
         for op in ops:
@@ -459,6 +477,8 @@ class _Lowering:
             start = len(self.body)
             self.lower_op(op)
             self.step_lines.append((start, len(self.body)))
+            self.chain_parts.append(self.chain_part)
+            self.chain_part = None
 
     def lower_op(self, op: Operation) -> None:
         if isinstance(op, (gml.FusionOp, *gml.ELEMENTWISE)):
@@ -1030,11 +1050,14 @@ class _Lowering:
             val[last] = val[yielded[0]]
         args.append(f"{_ct(last)}* __restrict__ out")
         ptrs.append(self.ptr(last))
-        lines = [
-            "template <int M>",
-            f"__global__ void KERNEL(int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}) {{",
+        signature = (
+            f"int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}"
+        )
+        device = [
+            "template <int M, class S>",
+            f"GML_D void KERNEL_body(S& sync, int64_t block, {signature}) {{",
             "  float accs[M];",
-            f"  const int64_t col = gml::gemv_nt_acc<{ct}, M>(n, k, x, w, accs);",
+            f"  const int64_t col = gml::gemv_nt_acc<{ct}, M>(sync, block, n, k, x, w, accs);",
             "  if (col < 0) return;",
             "#pragma unroll",
             "  for (int r = 0; r < M; ++r) {",
@@ -1045,12 +1068,21 @@ class _Lowering:
             "  }",
             "}",
         ]
-        name = self.kernel("\n".join(lines))
+        names = ", ".join(["n", "k", "x", "w", *(a.rsplit(" ", 1)[1] for a in args)])
+        lines = [
+            "template <int M>",
+            f"__global__ void KERNEL({signature}) {{",
+            "  gml::Pdl sync;",
+            f"  KERNEL_body<M>(sync, blockIdx.x, {names});",
+            "}",
+        ]
+        name = self.kernel("\n".join(lines), body="\n".join(device))
         self.comment([op, *(m for g, _ in chain for m in self._group(g)[0])])
 
         def rows_of(env: Env) -> int:
             return _numel(env.shapes[a][:-1])
 
+        first = len(self.body)
         self.emit(f"if ({M} <= 4) {{  // decode: a few rows against a weight read once")
         self.emit(
             f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS);  // a warp a column"
@@ -1060,10 +1092,17 @@ class _Lowering:
         # a static function
         rows_form = numel(self.sym[a][:-1])
         live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
+        phases = []
         for i, rows in enumerate(live):
+            cond = f"{'' if i == 0 else 'else '}if ({M} == {rows}) "
             self.emit(
-                f"  {'' if i == 0 else 'else '}if ({M} == {rows}) "
+                f"  {cond}"
                 + _launch(f"{name}<{rows}>", "g", "gml::GEMV_THREADS", [N, K, gemv_x, w, *ptrs])
+            )
+            blocks = f"({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS"
+            phases.append(
+                cond
+                + _phase(f"{name}_body<{rows}, gml::ChainSync>", blocks, [N, K, gemv_x, w, *ptrs])
             )
         self.emit("} else {")
         with self.dead_if(self.never(lambda env: rows_of(env) > 4)):  # the GEMM path
@@ -1148,6 +1187,8 @@ class _Lowering:
                 self.done.add(via)
                 self.defined_at[via.result] = self.step
         self.emit("}")
+        if phases:  # the decode branch, as a chain's phase (chains.py)
+            self.chain_part = chains.Part(phases, 1, first, len(self.body), [(p, "<=", 4)])
 
     def _only_returned(self, y: SSAValue) -> bool:
         """Whether the function's return is all that reads `y`, itself or through
@@ -1321,20 +1362,22 @@ class _Lowering:
         self.comment([op])
         chunk, chunks = f"P[{split}]", f"P[{split + 1}]"
         decode = partial(self._decode_attention, op)
+        first = len(self.body)
         self.emit(f"if (P[{fused}]) {{  // decode: a block per (batch, kv head, key chunk)")
-        with self.dead_if(self.never(decode) or not self._may_decode(op)):
-            split_kernel = (
-                f"gml::attention_decode_split<{ct}, {max(shape_of(q.type)[-1], 1)}, "
-                f"{max(shape_of(v.type)[-1], 1)}, {bias.split('{', 1)[0]}>"
-            )  # every template argument named (a function pointer deduces none): the bias's
-            # type is its initializer's name
+        dead = self.never(decode) or not self._may_decode(op)
+        with self.dead_if(dead):
+            d, dv = max(shape_of(q.type)[-1], 1), max(shape_of(v.type)[-1], 1)
+            bias_t = bias.split("{", 1)[0]  # the bias's type is its initializer's name
+            split_args = [M, chunk, qp, pieces(k), pieces(v), part_ptr, alpha, bias]
+            combine_args = [chunks, M, DV, part_ptr, yp]
+            # every template argument named (a function pointer deduces none)
             self.emit(
                 "  "
                 + _launch(
-                    split_kernel,
+                    f"gml::attention_decode_split<{ct}, {d}, {dv}, {bias_t}>",
                     f"dim3(unsigned({B}), unsigned({chunks}))",
                     "gml::ATTN_SPLIT_THREADS",
-                    [M, chunk, qp, pieces(k), pieces(v), part_ptr, alpha, bias],
+                    split_args,
                 )
             )
             self.emit(
@@ -1343,9 +1386,20 @@ class _Lowering:
                     f"gml::attention_combine<{ct}>",
                     f"unsigned({B})",
                     "gml::ATTN_COMBINE_THREADS",
-                    [chunks, M, DV, part_ptr, yp],
+                    combine_args,
                 )
             )
+            # as a chain's phases: the split with a chain's block of threads (its shared
+            # memory beside the combine's fits 48 KB up to head dims of 64)
+            phases = [
+                _phase(
+                    f"gml::attention_decode_split_body<{ct}, {d}, {dv}, {bias_t}, "
+                    "gml::CHAIN_THREADS, gml::ChainSync>",
+                    f"{B} * {chunks}",
+                    split_args,
+                ),
+                _phase(f"gml::attention_combine_body<{ct}, gml::ChainSync>", B, combine_args),
+            ]
         self.emit("} else {")
         # operands as cuBLAS or the flash kernel read them: in place through strides where
         # this bucket folds their views (attention_fold), else the contiguous copies; the
@@ -1408,6 +1462,8 @@ class _Lowering:
                     f"{p_ptr}, {N}, {M} * {N}, {vp}, {vld}, {vbs}, {yp2}, {yld}, {ybs}, {B}, 1.0f)) return e;"
                 )
         self.emit("}")
+        if not dead and d <= 64 and dv <= 64:
+            self.chain_part = chains.Part(phases, 2, first, len(self.body), [(fused, "!=", 0)])
 
     def softmax_scores(
         self,
@@ -1592,12 +1648,59 @@ class _Lowering:
         ]
         entry_close = ["  return int(gmlGetLastError());", "}"]
         assert sum(b - a for a, b in self.step_lines) == len(self.body)
+        steps = self.chained([self.body[a:b] for a, b in self.step_lines])
+        # kernel bodies a chain calls come before every unit: each unit may instantiate them
+        head += [b + "\n" for b in self.bodies if b]
         return units.arrange(
             head,
             [(f"k{i}", k) for i, k in enumerate(self.kernels)],
-            [self.body[a:b] for a, b in self.step_lines],
+            steps,
             entry_open,
             entry_close,
+        )
+
+    def chained(self, steps: list[list[str]]) -> list[list[str]]:
+        """The steps with runs of decode kernels made persistent chains (chains.py): each
+        run's chain kernel, launched by a step before it where the bucket's slot says so;
+        the run's steps as they were where it does not."""
+        if not CHAIN or not any(self.chain_parts):
+            return steps
+        static = None
+        if self.static is not None:  # the one bucket's table: its guards are known now
+            args = [shape_of(a.type) for a in self.fn.body.block.args]
+            static = self.as_lowered("").bucket(args).params
+        offsets = [a for a, _ in self.step_lines]
+        runs = chains.find(steps, offsets, self.chain_parts, static)
+        out: list[list[str]] = []
+        done = 0
+        for first, last, conds in runs:
+            out += steps[done:first]
+            slot = self.slot(partial(self._conds_hold, conds))
+            parts = self.chain_parts[first : last + 1]
+            name = self.kernel(chains.kernel_text(steps[first : last + 1], parts))
+            kernels = sum(p.kernels for p in parts if p is not None)
+            out.append(chains.launch(name, slot, kernels))
+            out += [chains.wrap(lines, slot) for lines in steps[first : last + 1]]
+            done = last + 1
+        return out + steps[done:]
+
+    def _conds_hold(self, conds: Sequence[chains.Cond], env: Env) -> int:
+        """1 where a chain's conditions hold at this bucket (its slot)."""
+        slots = {s for s, _, _ in conds}
+        params = {s: self.slots[s](env) for s in slots}
+        return int(all(chains.holds([c], params) for c in conds))
+
+    def as_lowered(self, source: str) -> Lowered:
+        return Lowered(
+            fn=self.fn,
+            source=source,
+            slots=self.slots,
+            weights=self.weights,
+            values=self.values(),
+            scratch=self.scratch,
+            views=self.views,
+            evaluator=self.evaluator,
+            pitches=self.pitches,
         )
 
     def values(self) -> list[tuple[SSAValue, int, int]]:
@@ -1758,17 +1861,7 @@ def lower_with(fn: func.FuncOp, more: MoreHandlers | None = None) -> Lowered:
     for v in ret.arguments:  # outputs that are load-time values or inputs: copy them out
         if v in low.free:
             raise UnsupportedOpError("a GPU function returning a weight")
-    return Lowered(
-        fn=fn,
-        source=low.source(),
-        slots=low.slots,
-        weights=low.weights,
-        values=low.values(),
-        scratch=low.scratch,
-        views=low.views,
-        evaluator=low.evaluator,
-        pitches=low.pitches,
-    )
+    return low.as_lowered(low.source())
 
 
 __all__ = [

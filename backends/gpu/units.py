@@ -37,7 +37,7 @@ STEP_PARAMS = "const gml::Ctx* ctx, char* A, void* const* W, const int64_t* P, g
 # of GPT-2's kernels takes 0.05-0.4 s.
 MIN_KERNELS = 6
 
-_PDL = re.compile(r"launch_pdl\(\s*([A-Za-z_][\w:]*(?:<[^()]*?>)?)\s*,")
+_PDL = re.compile(r"launch_(?:pdl|chain)\(\s*([A-Za-z_][\w:]*(?:<[^()]*?>)?)\s*,")
 _IDENT_TAIL = re.compile(r"[A-Za-z_][\w:]*$")
 
 

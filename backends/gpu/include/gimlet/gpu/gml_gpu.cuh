@@ -71,6 +71,13 @@ struct Ctx {
                        const void* x, const void* w, void* d, int64_t ldd, const void* bias,
                        bool gelu, const void* r);
   void* state;  // the runtime's handles (BLAS handle, workspace)
+  // What a persistent chain kernel (gml::launch_chain) reads on the device: this
+  // bucket's parameter table and the weights' pointers, copied to the GPU once, and a
+  // grid barrier's two counters, zeroed once. Null where the runtime has none: then the
+  // generated code runs each kernel of a chain on its own.
+  const int64_t* device_params;
+  void* const* device_weights;
+  unsigned* barrier;
 };
 
 // ---------------------------------------------------------------- 16-bit floats
@@ -206,7 +213,7 @@ struct Index {
 
 // An Index read from the parameter table: rank, R dims, then each operand's R strides.
 template <int R, int K>
-inline Index<R, K> index_from(const int64_t* p) {
+GML_HD Index<R, K> index_from(const int64_t* p) {  // on the device: in a chain kernel
   Index<R, K> ix{};
   ix.rank = p[0];
   for (int d = 0; d < R; ++d) ix.dims[d] = p[1 + d];
@@ -307,6 +314,119 @@ inline void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, gmlStream_t 
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   (void)cudaLaunchKernelEx(&cfg, kernel, P(static_cast<A&&>(args))...);
+#endif
+}
+
+// ---------------------------------------------------------------- persistent chains
+// A run of decode's kernels (GEMVs, split attention and its combine) may run as one
+// persistent kernel, a *chain* (generated per run, launched by launch_chain): each of
+// its blocks takes, kernel after kernel, its share of that kernel's blocks, and a grid
+// barrier stands where a kernel boundary stood. On the H200 a boundary costs a few us
+// even with PDL and graphs; GPT-2's decode has 70 of them. So such a kernel's body is
+// written once, against a sync policy S: S::trigger() where it lets the next kernel
+// start, S::wait() before it reads what the kernels before it wrote.
+constexpr int CHAIN_THREADS = 256;      // a chain's block: every phase's block size
+constexpr int CHAIN_BLOCKS_PER_SM = 2;  // at most; fewer where registers or smem say so
+
+struct Pdl {  // a kernel of its own: programmatic dependent launch (above)
+  GML_D void trigger() const { pdl_trigger(); }
+  GML_D void wait() const { pdl_wait(); }
+};
+
+#ifdef GML_HIP
+#define GML_SYNCWARP()
+#else
+#define GML_SYNCWARP() __syncwarp()
+#endif
+
+// In a chain, wait() returns once every block has arrived at the barrier after the
+// previous phase (the first wait of a phase; later ones return at once), so a GEMV's
+// weight loads, issued before it, overlap the barrier as they overlapped the kernel
+// boundary under PDL. The barrier is two counters in device memory (Ctx::barrier:
+// arrivals, generation), zero between chains: the last block to arrive resets the
+// arrivals and then bumps the generation, which the others watch, a warp at a time (no
+// block-wide barrier inside wait(): a body calls it on divergent paths).
+struct ChainSync {
+  unsigned* bar;
+  unsigned blocks;
+  unsigned gen = 0;
+  bool waited = true;  // the first phase reads what kernels before the chain wrote
+  GML_D void trigger() const {}
+  GML_D void wait() {
+    if (waited) return;
+    waited = true;
+    if (threadIdx.x % GML_WARP == 0) {
+      while (*reinterpret_cast<volatile unsigned*>(bar + 1) == gen) {
+      }
+      __threadfence();  // acquire: the other blocks' writes, not stale L1 lines
+    }
+    GML_SYNCWARP();
+  }
+  // every thread of the block, after the block's share of a phase
+  GML_D void arrive() {
+    gen = *reinterpret_cast<volatile unsigned*>(bar + 1);  // cannot move before we arrive
+    __syncthreads();  // the block's writes happen before thread 0's release fence
+    if (threadIdx.x == 0) {
+      __threadfence();
+      if (atomicAdd(bar, 1u) == blocks - 1) {
+        atomicExch(bar, 0u);
+        __threadfence();
+        atomicAdd(bar + 1, 1u);
+      }
+    }
+    waited = false;
+  }
+};
+
+// One kernel of a chain: Body(sync, block, args...) for its `blocks` blocks, the chain's
+// blocks taking them in turn; then the barrier. Not inlined: every layer's phase of one
+// kernel is the same function, compiled once.
+template <auto Body, class... A>
+__device__ __noinline__ void chain_phase(ChainSync& sync, int64_t blocks, A... args) {
+  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) Body(sync, b, args...);
+  sync.wait();  // a block with no share passes this barrier before it arrives at the next
+  sync.arrive();
+}
+
+// kernel(P, A, W, sync) over as many blocks as can be resident together (a cooperative
+// launch: it fails rather than leaving the barrier waiting on a block that never
+// starts). P and W are the device copies of the parameter table and weight pointers.
+template <class K>
+inline int launch_chain(K kernel, const Ctx* ctx, char* A, gmlStream_t stream) {
+#ifdef GML_HIP
+  (void)kernel, (void)ctx, (void)A, (void)stream;
+  return 1;  // no HIP runtime sets Ctx::barrier yet, so no chain is launched there
+#else
+  int dev = 0, sms = 0, per_sm = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess)
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, CHAIN_THREADS, 0);
+  if (e != cudaSuccess) return int(e);
+  if (per_sm < 1) return int(cudaErrorInvalidConfiguration);
+  per_sm = per_sm < CHAIN_BLOCKS_PER_SM ? per_sm : CHAIN_BLOCKS_PER_SM;
+  ChainSync sync{ctx->barrier, unsigned(sms * per_sm)};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(sync.blocks);
+  cfg.blockDim = dim3(CHAIN_THREADS);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return int(cudaLaunchKernelEx(&cfg, kernel, ctx->device_params, A, ctx->device_weights, sync));
+#endif
+}
+
+// Whether a bucket runs a chain: its slot says the chain stands for its steps there, and
+// the runtime gave what the chain kernel reads (else the steps run as they are).
+inline bool chained(const Ctx* ctx, int64_t taken) {
+#ifdef GML_HIP
+  (void)ctx, (void)taken;
+  return false;
+#else
+  return taken && ctx->device_params && ctx->device_weights && ctx->barrier;
 #endif
 }
 
@@ -827,15 +947,17 @@ struct LnRows {
   }
 };
 
-template <class T, int M, class X>
-GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w, float (&acc)[M]) {
-  const int64_t col = int64_t(blockIdx.x) * (blockDim.x / GML_WARP) + threadIdx.x / GML_WARP;
+// `block` is the kernel's block index (blockIdx.x, or a chain's share: ChainSync).
+template <class T, int M, class S, class X>
+GML_D int64_t gemv_nt_acc(S& sync, int64_t block, int64_t n, int64_t k, X rows,
+                          const T* __restrict__ w, float (&acc)[M]) {
+  const int64_t col = block * (GEMV_THREADS / GML_WARP) + threadIdx.x / GML_WARP;
   const int lane = threadIdx.x % GML_WARP;
-  pdl_trigger();  // the next kernel may start: it only streams its own weight until we end
+  sync.trigger();  // the next kernel may start: it only streams its own weight until we end
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
   if (col >= n) {
-    pdl_wait();
+    sync.wait();
     return -1;
   }
   const T* wr = w + col * k;
@@ -855,7 +977,7 @@ GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w,
         if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
     };
     fetch();
-    pdl_wait();  // x (and the epilogue's operands) are the previous kernels' results
+    sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
     rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
     while (j0 < k) {
 #pragma unroll
@@ -876,7 +998,7 @@ GML_D int64_t gemv_nt_acc(int64_t n, int64_t k, X rows, const T* __restrict__ w,
       fetch();
     }
   } else {
-    pdl_wait();
+    sync.wait();
     rows.template prepare<M>(k);
     for (int64_t j = lane; j < k; j += GML_WARP) {
       const float wv = float(load(wr + j));
@@ -930,23 +1052,27 @@ GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t w
 constexpr int ATTN_SPLIT_THREADS = 128;  // 4 warps: a chunk is at most 256 keys
 constexpr int ATTN_CHUNK_MAX = 256;
 
-template <class T, int D, int DV, class Bias>
-__global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
-    attention_decode_split(int64_t m, int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
-                           Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias) {
-  constexpr int WARPS = ATTN_SPLIT_THREADS / GML_WARP;
+// The body, for a block of THREADS threads: block `blk` is (batch block blk / chunks,
+// chunk blk % chunks), the chunks ceil(keys / chunk).
+template <class T, int D, int DV, class Bias, int THREADS, class S>
+GML_D void attention_decode_split_body(S& sync, int64_t blk, int64_t m, int64_t chunk,
+                                       const T* __restrict__ q, Pieces<T, 2> k, Pieces<T, 2> v,
+                                       float* __restrict__ part, float scale, Bias bias) {
+  constexpr int WARPS = THREADS / GML_WARP;
   constexpr int V = 16 / sizeof(T), PIECES = (D + V - 1) / V;  // 16-byte loads of a K row
   constexpr int CPL = (DV + GML_WARP - 1) / GML_WARP;          // V columns per lane
-  const int64_t b = blockIdx.x, c = blockIdx.y, chunks = gridDim.y;
-  const int64_t n = k.size[0] + k.size[1], lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+  const int64_t n = k.size[0] + k.size[1];
+  const int64_t chunks = n > chunk ? (n + chunk - 1) / chunk : 1;
+  const int64_t b = blk / chunks, c = blk % chunks;
+  const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
   constexpr int64_t width = DV + 2;
   q += b * m * D;
   part += (b * chunks + c) * m * width;
   __shared__ float qs[8 * D];
   __shared__ float s[8][ATTN_CHUNK_MAX];
   __shared__ float partial[WARPS][8 * DV];
-  pdl_trigger();
-  pdl_wait();  // q and the step's new K/V entry come from the kernel before
+  sync.trigger();
+  sync.wait();  // q and the step's new K/V entry come from the kernel before
   // P_c @ V_c below: warp w takes keys lo + w, lo + w + WARPS, ... KU at a time; lane l
   // owns columns l, l + 32, ... of every row. The first KU rows' loads are issued now,
   // so their latency overlaps the scores' (a 32-key chunk: all of them)
@@ -966,10 +1092,10 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
     }
   };
   load_v(lo + warp);
-  for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
+  for (int64_t i = threadIdx.x; i < m * D; i += THREADS) qs[i] = float(load(q + i));
   __syncthreads();
   // scores: a thread per key, its whole row loaded first, q from shared memory
-  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+  for (int64_t j = lo + threadIdx.x; j < hi; j += THREADS) {
     const T* kr = piece_row(k, b, j, D);
     uint4 row[PIECES];
 #pragma unroll
@@ -1001,10 +1127,10 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int64_t r = 0; r < m; ++r) {
     float mx = ninf;
-    for (int64_t j = threadIdx.x; j < hi - lo; j += blockDim.x) mx = maxnan(s[r][j], mx);
+    for (int64_t j = threadIdx.x; j < hi - lo; j += THREADS) mx = maxnan(s[r][j], mx);
     mx = block_reduce<float, true>(mx);
     float sum = 0.f;
-    for (int64_t j = threadIdx.x; j < hi - lo; j += blockDim.x) {
+    for (int64_t j = threadIdx.x; j < hi - lo; j += THREADS) {
       const float e = mx == ninf ? 0.f : expf(s[r][j] - mx);
       s[r][j] = e;
       sum += e;
@@ -1047,12 +1173,21 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
         if (col < DV) partial[warp][r * DV + col] = acc[r][t];
       }
   __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < m * DV; rc += blockDim.x) {
+  for (int64_t rc = threadIdx.x; rc < m * DV; rc += THREADS) {
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
     part[(rc / DV) * width + rc % DV] = t;
   }
+}
+
+template <class T, int D, int DV, class Bias>
+__global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
+    attention_decode_split(int64_t m, int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
+                           Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias) {
+  Pdl sync;
+  attention_decode_split_body<T, D, DV, Bias, ATTN_SPLIT_THREADS>(
+      sync, int64_t(blockIdx.x) * gridDim.y + blockIdx.y, m, chunk, q, k, v, part, scale, bias);
 }
 
 // y[b, row, :] from the chunks' partials: each rescaled by exp(max_c - max), summed,
@@ -1062,18 +1197,17 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
 constexpr int ATTN_COMBINE_THREADS = 256;
 constexpr int ATTN_MAX_CHUNKS = 512;  // 8 rows x 512 chunks of weights in shared memory
 
-template <class T>
-__global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
-    attention_combine(int64_t chunks, int64_t m, int64_t dv, const float* __restrict__ part,
-                      T* __restrict__ y) {
+template <class T, class S>
+GML_D void attention_combine_body(S& sync, int64_t blk, int64_t chunks, int64_t m, int64_t dv,
+                                  const float* __restrict__ part, T* __restrict__ y) {
   __shared__ float w[8 * ATTN_MAX_CHUNKS];
-  pdl_trigger();
-  pdl_wait();  // the partials are the split kernel's
+  sync.trigger();
+  sync.wait();  // the partials are the split kernel's
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t width = dv + 2, stride = m * width;
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
-  part += blockIdx.x * chunks * stride;
-  y += blockIdx.x * m * dv;
+  part += blk * chunks * stride;
+  y += blk * m * dv;
   for (int64_t r = warp; r < m; r += ATTN_COMBINE_THREADS / GML_WARP) {
     float mx = ninf;
     for (int64_t c = lane; c < chunks; c += GML_WARP)
@@ -1091,7 +1225,7 @@ __global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
     for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
   }
   __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < m * dv; rc += blockDim.x) {
+  for (int64_t rc = threadIdx.x; rc < m * dv; rc += ATTN_COMBINE_THREADS) {
     const int64_t r = rc / dv, col = rc % dv;
     const float* pc = part + r * width + col;
     float acc = 0.f;
@@ -1100,6 +1234,15 @@ __global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
     store(y + rc, acc);
   }
 }
+template <class T>
+__global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
+    attention_combine(int64_t chunks, int64_t m, int64_t dv, const float* __restrict__ part,
+                      T* __restrict__ y) {
+  Pdl sync;
+  attention_combine_body<T>(sync, blockIdx.x, chunks, m, dv, part, y);
+}
+static_assert(ATTN_COMBINE_THREADS == CHAIN_THREADS && GEMV_THREADS == CHAIN_THREADS,
+              "a chain runs these kernels' bodies with its own blocks");
 
 // softmax over rows of up to 32 * ROW elements, one warp per row, the row in registers:
 // one read and one write (attention scores in prefill: many short rows)
