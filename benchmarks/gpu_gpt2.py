@@ -62,17 +62,19 @@ def first_output(x: Any) -> torch.Tensor:
 # "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
 # prefill, decode's kernels started early); "gimlet-cublas-attn" = prefill attention as
 # two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels each launched with <<<>>>;
-# "gimlet-no-chain" = decode's kernels each its own launch, not a persistent chain
-VARIANTS: dict[str, dict[str, bool]] = {
+# "gimlet-no-chain" = decode's kernels each its own launch, not a persistent chain;
+# "gimlet-chain2" = the chain with two blocks an SM (registers capped to fit), not one
+VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet": {},
     "gimlet-cublas-attn": {"FLASH_PREFILL": False},
     "gimlet-no-pdl": {"PDL": False, "CHAIN": False},
     "gimlet-no-chain": {"CHAIN": False},
+    "gimlet-chain2": {"CHAIN_BLOCKS": 2},
 }
 
 
 def gimlet_fn(
-    module: torch.nn.Module, args: tuple[Any, ...], switches: dict[str, bool] | None = None
+    module: torch.nn.Module, args: tuple[Any, ...], switches: dict[str, Any] | None = None
 ) -> tuple[Any, float, dict[str, Any]]:
     """Compile with gimlet's NVIDIA backend in this process; (callable, seconds, info)."""
     import copy

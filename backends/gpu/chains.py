@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 # fewer phases than this stay kernels of their own: a chain costs its barrier state and
 # one launch, and saves a boundary per phase after the first
 MIN_PHASES = 2
+# the phases' arguments are the chain kernel's parameters (32 KB at most; a phase's are
+# 100-200 bytes): a longer run is cut into several chains
+MAX_PHASES = 96
 
 Cond = tuple[int, str, int]
 """P[slot] OP value, OP one of <=, ==, !=: what must hold at a bucket."""
@@ -48,10 +51,10 @@ _GUARD = re.compile(r"^\s*if \(P\[(\d+)\](?: > (\d+))?\) (?!\{).*;$")
 
 @dataclass
 class Part:
-    """What one lowered op runs inside a chain: device statements (each a
-    gml::chain_phase call, possibly under a condition on P), the kernels of its host
-    code they stand for, the host lines they replace ([first, last) of the function's
-    body) and what must hold at a bucket for that."""
+    """What one lowered op runs inside a chain: its phases (`gml::phase<&Body>(runs,
+    blocks, args...)`, evaluated on the host as its launches are), the kernels of its
+    host code they stand for, the host lines they replace ([first, last) of the
+    function's body) and what must hold at a bucket for that."""
 
     phases: list[str]
     kernels: int
@@ -131,32 +134,12 @@ def find(
             step = None  # the one bucket runs this step's host code: the chain ends here
         if step is None:
             close()
-        else:
-            run.append((i, step))
+            continue
+        if sum(len(s.phases) for _, s in run) + len(step.phases) > MAX_PHASES:
+            close()
+        run.append((i, step))
     close()
     return out
-
-
-def kernel_text(steps: Sequence[Sequence[str]], parts: Sequence[Part | None]) -> str:
-    """The chain kernel (`KERNEL`) over these steps: their op comments, their phases."""
-    lines = [
-        "// a persistent chain: these ops' kernels as phases of one kernel (gml::launch_chain)",
-        "__global__ void __launch_bounds__(gml::CHAIN_THREADS)",
-        "    KERNEL(const int64_t* __restrict__ P, char* A, void* const* W, gml::ChainSync s) {",
-        "  gml::ChainSync sync = s;",
-    ]
-    for step, part in zip(steps, parts, strict=True):
-        if part is None:
-            continue
-        # the ops' comments, not as `// gml.` lines: those begin an op's own host code
-        lines += [
-            "  // phase of " + line.strip()[3:]
-            for line in step
-            if line.lstrip().startswith("// gml.")
-        ]
-        lines += ["  " + p for p in part.phases]
-    lines.append("}")
-    return "\n".join(lines)
 
 
 def wrap(lines: Sequence[str], slot: int) -> list[str]:
@@ -173,11 +156,28 @@ def wrap(lines: Sequence[str], slot: int) -> list[str]:
     ]
 
 
-def launch(name: str, slot: int, kernels: int) -> list[str]:
-    """The step that launches a chain."""
+def launch(
+    steps: Sequence[Sequence[str]], parts: Sequence[Part | None], slot: int, blocks_per_sm: int
+) -> list[str]:
+    """The step that launches a chain over these steps: each part's phases, after its op
+    comments (`// phase of gml....`: the `// gml.` lines begin an op's own host code)."""
+    kernels = sum(p.kernels for p in parts if p is not None)
+    phases: list[str] = []
+    for step, part in zip(steps, parts, strict=True):
+        if part is None:
+            continue
+        phases += [f"      // phase of {line.strip()[3:]}" for line in step if _op_comment(line)]
+        phases += [f"      {p}," for p in part.phases]
+    phases[-1] = phases[-1].removesuffix(",")
     return [
-        f"  // chain: the {kernels} kernels below as one persistent kernel, {name}",
+        f"  // chain: the {kernels} kernels below as phases of one persistent kernel",
         f"  if (gml::chained(ctx, P[{slot}])) {{",
-        f"    if (int e = gml::launch_chain({name}, ctx, A, stream)) return e;",
+        f"    if (int e = gml::launch_chain<{blocks_per_sm}>(ctx, stream,",
+        *phases,
+        "        )) return e;",
         "  }",
     ]
+
+
+def _op_comment(line: str) -> bool:
+    return line.lstrip().startswith("// gml.")

@@ -66,6 +66,7 @@ PDL = os.environ.get("GIMLET_GPU_PDL", "1") == "1"
 # Runs of those kernels as one persistent kernel, grid barriers between them (chains.py,
 # gml::launch_chain); "0" leaves each a kernel of its own.
 CHAIN = os.environ.get("GIMLET_GPU_CHAIN", "1") == "1"
+CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
 # layer norm keeps a row in registers up to this many elements (a warp a row up to 1024
 # on NVIDIA, 2048 on AMD: 32 a lane; a block a row beyond); the variant is the smallest
 # that holds the row
@@ -160,10 +161,10 @@ def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
     return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
 
 
-def _phase(body: str, blocks: str, args: Sequence[str]) -> str:
+def _phase(body: str, runs: str, blocks: str, args: Sequence[str]) -> str:
     """The same kernel as a phase of a persistent chain (chains.py): `body`, the kernel's
-    device function, over `blocks` blocks, its arguments read from the device's P and W."""
-    return f"gml::chain_phase<&{body}>(sync, {blocks}, {', '.join(args)});"
+    device function, over `blocks` blocks where `runs`, with the launch's arguments."""
+    return f"gml::phase<&{body}>({runs}, {blocks}, {', '.join(args)})"
 
 
 # Prefill attention splits the keys when its row blocks would not fill the GPU (fewer than
@@ -1093,16 +1094,19 @@ class _Lowering:
         rows_form = numel(self.sym[a][:-1])
         live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
         phases = []
+        blocks = f"({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS"
         for i, rows in enumerate(live):
-            cond = f"{'' if i == 0 else 'else '}if ({M} == {rows}) "
             self.emit(
-                f"  {cond}"
+                f"  {'' if i == 0 else 'else '}if ({M} == {rows}) "
                 + _launch(f"{name}<{rows}>", "g", "gml::GEMV_THREADS", [N, K, gemv_x, w, *ptrs])
             )
-            blocks = f"({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS"
             phases.append(
-                cond
-                + _phase(f"{name}_body<{rows}, gml::ChainSync>", blocks, [N, K, gemv_x, w, *ptrs])
+                _phase(
+                    f"{name}_body<{rows}, gml::ChainSync>",
+                    f"{M} == {rows}",
+                    blocks,
+                    [N, K, gemv_x, w, *ptrs],
+                )
             )
         self.emit("} else {")
         with self.dead_if(self.never(lambda env: rows_of(env) > 4)):  # the GEMM path
@@ -1395,10 +1399,13 @@ class _Lowering:
                 _phase(
                     f"gml::attention_decode_split_body<{ct}, {d}, {dv}, {bias_t}, "
                     "gml::CHAIN_THREADS, gml::ChainSync>",
+                    "true",
                     f"{B} * {chunks}",
                     split_args,
                 ),
-                _phase(f"gml::attention_combine_body<{ct}, gml::ChainSync>", B, combine_args),
+                _phase(
+                    f"gml::attention_combine_body<{ct}, gml::ChainSync>", "true", B, combine_args
+                ),
             ]
         self.emit("} else {")
         # operands as cuBLAS or the flash kernel read them: in place through strides where
@@ -1677,9 +1684,7 @@ class _Lowering:
             out += steps[done:first]
             slot = self.slot(partial(self._conds_hold, conds))
             parts = self.chain_parts[first : last + 1]
-            name = self.kernel(chains.kernel_text(steps[first : last + 1], parts))
-            kernels = sum(p.kernels for p in parts if p is not None)
-            out.append(chains.launch(name, slot, kernels))
+            out.append(chains.launch(steps[first : last + 1], parts, slot, CHAIN_BLOCKS))
             out += [chains.wrap(lines, slot) for lines in steps[first : last + 1]]
             done = last + 1
         return out + steps[done:]

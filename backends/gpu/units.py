@@ -37,7 +37,8 @@ STEP_PARAMS = "const gml::Ctx* ctx, char* A, void* const* W, const int64_t* P, g
 # of GPT-2's kernels takes 0.05-0.4 s.
 MIN_KERNELS = 6
 
-_PDL = re.compile(r"launch_(?:pdl|chain)\(\s*([A-Za-z_][\w:]*(?:<[^()]*?>)?)\s*,")
+_PDL = re.compile(r"launch_pdl\(\s*([A-Za-z_][\w:]*(?:<[^()]*?>)?)\s*,")
+CHAIN_KERNEL = "gml::chain_kernel"  # what gml::launch_chain<B>(ctx, stream, phases...) launches
 _IDENT_TAIL = re.compile(r"[A-Za-z_][\w:]*$")
 
 
@@ -45,6 +46,8 @@ def instantiations(text: str) -> set[str]:
     """The kernels a piece of host code launches, as written: `k3`, `k1<1>`,
     `gml::copy_strided<gml::f16, 3>`."""
     found = set(_PDL.findall(text))
+    if "gml::launch_chain<" in text:
+        found.add(CHAIN_KERNEL)
     for m in re.finditer("<<<", text):
         i = end = m.start()
         while i > 0 and text[i - 1].isspace():

@@ -55,8 +55,6 @@ def runtime() -> ctypes.CDLL:
     lib.gml_cuda_bucket.restype = _P
     lib.gml_cuda_bucket.argtypes = [_I64P, ctypes.c_int64, _P]
     lib.gml_cuda_bucket_free.argtypes = [_P]
-    lib.gml_cuda_weights.restype = ctypes.c_int
-    lib.gml_cuda_weights.argtypes = [_P, _P, ctypes.c_int]
     lib.gml_cuda_run.restype = ctypes.c_int
     lib.gml_cuda_run.argtypes = [_P, _P, _P, _P, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, _P, _P]
     lib.gml_cuda_sync.argtypes = [_P]
@@ -159,8 +157,6 @@ class CudaFunction:
         self.W = (_P * max(len(self.weight_tensors), 1))(
             *[t.data_ptr() for t in self.weight_tensors]
         )
-        if runtime().gml_cuda_weights(self.handle, self.W, len(self.weight_tensors)):
-            raise CudaRuntimeError(runtime().gml_cuda_error(self.handle).decode())
         args = fn.body.block.args
         ret = fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)

@@ -29,10 +29,7 @@ struct Program {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
-  // what a persistent chain kernel (gml::launch_chain) reads besides its bucket's
-  // parameter table: the weight pointers (gml_cuda_weights) and its grid barrier
-  void** device_weights = nullptr;
-  unsigned* barrier = nullptr;
+  unsigned* barrier = nullptr;  // a persistent chain's grid barrier (gml::ChainSync)
   gml::Ctx ctx{};
   bool graphs = true;
   char error[512] = {0};
@@ -42,7 +39,6 @@ struct Bucket {
   std::vector<int64_t> params;
   char* arena = nullptr;  // owned by the caller (a torch tensor), stable for the bucket
   cudaGraphExec_t exec = nullptr;
-  int64_t* device_params = nullptr;  // the table on the device, for a chain kernel
 };
 
 constexpr size_t kWorkspace = 32u << 20;  // cuBLAS's recommended size on Hopper
@@ -148,8 +144,8 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
       cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
       cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
-      cudaMalloc(&p->barrier, 2 * sizeof(unsigned)) != cudaSuccess ||
-      cudaMemset(p->barrier, 0, 2 * sizeof(unsigned)) != cudaSuccess ||
+      cudaMalloc(&p->barrier, sizeof(unsigned)) != cudaSuccess ||
+      cudaMemset(p->barrier, 0, sizeof(unsigned)) != cudaSuccess ||
       cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
       cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
       // default math: tensor cores for 16-bit operands; FP32 stays FP32 (TF32 is opt-in).
@@ -160,6 +156,7 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
   }
   p->ctx.gemm = gemm;
   p->ctx.gemm_epilogue = gemm_epilogue;
+  p->ctx.barrier = p->barrier;
   p->ctx.state = p;
   return p;
 }
@@ -172,49 +169,22 @@ void gml_cuda_destroy(void* program) {
   if (p->lt) cublasLtDestroy(p->lt);
   cudaFree(p->workspace);
   cudaFree(p->barrier);
-  cudaFree(p->device_weights);
   cudaEventDestroy(p->ready);
   cudaEventDestroy(p->done);
   cudaStreamDestroy(p->stream);
   delete p;
 }
 
-// The weight pointers every call passes, copied to the device once for chain kernels
-// (which read them there). Returns 0 or a CUDA error code.
-int gml_cuda_weights(void* program, void* const* weights, int n) {
-  auto* p = static_cast<Program*>(program);
-  cudaFree(p->device_weights);
-  p->device_weights = nullptr;
-  cudaError_t e = cudaMalloc(&p->device_weights, size_t(n > 0 ? n : 1) * sizeof(void*));
-  if (e == cudaSuccess && n > 0)
-    e = cudaMemcpy(p->device_weights, weights, size_t(n) * sizeof(void*), cudaMemcpyHostToDevice);
-  if (e != cudaSuccess) {
-    cudaFree(p->device_weights);
-    p->device_weights = nullptr;
-    return fail(p, "copying the weight pointers", int(e));
-  }
-  return 0;
-}
-
 void* gml_cuda_bucket(const int64_t* params, int64_t n, void* arena) {
   auto* b = new Bucket();
   b->params.assign(params, params + n);
   b->arena = static_cast<char*>(arena);
-  // without a device copy the generated code runs a chain's kernels one by one
-  if (cudaMalloc(&b->device_params, size_t(n > 0 ? n : 1) * sizeof(int64_t)) != cudaSuccess ||
-      cudaMemcpy(b->device_params, params, size_t(n) * sizeof(int64_t), cudaMemcpyHostToDevice) !=
-          cudaSuccess) {
-    cudaFree(b->device_params);
-    b->device_params = nullptr;
-    cudaGetLastError();
-  }
   return b;
 }
 
 void gml_cuda_bucket_free(void* bucket) {
   auto* b = static_cast<Bucket*>(bucket);
   if (b && b->exec) cudaGraphExecDestroy(b->exec);
-  if (b) cudaFree(b->device_params);
   delete b;
 }
 
@@ -235,9 +205,6 @@ int gml_cuda_run(void* program, void* bucket, void* const* weights, void* caller
       e = cudaMemcpyAsync(b->arena + in_offsets[i], in_ptrs[i], size_t(in_bytes[i]),
                           cudaMemcpyDeviceToDevice, p->stream);
   if (e != cudaSuccess) return fail(p, "copying inputs", int(e));
-  p->ctx.device_params = b->device_params;
-  p->ctx.device_weights = p->device_weights;
-  p->ctx.barrier = p->barrier;
   if (!p->graphs) {
     int r = p->fn(&p->ctx, b->arena, weights, b->params.data(), p->stream);
     if (r) return fail(p, "running the segment", r);

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 
 // ---------------------------------------------------------------- portability
@@ -71,12 +72,8 @@ struct Ctx {
                        const void* x, const void* w, void* d, int64_t ldd, const void* bias,
                        bool gelu, const void* r);
   void* state;  // the runtime's handles (BLAS handle, workspace)
-  // What a persistent chain kernel (gml::launch_chain) reads on the device: this
-  // bucket's parameter table and the weights' pointers, copied to the GPU once, and a
-  // grid barrier's two counters, zeroed once. Null where the runtime has none: then the
-  // generated code runs each kernel of a chain on its own.
-  const int64_t* device_params;
-  void* const* device_weights;
+  // A word of device memory for a persistent chain's grid barrier (gml::launch_chain),
+  // zeroed once. Null where the runtime has none: then each kernel runs on its own.
   unsigned* barrier;
 };
 
@@ -213,7 +210,7 @@ struct Index {
 
 // An Index read from the parameter table: rank, R dims, then each operand's R strides.
 template <int R, int K>
-GML_HD Index<R, K> index_from(const int64_t* p) {  // on the device: in a chain kernel
+inline Index<R, K> index_from(const int64_t* p) {
   Index<R, K> ix{};
   ix.rank = p[0];
   for (int d = 0; d < R; ++d) ix.dims[d] = p[1 + d];
@@ -319,14 +316,13 @@ inline void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, gmlStream_t 
 
 // ---------------------------------------------------------------- persistent chains
 // A run of decode's kernels (GEMVs, split attention and its combine) may run as one
-// persistent kernel, a *chain* (generated per run, launched by launch_chain): each of
-// its blocks takes, kernel after kernel, its share of that kernel's blocks, and a grid
-// barrier stands where a kernel boundary stood. On the H200 a boundary costs a few us
-// even with PDL and graphs; GPT-2's decode has 70 of them. So such a kernel's body is
-// written once, against a sync policy S: S::trigger() where it lets the next kernel
-// start, S::wait() before it reads what the kernels before it wrote.
-constexpr int CHAIN_THREADS = 256;      // a chain's block: every phase's block size
-constexpr int CHAIN_BLOCKS_PER_SM = 2;  // at most; fewer where registers or smem say so
+// persistent kernel, a *chain* (launch_chain): each of its blocks takes, kernel after
+// kernel, its share of that kernel's blocks, and a grid barrier stands where a kernel
+// boundary stood. At decode sizes a boundary costs a few us even with PDL and graphs,
+// and GPT-2's decode has 70 of them. So such a kernel's body is written once, against a
+// sync policy S: S::trigger() where it lets the next kernel start, S::wait() before it
+// reads what the kernels before it wrote.
+constexpr int CHAIN_THREADS = 256;  // a chain's block: every phase's block size
 
 struct Pdl {  // a kernel of its own: programmatic dependent launch (above)
   GML_D void trigger() const { pdl_trigger(); }
@@ -335,28 +331,32 @@ struct Pdl {  // a kernel of its own: programmatic dependent launch (above)
 
 #ifdef GML_HIP
 #define GML_SYNCWARP()
+#define GML_GRID_CONSTANT
 #else
 #define GML_SYNCWARP() __syncwarp()
+#define GML_GRID_CONSTANT __grid_constant__
 #endif
 
 // In a chain, wait() returns once every block has arrived at the barrier after the
 // previous phase (the first wait of a phase; later ones return at once), so a GEMV's
 // weight loads, issued before it, overlap the barrier as they overlapped the kernel
-// boundary under PDL. The barrier is two counters in device memory (Ctx::barrier:
-// arrivals, generation), zero between chains: the last block to arrive resets the
-// arrivals and then bumps the generation, which the others watch, a warp at a time (no
-// block-wide barrier inside wait(): a body calls it on divergent paths).
+// boundary under PDL. The barrier is one word in device memory (Ctx::barrier), as
+// cooperative groups' grid sync keeps it: block 0 adds 2^31 - (blocks - 1), every other
+// block 1, so the top bit flips once all have arrived and the low bits are as before
+// (no reset, and the next chain starts from whatever the word holds). Each warp watches
+// the bit itself: a body calls wait() on paths that differ between its warps.
 struct ChainSync {
   unsigned* bar;
   unsigned blocks;
-  unsigned gen = 0;
-  bool waited = true;  // the first phase reads what kernels before the chain wrote
+  unsigned flipped = 0;  // the top bit once the barrier in progress is passed
+  bool waited = true;    // the first phase reads what kernels before the chain wrote
+  GML_D void start() { flipped = *reinterpret_cast<volatile unsigned*>(bar) >> 31; }
   GML_D void trigger() const {}
   GML_D void wait() {
     if (waited) return;
     waited = true;
     if (threadIdx.x % GML_WARP == 0) {
-      while (*reinterpret_cast<volatile unsigned*>(bar + 1) == gen) {
+      while ((*reinterpret_cast<volatile unsigned*>(bar) >> 31) != flipped) {
       }
       __threadfence();  // acquire: the other blocks' writes, not stale L1 lines
     }
@@ -364,39 +364,59 @@ struct ChainSync {
   }
   // every thread of the block, after the block's share of a phase
   GML_D void arrive() {
-    gen = *reinterpret_cast<volatile unsigned*>(bar + 1);  // cannot move before we arrive
     __syncthreads();  // the block's writes happen before thread 0's release fence
     if (threadIdx.x == 0) {
       __threadfence();
-      if (atomicAdd(bar, 1u) == blocks - 1) {
-        atomicExch(bar, 0u);
-        __threadfence();
-        atomicAdd(bar + 1, 1u);
-      }
+      atomicAdd(bar, blockIdx.x == 0 ? 0x80000000u - (blocks - 1) : 1u);
     }
+    flipped ^= 1u;
     waited = false;
   }
 };
 
-// One kernel of a chain: Body(sync, block, args...) for its `blocks` blocks, the chain's
-// blocks taking them in turn; then the barrier. Not inlined: every layer's phase of one
-// kernel is the same function, compiled once.
+// One kernel of a chain, as the host builds it (phase()): Body(sync, block, args...)
+// over `blocks` blocks, none where this bucket does not run it (another row count's GEMV).
 template <auto Body, class... A>
-__device__ __noinline__ void chain_phase(ChainSync& sync, int64_t blocks, A... args) {
-  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) Body(sync, b, args...);
+struct Phase {
+  int64_t blocks;
+  std::tuple<A...> args;
+};
+template <auto Body, class... A>
+inline Phase<Body, std::decay_t<A>...> phase(bool runs, int64_t blocks, A&&... args) {
+  return {runs ? blocks : 0, std::tuple<std::decay_t<A>...>(static_cast<A&&>(args)...)};
+}
+
+// The chain's blocks take the phase's blocks in turn; then the barrier. Not inlined:
+// every layer's phase of one kernel is the same function, compiled once; it reads its
+// arguments where the launch left them (the kernel's parameters, GML_GRID_CONSTANT).
+template <auto Body, class... A>
+__device__ __noinline__ void run_phase(ChainSync& sync, const Phase<Body, A...>& ph) {
+  if (ph.blocks == 0) return;
+  for (int64_t b = blockIdx.x; b < ph.blocks; b += gridDim.x)
+    std::apply([&](const A&... a) { Body(sync, b, a...); }, ph.args);
   sync.wait();  // a block with no share passes this barrier before it arrives at the next
   sync.arrive();
 }
 
-// kernel(P, A, W, sync) over as many blocks as can be resident together (a cooperative
-// launch: it fails rather than leaving the barrier waiting on a block that never
-// starts). P and W are the device copies of the parameter table and weight pointers.
-template <class K>
-inline int launch_chain(K kernel, const Ctx* ctx, char* A, gmlStream_t stream) {
+// BLOCKS blocks an SM: registers capped so that they fit (spilling if they must)
+template <int BLOCKS, class... Ph>
+__global__ void __launch_bounds__(CHAIN_THREADS, BLOCKS)
+    chain_kernel(ChainSync s, const GML_GRID_CONSTANT std::tuple<Ph...> phases) {
+  ChainSync sync = s;
+  sync.start();
+  std::apply([&](const Ph&... ph) { (run_phase(sync, ph), ...); }, phases);
+}
+
+// The phases as one kernel over as many blocks as can be resident together (a
+// cooperative launch: it fails rather than leaving the barrier waiting on a block that
+// never starts). The phases' arguments travel as the kernel's parameters (up to 32 KB).
+template <int BLOCKS, class... Ph>
+inline int launch_chain(const Ctx* ctx, gmlStream_t stream, Ph... phases) {
 #ifdef GML_HIP
-  (void)kernel, (void)ctx, (void)A, (void)stream;
+  (void)ctx, (void)stream;
   return 1;  // no HIP runtime sets Ctx::barrier yet, so no chain is launched there
 #else
+  auto kernel = chain_kernel<BLOCKS, Ph...>;
   int dev = 0, sms = 0, per_sm = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
@@ -404,7 +424,7 @@ inline int launch_chain(K kernel, const Ctx* ctx, char* A, gmlStream_t stream) {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, CHAIN_THREADS, 0);
   if (e != cudaSuccess) return int(e);
   if (per_sm < 1) return int(cudaErrorInvalidConfiguration);
-  per_sm = per_sm < CHAIN_BLOCKS_PER_SM ? per_sm : CHAIN_BLOCKS_PER_SM;
+  per_sm = per_sm < BLOCKS ? per_sm : BLOCKS;
   ChainSync sync{ctx->barrier, unsigned(sms * per_sm)};
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;
@@ -415,7 +435,7 @@ inline int launch_chain(K kernel, const Ctx* ctx, char* A, gmlStream_t stream) {
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return int(cudaLaunchKernelEx(&cfg, kernel, ctx->device_params, A, ctx->device_weights, sync));
+  return int(cudaLaunchKernelEx(&cfg, kernel, sync, std::tuple<Ph...>(phases...)));
 #endif
 }
 
@@ -426,7 +446,7 @@ inline bool chained(const Ctx* ctx, int64_t taken) {
   (void)ctx, (void)taken;
   return false;
 #else
-  return taken && ctx->device_params && ctx->device_weights && ctx->barrier;
+  return taken && ctx->barrier;
 #endif
 }
 
