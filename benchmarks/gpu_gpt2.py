@@ -61,15 +61,13 @@ def first_output(x: Any) -> torch.Tensor:
 # gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
 # "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
 # prefill, decode's kernels started early); "gimlet-cublas-attn" = prefill attention as
-# two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels each launched with <<<>>>;
-# "gimlet-no-chain" = decode's kernels each its own launch, not a persistent chain;
-# "gimlet-chain2" = the chain with two blocks an SM (registers capped to fit), not one
+# two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels launched with <<<>>>;
+# "gimlet-chain" = decode's kernels as one persistent chain (opt-in: slower so far)
 VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet": {},
     "gimlet-cublas-attn": {"FLASH_PREFILL": False},
-    "gimlet-no-pdl": {"PDL": False, "CHAIN": False},
-    "gimlet-no-chain": {"CHAIN": False},
-    "gimlet-chain2": {"CHAIN_BLOCKS": 2},
+    "gimlet-no-pdl": {"PDL": False},
+    "gimlet-chain": {"CHAIN": True},
 }
 
 

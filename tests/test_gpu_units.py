@@ -69,8 +69,7 @@ def test_each_kernel_is_in_exactly_one_unit(gpt: str, monkeypatch: pytest.Monkey
     # the include, then the device bodies that kernels and chains share: no kernel
     assert '#include "gimlet/gpu/gml_gpu.cuh"\n\n' in head and "__global__" not in head
     assert head + "".join(s.text for s in sections) == gpt
-    # 10 kernel units, a persistent chain's, the entry
-    assert len(sections) == 12 and sections[-1].text.startswith(units.ENTRY_MARK)
+    assert len(sections) == 11 and sections[-1].text.startswith(units.ENTRY_MARK)
     *kernel_units, entry = sections
     assert units.launched(entry.text) == set()  # the entry launches nothing itself
     seen: set[str] = set()
