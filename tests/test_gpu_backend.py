@@ -108,7 +108,7 @@ def test_source_names_ops_and_lines(lowered: dict[str, Any]) -> None:
     src = lowered["gpt"][1].source
     assert '#include "gimlet/gpu/gml_gpu.cuh"' in src
     assert "// gml.layer_norm h.0.ln_1 (examples/gpt.py:27)" in src
-    assert "ctx->gemm(" in src and "gml::gemv_nt_acc<float, M>" in src
+    assert "ctx->gemm(" in src and "gml::gemv_nt<float, M>" in src
     assert "cuda" not in src.replace("gml_gpu.cuh", "")  # HIP compiles it too: no CUDA names
 
 
@@ -873,9 +873,10 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
     """Decode's chain (GEMVs, split-KV attention, its combine) goes through
     gml::launch_pdl, which lets a kernel start while the one before it still runs: each
     kernel launched so must pass gml::pdl_wait before it reads the arena. Each of them runs
-    its body with the gml::Pdl sync policy (whose wait() is pdl_wait), and the body calls
-    sync.wait(): a generated GEMV through gemv_nt_acc (which waits once its weight loads
-    are issued), a header kernel itself. With PDL off they are plain <<<>>> launches."""
+    its body (one block's work) with the gml::Pdl sync policy (whose wait() is pdl_wait),
+    and the body calls sync.wait(): a generated GEMV through gemv_nt (which waits once its
+    first weight loads are issued), a header kernel itself. With PDL off they are plain
+    <<<>>> launches."""
     from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
@@ -898,17 +899,17 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
     ], launched
     assert "GML_D void pdl_wait()" in header
     assert "void wait() const { pdl_wait(); }" in body(header, "struct Pdl {")
-    assert "sync.wait();" in body(header, "GML_D int64_t gemv_nt_acc(")
+    assert "sync.wait();" in body(header, "GML_D void gemv_nt(")
     for name in set(launched):
         if name.startswith("gml::"):
             kernel = name.removeprefix("gml::")
             wrapper = body(header, f"    {kernel}(")
-            assert "Pdl sync;" in wrapper and f"{kernel}_body<" in wrapper, name
-            assert "sync.wait();" in body(header, f"GML_D void {kernel}_body("), name
+            assert "Pdl sync;" in wrapper and f"{kernel}_block<" in wrapper, name
+            assert "sync.wait();" in body(header, f"GML_D void {kernel}_block("), name
         else:
             wrapper = body(src, f"__global__ void {name}(")
             assert "gml::Pdl sync;" in wrapper and f"{name}_body<M>(sync, blockIdx.x" in wrapper
-            assert "gml::gemv_nt_acc<" in body(src, f"GML_D void {name}_body("), name
+            assert "gml::gemv_nt<" in body(src, f"GML_D void {name}_body("), name
     monkeypatch.setattr(cg, "PDL", False)
     plain = lower(main_func(module)).source
     assert "launch_pdl" not in plain

@@ -151,6 +151,8 @@ ViewRule = Callable[[Env], int | None]
 # (an H200 has 132 SMs: two blocks each); a chunk holds 32..256 keys, its scores in
 # shared memory.
 DECODE_TARGET_BLOCKS = 264
+# in a persistent chain (its blocks an SM x 132 SMs): one round of the chain's blocks
+CHAIN_TARGET_SMS = 132
 DECODE_CHUNK_MIN, DECODE_CHUNK_MAX = 32, 256
 
 
@@ -188,9 +190,10 @@ def _prefill_split(batches: int, rows: int, keys: int) -> tuple[int, int]:
     return chunk, -(-keys // chunk)
 
 
-def _decode_split(blocks: int, keys: int) -> tuple[int, int]:
-    """(keys per chunk, chunks) for `blocks` (batch x kv head) blocks over `keys` keys."""
-    want = max(1, -(-DECODE_TARGET_BLOCKS // max(blocks, 1)))
+def _decode_split(blocks: int, keys: int, target: int = DECODE_TARGET_BLOCKS) -> tuple[int, int]:
+    """(keys per chunk, chunks) for `blocks` (batch x kv head) blocks over `keys` keys,
+    about `target` blocks in all."""
+    want = max(1, -(-target // max(blocks, 1)))
     chunk = -(-max(keys, 1) // want)
     chunk = min(DECODE_CHUNK_MAX, max(DECODE_CHUNK_MIN, -(-chunk // 32) * 32))
     return chunk, max(1, -(-keys // chunk))
@@ -1058,17 +1061,16 @@ class _Lowering:
         )
         device = [
             "template <int M, class S>",
-            f"GML_D void KERNEL_body(S& sync, int64_t block, {signature}) {{",
-            "  float accs[M];",
-            f"  const int64_t col = gml::gemv_nt_acc<{ct}, M>(sync, block, n, k, x, w, accs);",
-            "  if (col < 0) return;",
+            f"GML_D void KERNEL_body(S& sync, int64_t block, int64_t stride, int64_t, {signature}) {{",
+            f"  gml::gemv_nt<{ct}, M>(sync, block, stride, n, k, x, w, [&](int64_t col, const float (&accs)[M]) {{",
             "#pragma unroll",
-            "  for (int r = 0; r < M; ++r) {",
-            f"    const {_vt(y)} acc = gml::rounded_as<{ct}>(accs[r]);",
-            "    const int64_t i = r * n + col;",
-            *body,
-            f"    gml::store(out + i, {val[last]});",
-            "  }",
+            "    for (int r = 0; r < M; ++r) {",
+            f"      const {_vt(y)} acc = gml::rounded_as<{ct}>(accs[r]);",
+            "      const int64_t i = r * n + col;",
+            *("  " + line for line in body),
+            f"      gml::store(out + i, {val[last]});",
+            "    }",
+            "  });",
             "}",
         ]
         names = ", ".join(["n", "k", "x", "w", *(a.rsplit(" ", 1)[1] for a in args)])
@@ -1076,7 +1078,7 @@ class _Lowering:
             "template <int M>",
             f"__global__ void KERNEL({signature}) {{",
             "  gml::Pdl sync;",
-            f"  KERNEL_body<M>(sync, blockIdx.x, {names});",
+            f"  KERNEL_body<M>(sync, blockIdx.x, gridDim.x, gridDim.x, {names});",
             "}",
         ]
         name = self.kernel("\n".join(lines), body="\n".join(device))
@@ -1316,6 +1318,11 @@ class _Lowering:
         sc = self.slot(lambda env: env.shapes[q][-1])
         fused = self.slot(lambda env: int(self._decode_attention(op, env)))
         split = self.slots_of(lambda env: list(_decode_split(dims(env)[0], dims(env)[2])), 2)
+        if CHAIN:  # a chain's split: chunks for one round of its blocks (fewer, longer)
+            target = CHAIN_TARGET_SMS * CHAIN_BLOCKS
+            csplit = self.slots_of(
+                lambda env: list(_decode_split(dims(env)[0], dims(env)[2], target)), 2
+            )
 
         flash = self._flash_prefill(op)  # then no bucket materialises scores or probs
 
@@ -1374,7 +1381,8 @@ class _Lowering:
         with self.dead_if(dead):
             d, dv = max(shape_of(q.type)[-1], 1), max(shape_of(v.type)[-1], 1)
             bias_t = bias.split("{", 1)[0]  # the bias's type is its initializer's name
-            split_args = [M, chunk, qp, pieces(k), pieces(v), part_ptr, alpha, bias]
+            kp, vp = pieces(k), pieces(v)
+            split_args = [M, chunk, qp, kp, vp, part_ptr, alpha, bias]
             combine_args = [chunks, M, DV, part_ptr, yp]
             # every template argument named (a function pointer deduces none)
             self.emit(
@@ -1397,16 +1405,20 @@ class _Lowering:
             )
             # as a chain's phases: the split with a chain's block of threads (its shared
             # memory beside the combine's fits 48 KB up to head dims of 64)
+            cchunk, cchunks = (f"P[{csplit}]", f"P[{csplit + 1}]") if CHAIN else (chunk, chunks)
             phases = [
                 _phase(
                     f"gml::attention_decode_split_body<{ct}, {d}, {dv}, {bias_t}, "
                     "gml::CHAIN_THREADS, gml::ChainSync>",
                     "true",
-                    f"{B} * {chunks}",
-                    split_args,
+                    f"{B} * {cchunks}",
+                    [M, cchunk, qp, kp, vp, part_ptr, alpha, bias],
                 ),
                 _phase(
-                    f"gml::attention_combine_body<{ct}, gml::ChainSync>", "true", B, combine_args
+                    f"gml::attention_combine_body<{ct}, gml::ChainSync>",
+                    "true",
+                    B,
+                    [cchunks, M, DV, part_ptr, yp],
                 ),
             ]
         self.emit("} else {")

@@ -325,15 +325,14 @@ inline void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, gmlStream_t 
 constexpr int CHAIN_THREADS = 256;  // a chain's block: every phase's block size
 
 struct Pdl {  // a kernel of its own: programmatic dependent launch (above)
+  static constexpr bool PERSISTENT = false;
   GML_D void trigger() const { pdl_trigger(); }
   GML_D void wait() const { pdl_wait(); }
 };
 
 #ifdef GML_HIP
-#define GML_SYNCWARP()
 #define GML_GRID_CONSTANT
 #else
-#define GML_SYNCWARP() __syncwarp()
 #define GML_GRID_CONSTANT __grid_constant__
 #endif
 
@@ -343,9 +342,11 @@ struct Pdl {  // a kernel of its own: programmatic dependent launch (above)
 // boundary under PDL. The barrier is one word in device memory (Ctx::barrier), as
 // cooperative groups' grid sync keeps it: block 0 adds 2^31 - (blocks - 1), every other
 // block 1, so the top bit flips once all have arrived and the low bits are as before
-// (no reset, and the next chain starts from whatever the word holds). Each warp watches
-// the bit itself: a body calls wait() on paths that differ between its warps.
+// (no reset, and the next chain starts from whatever the word holds). Thread 0 watches
+// the bit, then the block's barrier (1.0 us against 1.5 with every warp watching:
+// benchmarks/results/gpu_chain.md): every thread of a block calls wait() at one point.
 struct ChainSync {
+  static constexpr bool PERSISTENT = true;
   unsigned* bar;
   unsigned blocks;
   unsigned flipped = 0;  // the top bit once the barrier in progress is passed
@@ -355,12 +356,12 @@ struct ChainSync {
   GML_D void wait() {
     if (waited) return;
     waited = true;
-    if (threadIdx.x % GML_WARP == 0) {
+    if (threadIdx.x == 0) {
       while ((*reinterpret_cast<volatile unsigned*>(bar) >> 31) != flipped) {
       }
       __threadfence();  // acquire: the other blocks' writes, not stale L1 lines
     }
-    GML_SYNCWARP();
+    __syncthreads();
   }
   // every thread of the block, after the block's share of a phase
   GML_D void arrive() {
@@ -374,8 +375,9 @@ struct ChainSync {
   }
 };
 
-// One kernel of a chain, as the host builds it (phase()): Body(sync, block, args...)
-// over `blocks` blocks, none where this bucket does not run it (another row count's GEMV).
+// One kernel of a chain, as the host builds it (phase()): Body(sync, block, stride,
+// blocks, args...) does the kernel's blocks block, block + stride, ... below `blocks`;
+// none where this bucket does not run it (another row count's GEMV).
 template <auto Body, class... A>
 struct Phase {
   int64_t blocks;
@@ -386,14 +388,13 @@ inline Phase<Body, std::decay_t<A>...> phase(bool runs, int64_t blocks, A&&... a
   return {runs ? blocks : 0, std::tuple<std::decay_t<A>...>(static_cast<A&&>(args)...)};
 }
 
-// The chain's blocks take the phase's blocks in turn; then the barrier. Not inlined:
+// Each of the chain's blocks does its share of the phase; then the barrier. Not inlined:
 // every layer's phase of one kernel is the same function, compiled once; it reads its
 // arguments where the launch left them (the kernel's parameters, GML_GRID_CONSTANT).
 template <auto Body, class... A>
 __device__ __noinline__ void run_phase(ChainSync& sync, const Phase<Body, A...>& ph) {
   if (ph.blocks == 0) return;
-  for (int64_t b = blockIdx.x; b < ph.blocks; b += gridDim.x)
-    std::apply([&](const A&... a) { Body(sync, b, a...); }, ph.args);
+  std::apply([&](const A&... a) { Body(sync, blockIdx.x, gridDim.x, ph.blocks, a...); }, ph.args);
   sync.wait();  // a block with no share passes this barrier before it arrives at the next
   sync.arrive();
 }
@@ -865,10 +866,9 @@ __global__ void copy_strided(int64_t n, Index<R, 2> ix, const T* __restrict__ x,
 }
 
 // Decode-time matrix-vector products: acc[r] = sum_k x[r, k] * w[col, k] for r < M (w as
-// nn.Linear stores it, n x k), one warp per output column, 16-byte loads along k, all M
-// rows sharing each weight load. Bandwidth-bound: the weight is read once. Returns the
-// column in lane 0 (whose accs hold the sums) and -1 elsewhere; generated kernels add
-// their epilogue (bias, activation, residual) and store.
+// nn.Linear stores it, n x k), a warp per output column, 16-byte loads along k, all M
+// rows sharing each weight load. Bandwidth-bound: the weight is read once. Generated
+// kernels pass their epilogue (bias, activation, residual, store) to gemv_nt.
 constexpr int GEMV_THREADS = 256, GEMV_COLS = GEMV_THREADS / GML_WARP;  // a warp per column
 
 // a float result as a T would hold it (a matmul's output before its epilogue, a
@@ -967,68 +967,147 @@ struct LnRows {
   }
 };
 
-// `block` is the kernel's block index (blockIdx.x, or a chain's share: ChainSync).
-template <class T, int M, class S, class X>
-GML_D int64_t gemv_nt_acc(S& sync, int64_t block, int64_t n, int64_t k, X rows,
-                          const T* __restrict__ w, float (&acc)[M]) {
-  const int64_t col = block * (GEMV_THREADS / GML_WARP) + threadIdx.x / GML_WARP;
+// acc[r] += the 16 bytes of weights in wv . x[r, j .. j + 16 / sizeof(T))
+template <class T, int M, class X>
+GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k, int64_t j) {
+  constexpr int V = 16 / sizeof(T);
+  const T* wt = reinterpret_cast<const T*>(&wv);
+#pragma unroll
+  for (int r = 0; r < M; ++r) {
+    float xv[V];
+    rows.chunk(r, k, j, xv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
+  }
+}
+
+// A chain's GEMV: the warps of blocks block, block + stride, ... walk columns
+// b * GEMV_COLS + warp, several each, their 16-byte loads running on from one column to
+// the next, U in flight (a warp a column at a time would wait out the memory latency once
+// a column, and the chain's grid has fewer warps than the kernel's).
+template <class T, int M, class S, class X, class F>
+GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
+                           const T* __restrict__ w, F&& epilogue) {
   const int lane = threadIdx.x % GML_WARP;
-  sync.trigger();  // the next kernel may start: it only streams its own weight until we end
+  const int64_t first = block * GEMV_COLS + threadIdx.x / GML_WARP, step = stride * GEMV_COLS;
+  const int64_t cols = first < n ? (n - 1 - first) / step + 1 : 0;  // this warp's columns
+  float acc[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
-  if (col >= n) {
-    sync.wait();
-    return -1;
-  }
-  const T* wr = w + col * k;
+  auto finish = [&](int64_t col) {
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
+    if (lane == 0) epilogue(col, acc);
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[r] = 0.f;
+  };
   constexpr int V = 16 / sizeof(T);
-  if (k % V == 0) {
-    // U 16-byte weight loads per lane in flight before any arithmetic (a loop of one load
-    // each waits out the memory latency U times); the first batch is issued before the
-    // previous kernel has finished (launch_pdl) and before the rows' layer norm
-    // statistics, which then overlap it
-    constexpr int U = 8;
-    constexpr int64_t STEP = int64_t(GML_WARP) * V;
-    uint4 wv[U];
-    int64_t j0 = int64_t(lane) * V;
-    auto fetch = [&]() {
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
-    };
-    fetch();
-    sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
-    rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
-    while (j0 < k) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t j = j0 + u * STEP;
-        if (j < k) {
-          const T* wt = reinterpret_cast<const T*>(&wv[u]);
-#pragma unroll
-          for (int r = 0; r < M; ++r) {
-            float xv[V];
-            rows.chunk(r, k, j, xv);
-#pragma unroll
-            for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
-          }
-        }
-      }
-      j0 += U * STEP;
-      fetch();
-    }
-  } else {
+  if (k % V != 0) {
     sync.wait();
     rows.template prepare<M>(k);
-    for (int64_t j = lane; j < k; j += GML_WARP) {
-      const float wv = float(load(wr + j));
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t col = first + c * step;
+      for (int64_t j = lane; j < k; j += GML_WARP) {
+        const float wv = float(load(w + col * k + j));
 #pragma unroll
-      for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
+        for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
+      }
+      finish(col);
     }
+    return;
   }
+  // the warp's chunks of STEP elements in order, `per` a column: the loads (f*) run U
+  // chunks ahead of the arithmetic (c*), each keeping its column and offset as it goes
+  constexpr int U = 8;
+  constexpr int64_t STEP = int64_t(GML_WARP) * V;
+  const int64_t per = (k + STEP - 1) / STEP, chunks = cols * per;
+  uint4 wv[U];
+  int64_t fq = 0, fcol = first, fj = int64_t(lane) * V;
+  auto fetch = [&]() {
 #pragma unroll
-  for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
-  return lane == 0 ? col : -1;
+    for (int u = 0; u < U; ++u, ++fq) {
+      if (fq >= chunks) continue;
+      if (fj < k) wv[u] = *reinterpret_cast<const uint4*>(w + fcol * k + fj);
+      fj += STEP;
+      if (fj >= per * STEP) fj -= per * STEP, fcol += step;
+    }
+  };
+  fetch();
+  sync.wait();                  // x (and the epilogue's operands) are the previous phases' results
+  rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
+  int64_t cq = 0, ccol = first, cj = int64_t(lane) * V;
+  while (cq < chunks) {
+#pragma unroll
+    for (int u = 0; u < U; ++u, ++cq) {
+      if (cq >= chunks) continue;
+      if (cj < k) gemv_chunk<T>(acc, wv[u], rows, k, cj);
+      cj += STEP;
+      if (cj >= per * STEP) {  // the column's last chunk (the same step in every lane)
+        finish(ccol);
+        cj -= per * STEP, ccol += step;
+      }
+    }
+    fetch();
+  }
+}
+
+// `epilogue(col, acc)` in lane 0 of the warp of column col, acc[r] the sum for row
+// r < M. A kernel of its own (block = blockIdx.x): a warp a column. Its U 16-byte weight
+// loads a lane are in flight before any arithmetic (a loop of one load each waits out the
+// memory latency U times); the first batch is issued before sync.wait() (under PDL,
+// before the previous kernel has finished) and before the rows' layer norm statistics,
+// which then overlap it. In a chain (S::PERSISTENT), gemv_nt_columns.
+template <class T, int M, class S, class X, class F>
+GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
+                   const T* __restrict__ w, F&& epilogue) {
+  sync.trigger();  // the next kernel may start: it only streams its own weight until we end
+  if constexpr (S::PERSISTENT) {
+    gemv_nt_columns<T, M>(sync, block, stride, n, k, rows, w, epilogue);
+  } else {
+    const int64_t col = block * GEMV_COLS + threadIdx.x / GML_WARP;
+    const int lane = threadIdx.x % GML_WARP;
+    float acc[M];
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[r] = 0.f;
+    if (col >= n) {
+      sync.wait();
+      return;
+    }
+    const T* wr = w + col * k;
+    constexpr int V = 16 / sizeof(T);
+    if (k % V == 0) {
+      constexpr int U = 8;
+      constexpr int64_t STEP = int64_t(GML_WARP) * V;
+      uint4 wv[U];
+      int64_t j0 = int64_t(lane) * V;
+      auto fetch = [&]() {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
+      };
+      fetch();
+      sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
+      rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
+      while (j0 < k) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (j0 + u * STEP < k) gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
+        j0 += U * STEP;
+        fetch();
+      }
+    } else {
+      sync.wait();
+      rows.template prepare<M>(k);
+      for (int64_t j = lane; j < k; j += GML_WARP) {
+        const float wv = float(load(wr + j));
+#pragma unroll
+        for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
+    if (lane == 0) epilogue(col, acc);
+  }
 }
 
 // concatenation along the middle axis of (outer, n, inner): each element finds its piece
@@ -1072,19 +1151,16 @@ GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t w
 constexpr int ATTN_SPLIT_THREADS = 128;  // 4 warps: a chunk is at most 256 keys
 constexpr int ATTN_CHUNK_MAX = 256;
 
-// The body, for a block of THREADS threads: block `blk` is (batch block blk / chunks,
-// chunk blk % chunks), the chunks ceil(keys / chunk).
+// One block's work (batch block b, chunk c of `chunks`), for a block of THREADS threads.
 template <class T, int D, int DV, class Bias, int THREADS, class S>
-GML_D void attention_decode_split_body(S& sync, int64_t blk, int64_t m, int64_t chunk,
-                                       const T* __restrict__ q, Pieces<T, 2> k, Pieces<T, 2> v,
-                                       float* __restrict__ part, float scale, Bias bias) {
+GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t chunks, int64_t m,
+                                        int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
+                                        Pieces<T, 2> v, float* __restrict__ part, float scale,
+                                        Bias bias) {
   constexpr int WARPS = THREADS / GML_WARP;
   constexpr int V = 16 / sizeof(T), PIECES = (D + V - 1) / V;  // 16-byte loads of a K row
   constexpr int CPL = (DV + GML_WARP - 1) / GML_WARP;          // V columns per lane
-  const int64_t n = k.size[0] + k.size[1];
-  const int64_t chunks = n > chunk ? (n + chunk - 1) / chunk : 1;
-  const int64_t b = blk / chunks, c = blk % chunks;
-  const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+  const int64_t n = k.size[0] + k.size[1], lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
   constexpr int64_t width = DV + 2;
   q += b * m * D;
   part += (b * chunks + c) * m * width;
@@ -1112,10 +1188,10 @@ GML_D void attention_decode_split_body(S& sync, int64_t blk, int64_t m, int64_t 
     }
   };
   load_v(lo + warp);
-  for (int64_t i = threadIdx.x; i < m * D; i += THREADS) qs[i] = float(load(q + i));
+  for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
   __syncthreads();
   // scores: a thread per key, its whole row loaded first, q from shared memory
-  for (int64_t j = lo + threadIdx.x; j < hi; j += THREADS) {
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
     const T* kr = piece_row(k, b, j, D);
     uint4 row[PIECES];
 #pragma unroll
@@ -1147,10 +1223,10 @@ GML_D void attention_decode_split_body(S& sync, int64_t blk, int64_t m, int64_t 
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int64_t r = 0; r < m; ++r) {
     float mx = ninf;
-    for (int64_t j = threadIdx.x; j < hi - lo; j += THREADS) mx = maxnan(s[r][j], mx);
+    for (int64_t j = threadIdx.x; j < hi - lo; j += blockDim.x) mx = maxnan(s[r][j], mx);
     mx = block_reduce<float, true>(mx);
     float sum = 0.f;
-    for (int64_t j = threadIdx.x; j < hi - lo; j += THREADS) {
+    for (int64_t j = threadIdx.x; j < hi - lo; j += blockDim.x) {
       const float e = mx == ninf ? 0.f : expf(s[r][j] - mx);
       s[r][j] = e;
       sum += e;
@@ -1193,11 +1269,25 @@ GML_D void attention_decode_split_body(S& sync, int64_t blk, int64_t m, int64_t 
         if (col < DV) partial[warp][r * DV + col] = acc[r][t];
       }
   __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < m * DV; rc += THREADS) {
+  for (int64_t rc = threadIdx.x; rc < m * DV; rc += blockDim.x) {
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
     part[(rc / DV) * width + rc % DV] = t;
+  }
+}
+
+// Blocks block, block + stride, ... below `blocks` (a kernel's one; a chain's share)
+template <class T, int D, int DV, class Bias, int THREADS, class S>
+GML_D void attention_decode_split_body(S& sync, int64_t block, int64_t stride, int64_t blocks,
+                                       int64_t m, int64_t chunk, const T* __restrict__ q,
+                                       Pieces<T, 2> k, Pieces<T, 2> v, float* __restrict__ part,
+                                       float scale, Bias bias) {
+  const int64_t n = k.size[0] + k.size[1], chunks = n > chunk ? (n + chunk - 1) / chunk : 1;
+  for (int64_t blk = block; blk < blocks; blk += stride) {
+    if (blk != block) __syncthreads();  // the last block's shared memory is read out
+    attention_decode_split_block<T, D, DV, Bias, THREADS>(sync, blk / chunks, blk % chunks, chunks,
+                                                          m, chunk, q, k, v, part, scale, bias);
   }
 }
 
@@ -1206,8 +1296,8 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
     attention_decode_split(int64_t m, int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
                            Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias) {
   Pdl sync;
-  attention_decode_split_body<T, D, DV, Bias, ATTN_SPLIT_THREADS>(
-      sync, int64_t(blockIdx.x) * gridDim.y + blockIdx.y, m, chunk, q, k, v, part, scale, bias);
+  attention_decode_split_block<T, D, DV, Bias, ATTN_SPLIT_THREADS>(
+      sync, blockIdx.x, blockIdx.y, gridDim.y, m, chunk, q, k, v, part, scale, bias);
 }
 
 // y[b, row, :] from the chunks' partials: each rescaled by exp(max_c - max), summed,
@@ -1218,8 +1308,8 @@ constexpr int ATTN_COMBINE_THREADS = 256;
 constexpr int ATTN_MAX_CHUNKS = 512;  // 8 rows x 512 chunks of weights in shared memory
 
 template <class T, class S>
-GML_D void attention_combine_body(S& sync, int64_t blk, int64_t chunks, int64_t m, int64_t dv,
-                                  const float* __restrict__ part, T* __restrict__ y) {
+GML_D void attention_combine_block(S& sync, int64_t blk, int64_t chunks, int64_t m, int64_t dv,
+                                   const float* __restrict__ part, T* __restrict__ y) {
   __shared__ float w[8 * ATTN_MAX_CHUNKS];
   sync.trigger();
   sync.wait();  // the partials are the split kernel's
@@ -1245,7 +1335,7 @@ GML_D void attention_combine_body(S& sync, int64_t blk, int64_t chunks, int64_t 
     for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
   }
   __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < m * dv; rc += ATTN_COMBINE_THREADS) {
+  for (int64_t rc = threadIdx.x; rc < m * dv; rc += blockDim.x) {
     const int64_t r = rc / dv, col = rc % dv;
     const float* pc = part + r * width + col;
     float acc = 0.f;
@@ -1254,12 +1344,22 @@ GML_D void attention_combine_body(S& sync, int64_t blk, int64_t chunks, int64_t 
     store(y + rc, acc);
   }
 }
+template <class T, class S>
+GML_D void attention_combine_body(S& sync, int64_t block, int64_t stride, int64_t blocks,
+                                  int64_t chunks, int64_t m, int64_t dv,
+                                  const float* __restrict__ part, T* __restrict__ y) {
+  for (int64_t blk = block; blk < blocks; blk += stride) {
+    if (blk != block) __syncthreads();  // the last block's weights are read out
+    attention_combine_block<T>(sync, blk, chunks, m, dv, part, y);
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(ATTN_COMBINE_THREADS)
     attention_combine(int64_t chunks, int64_t m, int64_t dv, const float* __restrict__ part,
                       T* __restrict__ y) {
   Pdl sync;
-  attention_combine_body<T>(sync, blockIdx.x, chunks, m, dv, part, y);
+  attention_combine_block<T>(sync, blockIdx.x, chunks, m, dv, part, y);
 }
 static_assert(ATTN_COMBINE_THREADS == CHAIN_THREADS && GEMV_THREADS == CHAIN_THREADS,
               "a chain runs these kernels' bodies with its own blocks");
