@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -351,6 +352,10 @@ struct ChainSync {
   unsigned blocks;
   unsigned flipped = 0;  // the top bit once the barrier in progress is passed
   bool waited = true;    // the first phase reads what kernels before the chain wrote
+#ifdef GML_CHAIN_TRACE   // codegen.CHAIN_TRACE: where a phase's time goes (run_phase)
+  unsigned phase = 0;
+  long long passed = 0;  // clock64() when this block passed the phase's barrier
+#endif
   GML_D void start() { flipped = *reinterpret_cast<volatile unsigned*>(bar) >> 31; }
   GML_D void trigger() const {}
   GML_D void wait() {
@@ -362,6 +367,9 @@ struct ChainSync {
       __threadfence();  // acquire: the other blocks' writes, not stale L1 lines
     }
     __syncthreads();
+#ifdef GML_CHAIN_TRACE
+    passed = clock64();
+#endif
   }
   // every thread of the block, after the block's share of a phase
   GML_D void arrive() {
@@ -394,9 +402,23 @@ inline Phase<Body, std::decay_t<A>...> phase(bool runs, int64_t blocks, A&&... a
 template <auto Body, class... A>
 __device__ __noinline__ void run_phase(ChainSync& sync, const Phase<Body, A...>& ph) {
   if (ph.blocks == 0) return;
+#ifdef GML_CHAIN_TRACE
+  const long long start = clock64();
+  sync.passed = start;
+#endif
   std::apply([&](const A&... a) { Body(sync, blockIdx.x, gridDim.x, ph.blocks, a...); }, ph.args);
+#ifdef GML_CHAIN_TRACE
+  const long long done = clock64();
+#endif
   sync.wait();  // a block with no share passes this barrier before it arrives at the next
   sync.arrive();
+#ifdef GML_CHAIN_TRACE
+  if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1))
+    printf(
+        "chain trace: block %u phase %u cycles: to barrier %lld, body after it %lld, arrive %lld\n",
+        blockIdx.x, sync.phase, sync.passed - start, done - sync.passed, clock64() - done);
+  ++sync.phase;
+#endif
 }
 
 // BLOCKS blocks an SM: registers capped so that they fit (spilling if they must)
