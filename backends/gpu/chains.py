@@ -1,11 +1,11 @@
-"""Persistent chains: a run of decode's kernels as one kernel with grid barriers.
+"""Persistent chains: a run of decode's kernels as one kernel with grid barriers (opt-in).
 
-At decode sizes a kernel does a few microseconds of work and its boundary costs about as
-much again (the last block drains, the next kernel's blocks start and load their
-operands), even with CUDA graphs and programmatic dependent launch. GPT-2's decode is
-~70 such kernels. A *chain* runs a stretch of them as one persistent kernel
-(`gml::launch_chain`): each of its blocks takes its share of one kernel's blocks, then
-all meet at a grid barrier (`gml::ChainSync`), then the next kernel. A kernel whose body
+GPT-2's decode is ~70 kernels of a few microseconds each. A *chain* runs a stretch of
+them as one persistent kernel (`gml::launch_chain`): each of its blocks takes its share
+of one kernel's work, then all meet at a grid barrier (`gml::ChainSync`), then the next
+kernel. On the H200 it was slower than the kernels launched one by one under PDL and a
+CUDA graph (benchmarks/results/gpu_chain.md: a phase does what its kernel does alone,
+then waits for its slowest block), so it is off unless asked for. A kernel whose body
 the header or the generator writes against a sync policy (the decode GEMVs, split
 attention and its combine) is a *phase*; codegen records, per lowered op, what its
 phases are and what must hold at a shape bucket for them to stand for the op's host
@@ -21,7 +21,7 @@ code (`Part`). Here consecutive steps become chains:
   parameter table, so each bucket decides once: the chain kernel, or the steps as they
   were (`gml::chained`).
 
-`GIMLET_GPU_CHAIN=0` (codegen.CHAIN) turns chains off.
+`GIMLET_GPU_CHAIN=1` (codegen.CHAIN) turns chains on.
 """
 
 from __future__ import annotations
@@ -63,16 +63,6 @@ class Part:
     conds: list[Cond] = field(default_factory=list)
 
 
-@dataclass
-class Chain:
-    """Consecutive steps [first, last] run as kernel `name` where slot `slot` is 1."""
-
-    first: int
-    last: int
-    slot: int
-    name: str
-
-
 def guard(line: str) -> Cond | None:
     """The condition under which a guarded one-line launch does nothing."""
     m = _GUARD.match(line)
@@ -90,7 +80,6 @@ def holds(conds: Sequence[Cond], params: Sequence[int] | Mapping[int, int]) -> b
 class _Step:
     conds: list[Cond]
     phases: list[str]
-    kernels: int
 
 
 def _classify(lines: Sequence[str], offset: int, part: Part | None) -> _Step | None:
@@ -105,7 +94,7 @@ def _classify(lines: Sequence[str], offset: int, part: Part | None) -> _Step | N
         if c is None:
             return None
         conds.append(c)
-    return _Step(conds, part.phases if part else [], part.kernels if part else 0)
+    return _Step(conds, part.phases if part else [])
 
 
 def find(

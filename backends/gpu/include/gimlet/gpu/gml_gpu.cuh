@@ -319,10 +319,10 @@ inline void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, gmlStream_t 
 // A run of decode's kernels (GEMVs, split attention and its combine) may run as one
 // persistent kernel, a *chain* (launch_chain): each of its blocks takes, kernel after
 // kernel, its share of that kernel's blocks, and a grid barrier stands where a kernel
-// boundary stood. At decode sizes a boundary costs a few us even with PDL and graphs,
-// and GPT-2's decode has 70 of them. So such a kernel's body is written once, against a
-// sync policy S: S::trigger() where it lets the next kernel start, S::wait() before it
-// reads what the kernels before it wrote.
+// boundary stood (opt-in, backends/gpu/chains.py: on the H200 it has not beaten the
+// kernels launched one by one under PDL). So such a kernel's body is written once,
+// against a sync policy S: S::trigger() where it lets the next kernel start, S::wait()
+// before it reads what the kernels before it wrote.
 constexpr int CHAIN_THREADS = 256;  // a chain's block: every phase's block size
 
 struct Pdl {  // a kernel of its own: programmatic dependent launch (above)
