@@ -62,12 +62,14 @@ def first_output(x: Any) -> torch.Tensor:
 # "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
 # prefill, decode's kernels started early); "gimlet-cublas-attn" = prefill attention as
 # two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels launched with <<<>>>;
-# "gimlet-chain" = decode's kernels as one persistent chain (opt-in: slower so far)
+# "gimlet-chain" = decode's kernels as one persistent chain (opt-in: slower so far);
+# "gimlet-u8" = decode GEMVs with 8 loads a lane in flight, not a column's
 VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet": {},
     "gimlet-cublas-attn": {"FLASH_PREFILL": False},
     "gimlet-no-pdl": {"PDL": False},
     "gimlet-chain": {"CHAIN": True},
+    "gimlet-u8": {"GEMV_LOADS_PER_COLUMN": False},
 }
 
 

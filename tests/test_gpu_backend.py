@@ -108,7 +108,7 @@ def test_source_names_ops_and_lines(lowered: dict[str, Any]) -> None:
     src = lowered["gpt"][1].source
     assert '#include "gimlet/gpu/gml_gpu.cuh"' in src
     assert "// gml.layer_norm h.0.ln_1 (examples/gpt.py:27)" in src
-    assert "ctx->gemm(" in src and "gml::gemv_nt<float, M>" in src
+    assert "ctx->gemm(" in src and "gml::gemv_nt<float, M, " in src
     assert "cuda" not in src.replace("gml_gpu.cuh", "")  # HIP compiles it too: no CUDA names
 
 
@@ -889,14 +889,10 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
         return text[at : text.index("\n}\n", at)]
 
     launched = re.findall(r"gml::launch_pdl\(((?:gml::)?\w+)", src)
-    assert sorted(set(launched)) == [
-        "gml::attention_combine",
-        "gml::attention_decode_split",
-        "k1",
-        "k2",
-        "k3",
-        "k4",
-    ], launched
+    header_kernels = sorted({n for n in launched if n.startswith("gml::")})
+    assert header_kernels == ["gml::attention_combine", "gml::attention_decode_split"]
+    # the GEMVs: qkv, proj, fc, fc2 (proj and fc2 apart: their loads in flight differ), head
+    assert len({n for n in launched if not n.startswith("gml::")}) == 5, launched
     assert "GML_D void pdl_wait()" in header
     assert "void wait() const { pdl_wait(); }" in body(header, "struct Pdl {")
     assert "sync.wait();" in body(header, "GML_D void gemv_nt(")

@@ -68,6 +68,9 @@ PDL = os.environ.get("GIMLET_GPU_PDL", "1") == "1"
 # 412 us of kernels launched one by one (benchmarks/results/gpu_chain.md), so it is there
 # to be worked on, not to be used.
 CHAIN = os.environ.get("GIMLET_GPU_CHAIN", "0") == "1"
+# a decode GEMV's 16-byte weight loads in flight a lane: a column's (up to 16) where k is
+# static, so k = 3072 is one batch, not two; "0" keeps 8 (gml::gemv_nt's U)
+GEMV_LOADS_PER_COLUMN = os.environ.get("GIMLET_GPU_GEMV_LOADS", "1") == "1"
 CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
 # "1": chain kernels print, for blocks 0 and last, each phase's cycles up to its barrier,
 # after it, and to arrive at the next (gml::run_phase); a diagnosis, not for use
@@ -166,6 +169,14 @@ def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
     if PDL:
         return f"gml::launch_pdl({kernel}, {grid}, {threads}, stream, {', '.join(args)});"
     return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
+
+
+def _gemv_loads(k: int, ct: str) -> int:
+    """gml::gemv_nt's U: 16-byte loads a lane in flight, a column's where k is static."""
+    if not GEMV_LOADS_PER_COLUMN or k <= 0:
+        return 8
+    step = 32 * (16 // (2 if ct in HALF else 4))  # a warp's elements per 16-byte load a lane
+    return min(16, max(1, -(-k // step)))
 
 
 def _phase(body: str, runs: str, blocks: str, args: Sequence[str]) -> str:
@@ -1065,7 +1076,7 @@ class _Lowering:
         device = [
             "template <int M, class S>",
             f"GML_D void KERNEL_body(S& sync, int64_t block, int64_t stride, int64_t, {signature}) {{",
-            f"  gml::gemv_nt<{ct}, M>(sync, block, stride, n, k, x, w, [&](int64_t col, const float (&accs)[M]) {{",
+            f"  gml::gemv_nt<{ct}, M, {_gemv_loads(shape_of(a.type)[-1], ct)}>(sync, block, stride, n, k, x, w, [&](int64_t col, const float (&accs)[M]) {{",
             "#pragma unroll",
             "    for (int r = 0; r < M; ++r) {",
             f"      const {_vt(y)} acc = gml::rounded_as<{ct}>(accs[r]);",

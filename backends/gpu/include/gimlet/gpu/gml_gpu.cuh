@@ -1078,8 +1078,10 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
 // loads a lane are in flight before any arithmetic (a loop of one load each waits out the
 // memory latency U times); the first batch is issued before sync.wait() (under PDL,
 // before the previous kernel has finished) and before the rows' layer norm statistics,
-// which then overlap it. In a chain (S::PERSISTENT), gemv_nt_columns.
-template <class T, int M, class S, class X, class F>
+// which then overlap it. Codegen makes U a column's loads where k is static (up to 16:
+// GPT-2's fc2, k = 3072, in one batch instead of two). In a chain (S::PERSISTENT),
+// gemv_nt_columns.
+template <class T, int M, int U = 8, class S, class X, class F>
 GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
                    const T* __restrict__ w, F&& epilogue) {
   sync.trigger();  // the next kernel may start: it only streams its own weight until we end
@@ -1098,7 +1100,6 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
     const T* wr = w + col * k;
     constexpr int V = 16 / sizeof(T);
     if (k % V == 0) {
-      constexpr int U = 8;
       constexpr int64_t STEP = int64_t(GML_WARP) * V;
       uint4 wv[U];
       int64_t j0 = int64_t(lane) * V;
