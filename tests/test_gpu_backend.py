@@ -1242,8 +1242,8 @@ def test_generated_code_compiles_for_rocm(
 ) -> None:
     """The generated files stay in the part of CUDA that HIP compiles: every family's
     segment, GPT in f16 and bf16 (cuBLAS attention: flash attention's fragments need
-    rocWMMA, which ROCm 5.2 lacks), every layer norm width and a padded head copied out
-    in chunks build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
+    rocWMMA, which ROCm 5.2 lacks), every layer norm width, a padded head copied out in
+    chunks and a decode chain build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
     from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
@@ -1256,6 +1256,10 @@ def test_generated_code_compiles_for_rocm(
     sources["norms-f16"] = lower(main_func(_norms(torch.float16)[0])).source
     head = _odd_width_linear(False, torch.bfloat16, rows=150, log_softmax=True)[0]
     sources["head-bf16"] = lower(main_func(head)).source
+    # a persistent chain's launch (under HIP it compiles to "no chain": gml::chained)
+    monkeypatch.setattr(cg, "CHAIN", True)
+    sources["decode-chain"] = lower(main_func(_decode_case(40)[0])).source
+    assert "gml::launch_chain<" in sources["decode-chain"]
     env = {**os.environ, "HIP_PLATFORM": "amd"}
     for name, src in sources.items():
         cu = tmp_path / f"{name}.cu"
