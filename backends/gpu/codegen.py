@@ -1720,9 +1720,7 @@ class _Lowering:
 
     def _conds_hold(self, conds: Sequence[chains.Cond], env: Env) -> int:
         """1 where a chain's conditions hold at this bucket (its slot)."""
-        slots = {s for s, _, _ in conds}
-        params = {s: self.slots[s](env) for s in slots}
-        return int(all(chains.holds([c], params) for c in conds))
+        return int(chains.holds(conds, {s: self.slots[s](env) for s, _, _ in conds}))
 
     def as_lowered(self, source: str) -> Lowered:
         return Lowered(

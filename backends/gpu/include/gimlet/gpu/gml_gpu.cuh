@@ -1003,6 +1003,16 @@ GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k
   }
 }
 
+// acc[r] += column wr . x[r, :] a lane's elements at a time (k not a multiple of 16 bytes)
+template <class T, int M, class X>
+GML_D void gemv_column_unaligned(float (&acc)[M], const T* wr, const X& rows, int64_t k) {
+  for (int64_t j = threadIdx.x % GML_WARP; j < k; j += GML_WARP) {
+    const float wv = float(load(wr + j));
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
+  }
+}
+
 // A chain's GEMV: the warps of blocks block, block + stride, ... walk columns
 // b * GEMV_COLS + warp, several each, their 16-byte loads running on from one column to
 // the next, U in flight (a warp a column at a time would wait out the memory latency once
@@ -1029,11 +1039,7 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
     rows.template prepare<M>(k);
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t col = first + c * step;
-      for (int64_t j = lane; j < k; j += GML_WARP) {
-        const float wv = float(load(w + col * k + j));
-#pragma unroll
-        for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
-      }
+      gemv_column_unaligned<T>(acc, w + col * k, rows, k);
       finish(col);
     }
     return;
@@ -1121,11 +1127,7 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
     } else {
       sync.wait();
       rows.template prepare<M>(k);
-      for (int64_t j = lane; j < k; j += GML_WARP) {
-        const float wv = float(load(wr + j));
-#pragma unroll
-        for (int r = 0; r < M; ++r) acc[r] += wv * rows.at(r, k, j);
-      }
+      gemv_column_unaligned<T>(acc, wr, rows, k);
     }
 #pragma unroll
     for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
