@@ -22,20 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
-from gpt import GPT  # noqa: E402
 from gpt_phases import Decode  # noqa: E402
-from gpu_gpt2 import CTX, gimlet_fn  # noqa: E402
+from gpu_gpt2 import decode_inputs, gimlet_fn, gpt2_small  # noqa: E402
 
 
 def main() -> None:
-    torch.manual_seed(0)
     dev = torch.device("cuda")
-    gpt = GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12).half().eval().to(dev)
-    args = (
-        torch.randint(0, 50257, (1, 1), device=dev),
-        torch.randn(12, 1, 12, CTX, 64, device=dev, dtype=torch.float16),
-        torch.randn(12, 1, 12, CTX, 64, device=dev, dtype=torch.float16),
-    )
+    gpt = gpt2_small(dev)
+    args = decode_inputs(dev)
     g, _, _ = gimlet_fn(Decode(gpt).eval(), args, {"CHAIN": True, "CHAIN_TRACE": True})
     for _ in range(3):
         g(*args)

@@ -38,6 +38,20 @@ from results_io import print_kernels, save, timeline  # noqa: E402
 CTX = 512
 
 
+def gpt2_small(dev: torch.device) -> GPT:
+    """GPT-2 small in fp16, its weights drawn after torch.manual_seed(0)."""
+    torch.manual_seed(0)
+    return GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12).half().eval().to(dev)
+
+
+def decode_inputs(dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """One decode step's inputs: a token, and the 12 layers' keys and values over CTX."""
+    token = torch.randint(0, 50257, (1, 1), device=dev)
+    keys = torch.randn(12, 1, 12, CTX, 64, device=dev, dtype=torch.float16)
+    values = torch.randn(12, 1, 12, CTX, 64, device=dev, dtype=torch.float16)
+    return token, keys, values
+
+
 def timed(fn: Any, args: tuple[Any, ...], iters: int, warmup: int = 10) -> list[float]:
     """Per-call times in ms (CUDA events around each call)."""
     for _ in range(warmup):
@@ -228,20 +242,16 @@ def main() -> None:
     for v in set(VARIANTS) - set(args.variant or VARIANTS):
         del VARIANTS[v]
     iters = 50 if args.quick else 200
-    torch.manual_seed(0)
     dev = torch.device("cuda")
-    gpt = GPT(vocab=50257, ctx=1024, d=768, heads=12, layers=12).half().eval().to(dev)
-    heads, hd = 12, 64
+    gpt = gpt2_small(dev)
     cases: dict[str, Any] = {}
     if args.only in (None, "decode"):
-        token = torch.randint(0, 50257, (1, 1), device=dev)
-        keys = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
-        values = torch.randn(12, 1, heads, CTX, hd, device=dev, dtype=torch.float16)
+        step = decode_inputs(dev)
         if args.profile:
-            return profile("decode", Decode(gpt).eval(), (token, keys, values))
+            return profile("decode", Decode(gpt).eval(), step)
         if args.timeline:
-            return timelines("decode", Decode(gpt).eval(), (token, keys, values))
-        cases["decode"] = measure("decode", Decode(gpt).eval(), (token, keys, values), iters)
+            return timelines("decode", Decode(gpt).eval(), step)
+        cases["decode"] = measure("decode", Decode(gpt).eval(), step, iters)
     if args.only in (None, "prefill"):
         ids = torch.randint(0, 50257, (1, CTX), device=dev)
         if args.profile:
