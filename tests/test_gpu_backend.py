@@ -855,11 +855,12 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
 ) -> None:
     """Flash-decoding: a 700-token cache over 2 batches x 4 heads is 22 chunks (the last
     one partial), 5 tokens is one; both equal the interpreter at f32 tolerance."""
-    from gimlet.backends.gpu.codegen import _decode_split
+    from gimlet.backends.gpu.codegen import DECODE_TARGET_BLOCKS, _decode_split
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 
-    assert _decode_split(8, 700) == (32, 22) and _decode_split(8, 5) == (32, 1)
+    target = DECODE_TARGET_BLOCKS
+    assert _decode_split(8, 700, target) == (32, 22) and _decode_split(8, 5, target) == (32, 1)
     module, weights, inputs = _decode_case(cache_len)
     low = lower(main_func(module))
     assert "attention_decode_split" in low.source

@@ -71,6 +71,15 @@ CHAIN = os.environ.get("GIMLET_GPU_CHAIN", "0") == "1"
 # a decode GEMV's 16-byte weight loads in flight a lane: a column's (up to 16) where k is
 # static, so k = 3072 is one batch, not two; "0" keeps 8 (gml::gemv_nt's U)
 GEMV_LOADS_PER_COLUMN = os.environ.get("GIMLET_GPU_GEMV_LOADS", "1") == "1"
+# decode kernels issue what they can before their wait and load what the previous kernel
+# wrote all at once after it: a GEMV's norm weight and bias into L1 before, its
+# epilogue's operands beside x after; the split attention's KV cache rows before where
+# the cache is the segment's input; "0" keeps each load where its use is
+DECODE_PREFETCH = os.environ.get("GIMLET_GPU_PREFETCH", "1") == "1"
+# decode attention's split kernel combines a batch block's chunks in its last block to
+# finish (a ticket a batch block, Ctx::tickets) instead of a kernel of its own; "0" keeps
+# attention_combine
+ATTN_FOLD = os.environ.get("GIMLET_GPU_ATTN_FOLD", "1") == "1"
 CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
 # "1": chain kernels print, for blocks 0 and last, each phase's cycles up to its barrier,
 # after it, and to arrive at the next (gml::run_phase); a diagnosis, not for use
@@ -204,7 +213,7 @@ def _prefill_split(batches: int, rows: int, keys: int) -> tuple[int, int]:
     return chunk, -(-keys // chunk)
 
 
-def _decode_split(blocks: int, keys: int, target: int = DECODE_TARGET_BLOCKS) -> tuple[int, int]:
+def _decode_split(blocks: int, keys: int, target: int) -> tuple[int, int]:
     """(keys per chunk, chunks) for `blocks` (batch x kv head) blocks over `keys` keys,
     about `target` blocks in all."""
     want = max(1, -(-target // max(blocks, 1)))
@@ -401,6 +410,7 @@ class _Lowering:
         # bucket's sizes where there is one
         known = (self.static.shapes, self.static.ints) if self.static is not None else None
         self.sym = SymbolicShapes(fn, known)
+        self.decode_blocks = DECODE_TARGET_BLOCKS  # as lowered (slots evaluate later)
 
     # ------------------------------------------------------------ helpers
     def slot(self, f: Slot) -> int:
@@ -1022,7 +1032,12 @@ class _Lowering:
         args: list[str] = []
         ptrs: list[str] = []
         val: dict[SSAValue, str] = {y: "acc"}
+        # the epilogue: in the GEMV (body; its operands, loads, loaded by gemv_nt once x is
+        # ready into the fields of a struct) and in a kernel after the GEMM (flat_body)
         body: list[str] = []
+        loads: list[str] = []
+        fields: list[str] = []
+        flat_body: list[str] = []
         last: SSAValue = y
         for g, (group, via) in enumerate(chain):
             if via is not None:
@@ -1053,19 +1068,26 @@ class _Lowering:
             ix = self.slots_of(params, 1 + rank * (1 + len(externals)))
             args.append(f"gml::Index<{rank}, {len(externals)}> ix{g}")
             ptrs.append(f"gml::index_from<{rank}, {len(externals)}>(P + {ix})")
-            body += [
+            offsets = [
                 f"    int64_t off{g}[{max(len(externals), 1)}];",
                 f"    gml::offsets(ix{g}, i, off{g});",
             ]
+            flat_body += offsets
+            if externals:
+                loads += offsets
             for e in externals:
                 j = len(val)
                 args.append(f"const {_ct(e)}* __restrict__ p{j}")
                 ptrs.append(self.ptr(e, const=True))
-                body.append(
-                    f"    const {_vt(e)} x{j} = gml::load(p{j} + off{g}[{externals.index(e)}]);"
-                )
+                load = f"gml::load(p{j} + off{g}[{externals.index(e)}])"
+                fields.append(f"{_vt(e)} x{j}[M];")
+                loads.append(f"    o.x{j}[r] = {load};")
+                body.append(f"    const {_vt(e)} x{j} = o.x{j}[r];")
+                flat_body.append(f"    const {_vt(e)} x{j} = {load};")
                 val[e] = f"x{j}"
-            body += self._body(members, val, "    ", prefix=f"g{g}s")
+            compute = self._body(members, val, "    ", prefix=f"g{g}s")
+            body += compute
+            flat_body += compute
             last = results[0]
             val[last] = val[yielded[0]]
         args.append(f"{_ct(last)}* __restrict__ out")
@@ -1073,10 +1095,23 @@ class _Lowering:
         signature = (
             f"int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}"
         )
+        early = "" if DECODE_PREFETCH else ", false"
         device = [
             "template <int M, class S>",
             f"GML_D void KERNEL_body(S& sync, int64_t block, int64_t stride, int64_t, {signature}) {{",
-            f"  gml::gemv_nt<{ct}, M, {_gemv_loads(shape_of(a.type)[-1], ct)}>(sync, block, stride, n, k, x, w, [&](int64_t col, const float (&accs)[M]) {{",
+            f"  struct Operands {{ {' '.join(fields)} }};  // what the epilogue loads",
+            f"  gml::gemv_nt<{ct}, M, {_gemv_loads(shape_of(a.type)[-1], ct)}{early}>(sync, block, stride, n, k, x, w, [&](int64_t col) {{",
+            "    Operands o;",
+            *(
+                ["#pragma unroll", "    for (int r = 0; r < M; ++r) {"]
+                + ["      const int64_t i = r * n + col;"]
+                + ["  " + line for line in loads]
+                + ["    }"]
+                if loads
+                else []
+            ),
+            "    return o;",
+            "  }, [&](int64_t col, const float (&accs)[M], const Operands& o) {",
             "#pragma unroll",
             "    for (int r = 0; r < M; ++r) {",
             f"      const {_vt(y)} acc = gml::rounded_as<{ct}>(accs[r]);",
@@ -1189,7 +1224,7 @@ class _Lowering:
                         f"__global__ void KERNEL(int64_t total, {pitch}const {ct}* __restrict__ mm, {', '.join(args)}) {{",
                         "  GML_FOR(i, total) {",
                         f"    const {_vt(y)} acc = gml::load({read});",
-                        *body,
+                        *flat_body,
                         f"    gml::store(out + i, {val[last]});",
                         "  }",
                         "}",
@@ -1277,7 +1312,7 @@ class _Lowering:
         """Whether this bucket runs `op` as the fused decode kernel (few query rows)."""
         sq, sk = env.shapes[op.query], env.shapes[op.key]
         m = (sq[-3] // sk[-3]) * sq[-2]
-        chunks = _decode_split(_numel(sq[:-3]) * sk[-3], sk[-2])[1]
+        chunks = _decode_split(_numel(sq[:-3]) * sk[-3], sk[-2], self.decode_blocks)[1]
         # head dims are the kernel's template parameters (static, <= 128: its arrays are
         # sized by them); 8 query rows and 512 chunk weights fit its shared memory
         d, dv = shape_of(op.query.type)[-1], shape_of(op.value.type)[-1]
@@ -1311,6 +1346,26 @@ class _Lowering:
             return list(src.inputs)
         return [kv]
 
+    def _cache_rows_early(self, op: gml.SdpaOp) -> Slot:
+        """1 where decode attention may read K's and V's first pieces before its wait (a
+        bucket where each is the segment's input or a weight, or a view of one: no
+        kernel of the segment writes it), else 0."""
+        if not DECODE_PREFETCH:
+            return lambda env: 0
+        firsts = [self._kv_pieces(op, kv)[0] for kv in (op.key, op.value)]
+        args = set(self.fn.body.block.args)
+
+        def early(env: Env) -> int:
+            source = {v: src for v, src, _ in self.views}
+            for x in firsts:
+                while x in env.views:
+                    x = source[x]
+                if x not in args and x not in self.free:
+                    return 0
+            return 1
+
+        return early
+
     def sdpa(self, op: gml.SdpaOp) -> None:
         q, k, v, y = op.query, op.key, op.value, op.result
         ct = _ct(y)
@@ -1331,11 +1386,14 @@ class _Lowering:
         scale = op.scale.value.data if op.scale is not None else None
         sc = self.slot(lambda env: env.shapes[q][-1])
         fused = self.slot(lambda env: int(self._decode_attention(op, env)))
-        split = self.slots_of(lambda env: list(_decode_split(dims(env)[0], dims(env)[2])), 2)
+        target = self.decode_blocks
+        split = self.slots_of(
+            lambda env: list(_decode_split(dims(env)[0], dims(env)[2], target)), 2
+        )
         if CHAIN:  # a chain's split: chunks for one round of its blocks (fewer, longer)
-            target = CHAIN_TARGET_SMS * CHAIN_BLOCKS
+            ctarget = CHAIN_TARGET_SMS * CHAIN_BLOCKS
             csplit = self.slots_of(
-                lambda env: list(_decode_split(dims(env)[0], dims(env)[2], target)), 2
+                lambda env: list(_decode_split(dims(env)[0], dims(env)[2], ctarget)), 2
             )
 
         flash = self._flash_prefill(op)  # then no bucket materialises scores or probs
@@ -1347,7 +1405,7 @@ class _Lowering:
             if not self._decode_attention(op, env):
                 return 0
             b, m, n, _, dv, _ = dims(env)
-            return b * _decode_split(b, n)[1] * m * (dv + 2) * 4
+            return b * _decode_split(b, n, target)[1] * m * (dv + 2) * 4
 
         def prefill_split(env: Env) -> list[int]:
             b, m, n = dims(env)[:3]
@@ -1396,8 +1454,14 @@ class _Lowering:
             d, dv = max(shape_of(q.type)[-1], 1), max(shape_of(v.type)[-1], 1)
             bias_t = bias.split("{", 1)[0]  # the bias's type is its initializer's name
             kp, vp = pieces(k), pieces(v)
+            cached = self.slot(self._cache_rows_early(op))
             split_args = [M, chunk, qp, kp, vp, part_ptr, alpha, bias]
             combine_args = [chunks, M, DV, part_ptr, yp]
+            # the split kernel's last block a batch block combines its chunks, where the
+            # runtime has tickets (not in a chain, whose phases are the two kernels')
+            fold = ATTN_FOLD and not CHAIN
+            tickets = f"gml::attention_tickets(ctx, {B}, {chunks})" if fold else "nullptr"
+            self.emit(f"  unsigned* tickets = {tickets};")
             # every template argument named (a function pointer deduces none)
             self.emit(
                 "  "
@@ -1405,11 +1469,11 @@ class _Lowering:
                     f"gml::attention_decode_split<{ct}, {d}, {dv}, {bias_t}>",
                     f"dim3(unsigned({B}), unsigned({chunks}))",
                     "gml::ATTN_SPLIT_THREADS",
-                    split_args,
+                    [*split_args, f"P[{cached}] != 0", "tickets", yp],
                 )
             )
             self.emit(
-                "  "
+                "  if (!tickets) "
                 + _launch(
                     f"gml::attention_combine<{ct}>",
                     f"unsigned({B})",

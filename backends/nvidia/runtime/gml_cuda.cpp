@@ -29,7 +29,9 @@ struct Program {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
-  unsigned* barrier = nullptr;  // a persistent chain's grid barrier (gml::ChainSync)
+  // zeroed device words: [0] a persistent chain's grid barrier (gml::ChainSync), then
+  // gml::ATTN_TICKETS for decode attention's combine (Ctx::tickets)
+  unsigned* words = nullptr;
   gml::Ctx ctx{};
   bool graphs = true;
   char error[512] = {0};
@@ -41,7 +43,8 @@ struct Bucket {
   cudaGraphExec_t exec = nullptr;
 };
 
-constexpr size_t kWorkspace = 32u << 20;  // cuBLAS's recommended size on Hopper
+constexpr size_t kWorkspace = 32u << 20;          // cuBLAS's recommended size on Hopper
+constexpr size_t kWords = 1 + gml::ATTN_TICKETS;  // Program::words
 
 cudaDataType_t cuda_type(gml::DType t) {
   switch (t) {
@@ -144,8 +147,8 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
       cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
       cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
-      cudaMalloc(&p->barrier, sizeof(unsigned)) != cudaSuccess ||
-      cudaMemset(p->barrier, 0, sizeof(unsigned)) != cudaSuccess ||
+      cudaMalloc(&p->words, kWords * sizeof(unsigned)) != cudaSuccess ||
+      cudaMemset(p->words, 0, kWords * sizeof(unsigned)) != cudaSuccess ||
       cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
       cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
       // default math: tensor cores for 16-bit operands; FP32 stays FP32 (TF32 is opt-in).
@@ -156,7 +159,8 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
   }
   p->ctx.gemm = gemm;
   p->ctx.gemm_epilogue = gemm_epilogue;
-  p->ctx.barrier = p->barrier;
+  p->ctx.barrier = p->words;
+  p->ctx.tickets = p->words + 1;
   p->ctx.state = p;
   return p;
 }
@@ -168,7 +172,7 @@ void gml_cuda_destroy(void* program) {
   cublasDestroy(p->blas);
   if (p->lt) cublasLtDestroy(p->lt);
   cudaFree(p->workspace);
-  cudaFree(p->barrier);
+  cudaFree(p->words);
   cudaEventDestroy(p->ready);
   cudaEventDestroy(p->done);
   cudaStreamDestroy(p->stream);

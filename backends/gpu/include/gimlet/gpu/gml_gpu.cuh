@@ -76,6 +76,10 @@ struct Ctx {
   // A word of device memory for a persistent chain's grid barrier (gml::launch_chain),
   // zeroed once. Null where the runtime has none: then each kernel runs on its own.
   unsigned* barrier;
+  // ATTN_TICKETS words, zeroed once, each left zero by whoever counts on it: decode
+  // attention's blocks count the chunks done here (attention_tickets). Null where the
+  // runtime has none: then the chunks are combined by a kernel of their own.
+  unsigned* tickets;
 };
 
 // ---------------------------------------------------------------- 16-bit floats
@@ -292,6 +296,12 @@ GML_D void pdl_wait() {
 GML_D void pdl_trigger() {
 #if !defined(GML_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Bring the line holding p into this SM's L1 (a hint: a no-op on HIP)
+GML_D void prefetch_l1(const void* p) {
+#if !defined(GML_HIP) && defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 #endif
 }
 // kernel<<<grid, block, 0, stream>>>(args...), allowed to start early as above (CUDA);
@@ -908,6 +918,8 @@ GML_HD float rounded_as(float x) {
 template <class T>
 struct Rows {
   const T* __restrict__ x;
+  template <int U>
+  GML_D void prefetch(int64_t) const {}
   template <int M>
   GML_D void prepare(int64_t) {}
   GML_D float at(int r, int64_t k, int64_t j) const { return float(load(x + r * k + j)); }
@@ -925,6 +937,21 @@ struct LnRows {
   const T* __restrict__ b;
   float eps;
   float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
+  // The norm's weight and bias at this lane's first U chunks into L1, before the wait
+  // (they are weights): chunk() then finds them there instead of waiting on L2 once x is
+  // normalized.
+  template <int U>
+  GML_D void prefetch(int64_t k) const {
+    constexpr int64_t V = 16 / sizeof(T), STEP = int64_t(GML_WARP) * V;
+    const int64_t j0 = int64_t(threadIdx.x % GML_WARP) * V;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t j = j0 + u * STEP;
+      if (j >= k) break;
+      if (g) prefetch_l1(g + j);
+      if (b) prefetch_l1(b + j);
+    }
+  }
   // two passes per row (the mean, then squared deviations from it, as torch), the
   // warp's lanes along k; 16-byte loads where k allows, so a row's loads are in flight
   // together (the second pass reads L1)
@@ -1017,9 +1044,9 @@ GML_D void gemv_column_unaligned(float (&acc)[M], const T* wr, const X& rows, in
 // b * GEMV_COLS + warp, several each, their 16-byte loads running on from one column to
 // the next, U in flight (a warp a column at a time would wait out the memory latency once
 // a column, and the chain's grid has fewer warps than the kernel's).
-template <class T, int M, class S, class X, class F>
+template <class T, int M, class S, class X, class O, class F>
 GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
-                           const T* __restrict__ w, F&& epilogue) {
+                           const T* __restrict__ w, O&& operands, F&& epilogue) {
   const int lane = threadIdx.x % GML_WARP;
   const int64_t first = block * GEMV_COLS + threadIdx.x / GML_WARP, step = stride * GEMV_COLS;
   const int64_t cols = first < n ? (n - 1 - first) / step + 1 : 0;  // this warp's columns
@@ -1029,7 +1056,7 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
   auto finish = [&](int64_t col) {
 #pragma unroll
     for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
-    if (lane == 0) epilogue(col, acc);
+    if (lane == 0) epilogue(col, acc, operands(col));
 #pragma unroll
     for (int r = 0; r < M; ++r) acc[r] = 0.f;
   };
@@ -1079,20 +1106,23 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
   }
 }
 
-// `epilogue(col, acc)` in lane 0 of the warp of column col, acc[r] the sum for row
-// r < M. A kernel of its own (block = blockIdx.x): a warp a column. Its U 16-byte weight
-// loads a lane are in flight before any arithmetic (a loop of one load each waits out the
-// memory latency U times); the first batch is issued before sync.wait() (under PDL,
-// before the previous kernel has finished) and before the rows' layer norm statistics,
-// which then overlap it. Codegen makes U a column's loads where k is static (up to 16:
-// GPT-2's fc2, k = 3072, in one batch instead of two). In a chain (S::PERSISTENT),
-// gemv_nt_columns.
-template <class T, int M, int U = 8, class S, class X, class F>
+// `epilogue(col, acc, operands(col))` in lane 0 of the warp of column col, acc[r] the sum
+// for row r < M, operands(col) what the epilogue loads (bias, residual). A kernel of its
+// own (block = blockIdx.x): a warp a column. Its U 16-byte weight loads a lane are in
+// flight before any arithmetic (a loop of one load each waits out the memory latency U
+// times); the first batch, and the layer norm's weight and bias into L1, are issued
+// before sync.wait() (under PDL, before the previous kernel has finished) and before the
+// rows' layer norm statistics, which then overlap it. With EARLY the epilogue's operands
+// are loaded right after the wait, beside x, rather than after the sum (one memory
+// latency fewer on the kernel's critical path). Codegen makes U a column's loads where k
+// is static (up to 16: GPT-2's fc2, k = 3072, in one batch instead of two). In a chain
+// (S::PERSISTENT), gemv_nt_columns.
+template <class T, int M, int U = 8, bool EARLY = true, class S, class X, class O, class F>
 GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
-                   const T* __restrict__ w, F&& epilogue) {
+                   const T* __restrict__ w, O&& operands, F&& epilogue) {
   sync.trigger();  // the next kernel may start: it only streams its own weight until we end
   if constexpr (S::PERSISTENT) {
-    gemv_nt_columns<T, M>(sync, block, stride, n, k, rows, w, epilogue);
+    gemv_nt_columns<T, M>(sync, block, stride, n, k, rows, w, operands, epilogue);
   } else {
     const int64_t col = block * GEMV_COLS + threadIdx.x / GML_WARP;
     const int lane = threadIdx.x % GML_WARP;
@@ -1105,6 +1135,7 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
     }
     const T* wr = w + col * k;
     constexpr int V = 16 / sizeof(T);
+    decltype(operands(col)) ops{};
     if (k % V == 0) {
       constexpr int64_t STEP = int64_t(GML_WARP) * V;
       uint4 wv[U];
@@ -1115,7 +1146,9 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
           if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
       };
       fetch();
+      if constexpr (EARLY) rows.template prefetch<U>(k);
       sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
+      if (EARLY && lane == 0) ops = operands(col);
       rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
       while (j0 < k) {
 #pragma unroll
@@ -1131,7 +1164,7 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
     }
 #pragma unroll
     for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
-    if (lane == 0) epilogue(col, acc);
+    if (lane == 0) epilogue(col, acc, EARLY && k % V == 0 ? ops : operands(col));
   }
 }
 
@@ -1175,13 +1208,80 @@ GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t w
 // issued before the arithmetic that waits for them.
 constexpr int ATTN_SPLIT_THREADS = 128;  // 4 warps: a chunk is at most 256 keys
 constexpr int ATTN_CHUNK_MAX = 256;
+constexpr int ATTN_TICKETS = 4096;  // Ctx::tickets: batch blocks a folded combine can count
+
+// The combine of block b's chunks, folded into the split kernel (the last of b's blocks
+// to finish combines them, attention_decode_split_block), where the runtime has tickets,
+// the batch blocks have one each and the chunks' weights fit the split's shared scores;
+// else null: attention_combine then runs as a kernel of its own.
+inline unsigned* attention_tickets(const Ctx* ctx, int64_t blocks, int64_t chunks) {
+  return ctx->tickets && blocks <= ATTN_TICKETS && chunks <= ATTN_CHUNK_MAX ? ctx->tickets
+                                                                            : nullptr;
+}
+
+// a float another block of this kernel wrote (after a fence and a ticket): from L2, never
+// from a line this SM's L1 may hold from before
+GML_D float load_coherent(const float* p) {
+#ifdef GML_HIP
+  return *static_cast<const volatile float*>(p);
+#else
+  return __ldcg(p);
+#endif
+}
+
+// y[row, :] for rows < m from `chunks` partials ([chunk][row][dv + 2], `stride` floats a
+// chunk): each rescaled by exp(max_c - max), summed, divided by the rescaled sum (NaN
+// where every score of the row is -inf, as softmax). Warp r finds row r's weights (lanes
+// over chunks, loads side by side) into w (m * chunks floats of shared memory), then the
+// block's THREADS threads sum the chunks' columns with them. COHERENT: the partials come
+// from other blocks of the same kernel (load_coherent).
+template <class T, int THREADS, bool COHERENT>
+GML_D void attention_combine_rows(int64_t chunks, int64_t m, int64_t dv,
+                                  const float* __restrict__ part, T* __restrict__ y, float* w) {
+  auto ld = [](const float* p) { return COHERENT ? load_coherent(p) : *p; };
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t width = dv + 2, stride = m * width;
+  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  for (int64_t r = warp; r < m; r += THREADS / GML_WARP) {
+    float mx = ninf;
+    for (int64_t c = lane; c < chunks; c += GML_WARP)
+      mx = maxnan(ld(part + c * stride + r * width + dv), mx);
+    mx = warp_max(mx);
+    float total = 0.f;
+    for (int64_t c = lane; c < chunks; c += GML_WARP) {
+      const float* pc = part + c * stride + r * width;
+      const float pm = ld(pc + dv);
+      const float e = mx == ninf || pm == ninf ? 0.f : expf(pm - mx);
+      w[r * chunks + c] = e;
+      total += e * ld(pc + dv + 1);
+    }
+    total = warp_sum(total);
+    const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
+  }
+  __syncthreads();
+  for (int64_t rc = threadIdx.x; rc < m * dv; rc += THREADS) {
+    const int64_t r = rc / dv, col = rc % dv;
+    const float* pc = part + r * width + col;
+    float acc = 0.f;
+#pragma unroll 8
+    for (int64_t c = 0; c < chunks; ++c) acc += w[r * chunks + c] * ld(pc + c * stride);
+    store(y + rc, acc);
+  }
+}
 
 // One block's work (batch block b, chunk c of `chunks`), for a block of THREADS threads.
+// cached: k and v's first pieces (the KV cache) are the segment's inputs, which nothing in
+// it writes, so their rows are loaded before sync.wait() (under PDL, while the kernels
+// before still run); the step's new entry, after. tickets (attention_tickets): the last
+// of the batch block's chunks to finish combines them into y.
 template <class T, int D, int DV, class Bias, int THREADS, class S>
 GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t chunks, int64_t m,
                                         int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
                                         Pieces<T, 2> v, float* __restrict__ part, float scale,
-                                        Bias bias) {
+                                        Bias bias, bool cached = false,
+                                        unsigned* __restrict__ tickets = nullptr,
+                                        T* __restrict__ y = nullptr) {
   constexpr int WARPS = THREADS / GML_WARP;
   constexpr int V = 16 / sizeof(T), PIECES = (D + V - 1) / V;  // 16-byte loads of a K row
   constexpr int CPL = (DV + GML_WARP - 1) / GML_WARP;          // V columns per lane
@@ -1193,32 +1293,35 @@ GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t c
   __shared__ float s[8][ATTN_CHUNK_MAX];
   __shared__ float partial[WARPS][8 * DV];
   sync.trigger();
-  sync.wait();  // q and the step's new K/V entry come from the kernel before
   // P_c @ V_c below: warp w takes keys lo + w, lo + w + WARPS, ... KU at a time; lane l
   // owns columns l, l + 32, ... of every row. The first KU rows' loads are issued now,
-  // so their latency overlaps the scores' (a 32-key chunk: all of them)
+  // so their latency overlaps the scores' (a 32-key chunk: all of them): the cache's
+  // before the wait where `cached` (rows of the new entry after it), else all after it.
   constexpr int KU = 8;
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  const int64_t n0 = k.size[0];
   float vv[KU][CPL];
-  auto load_v = [&](int64_t j) {
+  // rows of the cache only (EARLY), the rest (LATE) or all (ALL); vv is zero elsewhere
+  enum Which { EARLY, LATE, ALL };
+  auto load_v = [&](int64_t j, Which which) {
 #pragma unroll
     for (int u = 0; u < KU; ++u) {
       const int64_t jj = j + u * WARPS;
-      const T* vr = jj < hi ? piece_row(v, b, jj, DV) : nullptr;
+      const bool mine = jj < hi && (which == ALL || (which == EARLY) == (jj < n0));
+      const T* vr = mine ? piece_row(v, b, jj, DV) : nullptr;
 #pragma unroll
       for (int t = 0; t < CPL; ++t) {
         const int col = lane + t * GML_WARP;
-        vv[u][t] = vr && col < DV ? float(load(vr + col)) : 0.f;
+        if (mine)
+          vv[u][t] = col < DV ? float(load(vr + col)) : 0.f;
+        else if (which != LATE)
+          vv[u][t] = 0.f;
       }
     }
   };
-  load_v(lo + warp);
-  for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
-  __syncthreads();
-  // scores: a thread per key, its whole row loaded first, q from shared memory
-  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+  // a thread per key: its whole K row, 16 bytes at a time
+  auto load_k = [&](int64_t j, uint4(&row)[PIECES]) {
     const T* kr = piece_row(k, b, j, D);
-    uint4 row[PIECES];
 #pragma unroll
     for (int p = 0; p < PIECES; ++p) {
       if constexpr (D % V == 0) {
@@ -1229,6 +1332,19 @@ GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t c
         for (int e = 0; e < V; ++e) t[e] = p * V + e < D ? kr[p * V + e] : T{};
       }
     }
+  };
+  const int64_t j0 = lo + threadIdx.x;
+  const bool early_k = cached && j0 < hi && j0 < n0;
+  uint4 row[PIECES];
+  if (early_k) load_k(j0, row);
+  if (cached) load_v(lo + warp, EARLY);
+  sync.wait();  // q and the step's new K/V entry come from the kernel before
+  load_v(lo + warp, cached ? LATE : ALL);
+  for (int64_t i = threadIdx.x; i < m * D; i += blockDim.x) qs[i] = float(load(q + i));
+  __syncthreads();
+  // scores: a thread per key, its whole row loaded first, q from shared memory
+  for (int64_t j = j0; j < hi; j += blockDim.x) {
+    if (j != j0 || !early_k) load_k(j, row);
     // rows one at a time (not unrolled: q stays in shared memory, not in registers)
 #pragma unroll 1
     for (int r = 0; r < m; ++r) {
@@ -1270,7 +1386,7 @@ GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t c
 #pragma unroll
     for (int t = 0; t < CPL; ++t) acc[r][t] = 0.f;
   for (int64_t j = lo + warp; j < hi; j += KU * WARPS) {
-    if (j != lo + warp) load_v(j);
+    if (j != lo + warp) load_v(j, ALL);
 #pragma unroll
     for (int u = 0; u < KU; ++u) {
       const int64_t o = j + u * WARPS - lo;
@@ -1300,6 +1416,19 @@ GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t c
     for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
     part[(rc / DV) * width + rc % DV] = t;
   }
+  if (tickets == nullptr) return;
+  // the last of batch block b's chunks to finish combines them (CUDA's threadfence
+  // reduction): every block's partials are visible before it takes its ticket
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(tickets + b, 1u) == unsigned(chunks - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  attention_combine_rows<T, THREADS, true>(chunks, m, DV, part - c * m * width, y + b * m * DV,
+                                           &s[0][0]);
+  if (threadIdx.x == 0) tickets[b] = 0;  // for the next launch (which waits for this one)
 }
 
 // Blocks block, block + stride, ... below `blocks` (a kernel's one; a chain's share)
@@ -1319,16 +1448,16 @@ GML_D void attention_decode_split_body(S& sync, int64_t block, int64_t stride, i
 template <class T, int D, int DV, class Bias>
 __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
     attention_decode_split(int64_t m, int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
-                           Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias) {
+                           Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias,
+                           bool cached, unsigned* __restrict__ tickets, T* __restrict__ y) {
   Pdl sync;
   attention_decode_split_block<T, D, DV, Bias, ATTN_SPLIT_THREADS>(
-      sync, blockIdx.x, blockIdx.y, gridDim.y, m, chunk, q, k, v, part, scale, bias);
+      sync, blockIdx.x, blockIdx.y, gridDim.y, m, chunk, q, k, v, part, scale, bias, cached,
+      tickets, y);
 }
 
-// y[b, row, :] from the chunks' partials: each rescaled by exp(max_c - max), summed,
-// divided by the rescaled sum (NaN where every score of the row is -inf, as softmax).
-// One block per batch block: warp r finds row r's weights (lanes over chunks, loads side
-// by side), then the threads sum the chunks' columns with those weights.
+// y[b, row, :] from the chunks' partials (attention_combine_rows), one block per batch
+// block: where the split kernel does not combine them itself.
 constexpr int ATTN_COMBINE_THREADS = 256;
 constexpr int ATTN_MAX_CHUNKS = 512;  // 8 rows x 512 chunks of weights in shared memory
 
@@ -1338,36 +1467,8 @@ GML_D void attention_combine_block(S& sync, int64_t blk, int64_t chunks, int64_t
   __shared__ float w[8 * ATTN_MAX_CHUNKS];
   sync.trigger();
   sync.wait();  // the partials are the split kernel's
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int64_t width = dv + 2, stride = m * width;
-  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
-  part += blk * chunks * stride;
-  y += blk * m * dv;
-  for (int64_t r = warp; r < m; r += ATTN_COMBINE_THREADS / GML_WARP) {
-    float mx = ninf;
-    for (int64_t c = lane; c < chunks; c += GML_WARP)
-      mx = maxnan(part[c * stride + r * width + dv], mx);
-    mx = warp_max(mx);
-    float total = 0.f;
-    for (int64_t c = lane; c < chunks; c += GML_WARP) {
-      const float* pc = part + c * stride + r * width;
-      const float e = mx == ninf || pc[dv] == ninf ? 0.f : expf(pc[dv] - mx);
-      w[r * chunks + c] = e;
-      total += e * pc[dv + 1];
-    }
-    total = warp_sum(total);
-    const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
-    for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
-  }
-  __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < m * dv; rc += blockDim.x) {
-    const int64_t r = rc / dv, col = rc % dv;
-    const float* pc = part + r * width + col;
-    float acc = 0.f;
-#pragma unroll 8
-    for (int64_t c = 0; c < chunks; ++c) acc += w[r * chunks + c] * pc[c * stride];
-    store(y + rc, acc);
-  }
+  attention_combine_rows<T, ATTN_COMBINE_THREADS, false>(
+      chunks, m, dv, part + blk * chunks * m * (dv + 2), y + blk * m * dv, w);
 }
 template <class T, class S>
 GML_D void attention_combine_body(S& sync, int64_t block, int64_t stride, int64_t blocks,
