@@ -85,8 +85,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet-chain": {"CHAIN": True},
     "gimlet-u8": {"GEMV_LOADS_PER_COLUMN": False},
     # each load where its use is, the combine a kernel of its own (as before 2026-11-30)
-    "gimlet-late": {"DECODE_PREFETCH": False, "ATTN_FOLD": False},
-    "gimlet-late-no-pdl": {"DECODE_PREFETCH": False, "ATTN_FOLD": False, "PDL": False},
+    "gimlet-late": {"DECODE_PREFETCH": False, "NORM_EARLY": False, "ATTN_FOLD": False},
+    "gimlet-late-no-pdl": {
+        "DECODE_PREFETCH": False,
+        "NORM_EARLY": False,
+        "ATTN_FOLD": False,
+        "PDL": False,
+    },
+    "gimlet-norm-late": {"NORM_EARLY": False},
     "gimlet-no-prefetch": {"DECODE_PREFETCH": False},
     "gimlet-no-fold": {"ATTN_FOLD": False},
     "gimlet-attn132": {"DECODE_TARGET_BLOCKS": 132},  # half the split's blocks

@@ -89,7 +89,8 @@ def test_split_attention_takes_tickets_to_combine_unless_folding_is_off(monkeypa
 
 def test_a_gemv_loads_its_epilogues_operands_with_x(monkeypatch: Any) -> None:
     """A decode GEMV's epilogue operands (bias, residual) are a struct gemv_nt fills once x
-    is ready; with DECODE_PREFETCH off gemv_nt<..., false> fills it after the sum."""
+    is ready; with DECODE_PREFETCH off gemv_nt<..., false, true> fills it after the sum,
+    and with NORM_EARLY off <..., true, false> loads the norm's weight as x is normalized."""
     from test_gpu_backend import _decode_case
 
     module = _decode_case(40)[0]
@@ -98,7 +99,12 @@ def test_a_gemv_loads_its_epilogues_operands_with_x(monkeypatch: Any) -> None:
     assert "    o.x4[r] = gml::load(p4 + off1[0]);" in src
     assert re.search(r"gml::gemv_nt<float, M, \d+>\(", src)
     monkeypatch.setattr(cg, "DECODE_PREFETCH", False)
-    assert re.search(r"gml::gemv_nt<float, M, \d+, false>\(", lower(main_func(module)).source)
+    late = lower(main_func(module)).source
+    assert re.search(r"gml::gemv_nt<float, M, \d+, false, true>\(", late)
+    monkeypatch.setattr(cg, "DECODE_PREFETCH", True)
+    monkeypatch.setattr(cg, "NORM_EARLY", False)
+    late = lower(main_func(module)).source
+    assert re.search(r"gml::gemv_nt<float, M, \d+, true, false>\(", late)
 
 
 @needs_gpu

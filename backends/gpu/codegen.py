@@ -72,10 +72,13 @@ CHAIN = os.environ.get("GIMLET_GPU_CHAIN", "0") == "1"
 # static, so k = 3072 is one batch, not two; "0" keeps 8 (gml::gemv_nt's U)
 GEMV_LOADS_PER_COLUMN = os.environ.get("GIMLET_GPU_GEMV_LOADS", "1") == "1"
 # decode kernels issue what they can before their wait and load what the previous kernel
-# wrote all at once after it: a GEMV's norm weight and bias into L1 before, its
-# epilogue's operands beside x after; the split attention's KV cache rows before where
-# the cache is the segment's input; "0" keeps each load where its use is
+# wrote all at once after it: a GEMV's epilogue operands beside x after the wait, the
+# split attention's KV cache rows before it where the cache is the segment's input; "0"
+# keeps each load where its use is
 DECODE_PREFETCH = os.environ.get("GIMLET_GPU_PREFETCH", "1") == "1"
+# a decode GEMV after a layer norm loads the norm's weight and bias for its first chunks
+# into registers before its wait (more registers: 74 instead of 61 for GPT-2's qkv)
+NORM_EARLY = os.environ.get("GIMLET_GPU_NORM_EARLY", "1") == "1"
 # decode attention's split kernel combines a batch block's chunks in its last block to
 # finish (a ticket a batch block, Ctx::tickets) instead of a kernel of its own; "0" keeps
 # attention_combine
@@ -1095,7 +1098,11 @@ class _Lowering:
         signature = (
             f"int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}"
         )
-        early = "" if DECODE_PREFETCH else ", false"
+        early = (
+            ""
+            if DECODE_PREFETCH and NORM_EARLY
+            else f", {str(DECODE_PREFETCH).lower()}, {str(NORM_EARLY).lower()}"
+        )
         device = [
             "template <int M, class S>",
             f"GML_D void KERNEL_body(S& sync, int64_t block, int64_t stride, int64_t, {signature}) {{",

@@ -298,12 +298,6 @@ GML_D void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// Bring the line holding p into this SM's L1 (a hint: a no-op on HIP)
-GML_D void prefetch_l1(const void* p) {
-#if !defined(GML_HIP) && defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-#endif
-}
 // kernel<<<grid, block, 0, stream>>>(args...), allowed to start early as above (CUDA);
 // a plain launch on HIP. A failed launch is left for gmlGetLastError, as <<<>>> does.
 template <class... P, class... A>
@@ -918,8 +912,12 @@ GML_HD float rounded_as(float x) {
 template <class T>
 struct Rows {
   const T* __restrict__ x;
-  template <int U>
-  GML_D void prefetch(int64_t) const {}
+  template <int E>
+  struct Early {};  // nothing to load before the wait
+  template <int E>
+  GML_D Early<E> early(int64_t) const {
+    return {};
+  }
   template <int M>
   GML_D void prepare(int64_t) {}
   GML_D float at(int r, int64_t k, int64_t j) const { return float(load(x + r * k + j)); }
@@ -929,6 +927,11 @@ struct Rows {
 #pragma unroll
     for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = float(load(&v[e]));
   }
+  template <int E>
+  GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)], const Early<E>&,
+                   int) const {
+    chunk(r, k, j, out);
+  }
 };
 template <class T>
 struct LnRows {
@@ -937,20 +940,26 @@ struct LnRows {
   const T* __restrict__ b;
   float eps;
   float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
-  // The norm's weight and bias at this lane's first U chunks into L1, before the wait
-  // (they are weights): chunk() then finds them there instead of waiting on L2 once x is
-  // normalized.
-  template <int U>
-  GML_D void prefetch(int64_t k) const {
+  // The norm's weight and bias at this lane's first E chunks of 16 bytes, loaded before
+  // the wait (weights: nothing in the segment writes them), so that normalizing x waits
+  // on no load of its own. (prefetch.global.L1 instead made these kernels 2.4x slower
+  // on the H200: benchmarks/results/gpu_gpt2_runT.md.)
+  template <int E>
+  struct Early {
+    uint4 g[E], b[E];
+  };
+  template <int E>
+  GML_D Early<E> early(int64_t k) const {
     constexpr int64_t V = 16 / sizeof(T), STEP = int64_t(GML_WARP) * V;
     const int64_t j0 = int64_t(threadIdx.x % GML_WARP) * V;
+    Early<E> e{};
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < E; ++u) {
       const int64_t j = j0 + u * STEP;
-      if (j >= k) break;
-      if (g) prefetch_l1(g + j);
-      if (b) prefetch_l1(b + j);
+      if (j < k && g) e.g[u] = *reinterpret_cast<const uint4*>(g + j);
+      if (j < k && b) e.b[u] = *reinterpret_cast<const uint4*>(b + j);
     }
+    return e;
   }
   // two passes per row (the mean, then squared deviations from it, as torch), the
   // warp's lanes along k; 16-byte loads where k allows, so a row's loads are in flight
@@ -1001,16 +1010,28 @@ struct LnRows {
     return norm(r, j, float(load(x + r * k + j)));
   }
   GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
+    uint4 gv{}, bv{};
+    if (g) gv = *reinterpret_cast<const uint4*>(g + j);  // j is a multiple of 16 bytes here
+    if (b) bv = *reinterpret_cast<const uint4*>(b + j);
+    normalize(r, k, j, gv, bv, out);
+  }
+  // chunk u < E of the lane's first, its weight and bias loaded early
+  template <int E>
+  GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)], const Early<E>& e,
+                   int u) const {
+    normalize(r, k, j, e.g[u], e.b[u], out);
+  }
+  GML_D void normalize(int r, int64_t k, int64_t j, const uint4& g16, const uint4& b16,
+                       float (&out)[16 / sizeof(T)]) const {
     constexpr int V = 16 / sizeof(T);
-    float gv[V], bv[V];
+    const T* gt = reinterpret_cast<const T*>(&g16);
+    const T* bt = reinterpret_cast<const T*>(&b16);
     chunk_raw(x + r * k + j, out);
-    if (g) chunk_raw(g + j, gv);  // j is a multiple of V here: 16-byte aligned
-    if (b) chunk_raw(b + j, bv);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       float o = (out[e] - mean[r]) * rstd[r];
-      if (g) o *= gv[e];
-      if (b) o += bv[e];
+      if (g) o *= float(load(&gt[e]));
+      if (b) o += float(load(&bt[e]));
       out[e] = rounded_as<T>(o);
     }
   }
@@ -1025,6 +1046,21 @@ GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k
   for (int r = 0; r < M; ++r) {
     float xv[V];
     rows.chunk(r, k, j, xv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
+  }
+}
+
+// the same for the lane's chunk u of those rows.early() loaded before the wait
+template <class T, int M, class X, class E>
+GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k, int64_t j,
+                      const E& early, int u) {
+  constexpr int V = 16 / sizeof(T);
+  const T* wt = reinterpret_cast<const T*>(&wv);
+#pragma unroll
+  for (int r = 0; r < M; ++r) {
+    float xv[V];
+    rows.chunk(r, k, j, xv, early, u);
 #pragma unroll
     for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
   }
@@ -1110,14 +1146,16 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
 // for row r < M, operands(col) what the epilogue loads (bias, residual). A kernel of its
 // own (block = blockIdx.x): a warp a column. Its U 16-byte weight loads a lane are in
 // flight before any arithmetic (a loop of one load each waits out the memory latency U
-// times); the first batch, and the layer norm's weight and bias into L1, are issued
-// before sync.wait() (under PDL, before the previous kernel has finished) and before the
-// rows' layer norm statistics, which then overlap it. With EARLY the epilogue's operands
-// are loaded right after the wait, beside x, rather than after the sum (one memory
+// times); the first batch is issued before sync.wait() (under PDL, before the previous
+// kernel has finished) and before the rows' layer norm statistics, which then overlap
+// it. With EARLY the epilogue's operands are loaded right after the wait, beside x,
+// rather than after the sum; with EARLY_NORM the norm's weight and bias of the first
+// chunks (rows.early) before the wait, rather than as x is normalized (each one memory
 // latency fewer on the kernel's critical path). Codegen makes U a column's loads where k
 // is static (up to 16: GPT-2's fc2, k = 3072, in one batch instead of two). In a chain
 // (S::PERSISTENT), gemv_nt_columns.
-template <class T, int M, int U = 8, bool EARLY = true, class S, class X, class O, class F>
+template <class T, int M, int U = 8, bool EARLY = true, bool EARLY_NORM = EARLY, class S,
+          class X, class O, class F>
 GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
                    const T* __restrict__ w, O&& operands, F&& epilogue) {
   sync.trigger();  // the next kernel may start: it only streams its own weight until we end
@@ -1146,16 +1184,27 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
           if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
       };
       fetch();
-      if constexpr (EARLY) rows.template prefetch<U>(k);
+      // the rows' own weights (a layer norm's) for the first E chunks, in registers
+      constexpr int E = U < 4 ? U : 4;
+      typename X::template Early<E> pre{};
+      if constexpr (EARLY_NORM) pre = rows.template early<E>(k);
       sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
       if (EARLY && lane == 0) ops = operands(col);
       rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
-      while (j0 < k) {
+      // the first batch (U a column's loads where k is static: the only one), then the rest
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (j0 + u * STEP >= k) continue;
+        if (EARLY_NORM && u < E)
+          gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP, pre, u < E ? u : 0);
+        else
+          gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
+      }
+      for (j0 += U * STEP; j0 < k; j0 += U * STEP) {
+        fetch();
 #pragma unroll
         for (int u = 0; u < U; ++u)
           if (j0 + u * STEP < k) gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
-        j0 += U * STEP;
-        fetch();
       }
     } else {
       sync.wait();
