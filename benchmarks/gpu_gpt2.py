@@ -84,18 +84,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet-no-pdl": {"PDL": False},
     "gimlet-chain": {"CHAIN": True},
     "gimlet-u8": {"GEMV_LOADS_PER_COLUMN": False},
-    # each load where its use is, the combine a kernel of its own (as before 2026-11-30)
-    "gimlet-late": {"DECODE_PREFETCH": False, "NORM_EARLY": False, "ATTN_FOLD": False},
-    "gimlet-late-no-pdl": {
-        "DECODE_PREFETCH": False,
-        "NORM_EARLY": False,
-        "ATTN_FOLD": False,
-        "PDL": False,
-    },
+    # each load where its use is (as before 2026-11-30)
+    "gimlet-late": {"DECODE_PREFETCH": False, "NORM_EARLY": False},
+    "gimlet-late-no-pdl": {"DECODE_PREFETCH": False, "NORM_EARLY": False, "PDL": False},
     "gimlet-norm-late": {"NORM_EARLY": False},
-    "gimlet-no-prefetch": {"DECODE_PREFETCH": False},
-    "gimlet-no-fold": {"ATTN_FOLD": False},
     "gimlet-attn132": {"DECODE_TARGET_BLOCKS": 132},  # half the split's blocks
+    # a GEMV's warp over 2 (4) columns of k = 768 (6 or 12 loads a lane): half (a quarter)
+    # the blocks, one layer norm for them all
+    "gimlet-wl6": {"GEMV_WARP_LOADS": 6},
+    "gimlet-wl12": {"GEMV_WARP_LOADS": 12},
 }
 
 

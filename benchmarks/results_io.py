@@ -106,7 +106,10 @@ def call_timeline(trace_events: list[dict[str, Any]], calls: int) -> dict[str, A
     """timeline's arithmetic on a Chrome trace's events: the kernels and copies, in time
     order, cut into `calls` equal runs; per call (median) the span, the union of the
     events (busy), the sum of their durations, and how many start before the one before
-    them ended; each kernel's mean duration and count per call."""
+    them ended; each kernel's mean duration and count per call, and its mean step: how
+    far its end comes after the latest end before it (0 for a call's first event). Under
+    programmatic dependent launch a duration counts the time a kernel started early and
+    waited; the steps add up to the span's tail, each kernel's share of the chain."""
     import collections
     import statistics
 
@@ -135,8 +138,14 @@ def call_timeline(trace_events: list[dict[str, Any]], calls: int) -> dict[str, A
         total.append(sum(e["dur"] for e in evs))
         early.append(n_early)
     by_name: dict[str, list[float]] = collections.defaultdict(list)
-    for e in events[: per * calls]:
-        by_name[e["name"]].append(e["dur"])
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    for c in range(calls):
+        reach = None
+        for e in events[c * per : (c + 1) * per]:
+            end = e["ts"] + e["dur"]
+            by_name[e["name"]].append(e["dur"])
+            steps[e["name"]].append(0.0 if reach is None else max(0.0, end - reach))
+            reach = end if reach is None else max(reach, end)
     return {
         "events_per_call": per,
         "span_us": statistics.median(spans),
@@ -144,7 +153,11 @@ def call_timeline(trace_events: list[dict[str, Any]], calls: int) -> dict[str, A
         "sum_us": statistics.median(total),
         "started_early": statistics.median(early),
         "kernels": {
-            n: {"count_per_call": len(d) / calls, "mean_us": statistics.fmean(d)}
+            n: {
+                "count_per_call": len(d) / calls,
+                "mean_us": statistics.fmean(d),
+                "step_us": statistics.fmean(steps[n]),
+            }
             for n, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
         },
     }
@@ -173,8 +186,12 @@ def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dic
         f"{result['started_early']} started before the one before ended",
         flush=True,
     )
+    print("    duration   step  count", flush=True)
     for n, k in list(result["kernels"].items())[:14]:
-        print(f"    {k['mean_us']:8.2f} us x {k['count_per_call']:5.1f}  {n[:110]}", flush=True)
+        print(
+            f"    {k['mean_us']:8.2f} {k['step_us']:6.2f} x {k['count_per_call']:5.1f}  {n[:110]}",
+            flush=True,
+        )
     return result
 
 

@@ -35,8 +35,10 @@ def test_call_timeline_spans_busy_time_and_early_starts() -> None:
     # of durations 19 (the 2 us counted twice) and 18
     assert (got["span_us"], got["busy_us"], got["sum_us"]) == (20, 17.5, 18.5)
     assert got["started_early"] == 0.5  # median of 1 and 0
-    assert got["kernels"]["a"] == {"count_per_call": 1.0, "mean_us": 10.0}
+    assert got["kernels"]["a"] == {"count_per_call": 1.0, "mean_us": 10.0, "step_us": 0.0}
     assert got["kernels"]["copy"]["mean_us"] == 4.5
+    # ends 10, 12, 20 and 110, 115, 120: b's steps 2 and 5, the copy's 8 and 5
+    assert (got["kernels"]["b"]["step_us"], got["kernels"]["copy"]["step_us"]) == (3.5, 6.5)
     assert list(got["kernels"]) == ["a", "copy", "b"]  # by total time
 
 

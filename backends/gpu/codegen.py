@@ -79,10 +79,10 @@ DECODE_PREFETCH = os.environ.get("GIMLET_GPU_PREFETCH", "1") == "1"
 # a decode GEMV after a layer norm loads the norm's weight and bias for its first chunks
 # into registers before its wait (more registers: 74 instead of 61 for GPT-2's qkv)
 NORM_EARLY = os.environ.get("GIMLET_GPU_NORM_EARLY", "1") == "1"
-# decode attention's split kernel combines a batch block's chunks in its last block to
-# finish (a ticket a batch block, Ctx::tickets) instead of a kernel of its own; "0" keeps
-# attention_combine
-ATTN_FOLD = os.environ.get("GIMLET_GPU_ATTN_FOLD", "1") == "1"
+# a decode GEMV's warp takes several columns (up to 4) until its lanes hold this many
+# 16-byte loads, with one layer norm and one load of x for them all: fewer, larger
+# blocks; 0 (the default) keeps a column a warp
+GEMV_WARP_LOADS = int(os.environ.get("GIMLET_GPU_GEMV_WARP_LOADS", "0"))
 CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
 # "1": chain kernels print, for blocks 0 and last, each phase's cycles up to its barrier,
 # after it, and to arrive at the next (gml::run_phase); a diagnosis, not for use
@@ -189,6 +189,12 @@ def _gemv_loads(k: int, ct: str) -> int:
         return 8
     step = 32 * (16 // (2 if ct in HALF else 4))  # a warp's elements per 16-byte load a lane
     return min(16, max(1, -(-k // step)))
+
+
+def _gemv_columns(u: int) -> int:
+    """gml::gemv_nt's C: columns a warp, so that its lanes hold GEMV_WARP_LOADS loads
+    (at most 4 columns; 1 where that is off)."""
+    return min(4, max(1, GEMV_WARP_LOADS // u))
 
 
 def _phase(body: str, runs: str, blocks: str, args: Sequence[str]) -> str:
@@ -1098,16 +1104,15 @@ class _Lowering:
         signature = (
             f"int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}"
         )
-        early = (
-            ""
-            if DECODE_PREFETCH and NORM_EARLY
-            else f", {str(DECODE_PREFETCH).lower()}, {str(NORM_EARLY).lower()}"
-        )
+        in_flight = _gemv_loads(shape_of(a.type)[-1], ct)
+        cols = _gemv_columns(in_flight)
+        flags = ", ".join(str(f).lower() for f in (DECODE_PREFETCH, NORM_EARLY))
+        early = "" if DECODE_PREFETCH and NORM_EARLY and cols == 1 else f", {flags}, {cols}"
         device = [
             "template <int M, class S>",
             f"GML_D void KERNEL_body(S& sync, int64_t block, int64_t stride, int64_t, {signature}) {{",
             f"  struct Operands {{ {' '.join(fields)} }};  // what the epilogue loads",
-            f"  gml::gemv_nt<{ct}, M, {_gemv_loads(shape_of(a.type)[-1], ct)}{early}>(sync, block, stride, n, k, x, w, [&](int64_t col) {{",
+            f"  gml::gemv_nt<{ct}, M, {in_flight}{early}>(sync, block, stride, n, k, x, w, [&](int64_t col) {{",
             "    Operands o;",
             *(
                 ["#pragma unroll", "    for (int r = 0; r < M; ++r) {"]
@@ -1146,7 +1151,7 @@ class _Lowering:
         first = len(self.body)
         self.emit(f"if ({M} <= 4) {{  // decode: a few rows against a weight read once")
         self.emit(
-            f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS);  // a warp a column"
+            f"  const unsigned g = unsigned(({N} + {cols} * gml::GEMV_COLS - 1) / ({cols} * gml::GEMV_COLS));  // a warp {cols} column(s)"
         )
         # the row counts some bucket has: a multiple of the rows' static factor (GPT's 512
         # tokens of a dynamic batch: none of 1..4, no GEMV instantiated), the one count of
@@ -1464,11 +1469,6 @@ class _Lowering:
             cached = self.slot(self._cache_rows_early(op))
             split_args = [M, chunk, qp, kp, vp, part_ptr, alpha, bias]
             combine_args = [chunks, M, DV, part_ptr, yp]
-            # the split kernel's last block a batch block combines its chunks, where the
-            # runtime has tickets (not in a chain, whose phases are the two kernels')
-            fold = ATTN_FOLD and not CHAIN
-            tickets = f"gml::attention_tickets(ctx, {B}, {chunks})" if fold else "nullptr"
-            self.emit(f"  unsigned* tickets = {tickets};")
             # every template argument named (a function pointer deduces none)
             self.emit(
                 "  "
@@ -1476,11 +1476,11 @@ class _Lowering:
                     f"gml::attention_decode_split<{ct}, {d}, {dv}, {bias_t}>",
                     f"dim3(unsigned({B}), unsigned({chunks}))",
                     "gml::ATTN_SPLIT_THREADS",
-                    [*split_args, f"P[{cached}] != 0", "tickets", yp],
+                    [*split_args, f"P[{cached}] != 0"],
                 )
             )
             self.emit(
-                "  if (!tickets) "
+                "  "
                 + _launch(
                     f"gml::attention_combine<{ct}>",
                     f"unsigned({B})",

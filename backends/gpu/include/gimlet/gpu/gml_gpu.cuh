@@ -76,10 +76,6 @@ struct Ctx {
   // A word of device memory for a persistent chain's grid barrier (gml::launch_chain),
   // zeroed once. Null where the runtime has none: then each kernel runs on its own.
   unsigned* barrier;
-  // ATTN_TICKETS words, zeroed once, each left zero by whoever counts on it: decode
-  // attention's blocks count the chunks done here (attention_tickets). Null where the
-  // runtime has none: then the chunks are combined by a kernel of their own.
-  unsigned* tickets;
 };
 
 // ---------------------------------------------------------------- 16-bit floats
@@ -1066,6 +1062,29 @@ GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k
   }
 }
 
+// acc[c][r] += the 16 bytes wv[c][u] of column c's weights . x[r, j .. j + 16 / sizeof(T))
+// for C columns, x's chunk loaded (and normalized) once for them all; PRE: chunk p of
+// what rows.early() loaded before the wait
+template <class T, bool PRE, int M, int C, int U, class X, class E>
+GML_D void gemv_chunk_cols(float (&acc)[C][M], const uint4 (&wv)[C][U], int u, const X& rows,
+                           int64_t k, int64_t j, const E& early, int p) {
+  constexpr int V = 16 / sizeof(T);
+#pragma unroll
+  for (int r = 0; r < M; ++r) {
+    float xv[V];
+    if constexpr (PRE)
+      rows.chunk(r, k, j, xv, early, p);
+    else
+      rows.chunk(r, k, j, xv);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const T* wt = reinterpret_cast<const T*>(&wv[c][u]);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[c][r] += float(load(&wt[e])) * xv[e];
+    }
+  }
+}
+
 // acc[r] += column wr . x[r, :] a lane's elements at a time (k not a multiple of 16 bytes)
 template <class T, int M, class X>
 GML_D void gemv_column_unaligned(float (&acc)[M], const T* wr, const X& rows, int64_t k) {
@@ -1154,7 +1173,7 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
 // latency fewer on the kernel's critical path). Codegen makes U a column's loads where k
 // is static (up to 16: GPT-2's fc2, k = 3072, in one batch instead of two). In a chain
 // (S::PERSISTENT), gemv_nt_columns.
-template <class T, int M, int U = 8, bool EARLY = true, bool EARLY_NORM = EARLY, class S,
+template <class T, int M, int U = 8, bool EARLY = true, bool EARLY_NORM = EARLY, int C = 1, class S,
           class X, class O, class F>
 GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
                    const T* __restrict__ w, O&& operands, F&& epilogue) {
@@ -1162,26 +1181,31 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
   if constexpr (S::PERSISTENT) {
     gemv_nt_columns<T, M>(sync, block, stride, n, k, rows, w, operands, epilogue);
   } else {
-    const int64_t col = block * GEMV_COLS + threadIdx.x / GML_WARP;
+    // this warp's columns: col0 .. col0 + C - 1, those below n
+    const int64_t col0 = (block * GEMV_COLS + threadIdx.x / GML_WARP) * C;
     const int lane = threadIdx.x % GML_WARP;
-    float acc[M];
+    float acc[C][M];
 #pragma unroll
-    for (int r = 0; r < M; ++r) acc[r] = 0.f;
-    if (col >= n) {
+    for (int c = 0; c < C; ++c)
+#pragma unroll
+      for (int r = 0; r < M; ++r) acc[c][r] = 0.f;
+    if (col0 >= n) {
       sync.wait();
       return;
     }
-    const T* wr = w + col * k;
     constexpr int V = 16 / sizeof(T);
-    decltype(operands(col)) ops{};
+    decltype(operands(col0)) ops[C]{};
     if (k % V == 0) {
       constexpr int64_t STEP = int64_t(GML_WARP) * V;
-      uint4 wv[U];
+      uint4 wv[C][U];
       int64_t j0 = int64_t(lane) * V;
       auto fetch = [&]() {
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (j0 + u * STEP < k) wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
+        for (int c = 0; c < C; ++c)
+#pragma unroll
+          for (int u = 0; u < U; ++u)
+            if (col0 + c < n && j0 + u * STEP < k)
+              wv[c][u] = *reinterpret_cast<const uint4*>(w + (col0 + c) * k + j0 + u * STEP);
       };
       fetch();
       // the rows' own weights (a layer norm's) for the first E chunks, in registers
@@ -1189,31 +1213,42 @@ GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k,
       typename X::template Early<E> pre{};
       if constexpr (EARLY_NORM) pre = rows.template early<E>(k);
       sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
-      if (EARLY && lane == 0) ops = operands(col);
+      if (EARLY && lane == 0) {
+#pragma unroll
+        for (int c = 0; c < C; ++c)
+          if (col0 + c < n) ops[c] = operands(col0 + c);
+      }
       rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
       // the first batch (U a column's loads where k is static: the only one), then the rest
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (j0 + u * STEP >= k) continue;
         if (EARLY_NORM && u < E)
-          gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP, pre, u < E ? u : 0);
+          gemv_chunk_cols<T, true>(acc, wv, u, rows, k, j0 + u * STEP, pre, u < E ? u : 0);
         else
-          gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
+          gemv_chunk_cols<T, false>(acc, wv, u, rows, k, j0 + u * STEP, pre, 0);
       }
       for (j0 += U * STEP; j0 < k; j0 += U * STEP) {
         fetch();
 #pragma unroll
         for (int u = 0; u < U; ++u)
-          if (j0 + u * STEP < k) gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
+          if (j0 + u * STEP < k)
+            gemv_chunk_cols<T, false>(acc, wv, u, rows, k, j0 + u * STEP, pre, 0);
       }
     } else {
       sync.wait();
       rows.template prepare<M>(k);
-      gemv_column_unaligned<T>(acc, wr, rows, k);
+#pragma unroll
+      for (int c = 0; c < C; ++c)
+        if (col0 + c < n) gemv_column_unaligned<T>(acc[c], w + (col0 + c) * k, rows, k);
     }
 #pragma unroll
-    for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
-    if (lane == 0) epilogue(col, acc, EARLY && k % V == 0 ? ops : operands(col));
+    for (int c = 0; c < C; ++c) {
+      if (col0 + c >= n) break;
+#pragma unroll
+      for (int r = 0; r < M; ++r) acc[c][r] = warp_sum(acc[c][r]);
+      if (lane == 0) epilogue(col0 + c, acc[c], EARLY && k % V == 0 ? ops[c] : operands(col0 + c));
+    }
   }
 }
 
@@ -1257,80 +1292,14 @@ GML_D const T* piece_row(const Pieces<T, 2>& kv, int64_t b, int64_t j, int64_t w
 // issued before the arithmetic that waits for them.
 constexpr int ATTN_SPLIT_THREADS = 128;  // 4 warps: a chunk is at most 256 keys
 constexpr int ATTN_CHUNK_MAX = 256;
-constexpr int ATTN_TICKETS = 4096;  // Ctx::tickets: batch blocks a folded combine can count
-
-// The combine of block b's chunks, folded into the split kernel (the last of b's blocks
-// to finish combines them, attention_decode_split_block), where the runtime has tickets,
-// the batch blocks have one each and the chunks' weights fit the split's shared scores;
-// else null: attention_combine then runs as a kernel of its own.
-inline unsigned* attention_tickets(const Ctx* ctx, int64_t blocks, int64_t chunks) {
-  return ctx->tickets && blocks <= ATTN_TICKETS && chunks <= ATTN_CHUNK_MAX ? ctx->tickets
-                                                                            : nullptr;
-}
-
-// a float another block of this kernel wrote (after a fence and a ticket): from L2, never
-// from a line this SM's L1 may hold from before
-GML_D float load_coherent(const float* p) {
-#ifdef GML_HIP
-  return *static_cast<const volatile float*>(p);
-#else
-  return __ldcg(p);
-#endif
-}
-
-// y[row, :] for rows < m from `chunks` partials ([chunk][row][dv + 2], `stride` floats a
-// chunk): each rescaled by exp(max_c - max), summed, divided by the rescaled sum (NaN
-// where every score of the row is -inf, as softmax). Warp r finds row r's weights (lanes
-// over chunks, loads side by side) into w (m * chunks floats of shared memory), then the
-// block's THREADS threads sum the chunks' columns with them. COHERENT: the partials come
-// from other blocks of the same kernel (load_coherent).
-template <class T, int THREADS, bool COHERENT>
-GML_D void attention_combine_rows(int64_t chunks, int64_t m, int64_t dv,
-                                  const float* __restrict__ part, T* __restrict__ y, float* w) {
-  auto ld = [](const float* p) { return COHERENT ? load_coherent(p) : *p; };
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int64_t width = dv + 2, stride = m * width;
-  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
-  for (int64_t r = warp; r < m; r += THREADS / GML_WARP) {
-    float mx = ninf;
-    for (int64_t c = lane; c < chunks; c += GML_WARP)
-      mx = maxnan(ld(part + c * stride + r * width + dv), mx);
-    mx = warp_max(mx);
-    float total = 0.f;
-    for (int64_t c = lane; c < chunks; c += GML_WARP) {
-      const float* pc = part + c * stride + r * width;
-      const float pm = ld(pc + dv);
-      const float e = mx == ninf || pm == ninf ? 0.f : expf(pm - mx);
-      w[r * chunks + c] = e;
-      total += e * ld(pc + dv + 1);
-    }
-    total = warp_sum(total);
-    const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
-    for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
-  }
-  __syncthreads();
-  for (int64_t rc = threadIdx.x; rc < m * dv; rc += THREADS) {
-    const int64_t r = rc / dv, col = rc % dv;
-    const float* pc = part + r * width + col;
-    float acc = 0.f;
-#pragma unroll 8
-    for (int64_t c = 0; c < chunks; ++c) acc += w[r * chunks + c] * ld(pc + c * stride);
-    store(y + rc, acc);
-  }
-}
-
-// One block's work (batch block b, chunk c of `chunks`), for a block of THREADS threads.
 // cached: k and v's first pieces (the KV cache) are the segment's inputs, which nothing in
 // it writes, so their rows are loaded before sync.wait() (under PDL, while the kernels
-// before still run); the step's new entry, after. tickets (attention_tickets): the last
-// of the batch block's chunks to finish combines them into y.
+// before still run); the step's new entry, after.
 template <class T, int D, int DV, class Bias, int THREADS, class S>
 GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t chunks, int64_t m,
                                         int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
                                         Pieces<T, 2> v, float* __restrict__ part, float scale,
-                                        Bias bias, bool cached = false,
-                                        unsigned* __restrict__ tickets = nullptr,
-                                        T* __restrict__ y = nullptr) {
+                                        Bias bias, bool cached = false) {
   constexpr int WARPS = THREADS / GML_WARP;
   constexpr int V = 16 / sizeof(T), PIECES = (D + V - 1) / V;  // 16-byte loads of a K row
   constexpr int CPL = (DV + GML_WARP - 1) / GML_WARP;          // V columns per lane
@@ -1465,19 +1434,6 @@ GML_D void attention_decode_split_block(S& sync, int64_t b, int64_t c, int64_t c
     for (int w = 0; w < WARPS; ++w) t += partial[w][rc];
     part[(rc / DV) * width + rc % DV] = t;
   }
-  if (tickets == nullptr) return;
-  // the last of batch block b's chunks to finish combines them (CUDA's threadfence
-  // reduction): every block's partials are visible before it takes its ticket
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(tickets + b, 1u) == unsigned(chunks - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  attention_combine_rows<T, THREADS, true>(chunks, m, DV, part - c * m * width, y + b * m * DV,
-                                           &s[0][0]);
-  if (threadIdx.x == 0) tickets[b] = 0;  // for the next launch (which waits for this one)
 }
 
 // Blocks block, block + stride, ... below `blocks` (a kernel's one; a chain's share)
@@ -1498,15 +1454,16 @@ template <class T, int D, int DV, class Bias>
 __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
     attention_decode_split(int64_t m, int64_t chunk, const T* __restrict__ q, Pieces<T, 2> k,
                            Pieces<T, 2> v, float* __restrict__ part, float scale, Bias bias,
-                           bool cached, unsigned* __restrict__ tickets, T* __restrict__ y) {
+                           bool cached) {
   Pdl sync;
   attention_decode_split_block<T, D, DV, Bias, ATTN_SPLIT_THREADS>(
-      sync, blockIdx.x, blockIdx.y, gridDim.y, m, chunk, q, k, v, part, scale, bias, cached,
-      tickets, y);
+      sync, blockIdx.x, blockIdx.y, gridDim.y, m, chunk, q, k, v, part, scale, bias, cached);
 }
 
-// y[b, row, :] from the chunks' partials (attention_combine_rows), one block per batch
-// block: where the split kernel does not combine them itself.
+// y[b, row, :] from the chunks' partials: each rescaled by exp(max_c - max), summed,
+// divided by the rescaled sum (NaN where every score of the row is -inf, as softmax).
+// One block per batch block: warp r finds row r's weights (lanes over chunks, loads side
+// by side), then the threads sum the chunks' columns with those weights.
 constexpr int ATTN_COMBINE_THREADS = 256;
 constexpr int ATTN_MAX_CHUNKS = 512;  // 8 rows x 512 chunks of weights in shared memory
 
@@ -1516,8 +1473,36 @@ GML_D void attention_combine_block(S& sync, int64_t blk, int64_t chunks, int64_t
   __shared__ float w[8 * ATTN_MAX_CHUNKS];
   sync.trigger();
   sync.wait();  // the partials are the split kernel's
-  attention_combine_rows<T, ATTN_COMBINE_THREADS, false>(
-      chunks, m, dv, part + blk * chunks * m * (dv + 2), y + blk * m * dv, w);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t width = dv + 2, stride = m * width;
+  const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
+  part += blk * chunks * stride;
+  y += blk * m * dv;
+  for (int64_t r = warp; r < m; r += ATTN_COMBINE_THREADS / GML_WARP) {
+    float mx = ninf;
+    for (int64_t c = lane; c < chunks; c += GML_WARP)
+      mx = maxnan(part[c * stride + r * width + dv], mx);
+    mx = warp_max(mx);
+    float total = 0.f;
+    for (int64_t c = lane; c < chunks; c += GML_WARP) {
+      const float* pc = part + c * stride + r * width;
+      const float e = mx == ninf || pc[dv] == ninf ? 0.f : expf(pc[dv] - mx);
+      w[r * chunks + c] = e;
+      total += e * pc[dv + 1];
+    }
+    total = warp_sum(total);
+    const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t c = lane; c < chunks; c += GML_WARP) w[r * chunks + c] *= inv;
+  }
+  __syncthreads();
+  for (int64_t rc = threadIdx.x; rc < m * dv; rc += blockDim.x) {
+    const int64_t r = rc / dv, col = rc % dv;
+    const float* pc = part + r * width + col;
+    float acc = 0.f;
+#pragma unroll 8
+    for (int64_t c = 0; c < chunks; ++c) acc += w[r * chunks + c] * pc[c * stride];
+    store(y + rc, acc);
+  }
 }
 template <class T, class S>
 GML_D void attention_combine_body(S& sync, int64_t block, int64_t stride, int64_t blocks,
