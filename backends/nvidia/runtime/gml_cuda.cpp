@@ -29,9 +29,7 @@ struct Program {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
-  // zeroed device words: [0] a persistent chain's grid barrier (gml::ChainSync), then
-  // gml::ATTN_TICKETS for decode attention's combine (Ctx::tickets)
-  unsigned* words = nullptr;
+  unsigned* barrier = nullptr;  // a persistent chain's grid barrier (gml::ChainSync)
   gml::Ctx ctx{};
   bool graphs = true;
   char error[512] = {0};
@@ -43,8 +41,7 @@ struct Bucket {
   cudaGraphExec_t exec = nullptr;
 };
 
-constexpr size_t kWorkspace = 32u << 20;          // cuBLAS's recommended size on Hopper
-constexpr size_t kWords = 1 + gml::ATTN_TICKETS;  // Program::words
+constexpr size_t kWorkspace = 32u << 20;  // cuBLAS's recommended size on Hopper
 
 cudaDataType_t cuda_type(gml::DType t) {
   switch (t) {
@@ -147,8 +144,8 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
       cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
       cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
-      cudaMalloc(&p->words, kWords * sizeof(unsigned)) != cudaSuccess ||
-      cudaMemset(p->words, 0, kWords * sizeof(unsigned)) != cudaSuccess ||
+      cudaMalloc(&p->barrier, sizeof(unsigned)) != cudaSuccess ||
+      cudaMemset(p->barrier, 0, sizeof(unsigned)) != cudaSuccess ||
       cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
       cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
       // default math: tensor cores for 16-bit operands; FP32 stays FP32 (TF32 is opt-in).
@@ -159,8 +156,7 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
   }
   p->ctx.gemm = gemm;
   p->ctx.gemm_epilogue = gemm_epilogue;
-  p->ctx.barrier = p->words;
-  p->ctx.tickets = p->words + 1;
+  p->ctx.barrier = p->barrier;
   p->ctx.state = p;
   return p;
 }
@@ -172,7 +168,7 @@ void gml_cuda_destroy(void* program) {
   cublasDestroy(p->blas);
   if (p->lt) cublasLtDestroy(p->lt);
   cudaFree(p->workspace);
-  cudaFree(p->words);
+  cudaFree(p->barrier);
   cudaEventDestroy(p->ready);
   cudaEventDestroy(p->done);
   cudaStreamDestroy(p->stream);
