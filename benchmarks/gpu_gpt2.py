@@ -89,10 +89,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet-late-no-pdl": {"DECODE_PREFETCH": False, "NORM_EARLY": False, "PDL": False},
     "gimlet-norm-late": {"NORM_EARLY": False},
     "gimlet-attn132": {"DECODE_TARGET_BLOCKS": 132},  # half the split's blocks
-    # a GEMV's warp over 2 (4) columns of k = 768 (6 or 12 loads a lane): half (a quarter)
-    # the blocks, one layer norm for them all
-    "gimlet-wl6": {"GEMV_WARP_LOADS": 6},
-    "gimlet-wl12": {"GEMV_WARP_LOADS": 12},
+    "gimlet-no-split": {"GEMV_SPLIT": False},  # fc2 and proj a warp a column
 }
 
 

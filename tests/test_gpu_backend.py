@@ -918,10 +918,13 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
 def test_a_gemv_lane_keeps_a_columns_loads_in_flight(monkeypatch: Any) -> None:
     """gml::gemv_nt's U (16-byte loads a lane in flight before any arithmetic) is a
     column's where k is static, up to 16: GPT-2's fc2 (k 3072, f16) one batch of 12, its
-    k 768 GEMVs 3; 8 where k is dynamic or GIMLET_GPU_GEMV_LOADS=0."""
+    k 768 GEMVs 3; 8 where k is dynamic or GIMLET_GPU_GEMV_LOADS=0; a warp's share where
+    S warps take a column (fc2 over 4 warps: 3). The split itself: test_gpu_decode_early."""
     from gimlet.backends.gpu import codegen as cg
 
+    monkeypatch.setattr(cg, "GEMV_SPLIT", False)
     assert cg._gemv_loads(3072, "gml::f16") == 12 and cg._gemv_loads(768, "gml::bf16") == 3
+    assert cg._gemv_loads(3072, "gml::f16", 4) == 3
     assert cg._gemv_loads(16384, "gml::f16") == 16  # at most 16
     assert cg._gemv_loads(16, "float") == 1 and cg._gemv_loads(-1, "gml::f16") == 8
     src = lower(main_func(_decode_case(40)[0])).source  # f32, d 64, fc 256

@@ -118,12 +118,13 @@ def test_decode_attention_equals_the_interpreter_whenever_the_cache_is_read(
 
 
 class NormLinear(nn.Module):
-    """A layer norm into a Linear whose 37 columns are no multiple of a warp's 4."""
+    """A layer norm into a Linear of 37 columns (a block of 8 warps: no multiple of its
+    columns at any split) and a residual."""
 
-    def __init__(self) -> None:
+    def __init__(self, k: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(64)
-        self.lin = nn.Linear(64, 37)
+        self.norm = nn.LayerNorm(k)
+        self.lin = nn.Linear(k, 37)
         torch.manual_seed(0)
         for p in self.parameters():
             nn.init.normal_(p, std=0.5)
@@ -132,43 +133,60 @@ class NormLinear(nn.Module):
         return self.lin(self.norm(x)) + r
 
 
-def _norm_linear(dtype: torch.dtype) -> tuple[Any, Any, list[torch.Tensor]]:
+def _norm_linear(k: int, dtype: torch.dtype) -> tuple[Any, Any, list[torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(2, 64, generator=gen).to(dtype), torch.randn(2, 37, generator=gen)]
-    inputs[1] = inputs[1].to(dtype)
-    module, weights = import_model(NormLinear().to(dtype).eval(), tuple(inputs), None)
+    inputs = [torch.randn(2, k, generator=gen), torch.randn(2, 37, generator=gen)]
+    inputs = [x.to(dtype) for x in inputs]
+    module, weights = import_model(NormLinear(k).to(dtype).eval(), tuple(inputs), None)
     run_pipeline(module, DEFAULT_PIPELINE)
     return module, weights, inputs
 
 
-@pytest.mark.parametrize(("warp_loads", "cols"), [(0, 1), (2, 2), (12, 4)])
-def test_a_gemv_warp_takes_columns_until_its_lanes_hold_warp_loads(
-    warp_loads: int, cols: int, monkeypatch: Any
+@pytest.mark.parametrize(
+    ("k", "dtype", "split", "loads"),
+    [
+        (512, torch.float32, 4, 1),  # 5 blocks a warp a column; 4 warps of 128 elements
+        (512, torch.float16, 2, 1),  # 2 warps of 256
+        (510, torch.float32, 2, 2),  # k not 16-byte chunks: part 0 takes the column
+        (64, torch.float32, 1, 1),  # under a load a lane for 2 warps
+    ],
+)
+def test_a_gemv_with_few_columns_splits_them_over_warps(
+    k: int, dtype: torch.dtype, split: int, loads: int, monkeypatch: Any
 ) -> None:
-    """k = 64 f32 is one 16-byte load a lane: GEMV_WARP_LOADS 2 gives a warp 2 columns,
-    12 the most, 4; the grid shrinks by as much."""
-    monkeypatch.setattr(cg, "GEMV_WARP_LOADS", warp_loads)
-    src = lower(main_func(_norm_linear(torch.float32)[0])).source
-    tail = "" if cols == 1 else f", true, true, {cols}"
-    assert f"gml::gemv_nt<float, M, 1{tail}>(" in src
-    assert f"+ {cols} * gml::GEMV_COLS - 1) / ({cols} * gml::GEMV_COLS));" in src
+    """37 columns a warp each fill 5 blocks: each column's k is split over warps while
+    every warp keeps a 16-byte load a lane, and the grid grows by as much; with
+    GEMV_SPLIT off a warp takes a column."""
+    ct = "float" if dtype == torch.float32 else "gml::f16"
+    src = lower(main_func(_norm_linear(k, dtype)[0])).source
+    tail = "" if split == 1 else f", true, true, {split}"
+    assert f"gml::gemv_nt<{ct}, M, {loads}{tail}>(" in src
+    assert f"+ gml::GEMV_COLS / {split} - 1) / (gml::GEMV_COLS / {split}));" in src
+    monkeypatch.setattr(cg, "GEMV_SPLIT", False)
+    assert (
+        "+ gml::GEMV_COLS / 1 - 1) / (gml::GEMV_COLS / 1));"
+        in lower(main_func(_norm_linear(k, dtype)[0])).source
+    )
 
 
 @needs_gpu
-@pytest.mark.parametrize("warp_loads", [0, 2, 12])
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.float16, 1e-2)])
-def test_columns_a_warp_equal_the_interpreter(
-    warp_loads: int, dtype: torch.dtype, tol: float, monkeypatch: Any, tmp_path: Any
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize(
+    ("k", "dtype", "tol"),
+    [(512, torch.float32, 1e-4), (510, torch.float32, 1e-4), (512, torch.float16, 1e-2)],
+)
+def test_split_columns_equal_the_interpreter(
+    split: bool, k: int, dtype: torch.dtype, tol: float, monkeypatch: Any, tmp_path: Any
 ) -> None:
-    """1, 2 or 4 columns a warp over 37 (the last warp's partly past the end), a layer
-    norm in the GEMV and a residual in its epilogue, at 2 rows: the interpreter's values
-    (f32 rtol 1e-4, f16 1e-2)."""
+    """Columns split over 4 or 2 warps (or not), the last block's warps partly past the
+    37 columns, a layer norm in the GEMV and a residual in its epilogue, at 2 rows: the
+    interpreter's values (f32 rtol 1e-4, f16 1e-2)."""
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 
     monkeypatch.setenv("GIMLET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cg, "GEMV_WARP_LOADS", warp_loads)
-    module, weights, inputs = _norm_linear(dtype)
+    monkeypatch.setattr(cg, "GEMV_SPLIT", split)
+    module, weights, inputs = _norm_linear(k, dtype)
     low = lower(main_func(module))
     assert "gml::gemv_nt<" in low.source
     f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)

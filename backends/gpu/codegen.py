@@ -79,10 +79,9 @@ DECODE_PREFETCH = os.environ.get("GIMLET_GPU_PREFETCH", "1") == "1"
 # a decode GEMV after a layer norm loads the norm's weight and bias for its first chunks
 # into registers before its wait (more registers: 74 instead of 61 for GPT-2's qkv)
 NORM_EARLY = os.environ.get("GIMLET_GPU_NORM_EARLY", "1") == "1"
-# a decode GEMV's warp takes several columns (up to 4) until its lanes hold this many
-# 16-byte loads, with one layer norm and one load of x for them all: fewer, larger
-# blocks; 0 (the default) keeps a column a warp
-GEMV_WARP_LOADS = int(os.environ.get("GIMLET_GPU_GEMV_WARP_LOADS", "0"))
+# a decode GEMV with too few columns to fill the GPU a warp each (GPT-2's fc2 and proj)
+# splits each column's k over 2-8 warps of a block (_gemv_split); "0": a warp a column
+GEMV_SPLIT = os.environ.get("GIMLET_GPU_GEMV_SPLIT", "1") == "1"
 CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
 # "1": chain kernels print, for blocks 0 and last, each phase's cycles up to its barrier,
 # after it, and to arrive at the next (gml::run_phase); a diagnosis, not for use
@@ -183,18 +182,27 @@ def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
     return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
 
 
-def _gemv_loads(k: int, ct: str) -> int:
-    """gml::gemv_nt's U: 16-byte loads a lane in flight, a column's where k is static."""
+def _gemv_loads(k: int, ct: str, split: int = 1) -> int:
+    """gml::gemv_nt's U: 16-byte loads a lane in flight, its share of a column's (split
+    warps a column) where k is static."""
     if not GEMV_LOADS_PER_COLUMN or k <= 0:
         return 8
-    step = 32 * (16 // (2 if ct in HALF else 4))  # a warp's elements per 16-byte load a lane
+    step = 32 * split * (16 // (2 if ct in HALF else 4))  # elements a load of the warps
     return min(16, max(1, -(-k // step)))
 
 
-def _gemv_columns(u: int) -> int:
-    """gml::gemv_nt's C: columns a warp, so that its lanes hold GEMV_WARP_LOADS loads
-    (at most 4 columns; 1 where that is off)."""
-    return min(4, max(1, GEMV_WARP_LOADS // u))
+def _gemv_split(n: int, k: int, ct: str) -> int:
+    """gml::gemv_nt's S: warps a column (1, 2, 4 or 8), doubled while a warp a column
+    leaves fewer than DECODE_TARGET_BLOCKS blocks (GPT-2's fc2: 768 columns are 96
+    blocks of 8 warps, on 96 of 132 SMs) and each warp keeps at least a load a lane.
+    1 where n or k is dynamic, or GEMV_SPLIT is off."""
+    step = 32 * (16 // (2 if ct in HALF else 4))
+    s = 1
+    while GEMV_SPLIT and n > 0 and k > 0 and s < 8:
+        if -(-n * s // 8) >= DECODE_TARGET_BLOCKS or k < 2 * s * step:
+            break
+        s *= 2
+    return s
 
 
 def _phase(body: str, runs: str, blocks: str, args: Sequence[str]) -> str:
@@ -1104,10 +1112,10 @@ class _Lowering:
         signature = (
             f"int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}"
         )
-        in_flight = _gemv_loads(shape_of(a.type)[-1], ct)
-        cols = _gemv_columns(in_flight)
+        split = _gemv_split(n_static, shape_of(a.type)[-1], ct)
+        in_flight = _gemv_loads(shape_of(a.type)[-1], ct, split)
         flags = ", ".join(str(f).lower() for f in (DECODE_PREFETCH, NORM_EARLY))
-        early = "" if DECODE_PREFETCH and NORM_EARLY and cols == 1 else f", {flags}, {cols}"
+        early = "" if DECODE_PREFETCH and NORM_EARLY and split == 1 else f", {flags}, {split}"
         device = [
             "template <int M, class S>",
             f"GML_D void KERNEL_body(S& sync, int64_t block, int64_t stride, int64_t, {signature}) {{",
@@ -1151,7 +1159,7 @@ class _Lowering:
         first = len(self.body)
         self.emit(f"if ({M} <= 4) {{  // decode: a few rows against a weight read once")
         self.emit(
-            f"  const unsigned g = unsigned(({N} + {cols} * gml::GEMV_COLS - 1) / ({cols} * gml::GEMV_COLS));  // a warp {cols} column(s)"
+            f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS / {split} - 1) / (gml::GEMV_COLS / {split}));  // {split} warp(s) a column"
         )
         # the row counts some bucket has: a multiple of the rows' static factor (GPT's 512
         # tokens of a dynamic batch: none of 1..4, no GEMV instantiated), the one count of

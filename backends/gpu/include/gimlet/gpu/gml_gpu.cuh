@@ -911,7 +911,7 @@ struct Rows {
   template <int E>
   struct Early {};  // nothing to load before the wait
   template <int E>
-  GML_D Early<E> early(int64_t) const {
+  GML_D Early<E> early(int64_t, int64_t, int64_t) const {
     return {};
   }
   template <int M>
@@ -936,7 +936,8 @@ struct LnRows {
   const T* __restrict__ b;
   float eps;
   float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
-  // The norm's weight and bias at this lane's first E chunks of 16 bytes, loaded before
+  // The norm's weight and bias at the lane's first E chunks of 16 bytes (j0, j0 + step,
+  // ...), loaded before
   // the wait (weights: nothing in the segment writes them), so that normalizing x waits
   // on no load of its own. (prefetch.global.L1 instead made these kernels 2.4x slower
   // on the H200: benchmarks/results/gpu_gpt2_runT.md.)
@@ -945,13 +946,11 @@ struct LnRows {
     uint4 g[E], b[E];
   };
   template <int E>
-  GML_D Early<E> early(int64_t k) const {
-    constexpr int64_t V = 16 / sizeof(T), STEP = int64_t(GML_WARP) * V;
-    const int64_t j0 = int64_t(threadIdx.x % GML_WARP) * V;
+  GML_D Early<E> early(int64_t k, int64_t j0, int64_t step) const {
     Early<E> e{};
 #pragma unroll
     for (int u = 0; u < E; ++u) {
-      const int64_t j = j0 + u * STEP;
+      const int64_t j = j0 + u * step;
       if (j < k && g) e.g[u] = *reinterpret_cast<const uint4*>(g + j);
       if (j < k && b) e.b[u] = *reinterpret_cast<const uint4*>(b + j);
     }
@@ -1062,29 +1061,6 @@ GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k
   }
 }
 
-// acc[c][r] += the 16 bytes wv[c][u] of column c's weights . x[r, j .. j + 16 / sizeof(T))
-// for C columns, x's chunk loaded (and normalized) once for them all; PRE: chunk p of
-// what rows.early() loaded before the wait
-template <class T, bool PRE, int M, int C, int U, class X, class E>
-GML_D void gemv_chunk_cols(float (&acc)[C][M], const uint4 (&wv)[C][U], int u, const X& rows,
-                           int64_t k, int64_t j, const E& early, int p) {
-  constexpr int V = 16 / sizeof(T);
-#pragma unroll
-  for (int r = 0; r < M; ++r) {
-    float xv[V];
-    if constexpr (PRE)
-      rows.chunk(r, k, j, xv, early, p);
-    else
-      rows.chunk(r, k, j, xv);
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-      const T* wt = reinterpret_cast<const T*>(&wv[c][u]);
-#pragma unroll
-      for (int e = 0; e < V; ++e) acc[c][r] += float(load(&wt[e])) * xv[e];
-    }
-  }
-}
-
 // acc[r] += column wr . x[r, :] a lane's elements at a time (k not a multiple of 16 bytes)
 template <class T, int M, class X>
 GML_D void gemv_column_unaligned(float (&acc)[M], const T* wr, const X& rows, int64_t k) {
@@ -1173,82 +1149,84 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
 // latency fewer on the kernel's critical path). Codegen makes U a column's loads where k
 // is static (up to 16: GPT-2's fc2, k = 3072, in one batch instead of two). In a chain
 // (S::PERSISTENT), gemv_nt_columns.
-template <class T, int M, int U = 8, bool EARLY = true, bool EARLY_NORM = EARLY, int C = 1, class S,
-          class X, class O, class F>
-GML_D void gemv_nt(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
+template <class T, int M, int U = 8, bool EARLY = true, bool EARLY_NORM = EARLY, int S = 1,
+          class Sync, class X, class O, class F>
+GML_D void gemv_nt(Sync& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
                    const T* __restrict__ w, O&& operands, F&& epilogue) {
   sync.trigger();  // the next kernel may start: it only streams its own weight until we end
-  if constexpr (S::PERSISTENT) {
+  if constexpr (Sync::PERSISTENT) {
     gemv_nt_columns<T, M>(sync, block, stride, n, k, rows, w, operands, epilogue);
   } else {
-    // this warp's columns: col0 .. col0 + C - 1, those below n
-    const int64_t col0 = (block * GEMV_COLS + threadIdx.x / GML_WARP) * C;
-    const int lane = threadIdx.x % GML_WARP;
-    float acc[C][M];
+    // S warps a column, split along k: warp p of a column takes its 16-byte chunks p,
+    // p + S, ... as lanes 32p.. of one warp of 32S lanes would; their sums meet in shared
+    // memory. GEMV_COLS / S columns a block.
+    static_assert(GEMV_COLS % S == 0 && M <= 4, "S divides a block's warps; at most 4 rows");
+    const int warp = threadIdx.x / GML_WARP, part = warp % S, lane = threadIdx.x % GML_WARP;
+    const int64_t col = block * (GEMV_COLS / S) + warp / S;
+    const bool live = col < n;
+    float acc[M];
 #pragma unroll
-    for (int c = 0; c < C; ++c)
-#pragma unroll
-      for (int r = 0; r < M; ++r) acc[c][r] = 0.f;
-    if (col0 >= n) {
+    for (int r = 0; r < M; ++r) acc[r] = 0.f;
+    if (S == 1 && !live) {
       sync.wait();
       return;
     }
+    const T* wr = w + col * k;
     constexpr int V = 16 / sizeof(T);
-    decltype(operands(col0)) ops[C]{};
+    decltype(operands(col)) ops{};
     if (k % V == 0) {
-      constexpr int64_t STEP = int64_t(GML_WARP) * V;
-      uint4 wv[C][U];
-      int64_t j0 = int64_t(lane) * V;
+      constexpr int64_t STEP = int64_t(GML_WARP) * V * S;
+      uint4 wv[U];
+      int64_t j0 = (int64_t(part) * GML_WARP + lane) * V;
       auto fetch = [&]() {
 #pragma unroll
-        for (int c = 0; c < C; ++c)
-#pragma unroll
-          for (int u = 0; u < U; ++u)
-            if (col0 + c < n && j0 + u * STEP < k)
-              wv[c][u] = *reinterpret_cast<const uint4*>(w + (col0 + c) * k + j0 + u * STEP);
+        for (int u = 0; u < U; ++u)
+          if (live && j0 + u * STEP < k)
+            wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
       };
       fetch();
       // the rows' own weights (a layer norm's) for the first E chunks, in registers
       constexpr int E = U < 4 ? U : 4;
       typename X::template Early<E> pre{};
-      if constexpr (EARLY_NORM) pre = rows.template early<E>(k);
+      if constexpr (EARLY_NORM) pre = rows.template early<E>(k, j0, STEP);
       sync.wait();  // x (and the epilogue's operands) are the previous kernels' results
-      if (EARLY && lane == 0) {
-#pragma unroll
-        for (int c = 0; c < C; ++c)
-          if (col0 + c < n) ops[c] = operands(col0 + c);
-      }
+      if (EARLY && live && part == 0 && lane == 0) ops = operands(col);
       rows.template prepare<M>(k);  // every lane (shuffles), while the first batch is in flight
       // the first batch (U a column's loads where k is static: the only one), then the rest
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (j0 + u * STEP >= k) continue;
+        if (!live || j0 + u * STEP >= k) continue;
         if (EARLY_NORM && u < E)
-          gemv_chunk_cols<T, true>(acc, wv, u, rows, k, j0 + u * STEP, pre, u < E ? u : 0);
+          gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP, pre, u < E ? u : 0);
         else
-          gemv_chunk_cols<T, false>(acc, wv, u, rows, k, j0 + u * STEP, pre, 0);
+          gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
       }
       for (j0 += U * STEP; j0 < k; j0 += U * STEP) {
         fetch();
 #pragma unroll
         for (int u = 0; u < U; ++u)
-          if (j0 + u * STEP < k)
-            gemv_chunk_cols<T, false>(acc, wv, u, rows, k, j0 + u * STEP, pre, 0);
+          if (live && j0 + u * STEP < k) gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
       }
     } else {
       sync.wait();
       rows.template prepare<M>(k);
-#pragma unroll
-      for (int c = 0; c < C; ++c)
-        if (col0 + c < n) gemv_column_unaligned<T>(acc[c], w + (col0 + c) * k, rows, k);
+      if (live && part == 0) gemv_column_unaligned<T>(acc, wr, rows, k);
     }
 #pragma unroll
-    for (int c = 0; c < C; ++c) {
-      if (col0 + c >= n) break;
+    for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
+    if constexpr (S > 1) {
+      __shared__ float sums[GEMV_COLS][4];
+      if (lane == 0)
 #pragma unroll
-      for (int r = 0; r < M; ++r) acc[c][r] = warp_sum(acc[c][r]);
-      if (lane == 0) epilogue(col0 + c, acc[c], EARLY && k % V == 0 ? ops[c] : operands(col0 + c));
+        for (int r = 0; r < M; ++r) sums[warp][r] = acc[r];
+      __syncthreads();
+      if (!live || part != 0) return;
+#pragma unroll
+      for (int r = 0; r < M; ++r)
+#pragma unroll
+        for (int p = 1; p < S; ++p) acc[r] += sums[warp + p][r];
     }
+    if (lane == 0) epilogue(col, acc, EARLY && k % V == 0 ? ops : operands(col));
   }
 }
 
