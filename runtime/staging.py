@@ -14,10 +14,11 @@ goes up while the last output is still being computed. GPUs copy each direction 
 own engine, so both run at once.
 
 * host -> GPU (`Staging.upload`): the value is copied into a pinned buffer (one host
-  memcpy), `cudaMemcpyAsync` runs on the upload stream into a device tensor allocated
-  there, an event is recorded after it and the consumer's (current) stream waits for
-  that event. The host does not wait; the compute stream waits only where the value is
-  used, so kernels queued before that point (another input's work) run during the copy.
+  memcpy, by the calling thread alone: `fill`), `cudaMemcpyAsync` runs on the upload
+  stream into a device tensor allocated there, an event is recorded after it and the
+  consumer's (current) stream waits for that event. The host does not wait; the compute
+  stream waits only where the value is used, so kernels queued before that point
+  (another input's work) run during the copy.
   A transfer that can land in pinned memory itself (a gloo receive) skips the memcpy
   (`receive_buffer`, then `upload_received`).
 * GPU -> host (`Staging.download`): an event recorded on the current stream after the
@@ -162,6 +163,31 @@ def _view(buf: Buffer, dtype: Any, shape: Any) -> Any:
     return buf.host[: _nbytes(dtype, shape)].view(dtype).view(shape)
 
 
+# an integer dtype of each element size: a copy of any dtype as its bits
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def fill(buf: Buffer, src: Any) -> Any:
+    """Host tensor `src` copied into the first bytes of `buf`: that tensor (`_view`).
+
+    One thread copies (numpy's copyto, which lets go of the GIL), not torch's `copy_`:
+    torch splits a CPU copy of 32768 elements or more over its intra-op thread pool and
+    returns when the last of those threads has run its share, so with the host's cores
+    oversubscribed (pytest -n 8 on the H200 machine: nvcc builds, torch on the CPU) each
+    2 MB upload of a GPU worker waited for a dozen threads to be scheduled. It then cost
+    more than the kernels it was to overlap, the worker fell behind its GPU, and no copy
+    ran beside a kernel (tests/test_staging.py's overlap test). A 2 MB copy on 2 cores
+    with 6 busy processes: torch's 16 ms median (2 threads; 0.05 ms with 1), numpy's
+    0.04 ms. The cost: a copy of tens of MB on an idle host takes one core's bandwidth."""
+    staged = _view(buf, src.dtype, src.shape)
+    bits = _BITS.get(src.element_size())
+    if bits is None:  # no integer of that size (complex128): torch's copy
+        staged.copy_(src)
+    elif src.numel():
+        np.copyto(staged.view(bits).numpy(), src.view(bits).numpy(), casting="no")
+    return staged
+
+
 def _host_tensor(value: Any) -> Any:
     """A numpy array (bf16 included) or host tensor as a host tensor, without a copy."""
     if isinstance(value, torch.Tensor):
@@ -198,8 +224,7 @@ class Staging:
         current stream may use at once (it waits for the copy there, the host does not)."""
         src = _host_tensor(value)
         buf = self.ring(key).acquire(src.numel() * src.element_size())
-        staged = _view(buf, src.dtype, src.shape)
-        staged.copy_(src)  # the one host memcpy
+        staged = fill(buf, src)  # the one host memcpy
         return self._upload(buf, staged, key, timed, label)
 
     def receive_buffer(self, key: Hashable, dtype: Any, shape: Any) -> tuple[Buffer, Any]:

@@ -2,16 +2,18 @@
 
 Here (no CUDA): the ring's bookkeeping with fake buffers and events (round robin over
 two buffers, a buffer reused only after its last copy's event, buffers the host holds
-skipped, sizes and the bound), the channels' routing (a host channel's receive for a
-GPU executor goes to the upload; a failed deferred send names its channel), the
-worker's per-channel decision, and the trace's track names.
+skipped, sizes and the bound), an upload's memcpy into its buffer (bit for bit, on
+one thread: not torch's intra-op pool), the channels' routing (a host channel's
+receive for a GPU executor goes to the upload; a failed deferred send names its
+channel), the worker's per-channel decision, and the trace's track names.
 
 On a GPU (skipped elsewhere; the lead runs them on the H200): uploads and downloads
 against the values they copy, including ring reuse and a producer still running when
 the download is issued; timed copies in host time; a bundle with a C++ part feeding a
 CUDA part and back, in one process and on workers, against torch (f32, rtol 1e-4 /
 atol 1e-5: FP32 GEMMs); and the trace of a two-input program whose second input's
-upload and first output's download can run while the other chain computes.
+upload and first output's download can run while the other chain computes (on failure
+it prints, from the trace, whether the worker was behind its GPU).
 """
 
 from __future__ import annotations
@@ -115,6 +117,41 @@ def test_ring_buffers_are_powers_of_two_grown_for_larger_messages() -> None:
     for n in (largest, 1 << 20, largest, 7):
         ring.acquire(n)
     assert ring.pinned_bytes < DEPTH * 2 * largest
+
+
+def test_the_staging_memcpy_keeps_every_bit_without_torchs_thread_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`staging.fill`, an upload's copy into its pinned buffer (a plain host tensor here):
+    every dtype a channel carries, 0-d, empty and strided sources, bit for bit, and not
+    through torch's `copy_`, which splits a copy this large over its intra-op threads
+    (with the host's cores oversubscribed each upload then cost milliseconds and the GPU
+    worker fell behind its GPU: see `fill`)."""
+
+    def torch_copy(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("torch's copy_ ran")
+
+    rng = np.random.default_rng(0)
+    cases: list[Any] = [
+        rng.standard_normal((512, 1024)).astype(np.float32),  # a 2 MB micro-batch
+        rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16),
+        rng.standard_normal((4, 3)).astype(np.float16),
+        rng.integers(0, 2, (7,)).astype(bool),
+        np.zeros((0, 4), np.float32),
+        np.float64(2.5) * np.ones(()),  # 0-d
+        torch.arange(24, dtype=torch.int64).reshape(4, 6).t(),  # a strided host tensor
+        torch.randn(6, 4).to(torch.bfloat16).t(),
+    ]
+    monkeypatch.setattr(torch.Tensor, "copy_", torch_copy)
+    for value in cases:
+        src = staging._host_tensor(value)
+        nbytes = src.numel() * src.element_size()
+        buf = staging.Buffer(torch.full((buffer_size(nbytes),), 0xAB, dtype=torch.uint8))
+        got = staging.fill(buf, src)
+        assert got.dtype == src.dtype and got.shape == src.shape and got.is_contiguous()
+        assert got.untyped_storage().data_ptr() == buf.host.data_ptr()  # in the buffer
+        assert torch.equal(got, src)
+        assert bool((buf.host[nbytes:] == 0xAB).all())  # nothing past the message written
 
 
 # -- the channels' routing, with a stand-in staging
@@ -455,14 +492,58 @@ def _overlap_ms(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(hi - lo, 0.0) / 1e3
 
 
+def _sorted(events: list[dict[str, Any]], tid: int, prefix: str) -> list[dict[str, Any]]:
+    chosen = [e for e in events if e["tid"] == tid and e["name"].startswith(prefix)]
+    return sorted(chosen, key=lambda e: e["ts"])
+
+
+def _why_no_overlap(events: list[dict[str, Any]]) -> str:
+    """What gpu0's trace says when no copy ran beside a part: per part, ms from its launch
+    (host, tid 0) to its start on the GPU (tid 4) and ms the GPU was idle before it; per
+    upload, the host's ms from its receive (tid 1) to its copy's start (tid 2). Parts that
+    start at their launch after idle GPU time: the worker was behind its GPU (nothing
+    queued for a copy to run beside). Parts queued behind GPU work with still no copy
+    beside them: something ordered the copies after compute on the GPU."""
+
+    def ms(us: float) -> float:
+        return round(us / 1e3, 3)
+
+    launches, parts = _sorted(events, 0, "seg0.part"), _sorted(events, 4, "seg0.part")
+    queued = [ms(p["ts"] - q["ts"]) for q, p in zip(launches, parts, strict=False)]
+    idle = [ms(b["ts"] - a["ts"] - a["dur"]) for a, b in zip(parts, parts[1:], strict=False)]
+    lines = [
+        f"part's GPU start - its launch (ms): {queued}",
+        f"GPU idle before each later part (ms): {idle}",
+    ]
+    for ch in ("ch0", "ch1"):
+        recvs, ups = _sorted(events, 1, f"{ch} <-"), _sorted(events, 2, f"{ch} H2D")
+        gaps = [ms(u["ts"] - r["ts"] - r["dur"]) for r, u in zip(recvs, ups, strict=False)]
+        lines.append(f"{ch}: its copy's start - its receive's end (ms, host): {gaps}")
+    return "\n".join(lines)
+
+
+def _timeline(events: list[dict[str, Any]]) -> str:
+    """gpu0's events of its last request in time order: ms from its start, ms long."""
+    firsts = [e["ts"] for e in _sorted(events, 0, "segment ") if e["args"].get("micro_batch") == 0]
+    t0 = firsts[-1] if firsts else min(e["ts"] for e in events)
+    rows = sorted((e for e in events if e["ts"] >= t0), key=lambda e: e["ts"])
+    return "\n".join(
+        f"{(e['ts'] - t0) / 1e3:9.3f} {e['dur'] / 1e3:8.3f} tid{e['tid']} {e['name']} {e['args']}"
+        for e in rows
+    )
+
+
 @cuda
 def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, Path]) -> None:
     """gpu0 receives x and y from the host and sends a and b back, a request as 4
-    pipelined micro-batches (runtime/pipeline.py): micro-batch j + 1's inputs arrive
-    while j's chains compute, its uploads run on the copy stream beside them, and j's
-    downloads beside j + 1's chains: the trace's copy tracks (tids 2, 3, GPU time)
-    overlap the gpu track (tid 4). (One request of one batch has no such overlap: each
-    chain needs its input first, and the outputs come after it.)"""
+    pipelined micro-batches (runtime/pipeline.py). Micro-batch j runs: upload x, part0
+    (chain a), download a, upload y, part1 (chain b), download b. A copy can run beside a
+    part it does not depend on: y's upload beside part0, a's download beside part1 (both
+    wait for part0's end), x's upload of j + 1 beside part1, b's download beside part0 of
+    j + 1: the trace's copy tracks (tids 2, 3, GPU time) overlap the gpu track (tid 4).
+    Each needs the worker to issue the copy or part before the part running ends: ahead
+    of its GPU, as it is when the GPU is the bottleneck. (One request of one batch has no
+    such overlap: each chain needs its input first, and the outputs come after it.)"""
     from gimlet.runtime.bundle import load_bundle
     from gimlet.runtime.inprocess import InProcess
     from gimlet.runtime.launch import launch
@@ -480,10 +561,12 @@ def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, P
         want = [t.numpy() for t in net(torch.from_numpy(x), torch.from_numpy(y))]
     tol = {"rtol": 1e-3, "atol": 1e-4}  # 64 f32 GEMMs + tanh per chain
     # four requests (the stats hold every request's events: warm ones too); one overlap
-    # in any is enough. A micro-batch's chains take ~5 ms of GPU time: the host's work for
-    # the next one (its receive and staging copy) must come before they end, and with 8
-    # pytest processes on the host it did not always do so in the ~2 ms of 24 GEMMs a
-    # chain (gpu_tests.md runs 21 and 26; alone it passed 3 of 3)
+    # in any is enough. A part is ~2.4 ms of GPU time (64 GEMMs); the worker's host work
+    # between two launches is a fraction of a millisecond, its upload's memcpy among it.
+    # Under pytest -n 8 no copy overlapped at 24 or 64 GEMMs (gpu_tests.md runs 21, 26,
+    # 28; alone it passed): that memcpy went through torch's intra-op thread pool, which
+    # with the cores oversubscribed took milliseconds a copy; now one thread does it
+    # (staging.fill). A failure prints what the trace says about the host and the GPU.
     micro = str(gpu_bundles["two_micro"])
     result = launch(micro, [x, y], iterations=4, micro_batches=4)
     for got, w in zip(result.outputs, want, strict=True):
@@ -502,7 +585,10 @@ def test_the_trace_shows_copies_overlapping_gpu_compute(gpu_bundles: dict[str, P
     print("copy spans (ms):", [(c["name"], round(c["dur"] / 1e3, 3)) for c in copies])
     print("gpu spans (ms):", [(p["name"], round(p["dur"] / 1e3, 3)) for p in parts])
     print("overlaps (ms):", [(c, p, round(ms, 3)) for c, p, ms in hidden])
-    assert hidden, f"no copy overlapped a GPU part: {overlaps}"
+    if not hidden:
+        print("gpu0's last request (ms from its start, ms long, track, name, args):")
+        print(_timeline(gpu["events"]))
+    assert hidden, "no copy overlapped a GPU part:\n" + _why_no_overlap(gpu["events"])
 
     # in one process: the uploads are timed too, on gpu0's H2D track
     run = InProcess(load_bundle(str(bundle)), stats=True)
