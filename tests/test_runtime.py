@@ -161,7 +161,11 @@ def test_a_request_says_where_the_callers_time_went(bundles: dict[str, Path]) ->
             ph = result.phases  # the caller's share of the wall time, in order
             assert list(ph) == ["send", "wait", "host_run", "host_answered", "copy"]
             assert ph["send"] + ph["wait"] + ph["copy"] <= result.wall_s
-            assert 0 <= ph["host_answered"] <= ph["wait"] and 0 < ph["host_run"] < ph["wait"]
+            assert 0 <= ph["host_answered"] <= ph["wait"]
+            # the host worker runs once told, which is inside "send" (its end is stamped
+            # after the workers are told: a caller descheduled there, as on CI's 2 busy
+            # cores, sees its worker run before "wait" begins)
+            assert 0 < ph["host_run"] < ph["send"] + ph["wait"]
     finally:
         session.close()
 
