@@ -117,27 +117,6 @@ def test_decode_attention_equals_the_interpreter_whenever_the_cache_is_read(
         np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
-@needs_gpu
-@pytest.mark.parametrize(("cache_len", "chunks"), [(700, 22), (2000, 63)])
-def test_the_combine_from_registers_and_from_shared_memory(
-    cache_len: int, chunks: int, monkeypatch: Any, tmp_path: Any
-) -> None:
-    """attention_combine takes up to ATTN_COMBINE_FEW (32) chunks from registers, more
-    through shared memory: one head of 2 batches at 700 keys is 22 chunks, at 2000 keys 63;
-    both equal the interpreter (f32 rtol 1e-4)."""
-    from gimlet.backends.nvidia.build import build_segment
-    from gimlet.backends.nvidia.program import CudaFunction
-
-    monkeypatch.setenv("GIMLET_CACHE_DIR", str(tmp_path))
-    assert cg._decode_split(2, cache_len + 1, cg.DECODE_TARGET_BLOCKS)[1] == chunks
-    module, weights, inputs = _case(False, cache_len, heads=1)
-    low = lower(main_func(module))
-    f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
-    (got,) = f(*[x.cuda() for x in inputs])
-    (ref,) = run(module, [x.numpy() for x in inputs], weights)
-    np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
-
-
 class NormLinear(nn.Module):
     """A layer norm into a Linear of 37 columns (a block of 8 warps: no multiple of its
     columns at any split) and a residual."""

@@ -1444,9 +1444,6 @@ __global__ void __launch_bounds__(ATTN_SPLIT_THREADS)
 // by side), then the threads sum the chunks' columns with those weights.
 constexpr int ATTN_COMBINE_THREADS = 256;
 constexpr int ATTN_MAX_CHUNKS = 512;  // 8 rows x 512 chunks of weights in shared memory
-// up to this many chunks a thread combines its element from registers (GPT-2's decode at
-// 512 keys: 17); more go through the weights in shared memory
-constexpr int ATTN_COMBINE_FEW = 32;
 
 template <class T, class S>
 GML_D void attention_combine_block(S& sync, int64_t blk, int64_t chunks, int64_t m, int64_t dv,
@@ -1459,41 +1456,6 @@ GML_D void attention_combine_block(S& sync, int64_t blk, int64_t chunks, int64_t
   const int warp = threadIdx.x / GML_WARP, lane = threadIdx.x % GML_WARP;
   part += blk * chunks * stride;
   y += blk * m * dv;
-  if (chunks <= ATTN_COMBINE_FEW) {
-    // a thread an output element, every load it needs issued at once: its column of
-    // each chunk and each chunk's max and sum (the same for a row's threads: L1 serves
-    // them). One round trip to L2, no shared memory, no barrier; the same arithmetic.
-    for (int64_t rc = threadIdx.x; rc < m * dv; rc += blockDim.x) {
-      const float* pr = part + (rc / dv) * width;
-      const int64_t col = rc % dv;
-      float mxs[ATTN_COMBINE_FEW], sums[ATTN_COMBINE_FEW], vals[ATTN_COMBINE_FEW];
-#pragma unroll
-      for (int c = 0; c < ATTN_COMBINE_FEW; ++c)
-        if (c < chunks) {
-          mxs[c] = pr[c * stride + dv];
-          sums[c] = pr[c * stride + dv + 1];
-          vals[c] = pr[c * stride + col];
-        }
-      float mx = ninf;
-#pragma unroll
-      for (int c = 0; c < ATTN_COMBINE_FEW; ++c)
-        if (c < chunks) mx = maxnan(mxs[c], mx);
-      float total = 0.f;
-#pragma unroll
-      for (int c = 0; c < ATTN_COMBINE_FEW; ++c)
-        if (c < chunks) {
-          mxs[c] = mx == ninf || mxs[c] == ninf ? 0.f : expf(mxs[c] - mx);  // its weight
-          total += mxs[c] * sums[c];
-        }
-      const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
-      float acc = 0.f;
-#pragma unroll
-      for (int c = 0; c < ATTN_COMBINE_FEW; ++c)
-        if (c < chunks) acc += (mxs[c] * inv) * vals[c];
-      store(y + rc, acc);
-    }
-    return;
-  }
   for (int64_t r = warp; r < m; r += ATTN_COMBINE_THREADS / GML_WARP) {
     float mx = ninf;
     for (int64_t c = lane; c < chunks; c += GML_WARP)
