@@ -25,7 +25,6 @@ memory, a caller passing host tensors gets host tensors.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 
 from gimlet.backends.base import segment_call
 from gimlet.errors import UserError
+from gimlet.runtime import faults
 from gimlet.runtime.bundle import GPU_KINDS, Bundle, BundleError
 from gimlet.runtime.trace import copy_event, event
 
@@ -327,7 +327,9 @@ class InProcess:
         self.at: _Step | None = None  # the step running, for messages
         self.op: Any = None
         self.op_what = ""
-        self.faults = _faults(bundle)
+        fault = faults.from_env()  # counted per device: how many steps it has run
+        self.fault = fault if fault is not None and fault.device in bundle.devices else None
+        self.fault_count = 0
         self.gpu_names: dict[int, str] = {}  # CUDA device index -> the device run there
         self._plan(here)
         self._sig = _Signature(bundle)
@@ -457,11 +459,10 @@ class InProcess:
 
     def _before_op(self, op: Any, what: str = "") -> None:
         self.op, self.op_what = op, what
-        if self.faults:
-            fault = self.faults.get(self.at.device if self.at is not None else self.bundle.host)
-            if fault is not None:  # counted first: a raised fault fires once
-                fault.count += 1
-                fault.check(fault.count - 1, op.name)
+        device = self.at.device if self.at is not None else self.bundle.host
+        if self.fault is not None and self.fault.device == device:
+            self.fault_count += 1  # counted first: a raised fault fires once
+            self.fault.check(self.fault_count - 1, op.name, may_exit=False)
 
     def _on_span(self, name: str, start: float, end: float) -> None:
         self.kernel_s += end - start
@@ -694,31 +695,6 @@ class _Signature:
             [np.broadcast_to(np.zeros((), dtype_of(self._dtype(x))), x.shape) for x in inputs],
         )
         raise AssertionError("unreachable: check_inputs accepted what the fast check refused")
-
-
-class _Fault:
-    """GIMLET_FAULT=DEVICE:raise@N or sleep=S@N in one process (exit would end the caller)."""
-
-    def __init__(self, action: str, at: int, seconds: float):
-        self.action, self.at, self.seconds, self.count = action, at, seconds, 0
-
-    def check(self, count: int, what: str) -> None:
-        if count != self.at:
-            return
-        if self.action == "raise":
-            raise RuntimeError(f"injected fault before {what}")
-        if self.action == "sleep":
-            time.sleep(self.seconds)
-
-
-def _faults(bundle: Bundle) -> dict[str, _Fault]:
-    spec = os.environ.get("GIMLET_FAULT", "")
-    dev, _, rest = spec.partition(":")
-    if dev not in bundle.devices or not rest:
-        return {}
-    action, _, at = rest.partition("@")
-    action, _, secs = action.partition("=")
-    return {dev: _Fault(action, int(at or 0), float(secs or 0))}
 
 
 def _span(name: str, start: float, end: float, tid: int) -> dict[str, Any]:

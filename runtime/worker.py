@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from gimlet.errors import describe_location
+from gimlet.runtime import faults
 from gimlet.runtime.pipeline import Place
 from gimlet.runtime.trace import GPU_TID, copy_event
 from gimlet.runtime.trace import event as _span
@@ -64,28 +65,6 @@ def describe_op(op: Any) -> str:
         if isinstance(start, comm.ISendOp | comm.IRecvOp):
             extra = f" channel {start.channel.value.data} ({start.name} {start.peer.data})"
     return f"{op.name}{extra}" + (f" ({where})" if where else "")
-
-
-class _Fault:
-    def __init__(self, device: str):
-        self.action, self.at, self.seconds = "", -1, 0.0
-        spec = os.environ.get("GIMLET_FAULT", "")
-        dev, _, rest = spec.partition(":")
-        if dev != device or not rest:
-            return
-        action, _, at = rest.partition("@")
-        self.action, _, secs = action.partition("=")
-        self.at, self.seconds = int(at or 0), float(secs or 0)
-
-    def check(self, count: int, what: str) -> None:
-        if count != self.at:
-            return
-        if self.action == "exit":
-            os._exit(1)
-        if self.action == "raise":
-            raise RuntimeError(f"injected fault before {what}")
-        if self.action == "sleep":
-            time.sleep(self.seconds)
 
 
 @dataclass
@@ -126,7 +105,8 @@ class Worker:
         self.segment: int | None = None
         self.op_desc: str | None = None
         self.count = 0
-        self.fault = _Fault(self.device)
+        fault = faults.from_env()
+        self.fault = fault if fault is not None and fault.device == self.device else None
         self.events: list[dict[str, Any]] = []
         self.want_stats = True  # trace spans and per-segment stats (the launcher may not ask)
         self.kernel_s = 0.0  # time in compiled parts this request (the rest is overhead)
@@ -178,7 +158,8 @@ class Worker:
         self.op_desc = known[0]
         if self.status is not None:
             self.status.write(self.rank, known[1])
-        self.fault.check(self.count, self.op_desc)
+        if self.fault is not None:
+            self.fault.check(self.count, self.op_desc)
         self.count += 1
 
     def _on_span(self, name: str, start: float, end: float) -> None:

@@ -737,3 +737,20 @@ def test_torch_compile_on_the_gpu() -> None:
     with torch.no_grad():
         torch.testing.assert_close(got, net(x), rtol=1e-3, atol=1e-3)
     torch._dynamo.reset()
+
+
+def test_gimlet_fault_names_a_device_an_action_and_a_step(monkeypatch: Any) -> None:
+    """runtime/faults.py, which the workers and the in-process runtime share."""
+    from gimlet.runtime.faults import Fault, from_env
+
+    monkeypatch.setenv("GIMLET_FAULT", "cpu1:sleep=2.5@3")
+    assert from_env() == Fault("cpu1", "sleep", 3, 2.5)
+    monkeypatch.setenv("GIMLET_FAULT", "cpu1")  # no action
+    assert from_env() is None
+    monkeypatch.delenv("GIMLET_FAULT")
+    assert from_env() is None
+    fault = Fault("cpu0", "raise", 1)
+    fault.check(0, "gml.add")  # not its step
+    with pytest.raises(RuntimeError, match="^injected fault before gml.add$"):
+        fault.check(1, "gml.add")
+    Fault("cpu0", "exit", 0).check(0, "gml.add", may_exit=False)  # in one process: nothing
