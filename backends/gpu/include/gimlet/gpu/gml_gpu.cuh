@@ -937,10 +937,9 @@ struct LnRows {
   float eps;
   float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
   // The norm's weight and bias at the lane's first E chunks of 16 bytes (j0, j0 + step,
-  // ...), loaded before
-  // the wait (weights: nothing in the segment writes them), so that normalizing x waits
-  // on no load of its own. (prefetch.global.L1 instead made these kernels 2.4x slower
-  // on the H200: benchmarks/results/gpu_gpt2_runT.md.)
+  // ...), loaded before the wait (weights: nothing in the segment writes them), so that
+  // normalizing x waits on no load of its own. (prefetch.global.L1 instead made these
+  // kernels 2.4x slower on the H200: benchmarks/results/gpu_gpt2_runT.md.)
   template <int E>
   struct Early {
     uint4 g[E], b[E];
@@ -1147,8 +1146,9 @@ GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, in
 // rather than after the sum; with EARLY_NORM the norm's weight and bias of the first
 // chunks (rows.early) before the wait, rather than as x is normalized (each one memory
 // latency fewer on the kernel's critical path). Codegen makes U a column's loads where k
-// is static (up to 16: GPT-2's fc2, k = 3072, in one batch instead of two). In a chain
-// (S::PERSISTENT), gemv_nt_columns.
+// is static (up to 16), and S > 1 where a warp a column would leave SMs idle: S warps then
+// share a column (GPT-2's fc2, 768 columns of k = 3072: 4 warps of 3 loads a lane). In a
+// chain (Sync::PERSISTENT), gemv_nt_columns.
 template <class T, int M, int U = 8, bool EARLY = true, bool EARLY_NORM = EARLY, int S = 1,
           class Sync, class X, class O, class F>
 GML_D void gemv_nt(Sync& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
