@@ -459,8 +459,10 @@ class InProcess:
 
     def _before_op(self, op: Any, what: str = "") -> None:
         self.op, self.op_what = op, what
+        if self.fault is None:  # every op: nothing more unless a fault is asked for
+            return
         device = self.at.device if self.at is not None else self.bundle.host
-        if self.fault is not None and self.fault.device == device:
+        if self.fault.device == device:
             self.fault_count += 1  # counted first: a raised fault fires once
             self.fault.check(self.fault_count - 1, op.name, may_exit=False)
 

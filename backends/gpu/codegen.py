@@ -182,12 +182,17 @@ def _launch(kernel: str, grid: str, threads: str, args: Sequence[str]) -> str:
     return f"{kernel}<<<{grid}, {threads}, 0, stream>>>({', '.join(args)});"
 
 
+def _warp_elements(ct: str) -> int:
+    """A warp's elements in one 16-byte load a lane."""
+    return 32 * (16 // (2 if ct in HALF else 4))
+
+
 def _gemv_loads(k: int, ct: str, split: int = 1) -> int:
     """gml::gemv_nt's U: 16-byte loads a lane in flight, its share of a column's (split
     warps a column) where k is static."""
     if not GEMV_LOADS_PER_COLUMN or k <= 0:
         return 8
-    step = 32 * split * (16 // (2 if ct in HALF else 4))  # elements a load of the warps
+    step = split * _warp_elements(ct)  # elements a load of the column's warps
     return min(16, max(1, -(-k // step)))
 
 
@@ -196,7 +201,7 @@ def _gemv_split(n: int, k: int, ct: str) -> int:
     leaves fewer than DECODE_TARGET_BLOCKS blocks (GPT-2's fc2: 768 columns are 96
     blocks of 8 warps, on 96 of 132 SMs) and each warp keeps at least a load a lane.
     1 where n or k is dynamic, or GEMV_SPLIT is off."""
-    step = 32 * (16 // (2 if ct in HALF else 4))
+    step = _warp_elements(ct)
     s = 1
     while GEMV_SPLIT and n > 0 and k > 0 and s < 8:
         if -(-n * s // 8) >= DECODE_TARGET_BLOCKS or k < 2 * s * step:

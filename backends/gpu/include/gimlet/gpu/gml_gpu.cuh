@@ -1031,30 +1031,17 @@ struct LnRows {
   }
 };
 
-// acc[r] += the 16 bytes of weights in wv . x[r, j .. j + 16 / sizeof(T))
-template <class T, int M, class X>
-GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k, int64_t j) {
-  constexpr int V = 16 / sizeof(T);
-  const T* wt = reinterpret_cast<const T*>(&wv);
-#pragma unroll
-  for (int r = 0; r < M; ++r) {
-    float xv[V];
-    rows.chunk(r, k, j, xv);
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
-  }
-}
-
-// the same for the lane's chunk u of those rows.early() loaded before the wait
-template <class T, int M, class X, class E>
+// acc[r] += the 16 bytes of weights in wv . x[r, j .. j + 16 / sizeof(T)); `early`: none,
+// or what rows.early() loaded before the wait and the lane's chunk u of it
+template <class T, int M, class X, class... E>
 GML_D void gemv_chunk(float (&acc)[M], const uint4& wv, const X& rows, int64_t k, int64_t j,
-                      const E& early, int u) {
+                      const E&... early) {
   constexpr int V = 16 / sizeof(T);
   const T* wt = reinterpret_cast<const T*>(&wv);
 #pragma unroll
   for (int r = 0; r < M; ++r) {
     float xv[V];
-    rows.chunk(r, k, j, xv, early, u);
+    rows.chunk(r, k, j, xv, early...);
 #pragma unroll
     for (int e = 0; e < V; ++e) acc[r] += float(load(&wt[e])) * xv[e];
   }
