@@ -90,7 +90,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet-norm-late": {"NORM_EARLY": False},
     "gimlet-attn132": {"DECODE_TARGET_BLOCKS": 132},  # half the split's blocks
     "gimlet-no-split": {"GEMV_SPLIT": False},  # fc2 and proj a warp a column
+    # the KV cache copied into the arena each call, the logits out of it (program.py)
+    "gimlet-copy": {"BIND_IN_PLACE": False},
 }
+RUNTIME_SWITCHES = {"BIND_IN_PLACE"}  # set on backends/nvidia/program.py, not codegen
 
 
 def gimlet_fn(
@@ -110,20 +113,25 @@ def gimlet_fn(
     compiled = gcompile(copy.deepcopy(module).cpu(), tuple(a.cpu() for a in args))
     fn = main_func(compiled.module)
     t1 = time.perf_counter()
-    saved = {k: getattr(codegen, k) for k in switches or {}}
+    from gimlet.backends.nvidia import program
+
+    switched = [
+        (program if k in RUNTIME_SWITCHES else codegen, k, v) for k, v in (switches or {}).items()
+    ]
+    saved = [(m, k, getattr(m, k)) for m, k, _ in switched]
     try:
-        for k, v in (switches or {}).items():
-            setattr(codegen, k, v)
+        for m, k, v in switched:
+            setattr(m, k, v)
         low = lower(fn)
+        t2 = time.perf_counter()
+        lib, _ = build_segment(low.source)
+        seconds = time.perf_counter() - t0
+        f = CudaFunction(fn, lib, compiled.weights, lowered=low)
+        bucket = f.bucket(tuple(tuple(a.shape) for a in args))  # its in-place table now
     finally:
-        for k, v in saved.items():
-            setattr(codegen, k, v)
-    t2 = time.perf_counter()
-    lib, _ = build_segment(low.source)
-    seconds = time.perf_counter() - t0
+        for m, k, v in saved:
+            setattr(m, k, v)
     phases = {"export_passes_s": t1 - t0, "lower_s": t2 - t1, "nvcc_s": t0 + seconds - t2}
-    f = CudaFunction(fn, lib, compiled.weights, lowered=low)
-    bucket = f.bucket(tuple(tuple(a.shape) for a in args))
     info = {
         "kernels": low.source.count("<<<") + low.source.count("gml::launch_pdl("),
         "gemm_calls": low.source.count("ctx->gemm(") + low.source.count("ctx->gemm_epilogue("),

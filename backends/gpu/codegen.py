@@ -41,7 +41,7 @@ from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError
 
-from . import chains, units
+from . import chains, inplace, units
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
 from .symdims import SymbolicShapes, covers, numel
 
@@ -273,6 +273,9 @@ class Bucket:
     # per output: elements from one row (last dim) to the next where the arena holds it
     # padded (a model's head written by one GEMM at an aligned width), else 0: contiguous
     output_pitches: list[int] = field(default_factory=list)
+    # per input, then per output: the slots that address it, which the runtime moves to
+    # read or write the caller's tensor in place (backends/gpu/inplace.py); None: copied
+    bound: list[list[int] | None] = field(default_factory=list)
 
     @property
     def plan_bytes(self) -> int:
@@ -344,13 +347,21 @@ class Lowered:
             env.offsets[v] = env.offsets[root] + base
         ret = self.fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)
+        args, outs = list(self.fn.body.block.args), list(ret.arguments)
+        params = [slot(env) for slot in self.slots]
+
+        def out_bytes(v: SSAValue) -> tuple[int, int]:  # the caller's tensor, v's root
+            r = alias.get(v, (v, 0))[0]
+            return _nbytes(v, env, pitch.get(r, 0)), _nbytes(r, env, pitch.get(r, 0))
+
         return Bucket(
-            params=[slot(env) for slot in self.slots],
+            params=params,
             arena_bytes=arena,
-            input_offsets=[env.offsets[a] for a in self.fn.body.block.args],
-            output_offsets=[env.offsets[v] for v in ret.arguments],
-            output_shapes=[shapes[v] for v in ret.arguments],
-            output_pitches=[pitch.get(alias.get(v, (v, 0))[0], 0) for v in ret.arguments],
+            input_offsets=[env.offsets[a] for a in args],
+            output_offsets=[env.offsets[v] for v in outs],
+            output_shapes=[shapes[v] for v in outs],
+            output_pitches=[pitch.get(alias.get(v, (v, 0))[0], 0) for v in outs],
+            bound=inplace.binding(self.slots, params, env, alias, args, outs, out_bytes),
         )
 
 

@@ -5,7 +5,10 @@ constants, transposed Linear weights), and per shape bucket (a distinct tuple of
 shapes) computes the parameter table and memory plan, allocates the arena and lets the
 runtime library capture a CUDA graph on the first call. A call is then: allocate the
 outputs, one ctypes call (inputs -> arena, graph replay, arena -> outputs, ordered with
-the caller's current stream by events). Tensors in and out are torch tensors on the
+the caller's current stream by events). Inputs and outputs at addresses seen before
+(the caller's KV cache; an output the allocator hands back at the same place) are read
+and written where they are, by a graph captured for those addresses: no copies
+(backends/gpu/inplace.py). Tensors in and out are torch tensors on the
 device; nothing is synchronised, as with any torch CUDA op. An output the arena holds
 padded (a head with an odd vocabulary, written by one GEMM at an aligned width) comes
 back as it is there: a strided view whose rows are the padded width apart, as
@@ -39,6 +42,9 @@ from gimlet.errors import UserError
 from .build import build_runtime
 
 _P = ctypes.c_void_p
+# inputs and outputs at the same address as a call before are read and written in place
+# by a graph of their own (gml_cuda.cpp); GIMLET_GPU_IN_PLACE=0: always copied
+BIND_IN_PLACE = os.environ.get("GIMLET_GPU_IN_PLACE", "1") != "0"
 _I64P = ctypes.POINTER(ctypes.c_int64)
 
 
@@ -53,8 +59,10 @@ def runtime() -> ctypes.CDLL:
     lib.gml_cuda_create.argtypes = [_P, ctypes.c_int]
     lib.gml_cuda_destroy.argtypes = [_P]
     lib.gml_cuda_bucket.restype = _P
-    lib.gml_cuda_bucket.argtypes = [_I64P, ctypes.c_int64, _P]
+    lib.gml_cuda_bucket.argtypes = [_I64P, ctypes.c_int64, _P, _I64P, ctypes.c_int64]
     lib.gml_cuda_bucket_free.argtypes = [_P]
+    lib.gml_cuda_bound_graphs.restype = ctypes.c_int
+    lib.gml_cuda_bound_graphs.argtypes = [_P]
     lib.gml_cuda_run.restype = ctypes.c_int
     lib.gml_cuda_run.argtypes = [_P, _P, _P, _P, ctypes.c_int, _P, _P, _P, ctypes.c_int, _P, _P, _P]
     lib.gml_cuda_sync.argtypes = [_P]
@@ -65,6 +73,14 @@ def runtime() -> ctypes.CDLL:
 
 def _int64s(xs: Sequence[int]) -> Any:
     return (ctypes.c_int64 * max(len(xs), 1))(*xs)
+
+
+def _bind_table(bound: Sequence[Sequence[int] | None]) -> list[int]:
+    """gml_cuda_bucket's `bind`: per input and output a count and its slots, -1 if none."""
+    flat: list[int] = []
+    for slots in bound:
+        flat += [-1] if slots is None else [len(slots), *slots]
+    return flat
 
 
 def evaluate_load_time(
@@ -174,7 +190,10 @@ class CudaFunction:
             torch = self.torch
             arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=self.device)
             params = _int64s(plan.params)
-            handle = runtime().gml_cuda_bucket(params, len(plan.params), arena.data_ptr())
+            bind = _bind_table(plan.bound if BIND_IN_PLACE else [])
+            handle = runtime().gml_cuda_bucket(
+                params, len(plan.params), arena.data_ptr(), _int64s(bind), len(bind)
+            )
             itemsize = [torch.empty((), dtype=d).element_size() for d in self.in_dtypes]
             out_size = [torch.empty((), dtype=d).element_size() for d in self.out_dtypes]
             b = _Bucket(
@@ -227,6 +246,10 @@ class CudaFunction:
                 f"GPU segment failed: {runtime().gml_cuda_error(self.handle).decode()}"
             )
         return outs
+
+    def in_place_graphs(self) -> int:
+        """Graphs captured so far that read or write a caller's tensor in place."""
+        return sum(runtime().gml_cuda_bound_graphs(b.handle) for b in self.buckets.values())
 
     def synchronize(self) -> None:
         if runtime().gml_cuda_sync(self.handle):

@@ -3,7 +3,9 @@
 // a cuBLAS handle with a fixed workspace (so GEMMs can be captured into graphs) and one
 // CUDA graph per shape bucket. A call copies the inputs into the bucket's arena, replays
 // the graph and copies the outputs out, ordered after and before the caller's stream
-// with events: no host synchronisation on the hot path.
+// with events: no host synchronisation on the hot path. Inputs and outputs whose
+// addresses repeat (a KV cache the caller keeps) are read and written in place instead,
+// by a graph captured for those addresses.
 //
 // Built on the machine that runs it (backends/nvidia/build.py), against the CUDA
 // toolkit and the cuBLAS headers there; generated segments never include cuBLAS.
@@ -14,6 +16,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "gimlet/gpu/gml_gpu.cuh"
@@ -35,11 +38,30 @@ struct Program {
   char error[512] = {0};
 };
 
-struct Bucket {
-  std::vector<int64_t> params;
-  char* arena = nullptr;  // owned by the caller (a torch tensor), stable for the bucket
+// A graph of a bucket with some inputs read, and outputs written, where the caller keeps
+// them: keyed by those addresses (0 for an end copied through the arena).
+struct Bound {
+  std::vector<uintptr_t> key;
   cudaGraphExec_t exec = nullptr;
 };
+
+struct Bucket {
+  std::vector<int64_t> params;
+  char* arena = nullptr;           // owned by the caller (a torch tensor), stable for the bucket
+  cudaGraphExec_t exec = nullptr;  // every input and output copied through the arena
+  // per input, then per output: the slots of `params` that address it (moved by the
+  // caller's address minus the planned one to bind it in place), or unbindable
+  std::vector<std::vector<int>> slots;
+  std::vector<bool> bindable;
+  std::vector<Bound> bound;                    // at most kBoundGraphs
+  std::vector<std::vector<uintptr_t>> recent;  // the last kRecent keys seen
+};
+
+// A key gets its own graph the second time it comes (the first call with new addresses
+// copies, as a caller passing fresh tensors each call always does), up to kBoundGraphs
+// a bucket: a capture costs about a millisecond, a copy of a KV cache microseconds.
+constexpr size_t kBoundGraphs = 8, kRecent = 16;
+constexpr uintptr_t kBindAlign = 256;  // backends/gpu/shapes.py ALIGN
 
 constexpr size_t kWorkspace = 32u << 20;  // cuBLAS's recommended size on Hopper
 
@@ -130,6 +152,21 @@ int fail(Program* p, const char* what, int code) {
   return code;
 }
 
+// The segment with `params` captured into an executable graph on the program's stream.
+int capture(Program* p, const Bucket* b, const int64_t* params, void* const* weights,
+            cudaGraphExec_t* exec) {
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamBeginCapture(p->stream, cudaStreamCaptureModeThreadLocal);
+  if (e != cudaSuccess) return fail(p, "beginning graph capture", int(e));
+  int r = p->fn(&p->ctx, b->arena, weights, params, p->stream);
+  e = cudaStreamEndCapture(p->stream, &graph);
+  if (r) return fail(p, "capturing the segment", r);
+  if (e != cudaSuccess) return fail(p, "ending graph capture", int(e));
+  e = cudaGraphInstantiate(exec, graph, 0);
+  cudaGraphDestroy(graph);
+  return e == cudaSuccess ? 0 : fail(p, "instantiating the graph", int(e));
+}
+
 }  // namespace
 
 extern "C" {
@@ -175,22 +212,38 @@ void gml_cuda_destroy(void* program) {
   delete p;
 }
 
-void* gml_cuda_bucket(const int64_t* params, int64_t n, void* arena) {
+// `bind` lists, per input and then per output, a count and that many slots (backends/gpu/
+// inplace.py), or -1 where the end is always copied.
+void* gml_cuda_bucket(const int64_t* params, int64_t n, void* arena, const int64_t* bind,
+                      int64_t n_bind) {
   auto* b = new Bucket();
   b->params.assign(params, params + n);
   b->arena = static_cast<char*>(arena);
+  for (int64_t i = 0; i < n_bind;) {
+    const int64_t count = bind[i++];
+    b->bindable.push_back(count >= 0);
+    b->slots.emplace_back();
+    for (int64_t j = 0; j < count; ++j) b->slots.back().push_back(int(bind[i++]));
+  }
   return b;
 }
 
 void gml_cuda_bucket_free(void* bucket) {
   auto* b = static_cast<Bucket*>(bucket);
-  if (b && b->exec) cudaGraphExecDestroy(b->exec);
+  if (!b) return;
+  if (b->exec) cudaGraphExecDestroy(b->exec);
+  for (auto& g : b->bound) cudaGraphExecDestroy(g.exec);
   delete b;
 }
 
+// Graphs of the bucket that read or write some of the caller's tensors in place.
+int gml_cuda_bound_graphs(void* bucket) { return int(static_cast<Bucket*>(bucket)->bound.size()); }
+
 // One call: inputs -> arena, the segment (graph replay after the first call of a
 // bucket), arena -> outputs; all on the program's stream, ordered after `caller` and
-// before whatever `caller` runs next. Returns 0 or an error code (text: gml_cuda_error).
+// before whatever `caller` runs next. An input or output whose address came before (a
+// KV cache kept by the caller) is read or written in place by a graph of its own
+// instead of copied. Returns 0 or an error code (text: gml_cuda_error).
 int gml_cuda_run(void* program, void* bucket, void* const* weights, void* caller, int n_in,
                  void* const* in_ptrs, const int64_t* in_offsets, const int64_t* in_bytes,
                  int n_out, void* const* out_ptrs, const int64_t* out_offsets,
@@ -200,36 +253,82 @@ int gml_cuda_run(void* program, void* bucket, void* const* weights, void* caller
   auto s = static_cast<cudaStream_t>(caller);
   cudaError_t e = cudaEventRecord(p->ready, s);
   if (e == cudaSuccess) e = cudaStreamWaitEvent(p->stream, p->ready, 0);
-  for (int i = 0; i < n_in && e == cudaSuccess; ++i)
-    if (in_bytes[i] && b->arena + in_offsets[i] != in_ptrs[i])
-      e = cudaMemcpyAsync(b->arena + in_offsets[i], in_ptrs[i], size_t(in_bytes[i]),
+  if (e != cudaSuccess) return fail(p, "ordering after the caller", int(e));
+  const int n = n_in + n_out;
+  auto end = [&](int i) {  // (caller's address, planned address, bytes) of input/output i
+    const bool in = i < n_in;
+    const int j = in ? i : i - n_in;
+    return std::make_tuple(
+        reinterpret_cast<uintptr_t>(in ? in_ptrs[j] : out_ptrs[j]),
+        reinterpret_cast<uintptr_t>(b->arena + (in ? in_offsets : out_offsets)[j]),
+        (in ? in_bytes : out_bytes)[j]);
+  };
+  std::vector<uintptr_t> key(size_t(n), 0);  // the caller's address where bound, else 0
+  bool any = false;
+  for (int i = 0; i < n && size_t(i) < b->bindable.size(); ++i) {
+    auto [addr, planned, bytes] = end(i);
+    if (bytes && b->bindable[size_t(i)] && addr != planned && (addr - planned) % kBindAlign == 0) {
+      key[size_t(i)] = addr;
+      any = true;
+    }
+  }
+  cudaGraphExec_t exec = nullptr;
+  if (any && p->graphs) {
+    for (auto& g : b->bound)
+      if (g.key == key) exec = g.exec;
+    if (!exec) {
+      bool seen = false;
+      for (auto& k : b->recent) seen = seen || k == key;
+      if (!seen || b->bound.size() >= kBoundGraphs) {  // copied this time
+        if (!seen) {
+          if (b->recent.size() >= kRecent) b->recent.erase(b->recent.begin());
+          b->recent.push_back(key);
+        }
+        key.assign(size_t(n), 0);
+        any = false;
+      }
+    }
+  }
+  std::vector<int64_t> moved;  // the parameter table with the bound ends' slots moved
+  if (any && !exec) {
+    moved = b->params;
+    for (int i = 0; i < n; ++i)
+      if (key[size_t(i)])
+        for (int slot : b->slots[size_t(i)])
+          moved[size_t(slot)] += int64_t(key[size_t(i)] - std::get<1>(end(i)));
+  }
+  for (int i = 0; i < n_in && e == cudaSuccess; ++i) {
+    auto [addr, planned, bytes] = end(i);
+    if (bytes && !key[size_t(i)] && addr != planned)
+      e = cudaMemcpyAsync(reinterpret_cast<void*>(planned), in_ptrs[i], size_t(bytes),
                           cudaMemcpyDeviceToDevice, p->stream);
+  }
   if (e != cudaSuccess) return fail(p, "copying inputs", int(e));
+  const int64_t* params = moved.empty() ? b->params.data() : moved.data();
   if (!p->graphs) {
-    int r = p->fn(&p->ctx, b->arena, weights, b->params.data(), p->stream);
+    int r = p->fn(&p->ctx, b->arena, weights, params, p->stream);
     if (r) return fail(p, "running the segment", r);
   } else {
-    if (!b->exec) {
-      cudaGraph_t graph = nullptr;
-      e = cudaStreamBeginCapture(p->stream, cudaStreamCaptureModeThreadLocal);
-      if (e != cudaSuccess) return fail(p, "beginning graph capture", int(e));
-      int r = p->fn(&p->ctx, b->arena, weights, b->params.data(), p->stream);
-      e = cudaStreamEndCapture(p->stream, &graph);
-      if (r) return fail(p, "capturing the segment", r);
-      if (e != cudaSuccess) return fail(p, "ending graph capture", int(e));
-      e = cudaGraphInstantiate(&b->exec, graph, 0);
-      cudaGraphDestroy(graph);
-      if (e != cudaSuccess) return fail(p, "instantiating the graph", int(e));
+    if (!exec && !any && !b->exec) {
+      if (int r = capture(p, b, params, weights, &b->exec)) return r;
     }
-    e = cudaGraphLaunch(b->exec, p->stream);
+    if (!exec && any) {
+      Bound g{key, nullptr};
+      if (int r = capture(p, b, params, weights, &g.exec)) return r;
+      b->bound.push_back(std::move(g));
+      exec = b->bound.back().exec;
+    }
+    e = cudaGraphLaunch(exec ? exec : b->exec, p->stream);
     if (e != cudaSuccess) return fail(p, "launching the graph", int(e));
   }
   // out_bytes of a padded output (a head's logits, rows ldm apart) include the padding:
   // the caller's tensor has that layout (program.py returns it as a strided view)
-  for (int i = 0; i < n_out && e == cudaSuccess; ++i)
-    if (out_bytes[i])
-      e = cudaMemcpyAsync(out_ptrs[i], b->arena + out_offsets[i], size_t(out_bytes[i]),
+  for (int i = 0; i < n_out && e == cudaSuccess; ++i) {
+    auto [addr, planned, bytes] = end(n_in + i);
+    if (bytes && !key[size_t(n_in + i)])
+      e = cudaMemcpyAsync(out_ptrs[i], reinterpret_cast<void*>(planned), size_t(bytes),
                           cudaMemcpyDeviceToDevice, p->stream);
+  }
   if (e == cudaSuccess) e = cudaEventRecord(p->done, p->stream);
   if (e == cudaSuccess) e = cudaStreamWaitEvent(s, p->done, 0);
   if (e != cudaSuccess) return fail(p, "copying outputs", int(e));
