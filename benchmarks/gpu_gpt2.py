@@ -52,20 +52,24 @@ def decode_inputs(dev: torch.device) -> tuple[torch.Tensor, ...]:
     return token, keys, values
 
 
-def timed(fn: Any, args: tuple[Any, ...], iters: int, warmup: int = 10) -> list[float]:
-    """Per-call times in ms (CUDA events around each call)."""
+def timed(fn: Any, args: tuple[Any, ...], iters: int, warmup: int = 10) -> dict[str, Any]:
+    """Per-call times: `ms` on the GPU (CUDA events around each call) and `host_us`, the
+    caller's wall time inside the call (its launches are asynchronous: while the GPU is
+    idle at the start event, this is time the GPU waits for the host)."""
     for _ in range(warmup):
         fn(*args)
     torch.cuda.synchronize()
-    out = []
+    out, host = [], []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         fn(*args)
+        host.append((time.perf_counter() - t0) * 1e6)
         end.record()
         end.synchronize()
         out.append(start.elapsed_time(end))
-    return out
+    return {"ms": out, "host_us": host}
 
 
 def first_output(x: Any) -> torch.Tensor:
@@ -153,7 +157,7 @@ def measure(
         torch.cuda.synchronize()
         eager_peak = torch.cuda.max_memory_allocated() - base
         rows["torch eager"] = {
-            "ms": timed(module, args, iters),
+            **timed(module, args, iters),
             "compile_s": 0.0,
             "peak_bytes": eager_peak,
         }
@@ -166,7 +170,7 @@ def measure(
             torch.cuda.synchronize()
             secs = time.perf_counter() - t0
             rows[f"torch.compile {mode}"] = {
-                "ms": timed(c, args, iters),
+                **timed(c, args, iters),
                 "compile_s": secs,
                 "max_abs_err": float((out.float() - ref.float()).abs().max()),
             }
@@ -179,7 +183,7 @@ def measure(
             out = first_output(g(*args))
             torch.cuda.synchronize()
             rows[variant] = {
-                "ms": timed(g, args, iters),
+                **timed(g, args, iters),
                 "compile_s": secs,
                 "max_abs_err": float((out.float() - ref.float()).abs().max()),
                 "peak_bytes_after_load": torch.cuda.max_memory_allocated() - base,
@@ -189,8 +193,13 @@ def measure(
     for r in rows.values():
         r["median_ms"] = statistics.median(r["ms"])
         r["min_ms"] = min(r["ms"])
+        r["host_us"] = statistics.median(r["host_us"])
         del r["ms"]
-    print(f"{name}:", {k: round(v["median_ms"], 4) for k, v in rows.items()}, flush=True)
+    print(
+        f"{name} (median ms, host us):",
+        {k: (round(v["median_ms"], 4), round(v["host_us"], 1)) for k, v in rows.items()},
+        flush=True,
+    )
     return rows
 
 
@@ -290,8 +299,8 @@ def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
         f"Machine: {meta['gpu']}, torch {meta['torch']}, Python {meta['python']}. "
         f"Command: `{meta['command']}` ({meta['iters']} timed calls each, median; CUDA events).",
         "",
-        "| case | runner | median ms | min ms | vs reduce-overhead | compile s | max abs err vs eager |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| case | runner | median ms | min ms | vs reduce-overhead | host us a call | compile s | max abs err vs eager |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for case, rows in cases.items():
         ro = rows["torch.compile reduce-overhead"]["median_ms"]
@@ -299,7 +308,7 @@ def write(cases: dict[str, Any], meta: dict[str, Any]) -> None:
             err = r.get("max_abs_err")
             lines.append(
                 f"| {case} | {runner} | {r['median_ms']:.4f} | {r['min_ms']:.4f} | "
-                f"{r['median_ms'] / ro:.2f}x | {r['compile_s']:.1f} | "
+                f"{r['median_ms'] / ro:.2f}x | {r.get('host_us', float('nan')):.1f} | {r['compile_s']:.1f} | "
                 f"{'' if err is None else f'{err:.2e}'} |"
             )
     lines += [

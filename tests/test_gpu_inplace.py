@@ -111,6 +111,8 @@ def test_decode_reads_the_callers_cache_in_place(
         (ref,) = run(module, [x.cpu().numpy() for x in dev], weights)
         (got,) = f(*dev)
         np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)
+        del got  # so the next call's logits come back at the same address
     # with graphs: the first call copies and captures, the second captures the bound
-    # graph, which the rest replay
+    # graph, which the rest replay (had the caller kept each call's logits until the
+    # next, they would alternate between two addresses: two keys, two bound graphs)
     assert f.in_place_graphs() == (1 if graphs == "1" else 0)
