@@ -195,3 +195,51 @@ def test_split_columns_equal_the_interpreter(
     np.testing.assert_allclose(
         got.float().cpu().numpy(), np.asarray(ref, np.float32), rtol=tol, atol=tol
     )
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_each_decode_gemv_prefetches_what_the_next_kernel_reads(
+    ahead: bool, monkeypatch: Any
+) -> None:
+    """gml::L2Ahead: a layer's qkv GEMV prefetches the attention's K and V cache pieces,
+    every other GEMV the next GEMV's weight (a head larger than L2_AHEAD_BYTES only its
+    first L2_AHEAD_BYTES), the last GEMV nothing; with L2_AHEAD off, none does."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    from gpt import GPT
+    from gpt_phases import Decode
+
+    monkeypatch.setattr(cg, "L2_AHEAD", ahead)
+    monkeypatch.setattr(cg, "L2_AHEAD_BYTES", 100_000)
+    torch.manual_seed(0)
+    gpt = GPT(vocab=500, ctx=64, d=64, heads=4, layers=2).eval()
+    inputs = (
+        torch.randint(0, 500, (1, 1)),
+        torch.randn(2, 1, 4, 16, 16),
+        torch.randn(2, 1, 4, 16, 16),
+    )
+    module, _ = import_model(Decode(gpt).eval(), inputs, None)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    got: dict[str, str] = {}  # the Linear a launch is for -> its L2Ahead's initializer
+    linear = ""
+    for line in lower(main_func(module)).source.splitlines():
+        if m := re.search(r"// gml\.matmul gpt\.(\S+)", line):
+            linear = m.group(1)
+        if m := re.search(r"gml::L2Ahead\{(.*)\}\);$", line):
+            got[linear] = m.group(1)
+    if not ahead:
+        assert set(got.values()) == {""} and len(got) == 9
+        return
+    cache = r"reinterpret_cast<const float\*>\(A \+ P\[\d+\]\)"
+    weight = r"\{static_cast<const float\*>\(W\[\d+\]\)\}, "
+    for layer in (0, 1):
+        assert re.fullmatch(
+            rf"\{{{cache}, {cache}\}}, \{{P\[\d+\], P\[\d+\]\}}", got[f"h.{layer}.qkv"]
+        )
+        assert re.fullmatch(weight + r"\{65536\}", got[f"h.{layer}.proj"])  # fc: 64 x 256 f32
+        assert re.fullmatch(weight + r"\{65536\}", got[f"h.{layer}.fc"])  # fc2's
+    assert re.fullmatch(weight + r"\{49152\}", got["h.0.out"])  # layer 1's qkv: 64 x 192
+    assert re.fullmatch(weight + r"\{100000\}", got["h.1.out"])  # the head's first bytes
+    assert got["lm_head"] == ""

@@ -83,6 +83,10 @@ NORM_EARLY = os.environ.get("GIMLET_GPU_NORM_EARLY", "1") == "1"
 # splits each column's k over 2-8 warps of a block (_gemv_split); "0": a warp a column
 GEMV_SPLIT = os.environ.get("GIMLET_GPU_GEMV_SPLIT", "1") == "1"
 CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
+# a decode GEMV prefetches the next one's weight into L2 (its first L2_AHEAD_BYTES: a
+# vocabulary-sized head is larger than L2) as it starts (gml::L2Ahead); "0": none
+L2_AHEAD = os.environ.get("GIMLET_GPU_L2_AHEAD", "1") == "1"
+L2_AHEAD_BYTES = 16 << 20
 # "1": chain kernels print, for blocks 0 and last, each phase's cycles up to its barrier,
 # after it, and to arrive at the next (gml::run_phase); a diagnosis, not for use
 CHAIN_TRACE = os.environ.get("GIMLET_GPU_CHAIN_TRACE", "0") == "1"
@@ -429,6 +433,9 @@ class _Lowering:
         self.chain_part: chains.Part | None = None  # the op being lowered: its chain phases
         self.chain_parts: list[chains.Part | None] = []  # per step_lines entry
         self.scratch: list[tuple[Scratch, int]] = []
+        # decode kernels in program order: (the placeholder of a GEMV's launch for its
+        # gml::L2Ahead, or None; the ranges it reads that nothing writes: (pointer, bytes))
+        self.ahead: list[tuple[str | None, list[tuple[str, str]]]] = []
         self.pitches: dict[SSAValue, Callable[[Env], int]] = {}  # Lowered.pitches
         # the one bucket of a function without dynamic dims: a branch on a size that
         # bucket never takes is left out of the source (nvcc then never compiles the
@@ -1161,8 +1168,9 @@ class _Lowering:
         names = ", ".join(["n", "k", "x", "w", *(a.rsplit(" ", 1)[1] for a in args)])
         lines = [
             "template <int M>",
-            f"__global__ void KERNEL({signature}) {{",
+            f"__global__ void KERNEL({signature}, gml::L2Ahead ahead) {{",
             "  gml::Pdl sync;",
+            "  ahead.issue();",
             f"  KERNEL_body<M>(sync, blockIdx.x, gridDim.x, gridDim.x, {names});",
             "}",
         ]
@@ -1184,10 +1192,16 @@ class _Lowering:
         live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
         phases = []
         blocks = f"({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS"
+        ahead = f"@ahead{len(self.ahead)}@"  # what the next decode kernel reads
+        kw, nw = shape_of(b.type)
+        wbytes = min(max(kw, 0) * max(ldm or nw, 0) * esize, L2_AHEAD_BYTES)
+        self.ahead.append((ahead, [(w, str(wbytes))]))
         for i, rows in enumerate(live):
             self.emit(
                 f"  {'' if i == 0 else 'else '}if ({M} == {rows}) "
-                + _launch(f"{name}<{rows}>", "g", "gml::GEMV_THREADS", [N, K, gemv_x, w, *ptrs])
+                + _launch(
+                    f"{name}<{rows}>", "g", "gml::GEMV_THREADS", [N, K, gemv_x, w, *ptrs, ahead]
+                )
             )
             phases.append(
                 _phase(
@@ -1382,6 +1396,12 @@ class _Lowering:
             return list(src.inputs)
         return [kv]
 
+    def _cache_range(self, op: gml.SdpaOp, kv: SSAValue) -> tuple[str, str]:
+        """(pointer, bytes) of K's or V's first piece (the KV cache), for gml::L2Ahead."""
+        first = self._kv_pieces(op, kv)[0]
+        n = self.slot(lambda env: min(_nbytes(first, env), L2_AHEAD_BYTES))
+        return self.ptr(first, const=True), f"P[{n}]"
+
     def _cache_rows_early(self, op: gml.SdpaOp) -> Slot:
         """1 where decode attention may read K's and V's first pieces before its wait (a
         bucket where each is the segment's input or a weight, or a view of one: no
@@ -1491,6 +1511,7 @@ class _Lowering:
             bias_t = bias.split("{", 1)[0]  # the bias's type is its initializer's name
             kp, vp = pieces(k), pieces(v)
             cached = self.slot(self._cache_rows_early(op))
+            self.ahead.append((None, [self._cache_range(op, x) for x in (k, v)]))
             split_args = [M, chunk, qp, kp, vp, part_ptr, alpha, bias]
             combine_args = [chunks, M, DV, part_ptr, yp]
             # every template argument named (a function pointer deduces none)
@@ -1779,6 +1800,7 @@ class _Lowering:
         ]
         entry_close = ["  return int(gmlGetLastError());", "}"]
         assert sum(b - a for a, b in self.step_lines) == len(self.body)
+        self.resolve_ahead()
         steps = self.chained([self.body[a:b] for a, b in self.step_lines])
         # kernel bodies a chain calls come before every unit: each unit may instantiate them
         head += [b + "\n" for b in self.bodies if b]
@@ -1789,6 +1811,20 @@ class _Lowering:
             entry_open,
             entry_close,
         )
+
+    def resolve_ahead(self) -> None:
+        """Each decode GEMV's gml::L2Ahead: what the decode kernel after it in the program
+        reads (the next GEMV's weight, attention's KV cache), or nothing for the last."""
+        for i, (token, _) in enumerate(self.ahead):
+            if token is None:
+                continue
+            arg = "gml::L2Ahead{}"
+            if L2_AHEAD and i + 1 < len(self.ahead):
+                ranges = self.ahead[i + 1][1]
+                ptrs = ", ".join(p for p, _ in ranges)
+                sizes = ", ".join(n for _, n in ranges)
+                arg = f"gml::L2Ahead{{{{{ptrs}}}, {{{sizes}}}}}"
+            self.body = [line.replace(token, arg) for line in self.body]
 
     def chained(self, steps: list[list[str]]) -> list[list[str]]:
         """The steps with runs of decode kernels made persistent chains (chains.py): each

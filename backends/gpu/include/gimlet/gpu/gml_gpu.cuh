@@ -294,6 +294,29 @@ GML_D void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// What the next decode kernel reads that nothing writes (a GEMV's weight, attention's KV
+// cache: up to two ranges), prefetched into L2 by this kernel's blocks as they start, each
+// block a share of the 128-byte lines. Under PDL that kernel's blocks load those before
+// they wait, but only the blocks resident while this kernel runs; the rest start as its
+// blocks leave (registers) and would read HBM then. A null range is nothing.
+struct L2Ahead {
+  const void* p[2] = {nullptr, nullptr};
+  int64_t bytes[2] = {0, 0};
+  GML_D void issue() const {
+#if !defined(GML_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (!p[r]) continue;
+      const int64_t lines = (bytes[r] + 127) / 128, per = (lines + gridDim.x - 1) / gridDim.x;
+      const int64_t end = (blockIdx.x + 1) * per < lines ? (blockIdx.x + 1) * per : lines;
+      const char* base = static_cast<const char*>(p[r]);
+      for (int64_t l = blockIdx.x * per + threadIdx.x; l < end; l += blockDim.x)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + l * 128));
+    }
+#endif
+  }
+};
+
 // kernel<<<grid, block, 0, stream>>>(args...), allowed to start early as above (CUDA);
 // a plain launch on HIP. A failed launch is left for gmlGetLastError, as <<<>>> does.
 template <class... P, class... A>
