@@ -95,6 +95,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gimlet-attn132": {"DECODE_TARGET_BLOCKS": 132},  # half the split's blocks
     "gimlet-no-split": {"GEMV_SPLIT": False},  # fc2 and proj a warp a column
     "gimlet-no-ahead": {"L2_AHEAD": False},  # no kernel prefetches the next one's weights
+    "gimlet-no-fold-norm": {"FOLD_NORM": False},  # qkv and fc normalize x in each warp
     # the KV cache copied into the arena each call, the logits out of it (program.py)
     "gimlet-copy": {"BIND_IN_PLACE": False},
 }

@@ -992,9 +992,9 @@ def test_weights_upload_transposed_and_padded_only_where_the_gemm_wants_rows() -
     module, _, _ = _odd_width_linear(True, torch.float32)
     arg = main_func(module).body.block.args[0]
     bias, wt = np.arange(37.0), np.arange(16.0 * 37).reshape(16, 37)  # x @ wt: k=16, n=37
-    assert np.array_equal(upload_layout(bias, Weight(arg, False, 0)), bias)
-    assert np.array_equal(upload_layout(bias, Weight(arg, False, 40)), bias)
-    padded = upload_layout(wt, Weight(arg, True, 40))  # n x k, zero rows 37..39
+    assert np.array_equal(upload_layout({arg: bias}, Weight(arg, False, 0)), bias)
+    assert np.array_equal(upload_layout({arg: bias}, Weight(arg, False, 40)), bias)
+    padded = upload_layout({arg: wt}, Weight(arg, True, 40))  # n x k, zero rows 37..39
     assert padded.shape == (40, 16) and padded.flags.c_contiguous
     assert np.array_equal(padded[:37], wt.T)
     assert not padded[37:].any()

@@ -243,3 +243,61 @@ def test_each_decode_gemv_prefetches_what_the_next_kernel_reads(
     assert re.fullmatch(weight + r"\{49152\}", got["h.0.out"])  # layer 1's qkv: 64 x 192
     assert re.fullmatch(weight + r"\{100000\}", got["h.1.out"])  # the head's first bytes
     assert got["lm_head"] == ""
+
+
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)])
+def test_a_folded_norm_gives_the_norms_product(affine: tuple[bool, bool]) -> None:
+    """gml::LnFoldRows's arithmetic on the host: rstd (W'x - mean c1) + c2, the statistics
+    as sums of x and x^2, equals layer_norm(x) @ W (f32, rtol 1e-5), with the norm's
+    weight and bias, only its weight, or neither."""
+    from gimlet.backends.nvidia.program import folded_norm
+
+    gen = np.random.default_rng(0)
+    k, n = 96, 40
+    w = gen.standard_normal((k, n)).astype(np.float32)
+    gamma = gen.standard_normal(k).astype(np.float32) if affine[0] else None
+    beta = gen.standard_normal(k).astype(np.float32) if affine[1] else None
+    x = (gen.standard_normal(k) * 3 + 0.5).astype(np.float32)
+    ref = (
+        F.layer_norm(
+            torch.from_numpy(x),
+            (k,),
+            None if gamma is None else torch.from_numpy(gamma),
+            None if beta is None else torch.from_numpy(beta),
+        ).numpy()
+        @ w
+    )
+    scaled, c1, c2 = (folded_norm(w, gamma, beta, p) for p in ("scaled", "c1", "c2"))
+    assert scaled.shape == (n, k) and c1.dtype == c2.dtype == np.float32
+    mean = x.sum() / k
+    rstd = 1 / np.sqrt((x * x).sum() / k - mean * mean + 1e-5)
+    np.testing.assert_allclose(rstd * (scaled @ x - mean * c1) + c2, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_gemvs_fold_their_layer_norm_and_upload_the_weight_once(
+    monkeypatch: Any,
+) -> None:
+    """GPT decode (static, a row a call): qkv and fc read gml::LnFoldRows and their
+    folded weight, never the Linear's own (no bucket multiplies more rows); with
+    FOLD_NORM off they normalize in the warp (gml::LnRows) and upload the weight as is."""
+    from test_gpu_backend import _decode_case
+
+    module = _decode_case(40)[0]
+    low = lower(main_func(module))
+    parts = [w.part for w in low.weights if w.norm is not None]
+    assert sorted(parts) == sorted(["scaled", "c1", "c2"] * parts.count("scaled"))
+    assert parts.count("scaled") >= 2  # the layer's qkv and fc
+    folded = {w.value for w in low.weights if w.norm is not None}
+    assert not [w for w in low.weights if w.value in folded and w.norm is None]
+    assert "gml::LnFoldRows<float>{" in low.source and "gml::LnRows<" not in low.source
+    monkeypatch.setattr(cg, "FOLD_NORM", False)
+    low = lower(main_func(module))
+    assert all(w.norm is None for w in low.weights)
+    assert "gml::LnRows<float>{" in low.source and "LnFoldRows" not in low.source
+
+
+def test_a_split_gemv_keeps_its_norm_in_the_warp() -> None:
+    """Columns split over warps (their statistics would need summing across them too)
+    normalize x per warp: gml::LnRows, not the fold."""
+    src = lower(main_func(_norm_linear(512, torch.float32)[0])).source
+    assert "gml::LnRows<float>{" in src and "LnFoldRows" not in src

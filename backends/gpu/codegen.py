@@ -83,6 +83,9 @@ NORM_EARLY = os.environ.get("GIMLET_GPU_NORM_EARLY", "1") == "1"
 # splits each column's k over 2-8 warps of a block (_gemv_split); "0": a warp a column
 GEMV_SPLIT = os.environ.get("GIMLET_GPU_GEMV_SPLIT", "1") == "1"
 CHAIN_BLOCKS = int(os.environ.get("GIMLET_GPU_CHAIN_BLOCKS", "1"))  # a chain's blocks an SM
+# a layer norm feeding a decode GEMV is folded into its weight (gml::LnFoldRows: the
+# statistics from the product's own pass over x); "0": each warp normalizes x first
+FOLD_NORM = os.environ.get("GIMLET_GPU_FOLD_NORM", "1") == "1"
 # a decode GEMV prefetches the next one's weight into L2 (its first L2_AHEAD_BYTES: a
 # vocabulary-sized head is larger than L2) as it starts (gml::L2Ahead); "0": none
 L2_AHEAD = os.environ.get("GIMLET_GPU_L2_AHEAD", "1") == "1"
@@ -263,6 +266,17 @@ class Weight:
     rows: int = (
         0  # upload with this many rows (zeros below the weight's own): 16-byte aligned GEMMs
     )
+    # a layer norm folded into the Linear `value` (gml::LnFoldRows): the norm's (weight,
+    # bias), either None where absent, and which part this upload is: "scaled" (value's
+    # rows along k times the norm's weight, as value's dtype), "c1" (its sums over k) or
+    # "c2" (value . bias), each of the two an f32 vector a column
+    norm: tuple[SSAValue | None, SSAValue | None] | None = None
+    part: str = ""
+
+    @property
+    def sources(self) -> list[SSAValue]:
+        """The load-time values this upload is computed from."""
+        return [self.value, *(v for v in self.norm or () if v is not None)]
 
 
 @dataclass
@@ -421,7 +435,7 @@ class _Lowering:
         self.slots: list[Slot] = []
         self.free = load_time_values(fn)
         self.weights: list[Weight] = []
-        self.weight_index: dict[tuple[SSAValue, bool, int], int] = {}
+        self.weight_index: dict[tuple[Any, ...], int] = {}
         self.views: list[tuple[SSAValue, SSAValue, ViewRule]] = []
         self.offset_slot: dict[Any, int] = {}
         self.defined_at: dict[SSAValue, int] = {}  # results written before their op's step
@@ -464,11 +478,18 @@ class _Lowering:
             self.slots.append(partial(_nth, f, i))
         return first
 
-    def weight(self, v: SSAValue, transposed: bool = False, rows: int = 0) -> int:
-        key = (v, transposed, rows)
+    def weight(
+        self,
+        v: SSAValue,
+        transposed: bool = False,
+        rows: int = 0,
+        norm: tuple[SSAValue | None, SSAValue | None] | None = None,
+        part: str = "",
+    ) -> int:
+        key = (v, transposed, rows, norm, part)
         if key not in self.weight_index:
             self.weight_index[key] = len(self.weights)
-            self.weights.append(Weight(v, transposed, rows))
+            self.weights.append(Weight(v, transposed, rows, norm, part))
         return self.weight_index[key]
 
     def ptr(self, v: SSAValue | Scratch, ct: str | None = None, const: bool = False) -> str:
@@ -1053,21 +1074,45 @@ class _Lowering:
         n_static = shape_of(b.type)[1]
         padded = PAD_WEIGHTS and n_static > 0 and n_static % (16 // esize) != 0
         ldm = -(-n_static // (16 // esize)) * (16 // esize) if padded else 0
-        w = f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True, rows=ldm)}])"
         x = self.ptr(a, const=True)
         ln_src = a.owner.input if isinstance(a.owner, gml.ReshapeOp) else a
         ln = ln_src.owner if isinstance(ln_src.owner, gml.LayerNormOp) else None
         if ln is not None and self._normalized_by(ln) is not op:
             ln = None
-        # the GEMV's rows: x itself, or (decode after a layer norm) x normalized in-kernel
-        gemv_x = (
-            f"gml::LnRows<{ct}>{{{self.ptr(ln.input, const=True)}, "
-            f"{self.ptr(ln.weight, const=True) if ln.weight else 'nullptr'}, "
-            f"{self.ptr(ln.bias, const=True) if ln.bias else 'nullptr'}, {ln.eps.value.data!r}f}}"
-            if ln is not None
-            else f"gml::Rows<{ct}>{{{x}}}"
+        split = _gemv_split(n_static, shape_of(a.type)[-1], ct)
+        # a layer norm folded into the weight (a warp a column, not in a chain): the
+        # GEMV reads W' and the column's c1, c2; W itself only where a bucket multiplies
+        # more rows (cuBLAS after the norm's kernel), so a decode program uploads it once
+        fold = ln is not None and FOLD_NORM and split == 1 and not CHAIN and not padded
+        gemm_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) > 4)
+        w = (
+            "nullptr"  # no bucket takes the GEMM branch, which alone reads it
+            if fold and gemm_dead
+            else f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True, rows=ldm)}])"
         )
-        rows_t = f"gml::LnRows<{ct}>" if ln is not None else f"gml::Rows<{ct}>"
+        gemv_w = w
+        # the GEMV's rows: x itself, or (decode after a layer norm) x normalized in-kernel
+        if ln is not None and fold:
+            norm = (ln.weight, ln.bias)
+            gemv_w = f"static_cast<const {ct}*>(W[{self.weight(b, True, 0, norm, 'scaled')}])"
+            c1, c2 = (
+                f"static_cast<const float*>(W[{self.weight(b, True, 0, norm, c)}])"
+                for c in ("c1", "c2")
+            )
+            rows_t = f"gml::LnFoldRows<{ct}>"
+            gemv_x = (
+                f"{rows_t}{{{self.ptr(ln.input, const=True)}, {c1}, {c2}, {ln.eps.value.data!r}f}}"
+            )
+        elif ln is not None:
+            rows_t = f"gml::LnRows<{ct}>"
+            gemv_x = (
+                f"{rows_t}{{{self.ptr(ln.input, const=True)}, "
+                f"{self.ptr(ln.weight, const=True) if ln.weight else 'nullptr'}, "
+                f"{self.ptr(ln.bias, const=True) if ln.bias else 'nullptr'}, {ln.eps.value.data!r}f}}"
+            )
+        else:
+            rows_t = f"gml::Rows<{ct}>"
+            gemv_x = f"{rows_t}{{{x}}}"
         chain = self._epilogue(op)
         args: list[str] = []
         ptrs: list[str] = []
@@ -1135,7 +1180,6 @@ class _Lowering:
         signature = (
             f"int64_t n, int64_t k, {rows_t} x, const {ct}* __restrict__ w, {', '.join(args)}"
         )
-        split = _gemv_split(n_static, shape_of(a.type)[-1], ct)
         in_flight = _gemv_loads(shape_of(a.type)[-1], ct, split)
         flags = ", ".join(str(f).lower() for f in (DECODE_PREFETCH, NORM_EARLY))
         early = "" if DECODE_PREFETCH and NORM_EARLY and split == 1 else f", {flags}, {split}"
@@ -1195,12 +1239,15 @@ class _Lowering:
         ahead = f"@ahead{len(self.ahead)}@"  # what the next decode kernel reads
         kw, nw = shape_of(b.type)
         wbytes = min(max(kw, 0) * max(ldm or nw, 0) * esize, L2_AHEAD_BYTES)
-        self.ahead.append((ahead, [(w, str(wbytes))]))
+        self.ahead.append((ahead, [(gemv_w, str(wbytes))]))
         for i, rows in enumerate(live):
             self.emit(
                 f"  {'' if i == 0 else 'else '}if ({M} == {rows}) "
                 + _launch(
-                    f"{name}<{rows}>", "g", "gml::GEMV_THREADS", [N, K, gemv_x, w, *ptrs, ahead]
+                    f"{name}<{rows}>",
+                    "g",
+                    "gml::GEMV_THREADS",
+                    [N, K, gemv_x, gemv_w, *ptrs, ahead],
                 )
             )
             phases.append(
@@ -1208,7 +1255,7 @@ class _Lowering:
                     f"{name}_body<{rows}, gml::ChainSync>",
                     f"{M} == {rows}",
                     blocks,
-                    [N, K, gemv_x, w, *ptrs],
+                    [N, K, gemv_x, gemv_w, *ptrs],
                 )
             )
         self.emit("} else {")

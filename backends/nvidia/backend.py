@@ -86,9 +86,10 @@ class CudaBackend:
             shutil.copyfile(lib, Path(bundle_dir, stem + ".so"))
             names = sorted(
                 {
-                    w.value.owner.param_name.data
+                    v.owner.param_name.data
                     for w in low.weights
-                    if isinstance(w.value.owner, gml.ParamOp)
+                    for v in w.sources
+                    if isinstance(v.owner, gml.ParamOp)
                 }
             )
             entries.append(

@@ -105,10 +105,15 @@ def evaluate_load_time(
     return values
 
 
-def upload_layout(arr: np.ndarray, w: Weight) -> np.ndarray:
+def upload_layout(values: Mapping[SSAValue, np.ndarray], w: Weight) -> np.ndarray:
     """A weight as the generated code reads it: transposed for the GEMM/GEMV paths, and
     with zero rows up to `w.rows` where an odd output width is padded to an aligned one
-    (only 2-D-or-more weights on the GEMM path have rows to pad; biases and norms never)."""
+    (only 2-D-or-more weights on the GEMM path have rows to pad; biases and norms never);
+    or a part of a layer norm folded into a Linear (`folded_norm`)."""
+    arr = values[w.value]
+    if w.norm is not None:
+        gamma, beta = (None if v is None else values[v] for v in w.norm)
+        return folded_norm(arr, gamma, beta, w.part)
     if w.transposed:
         arr = np.swapaxes(arr, -1, -2)
     if w.rows and arr.ndim >= 2 and w.rows > arr.shape[-2]:
@@ -116,6 +121,27 @@ def upload_layout(arr: np.ndarray, w: Weight) -> np.ndarray:
         pad[-2] = (0, w.rows - arr.shape[-2])
         arr = np.pad(arr, pad)
     return np.ascontiguousarray(arr)
+
+
+def folded_norm(
+    weight: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, part: str
+) -> np.ndarray:
+    """A Linear's weight (k x n) with the layer norm before it folded in, as
+    gml::LnFoldRows reads it: "scaled" W' = diag(gamma) W uploaded n x k in W's dtype;
+    "c1" the sums of W' (as rounded) over k and "c2" = beta . W, f32 vectors of n."""
+    w = np.asarray(weight)
+    scaled = (
+        w.astype(np.float32) * (1.0 if gamma is None else gamma.astype(np.float32)[:, None])
+    ).astype(w.dtype)
+    if part == "scaled":
+        return np.ascontiguousarray(scaled.T)
+    if part == "c1":
+        return scaled.astype(np.float64).sum(axis=0).astype(np.float32)
+    if part == "c2":
+        if beta is None:
+            return np.zeros(w.shape[1], np.float32)
+        return (beta.astype(np.float64) @ w.astype(np.float64)).astype(np.float32)
+    raise ValueError(f"no folded-norm part {part!r}")
 
 
 @dataclass
@@ -179,7 +205,7 @@ class CudaFunction:
         values = evaluate_load_time(fn, weights)
         self.weight_tensors = []
         for w in self.low.weights:
-            arr = upload_layout(values[w.value], w)
+            arr = upload_layout(values, w)
             self.weight_tensors.append(numpy_to_torch(arr).to(self.device))
         self.W = (_P * max(len(self.weight_tensors), 1))(
             *[t.data_ptr() for t in self.weight_tensors]

@@ -928,8 +928,12 @@ GML_HD float rounded_as(float x) {
 // The GEMV's rows: x as stored, or x through a layer norm over k (decode: the norm that
 // feeds a Linear is computed by each warp on the fly instead of by its own kernel; the
 // normalized value is rounded to T, as the norm's output would be).
+// Every rows type also gives `column(col)`, what its column needs loaded before the wait,
+// and `finish(acc, column, k)`, applied to the warp's sums before the epilogue; STATEFUL
+// rows accumulate per warp as chunks are read (one column a warp, no split: S == 1).
 template <class T>
 struct Rows {
+  static constexpr bool STATEFUL = false;
   const T* __restrict__ x;
   template <int E>
   struct Early {};  // nothing to load before the wait
@@ -937,6 +941,10 @@ struct Rows {
   GML_D Early<E> early(int64_t, int64_t, int64_t) const {
     return {};
   }
+  struct Column {};
+  GML_D Column column(int64_t) const { return {}; }
+  template <int M>
+  GML_D void finish(float (&)[M], const Column&, int64_t) const {}
   template <int M>
   GML_D void prepare(int64_t) {}
   GML_D float at(int r, int64_t k, int64_t j) const { return float(load(x + r * k + j)); }
@@ -954,10 +962,15 @@ struct Rows {
 };
 template <class T>
 struct LnRows {
+  static constexpr bool STATEFUL = false;
   const T* __restrict__ x;
   const T* __restrict__ g;  // weight and bias: nullptr when absent
   const T* __restrict__ b;
   float eps;
+  struct Column {};
+  GML_D Column column(int64_t) const { return {}; }
+  template <int M>
+  GML_D void finish(float (&)[M], const Column&, int64_t) const {}
   float mean[4] = {0.f, 0.f, 0.f, 0.f}, rstd[4] = {1.f, 1.f, 1.f, 1.f};
   // The norm's weight and bias at the lane's first E chunks of 16 bytes (j0, j0 + step,
   // ...), loaded before the wait (weights: nothing in the segment writes them), so that
@@ -1054,6 +1067,70 @@ struct LnRows {
   }
 };
 
+// x through a layer norm folded into the GEMV's weight at load time: W' = W diag(g) (the
+// norm's weight scales W's columns along k), c1 = W' 1 and c2 = W b (the norm's bias), as
+// floats a column. Column n's sum is then
+//   sum_k W'[n,k] (x_k - mean) rstd + c2[n] = rstd (W'x - mean c1[n]) + c2[n],
+// and the statistics come from the pass over x that the product makes (sums of x and of
+// x^2 beside W'x, reduced with it), not from two passes before it: GPT-2 decode's qkv and
+// fc GEMVs each spent ~1.5 us of their ~4.3 us share of the chain on those passes
+// (benchmarks/results/gpu_decode_timeline_run13_nostats.log). The variance is
+// E[x^2] - mean^2 in f32 (clamped at 0), exact enough while the row's spread is not
+// ~1e-3 of its mean; the normalized x is not rounded to T first, as the norm's output
+// would be (f16: within the product's own rounding).
+template <class T>
+struct LnFoldRows {
+  static constexpr bool STATEFUL = true;
+  const T* __restrict__ x;
+  const float* __restrict__ c1;
+  const float* __restrict__ c2;
+  float eps;
+  mutable float s1[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f};
+  template <int E>
+  struct Early {};
+  template <int E>
+  GML_D Early<E> early(int64_t, int64_t, int64_t) const {
+    return {};
+  }
+  struct Column {
+    float c1 = 0.f, c2 = 0.f;
+  };
+  GML_D Column column(int64_t col) const { return {c1[col], c2[col]}; }
+  template <int M>
+  GML_D void prepare(int64_t) {}
+  GML_D float at(int r, int64_t k, int64_t j) const {
+    const float v = float(load(x + r * k + j));
+    s1[r] += v;
+    s2[r] += v * v;
+    return v;
+  }
+  GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
+    T v[16 / sizeof(T)];
+    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * k + j);
+#pragma unroll
+    for (int e = 0; e < int(16 / sizeof(T)); ++e) {
+      out[e] = float(load(&v[e]));
+      s1[r] += out[e];
+      s2[r] += out[e] * out[e];
+    }
+  }
+  template <int E>
+  GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)], const Early<E>&,
+                   int) const {
+    chunk(r, k, j, out);
+  }
+  // every lane: acc holds the warp's sums already; the statistics are reduced here
+  template <int M>
+  GML_D void finish(float (&acc)[M], const Column& c, int64_t k) const {
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const float mean = warp_sum(s1[r]) / float(k);
+      const float var = fmaxf(warp_sum(s2[r]) / float(k) - mean * mean, 0.f);
+      acc[r] = rsqrtf(var + eps) * (acc[r] - mean * c.c1) + c.c2;
+    }
+  }
+};
+
 // acc[r] += the 16 bytes of weights in wv . x[r, j .. j + 16 / sizeof(T)); `early`: none,
 // or what rows.early() loaded before the wait and the lane's chunk u of it
 template <class T, int M, class X, class... E>
@@ -1087,6 +1164,7 @@ GML_D void gemv_column_unaligned(float (&acc)[M], const T* wr, const X& rows, in
 template <class T, int M, class S, class X, class O, class F>
 GML_D void gemv_nt_columns(S& sync, int64_t block, int64_t stride, int64_t n, int64_t k, X rows,
                            const T* __restrict__ w, O&& operands, F&& epilogue) {
+  static_assert(!X::STATEFUL, "a chain's warp walks several columns: no per-warp state");
   const int lane = threadIdx.x % GML_WARP;
   const int64_t first = block * GEMV_COLS + threadIdx.x / GML_WARP, step = stride * GEMV_COLS;
   const int64_t cols = first < n ? (n - 1 - first) / step + 1 : 0;  // this warp's columns
@@ -1171,6 +1249,7 @@ GML_D void gemv_nt(Sync& sync, int64_t block, int64_t stride, int64_t n, int64_t
     // p + S, ... as lanes 32p.. of one warp of 32S lanes would; their sums meet in shared
     // memory. GEMV_COLS / S columns a block.
     static_assert(GEMV_COLS % S == 0 && M <= 4, "S divides a block's warps; at most 4 rows");
+    static_assert(S == 1 || !X::STATEFUL, "rows that accumulate per warp take a warp a column");
     const int warp = threadIdx.x / GML_WARP, part = warp % S, lane = threadIdx.x % GML_WARP;
     const int64_t col = block * (GEMV_COLS / S) + warp / S;
     const bool live = col < n;
@@ -1184,6 +1263,7 @@ GML_D void gemv_nt(Sync& sync, int64_t block, int64_t stride, int64_t n, int64_t
     const T* wr = w + col * k;
     constexpr int V = 16 / sizeof(T);
     decltype(operands(col)) ops{};
+    typename X::Column cst{};  // what the rows need a column (a folded norm's c1, c2)
     if (k % V == 0) {
       constexpr int64_t STEP = int64_t(GML_WARP) * V * S;
       uint4 wv[U];
@@ -1195,6 +1275,7 @@ GML_D void gemv_nt(Sync& sync, int64_t block, int64_t stride, int64_t n, int64_t
             wv[u] = *reinterpret_cast<const uint4*>(wr + j0 + u * STEP);
       };
       fetch();
+      if (live) cst = rows.column(col);
       // the rows' own weights (a layer norm's) for the first E chunks, in registers
       constexpr int E = U < 4 ? U : 4;
       typename X::template Early<E> pre{};
@@ -1218,12 +1299,14 @@ GML_D void gemv_nt(Sync& sync, int64_t block, int64_t stride, int64_t n, int64_t
           if (live && j0 + u * STEP < k) gemv_chunk<T>(acc, wv[u], rows, k, j0 + u * STEP);
       }
     } else {
+      if (live) cst = rows.column(col);
       sync.wait();
       rows.template prepare<M>(k);
       if (live && part == 0) gemv_column_unaligned<T>(acc, wr, rows, k);
     }
 #pragma unroll
     for (int r = 0; r < M; ++r) acc[r] = warp_sum(acc[r]);
+    rows.finish(acc, cst, k);
     if constexpr (S > 1) {
       __shared__ float sums[GEMV_COLS][4];
       if (lane == 0)
