@@ -133,9 +133,9 @@ class NormLinear(nn.Module):
         return self.lin(self.norm(x)) + r
 
 
-def _norm_linear(k: int, dtype: torch.dtype) -> tuple[Any, Any, list[torch.Tensor]]:
+def _norm_linear(k: int, dtype: torch.dtype, rows: int = 2) -> tuple[Any, Any, list[torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(2, k, generator=gen), torch.randn(2, 37, generator=gen)]
+    inputs = [torch.randn(rows, k, generator=gen), torch.randn(rows, 37, generator=gen)]
     inputs = [x.to(dtype) for x in inputs]
     module, weights = import_model(NormLinear(k).to(dtype).eval(), tuple(inputs), None)
     run_pipeline(module, DEFAULT_PIPELINE)
@@ -301,3 +301,12 @@ def test_a_split_gemv_keeps_its_norm_in_the_warp() -> None:
     normalize x per warp: gml::LnRows, not the fold."""
     src = lower(main_func(_norm_linear(512, torch.float32)[0])).source
     assert "gml::LnRows<float>{" in src and "LnFoldRows" not in src
+
+
+def test_a_prefill_program_uploads_no_folded_weight() -> None:
+    """A static function of many rows never takes the GEMV branch: its Linears keep their
+    own weight for cuBLAS and no folded copy is uploaded beside it."""
+    module = _norm_linear(64, torch.float32, rows=16)[0]
+    low = lower(main_func(module))
+    assert all(w.norm is None for w in low.weights)
+    assert "LnFoldRows" not in low.source

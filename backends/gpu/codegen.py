@@ -1083,8 +1083,11 @@ class _Lowering:
         # a layer norm folded into the weight (a warp a column, not in a chain): the
         # GEMV reads W' and the column's c1, c2; W itself only where a bucket multiplies
         # more rows (cuBLAS after the norm's kernel), so a decode program uploads it once
-        fold = ln is not None and FOLD_NORM and split == 1 and not CHAIN and not padded
         gemm_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) > 4)
+        gemv_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) <= 4)
+        fold = (
+            ln is not None and FOLD_NORM and split == 1 and not CHAIN and not padded
+        ) and not gemv_dead  # a prefill program uploads no folded copy it never reads
         w = (
             "nullptr"  # no bucket takes the GEMM branch, which alone reads it
             if fold and gemm_dead
