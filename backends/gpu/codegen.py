@@ -1084,7 +1084,12 @@ class _Lowering:
         # GEMV reads W' and the column's c1, c2; W itself only where a bucket multiplies
         # more rows (cuBLAS after the norm's kernel), so a decode program uploads it once
         gemm_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) > 4)
-        gemv_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) <= 4)
+        # the row counts some bucket has: a multiple of the rows' static factor (GPT's 512
+        # tokens of a dynamic batch: none of 1..4, no GEMV instantiated), the one count of
+        # a static function
+        rows_form = numel(self.sym[a][:-1])
+        live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
+        gemv_dead = not live
         fold = (
             ln is not None and FOLD_NORM and split == 1 and not CHAIN and not padded
         ) and not gemv_dead  # a prefill program uploads no folded copy it never reads
@@ -1232,11 +1237,6 @@ class _Lowering:
         self.emit(
             f"  const unsigned g = unsigned(({N} + gml::GEMV_COLS / {split} - 1) / (gml::GEMV_COLS / {split}));  // {split} warp(s) a column"
         )
-        # the row counts some bucket has: a multiple of the rows' static factor (GPT's 512
-        # tokens of a dynamic batch: none of 1..4, no GEMV instantiated), the one count of
-        # a static function
-        rows_form = numel(self.sym[a][:-1])
-        live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
         phases = []
         blocks = f"({N} + gml::GEMV_COLS - 1) / gml::GEMV_COLS"
         ahead = f"@ahead{len(self.ahead)}@"  # what the next decode kernel reads
