@@ -116,3 +116,28 @@ def test_decode_reads_the_callers_cache_in_place(
     # graph, which the rest replay (had the caller kept each call's logits until the
     # next, they would alternate between two addresses: two keys, two bound graphs)
     assert f.in_place_graphs() == (1 if graphs == "1" else 0)
+
+
+def test_a_slot_that_computes_with_an_offset_binds_nothing() -> None:
+    """binding() on a table of hand-made slots: one addressing each end (and a view's
+    slot its root's end) is bound; a slot doubling an offset makes every end copied."""
+    from types import SimpleNamespace
+
+    from gimlet.backends.gpu.inplace import binding
+
+    env = SimpleNamespace(offsets={"x": 0, "x_view": 256, "y": 512})
+    alias: Any = {"x_view": ("x", 256)}
+    slots = [
+        lambda e: e.offsets["x"],
+        lambda e: e.offsets["x_view"] + 64,
+        lambda e: e.offsets["y"],
+        lambda e: 7,
+    ]
+    params = [s(env) for s in slots]
+    sizes = lambda v: (256, 256)  # noqa: E731
+    args: Any = (slots, params, env, alias, ["x"], ["y"], sizes)
+    assert binding(*args) == [[0, 1], [2]]
+    assert env.offsets == {"x": 0, "x_view": 256, "y": 512}  # restored
+    slots.append(lambda e: 2 * e.offsets["y"])
+    params.append(1024)
+    assert binding(*args) == [None, None]

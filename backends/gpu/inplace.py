@@ -7,14 +7,15 @@ the caller's tensor, instead of copying them into and out of the arena, by addin
 `caller's address - (arena + offset)` to the slots that address that tensor and
 capturing a graph with that table (backends/nvidia/runtime/gml_cuda.cpp).
 
-Those slots are found by evaluating the table a second time with the tensor moved by
-`SHIFT` bytes in the plan (it and every view of it): the slots that move by exactly
-`SHIFT` address it. A tensor is bound only where that is all that changes: no slot moves
-by another amount (an offset used in arithmetic), no other input or output moves with
-it (an output that is a view of an input), and an output is its own storage (not a view
-into a larger buffer the caller does not have). `SHIFT` keeps every alignment up to
-2^40, so a slot that tests an address's alignment reads the same; the runtime binds only
-addresses with the arena's alignment (shapes.ALIGN) to the planned one.
+Those slots are found by evaluating the table once more with every input and output
+moved in the plan (it and every view of it), end i by `SHIFT << 8i` bytes: the slots that
+move by exactly end i's shift address it. A tensor is bound only where that is all that
+changes: no slot moves by another amount (an offset used in arithmetic: then nothing is
+bound), no other input or output moves with it (an output that is a view of an input, a
+value returned twice), and an output is its own storage (not a view into a larger buffer
+the caller does not have). The shifts keep every alignment up to 2^40, so a slot that
+tests an address's alignment reads the same; the runtime binds only addresses with the
+arena's alignment (shapes.ALIGN) to the planned one.
 """
 
 from __future__ import annotations
@@ -24,32 +25,7 @@ from typing import Any
 
 from xdsl.ir import SSAValue
 
-SHIFT = 1 << 40
-
-
-def bound_slots(
-    slots: Sequence[Callable[[Any], int]],
-    params: Sequence[int],
-    env: Any,
-    group: set[Any],
-    others: Sequence[Any],
-) -> list[int] | None:
-    """Slots addressing the tensors in `group` (a root and its views, keys of
-    env.offsets), or None when moving them changes anything else: a slot by another
-    amount, or the offset of one of `others` (the function's other inputs and outputs)."""
-    saved = dict(env.offsets)
-    try:
-        for key in group:
-            env.offsets[key] += SHIFT
-        moved = [slot(env) - p for slot, p in zip(slots, params, strict=True)]
-        if any(env.offsets[o] != saved[o] for o in others):
-            return None
-    finally:
-        env.offsets.clear()
-        env.offsets.update(saved)
-    if any(d not in (0, SHIFT) for d in moved):
-        return None
-    return [i for i, d in enumerate(moved) if d == SHIFT]
+SHIFT = 1 << 40  # end i moves by SHIFT << 8i: one evaluation of the table tells them apart
 
 
 def binding(
@@ -63,22 +39,54 @@ def binding(
 ) -> list[list[int] | None]:
     """Per input, then per output: the slots to move to bind it in place, or None.
     `output_bytes(v)` gives (bytes the caller's tensor holds, bytes of v's root)."""
-
-    def root(v: SSAValue) -> SSAValue:
-        return alias.get(v, (v, 0))[0]
-
-    def group(r: SSAValue) -> set[Any]:
-        return {r} | {v for v, (w, _) in alias.items() if w == r}
-
     ends = [*inputs, *outputs]
-    out: list[list[int] | None] = []
-    for i, v in enumerate(ends):
-        # an output returned twice, or an input returned, moves with it: not bound
-        others = [e for j, e in enumerate(ends) if j != i]
-        if i >= len(inputs):  # an output: its own storage, not part of a larger buffer
-            own, whole = output_bytes(v)
-            if alias.get(v, (v, 0))[1] != 0 or own != whole:
-                out.append(None)
-                continue
-        out.append(bound_slots(slots, params, env, group(root(v)), others))
-    return out
+    shift = [SHIFT << (8 * i) for i in range(len(ends))]
+    ok = [True] * len(ends)
+    for i, v in enumerate(outputs, len(inputs)):  # its own storage, not part of a larger one
+        own, whole = output_bytes(v)
+        ok[i] = alias.get(v, (v, 0))[1] == 0 and own == whole
+    saved = dict(env.offsets)
+    try:
+        for i, v in enumerate(ends):  # the end's root and every view of it
+            root = alias.get(v, (v, 0))[0]
+            for key in saved:
+                if key == root or (key in alias and alias[key][0] == root):
+                    env.offsets[key] += shift[i]
+        ends_moved = [env.offsets[v] - saved[v] for v in ends]
+        moved = [slot(env) - p for slot, p in zip(slots, params, strict=True)]
+    finally:
+        env.offsets.clear()
+        env.offsets.update(saved)
+    # an end that moves with another (an input returned, or as a view; a value returned
+    # twice) is bound by neither
+    for i, d in enumerate(ends_moved):
+        if d != shift[i]:
+            for j in _ends_in(d, len(ends)) or range(len(ends)):
+                ok[j] = False
+    bound: list[list[int]] = [[] for _ in ends]
+    for s, d in enumerate(moved):
+        if d == 0:
+            continue
+        if d in shift:
+            bound[shift.index(d)].append(s)
+            continue
+        together = _ends_in(d, len(ends))
+        if together is None:  # an offset used in arithmetic: what it means is unknown
+            return [None] * len(ends)
+        for j in together:  # ends sharing storage (seen above as well)
+            ok[j] = False
+    return [b if good else None for b, good in zip(bound, ok, strict=True)]
+
+
+def _ends_in(d: int, n: int) -> list[int] | None:
+    """The ends whose shifts sum to `d` (each at most once), or None if it is no such sum."""
+    if d < 0 or d % SHIFT:
+        return None
+    q, found = d // SHIFT, []
+    for i in range(n):
+        if q & 255 not in (0, 1):
+            return None
+        if q & 255:
+            found.append(i)
+        q >>= 8
+    return found if q == 0 else None
