@@ -119,12 +119,12 @@ def test_decode_attention_equals_the_interpreter_whenever_the_cache_is_read(
 
 class NormLinear(nn.Module):
     """A layer norm into a Linear of 37 columns (a block of 8 warps: no multiple of its
-    columns at any split) and a residual."""
+    columns at any split; an odd width, padded for cuBLAS) and a residual."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, cols: int = 37) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(k)
-        self.lin = nn.Linear(k, 37)
+        self.lin = nn.Linear(k, cols)
         torch.manual_seed(0)
         for p in self.parameters():
             nn.init.normal_(p, std=0.5)
@@ -133,11 +133,13 @@ class NormLinear(nn.Module):
         return self.lin(self.norm(x)) + r
 
 
-def _norm_linear(k: int, dtype: torch.dtype, rows: int = 2) -> tuple[Any, Any, list[torch.Tensor]]:
+def _norm_linear(
+    k: int, dtype: torch.dtype, rows: int = 2, cols: int = 37
+) -> tuple[Any, Any, list[torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(rows, k, generator=gen), torch.randn(rows, 37, generator=gen)]
+    inputs = [torch.randn(rows, k, generator=gen), torch.randn(rows, cols, generator=gen)]
     inputs = [x.to(dtype) for x in inputs]
-    module, weights = import_model(NormLinear(k).to(dtype).eval(), tuple(inputs), None)
+    module, weights = import_model(NormLinear(k, cols).to(dtype).eval(), tuple(inputs), None)
     run_pipeline(module, DEFAULT_PIPELINE)
     return module, weights, inputs
 
@@ -296,11 +298,19 @@ def test_decode_gemvs_fold_their_layer_norm_and_upload_the_weight_once(
     assert "gml::LnRows<float>{" in low.source and "LnFoldRows" not in low.source
 
 
-def test_a_split_gemv_keeps_its_norm_in_the_warp() -> None:
+@pytest.mark.parametrize(
+    ("cols", "split", "folded"), [(40, True, False), (40, False, True), (37, False, False)]
+)
+def test_the_fold_takes_a_warp_a_column_and_an_unpadded_weight(
+    cols: int, split: bool, folded: bool, monkeypatch: Any
+) -> None:
     """Columns split over warps (their statistics would need summing across them too)
-    normalize x per warp: gml::LnRows, not the fold."""
-    src = lower(main_func(_norm_linear(512, torch.float32)[0])).source
-    assert "gml::LnRows<float>{" in src and "LnFoldRows" not in src
+    normalize x per warp (gml::LnRows), as does an odd width padded for cuBLAS (the fold
+    has not run on a GPU with one); 40 columns a warp each fold."""
+    monkeypatch.setattr(cg, "GEMV_SPLIT", split)
+    src = lower(main_func(_norm_linear(512, torch.float32, cols=cols)[0])).source
+    assert ("gml::LnFoldRows<float>{" in src) == folded
+    assert ("gml::LnRows<float>{" in src) != folded
 
 
 def test_a_prefill_program_uploads_no_folded_weight() -> None:

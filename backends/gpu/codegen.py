@@ -1054,6 +1054,48 @@ class _Lowering:
             v, via = results[0], None
         return chain
 
+    def _gemv_operands(
+        self, op: gml.MatmulOp, ldm: int, split: int, gemv_live: bool
+    ) -> tuple[str, str, str, str]:
+        """(rows type, rows, weight) of x @ W's GEMV, and W as the GEMM branch reads it.
+        The rows are x itself; or (decode after a layer norm that feeds only this product) x through
+        the norm, folded into the weight (gml::LnFoldRows: W' and the column's c1, c2) or
+        computed by each warp (gml::LnRows). The fold takes a warp a column and no chain;
+        W itself is uploaded only where a bucket multiplies more rows (cuBLAS after the
+        norm's kernel) and the folded parts only where one runs the GEMV, so a decode
+        program and a prefill program each upload one copy. A weight padded to an aligned
+        width keeps gml::LnRows."""
+        a, b = op.lhs, op.rhs
+        ct = _ct(op.result)
+        ln_src = a.owner.input if isinstance(a.owner, gml.ReshapeOp) else a
+        ln = ln_src.owner if isinstance(ln_src.owner, gml.LayerNormOp) else None
+        if ln is not None and self._normalized_by(ln) is not op:
+            ln = None
+        gemm_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) > 4)
+        fold = gemv_live and ln is not None and FOLD_NORM and split == 1 and not CHAIN
+        fold = fold and not ldm  # an odd width padded for cuBLAS: not run on a GPU folded
+        w = (
+            "nullptr"  # no bucket takes the GEMM branch, which alone reads it
+            if fold and gemm_dead
+            else f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True, rows=ldm)}])"
+        )
+        if ln is None:
+            return f"gml::Rows<{ct}>", f"gml::Rows<{ct}>{{{self.ptr(a, const=True)}}}", w, w
+        x = self.ptr(ln.input, const=True)
+        if fold:
+            norm = (ln.weight, ln.bias)
+
+            def part(name: str, t: str) -> str:
+                return f"static_cast<const {t}*>(W[{self.weight(b, True, 0, norm, name)}])"
+
+            scaled, c1, c2 = part("scaled", ct), part("c1", "float"), part("c2", "float")
+            rows_t = f"gml::LnFoldRows<{ct}>"
+            return rows_t, f"{rows_t}{{{x}, {c1}, {c2}, {ln.eps.value.data!r}f}}", scaled, w
+        g = self.ptr(ln.weight, const=True) if ln.weight else "nullptr"
+        bias = self.ptr(ln.bias, const=True) if ln.bias else "nullptr"
+        rows_t = f"gml::LnRows<{ct}>"
+        return rows_t, f"{rows_t}{{{x}, {g}, {bias}, {ln.eps.value.data!r}f}}", w, w
+
     def linear(self, op: gml.MatmulOp) -> None:
         """x @ W with W a weight: up to 4 rows, a generated GEMV with the consumers fused
         in (bias, activation, residual); otherwise cuBLAS, then the consumers' kernels."""
@@ -1075,52 +1117,13 @@ class _Lowering:
         padded = PAD_WEIGHTS and n_static > 0 and n_static % (16 // esize) != 0
         ldm = -(-n_static // (16 // esize)) * (16 // esize) if padded else 0
         x = self.ptr(a, const=True)
-        ln_src = a.owner.input if isinstance(a.owner, gml.ReshapeOp) else a
-        ln = ln_src.owner if isinstance(ln_src.owner, gml.LayerNormOp) else None
-        if ln is not None and self._normalized_by(ln) is not op:
-            ln = None
         split = _gemv_split(n_static, shape_of(a.type)[-1], ct)
-        # a layer norm folded into the weight (a warp a column, not in a chain): the
-        # GEMV reads W' and the column's c1, c2; W itself only where a bucket multiplies
-        # more rows (cuBLAS after the norm's kernel), so a decode program uploads it once
-        gemm_dead = self.never(lambda env: _numel(env.shapes[a][:-1]) > 4)
         # the row counts some bucket has: a multiple of the rows' static factor (GPT's 512
         # tokens of a dynamic batch: none of 1..4, no GEMV instantiated), the one count of
         # a static function
         rows_form = numel(self.sym[a][:-1])
         live = [r for r in (1, 2, 3, 4) if rows_form.can_be(r)]
-        gemv_dead = not live
-        fold = (
-            ln is not None and FOLD_NORM and split == 1 and not CHAIN and not padded
-        ) and not gemv_dead  # a prefill program uploads no folded copy it never reads
-        w = (
-            "nullptr"  # no bucket takes the GEMM branch, which alone reads it
-            if fold and gemm_dead
-            else f"static_cast<const {ct}*>(W[{self.weight(b, transposed=True, rows=ldm)}])"
-        )
-        gemv_w = w
-        # the GEMV's rows: x itself, or (decode after a layer norm) x normalized in-kernel
-        if ln is not None and fold:
-            norm = (ln.weight, ln.bias)
-            gemv_w = f"static_cast<const {ct}*>(W[{self.weight(b, True, 0, norm, 'scaled')}])"
-            c1, c2 = (
-                f"static_cast<const float*>(W[{self.weight(b, True, 0, norm, c)}])"
-                for c in ("c1", "c2")
-            )
-            rows_t = f"gml::LnFoldRows<{ct}>"
-            gemv_x = (
-                f"{rows_t}{{{self.ptr(ln.input, const=True)}, {c1}, {c2}, {ln.eps.value.data!r}f}}"
-            )
-        elif ln is not None:
-            rows_t = f"gml::LnRows<{ct}>"
-            gemv_x = (
-                f"{rows_t}{{{self.ptr(ln.input, const=True)}, "
-                f"{self.ptr(ln.weight, const=True) if ln.weight else 'nullptr'}, "
-                f"{self.ptr(ln.bias, const=True) if ln.bias else 'nullptr'}, {ln.eps.value.data!r}f}}"
-            )
-        else:
-            rows_t = f"gml::Rows<{ct}>"
-            gemv_x = f"{rows_t}{{{x}}}"
+        rows_t, gemv_x, gemv_w, w = self._gemv_operands(op, ldm, split, bool(live))
         chain = self._epilogue(op)
         args: list[str] = []
         ptrs: list[str] = []
