@@ -925,6 +925,15 @@ GML_HD float rounded_as(float x) {
   else
     return x;
 }
+// The 16 bytes at p (aligned), widened to float.
+template <class T>
+GML_D void load_chunk(const T* p, float (&out)[16 / sizeof(T)]) {
+  T v[16 / sizeof(T)];
+  *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = float(load(&v[e]));
+}
+
 // The GEMV's rows: x as stored, or x through a layer norm over k (decode: the norm that
 // feeds a Linear is computed by each warp on the fly instead of by its own kernel; the
 // normalized value is rounded to T, as the norm's output would be).
@@ -949,10 +958,7 @@ struct Rows {
   GML_D void prepare(int64_t) {}
   GML_D float at(int r, int64_t k, int64_t j) const { return float(load(x + r * k + j)); }
   GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
-    T v[16 / sizeof(T)];
-    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * k + j);
-#pragma unroll
-    for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = float(load(&v[e]));
+    load_chunk(x + r * k + j, out);
   }
   template <int E>
   GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)], const Early<E>&,
@@ -1015,7 +1021,7 @@ struct LnRows {
 #pragma unroll 4
       for (int64_t j = int64_t(lane) * V; j < k; j += int64_t(GML_WARP) * V) {
         float c[V];
-        chunk_raw(xr + j, c);
+        load_chunk(xr + j, c);
 #pragma unroll
         for (int e = 0; e < V; ++e) s += f(c[e]);
       }
@@ -1023,12 +1029,6 @@ struct LnRows {
       for (int64_t j = lane; j < k; j += GML_WARP) s += f(float(load(xr + j)));
     }
     return s;
-  }
-  GML_D static void chunk_raw(const T* p, float (&out)[16 / sizeof(T)]) {
-    T v[16 / sizeof(T)];
-    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(p);
-#pragma unroll
-    for (int e = 0; e < int(16 / sizeof(T)); ++e) out[e] = float(load(&v[e]));
   }
   GML_D float norm(int r, int64_t j, float v) const {
     float o = (v - mean[r]) * rstd[r];
@@ -1056,7 +1056,7 @@ struct LnRows {
     constexpr int V = 16 / sizeof(T);
     const T* gt = reinterpret_cast<const T*>(&g16);
     const T* bt = reinterpret_cast<const T*>(&b16);
-    chunk_raw(x + r * k + j, out);
+    load_chunk(x + r * k + j, out);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       float o = (out[e] - mean[r]) * rstd[r];
@@ -1105,11 +1105,9 @@ struct LnFoldRows {
     return v;
   }
   GML_D void chunk(int r, int64_t k, int64_t j, float (&out)[16 / sizeof(T)]) const {
-    T v[16 / sizeof(T)];
-    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + r * k + j);
+    load_chunk(x + r * k + j, out);
 #pragma unroll
     for (int e = 0; e < int(16 / sizeof(T)); ++e) {
-      out[e] = float(load(&v[e]));
       s1[r] += out[e];
       s2[r] += out[e] * out[e];
     }
