@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1868,16 +1869,19 @@ class _Lowering:
     def resolve_ahead(self) -> None:
         """Each decode GEMV's gml::L2Ahead: what the decode kernel after it in the program
         reads (the next GEMV's weight, attention's KV cache), or nothing for the last."""
+        args: dict[str, str] = {}
         for i, (token, _) in enumerate(self.ahead):
             if token is None:
                 continue
-            arg = "gml::L2Ahead{}"
+            args[token] = "gml::L2Ahead{}"
             if L2_AHEAD and i + 1 < len(self.ahead):
                 ranges = self.ahead[i + 1][1]
                 ptrs = ", ".join(p for p, _ in ranges)
                 sizes = ", ".join(n for _, n in ranges)
-                arg = f"gml::L2Ahead{{{{{ptrs}}}, {{{sizes}}}}}"
-            self.body = [line.replace(token, arg) for line in self.body]
+                args[token] = f"gml::L2Ahead{{{{{ptrs}}}, {{{sizes}}}}}"
+        if args:  # one pass over the body (a token a GEMV launch: GPT-2 decode has 61)
+            tokens = re.compile(r"@ahead\d+@")
+            self.body = [tokens.sub(lambda m: args[m.group()], line) for line in self.body]
 
     def chained(self, steps: list[list[str]]) -> list[list[str]]:
         """The steps with runs of decode kernels made persistent chains (chains.py): each
