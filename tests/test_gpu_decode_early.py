@@ -206,24 +206,11 @@ def test_each_decode_gemv_prefetches_what_the_next_kernel_reads(
     """gml::L2Ahead: a layer's qkv GEMV prefetches the attention's K and V cache pieces,
     every other GEMV the next GEMV's weight (a head larger than L2_AHEAD_BYTES only its
     first L2_AHEAD_BYTES), the last GEMV nothing; with L2_AHEAD off, none does."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
-    from gpt import GPT
-    from gpt_phases import Decode
+    from test_gpu_backend import _decode_case
 
     monkeypatch.setattr(cg, "L2_AHEAD", ahead)
     monkeypatch.setattr(cg, "L2_AHEAD_BYTES", 100_000)
-    torch.manual_seed(0)
-    gpt = GPT(vocab=500, ctx=64, d=64, heads=4, layers=2).eval()
-    inputs = (
-        torch.randint(0, 500, (1, 1)),
-        torch.randn(2, 1, 4, 16, 16),
-        torch.randn(2, 1, 4, 16, 16),
-    )
-    module, _ = import_model(Decode(gpt).eval(), inputs, None)
-    run_pipeline(module, DEFAULT_PIPELINE)
+    module = _decode_case(40)[0]  # f32, d 64, 2 layers, a head of 512 x 64
     got: dict[str, str] = {}  # the Linear a launch is for -> its L2Ahead's initializer
     linear = ""
     for line in lower(main_func(module)).source.splitlines():
