@@ -69,7 +69,7 @@ import dataclasses
 import datetime
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +107,25 @@ class ChannelSpec:
     # returned as the CUDA tensor it landed in, a host channel's is uploaded to the
     # worker's GPU (`Channels.gpu`) on a copy stream (else a host numpy array)
     device_values: bool = False
+    group: Any = None  # the NCCL payload's process group: its direction's (`nccl_groups`)
+
+
+def nccl_groups(channels: Sequence[dict[str, Any]], ranks: dict[str, int]) -> dict[Any, Any]:
+    """A process group for each direction of every pair of ranks that NCCL channels join,
+    keyed (src rank, dst rank); every rank must call this, in the same order.
+
+    Why one a direction: torch gives a pair's point-to-point transfers one NCCL
+    communicator and one stream, where each transfer waits for the ones issued before it
+    (a send of more than NCCL's buffer does not finish before its receive runs). Program
+    order keeps the two directions' transfers compatible, but a micro-batch pipeline
+    (runtime/pipeline.py) issues them by stage: gpu0 sends micro-batch j + 1 to gpu1
+    before it receives j back, while gpu1 sends j before it receives j + 1, and each
+    GPU's stream would wait for the other forever. With a stream a direction, each
+    stream holds one side's sends or receives only, in the same order on both GPUs."""
+    pairs = sorted(
+        {(ranks[c["from"]], ranks[c["to"]]) for c in channels if c.get("backend") == "nccl"}
+    )
+    return {pair: dist.new_group(sorted(pair), backend="nccl") for pair in pairs}
 
 
 _TORCH_DTYPES = {
@@ -190,11 +209,13 @@ class Channels:
         first = msg.split(". This is typically")[0].split(" Exception raised from")[0]
         return CommError(f"{what} failed: peer {name} is gone ({first.strip()})", "peer")
 
-    def _post(self, op: Any, tensor: torch.Tensor, peer: int, tag: int, what: str) -> Any:
+    def _post(
+        self, op: Any, tensor: torch.Tensor, peer: int, tag: int, what: str, group: Any = None
+    ) -> Any:
         """dist.isend/irecv; NCCL sets up a pair's communicator on its first transfer,
         waiting (up to the timeout) for the peer, so posting can fail too."""
         try:
-            return op(tensor, peer, tag=tag)
+            return op(tensor, peer, tag=tag, group=group)
         except RuntimeError as e:
             raise self._failure(e, what, peer) from e
 
@@ -243,7 +264,8 @@ class Channels:
             tensors.insert(0, header)
             works.append(dist.isend(header, spec.dst, tag=2 * channel))
         start = time.time()
-        works.append(self._post(dist.isend, t, spec.dst, 2 * channel + 1, f"channel {channel}"))
+        what = f"channel {channel}"
+        works.append(self._post(dist.isend, t, spec.dst, 2 * channel + 1, what, spec.group))
         self.sends.append((channel, works, tensors, start))
         self.on_transfer(channel, start, time.time(), t.numel() * t.element_size(), "out")
 
@@ -257,8 +279,9 @@ class Channels:
             p.header_work = dist.irecv(p.header, spec.src, tag=2 * channel)
         else:
             p.payload = self._landing(p, spec.shape)
+            what = f"channel {channel}"
             p.payload_work = self._post(
-                dist.irecv, p.payload, spec.src, 2 * channel + 1, f"channel {channel}"
+                dist.irecv, p.payload, spec.src, 2 * channel + 1, what, spec.group
             )
         return p
 
@@ -318,7 +341,9 @@ class Channels:
             self._wait(p.header_work, what, spec.src)
             assert p.header is not None
             p.payload = self._landing(p, p.header.tolist())
-            p.payload_work = self._post(dist.irecv, p.payload, spec.src, 2 * spec.id + 1, what)
+            p.payload_work = self._post(
+                dist.irecv, p.payload, spec.src, 2 * spec.id + 1, what, spec.group
+            )
         self._wait(p.payload_work, what, spec.src, nccl=spec.cuda is not None)
         nbytes = p.payload.numel() * p.payload.element_size()
         self.on_transfer(spec.id, p.posted_at, time.time(), nbytes, "in")

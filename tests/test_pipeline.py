@@ -309,3 +309,64 @@ def test_micro_batches_need_worker_processes(bundles: Path) -> None:
     assert str(e.value) == (
         'micro_batches=2 pipelines the devices on worker processes: processes="one" cannot'
     )
+
+
+TWO_GPUS = """cluster "two-h200"
+device cpu0 : cpu
+device gpu0 : h200 { host = cpu0 }
+device gpu1 : h200 { host = cpu0 }
+link gpu0 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
+link gpu1 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
+link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
+"""
+
+ROUND_TRIPS = """
+import torch
+
+
+class Chain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(1024, 1024) for _ in range(4))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = torch.tanh(block(x))
+        return x
+
+
+def model():
+    torch.manual_seed(0)
+    return Chain(), (torch.randn(4096, 1024),)  # a micro-batch: 16 MiB between the GPUs
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_gpu_pipeline_with_two_stages_on_each_gpu_equals_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu0 -> gpu1 -> gpu0 -> gpu1 over NCCL, 4 micro-batches of 16 MiB activations (more
+    than NCCL's buffer, so a send waits for its receive). The wavefront sends micro-batch
+    j + 1 from gpu0 before gpu0 receives j back; on one NCCL stream per pair both GPUs
+    would wait for each other (runtime/channels.py: nccl_groups). A deadlock would end at
+    the 60 s timeout, in the NCCL watchdog."""
+    from gimlet.runtime import load
+
+    (tmp_path / "round_trips.py").write_text(ROUND_TRIPS)
+    (tmp_path / "gpus.cluster").write_text(TWO_GPUS)
+    pins = "blocks.0=gpu0,blocks.1=gpu1,blocks.2=gpu0,blocks.3=gpu1"
+    bundle = tmp_path / "bundle"
+    argv = ["compile", f"{tmp_path}/round_trips.py:model", "-o", str(bundle)]
+    assert gimletc([*argv, "--target", str(tmp_path / "gpus.cluster"), "--pin", pins]) == 0
+    monkeypatch.setenv("GIMLET_RECV_TIMEOUT", "60")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        net = __import__("round_trips").model()[0].eval()
+    finally:
+        sys.path.remove(str(tmp_path))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4 * 4096, 1024)).astype("f4"))
+    with load(str(bundle), micro_batches=4) as run:
+        for _ in range(2):
+            (out,) = run(x)
+            with torch.no_grad():  # fp32, TF32 off in gimlet's cuBLAS calls
+                np.testing.assert_allclose(out.numpy(), net(x).numpy(), rtol=1e-4, atol=1e-5)

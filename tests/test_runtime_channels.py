@@ -38,15 +38,17 @@ class _Work:
 def wire(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Fake point-to-point: isend records the tensor object, irecv fills the buffer with
     the next queued payload; torch.cuda.synchronize is counted."""
-    state: dict[str, Any] = {"sent": [], "queue": [], "log": [], "syncs": 0}
+    state: dict[str, Any] = {"sent": [], "queue": [], "log": [], "syncs": 0, "posts": []}
 
-    def isend(t: torch.Tensor, dst: int, tag: int = 0) -> _Work:
+    def isend(t: torch.Tensor, dst: int, tag: int = 0, group: Any = None) -> _Work:
         state["sent"].append(t)
+        state["posts"].append(("isend", tag, group))
         return _Work(state["log"], f"send {tag}")
 
-    def irecv(t: torch.Tensor, src: int, tag: int = 0) -> _Work:
+    def irecv(t: torch.Tensor, src: int, tag: int = 0, group: Any = None) -> _Work:
         t.copy_(state["queue"].pop(0))
         state["log"].append(f"irecv {tag} into {t.device.type}")
+        state["posts"].append(("irecv", tag, group))
         return _Work(state["log"], f"recv {tag}")
 
     def synchronize() -> None:
@@ -157,25 +159,31 @@ class _GpuExecutor:
         raise AssertionError("not run here")
 
 
-def _worker(monkeypatch: pytest.MonkeyPatch, rank: int, gpu1_kind: str) -> Any:
+CHANNELS = [
+    {"id": 0, "from": "cpu0", "to": "gpu0", "backend": "gloo"},
+    {"id": 1, "from": "gpu0", "to": "gpu1", "backend": "nccl"},
+    {"id": 2, "from": "gpu1", "to": "cpu0", "backend": "gloo"},
+]
+
+
+def _worker(
+    monkeypatch: pytest.MonkeyPatch,
+    rank: int,
+    gpu1_kind: str,
+    program: str | None = None,
+    channels: list[dict[str, Any]] = CHANNELS,
+    kinds: tuple[str, ...] = ("cuda", ""),
+) -> Any:
     from gimlet import backends
     from gimlet.runtime import worker as worker_mod
 
     devices = ["cpu0", "gpu0", "gpu1"]
-    channels = [
-        {"id": 0, "from": "cpu0", "to": "gpu0", "backend": "gloo"},
-        {"id": 1, "from": "gpu0", "to": "gpu1", "backend": "nccl"},
-        {"id": 2, "from": "gpu1", "to": "cpu0", "backend": "gloo"},
-    ]
     manifest = {
         "cluster": {
             "devices": [{"name": d, "kind": d[:3].replace("gpu", "nvidia")} for d in devices]
         },
         "channels": [dict(c, dtype="float32", shape=[4]) for c in channels],
-        "segments": [
-            {"artefact": {"kind": "cuda"}, "ops": 3},
-            {"artefact": {"kind": gpu1_kind}, "ops": 4},
-        ],
+        "segments": [{"artefact": {"kind": k or gpu1_kind}, "ops": 3} for k in kinds],
     }
     bundle = SimpleNamespace(devices=devices, host="cpu0", manifest=manifest)
     gpu = SimpleNamespace(load=lambda host, weights, bundle: _GpuExecutor())
@@ -187,7 +195,7 @@ def _worker(monkeypatch: pytest.MonkeyPatch, rank: int, gpu1_kind: str) -> Any:
     )
     monkeypatch.delenv("GIMLET_LOCAL_CHANNELS", raising=False)
     w = worker_mod.Worker(bundle, rank, None, 1.0)
-    w._plan(parse(PROGRAM), {})
+    w._plan(parse(program or PROGRAM), {})
     return w
 
 
@@ -218,3 +226,95 @@ def test_worker_uploads_host_channel_receives_for_a_gpu_executor(
 def test_worker_stages_nccl_receives_for_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     specs = _worker(monkeypatch, 2, "interpreter").channels.specs
     assert specs[1].cuda == STAND_IN and not specs[1].device_values
+
+
+# -- NCCL between two GPUs both ways: a process group a direction, receives posted early
+
+# cpu0 -> gpu0 -> gpu1 -> gpu0 -> gpu1 -> cpu0: each GPU holds two stages (an interleaved
+# pipeline, benchmarks/gpu_pipeline.py --chunks 2)
+ROUND_TRIP = """builtin.module attributes {gml.target = "TARGET"} {
+  func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+    comm.send %x to "gpu0" channel 0 via "pcie" : tensor<4xf32>
+    gml.segment "gpu0" () : () -> () {
+      %a = comm.recv from "cpu0" channel 0 via "pcie" : tensor<4xf32>
+      %b = gml.neg %a : tensor<4xf32>
+      comm.send %b to "gpu1" channel 1 via "nvlink" : tensor<4xf32>
+      gml.yield
+    }
+    gml.segment "gpu1" () : () -> () {
+      %a = comm.recv from "gpu0" channel 1 via "nvlink" : tensor<4xf32>
+      %b = gml.neg %a : tensor<4xf32>
+      comm.send %b to "gpu0" channel 2 via "nvlink" : tensor<4xf32>
+      gml.yield
+    }
+    gml.segment "gpu0" () : () -> () {
+      %r = comm.irecv from "gpu1" channel 2 via "nvlink"
+      %a = comm.wait %r : tensor<4xf32>
+      %b = gml.neg %a : tensor<4xf32>
+      comm.send %b to "gpu1" channel 3 via "nvlink" : tensor<4xf32>
+      gml.yield
+    }
+    gml.segment "gpu1" () : () -> () {
+      %a = comm.recv from "gpu0" channel 3 via "nvlink" : tensor<4xf32>
+      %b = gml.neg %a : tensor<4xf32>
+      comm.send %b to "cpu0" channel 4 via "pcie" : tensor<4xf32>
+      gml.yield
+    }
+    %r = comm.recv from "gpu1" channel 4 via "pcie" : tensor<4xf32>
+    func.return %r : tensor<4xf32>
+  }
+}
+"""
+ROUND_TRIP_CHANNELS = [
+    {"id": 0, "from": "cpu0", "to": "gpu0", "backend": "gloo"},
+    {"id": 1, "from": "gpu0", "to": "gpu1", "backend": "nccl"},
+    {"id": 2, "from": "gpu1", "to": "gpu0", "backend": "nccl"},
+    {"id": 3, "from": "gpu0", "to": "gpu1", "backend": "nccl"},
+    {"id": 4, "from": "gpu1", "to": "cpu0", "backend": "gloo"},
+]
+
+
+def test_each_direction_of_an_nccl_pair_gets_its_own_process_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[tuple[list[int], str]] = []
+
+    def new_group(ranks: list[int], backend: str) -> str:
+        made.append((ranks, backend))
+        return f"group {len(made)}"
+
+    monkeypatch.setattr(channels_mod.dist, "new_group", new_group)
+    ranks = {"cpu0": 0, "gpu0": 1, "gpu1": 2}
+    groups = channels_mod.nccl_groups(ROUND_TRIP_CHANNELS, ranks)
+    # every rank makes the same groups in the same order; gloo channels make none
+    assert made == [([1, 2], "nccl"), ([1, 2], "nccl")]
+    assert groups == {(1, 2): "group 1", (2, 1): "group 2"}
+    w = _worker(monkeypatch, 2, "interpreter", ROUND_TRIP, ROUND_TRIP_CHANNELS, ("",) * 4)
+    w.use_nccl_groups(groups)
+    assert {c: s.group for c, s in w.channels.specs.items()} == {
+        0: None, 1: "group 1", 2: "group 2", 3: "group 1", 4: None,
+    }  # fmt: skip
+
+
+def test_a_pipelined_step_posts_its_nccl_receives_before_it_runs(
+    monkeypatch: pytest.MonkeyPatch, wire: dict[str, Any]
+) -> None:
+    """gpu1 runs stages 2 and 4 (runtime/pipeline.py). At step 4 it runs micro-batch 2 of
+    its first segment and micro-batch 0 of its second: both receives (channels 1 and 3)
+    are posted before the first segment runs, so the second's transfer lands while the
+    first computes; the payloads go through their direction's group, in the order the
+    sender sends them."""
+    w = _worker(monkeypatch, 2, "interpreter", ROUND_TRIP, ROUND_TRIP_CHANNELS, ("",) * 4)
+    w.use_nccl_groups({(1, 2): "gpu0->gpu1", (2, 1): "gpu1->gpu0"})
+    m = 3
+    wire["queue"] += [torch.full((4,), float(i)) for i in range(2 * m)]
+    module = w.plan.steps[0].op.parent_op().parent_op()  # segment -> func -> module
+    w._run_pipelined(w.plan, module, [], m)
+    assert [(p[1] // 2, p[2]) for p in wire["posts"] if p[2] is not None] == [
+        (1, "gpu0->gpu1"), (2, "gpu1->gpu0"),  # step 2: micro-batch 0 of the first segment
+        (1, "gpu0->gpu1"), (2, "gpu1->gpu0"),  # step 3: micro-batch 1
+        (1, "gpu0->gpu1"), (3, "gpu0->gpu1"), (2, "gpu1->gpu0"),  # step 4: both posted first
+        (3, "gpu0->gpu1"),  # step 5: micro-batch 1 of the second segment
+        (3, "gpu0->gpu1"),
+    ]  # fmt: skip
+    assert not w.preposted  # every early post was taken by its receive
