@@ -99,6 +99,26 @@ def bundle_name(placement: str, c: dict[str, Any], batch: int) -> str:
     return f"{placement}_b{batch}" if c.get("static") else placement
 
 
+def two_gpus(chunks: int) -> str:
+    """The two-GPU placement's name: its layers cut into 2 x `chunks` pieces."""
+    return "two_gpus" if chunks == 1 else f"two_gpus_c{chunks}"
+
+
+def two_gpu_pins(layers: int, chunks: int) -> str:
+    """The layers cut into 2 x `chunks` runs of equal length, on gpu0 and gpu1 in turn.
+
+    chunks = 1 is the plain split (the first half on gpu0). With more, each GPU holds
+    several stages (an interleaved pipeline): a micro-batch crosses between the GPUs
+    2 x chunks - 1 times, and the pipeline's fill and drain, where one GPU waits for the
+    other, shrink from one half of the model's time to 1 / (2 x chunks) of it."""
+    n = 2 * chunks
+    if layers % n:
+        raise SystemExit(f"--chunks {chunks}: {layers} layers do not cut into {n} equal runs")
+    size = layers // n
+    runs = [f"h.{i * size}-{(i + 1) * size - 1}=gpu{i % 2}" for i in range(n)]
+    return ",".join(["wte=gpu0", "wpe=gpu0", *runs, "ln_f=gpu1", "lm_head=gpu1"])
+
+
 def prepare(
     out: Path,
     c: dict[str, Any],
@@ -111,15 +131,11 @@ def prepare(
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpus.cluster").write_text(CLUSTER)
-    half = c["layers"] // 2
-    pins = {
-        "one_gpu": f"wte=gpu0,wpe=gpu0,h.0-{c['layers'] - 1}=gpu0,ln_f=gpu0,lm_head=gpu0",
-        "two_gpus": f"wte=gpu0,wpe=gpu0,h.0-{half - 1}=gpu0,h.{half}-{c['layers'] - 1}=gpu1,"
-        "ln_f=gpu1,lm_head=gpu1",
-    }
+    pins = {"one_gpu": f"wte=gpu0,wpe=gpu0,h.0-{c['layers'] - 1}=gpu0,ln_f=gpu0,lm_head=gpu0"}
+    pins |= {two_gpus(k): two_gpu_pins(c["layers"], k) for k in c["chunks"]}
     batches = [batch] + [batch // m for m in micro] if c.get("static") else [2]
     for placement, pin in pins.items():
-        if only and placement != only:
+        if only and not placement.startswith(only):
             continue
         for b in dict.fromkeys(batches):
             if quick and (b == batch) != (placement == "one_gpu"):
@@ -187,6 +203,7 @@ def measure(
     from gimlet.runtime import load
 
     c = json.loads((d / "config.json").read_text())
+    c.setdefault("chunks", [1])  # (prepared before --chunks)
     os.environ[CONFIG_ENV] = str(d / "config.json")  # the model for torch eager's row
     io = np.load(d / "io.npz")
     ids = torch.from_numpy(io["ids"])
@@ -212,7 +229,7 @@ def measure(
     if interleave:  # the goal's two runners, a request of each in turn
         m = micro[0]
         one = bundle_name("one_gpu", c, c["batch"])
-        two = bundle_name("two_gpus", c, c["batch"] // m)
+        two = bundle_name(two_gpus(c["chunks"][0]), c, c["batch"] // m)
         print(f"[pipeline] one GPU's whole batch and two GPUs' {m} micro-batches, "
               "alternating ...", flush=True)  # fmt: skip
         with load(str(d / one)) as a, load(str(d / two), micro_batches=m) as b:
@@ -233,7 +250,7 @@ def measure(
         torch.cuda.empty_cache()
     row("one GPU, whole batch", "one_gpu")
     if not quick:
-        row("two GPUs, whole batch (split, no pipeline)", "two_gpus")
+        row("two GPUs, whole batch (split, no pipeline)", two_gpus(c["chunks"][0]))
     for m in micro:
         if c.get("static") and not quick:  # the micro-batches one after another in this
             # process: what a micro-batch costs the GPU without the workers
@@ -253,7 +270,9 @@ def measure(
                 )
         if not quick:
             row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
-        row(f"two GPUs, {m} micro-batches pipelined", "two_gpus", micro_batches=m)
+        for k in c["chunks"]:
+            stages = "" if k == 1 else f" ({k} stages each)"
+            row(f"two GPUs{stages}, {m} micro-batches pipelined", two_gpus(k), micro_batches=m)
     base = rows["one GPU, whole batch"]["seq_per_s"]
     for name, r in rows.items():
         # the alternating pair is compared with each other (same GPU state)
@@ -300,8 +319,9 @@ def trace(d: Path, micro: int) -> None:
     from gimlet.runtime.trace import TRACKS, chrome_trace
 
     c = json.loads((d / "config.json").read_text())
+    c.setdefault("chunks", [1])
     ids = np.load(d / "io.npz")["ids"]
-    bundle = d / bundle_name("two_gpus", c, c["batch"] // micro)
+    bundle = d / bundle_name(two_gpus(c["chunks"][-1]), c, c["batch"] // micro)
     result = launch(str(bundle), [ids], iterations=2, micro_batches=micro)
     for s in result.stats:
         by_tid: dict[int, list[float]] = {}
@@ -363,6 +383,12 @@ def main() -> None:
     ap.add_argument("--run", metavar="DIR", help="measure the bundles in DIR (2 GPUs)")
     ap.add_argument("--batch", type=int, default=16, help="sequences per request")
     ap.add_argument("--micro", default="8,16", help="micro-batch counts to try")
+    ap.add_argument(
+        "--chunks",
+        default="1",
+        help="with --prepare: two-GPU placements to compile, each cutting the layers into "
+        "2 x K runs on gpu0 and gpu1 in turn (1: halves; 2: an interleaved pipeline)",
+    )
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", metavar="DIR", help="per-kernel GPU time, gimlet and eager")
     ap.add_argument(
@@ -394,7 +420,8 @@ def main() -> None:
         ap.add_argument(f"--{k}", type=int, default=v)
     args = ap.parse_args()
     if args.prepare:
-        config = dict({k: getattr(args, k) for k in CONFIG}, static=args.static)
+        chunks = [int(k) for k in args.chunks.split(",")]
+        config = dict({k: getattr(args, k) for k in CONFIG}, static=args.static, chunks=chunks)
         micro = [int(m) for m in args.micro.split(",")]
         prepare(Path(args.prepare), config, args.batch, micro, args.placement, args.quick)
     if args.profile:
