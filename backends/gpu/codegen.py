@@ -42,7 +42,7 @@ from gimlet.dialects import comm, gml
 from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError
 
-from . import chains, inplace, units
+from . import chains, inplace, units, vectorize
 from .shapes import Buffer, Shape, ShapeEvaluator, plan
 from .symdims import SymbolicShapes, covers, numel
 
@@ -551,10 +551,12 @@ class _Lowering:
         for op in ops:
             self.emit(f"// {op.name} {where(op)}")
 
-    def launch(self, kernel: str, n: int, args: str) -> None:
-        """A grid-stride launch over P[n] elements."""
+    def launch(self, kernel: str, n: int, args: str, per_thread: str = "") -> None:
+        """A grid-stride launch over P[n] elements, `per_thread` of them a thread where
+        given (a vector loop's: vectorize.py)."""
+        count = f"P[{n}] / {per_thread}" if per_thread else f"P[{n}]"
         self.emit(
-            f"if (P[{n}] > 0) {kernel}<<<gml::blocks_for(P[{n}], {THREADS}), {THREADS}, 0, stream>>>({args});"
+            f"if (P[{n}] > 0) {kernel}<<<gml::blocks_for({count}, {THREADS}), {THREADS}, 0, stream>>>({args});"
         )
 
     # ------------------------------------------------------------ driver
@@ -657,10 +659,28 @@ class _Lowering:
 
         ix = self.slots_of(params, 1 + rank * (1 + k))
         n = self.slot(lambda env: _numel(_broadcast([env.shapes[r] for r in member_results])))
+        # a result smaller than the domain is stored once per element; one that is the
+        # domain at every bucket (dynamic dims proven equal: symdims.py) needs no check
+        dom = tuple(self.sym.broadcast([self.sym[r] for r in member_results]))
+        once = [self.sym[y] != dom for y in yielded]
+        # V elements a thread where the bucket's shapes allow it (vectorize.py): a slot
+        # holding V or 1, none where no bucket (the one static bucket) would take it
+        wide = vectorize.width(_itemsize(x) for x in [*externals, *results])
+        width = partial(_vector_width, params, rank, len(externals), len(results), wide)
+        vec = rank > 0 and not any(once) and not self.never(lambda env: width(env) > 1)
+        per_thread = self.slot(width) if vec else None
         args = [f"const {_ct(v)}* __restrict__ p{i}" for i, v in enumerate(externals)]
         args += [f"{_ct(r)}* __restrict__ q{i}" for i, r in enumerate(results)]
-        lines = [
-            f"__global__ void KERNEL(int64_t n, gml::Index<{rank}, {k}> ix, {', '.join(args)}) {{",
+        head = f"int64_t n, {'int64_t width, ' if vec else ''}gml::Index<{rank}, {k}> ix"
+        lines = [f"__global__ void KERNEL({head}, {', '.join(args)}) {{"]
+        if vec:
+            elem = {x: f"x{i}[e]" for i, x in enumerate(externals)}
+            body = self._body(members, elem, "        ")
+            lines += vectorize.loop(
+                wide, rank, [_vt(x) for x in externals], [_vt(y) for y in yielded], body,
+                [elem[y] for y in yielded],
+            )  # fmt: skip
+        lines += [
             "  GML_FOR(i, n) {",
             f"    int64_t off[{max(k, 1)}];",
             "    gml::offsets(ix, i, off);",
@@ -670,19 +690,21 @@ class _Lowering:
             val[v] = f"x{i}"
             lines.append(f"    const {_vt(v)} x{i} = gml::load(p{i} + off[{i}]);")
         lines += self._body(members, val, "    ")
-        # a result smaller than the domain is stored once per element; one that is the
-        # domain at every bucket (dynamic dims proven equal: symdims.py) needs no check
-        dom = tuple(self.sym.broadcast([self.sym[r] for r in member_results]))
         for i, y in enumerate(yielded):
             store = f"gml::store(q{i} + off[{len(externals) + i}], {val[y]});"
-            if self.sym[y] != dom:
+            if once[i]:
                 store = f"if (gml::first_along_broadcast(ix, i, {len(externals) + i})) {store}"
             lines.append(f"    {store}")
         lines += ["  }", "}"]
         name = self.kernel("\n".join(lines))
         self.comment(members)
         ptrs = [self.ptr(v, const=True) for v in externals] + [self.ptr(r) for r in results]
-        self.launch(name, n, f"P[{n}], gml::index_from<{rank}, {k}>(P + {ix}), {', '.join(ptrs)}")
+        index = f"gml::index_from<{rank}, {k}>(P + {ix})"
+        if per_thread is None:
+            self.launch(name, n, f"P[{n}], {index}, {', '.join(ptrs)}")
+            return
+        each = f"P[{per_thread}]"
+        self.launch(name, n, f"P[{n}], {each}, {index}, {', '.join(ptrs)}", per_thread=each)
 
     # ------------------------------------------------------------ data movement
     def reshape(self, op: gml.ReshapeOp) -> None:
@@ -836,6 +858,7 @@ class _Lowering:
             f"gml::embedding<{_ct(y)}, {_ct(idx)}>",
             total,
             f"P[{p}], P[{p + 1}], P[{p + 2}], {self.ptr(w, const=True)}, {self.ptr(idx, const=True)}, {self.ptr(y)}",
+            per_thread=f"gml::vec_width<{_ct(y)}>(P[{p + 1}])",  # 16 bytes where rows allow
         )
 
     def index(self, op: gml.IndexOp) -> None:
@@ -1968,6 +1991,13 @@ class _Lowering:
 
 def _nth(f: Callable[[Env], Sequence[int]], i: int, env: Env) -> int:
     return int(f(env)[i])
+
+
+def _vector_width(
+    params: Callable[[Env], list[int]], rank: int, operands: int, results: int, v: int, env: Env
+) -> int:
+    """An elementwise kernel's elements a thread at a bucket (vectorize.per_thread)."""
+    return vectorize.per_thread(params(env), rank, operands, results, v)
 
 
 def _offset(key: Any, env: Env) -> int:

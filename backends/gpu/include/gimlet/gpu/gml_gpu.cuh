@@ -273,6 +273,75 @@ GML_D bool first_along_broadcast(const Index<R, K>& ix, int64_t i, int k) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += int64_t(gridDim.x) * blockDim.x)
 
+// ---------------------------------------------------------------- vector access
+// Elementwise kernels and embedding move V consecutive elements a thread, 16 bytes of
+// their widest type, where the shapes and pointers allow it (backends/gpu/vectorize.py);
+// a 2-byte element a thread is far below what HBM gives. (load_chunk, below, is the
+// GEMVs' 16-byte load widened to float.)
+template <int B>
+struct Word;  // an unsigned type of B bytes: one access
+template <>
+struct Word<16> {
+  using type = uint4;
+};
+template <>
+struct Word<8> {
+  using type = uint2;
+};
+template <>
+struct Word<4> {
+  using type = uint32_t;
+};
+template <>
+struct Word<2> {
+  using type = uint16_t;
+};
+template <>
+struct Word<1> {
+  using type = uint8_t;
+};
+
+// True where every pointer is 16-byte aligned.
+template <class... T>
+GML_HD bool aligned16(const T*... p) {
+  return ((reinterpret_cast<uintptr_t>(p) % 16 == 0) && ...);
+}
+
+// Elements a thread of a row-wise copy of rows of `dim` elements: 16 bytes' worth where
+// a row is a whole number of them, else 1.
+template <class T>
+GML_HD int64_t vec_width(int64_t dim) {
+  constexpr int64_t V = sizeof(T) < 16 ? 16 / sizeof(T) : 1;
+  return dim % V == 0 ? V : 1;
+}
+
+// out = the V elements at p (aligned to their V * sizeof(T) bytes: one access) as the
+// compute type C, converted as load() converts one; where `stride` is 0 (an operand
+// broadcast along the innermost dim) the one element at p, loaded once, V times.
+template <class T, class C, int V>
+GML_D void load_vec(const T* p, int64_t stride, C (&out)[V]) {
+  if (stride == 0) {
+    const C x = load(p);
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[e] = x;
+    return;
+  }
+  using U = typename Word<V * sizeof(T)>::type;
+  alignas(U) T v[V];
+  *reinterpret_cast<U*>(v) = *reinterpret_cast<const U*>(p);
+#pragma unroll
+  for (int e = 0; e < V; ++e) out[e] = load(&v[e]);
+}
+// The V elements at p (aligned as above) = in, each converted as store() converts it.
+template <class T, class C, int V>
+GML_D void store_vec(T* p, const C (&in)[V]) {
+  using U = typename Word<V * sizeof(T)>::type;
+  alignas(U) T v[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) store(&v[e], in[e]);
+  *reinterpret_cast<U*>(p) = *reinterpret_cast<const U*>(v);
+}
+
 // ---------------------------------------------------------------- dependent launch
 // Hopper's programmatic dependent launch: a kernel started with launch_pdl may begin
 // while the kernel before it in the stream is still running, once every block of that
@@ -798,10 +867,25 @@ __global__ void __launch_bounds__(LN_THREADS)
     layer_norm_row<T, ROW, false>(n, x + row * n, w, b, y + row * n, eps);
 }
 
-// out[i, :] = weight[idx[i], :]
+// out[i, :] = weight[idx[i], :]: a thread copies 16 bytes where a row is a whole number of
+// them (vec_width: the launch sizes its grid by it) and w and y are 16-byte aligned, else
+// an element (an unaligned y gets a grid of the vector path's size, looping).
 template <class T, class I>
 __global__ void embedding(int64_t n_idx, int64_t dim, int64_t rows, const T* __restrict__ w,
                           const I* __restrict__ idx, T* __restrict__ y) {
+  constexpr int64_t V = sizeof(T) < 16 ? 16 / sizeof(T) : 1;
+  if (V > 1 && vec_width<T>(dim) == V && aligned16(w, y)) {
+    const int64_t pieces = dim / V;  // a row's 16-byte pieces
+    GML_FOR(c, n_idx * pieces) {
+      const int64_t i = c / pieces, j = (c - i * pieces) * V;
+      int64_t r = int64_t(idx[i]);
+      if (r < 0) r += rows;
+      uint4 v = {0u, 0u, 0u, 0u};  // T{}: all zero bits
+      if (r >= 0 && r < rows) v = *reinterpret_cast<const uint4*>(w + r * dim + j);
+      *reinterpret_cast<uint4*>(y + i * dim + j) = v;
+    }
+    return;
+  }
   GML_FOR(e, n_idx * dim) {
     const int64_t i = e / dim, j = e % dim;
     int64_t r = int64_t(idx[i]);
