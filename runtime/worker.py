@@ -80,9 +80,6 @@ class _Step:
     ops: int = 0
     name: str = ""
     stage: int = 0  # micro-batch pipelining's wavefront stage (runtime/pipeline.py)
-    # its NCCL receives of a static shape, which a pipelined step posts before it runs
-    # anything (`Worker._prepost`): None until the first pipelined request works them out
-    preposts: list[tuple[Any, int]] | None = None
 
 
 @dataclass
@@ -122,8 +119,6 @@ class Worker:
         self.final_send: int | None = None
         self.early_done: Callable[[], None] | None = None
         self.micro: int | None = None  # the micro-batch running (pipelined requests)
-        # receives a pipelined step posted before running: (id(op), micro-batch) -> Pending
-        self.preposted: dict[tuple[int, int], Any] = {}
         ranks = self.ranks = {d: i for i, d in enumerate(bundle.devices)}
         self.cuda = cuda_device(bundle, self.device)
         self.nccl = self.cuda is not None and any(
@@ -216,10 +211,6 @@ class Worker:
         self.channels.send(ch, value)
 
     def post_recv(self, op: Any) -> Any:
-        if self.preposted and self.micro is not None:
-            pending = self.preposted.pop((id(op), self.micro), None)
-            if pending is not None:
-                return pending
         return self.channels.post_recv(self._ch(op))
 
     def wait_recv(self, pending: Any, op: Any) -> Any:
@@ -269,9 +260,7 @@ class Worker:
             for j, piece in enumerate(split(inputs, m)):
                 values[j][: len(piece)] = piece
         joined: list[Any] | None = None
-        self.preposted.clear()
         for s in range(m + plan.depth):
-            self._prepost(plan, s, m)
             for step in plan.steps:
                 j = s - step.stage
                 if 0 <= j < m:
@@ -286,41 +275,6 @@ class Worker:
             joined = join([[v[i] for i in plan.returns] for v in values])
         self._finish()
         return joined if joined is not None else []  # (None: not the host)
-
-    def _prepost(self, plan: _Plan, s: int, m: int) -> None:
-        """Post step `s`'s NCCL receives of a static shape before its first launch.
-
-        NCCL's stream waits for the current stream where a transfer is posted. Posted
-        where its segment comes, a receive for this step's second segment would wait for
-        the first one's kernels and then hold the second back for the whole transfer;
-        posted here, it waits only for the step before and lands while the first runs,
-        and its sender's kernel is not left spinning on SMs for it. Only where every
-        NCCL channel into this worker has a static shape: a dynamic one posts its
-        payload at its wait (after the shape header), and NCCL matches a direction's
-        transfers by the order they are posted in, which must stay the sender's."""
-        if plan.steps and plan.steps[0].preposts is None:
-            self._find_preposts(plan)
-        for step in plan.steps:
-            j = s - step.stage
-            if step.preposts and 0 <= j < m:
-                for op, ch in step.preposts:
-                    self.preposted[(id(op), j)] = self.channels.post_recv(ch)
-
-    def _find_preposts(self, plan: _Plan) -> None:
-        from gimlet.dialects import comm
-
-        specs = self.channels.specs
-        inbound = [sp for sp in specs.values() if sp.cuda is not None and sp.dst == self.rank]
-        static = all(-1 not in sp.shape for sp in inbound)
-        for step in plan.steps:
-            step.preposts = []
-            if not static or step.segment is None:
-                continue
-            for o in step.op.walk():
-                if isinstance(o, comm.RecvOp | comm.IRecvOp):
-                    ch = self._ch(o)
-                    if specs[ch].cuda is not None:
-                        step.preposts.append((o, ch))
 
     def _step(self, step: _Step, values: list[Any]) -> None:
         """Run one step on one (micro-)batch's values."""

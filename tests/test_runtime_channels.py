@@ -296,25 +296,10 @@ def test_each_direction_of_an_nccl_pair_gets_its_own_process_group(
     }  # fmt: skip
 
 
-def test_a_pipelined_step_posts_its_nccl_receives_before_it_runs(
-    monkeypatch: pytest.MonkeyPatch, wire: dict[str, Any]
-) -> None:
-    """gpu1 runs stages 2 and 4 (runtime/pipeline.py). At step 4 it runs micro-batch 2 of
-    its first segment and micro-batch 0 of its second: both receives (channels 1 and 3)
-    are posted before the first segment runs, so the second's transfer lands while the
-    first computes; the payloads go through their direction's group, in the order the
-    sender sends them."""
-    w = _worker(monkeypatch, 2, "interpreter", ROUND_TRIP, ROUND_TRIP_CHANNELS, ("",) * 4)
-    w.use_nccl_groups({(1, 2): "gpu0->gpu1", (2, 1): "gpu1->gpu0"})
-    m = 3
-    wire["queue"] += [torch.full((4,), float(i)) for i in range(2 * m)]
-    module = w.plan.steps[0].op.parent_op().parent_op()  # segment -> func -> module
-    w._run_pipelined(w.plan, module, [], m)
-    assert [(p[1] // 2, p[2]) for p in wire["posts"] if p[2] is not None] == [
-        (1, "gpu0->gpu1"), (2, "gpu1->gpu0"),  # step 2: micro-batch 0 of the first segment
-        (1, "gpu0->gpu1"), (2, "gpu1->gpu0"),  # step 3: micro-batch 1
-        (1, "gpu0->gpu1"), (3, "gpu0->gpu1"), (2, "gpu1->gpu0"),  # step 4: both posted first
-        (3, "gpu0->gpu1"),  # step 5: micro-batch 1 of the second segment
-        (3, "gpu0->gpu1"),
-    ]  # fmt: skip
-    assert not w.preposted  # every early post was taken by its receive
+def test_nccl_payloads_go_through_their_directions_group(wire: dict[str, Any]) -> None:
+    ch = _channels(device_values=True)
+    ch.specs[0].group, ch.specs[1].group = "gpu0->gpu1", "gpu1->gpu0"
+    wire["queue"].append(torch.zeros(2, 3))
+    ch.send(0, torch.ones(2, 3))
+    ch.wait_recv(ch.post_recv(1))
+    assert wire["posts"] == [("isend", 1, "gpu0->gpu1"), ("irecv", 3, "gpu1->gpu0")]
