@@ -118,7 +118,8 @@ class _Prologue(torch.nn.Module):
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ids, ids63, x, z, mask, h, y, u, s = args
-        pos, pos63 = torch.arange(ids.shape[1]), torch.arange(ids63.shape[1])
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        pos63 = torch.arange(ids63.shape[1], device=ids.device)
         return (
             self.wte16(ids) + self.wpe16(pos),
             self.wte32(ids) + self.wpe32(pos),
