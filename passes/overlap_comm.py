@@ -3,9 +3,10 @@
 Each blocking `comm.send` becomes a `comm.isend` issued right after its value is
 produced, with the `comm.wait` at the end of the segment; each `comm.recv`
 becomes a `comm.irecv` posted at the start of the segment with the `comm.wait`
-just before the value's first use. The modelled time of the program (see
-compiler/placement/schedule.py) before and after is recorded on the module as
-`gml.modelled_s_before_overlap` / `gml.modelled_s_after_overlap`.
+just before the value's first use. A segment posts its irecvs in the order the
+program sends them (NCCL matches a pair's transfers in order). The modelled time
+of the program (see compiler/placement/schedule.py) before and after is recorded
+on the module as `gml.modelled_s_before_overlap` / `gml.modelled_s_after_overlap`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,32 @@ def _overlap_block(block: Block) -> None:
             op.erase()
 
 
+def _follow_send_order(fn: Operation, blocks: list[Block]) -> None:
+    """Post each block's leading irecvs in the order the program issues their isends.
+
+    NCCL matches a pair's transfers by the order they are posted, not by tag, so a
+    receiver that posts channel 1 before channel 2 while its sender sends 2 first (its
+    value was ready first) cannot use NCCL for them (compiler/bundle.py falls back to
+    gloo through host memory). Posting in the send order costs nothing: every irecv
+    is posted at the block's start either way."""
+    sent = [o.channel.value.data for o in fn.walk() if isinstance(o, comm.ISendOp)]
+    order = {ch: i for i, ch in enumerate(sent)}
+    for block in blocks:
+        lead: list[comm.IRecvOp] = []
+        for op in block.ops:
+            if not isinstance(op, comm.IRecvOp):
+                break
+            lead.append(op)
+        ordered = sorted(lead, key=lambda o: order.get(o.channel.value.data, -1))
+        if ordered == lead:
+            continue
+        anchor = lead[-1].next_op
+        assert anchor is not None  # a block ends in its terminator
+        for op in ordered:
+            op.detach()
+            Rewriter.insert_op(op, InsertPoint.before(anchor))
+
+
 def _end(block: Block) -> Operation:
     last = block.last_op
     assert last is not None
@@ -86,10 +113,12 @@ class OverlapComm(ModulePass):
         from gimlet.dialects import gml
         from gimlet.ir import main_func
 
-        body = main_func(op).body.block
-        for seg in [o for o in body.ops if isinstance(o, gml.SegmentOp)]:
-            _overlap_block(seg.body.block)
-        _overlap_block(body)
+        fn = main_func(op)
+        body = fn.body.block
+        blocks = [o.body.block for o in body.ops if isinstance(o, gml.SegmentOp)] + [body]
+        for block in blocks:
+            _overlap_block(block)
+        _follow_send_order(fn, blocks)
         after = simulate(op, cluster, self.dim_hint).makespan
         op.attributes["gml.modelled_s_before_overlap"] = FloatAttr(before, f64)
         op.attributes["gml.modelled_s_after_overlap"] = FloatAttr(after, f64)
