@@ -15,7 +15,6 @@
 #include <stdint.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -130,17 +129,6 @@ int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_
   if (s == CUBLAS_STATUS_SUCCESS)
     s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                              sizeof ws);
-  // GIMLET_GPU_GEMM_REDUCTION=0 (a measurement's switch): only algorithms without a split-K
-  // reduction, which may zero a workspace with a memset node before the GEMM
-  static const bool no_reduction = [] {
-    const char* v = std::getenv("GIMLET_GPU_GEMM_REDUCTION");
-    return v != nullptr && v[0] == '0';
-  }();
-  if (s == CUBLAS_STATUS_SUCCESS && no_reduction) {
-    const uint32_t none = CUBLASLT_REDUCTION_SCHEME_NONE;
-    s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                             &none, sizeof none);
-  }
   cublasLtMatmulHeuristicResult_t best{};
   int found = 0;
   if (s == CUBLAS_STATUS_SUCCESS)
