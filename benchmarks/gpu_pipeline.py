@@ -21,8 +21,10 @@ clock than two pipelined GPUs), and a multi-process row prints where the caller'
 went (RunResult.phases). `--interleave` adds the goal's two runners measured a request of
 each in turn.
 
-`--prepare DIR` compiles the bundles (nvcc must be there) and saves the inputs and torch's
-outputs; `--run DIR` measures (on the 2x H200 machine). Writes
+`--chunks 1,2` also compiles an interleaved placement (the layers cut into 2 x K runs on
+gpu0 and gpu1 in turn: two stages a GPU halve the pipeline's fill and drain; measured
+slower here, results run 18). `--prepare DIR` compiles the bundles (nvcc must be there) and
+saves the inputs and torch's outputs; `--run DIR` measures (on the 2x H200 machine). Writes
 benchmarks/results/gpu_pipeline.{md,json} (and copies them to $OUT when set).
 """
 
