@@ -47,14 +47,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from results_io import RESULTS, GpuClocks, machine_info, print_kernels, save  # noqa: E402
 
-CLUSTER = """cluster "cpu-and-two-h200"
-device cpu0 : cpu
-device gpu0 : h200 { host = cpu0 }
-device gpu1 : h200 { host = cpu0 }
-link gpu0 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
-link gpu1 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
-link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
-"""
+CLUSTER = ROOT / "examples" / "two_h200.cluster"
 CONFIG = {"d": 1024, "heads": 16, "layers": 24, "seq": 512, "vocab": 50257}
 CONFIG_ENV = "GIMLET_PIPELINE_CONFIG"  # the json model() reads: prepare sets it per bundle
 
@@ -132,7 +125,7 @@ def prepare(
     from gimlet.cli import main as gimletc
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpus.cluster").write_text(CLUSTER)
+    (out / "gpus.cluster").write_text(CLUSTER.read_text())
     pins = {"one_gpu": f"wte=gpu0,wpe=gpu0,h.0-{c['layers'] - 1}=gpu0,ln_f=gpu0,lm_head=gpu0"}
     pins |= {two_gpus(k): two_gpu_pins(c["layers"], k) for k in c["chunks"]}
     batches = [batch] + [batch // m for m in micro] if c.get("static") else [2]

@@ -311,14 +311,7 @@ def test_micro_batches_need_worker_processes(bundles: Path) -> None:
     )
 
 
-TWO_GPUS = """cluster "two-h200"
-device cpu0 : cpu
-device gpu0 : h200 { host = cpu0 }
-device gpu1 : h200 { host = cpu0 }
-link gpu0 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
-link gpu1 <-> cpu0 : pcie   { bandwidth = 55 GB/s,  latency = 12 us }
-link gpu0 <-> gpu1 : nvlink { bandwidth = 450 GB/s, latency = 3 us }
-"""
+TWO_GPUS = str(ROOT / "examples" / "two_h200.cluster")
 
 ROUND_TRIPS = """
 import torch
@@ -353,11 +346,10 @@ def test_gpu_pipeline_with_two_stages_on_each_gpu_equals_torch(
     from gimlet.runtime import load
 
     (tmp_path / "round_trips.py").write_text(ROUND_TRIPS)
-    (tmp_path / "gpus.cluster").write_text(TWO_GPUS)
     pins = "blocks.0=gpu0,blocks.1=gpu1,blocks.2=gpu0,blocks.3=gpu1"
     bundle = tmp_path / "bundle"
     argv = ["compile", f"{tmp_path}/round_trips.py:model", "-o", str(bundle)]
-    assert gimletc([*argv, "--target", str(tmp_path / "gpus.cluster"), "--pin", pins]) == 0
+    assert gimletc([*argv, "--target", TWO_GPUS, "--pin", pins]) == 0
     monkeypatch.setenv("GIMLET_RECV_TIMEOUT", "60")
     sys.path.insert(0, str(tmp_path))
     try:

@@ -228,7 +228,7 @@ def test_worker_stages_nccl_receives_for_the_interpreter(monkeypatch: pytest.Mon
     assert specs[1].cuda == STAND_IN and not specs[1].device_values
 
 
-# -- NCCL between two GPUs both ways: a process group a direction, receives posted early
+# -- NCCL between two GPUs both ways: a process group a direction
 
 # cpu0 -> gpu0 -> gpu1 -> gpu0 -> gpu1 -> cpu0: each GPU holds two stages (an interleaved
 # pipeline, benchmarks/gpu_pipeline.py --chunks 2)
