@@ -196,7 +196,42 @@ def to_device(
         from gimlet.runtime.staging import for_device
 
         return for_device(device).upload(value, key, timed=timed, label=label)
+    if value.device.type == "cuda" and torch.device(device).type == "cuda":
+        return peer_copy(value, torch.device(device))
     return value.to(device)
+
+
+_PEER_STREAMS: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def peer_copy(t: Any, device: Any) -> Any:
+    """CUDA tensor `t` copied to another GPU of this process, ordered by events only: the
+    copy waits for `t`'s producer (the current stream of its GPU), and the receiving GPU's
+    current stream waits for the copy. Between GPUs with peer access torch's copy is the
+    copy engine's (277 GB/s gpu0 -> gpu1 on the 2x H200, no SM taken from the kernels
+    beside it; `benchmarks/probes/gpu_transfer_interference.py`, run 2).
+
+    Why not `t.to(device)`: torch runs that copy on the sender's current stream after
+    waiting for everything queued on the receiver's (a two-way barrier), so a pipelined
+    sender would queue its next micro-batch behind the receiver's earlier ones. Here
+    the copy runs on a stream of the pair's own on each side, whose barrier holds
+    earlier copies only."""
+    torch = _torch()
+    src = t.device
+    pair = (src.index, device.index)
+    streams = _PEER_STREAMS.get(pair)
+    if streams is None:
+        streams = _PEER_STREAMS[pair] = (torch.cuda.Stream(src), torch.cuda.Stream(device))
+    out_stream, in_stream = streams
+    out_stream.wait_stream(torch.cuda.current_stream(src))  # after the producer
+    with torch.cuda.stream(out_stream), torch.cuda.stream(in_stream):
+        out = torch.empty(t.shape, dtype=t.dtype, device=device)  # on in_stream
+        out.copy_(t, non_blocking=True)  # on out_stream; in_stream waits for it
+    t.record_stream(out_stream)  # its producer may free it before the copy ran
+    consumer = torch.cuda.current_stream(device)
+    consumer.wait_stream(in_stream)
+    out.record_stream(consumer)
+    return out
 
 
 def _mover(
@@ -302,8 +337,14 @@ class InProcess:
         devices: Sequence[str] | None = None,
         remote: Remote | None = None,
         passthrough: tuple[type[BaseException], ...] = (),
+        micro_batches: int = 1,
     ):
         from gimlet.artifacts import load_weights
+        from gimlet.runtime.pipeline import check_count
+
+        check_count(micro_batches)
+        self.micro_batches = micro_batches
+        self._stages: list[int] | None = None  # each step's wavefront stage, when pipelined
 
         self.bundle = bundle
         self.module = module if module is not None else parse_program(bundle)
@@ -485,6 +526,8 @@ class InProcess:
             return self._run(inputs)
 
     def _run(self, inputs: Sequence[Any]) -> list[Any]:
+        if self.micro_batches > 1:
+            return self._run_pipelined(inputs, self.micro_batches)
         self._sig.check(inputs)
         values = self._blank.copy()
         values[: self._n_args] = inputs
@@ -493,14 +536,7 @@ class InProcess:
         self.kernel_s = 0.0
         try:
             for step in self.steps:
-                self.at = step
-                move = step.move
-                if move is None:
-                    outs = step.call([values[i] for i in step.ins])
-                else:
-                    outs = step.call([move(values[i]) for i in step.ins])
-                for i, v in zip(step.outs, outs, strict=True):
-                    values[i] = v
+                self._do(step, values)
         except self.passthrough:
             raise
         except UserError as e:
@@ -510,6 +546,70 @@ class InProcess:
         finally:
             self.at, self.op = None, None
         return outputs_like([values[i] for i in self.returns], inputs)
+
+    def _run_pipelined(self, inputs: Sequence[Any], m: int) -> list[Any]:
+        """The inputs cut into m micro-batches run as runtime/pipeline.py's wavefront, in
+        this process: at step s each step at stage d runs micro-batch s - d. Every GPU
+        call is asynchronous (a graph launch on its GPU's stream), so while this thread
+        goes on to the next step, gpu0 computes micro-batch j + 1 and gpu1 j; values
+        cross between GPUs as copy-engine copies (`peer_copy`). Each micro-batch has
+        its own mailbox; the outputs are joined along their first dim at the end."""
+        from gimlet.ir import main_func
+        from gimlet.runtime.pipeline import check_split, join, split, stages
+
+        torch = _torch()
+        check_split([tuple(x.shape) for x in inputs], m)
+        pieces = split(inputs, m)
+        self._sig.check(pieces[0])
+        if self._stages is None:
+            stage_of = stages(main_func(self.module), self.bundle.host)
+            self._stages = [stage_of[step.op] for step in self.steps]
+        depth = max(self._stages, default=0)
+        values = []
+        for piece in pieces:
+            v = self._blank.copy()
+            v[: self._n_args] = piece
+            values.append(v)
+        mailboxes: list[dict[int, Any]] = [{} for _ in range(m)]
+        to_host = all(not isinstance(x, torch.Tensor) or x.is_cpu for x in inputs)
+        out = _Joined(m) if to_host else None
+        self.kernel_s = 0.0
+        try:
+            for s in range(m + depth):
+                for step, stage in zip(self.steps, self._stages, strict=True):
+                    j = s - stage
+                    if 0 <= j < m:
+                        self.mailbox.values = mailboxes[j]
+                        self._do(step, values[j])
+                done = s - depth  # every stage has run it: its outputs can go
+                if out is not None and done >= 0 and not out.add(done, self._outs(values[done])):
+                    out = None  # not every output is a CUDA tensor: joined at the end
+        except self.passthrough:
+            raise
+        except UserError as e:
+            raise InProcessError(self._where(e)) from e
+        except Exception as e:  # noqa: BLE001 - named with where it happened
+            raise InProcessError(self._where(e, type(e).__name__)) from e
+        finally:
+            self.at, self.op = None, None
+            self.mailbox.values = {}
+        if out is not None:
+            return out.wait()
+        joined = join([self._outs(v) for v in values])
+        return outputs_like(joined, inputs)
+
+    def _outs(self, values: list[Any]) -> list[Any]:
+        return [values[i] for i in self.returns]
+
+    def _do(self, step: _Step, values: list[Any]) -> None:
+        self.at = step
+        move = step.move
+        if move is None:
+            outs = step.call([values[i] for i in step.ins])
+        else:
+            outs = step.call([move(values[i]) for i in step.ins])
+        for i, v in zip(step.outs, outs, strict=True):
+            values[i] = v
 
     def _timed(self, index: int, gpu: Any, call: Call, args: list[Any]) -> Sequence[Any]:
         stats = self._device_stats()
@@ -560,6 +660,45 @@ class InProcess:
                 if sp.direction in ("h2d", "d2h"):
                     ev = copy_event(sp.label, sp.direction, sp.start, sp.end, sp.nbytes)
                     stats["events"].append(ev)
+
+
+class _Joined:
+    """A pipelined call's outputs for a caller on the host: each micro-batch's rows copied
+    into pinned host tensors as soon as its last stage is queued (on its GPU's download
+    stream, after the kernels that make them), so only the last micro-batch's copy is
+    left when the GPUs are done, not the whole output's."""
+
+    def __init__(self, m: int):
+        self.m = m
+        self.outs: list[Any] | None = None
+        self.events: list[Any] = []
+
+    def add(self, j: int, parts: list[Any]) -> bool:
+        """Start micro-batch j's copies; False (nothing done) unless every part is a CUDA
+        tensor."""
+        torch = _torch()
+        if not all(isinstance(p, torch.Tensor) and p.is_cuda for p in parts):
+            return False
+        if self.outs is None:
+            from gimlet.runtime.pipeline import check_joinable
+
+            check_joinable([tuple(p.shape) for p in parts])
+            self.outs = [
+                torch.empty((p.shape[0] * self.m, *p.shape[1:]), dtype=p.dtype, pin_memory=True)
+                for p in parts
+            ]
+        from gimlet.runtime.staging import for_device
+
+        for p, dst in zip(parts, self.outs, strict=True):
+            rows = dst[j * p.shape[0] : (j + 1) * p.shape[0]]
+            self.events.append(for_device(p.device).download_into(p, rows))
+        return True
+
+    def wait(self) -> list[Any]:
+        for e in self.events:
+            e.synchronize()
+        assert self.outs is not None
+        return self.outs
 
 
 def _keep(value: Any) -> Any:

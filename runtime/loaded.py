@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from gimlet.backends.report import format_report, run_report
-from gimlet.errors import UserError
 from gimlet.runtime.bundle import check_cluster, load_bundle
 from gimlet.runtime.launch import RunResult, Session
 
@@ -56,22 +55,20 @@ class Loaded:
         self.inprocess: InProcess | None = None
         self.session: Session | None = None
         self._last: tuple[list[Any], float, float, list[int]] | RunResult | None = None
-        if micro_batches > 1:  # a pipeline needs a process per device (runtime/pipeline.py)
-            if processes == "one":
-                raise UserError(
-                    f"micro_batches={micro_batches} pipelines the devices on worker "
-                    'processes: processes="one" cannot'
-                )
+        if micro_batches > 1 and processes != "one":
+            # a pipeline on worker processes (runtime/pipeline.py); processes="one" runs it
+            # in this process instead (runtime/inprocess.py: the GPUs' streams overlap)
             processes = "per-device"
         module = parse_program(self.bundle) if processes != "per-device" else None
         problem = sequential_order_problem(module) if module is not None else None
         self.processes, self.reason = choose_processes(self.bundle, processes, problem)
         if micro_batches > 1:
-            self.reason = f"{micro_batches} micro-batches pipelined over one worker per device"
+            where = "this process" if self.processes == "one" else "one worker per device"
+            self.reason = f"{micro_batches} micro-batches pipelined over {where}"
         self.report = run_report(self.bundle.manifest)  # what runs each segment here
         sys.stderr.write(format_report([r for r in self.report if r.when == "load"], "gimlet"))
         if self.processes == "one":
-            self.inprocess = InProcess(self.bundle, module=module)
+            self.inprocess = InProcess(self.bundle, module=module, micro_batches=micro_batches)
         else:
             self.session = Session(
                 self.bundle,

@@ -278,6 +278,11 @@ class Staging:
         self._copy_out(t, host, key, timed, label).synchronize()
         return host
 
+    def download_into(self, t: Any, host: Any) -> Any:
+        """Start copying CUDA tensor `t` (made on the current stream) into pinned `host`,
+        which the caller owns; the event that says the copy is done."""
+        return self._copy_out(t, host, None, False, "")
+
     def _copy_out(self, t: Any, host: Any, key: Hashable, timed: bool, label: str) -> Any:
         ready = torch.cuda.Event()
         ready.record(torch.cuda.current_stream(self.device))  # after the producer

@@ -300,14 +300,23 @@ def test_a_program_that_waits_before_it_sends_cannot_be_pipelined() -> None:
     )
 
 
-def test_micro_batches_need_worker_processes(bundles: Path) -> None:
-    from gimlet.errors import UserError
+def test_micro_batches_in_one_process_equal_torch(bundles: Path) -> None:
+    """processes="one" runs the wavefront in the caller's process (every device's steps
+    from one thread; on CPUs they take turns, on GPUs their streams overlap)."""
     from gimlet.runtime import load
 
-    with pytest.raises(UserError) as e:
-        load(str(bundles / "mlp3"), micro_batches=2, processes="one")
+    module = _example("mlp")[0].eval()
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((24, 32)).astype("f4"))
+    with load(str(bundles / "mlp3"), micro_batches=4, processes="one") as run:
+        assert run.reason == "4 micro-batches pipelined over this process"
+        for _ in range(2):
+            (out,) = run(x)
+            with torch.no_grad():
+                np.testing.assert_allclose(out.numpy(), module(x).numpy(), rtol=1e-4, atol=1e-5)
+        with pytest.raises(PipelineError) as e:
+            run(x[:10])
     assert str(e.value) == (
-        'micro_batches=2 pipelines the devices on worker processes: processes="one" cannot'
+        "input 0 has 10 rows in its first dim, which 4 micro-batches do not divide"
     )
 
 
@@ -342,7 +351,8 @@ def test_gpu_pipeline_with_two_stages_on_each_gpu_equals_torch(
     than NCCL's buffer, so a send waits for its receive). The wavefront sends micro-batch
     j + 1 from gpu0 before gpu0 receives j back; on one NCCL stream per pair both GPUs
     would wait for each other (runtime/channels.py: nccl_groups). A deadlock would end at
-    the 60 s timeout, in the NCCL watchdog."""
+    the 60 s timeout, in the NCCL watchdog. Then the same in this process
+    (processes="one"): the GPUs' values cross as copy-engine copies (inprocess.peer_copy)."""
     from gimlet.runtime import load
 
     (tmp_path / "round_trips.py").write_text(ROUND_TRIPS)
@@ -357,8 +367,11 @@ def test_gpu_pipeline_with_two_stages_on_each_gpu_equals_torch(
     finally:
         sys.path.remove(str(tmp_path))
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((4 * 4096, 1024)).astype("f4"))
-    with load(str(bundle), micro_batches=4) as run:
-        for _ in range(2):
-            (out,) = run(x)
-            with torch.no_grad():  # fp32, TF32 off in gimlet's cuBLAS calls
-                np.testing.assert_allclose(out.numpy(), net(x).numpy(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        want = net(x).numpy()
+    # workers with NCCL between them; then this process, copy-engine copies between GPUs
+    for processes in ("auto", "one"):
+        with load(str(bundle), micro_batches=4, processes=processes) as run:
+            for _ in range(2):
+                (out,) = run(x)  # fp32, TF32 off in gimlet's cuBLAS calls
+                np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
