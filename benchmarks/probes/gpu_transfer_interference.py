@@ -12,7 +12,8 @@ every few GEMMs, on a side stream:
   interprocess event only where it uses the data.
 
 Run on the 2x H200 machine: `python benchmarks/probes/gpu_transfer_interference.py`.
-Prints ms per GEMM on each GPU per mode, and each mode's transfer GB/s.
+Prints ms per GEMM on each GPU per mode, the IPC copies' GB/s, and first whether CUDA
+reports peer access between the GPUs and what a gpu0 -> gpu1 copy moves in one process.
 """
 
 from __future__ import annotations
@@ -120,9 +121,30 @@ def _round(rank: int, q: mp.Queue, back: mp.Queue, out: dict[str, float]) -> Non
         del land
 
 
+def one_process_copies() -> None:
+    """gpu0 -> gpu1 in this process: whether CUDA reports peer access, and the copy's GB/s
+    (a copy-engine transfer over NVLink when peer access is on)."""
+    peer = torch.cuda.can_device_access_peer(0, 1)
+    n = MIB * 2**20 // 2
+    src = torch.ones(n, device="cuda:0", dtype=torch.half)
+    dst = torch.empty(n, device="cuda:1", dtype=torch.half)
+    for _ in range(3):
+        dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize(0)
+    torch.cuda.synchronize(1)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize(0)
+    torch.cuda.synchronize(1)
+    gbps = 20 * n * 2 / (time.perf_counter() - t0) / 1e9
+    print(f"one process: peer access {peer}, gpu0 -> gpu1 copies {gbps:.1f} GB/s", flush=True)
+
+
 def main() -> None:
     if torch.cuda.device_count() < 2:
         sys.exit("needs two CUDA GPUs")
+    one_process_copies()
     ctx = mp.get_context("spawn")
     q, back = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, q, back)) for r in range(2)]
