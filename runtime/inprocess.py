@@ -163,6 +163,7 @@ def to_host(value: Any, key: Any = None, *, timed: bool = False, label: str = ""
     tensors, bf16 through its bits; a GPU tensor is copied out); anything else (arrays,
     sizes, comm tokens) is passed as it is."""
     torch = _torch()
+    value = _unwrap(value)
     if not isinstance(value, torch.Tensor):
         return value
     if not value.is_cpu:
@@ -184,6 +185,9 @@ def to_device(
     the host, the copy goes through `key`'s pinned buffers on a copy stream of the GPU (the
     current stream waits for it, the host does not); `timed`, `label`: for the trace."""
     torch = _torch()
+    ready = None
+    if type(value) is _Ready:
+        value, ready = value.value, value.event
     if isinstance(value, np.ndarray):
         from gimlet.dtypes import numpy_to_torch
 
@@ -197,17 +201,18 @@ def to_device(
 
         return for_device(device).upload(value, key, timed=timed, label=label)
     if value.device.type == "cuda" and torch.device(device).type == "cuda":
-        return peer_copy(value, torch.device(device))
+        return peer_copy(value, torch.device(device), ready)
     return value.to(device)
 
 
 _PEER_STREAMS: dict[tuple[int, int], tuple[Any, Any]] = {}
 
 
-def peer_copy(t: Any, device: Any) -> Any:
+def peer_copy(t: Any, device: Any, ready: Any = None) -> Any:
     """CUDA tensor `t` copied to another GPU of this process, ordered by events only: the
-    copy waits for `t`'s producer (the current stream of its GPU), and the receiving GPU's
-    current stream waits for the copy. Between GPUs with peer access torch's copy is the
+    copy waits for `t`'s producer (event `ready`, recorded after it; else all that its
+    GPU's current stream holds), and the receiving GPU's current stream waits for the
+    copy. Between GPUs with peer access torch's copy is the
     copy engine's (277 GB/s gpu0 -> gpu1 on the 2x H200, no SM taken from the kernels
     beside it; `benchmarks/probes/gpu_transfer_interference.py`, run 2).
 
@@ -223,7 +228,10 @@ def peer_copy(t: Any, device: Any) -> Any:
     if streams is None:
         streams = _PEER_STREAMS[pair] = (torch.cuda.Stream(src), torch.cuda.Stream(device))
     out_stream, in_stream = streams
-    out_stream.wait_stream(torch.cuda.current_stream(src))  # after the producer
+    if ready is not None:
+        out_stream.wait_event(ready)  # after the producer only
+    else:
+        out_stream.wait_stream(torch.cuda.current_stream(src))
     with torch.cuda.stream(out_stream), torch.cuda.stream(in_stream):
         out = torch.empty(t.shape, dtype=t.dtype, device=device)  # on in_stream
         out.copy_(t, non_blocking=True)  # on out_stream; in_stream waits for it
@@ -257,6 +265,21 @@ class Remote(Protocol):
     def take(self, channel: int) -> Any: ...
 
 
+class _Ready:
+    """A CUDA value sent in a pipelined run, with an event recorded right after the
+    kernels that made it: a copy to another GPU waits for that event, not for whatever
+    its GPU was given since (the next micro-batch's kernels)."""
+
+    __slots__ = ("value", "event")
+
+    def __init__(self, value: Any, event: Any):
+        self.value, self.event = value, event
+
+
+def _unwrap(value: Any) -> Any:
+    return value.value if type(value) is _Ready else value
+
+
 class _Mailbox:
     """The comm handler of an in-process run: a send leaves its value under its channel,
     the matching receive takes it, moved to where the receiver wants it. Channels whose
@@ -268,6 +291,7 @@ class _Mailbox:
         self.channel: dict[int, int] = {}  # id(op) -> channel, read once per op
         self.remote: Remote | None = None
         self.remote_channels: set[int] = set()
+        self.mark_ready = False  # pipelined: CUDA values go with their producer's event
 
     def _ch(self, op: Any) -> int:
         ch = self.channel.get(id(op))
@@ -280,6 +304,11 @@ class _Mailbox:
         if ch in self.remote_channels:
             assert self.remote is not None
             self.remote.send(ch, value)
+        elif self.mark_ready and getattr(value, "is_cuda", False):
+            torch = _torch()
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(value.device))
+            self.values[ch] = _Ready(value, event)
         else:
             self.values[ch] = value
 
@@ -359,6 +388,7 @@ class InProcess:
                 weights.update(load_weights(bundle.file(rel)))
         self.weights = weights
         self.mailbox = _Mailbox()
+        self.mailbox.mark_ready = micro_batches > 1
         self.mailbox.remote = remote
         self.passthrough = passthrough
         self.lock = threading.Lock()
@@ -702,7 +732,7 @@ class _Joined:
 
 
 def _keep(value: Any) -> Any:
-    return value
+    return _unwrap(value)
 
 
 def _unset(args: list[Any]) -> Sequence[Any]:
