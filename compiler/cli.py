@@ -305,8 +305,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="M",
         help="bundles: cut every input into M pieces along its first dim (the bundle was "
-        "compiled for one piece) and pipeline them through the devices, one worker each: "
-        "while one device runs micro-batch j, the next runs j-1 (default 1: no pipeline)",
+        "compiled for one piece) and pipeline them through the devices, one worker each "
+        "(with --processes one, in this process): while one device runs micro-batch j, "
+        "the next runs j-1 (default 1: no pipeline)",
     )
     return p
 

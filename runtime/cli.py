@@ -26,12 +26,9 @@ def run_bundle(args: argparse.Namespace) -> int:
     inputs = read_inputs(args.inputs, [s["name"] for s in bundle.manifest["inputs"]])
     micro = getattr(args, "micro_batches", None) or 1
     requested = getattr(args, "processes", None) or "auto"
-    if micro > 1:  # a pipeline: one worker per device (runtime/pipeline.py)
-        if requested == "one":
-            raise UserError(
-                "--micro-batches pipelines the devices on workers: not with --processes one"
-            )
-        requested = "per-device"
+    if micro > 1:  # a pipeline: one worker per device (runtime/pipeline.py), unless
+        if requested != "one":  # --processes one asks for it in this process
+            requested = "per-device"
     else:
         check_inputs(bundle, inputs)
     module = parse_program(bundle) if requested != "per-device" else None
@@ -44,7 +41,7 @@ def run_bundle(args: argparse.Namespace) -> int:
     sys.stderr.write(format_report(run_report(bundle.manifest), "gimletc"))
     if processes == "one":
         sys.stderr.write(f"gimletc: running in this process ({reason})\n")
-        outputs, stats, wall = _in_process(bundle, module, inputs)
+        outputs, stats, wall = _in_process(bundle, module, inputs, micro)
         how = "1 process (no workers)"
     else:
         sys.stderr.write(
@@ -64,10 +61,12 @@ def run_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _in_process(bundle: Any, module: Any, inputs: list[Any]) -> tuple[list[Any], list[Any], float]:
+def _in_process(
+    bundle: Any, module: Any, inputs: list[Any], micro: int
+) -> tuple[list[Any], list[Any], float]:
     from gimlet.runtime.inprocess import InProcess, to_host
 
     start = time.time()
-    run = InProcess(bundle, stats=True, module=module)
+    run = InProcess(bundle, stats=True, module=module, micro_batches=micro)
     outputs = [to_host(t) for t in run(*inputs)]
     return outputs, run.take_stats(), time.time() - start
