@@ -569,10 +569,8 @@ class InProcess:
                 self._do(step, values)
         except self.passthrough:
             raise
-        except UserError as e:
-            raise InProcessError(self._where(e)) from e
         except Exception as e:  # noqa: BLE001 - named with where it happened
-            raise InProcessError(self._where(e, type(e).__name__)) from e
+            raise self._failure(e) from e
         finally:
             self.at, self.op = None, None
         return outputs_like([values[i] for i in self.returns], inputs)
@@ -616,10 +614,8 @@ class InProcess:
                     out = None  # not every output is a CUDA tensor: joined at the end
         except self.passthrough:
             raise
-        except UserError as e:
-            raise InProcessError(self._where(e)) from e
         except Exception as e:  # noqa: BLE001 - named with where it happened
-            raise InProcessError(self._where(e, type(e).__name__)) from e
+            raise self._failure(e) from e
         finally:
             self.at, self.op = None, None
             self.mailbox.values = {}
@@ -655,6 +651,13 @@ class InProcess:
         seg["wall_s"] = seg.get("wall_s", 0.0) + end - start
         stats["events"].append(_span(f"segment {index}", start, end, 0))
         return list(outs)
+
+    def _failure(self, e: Exception) -> InProcessError:
+        """A step's exception as one InProcessError naming where it happened (a UserError
+        by its message alone, anything else with its type too)."""
+        if isinstance(e, UserError):
+            return InProcessError(self._where(e))
+        return InProcessError(self._where(e, type(e).__name__))
 
     def _where(self, e: BaseException, kind: str = "") -> str:
         from gimlet.runtime.worker import describe_op
