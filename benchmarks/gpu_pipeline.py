@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from results_io import RESULTS, GpuClocks, machine_info, print_kernels, save  # noqa: E402
+from results_io import RESULTS, GpuClocks, machine_info, print_kernels, profiled, save  # noqa: E402
 
 CLUSTER = ROOT / "examples" / "two_h200.cluster"
 CONFIG = {"d": 1024, "heads": 16, "layers": 24, "seq": 512, "vocab": 50257}
@@ -341,6 +341,60 @@ def trace(d: Path, micro: int) -> None:
     print(f"[pipeline] trace of 2 requests: {out}", flush=True)
 
 
+def gpu_timeline(d: Path, micro: int, calls: int = 3) -> None:
+    """The one-process pipeline's GPU side (torch.profiler, CUDA graphs on): per GPU, over
+    `calls` requests after warm-up, the median span from its first kernel or copy to its
+    last, the time something runs on it (union), and its idle gaps over 20 us (count, sum,
+    the largest three with their offset from the request's first event). Where a GPU
+    waits for the other, the gaps say when and how long."""
+    import tempfile
+
+    from gimlet.runtime import load
+
+    c = json.loads((d / "config.json").read_text())
+    ids = torch.from_numpy(np.load(d / "io.npz")["ids"])
+    bundle = d / bundle_name(two_gpus(1), c, c["batch"] // micro)
+    with load(str(bundle), micro_batches=micro, processes="one") as run:
+        prof = profiled(run, (ids,), calls, sync_each=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    gpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")]
+    gpu.sort(key=lambda e: e["ts"])
+    # requests are cut where nothing ran for 1 ms on any GPU (each is followed by a sync)
+    requests: list[list[dict[str, Any]]] = [[]]
+    reach = None
+    for e in gpu:
+        if reach is not None and e["ts"] - reach > 1000 and requests[-1]:
+            requests.append([])
+        requests[-1].append(e)
+        reach = max(reach or 0.0, e["ts"] + e["dur"])
+    for k, req in enumerate(requests):
+        t0 = req[0]["ts"]
+        by_dev: dict[Any, list[dict[str, Any]]] = {}
+        for e in req:
+            by_dev.setdefault(e["args"].get("device"), []).append(e)
+        for dev, evs in sorted(by_dev.items(), key=lambda kv: str(kv[0])):
+            busy, gaps, reach = 0.0, [], evs[0]["ts"]
+            for e in evs:
+                s, t = e["ts"], e["ts"] + e["dur"]
+                if s - reach > 20:
+                    gaps.append((s - reach, reach - t0))
+                busy += max(0.0, t - max(s, reach))
+                reach = max(reach, t)
+            span = reach - evs[0]["ts"]
+            top = ", ".join(
+                f"{g / 1e3:.2f} ms at {at / 1e3:.1f}" for g, at in sorted(gaps)[::-1][:3]
+            )
+            print(
+                f"[pipeline] timeline request {k} gpu{dev}: starts {(evs[0]['ts'] - t0) / 1e3:.2f} "
+                f"ms, span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, "
+                f"{len(gaps)} gaps > 20 us ({sum(g for g, _ in gaps) / 1e3:.2f} ms; {top})",
+                flush=True,
+            )
+
+
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     c = result["config"]
     lines = [
@@ -399,6 +453,13 @@ def main() -> None:
         help="after --run: the two-GPU pipeline's trace with M micro-batches (2 requests)",
     )
     ap.add_argument(
+        "--gpu-timeline",
+        metavar="M",
+        type=int,
+        help="after --run: each GPU's busy time and idle gaps in the one-process pipeline "
+        "with M micro-batches (torch.profiler, 3 requests)",
+    )
+    ap.add_argument(
         "--placement", choices=["one_gpu", "two_gpus"], help="--prepare only this placement"
     )
     ap.add_argument(
@@ -441,6 +502,8 @@ def main() -> None:
         print(markdown(result, meta))
         if args.trace:
             trace(Path(args.run), args.trace)
+        if args.gpu_timeline:
+            gpu_timeline(Path(args.run), args.gpu_timeline)
 
 
 if __name__ == "__main__":

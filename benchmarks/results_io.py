@@ -72,7 +72,7 @@ def machine_info(*packages: str) -> dict[str, Any]:
     }
 
 
-def _profiled(fn: Any, args: tuple[Any, ...], calls: int, sync_each: bool) -> Any:
+def profiled(fn: Any, args: tuple[Any, ...], calls: int, sync_each: bool) -> Any:
     """torch.profiler (CUDA activity) over `calls` calls of fn(*args) after 5 warm-up calls,
     no autograd; `sync_each`: a device sync after every call (so calls do not overlap)."""
     import torch
@@ -94,7 +94,7 @@ def _profiled(fn: Any, args: tuple[Any, ...], calls: int, sync_each: bool) -> An
 def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -> None:
     """Each CUDA kernel's GPU time over `calls` calls of fn(*args) after 5 warm-up calls
     (torch.profiler; no autograd), printed under `title`."""
-    prof = _profiled(fn, args, calls, sync_each=False)
+    prof = profiled(fn, args, calls, sync_each=False)
     print(f"{title}: kernels over {calls} calls", flush=True)
     table = prof.key_averages().table(
         sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
@@ -173,7 +173,7 @@ def timeline(title: str, fn: Any, args: tuple[Any, ...], calls: int = 20) -> dic
     mean duration; returned as a dict."""
     import tempfile
 
-    prof = _profiled(fn, args, calls, sync_each=True)
+    prof = profiled(fn, args, calls, sync_each=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
