@@ -73,7 +73,8 @@ class ShapeEvaluator:
         shapes[v] = shape
         c = self.copy_of[v]
         assert isinstance(c.type, TensorType)
-        c._type = TensorType(c.type.element_type, list(shape))  # noqa: SLF001
+        if shape_of(c.type) != shape:  # (a new type only where a dim was dynamic)
+            c._type = TensorType(c.type.element_type, list(shape))  # noqa: SLF001
 
     def _op(self, op: Operation, shapes: dict[SSAValue, Shape], ints: dict[SSAValue, int]) -> None:
         if isinstance(op, gml.DimOp):
@@ -102,6 +103,8 @@ class ShapeEvaluator:
 
     def _result_shape(self, op: Operation, r: SSAValue, ints: dict[SSAValue, int]) -> Shape:
         declared = shape_of(r.type)
+        if DYN not in declared:  # the verifier holds it to its static type for any input
+            return declared
         if isinstance(op, gml.SizedOp):
             sizes = iter(ints[v] for v in op.dynamic_sizes())
             return tuple(next(sizes) if d == DYN else d for d in declared)
