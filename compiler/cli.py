@@ -52,6 +52,7 @@ gimlet: a dataflow compiler for heterogeneous AI inference.
   gimletc compile MODEL -o OUT/     import a PyTorch model, run the pipeline, write IR + weights
   gimletc opt FILE.mlir             run passes on IR text (like mlir-opt); the golden tests use it
   gimletc run MODEL|OUT/|FILE.mlir  execute through the reference interpreter
+  gimletc measure-cpu [-o F]        measure this CPU for the cost model (a .cluster device)
 
 MODEL is path/model.py:factory (factory() returns (module, example_inputs[, dynamic_shapes]))
 or a .pt2 file written by torch.export.save.
@@ -309,7 +310,53 @@ def _parser() -> argparse.ArgumentParser:
         "(with --processes one, in this process): while one device runs micro-batch j, "
         "the next runs j-1 (default 1: no pipeline)",
     )
+    m = sub.add_parser(
+        "measure-cpu",
+        help="measure this CPU as the C++ backend uses it: a .cluster device statement",
+        description=(
+            "Measure this machine's CPU through gimlet's C++ backend (its f32 GEMM rate "
+            "with its BLAS and thread pool, streaming memory bandwidth, the fixed cost per "
+            "op) and print a .cluster `device` statement with those figures, so the cost "
+            "model predicts CPU segments for this machine instead of the `cpu` preset (a "
+            "56-core Xeon 8480+). Paste it into a .cluster file, or write it with -o and "
+            "pass that file as --target. Takes 1-2 s (the first run also compiles the "
+            "probe kernels, cached after). Thread count: GIMLET_CPU_THREADS, else "
+            "OMP_NUM_THREADS, else the CPUs this process may use, as the backend takes it. "
+            "See docs/cluster-language.md, 'Measuring your CPU'."
+        ),
+    )
+    m.add_argument(
+        "--name",
+        default="cpu0",
+        help="the device's name in the statement (default: cpu0, the name --target "
+        "presets give the first CPU)",
+    )
+    m.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE.cluster",
+        help="write the statement (a one-device cluster file) here instead of stdout",
+    )
     return p
+
+
+def cmd_measure_cpu(args: argparse.Namespace) -> int:
+    from gimlet.measure_cpu import check_device_name, device_statement, measure
+
+    check_device_name(args.name)  # before a second of measuring, not after
+
+    def progress(what: str) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"gimletc: measure-cpu: {what}...\n")
+
+    text = device_statement(measure(progress), args.name)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        sys.stderr.write(f"gimletc: wrote device {args.name} to {args.output}\n")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _instrumentation(args: argparse.Namespace) -> Instrumentation:
@@ -634,7 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().print_help()
         return 1
     try:
-        return {"compile": cmd_compile, "opt": cmd_opt, "run": cmd_run}[args.command](args)
+        commands = {
+            "compile": cmd_compile,
+            "opt": cmd_opt,
+            "run": cmd_run,
+            "measure-cpu": cmd_measure_cpu,
+        }
+        return commands[args.command](args)
     except UserError as e:
         if args.debug:
             traceback.print_exc()
