@@ -29,6 +29,13 @@ really loads (`ldd`) and OpenBLAS's build string are printed first and recorded;
 one, every row that runs work on cpu0 is marked "no BLAS", and `--require-blas` stops
 before running anything.
 
+The model's cpu0 is the `cpu` preset (a 56-core Xeon 8480+) by default, whatever CPU the
+machine has. `--cpu measured` measures this machine's CPU first (gimlet.measure_cpu, what
+`gimletc measure-cpu` prints) and places and predicts on `h200` + that CPU instead, the
+same devices and links as `h200+cpu` (the GPU hangs off cpu0 by the default PCIe link);
+the statement used is recorded in the results, which go to gpu_placements_cpu_measured.*
+so the preset's run stays.
+
 `--predict-only` (any machine): the predictions alone.
 Run on the GPU machine: python benchmarks/gpu_placements.py
 Writes benchmarks/results/gpu_placements.{md,json} (and copies them to $OUT when set).
@@ -81,7 +88,30 @@ def model_and_inputs() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return gpt, (torch.randint(0, 8192, (1, 128)),)
 
 
-def placed(compiled: Any, pins: str) -> Any:
+def measured_cluster(statement: str) -> str:
+    """A `.cluster` text for `h200+cpu` with `statement` (a measured `device cpu0 : cpu`)
+    as its CPU: the devices, their order and links of presets.target("h200+cpu")."""
+    return (
+        'cluster "h200+measured-cpu"\n'
+        "device gpu0 : h200 { host = cpu0 }  # the default PCIe link, as in h200+cpu\n" + statement
+    )
+
+
+def write_measured_cluster(directory: str) -> tuple[str, dict[str, Any]]:
+    """Measure this CPU and write the h200 + measured-CPU cluster file under `directory`:
+    its path, and the measurement's figures for the results."""
+    from gimlet.measure_cpu import measure, summary
+
+    def progress(what: str) -> None:
+        print(f"[gpu_placements] measuring this CPU: {what}", flush=True)
+
+    figures = summary(measure(progress))
+    path = Path(directory, "h200_measured_cpu.cluster")
+    path.write_text(measured_cluster(figures["statement"]))
+    return str(path), figures
+
+
+def placed(compiled: Any, pins: str, target: str = TARGET) -> Any:
     """The program as bundle_to places it (Place, outline, comm insertion, overlap)."""
     from gimlet.pass_manager import run_pipeline
     from gimlet.passes.insert_comm import InsertComm
@@ -90,12 +120,12 @@ def placed(compiled: Any, pins: str) -> Any:
     from gimlet.passes.place import Place
 
     module = compiled.module.clone()
-    passes = [Place(target=TARGET, pins=pins), OutlineSegments(), InsertComm(), OverlapComm()]
+    passes = [Place(target=target, pins=pins), OutlineSegments(), InsertComm(), OverlapComm()]
     run_pipeline(module, passes)  # type: ignore[arg-type]
     return module
 
 
-def predict(module: Any) -> dict[str, Any]:
+def predict(module: Any, target: str = TARGET) -> dict[str, Any]:
     """Modelled makespan, per-device busy time, and the gpu0 roofline without launches."""
     from xdsl.ir import Operation
 
@@ -103,7 +133,7 @@ def predict(module: Any) -> dict[str, Any]:
     from gimlet.placement.schedule import device_programs_with_compute, simulate
     from gimlet.placement.target import resolve
 
-    cluster = resolve(TARGET)
+    cluster = resolve(target)
     timeline = simulate(module, cluster)
     roofline, n_ops, gpu = 0.0, 0, cluster.devices["gpu0"]
     for item in device_programs_with_compute(module, cluster.default_host()).get("gpu0", []):
@@ -145,10 +175,11 @@ def run_placement(
     import gimlet
 
     pins = PLACEMENTS[name]
+    target = getattr(args, "target", None) or TARGET  # --cpu measured: a .cluster file
     with torch.no_grad():
         ref = model(*inputs)
-        compiled = gimlet.compile(model, inputs, target=TARGET, pin=pins)
-        row = predict(placed(compiled, pins))
+        compiled = gimlet.compile(model, inputs, target=target, pin=pins)
+        row = predict(placed(compiled, pins, target), target)
         emit(row)
         if not args.predict_only:
             (out,) = compiled(*inputs)
@@ -166,6 +197,7 @@ def run_child(name: str, args: Any) -> dict[str, Any]:
     it predicted before it failed plus how it failed and its stderr's tail."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name]
     cmd += ["--iters", str(args.iters)] + (["--predict-only"] if args.predict_only else [])
+    cmd += ["--target", args.target] if getattr(args, "target", None) else []
     with tempfile.TemporaryFile("w+") as err:
         try:
             proc = subprocess.run(
@@ -256,13 +288,13 @@ def runtime_blas() -> dict[str, Any]:
     return {"library": path, "config": config, "runtime": str(lib)}
 
 
-def cpu_backend_info() -> dict[str, Any]:
+def cpu_backend_info(target: str = TARGET) -> dict[str, Any]:
     """What the C++ CPU backend builds with here: its figures mean little without BLAS."""
     from gimlet.backends.cpu.build import compiler, compiler_version, native_flags
     from gimlet.placement.target import resolve
 
     blas = runtime_blas()
-    cpu0 = resolve(TARGET).devices["cpu0"]
+    cpu0 = resolve(target).devices["cpu0"]
     return {
         "cxx": compiler_version(compiler()),
         "blas": f"{blas['config']} ({blas['library']})"
@@ -332,7 +364,16 @@ def main() -> None:
         help="exit with status 2 before running anything when the C++ CPU backend links no "
         "BLAS (default: run, and mark the rows that use cpu0 as naive loops)",
     )
+    ap.add_argument(
+        "--cpu",
+        choices=["preset", "measured"],
+        default="preset",
+        help="the model's cpu0: the `cpu` preset (a 56-core Xeon 8480+, the default) or "
+        "this machine's CPU as `gimletc measure-cpu` measures it (results then go to "
+        "gpu_placements_cpu_measured.*)",
+    )
     ap.add_argument("--child", choices=list(PLACEMENTS), help=argparse.SUPPRESS)  # internal
+    ap.add_argument("--target", help=argparse.SUPPRESS)  # internal: the child's cluster
     args = ap.parse_args()
     if args.child:  # one placement, its rows on stdout for the parent
         install_crash_reports()
@@ -342,7 +383,17 @@ def main() -> None:
 
         run_placement(args.child, *model_and_inputs(), args, emit)
         return
-    cpu_backend = cpu_backend_info()  # before any placement: a missing BLAS shows at once
+    with tempfile.TemporaryDirectory(prefix="gpu-placements-") as tmp:
+        cpu_figures = None
+        if args.cpu == "measured":
+            args.target, cpu_figures = write_measured_cluster(tmp)
+        run_all(args, cpu_figures)
+
+
+def run_all(args: Any, cpu_figures: dict[str, Any] | None) -> None:
+    """Every placement (main's part once the cluster is known), then the results."""
+    target = args.target or TARGET
+    cpu_backend = cpu_backend_info(target)  # before any placement: a missing BLAS shows at once
     print(f"[gpu_placements] C++ CPU backend BLAS: {cpu_backend['blas']}", flush=True)
     if not cpu_backend["blas_library"]:
         print(
@@ -374,11 +425,15 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "command": command,
-        "model": f"GPT d=512 h=8 L={LAYERS} vocab=8192 f32, batch 1, T=128; target {TARGET}",
+        "model": f"GPT d=512 h=8 L={LAYERS} vocab=8192 f32, batch 1, T=128; target "
+        + (TARGET if cpu_figures is None else "h200 + this machine's measured CPU"),
         "how": "in one process" if args.in_process else "one subprocess per placement",
         "machine": machine(),
         "cpu_backend": cpu_backend,
     }
+    if cpu_figures is not None:
+        meta["cpu0_measured"] = cpu_figures
+        meta["stem"] = "gpu_placements_cpu_measured"
     write(rows, meta)
 
 
@@ -418,6 +473,19 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
             f"C++ CPU backend here: {cpu['cxx']}; BLAS {cpu['blas']}; {cpu['threads']} threads. "
             f"The model's cpu0: {cpu.get('model_cpu0', '?')}.",
         ]
+    measured = meta.get("cpu0_measured")
+    if measured:
+        lines += [
+            "",
+            f"cpu0 measured here by gimlet.measure_cpu (`gimletc measure-cpu`, "
+            f"{measured['seconds']:g} s): f32 GEMM {measured['gemm_gflops']:g} GFLOP/s, "
+            f"streaming add {measured['bandwidth_gbs']:g} GB/s, {measured['op_overhead_us']:g} "
+            "us per op; the statement the model used:",
+            "",
+            "```",
+            *measured["statement"].rstrip("\n").splitlines(),
+            "```",
+        ]
     gpu = rows["gpu0 only"]
     if "fitted_launch_us" in gpu:
         lines += [
@@ -428,7 +496,7 @@ def write(rows: dict[str, Any], meta: dict[str, Any]) -> None:
             "(cost.py's MEASURED_LAUNCH_OVERHEAD for this GPU, set by hand from this fit).",
         ]
     text = "\n".join(lines) + "\n"
-    save("gpu_placements", {"meta": meta, "rows": rows}, text)
+    save(meta.get("stem", "gpu_placements"), {"meta": meta, "rows": rows}, text)
     print(text)
 
 

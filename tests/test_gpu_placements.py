@@ -139,3 +139,48 @@ def test_table_reports_the_fit_beside_the_models_figure(
         "backend 4.03 us; the model predicted with 3.30 us (cost.py's "
         "MEASURED_LAUNCH_OVERHEAD for this GPU, set by hand from this fit)."
     )
+
+
+STATEMENT = (
+    "# measured\n"
+    "device cpu0 : cpu {\n"
+    "  peak_flops = { f32: 131.6 GFLOPS, f16: 131.6 GFLOPS, bf16: 131.6 GFLOPS }\n"
+    "  mem_bandwidth = 30.8 GB/s\n  mem_capacity = 25.28 GB\n  launch_overhead = 1.909 us\n"
+    '  model = "AMD EPYC"\n}\n'
+)
+
+
+def test_measured_cluster_is_h200_cpu_with_the_measured_cpu(bench: ModuleType) -> None:
+    """--cpu measured: the devices, order and links of h200+cpu; only cpu0's figures differ."""
+    from gimlet.placement.cluster_lang import parse_cluster
+    from gimlet.placement.presets import target
+
+    measured, preset = parse_cluster(bench.measured_cluster(STATEMENT)), target("h200+cpu")
+    assert list(measured.devices) == list(preset.devices) == ["gpu0", "cpu0"]
+    assert measured.devices["gpu0"] == preset.devices["gpu0"]
+    assert measured.links == preset.links
+    cpu0 = measured.devices["cpu0"]
+    assert (cpu0.model, cpu0.peak_flops["f32"], cpu0.mem_bandwidth) == ("AMD EPYC", 131.6e9, 30.8e9)
+
+
+def test_measured_results_record_the_statement_apart(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[tuple[str, Any, str]] = []
+    monkeypatch.setattr(bench, "save", lambda stem, data, text: saved.append((stem, data, text)))
+    figures = {
+        "seconds": 1.4,
+        "gemm_gflops": 97.4,
+        "bandwidth_gbs": 27.7,
+        "op_overhead_us": 1.9,
+        "statement": STATEMENT,
+    }
+    meta = {"gpu": None, "torch": "2.13", "model": "GPT", "command": "c"}
+    bench.write(_rows(), {**meta, "cpu0_measured": figures, "stem": "gpu_placements_cpu_measured"})
+    stem, data, text = saved[0]
+    assert stem == "gpu_placements_cpu_measured"  # the preset's results stay
+    assert data["meta"]["cpu0_measured"]["statement"] == STATEMENT
+    assert "f32 GEMM 97.4 GFLOP/s, streaming add 27.7 GB/s, 1.9 us per op" in text
+    assert "```\n" + STATEMENT + "```\n" in text
+    bench.write(_rows(), meta)
+    assert saved[1][0] == "gpu_placements"
