@@ -253,7 +253,7 @@ def measure_bandwidth(lib: Any, budget_s: float = 0.5) -> float:
     x = np.ones(n, np.float32)
     y = np.ones(n, np.float32)
     lib([x, y], {})  # warm-up: the result's buffer is faulted in once, then pooled
-    best = _best(lambda: lib([x, y], {}), 3, budget_s, 20)
+    best = _best(lambda: lib([x, y], {}), 5, budget_s, 20)
     return 3.0 * n * 4 / best
 
 
