@@ -68,7 +68,7 @@ __global__ void batch_norm(int64_t total, int64_t c, int64_t inner, const T* __r
   }
 }
 
-// max pooling's padding is gml::lowest<V>() (gml_gpu.cuh): -inf, or the integer minimum
+// max pooling's padding is gml::lowest<V>() (reductions.cuh): -inf, or the integer minimum
 
 // Max pooling, one thread per output; padding never wins, a NaN in the window does.
 template <class T>
