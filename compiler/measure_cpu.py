@@ -10,22 +10,23 @@ its buffer pool, the scipy-openblas64 OpenBLAS it calls single-threaded per colu
 and are timed in this process. Nothing here calls numpy's BLAS, which is another library
 with its own threads.
 
-* **f32 GEMM rate**: `gml.matmul` of an (M x 1024) by a (1024 x 1024) input, the
-  backend's `gml::sgemm` splitting the columns over its pool (GIMLET_CPU_THREADS, else
-  OMP_NUM_THREADS, else the CPUs this process may use, as the pool counts them). M grows
-  (256, 512, ... 8192) until one call takes >= 5 ms, so Python's ~20 us per call stays
-  under 1% on a large machine too. Only a 1-row slice of the product comes back (no
-  copy of the result into numpy). The rate depends on the shape only a little here
-  (2 cores, busy: 85-96 GFLOP/s over the GPT benchmark's shapes, M=128; 68-83 for
-  512-2048 square), so one shape stands for a model's.
+* **f32 GEMM rate**: `gml.matmul`s of a 256 x 1024 by a 1024 x 1024 matrix (a mid-size
+  layer of a transformer's prefill), the backend's `gml::sgemm` splitting the columns over
+  its pool (GIMLET_CPU_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use,
+  as the pool counts them). Timed as chains of 1 and 9 products, whose difference is 8
+  GEMMs with no per-call cost of Python and ctypes in it (~20 us a call: a fifth of one
+  such GEMM on a 56-core machine); only one row of the last product comes back. One shape
+  stands for all of a model's: on this 2-core box the rate moves little with the shape
+  (85-96 GFLOP/s over the GPT benchmark's, M=128, when busy), but on many cores a product
+  with few rows splits into narrow column blocks and runs below it.
 * **f16 / bf16**: the backend has no half-precision GEMM: it widens both operands to f32,
   runs the f32 kernel and rounds the product (docs/cpu-backend.md, "f16/bf16"). Their rate
   is the f32 rate (the widening is extra traffic the model does not charge).
 * **Streaming bandwidth**: one `gml.add` of two arrays each the larger of 32 MiB and twice
   the last-level cache, so the three streams (two reads, one write) come from DRAM; bytes
   counted as the cost model counts them (operands read once, result written once).
-* **Fixed cost per op**: what an op costs beyond its data, from chains of elementwise adds
-  (1 and 9 ops: their difference cancels the per-call cost of Python and ctypes). Every
+* **Fixed cost per op**: what an op costs beyond its data, from chains of 1 and 9
+  elementwise adds (as for the GEMMs, their difference cancels the per-call cost). Every
   op pays its bookkeeping (a buffer from the buffer pool, the tensor header, the broadcast
   and shape checks): a 1-element add, ~0.15 us on this 2-core box. An op big enough for
   the pool (PAR_MIN elements in thread_pool.h, so every activation of a real model) also
@@ -46,8 +47,9 @@ fitted for datasheet figures. A measured rate is already achieved, so the statem
 rate / efficiency as the peak: the calibrated model then predicts exactly the measured
 rates. The comment lines above the statement say both figures.
 
-The probe libraries are compiled once (about 5 s on 2 cores) and cached like every other
-CPU kernel ($GIMLET_CACHE_DIR/cpu); the measurement itself takes 1-2 s.
+The probe libraries are compiled once (10 s on 2 cores with a fresh cache, the backend's
+runtime library included) and cached like every other CPU kernel ($GIMLET_CACHE_DIR/cpu);
+the measurement itself takes 1-2 s.
 """
 
 from __future__ import annotations
@@ -69,9 +71,7 @@ from gimlet.placement.cluster import Device
 from gimlet.placement.cluster_lang import ClusterFileError, parse_cluster
 from gimlet.placement.cost import MATMUL_EFFICIENCY, MEMORY_EFFICIENCY
 
-GEMM_K = GEMM_N = 1024
-GEMM_ROWS = (256, 512, 1024, 2048, 4096, 8192)
-GEMM_MIN_CALL_S = 5e-3  # a call at least this long: Python's per-call cost stays < 1%
+GEMM_M, GEMM_K, GEMM_N = 256, 1024, 1024  # a mid-size layer of a transformer's prefill
 STREAM_MIN_BYTES = 32 * 2**20  # per array; at least twice the last-level cache
 CHAIN_OPS = (1, 9)  # the two chain lengths whose difference is 8 ops
 DEFAULT_PAR_MIN = 32768  # thread_pool.h's PAR_MIN, if the header cannot be read
@@ -181,39 +181,65 @@ def blas_build() -> str:
 # ---------------------------------------------------------------- the probes ---
 
 
-def _gemm_ir() -> str:
-    """A matmul of two inputs of any shape; only the product's first row comes back."""
-    m = "tensor<?x?xf32>"
-    return (
-        f"func.func @main(%a: {m}, %b: {m}) -> tensor<1x?xf32> {{\n"
-        f"  %c = gml.matmul %a, %b : ({m}, {m}) -> {m}\n"
-        f"  %o = gml.slice %c dim 0 start 0 end 1 step 1 : {m} to tensor<1x?xf32>\n"
-        "  func.return %o : tensor<1x?xf32>\n}\n"
-    )
-
-
-def _chain_ir(ops: int) -> str:
-    """`ops` elementwise adds in a chain over a dynamic-length vector; one element out."""
-    v = "tensor<?xf32>"
-    lines = [f"func.func @main(%x: {v}, %y: {v}) -> tensor<1xf32> {{"]
+def _chain_ir(op: str, ops: int) -> str:
+    """`ops` chained `gml.<op>`s of a value with `%y` (adds of vectors, or products by a
+    square matrix); only one element (a row) of the last comes back, so no result is
+    copied out."""
+    if op == "add":
+        v, out = "tensor<?xf32>", "tensor<1xf32>"
+    else:
+        v, out = "tensor<?x?xf32>", "tensor<1x?xf32>"
+    lines = [f"func.func @main(%x: {v}, %y: {v}) -> {out} {{"]
     prev = "%x"
     for i in range(ops):
-        lines.append(f"  %z{i} = gml.add {prev}, %y : ({v}, {v}) -> {v}")
+        lines.append(f"  %z{i} = gml.{op} {prev}, %y : ({v}, {v}) -> {v}")
         prev = f"%z{i}"
-    lines.append(f"  %o = gml.slice {prev} dim 0 start 0 end 1 step 1 : {v} to tensor<1xf32>")
-    lines.append("  func.return %o : tensor<1xf32>\n}\n")
+    lines.append(f"  %o = gml.slice {prev} dim 0 start 0 end 1 step 1 : {v} to {out}")
+    lines.append(f"  func.return %o : {out}\n}}\n")
     return "\n".join(lines)
 
 
 def compile_probes() -> dict[str, Any]:
-    """The probe libraries, compiled by the CPU backend (in parallel; cached after)."""
+    """The probe libraries, `add1`, `add9`, `matmul1`, `matmul9`, compiled by the CPU
+    backend (in parallel; cached after)."""
     from gimlet.backends.cpu import compile_module
     from gimlet.ir import parse
 
-    sources = {"gemm": _gemm_ir(), **{f"chain{k}": _chain_ir(k) for k in CHAIN_OPS}}
+    sources = {f"{op}{k}": _chain_ir(op, k) for op in ("add", "matmul") for k in CHAIN_OPS}
     with ThreadPoolExecutor(len(sources)) as pool:
         futures = {name: pool.submit(compile_module, parse(ir)) for name, ir in sources.items()}
         return {name: f.result() for name, f in futures.items()}
+
+
+def chain_per_op(
+    short: Any, long: Any, inputs: list[np.ndarray], min_pairs: int, budget_s: float
+) -> float:
+    """Seconds per op: the best calls of the two chains (CHAIN_OPS[1] - CHAIN_OPS[0] ops
+    apart, so the per-call cost of Python and ctypes cancels), called in turn (a burst of
+    load hits both alike) at least `min_pairs` times, more while within `budget_s`."""
+    for lib in (short, long):
+        lib(inputs, {})  # warm-up: buffers, the pool's threads, OpenBLAS's tables
+    best_short = best_long = math.inf
+    start, pairs = time.perf_counter(), 0
+    while pairs < min_pairs or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        short(inputs, {})
+        t1 = time.perf_counter()
+        long(inputs, {})
+        t2 = time.perf_counter()
+        best_short, best_long = min(best_short, t1 - t0), min(best_long, t2 - t1)
+        pairs += 1
+    return max(best_long - best_short, 0.0) / (CHAIN_OPS[1] - CHAIN_OPS[0])
+
+
+def measure_gemm(short: Any, long: Any, budget_s: float = 0.8) -> float:
+    """FLOP/s of one GEMM_M x GEMM_K x GEMM_N product in a chain of them."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((GEMM_M, GEMM_K), dtype=np.float32)
+    # scaled so that products of products stay near 1 (no overflow, no denormals)
+    b = rng.standard_normal((GEMM_K, GEMM_N), dtype=np.float32) / np.float32(GEMM_K**0.5)
+    per_gemm = chain_per_op(short, long, [a, b], 3, budget_s)
+    return 2.0 * GEMM_M * GEMM_K * GEMM_N / max(per_gemm, 1e-9)
 
 
 def _best(call: Callable[[], object], min_calls: int, budget_s: float, max_calls: int) -> float:
@@ -229,24 +255,6 @@ def _best(call: Callable[[], object], min_calls: int, budget_s: float, max_calls
     return min(times)
 
 
-def measure_gemm(lib: Any, budget_s: float = 0.8) -> tuple[float, tuple[int, int, int]]:
-    """(FLOP/s, (M, K, N)): the best call of the GEMM probe, M grown until a call is long
-    enough to dwarf Python's per-call cost."""
-    rng = np.random.default_rng(0)
-    b = rng.standard_normal((GEMM_K, GEMM_N), dtype=np.float32)
-    rows, a, first = 0, b[:0], math.inf
-    for rows in GEMM_ROWS:
-        a = rng.standard_normal((rows, GEMM_K), dtype=np.float32)
-        lib([a, b], {})  # warm-up: buffers, the pool's threads, OpenBLAS's tables
-        t0 = time.perf_counter()
-        lib([a, b], {})
-        first = time.perf_counter() - t0
-        if first >= GEMM_MIN_CALL_S:
-            break
-    best = min(first, _best(lambda: lib([a, b], {}), 3, budget_s, 50))
-    return 2.0 * rows * GEMM_K * GEMM_N / best, (rows, GEMM_K, GEMM_N)
-
-
 def measure_bandwidth(lib: Any, budget_s: float = 0.5) -> float:
     """Bytes/s of one add over arrays that do not fit in the last-level cache."""
     n = max(STREAM_MIN_BYTES, 2 * last_level_cache_bytes()) // 4
@@ -257,22 +265,10 @@ def measure_bandwidth(lib: Any, budget_s: float = 0.5) -> float:
     return 3.0 * n * 4 / best
 
 
-def chain_per_op(short: Any, long: Any, n: int, reps: int = 150) -> float:
-    """Seconds per add on `n`-element vectors: the best calls of the two chains, whose
-    difference is CHAIN_OPS[1] - CHAIN_OPS[0] ops (the per-call cost cancels)."""
-    x = np.ones(n, np.float32)
-    y = np.ones(n, np.float32)
-    for lib in (short, long):
-        lib([x, y], {})
-    best_short = best_long = float("inf")
-    for _ in range(reps):  # interleaved, so a burst of load hits both chains alike
-        t0 = time.perf_counter()
-        short([x, y], {})
-        t1 = time.perf_counter()
-        long([x, y], {})
-        t2 = time.perf_counter()
-        best_short, best_long = min(best_short, t1 - t0), min(best_long, t2 - t1)
-    return max(best_long - best_short, 0.0) / (CHAIN_OPS[1] - CHAIN_OPS[0])
+def add_per_op(short: Any, long: Any, n: int) -> float:
+    """Seconds per add of two `n`-element vectors (their chains' difference)."""
+    x, y = np.ones(n, np.float32), np.ones(n, np.float32)
+    return chain_per_op(short, long, [x, y], 100, 0.05)
 
 
 def measure_op_overhead(short: Any, long: Any, threads: int) -> tuple[float, float]:
@@ -282,13 +278,11 @@ def measure_op_overhead(short: Any, long: Any, threads: int) -> tuple[float, flo
     the fork/join: at PAR_MIN elements the pool cuts the loop into two chunks of PAR_MIN/2,
     one for the caller, one for a worker, so its time minus that of a PAR_MIN/2 add (run
     on the caller alone: the same work per thread) is what the hand-off costs."""
-    tiny = chain_per_op(short, long, 1)
+    tiny = add_per_op(short, long, 1)
     if threads <= 1:
         return tiny, 0.0
     threshold = par_min()
-    fork_join = max(
-        chain_per_op(short, long, threshold) - chain_per_op(short, long, threshold // 2), 0.0
-    )
+    fork_join = max(add_per_op(short, long, threshold) - add_per_op(short, long, threshold // 2), 0)
     return tiny + fork_join, fork_join
 
 
@@ -298,20 +292,19 @@ def measure(progress: Progress | None = None) -> CpuMeasurement:
     start = time.perf_counter()
     say("compiling the probe kernels (cached after the first run)")
     probes = compile_probes()
+    short, long = (f"{k}" for k in CHAIN_OPS)
     say("f32 GEMM")
-    gemm, shape = measure_gemm(probes["gemm"])
+    gemm = measure_gemm(probes["matmul" + short], probes["matmul" + long])
     say("streaming bandwidth")
-    bandwidth = measure_bandwidth(probes[f"chain{CHAIN_OPS[0]}"])
+    bandwidth = measure_bandwidth(probes["add" + short])
     say("fixed cost per op")
     threads = pool_threads()
-    overhead, fork_join = measure_op_overhead(
-        probes[f"chain{CHAIN_OPS[0]}"], probes[f"chain{CHAIN_OPS[1]}"], threads
-    )
+    overhead, fork_join = measure_op_overhead(probes["add" + short], probes["add" + long], threads)
     return CpuMeasurement(
         model=cpu_model(),
         threads=threads,
         gemm_flops=gemm,
-        gemm_shape=shape,
+        gemm_shape=(GEMM_M, GEMM_K, GEMM_N),
         bandwidth=bandwidth,
         op_overhead=overhead,
         fork_join=fork_join,
