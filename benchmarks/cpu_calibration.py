@@ -86,16 +86,13 @@ def predicted(compiled: Any, target: str) -> dict[str, Any]:
     cluster = resolve(target)
     timeline = simulate(module, cluster)
     by_op: dict[str, float] = {}
+    ops = 0
     for item in device_programs_with_compute(module, cluster.default_host()).get("cpu0", []):
         if isinstance(item, Operation) and not op_cost(item).free:
             ms = op_time(op_cost(item), cluster.devices["cpu0"]) * 1e3
             by_op[item.name] = by_op.get(item.name, 0.0) + ms
+            ops += 1
     by_op = dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
-    ops = sum(
-        1
-        for item in device_programs_with_compute(module, "cpu0")["cpu0"]
-        if isinstance(item, Operation) and not op_cost(item).free
-    )
     return {"ms": timeline.makespan * 1e3, "ops": ops, "by_op_ms": by_op}
 
 
