@@ -240,6 +240,47 @@ def test_solver_placement_on_gpt_runs_and_explains() -> None:
     assert to_dot(report).startswith("digraph gimlet {")
 
 
+def test_a_transposed_weight_costs_nothing_per_call_to_the_solver_and_the_timeline() -> None:
+    """A weight's transpose is computed once, not per call: the GPU backends evaluate it
+    when the program loads, the C++ backend reads it through BLAS's transpose flag. The
+    solver never places it, so the modelled timeline (`simulate`: overlap-comm and the
+    benchmarks' predictions) and --explain must not charge it either; they once did, 9.6 ms
+    of a 93 ms GPT on a 2-core CPU (benchmarks/results/cpu_calibration.md)."""
+    from gimlet.placement.cost import FREE, OpCost, op_cost, op_time
+    from gimlet.placement.explain import build_report
+    from gimlet.placement.schedule import simulate
+    from gimlet.placement.solvers import build_problem
+    from gimlet.placement.target import resolve
+
+    module = parse(
+        """
+        func.func @main(%x: tensor<128x512xf32>) -> tensor<128x256xf32> {
+          %w = gml.param "w" : tensor<256x512xf32>
+          %wt = gml.permute %w [1, 0] : tensor<256x512xf32> to tensor<512x256xf32>
+          %y = gml.matmul %x, %wt : (tensor<128x512xf32>, tensor<512x256xf32>) -> tensor<128x256xf32>
+          %z = gml.relu %y : tensor<128x256xf32>
+          func.return %z : tensor<128x256xf32>
+        }
+        """
+    )
+    cluster = resolve("cpu")
+    cpu0 = cluster.devices["cpu0"]
+    matmul = op_time(
+        OpCost(2.0 * 128 * 256 * 512, (128 * 512 + 512 * 256 + 128 * 256) * 4.0, "f32", "matmul"),
+        cpu0,
+    )
+    relu = op_time(OpCost(128 * 256, 2 * 128 * 256 * 4.0, "f32"), cpu0)
+    problem = build_problem(module, cluster)
+    assert [o.name for o in problem.nodes] == ["gml.matmul", "gml.relu"]
+    assert problem.time[:, 0].tolist() == [matmul, relu]
+
+    run_pipeline(module, 'place{target="cpu"},outline-segments,insert-comm')
+    (permute,) = [o for o in module.walk() if isinstance(o, gml.PermuteOp)]
+    assert op_cost(permute) == FREE and op_time(op_cost(permute), cpu0) == 0.0
+    assert simulate(module, cluster).busy["cpu0"] == matmul + relu
+    assert build_report(module, cluster).segments[0].compute_s == matmul + relu
+
+
 def test_one_transfer_per_tensor_per_destination() -> None:
     _, module = _partition(
         "mlp", "examples/three_cpus.cluster", pins="fc1=cpu1,fc2=cpu2", overlap=False

@@ -71,6 +71,17 @@ _FREE: tuple[type[Operation], ...] = (
 # Pure data movement: no arithmetic, every operand read and the result written once.
 _COPIES: tuple[type[Operation], ...] = (gml.PermuteOp, gml.ExpandOp, gml.ConcatOp, gml.CastOp)
 
+# Data known when the program loads, and the layout changes that keep it so (a transposed
+# weight): see is_load_time.
+_WEIGHTS: tuple[type[Operation], ...] = (gml.ParamOp, gml.ConstantOp)
+_LAYOUT: tuple[type[Operation], ...] = (
+    gml.PermuteOp,
+    gml.ReshapeOp,
+    gml.ExpandOp,
+    gml.CastOp,
+    gml.SliceOp,
+)
+
 
 # ---- calibration (benchmarks/results/h100_calibration.md; tests/data/h100_measurements.json) --
 # Derived by `derive_calibration` in benchmarks/calibrate_h100.py from the calibration cases
@@ -219,15 +230,35 @@ def _fusion_cost(op: gml.FusionOp, dim_hint: int) -> OpCost:
     return OpCost(sum(c.flops for c in costs), float(nbytes), dtype)
 
 
+def is_load_time(op: Operation) -> bool:
+    """A weight, a literal, or a layout change of them (a transposed weight): work done once,
+    not per call, so it costs nothing per call wherever it runs.
+
+    The GPU backends evaluate every value computed from weights alone when the program loads
+    and upload the result (backends/gpu load_time_values); the C++ backend reads a weight's
+    transpose through its BLAS call's transpose flag (a Linear's weight, the common case).
+    Placement copies these ops into every segment that reads them (solvers.is_free), so a
+    weight never travels; op_cost charges them nothing, so the solver, the modelled timeline
+    (schedule.simulate) and --explain all price them alike.
+    """
+    if isinstance(op, _WEIGHTS):
+        return True
+    return isinstance(op, _LAYOUT) and all(
+        isinstance(v.owner, Operation) and is_load_time(v.owner) for v in op.operands
+    )
+
+
 def op_cost(op: Operation, dim_hint: int = 1) -> OpCost:
-    """FLOPs and bytes of one op, `?` dims counted as `dim_hint`.
+    """FLOPs and bytes of one op per call, `?` dims counted as `dim_hint`.
 
     Ops of other dialects (arith index math, func.return, ...) cost nothing: they either run
-    on the host or are bookkeeping.
+    on the host or are bookkeeping. Load-time ops (is_load_time) cost nothing either.
     """
     if isinstance(op, gml.FusionOp):
         return _fusion_cost(op, dim_hint)
     if isinstance(op, _FREE) or not op.name.startswith("gml.") or not op.results:
+        return FREE
+    if is_load_time(op):  # a transposed weight, say: computed once when the program loads
         return FREE
     out = op.results[0]
     # The arithmetic runs in the result's type, except that a comparison computes in its

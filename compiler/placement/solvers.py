@@ -31,25 +31,20 @@ from gimlet.errors import UserError, module_path
 from gimlet.ir import main_func
 from gimlet.placement.backend_ops import unsupported
 from gimlet.placement.cluster import Cluster
-from gimlet.placement.cost import op_cost, op_time, value_bytes, weight_bytes
+from gimlet.placement.cost import is_load_time, op_cost, op_time, value_bytes, weight_bytes
 
 OBJECTIVES = ("latency", "throughput", "energy", "cost")
 SOLVERS = ("greedy", "dp", "milp")
 INF = math.inf
 
-# Ops that are not placed: weights, literals and layout changes of them (a
-# transposed weight) are materialised on every device that uses them, so a
-# weight never travels between devices; size arithmetic runs on the host.
-FREE = (gml.ParamOp, gml.ConstantOp)
-LAYOUT = (gml.PermuteOp, gml.ReshapeOp, gml.ExpandOp, gml.CastOp, gml.SliceOp)
-
 
 def is_free(op: Operation) -> bool:
-    if isinstance(op, FREE):
-        return True
-    return isinstance(op, LAYOUT) and all(
-        isinstance(v.owner, Operation) and is_free(v.owner) for v in op.operands
-    )
+    """Not placed: weights, literals and layout changes of them (a transposed weight) are
+    materialised on every device that uses them, so a weight never travels between devices.
+    The same rule as the cost model's per-call cost (cost.is_load_time: they cost nothing per
+    call), so what the solver leaves out is what every prediction leaves out. Size arithmetic
+    runs on the host (is_host_only)."""
+    return is_load_time(op)
 
 
 def params_read(op: Operation) -> set[gml.ParamOp]:
