@@ -109,7 +109,7 @@ def gimlet_fn(
     import copy
 
     from gimlet import compile as gcompile
-    from gimlet.backends.gpu import codegen
+    from gimlet.backends.gpu import switches as codegen_switches
     from gimlet.backends.gpu.lower import lower
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
@@ -122,7 +122,8 @@ def gimlet_fn(
     from gimlet.backends.nvidia import program
 
     switched = [
-        (program if k in RUNTIME_SWITCHES else codegen, k, v) for k, v in (switches or {}).items()
+        (program if k in RUNTIME_SWITCHES else codegen_switches, k, v)
+        for k, v in (switches or {}).items()
     ]
     saved = [(m, k, getattr(m, k)) for m, k, _ in switched]
     try:

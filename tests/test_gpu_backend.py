@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from conftest import imported
+from gimlet.backends.gpu import switches
 from gimlet.backends.gpu.lower import families, lower
 from gimlet.dialects import gml as gml_ops
 from gimlet.dtypes import numpy_to_torch, torch_to_numpy
@@ -772,7 +773,7 @@ def test_attention_reads_qkv_in_place_in_prefill(monkeypatch: Any) -> None:
     permute and output-permute copies are skipped; at 4 tokens (decode kernel) they are not."""
     from gimlet.backends.gpu import codegen as cg
 
-    monkeypatch.setattr(cg, "FOLD_ATTENTION", True)  # off by default until verified on a GPU
+    monkeypatch.setattr(switches, "FOLD_ATTENTION", True)  # off by default until verified on a GPU
     module, _ = _demo_gpt()
     fn = main_func(module)
     low = cg._Lowering(fn, families)
@@ -795,10 +796,9 @@ def test_attention_reads_qkv_in_place_in_prefill(monkeypatch: Any) -> None:
 @needs_gpu
 @pytest.mark.parametrize("fold", [False, True])
 def test_attention_in_place_matches_interpreter(fold: bool, cache: Any, monkeypatch: Any) -> None:
-    from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import build_segment
 
-    monkeypatch.setattr(cg, "FOLD_ATTENTION", fold)
+    monkeypatch.setattr(switches, "FOLD_ATTENTION", fold)
     from gimlet.backends.nvidia.program import CudaFunction
 
     module, weights = _demo_gpt()
@@ -883,7 +883,6 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
     and the body calls sync.wait(): a generated GEMV through gemv_nt (which waits once its
     first weight loads are issued), a header kernel itself. With PDL off they are plain
     <<<>>> launches."""
-    from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
     module = _decode_case(40)[0]
@@ -914,7 +913,7 @@ def test_kernels_started_early_wait_for_the_one_before(monkeypatch: Any) -> None
             wrapper = body(src, f"__global__ void {name}(")
             assert "gml::Pdl sync;" in wrapper and f"{name}_body<M>(sync, blockIdx.x" in wrapper
             assert "gml::gemv_nt<" in body(src, f"GML_D void {name}_body("), name
-    monkeypatch.setattr(cg, "PDL", False)
+    monkeypatch.setattr(switches, "PDL", False)
     plain = lower(main_func(module)).source
     assert "launch_pdl" not in plain
     assert plain.count("gml::GEMV_THREADS, 0, stream>>>(") == len(launched) - 2 * src.count(
@@ -929,14 +928,14 @@ def test_a_gemv_lane_keeps_a_columns_loads_in_flight(monkeypatch: Any) -> None:
     S warps take a column (fc2 over 4 warps: 3). The split itself: test_gpu_decode_early."""
     from gimlet.backends.gpu import codegen as cg
 
-    monkeypatch.setattr(cg, "GEMV_SPLIT", False)
+    monkeypatch.setattr(switches, "GEMV_SPLIT", False)
     assert cg._gemv_loads(3072, "gml::f16") == 12 and cg._gemv_loads(768, "gml::bf16") == 3
     assert cg._gemv_loads(3072, "gml::f16", 4) == 3
     assert cg._gemv_loads(16384, "gml::f16") == 16  # at most 16
     assert cg._gemv_loads(16, "float") == 1 and cg._gemv_loads(-1, "gml::f16") == 8
     src = lower(main_func(_decode_case(40)[0])).source  # f32, d 64, fc 256
     assert sorted(set(re.findall(r"gml::gemv_nt<float, M, (\d+)>", src))) == ["1", "2"]
-    monkeypatch.setattr(cg, "GEMV_LOADS_PER_COLUMN", False)
+    monkeypatch.setattr(switches, "GEMV_LOADS_PER_COLUMN", False)
     src = lower(main_func(_decode_case(40)[0])).source
     assert set(re.findall(r"gml::gemv_nt<float, M, (\d+)>", src)) == {"8"}
 
@@ -945,10 +944,9 @@ def test_a_gemv_lane_keeps_a_columns_loads_in_flight(monkeypatch: Any) -> None:
 def vendor_paths(monkeypatch: Any) -> None:
     """cuBLASLt epilogues and padded weights on, whatever GIMLET_GPU_CUBLASLT and
     GIMLET_GPU_PAD_WEIGHTS say (both default on)."""
-    from gimlet.backends.gpu import codegen as cg
 
-    monkeypatch.setattr(cg, "VENDOR_EPILOGUE", True)
-    monkeypatch.setattr(cg, "PAD_WEIGHTS", True)
+    monkeypatch.setattr(switches, "VENDOR_EPILOGUE", True)
+    monkeypatch.setattr(switches, "PAD_WEIGHTS", True)
 
 
 class _LogSoftmaxHead(torch.nn.Module):
@@ -1028,9 +1026,8 @@ def test_odd_width_product_matches_interpreter(
 @pytest.fixture
 def small_padded_scratch(monkeypatch: Any) -> None:
     """64-row chunks for a padded head's product (the least the lowering takes)."""
-    from gimlet.backends.gpu import codegen as cg
 
-    monkeypatch.setattr(cg, "PADDED_SCRATCH_BYTES", 1)
+    monkeypatch.setattr(switches, "PADDED_SCRATCH_BYTES", 1)
 
 
 def _up(n: int) -> int:
@@ -1271,10 +1268,9 @@ def test_generated_code_compiles_for_rocm(
     segment, GPT in f16 and bf16 (cuBLAS attention: flash attention's fragments need
     rocWMMA, which ROCm 5.2 lacks), every layer norm width, a padded head copied out in
     chunks and a decode chain build for an MI200 (gfx90a) with hipcc -DGML_HIP."""
-    from gimlet.backends.gpu import codegen as cg
     from gimlet.backends.nvidia.build import GPU_INCLUDE
 
-    monkeypatch.setattr(cg, "FLASH_PREFILL", False)
+    monkeypatch.setattr(switches, "FLASH_PREFILL", False)
     sources = {name: low.source for name, (_, low) in lowered.items()}
     for tag in ("f16", "bf16"):
         module, _, _ = _flash_case("gpt", LOW[tag])
@@ -1284,7 +1280,7 @@ def test_generated_code_compiles_for_rocm(
     head = _odd_width_linear(False, torch.bfloat16, rows=150, log_softmax=True)[0]
     sources["head-bf16"] = lower(main_func(head)).source
     # a persistent chain's launch (under HIP it compiles to "no chain": gml::chained)
-    monkeypatch.setattr(cg, "CHAIN", True)
+    monkeypatch.setattr(switches, "CHAIN", True)
     sources["decode-chain"] = lower(main_func(_decode_case(40)[0])).source
     assert "gml::launch_chain<" in sources["decode-chain"]
     env = {**os.environ, "HIP_PLATFORM": "amd"}
@@ -1322,9 +1318,8 @@ def test_missing_nvcc_says_what_to_install(monkeypatch: Any) -> None:
 def flash(monkeypatch: Any) -> None:
     """The flash-attention prefill kernel (gml::attention_prefill) on, whatever
     GIMLET_GPU_FLASH says (default on)."""
-    from gimlet.backends.gpu import codegen as cg
 
-    monkeypatch.setattr(cg, "FLASH_PREFILL", True)
+    monkeypatch.setattr(switches, "FLASH_PREFILL", True)
 
 
 class _MaskedAttention(torch.nn.Module):

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from test_gpu_backend import OP_CASES, _decode_case, needs_gpu, needs_nvcc
 
-from gimlet.backends.gpu import chains
-from gimlet.backends.gpu import codegen as cg
+from gimlet.backends.gpu import chains, switches
 from gimlet.backends.gpu.lower import lower
 from gimlet.dtypes import numpy_to_torch
 from gimlet.interpreter import run
@@ -21,7 +20,7 @@ from gimlet.ir import main_func, parse
 
 @pytest.fixture
 def chained(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cg, "CHAIN", True)
+    monkeypatch.setattr(switches, "CHAIN", True)
 
 
 def _part(n: int, first: int = 0, last: int = 0) -> chains.Part:
@@ -128,7 +127,7 @@ def test_a_bucket_beyond_the_gemv_rows_runs_the_steps(chained: None) -> None:
 
 
 def test_chains_are_off_unless_asked() -> None:
-    assert not cg.CHAIN
+    assert not switches.CHAIN
     assert "launch_chain" not in lower(main_func(_decode_case(40)[0])).source
 
 

@@ -1,4 +1,4 @@
-"""Decode's kernels load early what they can (codegen.DECODE_PREFETCH, NORM_EARLY): what
+"""Decode's kernels load early what they can (switches.DECODE_PREFETCH, NORM_EARLY): what
 the generated code says, and on a GPU that either way gives the interpreter's values."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gimlet.backends.gpu import codegen as cg
+from gimlet.backends.gpu import switches
 from gimlet.backends.gpu.lower import lower
 from gimlet.frontend import import_model
 from gimlet.interpreter import run
@@ -70,7 +70,7 @@ def test_the_cache_is_read_before_the_wait_only_where_no_kernel_writes_it(
 
 
 def test_no_early_cache_rows_when_prefetch_is_off(monkeypatch: Any) -> None:
-    monkeypatch.setattr(cg, "DECODE_PREFETCH", False)
+    monkeypatch.setattr(switches, "DECODE_PREFETCH", False)
     module, _, _ = _case(False, 40)
     assert _cached_slot(lower(main_func(module)), 40) == 0
 
@@ -86,11 +86,11 @@ def test_a_gemv_loads_its_epilogues_operands_with_x(monkeypatch: Any) -> None:
     assert "struct Operands { float x1[M]; float x4[M]; };  // what the epilogue loads" in src
     assert "    o.x4[r] = gml::load(p4 + off1[0]);" in src
     assert re.search(r"gml::gemv_nt<float, M, \d+>\(", src)
-    monkeypatch.setattr(cg, "DECODE_PREFETCH", False)
+    monkeypatch.setattr(switches, "DECODE_PREFETCH", False)
     late = lower(main_func(module)).source
     assert re.search(r"gml::gemv_nt<float, M, \d+, false, true, 1>\(", late)
-    monkeypatch.setattr(cg, "DECODE_PREFETCH", True)
-    monkeypatch.setattr(cg, "NORM_EARLY", False)
+    monkeypatch.setattr(switches, "DECODE_PREFETCH", True)
+    monkeypatch.setattr(switches, "NORM_EARLY", False)
     late = lower(main_func(module)).source
     assert re.search(r"gml::gemv_nt<float, M, \d+, true, false, 1>\(", late)
 
@@ -107,7 +107,7 @@ def test_decode_attention_equals_the_interpreter_whenever_the_cache_is_read(
     from gimlet.backends.nvidia.program import CudaFunction
 
     monkeypatch.setenv("GIMLET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cg, "DECODE_PREFETCH", prefetch)
+    monkeypatch.setattr(switches, "DECODE_PREFETCH", prefetch)
     module, weights, inputs = _case(scaled, 700)
     low = lower(main_func(module))
     f = CudaFunction(main_func(module), build_segment(low.source)[0], weights, lowered=low)
@@ -164,7 +164,7 @@ def test_a_gemv_with_few_columns_splits_them_over_warps(
     tail = "" if split == 1 else f", true, true, {split}"
     assert f"gml::gemv_nt<{ct}, M, {loads}{tail}>(" in src
     assert f"+ gml::GEMV_COLS / {split} - 1) / (gml::GEMV_COLS / {split}));" in src
-    monkeypatch.setattr(cg, "GEMV_SPLIT", False)
+    monkeypatch.setattr(switches, "GEMV_SPLIT", False)
     assert (
         "+ gml::GEMV_COLS / 1 - 1) / (gml::GEMV_COLS / 1));"
         in lower(main_func(_norm_linear(k, dtype)[0])).source
@@ -187,7 +187,7 @@ def test_split_columns_equal_the_interpreter(
     from gimlet.backends.nvidia.program import CudaFunction
 
     monkeypatch.setenv("GIMLET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cg, "GEMV_SPLIT", split)
+    monkeypatch.setattr(switches, "GEMV_SPLIT", split)
     module, weights, inputs = _norm_linear(k, dtype)
     low = lower(main_func(module))
     assert "gml::gemv_nt<" in low.source
@@ -208,8 +208,8 @@ def test_each_decode_gemv_prefetches_what_the_next_kernel_reads(
     first L2_AHEAD_BYTES), the last GEMV nothing; with L2_AHEAD off, none does."""
     from test_gpu_backend import _decode_case
 
-    monkeypatch.setattr(cg, "L2_AHEAD", ahead)
-    monkeypatch.setattr(cg, "L2_AHEAD_BYTES", 100_000)
+    monkeypatch.setattr(switches, "L2_AHEAD", ahead)
+    monkeypatch.setattr(switches, "L2_AHEAD_BYTES", 100_000)
     module = _decode_case(40)[0]  # f32, d 64, 2 layers, a head of 512 x 64
     got: dict[str, str] = {}  # the Linear a launch is for -> its L2Ahead's initializer
     linear = ""
@@ -279,7 +279,7 @@ def test_decode_gemvs_fold_their_layer_norm_and_upload_the_weight_once(
     folded = {w.value for w in low.weights if w.norm is not None}
     assert not [w for w in low.weights if w.value in folded and w.norm is None]
     assert "gml::LnFoldRows<float>{" in low.source and "gml::LnRows<" not in low.source
-    monkeypatch.setattr(cg, "FOLD_NORM", False)
+    monkeypatch.setattr(switches, "FOLD_NORM", False)
     low = lower(main_func(module))
     assert all(w.norm is None for w in low.weights)
     assert "gml::LnRows<float>{" in low.source and "LnFoldRows" not in low.source
@@ -294,7 +294,7 @@ def test_the_fold_takes_a_warp_a_column_and_an_unpadded_weight(
     """Columns split over warps (their statistics would need summing across them too)
     normalize x per warp (gml::LnRows), as does an odd width padded for cuBLAS (the fold
     has not run on a GPU with one); 40 columns a warp each fold."""
-    monkeypatch.setattr(cg, "GEMV_SPLIT", split)
+    monkeypatch.setattr(switches, "GEMV_SPLIT", split)
     src = lower(main_func(_norm_linear(512, torch.float32, cols=cols)[0])).source
     assert ("gml::LnFoldRows<float>{" in src) == folded
     assert ("gml::LnRows<float>{" in src) != folded

@@ -21,7 +21,7 @@ code (`Part`). Here consecutive steps become chains:
   parameter table, so each bucket decides once: the chain kernel, or the steps as they
   were (`gml::chained`).
 
-`GIMLET_GPU_CHAIN=1` (codegen.CHAIN) turns chains on.
+`GIMLET_GPU_CHAIN=1` (switches.CHAIN) turns chains on.
 """
 
 from __future__ import annotations

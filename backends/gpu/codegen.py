@@ -26,18 +26,16 @@ entry `lower_with`. The op families live in modules of their own, each a class t
 next one builds on: lower_base.py (the lowering's state and the helpers that emit code),
 lower_attention.py (gml.sdpa), lower_tensor.py (elementwise kernels, data movement,
 norms) and lower_matmul.py (GEMMs and decode GEMVs). The switches (`GIMLET_GPU_*`) are
-switches.py's; tests and benchmarks set them here, as `codegen.NAME` (see `_Codegen`).
+switches.py's, read as a function is lowered (tests and benchmarks set them there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from types import ModuleType
 from typing import Any
 
 from xdsl.dialects import arith, func
@@ -402,22 +400,3 @@ __all__ = [
     "lower_with",
     "literal",
 ]
-
-
-class _Codegen(ModuleType):
-    """This module, its switches kept in switches.py: each switch is a property of this
-    class, so `codegen.PDL` reads switches.PDL and `codegen.PDL = False` (how tests and
-    benchmarks flip a switch) sets switches.PDL, which the lowering reads; pytest's
-    monkeypatch, seeing a property, restores it the same way."""
-
-
-def _switch(name: str) -> property:
-    """`codegen.NAME`, read and set as switches.NAME."""
-    return property(
-        lambda _: getattr(switches, name), lambda _, value: setattr(switches, name, value)
-    )
-
-
-for _name in [name for name in vars(switches) if name.isupper()]:
-    setattr(_Codegen, _name, _switch(_name))
-sys.modules[__name__].__class__ = _Codegen

@@ -1,8 +1,8 @@
 """The GPU lowering's switches and tuning constants, in a module of their own: each
 lowering module (codegen.py, lower_*.py) reads them here as it lowers, never a copy made
 at import, so a value set before a function is lowered takes effect. `GIMLET_GPU_*`
-environment variables set the defaults; tests and benchmarks set a switch on codegen
-(`codegen.PDL = False`), which passes it on to this module."""
+environment variables set the defaults; tests and benchmarks set a switch here
+(`switches.PDL = False`, or pytest's monkeypatch) to compare or to rule a change out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""16-byte accesses for generated elementwise kernels (codegen.py's `elementwise`).
+"""16-byte accesses for generated elementwise kernels (lower_tensor.py's `elementwise`).
 
 The scalar loop gives a thread one element of the domain: an access of 2 bytes per
 operand for f16, and the index math once per element. GPT's prologue add (8192 x 1024
