@@ -169,6 +169,7 @@ class Lowered:
         ret = self.fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)
         args, outs = list(self.fn.body.block.args), list(ret.arguments)
+        env.memo.clear()  # (the offsets are all set only now)
         params = [slot(env) for slot in self.slots]
 
         def out_bytes(v: SSAValue) -> tuple[int, int]:  # the caller's tensor, v's root

@@ -53,10 +53,12 @@ def binding(
                 if key == root or (key in alias and alias[key][0] == root):
                     env.offsets[key] += shift[i]
         ends_moved = [env.offsets[v] - saved[v] for v in ends]
+        env.memo.clear()  # what the slots gave at the planned offsets
         moved = [slot(env) - p for slot, p in zip(slots, params, strict=True)]
     finally:
         env.offsets.clear()
         env.offsets.update(saved)
+        env.memo.clear()
     # an end that moves with another (an input returned, or as a view; a value returned
     # twice) is bound by neither
     for i, d in enumerate(ends_moved):

@@ -89,6 +89,9 @@ class Env:
     ints: dict[SSAValue, int]
     offsets: dict[Any, int] = field(default_factory=dict)
     views: set[SSAValue] = field(default_factory=set)  # values aliasing their source
+    # what a function behind several slots (slots_of) gave in this evaluation of the
+    # table, so it runs once and not once a slot; cleared whenever offsets move
+    memo: dict[Any, Sequence[int]] = field(default_factory=dict)
 
 
 Slot = Callable[[Env], int]
@@ -331,7 +334,10 @@ class _LoweringBase:
 
 
 def _nth(f: Callable[[Env], Sequence[int]], i: int, env: Env) -> int:
-    return int(f(env)[i])
+    got = env.memo.get(f)
+    if got is None:
+        got = env.memo[f] = f(env)
+    return int(got[i])
 
 
 def _offset(key: Any, env: Env) -> int:
