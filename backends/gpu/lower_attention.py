@@ -428,6 +428,15 @@ class AttentionLowering(_LoweringBase):
     def attention_fold(
         self, sdpa: gml.SdpaOp, env: Env
     ) -> dict[str, tuple[SSAValue, int, int, int, int]] | None:
+        """_attention_fold, once per evaluation of the table (its ~40 slots a layer ask)."""
+        key = ("attention_fold", sdpa)
+        if key not in env.memo:
+            env.memo[key] = self._attention_fold(sdpa, env)
+        return env.memo[key]
+
+    def _attention_fold(
+        self, sdpa: gml.SdpaOp, env: Env
+    ) -> dict[str, tuple[SSAValue, int, int, int, int]] | None:
         """Per operand (root, byte offset, leading dim, head stride, outer batch stride)
         where this bucket's attention reads q, k, v and writes its output in place; None:
         copy. cuBLAS walks the batches with one stride (then outer = heads x head stride);

@@ -89,9 +89,10 @@ class Env:
     ints: dict[SSAValue, int]
     offsets: dict[Any, int] = field(default_factory=dict)
     views: set[SSAValue] = field(default_factory=set)  # values aliasing their source
-    # what a function behind several slots (slots_of) gave in this evaluation of the
-    # table, so it runs once and not once a slot; cleared whenever offsets move
-    memo: dict[Any, Sequence[int]] = field(default_factory=dict)
+    # what a function behind several slots (slots_of, attention_fold) gave in this
+    # evaluation of the table, so it runs once and not once a slot; cleared whenever
+    # offsets move
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 Slot = Callable[[Env], int]
