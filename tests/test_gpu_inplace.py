@@ -125,7 +125,7 @@ def test_a_slot_that_computes_with_an_offset_binds_nothing() -> None:
 
     from gimlet.backends.gpu.inplace import binding
 
-    env = SimpleNamespace(offsets={"x": 0, "x_view": 256, "y": 512})
+    env = SimpleNamespace(offsets={"x": 0, "x_view": 256, "y": 512}, memo={})
     alias: Any = {"x_view": ("x", 256)}
     slots = [
         lambda e: e.offsets["x"],
