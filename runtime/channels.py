@@ -110,9 +110,14 @@ class ChannelSpec:
     group: Any = None  # the NCCL payload's process group: its direction's (`nccl_groups`)
 
 
-def nccl_groups(channels: Sequence[dict[str, Any]], ranks: dict[str, int]) -> dict[Any, Any]:
+def nccl_groups(
+    channels: Sequence[dict[str, Any]], ranks: dict[str, int], timeout_s: float
+) -> dict[Any, Any]:
     """A process group for each direction of every pair of ranks that NCCL channels join,
-    keyed (src rank, dst rank); every rank must call this, in the same order.
+    keyed (src rank, dst rank); every rank must call this, in the same order. Each group's
+    watchdog has the receive timeout `timeout_s`, as the default group's: a new group
+    otherwise takes torch's default (10 minutes for NCCL), and a transfer that never
+    completes (`Channels._wait` leaves NCCL's to the watchdog) would hang that long.
 
     Why one a direction: torch gives a pair's point-to-point transfers one NCCL
     communicator and one stream, where each transfer waits for the ones issued before it
@@ -125,7 +130,8 @@ def nccl_groups(channels: Sequence[dict[str, Any]], ranks: dict[str, int]) -> di
     pairs = sorted(
         {(ranks[c["from"]], ranks[c["to"]]) for c in channels if c.get("backend") == "nccl"}
     )
-    return {pair: dist.new_group(sorted(pair), backend="nccl") for pair in pairs}
+    timeout = datetime.timedelta(seconds=timeout_s)
+    return {pair: dist.new_group(sorted(pair), timeout=timeout, backend="nccl") for pair in pairs}
 
 
 _TORCH_DTYPES = {

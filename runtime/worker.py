@@ -602,7 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if use_group and nccl:
             from gimlet.runtime.channels import nccl_groups
 
-            worker.use_nccl_groups(nccl_groups(bundle.manifest["channels"], worker.ranks))
+            groups = nccl_groups(bundle.manifest["channels"], worker.ranks, timeout)
+            worker.use_nccl_groups(groups)
         if control is not None:
             from gimlet.runtime.control import send_msg
 

@@ -12,6 +12,7 @@ that come back and that they stay on the device).
 
 from __future__ import annotations
 
+import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -277,17 +278,19 @@ ROUND_TRIP_CHANNELS = [
 def test_each_direction_of_an_nccl_pair_gets_its_own_process_group(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    made: list[tuple[list[int], str]] = []
+    made: list[tuple[list[int], Any, str]] = []
 
-    def new_group(ranks: list[int], backend: str) -> str:
-        made.append((ranks, backend))
+    def new_group(ranks: list[int], timeout: Any = None, backend: str = "") -> str:
+        made.append((ranks, timeout, backend))
         return f"group {len(made)}"
 
     monkeypatch.setattr(channels_mod.dist, "new_group", new_group)
     ranks = {"cpu0": 0, "gpu0": 1, "gpu1": 2}
-    groups = channels_mod.nccl_groups(ROUND_TRIP_CHANNELS, ranks)
-    # every rank makes the same groups in the same order; gloo channels make none
-    assert made == [([1, 2], "nccl"), ([1, 2], "nccl")]
+    groups = channels_mod.nccl_groups(ROUND_TRIP_CHANNELS, ranks, 60.0)
+    # every rank makes the same groups in the same order; gloo channels make none; each
+    # group's watchdog has the receive timeout (not torch's 10 minutes for a new group)
+    limit = datetime.timedelta(seconds=60)
+    assert made == [([1, 2], limit, "nccl"), ([1, 2], limit, "nccl")]
     assert groups == {(1, 2): "group 1", (2, 1): "group 2"}
     w = _worker(monkeypatch, 2, "interpreter", ROUND_TRIP, ROUND_TRIP_CHANNELS, ("",) * 4)
     w.use_nccl_groups(groups)
