@@ -369,12 +369,11 @@ class InProcess:
         micro_batches: int = 1,
     ):
         from gimlet.artifacts import load_weights
-        from gimlet.runtime.pipeline import check_count
+        from gimlet.ir import main_func
+        from gimlet.runtime.pipeline import check_bundle, check_count
 
         check_count(micro_batches)
         self.micro_batches = micro_batches
-        self._stages: list[int] | None = None  # each step's wavefront stage, when pipelined
-
         self.bundle = bundle
         self.module = module if module is not None else parse_program(bundle)
         here = set(bundle.devices if devices is None else devices) | {bundle.host}
@@ -382,6 +381,11 @@ class InProcess:
             problem = sequential_order_problem(self.module)
             if problem:
                 raise BundleError(f"this bundle cannot run in one process: {problem}")
+        stage_of: dict[Any, int] = {}
+        if micro_batches > 1:  # refused here, as a pipeline on workers is, not at a call
+            stage_of = check_bundle(
+                main_func(self.module), bundle.host, bundle.manifest, micro_batches
+            )
         weights: dict[str, np.ndarray] = {}
         for dev, rel in bundle.manifest["weights"].items():
             if dev in here:
@@ -403,6 +407,8 @@ class InProcess:
         self.fault_count = 0
         self.gpu_names: dict[int, str] = {}  # CUDA device index -> the device run there
         self._plan(here)
+        # each step's stage in the wavefront (runtime/pipeline.py), when pipelined
+        self._stages = [stage_of[step.op] for step in self.steps] if micro_batches > 1 else []
         self._sig = _Signature(bundle)
 
     def _plan(self, here: set[str]) -> None:
@@ -582,16 +588,12 @@ class InProcess:
         goes on to the next step, gpu0 computes micro-batch j + 1 and gpu1 j; values
         cross between GPUs as copy-engine copies (`peer_copy`). Each micro-batch has
         its own mailbox; the outputs are joined along their first dim at the end."""
-        from gimlet.ir import main_func
-        from gimlet.runtime.pipeline import check_split, join, split, stages
+        from gimlet.runtime.pipeline import check_split, join, split
 
         torch = _torch()
         check_split([tuple(x.shape) for x in inputs], m)
         pieces = split(inputs, m)
         self._sig.check(pieces[0])
-        if self._stages is None:
-            stage_of = stages(main_func(self.module), self.bundle.host)
-            self._stages = [stage_of[step.op] for step in self.steps]
         depth = max(self._stages, default=0)
         values = []
         for piece in pieces:

@@ -192,15 +192,14 @@ class Session:
             check_inputs(self.bundle, inputs)
 
     def _check_pipeline(self, module: Any) -> None:
-        """Refuse, before any worker starts, a pipelined session whose program or outputs
-        cannot be cut into micro-batches (runtime/pipeline.py)."""
+        """Refuse, before any worker starts, a pipelined session whose program, inputs or
+        outputs cannot be cut into micro-batches (runtime/pipeline.py)."""
         from gimlet.ir import main_func
         from gimlet.runtime.inprocess import parse_program
-        from gimlet.runtime.pipeline import check_count, check_joinable, stages
+        from gimlet.runtime.pipeline import check_bundle
 
-        check_count(self.micro_batches)
-        stages(main_func(module or parse_program(self.bundle)), self.bundle.host)
-        check_joinable([out["shape"] for out in self.bundle.manifest["outputs"]])
+        fn = main_func(module or parse_program(self.bundle))
+        check_bundle(fn, self.bundle.host, self.bundle.manifest, self.micro_batches)
 
     # -- start and stop
 

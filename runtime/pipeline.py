@@ -167,14 +167,32 @@ def check_count(m: int) -> None:
         raise PipelineError(f"micro-batches must be at least 1, not {m}")
 
 
-def check_split(shapes: Sequence[Sequence[int]], m: int) -> None:
-    """Every input can be cut into m micro-batches along its first dim."""
+def check_bundle(fn: Any, host: str, manifest: dict[str, Any], m: int) -> dict[Any, int]:
+    """Refuse, before anything runs, to pipeline m micro-batches through a program that
+    cannot be (`stages`) or a bundle with a scalar input or output (nothing to cut or
+    join); the stages of `fn`'s top-level ops. Both runtimes load with it (worker
+    processes: runtime/launch.py; this process: runtime/inprocess.py)."""
     check_count(m)
+    stage = stages(fn, host)
+    check_cuttable([s["shape"] for s in manifest["inputs"]])
+    check_joinable([s["shape"] for s in manifest["outputs"]])
+    return stage
+
+
+def check_cuttable(shapes: Sequence[Sequence[int]]) -> None:
+    """Every input has a first dim to cut micro-batches along."""
     for i, shape in enumerate(shapes):
         if not shape:
             raise PipelineError(
                 f"input {i} is a scalar: micro-batches cut every input along its first dim"
             )
+
+
+def check_split(shapes: Sequence[Sequence[int]], m: int) -> None:
+    """Every input can be cut into m micro-batches along its first dim."""
+    check_count(m)
+    check_cuttable(shapes)
+    for i, shape in enumerate(shapes):
         if shape[0] % m:
             raise PipelineError(
                 f"input {i} has {shape[0]} rows in its first dim, which {m} micro-batches "

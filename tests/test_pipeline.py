@@ -320,6 +320,66 @@ def test_micro_batches_in_one_process_equal_torch(bundles: Path) -> None:
     )
 
 
+SMALL = """
+import torch
+
+
+class ScaleBy(torch.nn.Module):
+    def forward(self, x, s):
+        return x * s
+
+
+class Total(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x).sum()
+
+
+class Double(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def scalar_in():
+    return ScaleBy(), (torch.randn(4, 3), torch.tensor(2.0))
+
+
+def scalar_out():
+    return Total(), (torch.randn(4, 3),)
+
+
+def fixed():  # no dynamic dim: the bundle takes 4 rows, one micro-batch
+    return Double(), (torch.randn(4, 3),)
+"""
+
+
+@pytest.fixture(scope="module")
+def small() -> Any:
+    """One-CPU bundles: a scalar input, a scalar output, a fixed batch of 4 rows."""
+    d = Path(tempfile.mkdtemp(prefix="gimlet-pipeline-small-"))
+    (d / "small.py").write_text(SMALL)
+    for name in ("scalar_in", "scalar_out", "fixed"):
+        argv = ["compile", f"{d}/small.py:{name}", "-o", str(d / name), "--target", "cpu"]
+        assert gimletc(argv) == 0
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("processes", ["one", "auto"])
+def test_a_scalar_input_or_output_is_refused_at_load(small: Path, processes: str) -> None:
+    """Nothing to cut or join: refused when the bundle is loaded, in this process as on
+    workers (the in-process pipeline ran every micro-batch before it found the scalar
+    output, and both found a scalar input only at a call)."""
+    from gimlet.runtime import load
+
+    for name, what in [
+        ("scalar_in", "input 1 is a scalar: micro-batches cut every input along its first dim"),
+        ("scalar_out", "output 0 is a scalar: micro-batches join outputs along their first dim"),
+    ]:
+        with pytest.raises(PipelineError) as e:
+            load(str(small / name), micro_batches=2, processes=processes)
+        assert str(e.value) == what
+
+
 TWO_GPUS = str(ROOT / "examples" / "two_h200.cluster")
 
 ROUND_TRIPS = """
