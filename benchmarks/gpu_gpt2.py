@@ -76,7 +76,7 @@ def first_output(x: Any) -> torch.Tensor:
     return x[0] if isinstance(x, list | tuple) else x
 
 
-# gimlet's code-generation switches compared in one run (backends/gpu/codegen.py):
+# gimlet's code-generation switches compared in one run (backends/gpu/switches.py):
 # "gimlet" = the defaults (cuBLASLt epilogues, odd-width weights padded, flash-attention
 # prefill, decode's kernels started early); "gimlet-cublas-attn" = prefill attention as
 # two cuBLAS GEMMs and a softmax; "gimlet-no-pdl" = decode's kernels launched with <<<>>>;
@@ -99,7 +99,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the KV cache copied into the arena each call, the logits out of it (program.py)
     "gimlet-copy": {"BIND_IN_PLACE": False},
 }
-RUNTIME_SWITCHES = {"BIND_IN_PLACE"}  # set on backends/nvidia/program.py, not codegen
+RUNTIME_SWITCHES = {"BIND_IN_PLACE"}  # set on backends/nvidia/program.py, not switches.py
 
 
 def gimlet_fn(

@@ -1,7 +1,7 @@
-"""The GPU lowering with every op family: codegen.py's own lowerings plus those kept in
-their own modules (conv.py: convolution, batch norm, pooling; tensor_ops.py: gather, pad,
-arg-reductions, var). This module sits above the three, so codegen.py never imports the
-modules that build on it."""
+"""The GPU lowering with every op family: codegen.py's own (the lower_*.py classes its
+_Lowering builds on) plus those kept in their own modules (conv.py: convolution, batch
+norm, pooling; tensor_ops.py: gather, pad, arg-reductions, var). This module sits above
+the three, so codegen.py never imports the modules that build on it."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def width(itemsizes: Iterable[int]) -> int:
 
 def per_thread(ix: Sequence[int], rank: int, operands: int, results: int, v: int) -> int:
     """Elements a thread at a bucket: `v` where its Index slots `ix` ([rank', rank dims,
-    then each operand's and each result's rank strides], as codegen's index_params lays
+    then each operand's and each result's rank strides], as lower_base's index_params lays
     them out) allow the vector loop, else 1."""
     if rank == 0 or v < 2:
         return 1

@@ -1,5 +1,5 @@
 // Prefill attention in one kernel: flash attention 2 (a tiled online softmax) on tensor
-// cores, lowered by backends/gpu/codegen.py's sdpa under GIMLET_GPU_FLASH=1. Included at
+// cores, lowered by backends/gpu/lower_attention.py's sdpa under GIMLET_GPU_FLASH=1. Included at
 // the end of gml_gpu.cuh; HIP-compatible like the rest of the header: the tensor-core
 // fragments are reached only through gml::tc below (nvcuda::wmma on CUDA, rocWMMA on ROCm).
 #pragma once

@@ -31,7 +31,7 @@
 #include "gimlet/gpu/attention_decode.cuh"
 
 // Kernels of the lowerings kept in their own modules (backends/gpu/conv.py, tensor_ops.py),
-// and flash attention for prefill (codegen.py's sdpa).
+// and flash attention for prefill (lower_attention.py's sdpa).
 #include "gimlet/gpu/attention.cuh"
 #include "gimlet/gpu/conv.cuh"
 #include "gimlet/gpu/tensor_ops.cuh"

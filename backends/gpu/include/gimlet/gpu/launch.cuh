@@ -110,7 +110,7 @@ struct ChainSync {
   unsigned blocks;
   unsigned flipped = 0;  // the top bit once the barrier in progress is passed
   bool waited = true;    // the first phase reads what kernels before the chain wrote
-#ifdef GML_CHAIN_TRACE   // codegen.CHAIN_TRACE: where a phase's time goes (run_phase)
+#ifdef GML_CHAIN_TRACE   // switches.CHAIN_TRACE: where a phase's time goes (run_phase)
   unsigned phase = 0;
   long long passed = 0;  // clock64() when this block passed the phase's barrier
 #endif
