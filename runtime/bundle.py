@@ -194,8 +194,10 @@ def check_cluster(bundle: Bundle, target: str) -> None:
     )
 
 
-def check_inputs(bundle: Bundle, inputs: list[np.ndarray]) -> None:
-    """Reject inputs that do not fit the signature, before any worker starts."""
+def check_inputs(bundle: Bundle, inputs: list[np.ndarray], micro_batches: int = 1) -> None:
+    """Reject inputs that do not fit the signature, before any worker starts. With
+    `micro_batches` > 1 the inputs are one micro-batch of the caller's (runtime/pipeline.py),
+    and a refusal says so: the shape it names is not the one the caller passed."""
     sig = bundle.manifest["inputs"]
     if len(inputs) != len(sig):
         raise BundleError(f"the bundle takes {len(sig)} inputs, got {len(inputs)}")
@@ -208,7 +210,13 @@ def check_inputs(bundle: Bundle, inputs: list[np.ndarray]) -> None:
         )
         if not ok:
             want = "x".join("?" if d == -1 else str(d) for d in shape)
+            piece = (
+                f" (a micro-batch: every input's first dim cut in {micro_batches}; the bundle "
+                "was compiled for one micro-batch)"
+                if micro_batches > 1
+                else ""
+            )
             raise BundleError(
                 f"input {s['name']}: expected {s['dtype']} [{want}], got {x.dtype.name} "
-                f"array of shape {list(x.shape)}"
+                f"array of shape {list(x.shape)}{piece}"
             )

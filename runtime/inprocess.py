@@ -593,7 +593,7 @@ class InProcess:
         torch = _torch()
         check_split([tuple(x.shape) for x in inputs], m)
         pieces = split(inputs, m)
-        self._sig.check(pieces[0])
+        self._sig.check(pieces[0], m)
         depth = max(self._stages, default=0)
         values = []
         for piece in pieces:
@@ -850,7 +850,8 @@ class _Signature:
             self.names[dt] = name
         return name
 
-    def check(self, inputs: Sequence[Any]) -> None:
+    def check(self, inputs: Sequence[Any], micro_batches: int = 1) -> None:
+        """`check_inputs`'s refusal of `inputs` (one of `micro_batches`, when > 1)."""
         if len(inputs) == len(self.sig):
             for (dtype, rank, fixed), x in zip(self.sig, inputs, strict=True):
                 xs = x.shape
@@ -869,6 +870,7 @@ class _Signature:
         check_inputs(
             self.bundle,
             [np.broadcast_to(np.zeros((), dtype_of(self._dtype(x))), x.shape) for x in inputs],
+            micro_batches,
         )
         raise AssertionError("unreachable: check_inputs accepted what the fast check refused")
 

@@ -187,7 +187,7 @@ class Session:
         m = self.micro_batches
         if m > 1:  # each micro-batch must fit the signature the bundle was compiled for
             check_split([x.shape for x in inputs], m)
-            check_inputs(self.bundle, [x[: x.shape[0] // m] for x in inputs])
+            check_inputs(self.bundle, [x[: x.shape[0] // m] for x in inputs], m)
         else:
             check_inputs(self.bundle, inputs)
 

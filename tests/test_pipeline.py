@@ -380,6 +380,24 @@ def test_a_scalar_input_or_output_is_refused_at_load(small: Path, processes: str
         assert str(e.value) == what
 
 
+@pytest.mark.parametrize("processes", ["one", "auto"])
+def test_a_micro_batch_that_does_not_fit_is_named_as_one(small: Path, processes: str) -> None:
+    """The bundle takes 4 rows: 8 rows make two micro-batches. 4 rows are refused as two
+    micro-batches of 2 rows, which the message says (it named a shape never passed)."""
+    from gimlet.runtime import load
+    from gimlet.runtime.bundle import BundleError
+
+    with load(str(small / "fixed"), micro_batches=2, processes=processes) as run:
+        (out,) = run(torch.ones(8, 3))
+        np.testing.assert_array_equal(out.numpy(), np.full((8, 3), 2, np.float32))
+        with pytest.raises(BundleError) as e:
+            run(torch.ones(4, 3))
+    assert str(e.value) == (
+        "input x: expected float32 [4x3], got float32 array of shape [2, 3] (a micro-batch: "
+        "every input's first dim cut in 2; the bundle was compiled for one micro-batch)"
+    )
+
+
 TWO_GPUS = str(ROOT / "examples" / "two_h200.cluster")
 
 ROUND_TRIPS = """
