@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, f64
+from xdsl.dialects.builtin import DictionaryAttr, FloatAttr, ModuleOp, StringAttr, f64
 from xdsl.passes import ModulePass
 
 from gimlet.placement.backend_ops import parse_choices, restrict
@@ -24,6 +24,7 @@ from gimlet.placement.solvers import (
     is_host_only,
     parse_pins,
     parse_repeat,
+    single_device_latency,
 )
 from gimlet.placement.target import DEVICE_ATTR, TARGET_ATTR, resolve
 
@@ -51,6 +52,12 @@ class Place(ModulePass):
             self.dim_hint,
             parse_repeat(self.repeat),
         )
+        # each device alone, scored as the placement is (unpinned: what --explain compares)
+        alone = single_device_latency(
+            build_problem(op, cluster, self.objective, (), self.dim_hint, parse_repeat(self.repeat))
+            if self.pins
+            else problem
+        )
         assign = solve(problem, self.solver)
         for node, d in zip(problem.nodes, assign, strict=True):
             node.attributes[DEVICE_ATTR] = StringAttr(problem.devices[d])
@@ -64,5 +71,8 @@ class Place(ModulePass):
         if self.repeat:
             op.attributes["gml.repeat"] = StringAttr(self.repeat)
         op.attributes["gml.modelled_latency_s"] = FloatAttr(score.latency, f64)
+        op.attributes["gml.single_device_s"] = DictionaryAttr(
+            {d: FloatAttr(t, f64) for d, t in alone.items()}
+        )
         if self.pins:  # --explain names the pin that decided a segment's device
             op.attributes["gml.pins"] = StringAttr(self.pins)

@@ -115,3 +115,31 @@ def test_capability_names_what_the_other_device_lacks() -> None:
 def test_energy_and_cost_say_the_change_per_request(objective: str) -> None:
     whys = _whys(CHAIN, "h100+cpu", objective=objective)
     assert all(w.startswith("gpu0: fastest for these ops") for w in whys), whys
+
+
+def test_gain_compares_the_placement_with_each_device_scored_the_same_way() -> None:
+    """The headline's latency is the placement's own score, and each device alone is scored
+    as a placement is (the input from the host and the result back included): gpu0 alone
+    costs its compute plus both host transfers, not its compute alone."""
+    from gimlet.placement.cost import op_cost, op_time
+    from gimlet.placement.solvers import build_problem, evaluate, single_device_latency
+
+    module = parse(CHAIN)
+    cluster = resolve("h100+cpu")
+    problem = build_problem(module, cluster)
+    alone = single_device_latency(problem)
+    gpu = cluster.devices["gpu0"]
+    compute = sum(op_time(op_cost(op), gpu) for op in problem.nodes)
+    moved = 2 * cluster.transfer_time("cpu0", "gpu0", 8192 * 2)  # x in, the result out
+    assert alone["gpu0"] == pytest.approx(compute + moved, rel=1e-12)
+    on_gpu = [problem.devices.index("gpu0")] * len(problem.nodes)
+    assert alone["gpu0"] == evaluate(problem, on_gpu).latency
+    run_pipeline(
+        module, 'place{target="h100+cpu" pins="h.0.act=cpu0"},outline-segments,insert-comm'
+    )
+    report = build_report(module, cluster)
+    assert report.single_device_s["gpu0"] == pytest.approx(alone["gpu0"], rel=1e-12)
+    assert report.modelled_latency_s == module.attributes["gml.modelled_latency_s"].value.data
+    assert report.gain_over_best_single == pytest.approx(
+        alone["gpu0"] / report.modelled_latency_s, rel=1e-12
+    )

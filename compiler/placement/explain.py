@@ -8,9 +8,10 @@ was actually emitted, not the solver's intentions.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
-from xdsl.dialects.builtin import FloatAttr, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import DictionaryAttr, FloatAttr, ModuleOp, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
 from gimlet.dialects import comm, gml
@@ -155,7 +156,19 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
     for o in fn.body.block.ops:  # host-side receives of the results
         if isinstance(o, comm.RecvOp | comm.IRecvOp):
             nbytes = value_bytes(_transferred(o), dim_hint)
-            latency += cluster.transfer_time(o.peer.data, cluster.default_host(), nbytes)
+            factor = channel_runs.get(o.channel.value.data, 1.0)
+            latency += cluster.transfer_time(o.peer.data, cluster.default_host(), nbytes) * factor
+    # the placement's own score and each device alone scored the same way (passes/place.py),
+    # so the gain compares like with like; a module placed elsewhere keeps the sums above
+    scored = module.attributes.get("gml.modelled_latency_s")
+    if isinstance(scored, FloatAttr):
+        latency = scored.value.data
+    alone = module.attributes.get("gml.single_device_s")
+    if isinstance(alone, DictionaryAttr):
+        single = {
+            d: alone.data[d].value.data if isinstance(alone.data.get(d), FloatAttr) else math.inf
+            for d in cluster.devices
+        }
     _decide(module, cluster, segments, reports, dim_hint)
     best = min(single, key=lambda d: single[d])
     target = module.attributes.get("gml.target")

@@ -342,6 +342,18 @@ def evaluate(p: Problem, assign: Sequence[int]) -> Score:
     return Score(obj, latency, compute, received, memory, transfers)
 
 
+def single_device_latency(p: Problem) -> dict[str, float]:
+    """Each device's latency with every op on it, scored as `evaluate` scores a placement
+    (the program's inputs from the host and its outputs back included, so it compares
+    with a placement's); devices that cannot run every op are left out."""
+    n = len(p.nodes)
+    return {
+        d: evaluate(p, [j] * n).latency
+        for j, d in enumerate(p.devices)
+        if np.isfinite(p.time[:, j]).all()
+    }
+
+
 def check_memory(p: Problem, assign: Sequence[int]) -> None:
     mem = evaluate(p, assign).memory
     for j, d in enumerate(p.devices):
