@@ -16,6 +16,7 @@ def run_bundle(args: argparse.Namespace) -> int:
     from gimlet.runtime.bundle import check_cluster, check_inputs, load_bundle
     from gimlet.runtime.inprocess import choose_processes, parse_program, sequential_order_problem
     from gimlet.runtime.launch import launch
+    from gimlet.runtime.pipeline import check_count
     from gimlet.runtime.trace import summary_table, write_trace
 
     bundle = load_bundle(args.source)
@@ -24,7 +25,8 @@ def run_bundle(args: argparse.Namespace) -> int:
     if args.target:
         check_cluster(bundle, args.target)
     inputs = read_inputs(args.inputs, [s["name"] for s in bundle.manifest["inputs"]])
-    micro = getattr(args, "micro_batches", None) or 1
+    micro = getattr(args, "micro_batches", 1)
+    check_count(micro)  # 0 is refused, not taken for the default
     requested = getattr(args, "processes", None) or "auto"
     if micro > 1:  # a pipeline: one worker per device (runtime/pipeline.py), unless
         if requested != "one":  # --processes one asks for it in this process

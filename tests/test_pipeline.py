@@ -282,6 +282,8 @@ def test_gimletc_run_micro_batches(
     assert gimletc([*argv, "--micro-batches", "3"]) == 1
     err = capsys.readouterr().err
     assert "error: input 0 has 8 rows in its first dim, which 3 micro-batches do not divide" in err
+    assert gimletc([*argv, "--micro-batches", "0"]) == 1  # not taken for the default, 1
+    assert "error: micro-batches must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_a_program_that_waits_before_it_sends_cannot_be_pipelined() -> None:
