@@ -322,6 +322,31 @@ def test_micro_batches_in_one_process_equal_torch(bundles: Path) -> None:
     )
 
 
+def test_a_fault_mid_wavefront_in_one_process_leaves_the_next_call_right(
+    bundles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cpu2 runs 5 progress steps a micro-batch (irecv, wait, its C++ part, isend, wait):
+    step 12 is micro-batch 2's part, after cpu1 has sent micro-batch 3. The error names
+    where it was; the next call starts from empty mailboxes and equals torch."""
+    from gimlet.runtime import load
+    from gimlet.runtime.inprocess import InProcessError
+
+    module = _example("mlp")[0].eval()
+    x = torch.from_numpy(np.random.default_rng(6).standard_normal((8, 32)).astype("f4"))
+    monkeypatch.setenv("GIMLET_FAULT", "cpu2:raise@12")
+    with load(str(bundles / "mlp3"), micro_batches=4, processes="one") as run:
+        with pytest.raises(InProcessError) as e:
+            run(x)
+        assert str(e.value).startswith(
+            "cpu2 segment 1 at gml.matmul (examples/mlp.py:14) (first op of C++ part "
+            "seg1.part0): RuntimeError: injected fault before gml.matmul"
+        ), str(e.value)
+        assert run.inprocess is not None and run.inprocess.mailbox.values == {}
+        (out,) = run(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
 SMALL = """
 import torch
 
