@@ -18,6 +18,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -668,6 +669,62 @@ def test_torch_compile_rejects_unknown_options() -> None:
     with pytest.raises(Exception, match=r"unknown option\(s\) tagret; gimlet takes target"):
         f(torch.randn(4, 8))
     torch._dynamo.reset()
+
+
+# -- GPU to GPU in one process, with torch.cuda faked
+
+
+class _OnGpu0(torch.Tensor):
+    """A host tensor that says it is on cuda:0 (nothing here reads its memory)."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cuda", 0)
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return True
+
+
+def test_a_pipelined_gpu_value_crosses_gpus_after_its_producer_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pipelined, a send of a CUDA value records an event on its GPU's current stream
+    (right after the kernels that made it) and the copy to the next GPU waits for that
+    event (peer_copy's `ready`), not for the micro-batches its GPU was given since;
+    unpipelined, the copy waits for the GPU's stream (no event). A receiver that keeps
+    the value where it is (the host's returned channels) gets the tensor itself."""
+    from gimlet.runtime import inprocess
+
+    class Event:
+        def record(self, stream: str) -> None:
+            self.stream = stream
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: f"stream of {device}")
+    copies: list[tuple[Any, Any, Any]] = []
+
+    def peer_copy(t: Any, device: Any, ready: Any = None) -> str:
+        copies.append((t, device, ready))
+        return "copied"
+
+    monkeypatch.setattr(inprocess, "peer_copy", peer_copy)
+    x = torch.Tensor._make_subclass(_OnGpu0, torch.zeros(2))
+    op = SimpleNamespace(channel=SimpleNamespace(value=SimpleNamespace(data=1)))
+    for pipelined in (True, False):
+        box = inprocess._Mailbox()
+        box.mark_ready = pipelined
+        box.movers = {1: inprocess._mover("cuda:1")}
+        box.send(op, x)
+        assert box.wait_recv(box.post_recv(op), op) == "copied"
+        box.movers = {1: inprocess._keep}
+        box.send(op, x)
+        assert box.wait_recv(box.post_recv(op), op) is x
+        assert box.values == {}
+    (t1, to1, ready), (t2, to2, unordered) = copies
+    assert t1 is x and t2 is x and to1 == to2 == torch.device("cuda", 1)
+    assert isinstance(ready, Event) and ready.stream == "stream of cuda:0"
+    assert unordered is None
 
 
 # -- on a GPU (skipped here; the lead runs them on the H200)
