@@ -51,7 +51,7 @@ gimlet: a dataflow compiler for heterogeneous AI inference.
 
   gimletc compile MODEL -o OUT/     import a PyTorch model, run the pipeline, write IR + weights
   gimletc opt FILE.mlir             run passes on IR text (like mlir-opt); the golden tests use it
-  gimletc run MODEL|OUT/|FILE.mlir  execute through the reference interpreter
+  gimletc run MODEL|OUT/|FILE.mlir  execute: a bundle on its devices, IR on the interpreter
   gimletc measure-cpu [-o F]        measure this CPU for the cost model (a .cluster device)
 
 MODEL is path/model.py:factory (factory() returns (module, example_inputs[, dynamic_shapes]))
@@ -224,7 +224,9 @@ def _parser() -> argparse.ArgumentParser:
             "the pass pipeline and write OUT/model.mlir and OUT/weights.safetensors. OUT is replaced "
             "atomically: a failed compile leaves no partial output. With --target, OUT is a bundle "
             "for `gimletc run OUT/`: a manifest, per-device weights and, for segments placed on "
-            "CPU devices, generated C++ and its compiled libraries under OUT/cpu/."
+            "CPU devices, generated C++ and its compiled libraries under OUT/cpu/, for NVIDIA "
+            "segments generated CUDA and its nvcc build under OUT/cuda/ (or, with --backend "
+            "nvidia=tensorrt, ONNX and an engine build script under OUT/trt/)."
         ),
     )
     c.add_argument("model", metavar="MODEL", help="path/model.py:factory or model.pt2")
@@ -273,10 +275,14 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "run",
-        help="execute through the reference interpreter",
+        help="execute a bundle on its devices, or a model or IR on the reference interpreter",
         description=(
-            "Run a model, a `gimletc compile` output directory or an .mlir file on the numpy reference "
-            "interpreter. Inputs come from --inputs (an .npz whose keys are the input names, or arr_0, "
+            "Run a `gimletc compile --target` bundle (OUT/ with a manifest) on its devices: each "
+            "segment by its compiled backend (generated C++ on CPUs, CUDA on NVIDIA GPUs; the "
+            "numpy reference interpreter where a segment has none or its device is missing), in "
+            "this process or a worker process per device (--processes). A model, a compile "
+            "output without --target, or an .mlir file runs on the reference interpreter. "
+            "Inputs come from --inputs (an .npz whose keys are the input names, or arr_0, "
             "arr_1, ... in order); for path/model.py:factory the factory's example inputs are the "
             "default."
         ),

@@ -35,7 +35,7 @@ def _width(
     dom: tuple[int, ...], operands: list[list[int]], results: list[list[int]], v: int
 ) -> int:
     """Elements a thread for a kernel over `dom` reading operands and writing results
-    through these strides (codegen's Index slots, then vectorize.per_thread)."""
+    through these strides (lower_base's Index slots, then vectorize.per_thread)."""
     ix = index_params(len(dom), dom, [*operands, *results])
     return vectorize.per_thread(ix, len(dom), len(operands), len(results), v)
 
