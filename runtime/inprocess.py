@@ -402,6 +402,7 @@ class InProcess:
         self.at: _Step | None = None  # the step running, for messages
         self.op: Any = None
         self.op_what = ""
+        self.micro: int | None = None  # the micro-batch running (pipelined), for the trace
         fault = faults.from_env()  # counted per device: how many steps it has run
         self.fault = fault if fault is not None and fault.device in bundle.devices else None
         self.fault_count = 0
@@ -610,6 +611,7 @@ class InProcess:
                     j = s - stage
                     if 0 <= j < m:
                         self.mailbox.values = mailboxes[j]
+                        self.micro = j
                         self._do(step, values[j])
                 done = s - depth  # every stage has run it: its outputs can go
                 if out is not None and done >= 0 and not out.add(done, self._outs(values[done])):
@@ -619,7 +621,7 @@ class InProcess:
         except Exception as e:  # noqa: BLE001 - named with where it happened
             raise self._failure(e) from e
         finally:
-            self.at, self.op = None, None
+            self.at, self.op, self.micro = None, None, None
             self.mailbox.values = {}
         if out is not None:
             return out.wait()
@@ -651,7 +653,8 @@ class InProcess:
             _torch().cuda.synchronize()  # the span is the GPU's time too
         end = time.time()
         seg["wall_s"] = seg.get("wall_s", 0.0) + end - start
-        stats["events"].append(_span(f"segment {index}", start, end, 0))
+        span_args = {} if self.micro is None else {"micro_batch": self.micro}  # as on workers
+        stats["events"].append(_span(f"segment {index}", start, end, 0, span_args))
         return list(outs)
 
     def _failure(self, e: Exception) -> InProcessError:
@@ -875,5 +878,7 @@ class _Signature:
         raise AssertionError("unreachable: check_inputs accepted what the fast check refused")
 
 
-def _span(name: str, start: float, end: float, tid: int) -> dict[str, Any]:
-    return event(name, "compute", start, end, tid, {})
+def _span(
+    name: str, start: float, end: float, tid: int, args: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return event(name, "compute", start, end, tid, args or {})

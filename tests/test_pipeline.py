@@ -251,6 +251,22 @@ def test_pipelined_gpt_traces_each_micro_batch(bundles: Path) -> None:
         assert runs == [0, 1, 2], (st["device"], runs)
 
 
+def test_pipelined_in_one_process_traces_each_micro_batch(bundles: Path) -> None:
+    """`gimletc run --micro-batches M --processes one --trace`: each segment's span says
+    its micro-batch, as the workers' do."""
+    from gimlet.runtime.bundle import load_bundle
+    from gimlet.runtime.inprocess import InProcess
+
+    run = InProcess(load_bundle(str(bundles / "mlp3")), stats=True, micro_batches=3)
+    run(np.zeros((6, 32), np.float32))
+    stats = run.take_stats()
+    assert [st["device"] for st in stats] == ["cpu1", "cpu2"]
+    for st in stats:
+        segments = [e for e in st["events"] if e["name"].startswith("segment")]
+        runs = [e["args"].get("micro_batch") for e in segments]
+        assert runs == [0, 1, 2], (st["device"], runs)
+
+
 def test_bad_micro_batches_are_refused_before_workers_start(bundles: Path) -> None:
     from gimlet.runtime.bundle import load_bundle
     from gimlet.runtime.launch import Session
