@@ -165,10 +165,7 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
         latency = scored.value.data
     alone = module.attributes.get("gml.single_device_s")
     if isinstance(alone, DictionaryAttr):
-        single = {
-            d: alone.data[d].value.data if isinstance(alone.data.get(d), FloatAttr) else math.inf
-            for d in cluster.devices
-        }
+        single = {d: _seconds(alone.data.get(d)) for d in cluster.devices}
     _decide(module, cluster, segments, reports, dim_hint)
     best = min(single, key=lambda d: single[d])
     target = module.attributes.get("gml.target")
@@ -191,6 +188,12 @@ def build_report(module: ModuleOp, cluster: Cluster, dim_hint: int = 1) -> Repor
         if isinstance(modelled, FloatAttr):
             setattr(report, name, modelled.value.data)
     return report
+
+
+def _seconds(attr: object) -> float:
+    """A recorded single-device latency; inf where place left the device out (it cannot
+    run every op)."""
+    return attr.value.data if isinstance(attr, FloatAttr) else math.inf
 
 
 def _transferred(o: Operation) -> SSAValue:
