@@ -647,6 +647,16 @@ class InProcess:
             index,
             {"ops": self.bundle.manifest["segments"][index]["ops"], "bytes_in": 0, "bytes_out": 0},
         )
+        if gpu is not None and self.micro is not None:
+            # pipelined: a sync here would run the GPUs one at a time, so the span is the
+            # GPU's, from events around the launch (taken in host time by take_stats)
+            from gimlet.runtime.staging import for_device
+
+            st = for_device(f"cuda:{gpu.idx}")
+            begun = st.begin()
+            outs = call(args)
+            st.end(begun, f"segment {index}", ("segment", index, self.micro))
+            return list(outs)
         start = time.time()
         outs = call(args)
         if gpu is not None:
@@ -686,7 +696,7 @@ class InProcess:
 
     def _copy_spans(self) -> None:
         """The timed host<->GPU copies (runtime/staging.py) on each GPU's copy-stream
-        tracks, in host time."""
+        tracks, and a pipelined run's segments as their GPU ran them, in host time."""
         from gimlet.runtime.staging import drain_all
 
         for index, spans in drain_all().items():
@@ -698,6 +708,12 @@ class InProcess:
                 if sp.direction in ("h2d", "d2h"):
                     ev = copy_event(sp.label, sp.direction, sp.start, sp.end, sp.nbytes)
                     stats["events"].append(ev)
+                elif sp.direction == "gpu" and isinstance(sp.key, tuple):
+                    _, segment, micro = sp.key
+                    seg = stats["segments"][segment]  # made by _timed at the launch
+                    seg["wall_s"] = seg.get("wall_s", 0.0) + sp.end - sp.start
+                    args = {"micro_batch": micro}
+                    stats["events"].append(_span(sp.label, sp.start, sp.end, 0, args))
 
 
 class _Joined:

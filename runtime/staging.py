@@ -304,10 +304,11 @@ class Staging:
         """A timing event on the current stream, before a compiled part is launched."""
         return self._timing_event(torch.cuda.current_stream(self.device))
 
-    def end(self, begun: Any, label: str) -> None:
-        """After the part's launch: its GPU span (from `begin`'s event) for the trace."""
+    def end(self, begun: Any, label: str, key: Hashable = None) -> None:
+        """After the part's launch: its GPU span (from `begin`'s event) for the trace;
+        `key` says which part it was where the label alone does not."""
         done = self._timing_event(torch.cuda.current_stream(self.device))
-        self.spans.append((None, label, "gpu", 0, begun, done))
+        self.spans.append((key, label, "gpu", 0, begun, done))
 
     def _timing_event(self, stream: Any) -> Any:
         if self._clock is None:

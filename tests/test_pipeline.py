@@ -511,3 +511,41 @@ def test_gimletc_run_micro_batches_in_one_process(
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pipelined_gpu_segment_is_timed_by_events_not_a_sync(
+    bundles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stats on (gimletc run does), a pipelined GPU segment is not followed by a device
+    sync, which would run the GPUs one at a time: its span is the GPU's, from timing events
+    around the launch, taken in host time at take_stats (torch.cuda and staging faked)."""
+    from types import SimpleNamespace
+
+    from gimlet.runtime import inprocess, staging
+    from gimlet.runtime.bundle import load_bundle
+
+    run = inprocess.InProcess(load_bundle(str(bundles / "mlp3")), stats=True)
+    marks: list[Any] = []
+
+    class Staged:
+        def begin(self) -> str:
+            marks.append("begin")
+            return "start event"
+
+        def end(self, begun: str, label: str, key: Any = None) -> None:
+            marks.append((begun, label, key))
+
+    monkeypatch.setattr(staging, "for_device", lambda device: Staged())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: marks.append("sync"))
+    gpu = SimpleNamespace(idx=0)
+    run.micro = 3
+    assert run._timed(1, gpu, lambda args: (args[0] + 1,), [1]) == [2]
+    assert marks == ["begin", ("start event", "segment 1", ("segment", 1, 3))]
+    device = run.at.device if run.at is not None else run.bundle.host
+    span = staging.GpuSpan(("segment", 1, 3), "segment 1", "gpu", 0, 10.0, 10.25)
+    monkeypatch.setattr(staging, "drain_all", lambda: {0: [span]})
+    run.gpu_names = {0: device}
+    (stats,) = [s for s in run.take_stats() if s["device"] == device]
+    assert stats["segments"][1]["wall_s"] == 0.25
+    (event,) = stats["events"]
+    assert (event["name"], event["args"]) == ("segment 1", {"micro_batch": 3})
