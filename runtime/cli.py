@@ -14,7 +14,7 @@ from gimlet.errors import UserError
 def run_bundle(args: argparse.Namespace) -> int:
     from gimlet.backends.report import format_report, run_report
     from gimlet.runtime.bundle import check_cluster, check_inputs, load_bundle
-    from gimlet.runtime.inprocess import choose_processes, parse_program, sequential_order_problem
+    from gimlet.runtime.inprocess import plan_processes
     from gimlet.runtime.launch import launch
     from gimlet.runtime.pipeline import check_count
     from gimlet.runtime.trace import summary_table, write_trace
@@ -28,14 +28,9 @@ def run_bundle(args: argparse.Namespace) -> int:
     micro = getattr(args, "micro_batches", 1)
     check_count(micro)  # 0 is refused, not taken for the default
     requested = getattr(args, "processes", None) or "auto"
-    if micro > 1:  # a pipeline: one worker per device (runtime/pipeline.py), unless
-        if requested != "one":  # --processes one asks for it in this process
-            requested = "per-device"
-    else:
+    if micro == 1:  # (a pipeline checks each micro-batch when it cuts them)
         check_inputs(bundle, inputs)
-    module = parse_program(bundle) if requested != "per-device" else None
-    problem = sequential_order_problem(module) if module is not None else None
-    processes, reason = choose_processes(bundle, requested, problem)
+    processes, reason, module = plan_processes(bundle, requested, micro)
     if micro > 1:
         reason = f"{micro} micro-batches pipelined"
     n = len(bundle.devices)

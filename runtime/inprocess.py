@@ -132,6 +132,19 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
     return "one", f"every segment can run in the caller's process: {where}"
 
 
+def plan_processes(bundle: Bundle, requested: str, micro_batches: int = 1) -> tuple[str, str, Any]:
+    """(processes, why, the parsed program or None) for a load of `bundle`, as
+    `gimlet.load` and `gimletc run` take it: micro-batches pipeline over a worker per
+    device unless "one" asks for this process (runtime/pipeline.py); the program is
+    parsed only where it may run here."""
+    if micro_batches > 1 and requested != "one":
+        requested = "per-device"
+    module = parse_program(bundle) if requested != "per-device" else None
+    problem = sequential_order_problem(module) if module is not None else None
+    processes, why = choose_processes(bundle, requested, problem)
+    return processes, why, module
+
+
 # -- value placement --------------------------------------------------------------------
 
 

@@ -42,12 +42,7 @@ class Loaded:
         deadline_s: float | None = None,
         micro_batches: int = 1,
     ):
-        from gimlet.runtime.inprocess import (
-            InProcess,
-            choose_processes,
-            parse_program,
-            sequential_order_problem,
-        )
+        from gimlet.runtime.inprocess import InProcess, plan_processes
 
         self.bundle = load_bundle(bundle)
         if target:
@@ -55,13 +50,7 @@ class Loaded:
         self.inprocess: InProcess | None = None
         self.session: Session | None = None
         self._last: tuple[list[Any], float, float, list[int]] | RunResult | None = None
-        if micro_batches > 1 and processes != "one":
-            # a pipeline on worker processes (runtime/pipeline.py); processes="one" runs it
-            # in this process instead (runtime/inprocess.py: the GPUs' streams overlap)
-            processes = "per-device"
-        module = parse_program(self.bundle) if processes != "per-device" else None
-        problem = sequential_order_problem(module) if module is not None else None
-        self.processes, self.reason = choose_processes(self.bundle, processes, problem)
+        self.processes, self.reason, module = plan_processes(self.bundle, processes, micro_batches)
         if micro_batches > 1:
             where = "this process" if self.processes == "one" else "one worker per device"
             self.reason = f"{micro_batches} micro-batches pipelined over {where}"
