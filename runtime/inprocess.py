@@ -502,7 +502,7 @@ class InProcess:
         for ch in _returned_channels(fn):
             # received by the host only to be returned: left where it was made (a GPU
             # output stays there); the outputs go to the caller's device in one move
-            movers[ch] = _keep
+            movers[ch] = _unwrap  # (a pipelined send's event is not needed there)
         self.mailbox.movers.update(movers)
         self.mailbox.remote_channels = {
             c["id"] for c in bundle.manifest["channels"] if (c["from"] in here) != (c["to"] in here)
@@ -763,10 +763,6 @@ class _Joined:
             e.synchronize()
         assert self.outs is not None
         return self.outs
-
-
-def _keep(value: Any) -> Any:
-    return _unwrap(value)
 
 
 def _unset(args: list[Any]) -> Sequence[Any]:

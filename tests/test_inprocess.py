@@ -717,7 +717,7 @@ def test_a_pipelined_gpu_value_crosses_gpus_after_its_producer_only(
         box.movers = {1: inprocess._mover("cuda:1")}
         box.send(op, x)
         assert box.wait_recv(box.post_recv(op), op) == "copied"
-        box.movers = {1: inprocess._keep}
+        box.movers = {1: inprocess._unwrap}
         box.send(op, x)
         assert box.wait_recv(box.post_recv(op), op) is x
         assert box.values == {}
