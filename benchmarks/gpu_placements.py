@@ -279,10 +279,10 @@ def runtime_blas() -> dict[str, Any]:
     path = blas_in_ldd(ldd)
     config = None
     if path:
-        try:  # scipy-openblas64's prefixed name for openblas_get_config
-            get_config = ctypes.CDLL(path).scipy_openblas_get_config64_
-            get_config.restype = ctypes.c_char_p
-            config = get_config().decode()
+        from gimlet.measure_cpu import openblas_config
+
+        try:
+            config = openblas_config(path)
         except (OSError, AttributeError):
             config = "unknown build (not scipy-openblas64's OpenBLAS)"
     return {"library": path, "config": config, "runtime": str(lib)}

@@ -160,20 +160,26 @@ def par_min() -> int:
     return int(match.group(1)) if match else DEFAULT_PAR_MIN
 
 
+def openblas_config(path: str) -> str:
+    """The build string (version, the CPU kernels it picked) of the scipy-openblas64
+    OpenBLAS at `path`, through its prefixed openblas_get_config; OSError or
+    AttributeError where the library is not there or not that OpenBLAS."""
+    import ctypes
+
+    get_config = ctypes.CDLL(path).scipy_openblas_get_config64_
+    get_config.restype = ctypes.c_char_p
+    return str(get_config().decode())
+
+
 def blas_build() -> str:
     """The OpenBLAS the backend's runtime links (the scipy-openblas64 package's), by its
     build string, or why there is none (then GEMMs are naive loops: 100x slower)."""
     try:
-        import ctypes
-
         import scipy_openblas64 as blas
     except ImportError:
         return "none: scipy-openblas64 is not installed (the backend's GEMMs are naive loops)"
     try:
-        lib = ctypes.CDLL(str(Path(blas.get_lib_dir()) / blas.get_library(True)))
-        get_config = lib.scipy_openblas_get_config64_
-        get_config.restype = ctypes.c_char_p
-        return str(get_config().decode())
+        return openblas_config(str(Path(blas.get_lib_dir()) / blas.get_library(True)))
     except (OSError, AttributeError) as err:
         return f"scipy-openblas64 (build string unavailable: {err})"
 

@@ -9,7 +9,7 @@ V = 16 bytes of the widest operand or result type (8 for f16/bf16, 4 for f32, 2 
 kernel (a bool mask, an f16 input of an f32 sum) V elements in one smaller access; the
 offsets are computed once for the V elements.
 
-A bucket takes it (its slot holds V, else 1) where, in the kernel's Index (codegen's
+A bucket takes it (its slot holds V, else 1) where, in the kernel's Index (lower_base's
 `index_params`: the dims every operand walks contiguously merged):
 
 * the innermost merged dim is a multiple of V: a thread's V elements then share every
