@@ -98,13 +98,7 @@ def predicted(compiled: Any, target: str) -> dict[str, Any]:
 
 def timed(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> dict[str, float]:
     """Median and best ms of `iters` calls after 5 warm-up calls."""
-    for _ in range(5):
-        compiled(*inputs)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        compiled(*inputs)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = gp.call_ms(compiled, inputs, iters)
     return {"median": statistics.median(times), "best": min(times)}
 
 

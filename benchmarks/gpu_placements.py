@@ -150,8 +150,9 @@ def predict(module: Any, target: str = TARGET) -> dict[str, Any]:
     }
 
 
-def measure(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> float:
-    """Median ms of in-process calls (host tensors in and out), after warm-up."""
+def call_ms(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> list[float]:
+    """Each of `iters` in-process calls' ms (host tensors in and out), after 5 warm-up
+    calls."""
     for _ in range(5):
         compiled(*inputs)
     times = []
@@ -159,7 +160,12 @@ def measure(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> floa
         t0 = time.perf_counter()
         compiled(*inputs)  # outputs come back on the host: the call has synchronised
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def measure(compiled: Any, inputs: tuple[torch.Tensor, ...], iters: int) -> float:
+    """Median ms of in-process calls (host tensors in and out), after warm-up."""
+    return statistics.median(call_ms(compiled, inputs, iters))
 
 
 def run_placement(
