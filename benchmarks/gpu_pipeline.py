@@ -47,7 +47,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from results_io import RESULTS, GpuClocks, machine_info, print_kernels, profiled, save  # noqa: E402
+from results_io import (  # noqa: E402
+    RESULTS,
+    GpuClocks,
+    busy_gaps,
+    cut_calls,
+    gpu_events,
+    machine_info,
+    print_kernels,
+    profiled,
+    save,
+)
 
 CLUSTER = ROOT / "examples" / "two_h200.cluster"
 CONFIG = {"d": 1024, "heads": 16, "layers": 24, "seq": 512, "vocab": 50257}
@@ -360,35 +370,24 @@ def gpu_timeline(d: Path, micro: int, calls: int = 3) -> None:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text())["traceEvents"]
-    gpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")]
-    gpu.sort(key=lambda e: e["ts"])
-    # requests are cut where nothing ran for 1 ms on any GPU (each is followed by a sync)
-    requests: list[list[dict[str, Any]]] = [[]]
-    reach = None
-    for e in gpu:
-        if reach is not None and e["ts"] - reach > 1000 and requests[-1]:
-            requests.append([])
-        requests[-1].append(e)
-        reach = max(reach or 0.0, e["ts"] + e["dur"])
-    for k, req in enumerate(requests):
+    # cut by count (results_io.cut_calls), not where all GPUs idle: between two requests
+    # gpu1 still runs its last stage while gpu0 idles, and the host turns around in well
+    # under 1 ms, so an idle rule merged two requests on the H200
+    for k, req in enumerate(cut_calls(gpu_events(events), calls)):
         t0 = req[0]["ts"]
         by_dev: dict[Any, list[dict[str, Any]]] = {}
         for e in req:
             by_dev.setdefault(e["args"].get("device"), []).append(e)
         for dev, evs in sorted(by_dev.items(), key=lambda kv: str(kv[0])):
-            busy, gaps, reach = 0.0, [], evs[0]["ts"]
-            for e in evs:
-                s, t = e["ts"], e["ts"] + e["dur"]
-                if s - reach > 20:
-                    gaps.append((s - reach, reach - t0))
-                busy += max(0.0, t - max(s, reach))
-                reach = max(reach, t)
-            span = reach - evs[0]["ts"]
+            start = evs[0]["ts"] - t0
+            busy, gaps = busy_gaps(evs, min_gap=20.0)
+            gaps = [(g, start + at) for g, at in gaps]  # offsets from the request's start
+            span = max(e["ts"] + e["dur"] for e in evs) - evs[0]["ts"]
             top = ", ".join(
                 f"{g / 1e3:.2f} ms at {at / 1e3:.1f}" for g, at in sorted(gaps)[::-1][:3]
             )
             print(
-                f"[pipeline] timeline request {k} gpu{dev}: starts {(evs[0]['ts'] - t0) / 1e3:.2f} "
+                f"[pipeline] timeline request {k} gpu{dev}: starts {start / 1e3:.2f} "
                 f"ms, span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, "
                 f"{len(gaps)} gaps > 20 us ({sum(g for g, _ in gaps) / 1e3:.2f} ms; {top})",
                 flush=True,

@@ -102,6 +102,38 @@ def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -
     print(table, flush=True)
 
 
+def gpu_events(trace_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Chrome trace's kernels and copies (the GPU's events), in time order."""
+    gpu = (
+        e for e in trace_events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")
+    )
+    return sorted(gpu, key=lambda e: e["ts"])
+
+
+def cut_calls(events: list[dict[str, Any]], calls: int) -> list[list[dict[str, Any]]]:
+    """Time-sorted GPU events cut into `calls` runs of equal count (events left over at the
+    end are dropped). By count, not by idle time: every call of a CUDA-graph program makes
+    the same events, while between two calls one GPU may still run while the other idles."""
+    per = len(events) // calls
+    return [events[c * per : (c + 1) * per] for c in range(calls)]
+
+
+def busy_gaps(
+    events: list[dict[str, Any]], min_gap: float = 20.0
+) -> tuple[float, list[tuple[float, float]]]:
+    """Time-sorted events -> the time some event runs (their union) and the idle gaps
+    longer than `min_gap`, each as (length, offset from the first event's start)."""
+    t0 = events[0]["ts"]
+    busy, gaps, reach = 0.0, [], t0
+    for e in events:
+        s, t = e["ts"], e["ts"] + e["dur"]
+        if s - reach > min_gap:
+            gaps.append((s - reach, reach - t0))
+        busy += max(0.0, t - max(s, reach))
+        reach = max(reach, t)
+    return busy, gaps
+
+
 def call_timeline(trace_events: list[dict[str, Any]], calls: int) -> dict[str, Any]:
     """timeline's arithmetic on a Chrome trace's events: the kernels and copies, in time
     order, cut into `calls` equal runs; per call (median) the span, the union of the
@@ -111,37 +143,24 @@ def call_timeline(trace_events: list[dict[str, Any]], calls: int) -> dict[str, A
     programmatic dependent launch a duration counts the time a kernel started early and
     waited; the steps add up to the span's tail, each kernel's share of the chain."""
     import collections
+    import itertools
     import statistics
 
-    events = sorted(
-        (
-            e
-            for e in trace_events
-            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")
-        ),
-        key=lambda e: e["ts"],
-    )
-    per = len(events) // calls
+    runs = cut_calls(gpu_events(trace_events), calls)
+    per = len(runs[0])
     spans, busy, total, early = [], [], [], []
-    for c in range(calls):
-        evs = events[c * per : (c + 1) * per]
-        start, end = evs[0]["ts"], max(e["ts"] + e["dur"] for e in evs)
-        union, reach, n_early = 0.0, start, 0
-        for i, e in enumerate(evs):
-            s, t = e["ts"], e["ts"] + e["dur"]
-            if i and s < reach:
-                n_early += 1
-            union += max(0.0, t - max(s, reach))
-            reach = max(reach, t)
-        spans.append(end - start)
-        busy.append(union)
+    for evs in runs:
+        ends = list(itertools.accumulate((e["ts"] + e["dur"] for e in evs), max))
+        spans.append(ends[-1] - evs[0]["ts"])
+        busy.append(busy_gaps(evs)[0])
         total.append(sum(e["dur"] for e in evs))
-        early.append(n_early)
+        # ends[i]: the latest end among evs[: i + 1], what evs[i + 1] starts early against
+        early.append(sum(e["ts"] < reach for e, reach in zip(evs[1:], ends[:-1], strict=True)))
     by_name: dict[str, list[float]] = collections.defaultdict(list)
     steps: dict[str, list[float]] = collections.defaultdict(list)
-    for c in range(calls):
+    for evs in runs:
         reach = None
-        for e in events[c * per : (c + 1) * per]:
+        for e in evs:
             end = e["ts"] + e["dur"]
             by_name[e["name"]].append(e["dur"])
             steps[e["name"]].append(0.0 if reach is None else max(0.0, end - reach))
