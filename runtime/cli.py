@@ -32,7 +32,7 @@ def run_bundle(args: argparse.Namespace) -> int:
         check_inputs(bundle, inputs)
     processes, reason, module = plan_processes(bundle, requested, micro)
     if micro > 1:
-        reason = f"{micro} micro-batches pipelined"
+        reason = f"{micro} micro-batches pipelined, {reason}"
     n = len(bundle.devices)
     # what runs each segment here, and why where it is not what gimletc compile chose
     sys.stderr.write(format_report(run_report(bundle.manifest), "gimletc"))

@@ -104,12 +104,20 @@ def segment_devices(bundle: Bundle) -> list[str]:
     return [d for d in bundle.devices if d in used]
 
 
-def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) -> tuple[str, str]:
+def choose_processes(
+    bundle: Bundle, requested: str, order_problem: str | None, micro_batches: int = 1
+) -> tuple[str, str]:
     """("one" | "per-device", why) for `gimlet.load(B, processes=requested)`.
 
     auto runs in one process unless the bundle spreads over several CPU devices (each is
     a set of cores for its own worker) or several GPUs (the multi-process runtime moves
-    their traffic over NCCL), or its order needs segments to run concurrently."""
+    their traffic over NCCL), or its order needs segments to run concurrently.
+    A pipeline (`micro_batches` > 1) whose every stage is compiled for a GPU runs in
+    one process too: the caller only queues work, and values cross between GPUs by
+    copy-engine copies, where NCCL's kernels would take SMs from the compute beside them
+    (2x H200: 96.5 against 98.0 ms, benchmarks/results/gpu_pipeline.md run 23). A
+    pipeline with a CPU stage gets a worker per device: in the caller that stage would
+    hold back the GPUs' launches."""
     if requested not in ("auto", "one", "per-device"):
         raise UserError(f"processes={requested!r}: expected 'auto', 'one' or 'per-device'")
     kinds = {d["name"]: d["kind"] for d in bundle.manifest["cluster"]["devices"]}
@@ -125,6 +133,18 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
     where = ", ".join(used)
     if requested == "one":
         return "one", "asked for"
+    if micro_batches > 1:
+        for s in bundle.manifest["segments"]:
+            if kinds[s["device"]] not in GPU_KINDS or s["artefact"]["kind"] == "interpreter":
+                on = "the interpreter" if s["artefact"]["kind"] == "interpreter" else "its cores"
+                return "per-device", (
+                    f"{s['device']} runs a stage on {on}: in one process it would hold back "
+                    "the others"
+                )
+        return "one", (
+            f"every stage compiled for a GPU ({', '.join(gpus)}): this process queues their "
+            "work, copy engines move values between them"
+        )
     if len(cpus) > 1:
         return "per-device", f"{len(cpus)} CPU devices ({', '.join(cpus)}): one process each"
     if len(gpus) > 1:
@@ -134,14 +154,11 @@ def choose_processes(bundle: Bundle, requested: str, order_problem: str | None) 
 
 def plan_processes(bundle: Bundle, requested: str, micro_batches: int = 1) -> tuple[str, str, Any]:
     """(processes, why, the parsed program or None) for a load of `bundle`, as
-    `gimlet.load` and `gimletc run` take it: micro-batches pipeline over a worker per
-    device unless "one" asks for this process (runtime/pipeline.py); the program is
-    parsed only where it may run here."""
-    if micro_batches > 1 and requested != "one":
-        requested = "per-device"
+    `gimlet.load` and `gimletc run` take it (`choose_processes`); the program is parsed
+    only where it may run here."""
     module = parse_program(bundle) if requested != "per-device" else None
     problem = sequential_order_problem(module) if module is not None else None
-    processes, why = choose_processes(bundle, requested, problem)
+    processes, why = choose_processes(bundle, requested, problem, micro_batches)
     return processes, why, module
 
 

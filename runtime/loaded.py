@@ -53,7 +53,7 @@ class Loaded:
         self.processes, self.reason, module = plan_processes(self.bundle, processes, micro_batches)
         if micro_batches > 1:
             where = "this process" if self.processes == "one" else "one worker per device"
-            self.reason = f"{micro_batches} micro-batches pipelined over {where}"
+            self.reason = f"{micro_batches} micro-batches pipelined over {where} ({self.reason})"
         self.report = run_report(self.bundle.manifest)  # what runs each segment here
         sys.stderr.write(format_report([r for r in self.report if r.when == "load"], "gimlet"))
         if self.processes == "one":

@@ -29,7 +29,7 @@ import gimlet
 import models
 from conftest import mlp_example
 from gimlet.cli import main as gimletc
-from gimlet.runtime.bundle import BundleError
+from gimlet.runtime.bundle import Bundle, BundleError
 from gimlet.runtime.inprocess import InProcessError
 from gimlet.runtime.launch import RunError
 
@@ -192,6 +192,50 @@ def test_a_program_whose_segments_must_overlap_gets_workers(bundles: dict[str, P
     with pytest.raises(BundleError, match="this bundle cannot run in one process: segment 0"):
         choose_processes(bundle, "one", problem)
     assert sequential_order_problem(parse(TWO_IN_ORDER)) is None
+
+
+def _manifest(*segments: tuple[str, str]) -> Bundle:
+    """A bundle's manifest as choose_processes reads it: cpu0 hosts two GPUs and cpu1;
+    a segment per (device, artefact kind)."""
+    devices = [("cpu0", "cpu"), ("gpu0", "nvidia"), ("gpu1", "nvidia"), ("cpu1", "cpu")]
+    return Bundle(
+        "b",
+        {
+            "cluster": {"host": "cpu0", "devices": [{"name": n, "kind": k} for n, k in devices]},
+            "segments": [{"device": d, "artefact": {"kind": k}} for d, k in segments],
+        },
+    )
+
+
+def test_auto_pipelines_gpu_stages_in_one_process() -> None:
+    """A pipeline whose stages all run compiled on GPUs is driven from the caller (copy
+    engines between the GPUs, no NCCL kernels beside the compute); a stage on a CPU or
+    the interpreter gets workers; without micro-batches two GPUs still get workers."""
+    from gimlet.runtime.inprocess import choose_processes
+
+    gpus = _manifest(("gpu0", "nvidia"), ("gpu1", "nvidia"))
+    assert choose_processes(gpus, "auto", None, micro_batches=4) == (
+        "one",
+        "every stage compiled for a GPU (gpu0, gpu1): this process queues their work, copy "
+        "engines move values between them",
+    )
+    assert choose_processes(gpus, "auto", None) == (
+        "per-device",
+        "2 GPUs (gpu0, gpu1): one worker each, NCCL between",
+    )
+    with_cpu = _manifest(("gpu0", "nvidia"), ("cpu1", "cpp"))
+    assert choose_processes(with_cpu, "auto", None, micro_batches=4) == (
+        "per-device",
+        "cpu1 runs a stage on its cores: in one process it would hold back the others",
+    )
+    fallback = _manifest(("gpu0", "nvidia"), ("gpu1", "interpreter"))
+    assert choose_processes(fallback, "auto", None, micro_batches=4)[1] == (
+        "gpu1 runs a stage on the interpreter: in one process it would hold back the others"
+    )
+    assert choose_processes(gpus, "per-device", None, micro_batches=4) == (
+        "per-device",
+        "asked for",
+    )
 
 
 TWO_IN_ORDER = """builtin.module {

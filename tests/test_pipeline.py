@@ -203,7 +203,10 @@ def test_pipelined_mlp_on_three_workers_equals_torch(bundles: Path) -> None:
     module = _example("mlp")[0].eval()
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((24, 32)).astype("f4"))
     with load(str(bundles / "mlp3"), micro_batches=4) as run:
-        assert run.reason == "4 micro-batches pipelined over one worker per device"
+        assert run.reason == (
+            "4 micro-batches pipelined over one worker per device (cpu1 runs a stage on its "
+            "cores: in one process it would hold back the others)"
+        )
         for _ in range(2):  # the ring is reused by the next request
             (out,) = run(x)
             with torch.no_grad():
@@ -291,7 +294,7 @@ def test_gimletc_run_micro_batches(
     out = tmp_path / "out.npz"
     argv = ["run", str(bundles / "mlp3"), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]
     assert gimletc([*argv, "--micro-batches", "2"]) == 0
-    assert "(2 micro-batches pipelined)" in capsys.readouterr().err
+    assert "(2 micro-batches pipelined, cpu1 runs a stage on its cores" in capsys.readouterr().err
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
@@ -326,7 +329,7 @@ def test_micro_batches_in_one_process_equal_torch(bundles: Path) -> None:
     module = _example("mlp")[0].eval()
     x = torch.from_numpy(np.random.default_rng(5).standard_normal((24, 32)).astype("f4"))
     with load(str(bundles / "mlp3"), micro_batches=4, processes="one") as run:
-        assert run.reason == "4 micro-batches pipelined over this process"
+        assert run.reason == "4 micro-batches pipelined over this process (asked for)"
         for _ in range(2):
             (out,) = run(x)
             with torch.no_grad():
@@ -490,9 +493,11 @@ def test_gpu_pipeline_with_two_stages_on_each_gpu_equals_torch(
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((4 * 4096, 1024)).astype("f4"))
     with torch.no_grad():
         want = net(x).numpy()
-    # workers with NCCL between them; then this process, copy-engine copies between GPUs
-    for processes in ("auto", "one"):
+    # workers with NCCL between them; then this process (auto's choice for a pipeline whose
+    # stages all run on GPUs), copy-engine copies between GPUs
+    for processes in ("per-device", "auto"):
         with load(str(bundle), micro_batches=4, processes=processes) as run:
+            assert run.processes == ("one" if processes == "auto" else "per-device")
             for _ in range(2):
                 (out,) = run(x)  # fp32, TF32 off in gimlet's cuBLAS calls
                 np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
@@ -507,7 +512,9 @@ def test_gimletc_run_micro_batches_in_one_process(
     out = tmp_path / "out.npz"
     argv = ["run", str(bundles / "mlp3"), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]
     assert gimletc([*argv, "--micro-batches", "2", "--processes", "one"]) == 0
-    assert "running in this process (2 micro-batches pipelined)" in capsys.readouterr().err
+    assert (
+        "running in this process (2 micro-batches pipelined, asked for)" in capsys.readouterr().err
+    )
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
