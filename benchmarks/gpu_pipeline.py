@@ -11,11 +11,12 @@ out (so the host<->GPU copies count), and the median wall time of a whole reques
 the throughput in sequences per second:
 
 * one GPU, the whole batch in one call (in the caller's process: the strongest baseline);
-* one GPU, the same micro-batches (a worker per device; no second GPU to overlap with);
+* one GPU, the same micro-batches (no second GPU to overlap with);
 * two GPUs, the whole batch in one call (split, no pipeline: each GPU waits for the other);
-* two GPUs, micro-batches pipelined (one worker per GPU, NCCL between them);
-* the same in one process (`processes="one"`: the caller drives both GPUs, copy-engine
-  copies between them).
+* two GPUs, micro-batches pipelined (`processes="per-device"`: one worker per GPU, NCCL
+  between them);
+* the same in one process (`processes="auto"` picks it: the caller drives both GPUs,
+  copy-engine copies between them).
 
 Each row also records the GPUs' SM clock and power while its requests ran (nvidia-smi,
 results_io.GpuClocks: one GPU on the whole batch runs at its power limit, at a lower
@@ -279,11 +280,12 @@ def measure(
             row(f"one GPU, {m} micro-batches", "one_gpu", micro_batches=m)
         for k in c["chunks"]:
             stages = "" if k == 1 else f" ({k} stages each)"
-            row(f"two GPUs{stages}, {m} micro-batches pipelined", two_gpus(k), micro_batches=m)
-        # the same bundle driven from this process: copy-engine copies between the GPUs
-        # instead of NCCL's kernels, no worker processes between the caller and the GPUs
+            row(f"two GPUs{stages}, {m} micro-batches pipelined", two_gpus(k), micro_batches=m,
+                processes="per-device")  # fmt: skip
+        # the same bundle driven from this process (processes="auto" picks it): copy-engine
+        # copies between the GPUs instead of NCCL's kernels, no workers in between
         row(f"two GPUs, {m} micro-batches pipelined in one process", two_gpus(1),
-            micro_batches=m, processes="one")  # fmt: skip
+            micro_batches=m)  # fmt: skip
     base = rows["one GPU, whole batch"]["seq_per_s"]
     for name, r in rows.items():
         # the alternating pair is compared with each other (same GPU state)
