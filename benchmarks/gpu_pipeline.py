@@ -391,7 +391,8 @@ def gpu_timeline(d: Path, micro: int, calls: int = 3) -> None:
             print(
                 f"[pipeline] timeline request {k} gpu{dev}: starts {start / 1e3:.2f} "
                 f"ms, span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, "
-                f"{len(gaps)} gaps > 20 us ({sum(g for g, _ in gaps) / 1e3:.2f} ms; {top})",
+                f"{len(gaps)} gaps > 20 us ({sum(g for g, _ in gaps) / 1e3:.2f} ms; {top}); "
+                f"{len(evs)} events, {sum(e['cat'] == 'gpu_memset' for e in evs)} memsets",
                 flush=True,
             )
 

@@ -103,10 +103,9 @@ def print_kernels(title: str, fn: Any, args: tuple[Any, ...], calls: int = 10) -
 
 
 def gpu_events(trace_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A Chrome trace's kernels and copies (the GPU's events), in time order."""
-    gpu = (
-        e for e in trace_events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy")
-    )
+    """A Chrome trace's kernels, copies and memsets (the GPU's events), in time order."""
+    kinds = ("kernel", "gpu_memcpy", "gpu_memset")
+    gpu = (e for e in trace_events if e.get("ph") == "X" and e.get("cat") in kinds)
     return sorted(gpu, key=lambda e: e["ts"])
 
 
