@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -22,6 +23,16 @@
 #include "gimlet/gpu/gml_gpu.cuh"
 
 namespace {
+
+// cuBLAS's recommended workspace on Hopper. GIMLET_GPU_GEMM_WORKSPACE (bytes) sets another:
+// 0 leaves cuBLASLt only the algorithms that need none. (Measuring: a GPT-24 call's graph
+// has a memset before each of its 97 cuBLASLt GEMMs, ~1 us each plus a gap.)
+constexpr size_t kWorkspace = 32u << 20;
+
+size_t workspace_bytes() {
+  const char* v = std::getenv("GIMLET_GPU_GEMM_WORKSPACE");
+  return v && *v ? size_t(std::strtoull(v, nullptr, 10)) : kWorkspace;
+}
 
 typedef int (*SegmentFn)(const gml::Ctx*, char*, void* const*, const int64_t*, cudaStream_t);
 
@@ -32,6 +43,7 @@ struct Program {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
+  size_t workspace_bytes = kWorkspace;
   unsigned* barrier = nullptr;  // a persistent chain's grid barrier (gml::ChainSync)
   gml::Ctx ctx{};
   bool graphs = true;
@@ -62,8 +74,6 @@ struct Bucket {
 // a bucket: a capture costs about a millisecond, a copy of a KV cache microseconds.
 constexpr size_t kBoundGraphs = 8, kRecent = 16;
 constexpr uintptr_t kBindAlign = 256;  // backends/gpu/shapes.py ALIGN
-
-constexpr size_t kWorkspace = 32u << 20;  // cuBLAS's recommended size on Hopper
 
 cudaDataType_t cuda_type(gml::DType t) {
   switch (t) {
@@ -112,7 +122,7 @@ int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   const cublasLtEpilogue_t ep = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                                      : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
-  const size_t ws = kWorkspace;
+  const size_t ws = p->workspace_bytes;
   cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
   if (s == CUBLAS_STATUS_SUCCESS)
     s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
@@ -177,14 +187,15 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
   auto* p = new Program();
   p->fn = reinterpret_cast<SegmentFn>(segment_fn);
   p->graphs = graphs != 0;
+  p->workspace_bytes = workspace_bytes();
   if (cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
-      cudaMalloc(&p->workspace, kWorkspace) != cudaSuccess ||
+      (p->workspace_bytes && cudaMalloc(&p->workspace, p->workspace_bytes) != cudaSuccess) ||
       cudaMalloc(&p->barrier, sizeof(unsigned)) != cudaSuccess ||
       cudaMemset(p->barrier, 0, sizeof(unsigned)) != cudaSuccess ||
       cublasCreate(&p->blas) != CUBLAS_STATUS_SUCCESS ||
-      cublasSetWorkspace(p->blas, p->workspace, kWorkspace) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetWorkspace(p->blas, p->workspace, p->workspace_bytes) != CUBLAS_STATUS_SUCCESS ||
       // default math: tensor cores for 16-bit operands; FP32 stays FP32 (TF32 is opt-in).
       // (PEDANTIC_MATH also steers 16-bit GEMMs to old sm75 kernels: 6x slower on H200.)
       cublasSetMathMode(p->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
