@@ -860,7 +860,8 @@ def test_decode_attention_splits_the_cache_and_matches_interpreter(
 ) -> None:
     """Flash-decoding: a 700-token cache over 2 batches x 4 heads is 22 chunks (the last
     one partial), 5 tokens is one; both equal the interpreter at f32 tolerance."""
-    from gimlet.backends.gpu.codegen import DECODE_TARGET_BLOCKS, _decode_split
+    from gimlet.backends.gpu.lower_attention import _decode_split
+    from gimlet.backends.gpu.switches import DECODE_TARGET_BLOCKS
     from gimlet.backends.nvidia.build import build_segment
     from gimlet.backends.nvidia.program import CudaFunction
 
