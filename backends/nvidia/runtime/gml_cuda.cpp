@@ -1,6 +1,6 @@
 // gimlet's CUDA runtime library: what a generated segment (backends/gpu/codegen.py)
 // needs around it on an NVIDIA GPU. One `Program` per loaded segment owns a stream,
-// a cuBLAS handle with a fixed workspace (so GEMMs can be captured into graphs) and one
+// a cuBLAS handle (its workspace, if any, fixed: GEMMs are captured into graphs) and one
 // CUDA graph per shape bucket. A call copies the inputs into the bucket's arena, replays
 // the graph and copies the outputs out, ordered after and before the caller's stream
 // with events: no host synchronisation on the hot path. Inputs and outputs whose
@@ -24,14 +24,15 @@
 
 namespace {
 
-// cuBLAS's recommended workspace on Hopper. GIMLET_GPU_GEMM_WORKSPACE (bytes) sets another:
-// 0 leaves cuBLASLt only the algorithms that need none. (Measuring: a GPT-24 call's graph
-// has a memset before each of its 97 cuBLASLt GEMMs, ~1 us each plus a gap.)
-constexpr size_t kWorkspace = 32u << 20;
-
+// No cuBLAS workspace by default: cuBLASLt then picks among the algorithms that need
+// none, and a captured GEMM has no memset node before it (with a workspace each GEMM gets
+// one: ~1 us of GPU time plus a gap, 97 a call of a 24-layer GPT). On the 2x H200 (run
+// 24) that made a pipelined micro-batch faster (94.45 against 95.59 ms a request of 16
+// micro-batches) and left the whole batch's GEMMs as fast (168.77 against 168.33 ms).
+// GIMLET_GPU_GEMM_WORKSPACE (bytes) gives one, e.g. 33554432, cuBLAS's size for Hopper.
 size_t workspace_bytes() {
   const char* v = std::getenv("GIMLET_GPU_GEMM_WORKSPACE");
-  return v && *v ? size_t(std::strtoull(v, nullptr, 10)) : kWorkspace;
+  return v && *v ? size_t(std::strtoull(v, nullptr, 10)) : 0;
 }
 
 typedef int (*SegmentFn)(const gml::Ctx*, char*, void* const*, const int64_t*, cudaStream_t);
@@ -43,7 +44,7 @@ struct Program {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
-  size_t workspace_bytes = kWorkspace;
+  size_t workspace_bytes = 0;
   unsigned* barrier = nullptr;  // a persistent chain's grid barrier (gml::ChainSync)
   gml::Ctx ctx{};
   bool graphs = true;
