@@ -1,6 +1,6 @@
 // gimlet's CUDA runtime library: what a generated segment (backends/gpu/codegen.py)
 // needs around it on an NVIDIA GPU. One `Program` per loaded segment owns a stream,
-// a cuBLAS handle (its workspace, if any, fixed: GEMMs are captured into graphs) and one
+// a cuBLAS handle with a fixed workspace (so GEMMs can be captured into graphs) and one
 // CUDA graph per shape bucket. A call copies the inputs into the bucket's arena, replays
 // the graph and copies the outputs out, ordered after and before the caller's stream
 // with events: no host synchronisation on the hot path. Inputs and outputs whose
@@ -24,15 +24,20 @@
 
 namespace {
 
-// No cuBLAS workspace by default: cuBLASLt then picks among the algorithms that need
-// none, and a captured GEMM has no memset node before it (with a workspace each GEMM gets
-// one: ~1 us of GPU time plus a gap, 97 a call of a 24-layer GPT). On the 2x H200 (run
-// 24) that made a pipelined micro-batch faster (94.45 against 95.59 ms a request of 16
-// micro-batches) and left the whole batch's GEMMs as fast (168.77 against 168.33 ms).
-// GIMLET_GPU_GEMM_WORKSPACE (bytes) gives one, e.g. 33554432, cuBLAS's size for Hopper.
+// cuBLAS's workspace (cuBLAS's size for Hopper; GIMLET_GPU_GEMM_WORKSPACE in bytes sets
+// another, 0 none). Under graph capture cuBLASLt puts a memset before each GEMM it gives
+// the workspace (~1 us plus a gap), and a GEMM whose output fills the GPU many times over
+// gains nothing from it: so only a GEMM of fewer output elements than kFillTiles 128x128
+// tiles per SM gets it, where split-K may fill the SMs. Measured on the H200 (runs 24-25):
+// a 24-layer GPT's micro-batch of 8192 rows, 16 a request pipelined over two GPUs, takes
+// 94.45 ms a request without a workspace against 95.59 with; GPT-2's 512-token prefill
+// (512 rows) 0.7368 ms with it against 0.7576 without.
+constexpr size_t kWorkspace = 32u << 20;
+constexpr int64_t kFillTiles = 2;
+
 size_t workspace_bytes() {
   const char* v = std::getenv("GIMLET_GPU_GEMM_WORKSPACE");
-  return v && *v ? size_t(std::strtoull(v, nullptr, 10)) : 0;
+  return v && *v ? size_t(std::strtoull(v, nullptr, 10)) : kWorkspace;
 }
 
 typedef int (*SegmentFn)(const gml::Ctx*, char*, void* const*, const int64_t*, cudaStream_t);
@@ -44,7 +49,8 @@ struct Program {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
-  size_t workspace_bytes = 0;
+  size_t workspace_bytes = kWorkspace;
+  int64_t fill_elements = 0;    // a GEMM output this large fills the GPU without split-K
   unsigned* barrier = nullptr;  // a persistent chain's grid barrier (gml::ChainSync)
   gml::Ctx ctx{};
   bool graphs = true;
@@ -123,7 +129,7 @@ int gemm_epilogue(const gml::Ctx* ctx, cudaStream_t stream, gml::DType t, int64_
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   const cublasLtEpilogue_t ep = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                                      : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
-  const size_t ws = p->workspace_bytes;
+  const size_t ws = m * n < p->fill_elements ? p->workspace_bytes : 0;
   cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
   if (s == CUBLAS_STATUS_SUCCESS)
     s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
@@ -189,6 +195,13 @@ void* gml_cuda_create(void* segment_fn, int graphs) {
   p->fn = reinterpret_cast<SegmentFn>(segment_fn);
   p->graphs = graphs != 0;
   p->workspace_bytes = workspace_bytes();
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    delete p;
+    return nullptr;
+  }
+  p->fill_elements = kFillTiles * sms * 128 * 128;
   if (cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming) != cudaSuccess ||
       cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming) != cudaSuccess ||
