@@ -53,16 +53,12 @@ def machine_info(*packages: str) -> dict[str, Any]:
     at the start (a shared machine's results move with it)."""
     import torch
 
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from gimlet.backends.cpu.segments import cpu_model
+
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

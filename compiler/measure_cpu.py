@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from gimlet.backends.cpu.segments import cpu_model
 from gimlet.errors import UserError
 from gimlet.placement.cluster import Device
 from gimlet.placement.cluster_lang import ClusterFileError, parse_cluster
@@ -97,21 +98,6 @@ class CpuMeasurement:
 
 
 # ------------------------------------------------------------------ host facts ---
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's name from /proc/cpuinfo ("model name", or an ARM's "Model"/"Hardware")."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return "unknown CPU"
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        for line in cpuinfo.splitlines():
-            name, sep, value = line.partition(":")
-            if sep and name.strip() == key and value.strip():
-                return " ".join(value.split())
-    return "unknown CPU"
 
 
 def memory_bytes(meminfo: str | None = None) -> float:

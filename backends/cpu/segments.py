@@ -20,6 +20,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from xdsl.dialects import func
 from xdsl.dialects.builtin import IndexType, IntegerType, TensorType
@@ -177,13 +178,22 @@ def compile_part(part: Part, title: str, opt: str = "-O3") -> CompiledCpu:
     return compile_function(part_function(part, title), opt=opt)
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's name from /proc/cpuinfo ("model name", or an ARM's "Model"/"Hardware")."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown CPU"
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        for line in cpuinfo.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == key and value.strip():
+                return " ".join(value.split())
+    return "unknown CPU"
+
+
 def host_cpu() -> str:
     """What a `-march=native` library was built for: loading it elsewhere may SIGILL."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    name = cpu_model()
+    return platform.processor() or platform.machine() if name == "unknown CPU" else name
