@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -103,6 +104,18 @@ def _describe_failure(op: Operation, e: Exception, after: str | None) -> str:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     where = f" after pass '{after}'" if after else ""
     return with_location(op.location, f"{op.name}: {message}{where}")
+
+
+def external_operands(ops: Sequence[Operation]) -> list[SSAValue]:
+    """The values `ops` use that none of them defines, in order of first use: a fused
+    group's inputs, as both backends' lowerings read them."""
+    inside = {r for op in ops for r in op.results}
+    out: list[SSAValue] = []
+    for op in ops:
+        for v in op.operands:
+            if v not in inside and v not in out:
+                out.append(v)
+    return out
 
 
 def main_func(module: ModuleOp, entry: str = "main") -> func.FuncOp:

@@ -36,6 +36,7 @@ from xdsl.ir import Attribute, Block, Operation, SSAValue
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import DYN, shape_of
 from gimlet.errors import UnsupportedOpError, describe_location, module_path
+from gimlet.ir import external_operands
 
 ENTRY = "gimlet_main"
 RUNTIME_INCLUDE = "gimlet/cpu_runtime.h"  # the runtime header (include/ beside this file)
@@ -936,12 +937,7 @@ def _emit_elementwise(e: _Emitter, op: Operation) -> None:
         members = [op]
         yielded = list[SSAValue](op.results)
         results = list[SSAValue](op.results)
-    inside = {r for m in members for r in m.results}
-    externals: list[SSAValue] = []
-    for m in members:
-        for v in m.operands:
-            if v not in inside and v not in externals:
-                externals.append(v)
+    externals = external_operands(members)
     static = _static_broadcast([shape_of(r.type) for m in members for r in m.results])
     rank = len(static)
     tag = e.name(results[0])

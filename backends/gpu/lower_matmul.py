@@ -16,6 +16,7 @@ from gimlet.backends.cpu.codegen import ctype, where
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import shape_of
 from gimlet.errors import UnsupportedOpError
+from gimlet.ir import external_operands
 
 from . import chains, switches
 from .lower_base import (
@@ -131,7 +132,7 @@ class MatmulLowering(TensorLowering):
             if self.sym[yielded[0]] != tuple(dom):
                 break
             inside = {r for m in members for r in m.results}
-            ext = [e for e in self._externals(members) if e is not v]
+            ext = [e for e in external_operands(members) if e is not v]
             if any(e not in before and e not in self.free and e not in inside for e in ext):
                 break
             if any(
@@ -236,7 +237,7 @@ class MatmulLowering(TensorLowering):
                 self.reshape(via)
                 val[via.result] = val[last]
             members, yielded, results = self._group(group)
-            externals = [e for e in self._externals(members) if e not in val]
+            externals = [e for e in external_operands(members) if e not in val]
             rank = len(_broadcast([shape_of(m.results[0].type) for m in members]))
             member_results = [m.results[0] for m in members]
 

@@ -15,6 +15,7 @@ from xdsl.ir import Operation, SSAValue
 from gimlet.backends.cpu.codegen import _scalar_expr, ctype
 from gimlet.dialects import gml
 from gimlet.dialects.shapes import DYN, shape_of
+from gimlet.ir import external_operands
 
 from . import switches, vectorize
 from .lower_attention import AttentionLowering
@@ -47,15 +48,6 @@ class TensorLowering(AttentionLowering):
             return members, list(term.values), list(op.results)
         return [op], list(op.results), list(op.results)
 
-    def _externals(self, members: Sequence[Operation]) -> list[SSAValue]:
-        inside = {r for m in members for r in m.results}
-        out: list[SSAValue] = []
-        for m in members:
-            for v in m.operands:
-                if v not in inside and v not in out:
-                    out.append(v)
-        return out
-
     def _body(
         self, members: Sequence[Operation], val: dict[SSAValue, str], indent: str, prefix: str = "s"
     ) -> list[str]:
@@ -78,7 +70,7 @@ class TensorLowering(AttentionLowering):
         for v in [v for m in members for v in (*m.operands, *m.results)]:
             if ctype(v.type.element_type) is None:  # type: ignore[attr-defined]
                 raise self.refuse(op, f"unsupported element type {v.type}")
-        externals = self._externals(members)
+        externals = external_operands(members)
         member_results = [m.results[0] for m in members]
         rank = max((len(shape_of(r.type)) for r in member_results), default=0)
         k = len(externals) + len(results)
