@@ -304,7 +304,8 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="bundles: run every segment in this process ('one'), on one worker process per "
         "device ('per-device'), or let gimlet choose ('auto', the default: one process unless "
-        "the bundle spans several CPU devices or several GPUs)",
+        "the bundle spans several CPU devices or several GPUs; a --micro-batches pipeline "
+        "whose every stage runs compiled on a GPU stays in this process)",
     )
     r.add_argument(
         "--micro-batches",
@@ -312,9 +313,10 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="M",
         help="bundles: cut every input into M pieces along its first dim (the bundle was "
-        "compiled for one piece) and pipeline them through the devices, one worker each "
-        "(with --processes one, in this process): while one device runs micro-batch j, "
-        "the next runs j-1 (default 1: no pipeline)",
+        "compiled for one piece) and pipeline them through the devices: from this process "
+        "when every stage runs on a GPU (copy-engine copies between GPUs), else one worker "
+        "per device (--processes picks either): while one device runs micro-batch j, the "
+        "next runs j-1 (default 1: no pipeline)",
     )
     m = sub.add_parser(
         "measure-cpu",
@@ -472,6 +474,9 @@ def _passes_and_output(
         _report_backends(manifest)
         runtime = _runtime_choice(args.output, manifest, module)
         print(f"gimletc: {_processes_line(runtime)}", file=sys.stderr)
+        pipelined = _pipelined_line(runtime, _runtime_choice(args.output, manifest, module, 2))
+        if pipelined:
+            print(f"gimletc: {pipelined}", file=sys.stderr)
     else:
         write_atomically(args.output, fill)
         lap("write")
@@ -548,13 +553,24 @@ def _report_backends(manifest: dict[str, Any]) -> None:
         print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}", file=sys.stderr)
 
 
-def _runtime_choice(out: str, manifest: dict[str, Any], module: ModuleOp) -> tuple[str, str]:
-    """How `gimlet.load` / `gimletc run` will run the bundle (processes="auto")."""
+def _runtime_choice(
+    out: str, manifest: dict[str, Any], module: ModuleOp, micro_batches: int = 1
+) -> tuple[str, str]:
+    """How `gimlet.load` / `gimletc run` will run the bundle (processes="auto"), plain or
+    pipelined (`micro_batches` > 1)."""
     from gimlet.runtime.bundle import Bundle
     from gimlet.runtime.inprocess import choose_processes, sequential_order_problem
 
     bundle = Bundle(os.path.abspath(out), manifest)
-    return choose_processes(bundle, "auto", sequential_order_problem(module))
+    return choose_processes(bundle, "auto", sequential_order_problem(module), micro_batches)
+
+
+def _pipelined_line(plain: tuple[str, str], pipelined: tuple[str, str]) -> str | None:
+    """What changes with micro-batches, when the pipeline runs elsewhere than a plain call."""
+    if pipelined[0] == plain[0]:
+        return None
+    where = "in this process" if pipelined[0] == "one" else "on one worker process per device"
+    return f"with --micro-batches M (micro_batches=M) it runs {where} ({pipelined[1]})"
 
 
 def _processes_line(runtime: tuple[str, str]) -> str:

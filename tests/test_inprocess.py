@@ -238,6 +238,24 @@ def test_auto_pipelines_gpu_stages_in_one_process() -> None:
     )
 
 
+def test_compile_says_where_a_pipeline_runs_when_it_differs() -> None:
+    """gimletc compile prints how a plain call runs the bundle and, where micro-batches
+    change it, how a pipeline does (two GPUs: workers, but a pipeline in this process)."""
+    from gimlet.cli import _pipelined_line
+    from gimlet.runtime.inprocess import choose_processes
+
+    gpus = _manifest(("gpu0", "nvidia"), ("gpu1", "nvidia"))
+    plain, piped = (choose_processes(gpus, "auto", None, m) for m in (1, 2))
+    assert _pipelined_line(plain, piped) == (
+        "with --micro-batches M (micro_batches=M) it runs in this process (every stage "
+        "compiled for a GPU (gpu0, gpu1): this process queues their work, copy engines move "
+        "values between them)"
+    )
+    cpus = _manifest(("cpu0", "cpp"), ("cpu1", "cpp"))
+    plain, piped = (choose_processes(cpus, "auto", None, m) for m in (1, 2))
+    assert _pipelined_line(plain, piped) is None  # workers either way
+
+
 TWO_IN_ORDER = """builtin.module {
   func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
     comm.send %x to "gpu0" channel 0 via "pcie" : tensor<4xf32>
