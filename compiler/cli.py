@@ -472,9 +472,9 @@ def _passes_and_output(
         lap("write")
         fe.commit()
         _report_backends(manifest)
-        runtime = _runtime_choice(args.output, manifest, module)
+        runtime, piped = _runtime_choices(args.output, manifest, module)
         print(f"gimletc: {_processes_line(runtime)}", file=sys.stderr)
-        pipelined = _pipelined_line(runtime, _runtime_choice(args.output, manifest, module, 2))
+        pipelined = _pipelined_line(runtime, piped)
         if pipelined:
             print(f"gimletc: {pipelined}", file=sys.stderr)
     else:
@@ -553,16 +553,17 @@ def _report_backends(manifest: dict[str, Any]) -> None:
         print(f"gimletc: segment {seg['index']} on {seg['device']}: {what}", file=sys.stderr)
 
 
-def _runtime_choice(
-    out: str, manifest: dict[str, Any], module: ModuleOp, micro_batches: int = 1
-) -> tuple[str, str]:
-    """How `gimlet.load` / `gimletc run` will run the bundle (processes="auto"), plain or
-    pipelined (`micro_batches` > 1)."""
+def _runtime_choices(
+    out: str, manifest: dict[str, Any], module: ModuleOp
+) -> tuple[tuple[str, str], tuple[str, str]]:
+    """How `gimlet.load` / `gimletc run` will run the bundle (processes="auto"): a plain
+    call, and a pipeline (micro_batches > 1)."""
     from gimlet.runtime.bundle import Bundle
     from gimlet.runtime.inprocess import choose_processes, sequential_order_problem
 
     bundle = Bundle(os.path.abspath(out), manifest)
-    return choose_processes(bundle, "auto", sequential_order_problem(module), micro_batches)
+    problem = sequential_order_problem(module)
+    return choose_processes(bundle, "auto", problem), choose_processes(bundle, "auto", problem, 2)
 
 
 def _pipelined_line(plain: tuple[str, str], pipelined: tuple[str, str]) -> str | None:
