@@ -293,11 +293,17 @@ def test_gimletc_run_micro_batches(
     np.savez(tmp_path / "in.npz", x=x)
     out = tmp_path / "out.npz"
     argv = ["run", str(bundles / "mlp3"), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]
-    assert gimletc([*argv, "--micro-batches", "2"]) == 0
-    assert "(2 micro-batches pipelined, cpu1 runs a stage on its cores" in capsys.readouterr().err
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
+    # auto: a worker per device (the stages run on CPUs); then --processes one
+    for flags, said in (
+        ((), "(2 micro-batches pipelined, cpu1 runs a stage on its cores"),
+        (("--processes", "one"), "running in this process (2 micro-batches pipelined, asked for)"),
+    ):
+        assert gimletc([*argv, "--micro-batches", "2", *flags]) == 0
+        assert said in capsys.readouterr().err
+        np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
+        out.unlink()  # the next run writes its own
     assert gimletc([*argv, "--micro-batches", "3"]) == 1
     err = capsys.readouterr().err
     assert "error: input 0 has 8 rows in its first dim, which 3 micro-batches do not divide" in err
@@ -501,23 +507,6 @@ def test_gpu_pipeline_with_two_stages_on_each_gpu_equals_torch(
             for _ in range(2):
                 (out,) = run(x)  # fp32, TF32 off in gimlet's cuBLAS calls
                 np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
-
-
-def test_gimletc_run_micro_batches_in_one_process(
-    bundles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    module = _example("mlp")[0].eval()
-    x = np.random.default_rng(4).standard_normal((8, 32)).astype("f4")
-    np.savez(tmp_path / "in.npz", x=x)
-    out = tmp_path / "out.npz"
-    argv = ["run", str(bundles / "mlp3"), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]
-    assert gimletc([*argv, "--micro-batches", "2", "--processes", "one"]) == 0
-    assert (
-        "running in this process (2 micro-batches pipelined, asked for)" in capsys.readouterr().err
-    )
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(np.load(out)["out0"], want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_pipelined_gpu_segment_is_timed_by_events_not_a_sync(
